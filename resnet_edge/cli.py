@@ -1,0 +1,167 @@
+"""The `resnet-edge` command line: parses options, calls the library, prints, sets exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ResnetEdgeError
+
+stdout = Console()
+err = Console(stderr=True)
+
+
+class _Group(click.Group):
+    """Turns the library's errors into one line on stderr and the exit code DESIGN.md gives."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ResnetEdgeError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; files being written were discarded", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                           "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="resnet-edge")
+def cli(debug: bool) -> None:
+    """Ship ResNet classifiers to NVIDIA GPUs and Jetsons, with parity you can gate CI on.
+
+    \b
+    Typical flow:
+      resnet-edge models                      # what can be built, by name
+      resnet-edge export resnet50             # torchvision weights -> artifacts/resnet50/model.onnx
+      resnet-edge export runs/r20/model.pt    # your checkpoint; arch and classes from its card
+
+    Exit codes: 0 ok, 1 a parity/accuracy gate failed, 2 bad usage or input, 3 a backend or
+    dependency is missing.
+    """
+
+
+@contextlib.contextmanager
+def _steps():
+    """A spinner whose text each step of a long command updates."""
+    with err.status("starting") as status:
+        yield lambda message: status.update(message)
+
+
+# ---- models --------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(as_json: bool) -> None:
+    """List the ResNet variants this tool builds, with their weights and input sizes.
+
+    \b
+    Example:
+      resnet-edge models --json | jq '.[].name'
+    """
+    from .zoo import VARIANTS, parameter_count
+
+    rows = [{"name": v.name, "family": v.family, "input_size": v.default_preprocess.input_size,
+             "resize": v.default_preprocess.resize, "default_classes": v.default_classes,
+             "parameters": parameter_count(v), "weights": v.weight_names}
+            for v in VARIANTS.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="ResNet zoo", caption="weights: torchvision names; every model also "
+                  "takes 'none' (random init) or a checkpoint. Parameters at the default class count.")
+    for col in ("name", "family", "input", "params", "weights"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for r in rows:
+        table.add_row(r["name"], r["family"], f'{r["input_size"]} (resize {r["resize"]})',
+                      f'{r["parameters"] / 1e6:.2f}M', " ".join(r["weights"]) or "-")
+    stdout.print(table)
+
+
+# ---- export --------------------------------------------------------------------------------
+
+def _default_out(source: str) -> Path:
+    path = Path(source)
+    if path.suffix:  # a checkpoint: name the work dir after its run folder when it is model.pt
+        name = path.parent.name if path.stem in {"model", "best", "last"} and path.parent.name else path.stem
+    else:
+        name = source
+    return Path("artifacts") / name
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--weights", help="torchvision weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2), "
+              "'none' for a seeded random init, or a checkpoint path. Default: DEFAULT for "
+              "ImageNet models, none for CIFAR models.")
+@click.option("--arch", help="Architecture of a plain state-dict checkpoint (e.g. resnet18).")
+@click.option("--num-classes", type=int, help="Class count; inferred from the checkpoint when left out.")
+@click.option("--out", type=click.Path(path_type=Path), help="Work directory [artifacts/<name>].")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo",
+              show_default=True, help="torchscript gives opset 17 for TensorRT 8.5/8.6 (JetPack 5/6.0).")
+@click.option("--opset", type=int, help="ONNX opset [dynamo: 20, torchscript: 17].")
+@click.option("--max-batch", type=int, default=64, show_default=True,
+              help="Largest batch the dynamic batch dimension allows.")
+@click.option("--force", is_flag=True, help="Export again even if model.onnx is up to date.")
+def export(source, weights, arch, num_classes, out, exporter, opset, max_batch, force) -> None:
+    """Export a zoo model or a checkpoint to ONNX, then prove the file matches PyTorch.
+
+    SOURCE is a zoo name (see `resnet-edge models`) or a checkpoint path. The ONNX file gets a
+    dynamic batch dimension and the model card (arch, classes, preprocessing) in its metadata;
+    it is kept only if onnx.checker passes and ONNX Runtime matches PyTorch at two batch sizes
+    (max abs diff <= 1e-3, top-1 agreement 100%); otherwise exit 1 and no model.onnx.
+
+    \b
+    Examples:
+      resnet-edge export resnet50                                   # IMAGENET1K_V2 weights
+      resnet-edge export resnet50 --weights IMAGENET1K_V1 --out artifacts/r50v1
+      resnet-edge export resnet18 --weights none                    # offline, random init
+      resnet-edge export path/to/model.pth --arch resnet18 --num-classes 10
+      resnet-edge export resnet50 --exporter torchscript            # opset 17 for JetPack 5
+    """
+    from .export import ExportOptions, export_model
+    from .zoo import VARIANTS, load_model
+
+    options = ExportOptions(exporter, opset, max_batch).resolved()
+    if weights is None and source in VARIANTS:
+        weights = "DEFAULT" if VARIANTS[source].family == "imagenet" else "none"
+    out = out or _default_out(source)
+    start = time.perf_counter()
+    with _steps() as step:
+        step(f"loading {source}")
+        model, card = load_model(source, weights=weights, arch=arch, num_classes=num_classes)
+        result = export_model(model, card, out, options, force=force, step=step)
+    if result.skipped:
+        stdout.print(f"{result.path} is up to date (same weights and options); --force to redo")
+        return
+    table = Table(title=f"{card.arch}: ONNX Runtime (CPU) vs PyTorch, seeded inputs")
+    for col in ("batch", "max abs diff", "top-1 agreement", "result"):
+        table.add_column(col, justify="right")
+    for c in result.checks:
+        table.add_row(str(c.batch), f"{c.max_abs_diff:.2e}", f"{c.top1_agreement:.1%}",
+                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    stdout.print(table)
+    size = result.path.stat().st_size / 1e6
+    s = result.seconds
+    stdout.print(f"wrote {result.path} ({size:.1f} MB, opset {options.opset}) in "
+              f"{time.perf_counter() - start:.1f} s (export {s['export']:.1f} s, "
+              f"checks {s['checks']:.1f} s)")
+
+
+def main() -> None:
+    cli(prog_name="resnet-edge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

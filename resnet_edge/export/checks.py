@@ -1,0 +1,60 @@
+"""The checks every exported file passes before it is trusted: the ONNX checker, then ONNX
+Runtime against PyTorch on seeded inputs at two batch sizes (the dynamic batch is exercised)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import onnx
+import torch
+from torch import nn
+
+from ..errors import GateFailed
+from ..parity.metrics import LogitComparison
+from ..runtime.ort import make_session
+from .torch_to_onnx import INPUT_NAME
+
+MAX_ABS_DIFF = 1e-3
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    batch: int
+    max_abs_diff: float
+    top1_agreement: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= MAX_ABS_DIFF and self.top1_agreement == 1.0
+
+
+def run_checker(path: str | os.PathLike) -> None:
+    try:
+        onnx.checker.check_model(os.fspath(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise GateFailed(f"the exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+
+def compare_with_onnxruntime(model: nn.Module, path: str | os.PathLike,
+                             input_shape: tuple[int, int, int],
+                             batches: tuple[int, ...] = (1, 5), seed: int = 0) -> list[BatchCheck]:
+    session = make_session(path)
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    for batch in batches:
+        x = torch.randn(batch, *input_shape, generator=generator)
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        cand = session.run(None, {INPUT_NAME: x.numpy()})[0]
+        cmp = LogitComparison()
+        cmp.update(ref, cand)
+        results.append(BatchCheck(batch, cmp.max_abs, cmp.top1_agreement))
+    return results
+
+
+def check_batches(max_batch: int) -> tuple[int, ...]:
+    return tuple(sorted({1, min(5, max_batch)}))
+
+
+__all__ = ["BatchCheck", "run_checker", "compare_with_onnxruntime", "check_batches"]

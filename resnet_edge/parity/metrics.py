@@ -1,0 +1,99 @@
+"""How far a candidate backend's logits are from the reference's, accumulated batch by batch.
+
+Memory stays flat in the number of images except for one float per image (its max abs error),
+which the p99 needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LogitComparison:
+    """Streaming comparison of candidate logits against reference logits (and labels, if any)."""
+
+    images: int = 0
+    max_abs: float = 0.0
+    _abs_sum: float = 0.0
+    _elements: int = 0
+    _cos_sum: float = 0.0
+    _top1_agree: int = 0
+    _top5_agree: int = 0
+    _per_image_max: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        ref = np.asarray(ref, dtype=np.float64)
+        cand = np.asarray(cand, dtype=np.float64)
+        if ref.shape != cand.shape:
+            raise ValueError(f"logit shapes differ: reference {ref.shape}, candidate {cand.shape}")
+        err = np.abs(cand - ref)
+        per_image = err.reshape(len(err), -1).max(axis=1)
+        self._per_image_max.append(per_image)
+        self.max_abs = max(self.max_abs, float(per_image.max(initial=0.0)))
+        self._abs_sum += float(err.sum())
+        self._elements += err.size
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+        self._cos_sum += float(np.sum((ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)))
+        ref_top1 = ref.argmax(axis=1)
+        self._top1_agree += int((cand.argmax(axis=1) == ref_top1).sum())
+        k = min(5, ref.shape[1])
+        cand_topk = np.argsort(-cand, axis=1)[:, :k]
+        # top-5 agreement: the reference's top-1 class is among the candidate's top 5.
+        self._top5_agree += int((cand_topk == ref_top1[:, None]).any(axis=1).sum())
+        self.images += len(ref)
+
+    @property
+    def mean_abs(self) -> float:
+        return self._abs_sum / max(self._elements, 1)
+
+    @property
+    def p99_abs(self) -> float:
+        if not self._per_image_max:
+            return 0.0
+        return float(np.percentile(np.concatenate(self._per_image_max), 99))
+
+    @property
+    def cosine(self) -> float:
+        return self._cos_sum / max(self.images, 1)
+
+    @property
+    def top1_agreement(self) -> float:
+        return self._top1_agree / max(self.images, 1)
+
+    @property
+    def top5_agreement(self) -> float:
+        return self._top5_agree / max(self.images, 1)
+
+    def summary(self) -> dict[str, float]:
+        return {"images": self.images, "max_abs": self.max_abs, "mean_abs": self.mean_abs,
+                "p99_abs": self.p99_abs, "cosine": self.cosine,
+                "top1_agreement": self.top1_agreement, "top5_agreement": self.top5_agreement}
+
+
+@dataclass
+class Accuracy:
+    """Top-1 / top-5 accuracy against labels, accumulated batch by batch."""
+
+    images: int = 0
+    _top1: int = 0
+    _top5: int = 0
+
+    def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        logits = np.asarray(logits)
+        labels = np.asarray(labels)
+        k = min(5, logits.shape[1])
+        topk = np.argsort(-logits, axis=1)[:, :k]
+        self._top1 += int((topk[:, 0] == labels).sum())
+        self._top5 += int((topk == labels[:, None]).any(axis=1).sum())
+        self.images += len(labels)
+
+    @property
+    def top1(self) -> float:
+        return self._top1 / max(self.images, 1)
+
+    @property
+    def top5(self) -> float:
+        return self._top5 / max(self.images, 1)

@@ -1,0 +1,37 @@
+import importlib.util
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from resnet_edge.cli import cli
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)"))
+        if "tensorrt" in item.keywords and not (has_cuda and has_trt):
+            item.add_marker(pytest.mark.skip(
+                reason="needs TensorRT and a CUDA GPU (TensorRT not installed or no GPU here)"))
+
+
+@pytest.fixture
+def run_cli():
+    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return invoke
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No route to any download server: a proxy on a closed loopback port."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)

@@ -1,0 +1,79 @@
+"""Every bad input: exit 2, one line naming the problem and the fix, nothing written."""
+
+import pickle
+
+import pytest
+import torch
+
+from resnet_edge import zoo
+
+
+class Unsafe:
+    pass
+
+
+@pytest.fixture
+def files(tmp_path):
+    r20, _ = zoo.load_model("resnet20")
+    torch.save(r20.state_dict(), tmp_path / "r20.pth")
+    data = (tmp_path / "r20.pth").read_bytes()
+    (tmp_path / "trunc.pth").write_bytes(data[: len(data) // 3])
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    (tmp_path / "raw.pth").write_bytes(pickle.dumps([1, 2]))
+    torch.save([1, 2], tmp_path / "list.pth")
+    torch.save({"fc.weight": torch.zeros(1), "obj": Unsafe()}, tmp_path / "unsafe.pth")
+    (tmp_path / "a_file").write_text("")
+    return tmp_path
+
+
+CASES = [
+    (["export", "resnet05"], "unknown model 'resnet05'; did you mean"),
+    (["export", "resnet50", "--weights", "IMAGENET1K_V7"], "has no weights named 'IMAGENET1K_V7'"),
+    (["export", "resnet20", "--weights", "DEFAULT"], "no published weights"),
+    (["export", "{d}/missing.pth", "--arch", "resnet18"], "not found"),
+    (["export", "{d}/trunc.pth", "--arch", "resnet20"], "truncated or not a PyTorch checkpoint"),
+    (["export", "{d}/notes.pth", "--arch", "resnet20"], "not a PyTorch checkpoint"),
+    (["export", "{d}/list.pth", "--arch", "resnet20"], "holds a list, not a state dict"),
+    (["export", "{d}/raw.pth", "--arch", "resnet20"], "not a PyTorch checkpoint"),
+    (["export", "{d}/unsafe.pth", "--arch", "resnet20"], "refused as unsafe"),
+    (["export", "{d}/r20.pth"], "--arch"),
+    (["export", "{d}/r20.pth", "--arch", "resnet18"], "does not fit resnet18 with 10 classes: missing keys"),
+    (["export", "{d}/r20.pth", "--arch", "resnet32"], "does not fit resnet32"),
+    (["export", "{d}/r20.pth", "--arch", "resnet20", "--num-classes", "5"],
+     "has 10 classes (fc.weight (10, 64)), not --num-classes 5"),
+    (["export", "resnet20", "--out", "{d}/a_file/sub"], "is not writable"),
+    (["export", "resnet20", "--max-batch", "0"], "--max-batch must be at least 1"),
+    (["export", "resnet20", "--opset", "17"], "cannot emit opset 17"),
+    (["export", "resnet20", "--exporter", "torchscript", "--opset", "30"], "cannot emit opset 30"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(c[0])[:50] for c in CASES])
+def test_bad_input_exits_2_with_one_line(files, run_cli, args, message, monkeypatch):
+    monkeypatch.chdir(files)
+    out = files / "out"
+    args = [a.format(d=files) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert not list(files.rglob("model.onnx"))
+
+
+def test_no_network_says_so_and_offers_alternatives(tmp_path, run_cli, offline, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    result = run_cli("export", "resnet18", "--weights", "IMAGENET1K_V1", "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "cannot download resnet18 IMAGENET1K_V1" in line and "--weights none" in line
+    assert "resnet18-f37072fd.pth" in line and str(tmp_path / "torch-home") in line
+    assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_debug_shows_the_traceback(run_cli):
+    with pytest.raises(Exception, match="unknown model"):
+        run_cli("--debug", "export", "nonet")

@@ -1,0 +1,91 @@
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from resnet_edge import zoo
+from resnet_edge.export import ExportOptions, export_model, read_card
+from resnet_edge.export.metadata import read_export_options
+
+
+def _ort_matches_torch(model, path, input_shape, batch):
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    return np.abs(got - ref).max(), (got.argmax(1) == ref.argmax(1)).mean()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
+def test_export_passes_checker_and_matches_torch(tmp_path, name):
+    model, card = zoo.load_model(name, weights="none")
+    result = export_model(model, card, tmp_path)
+    assert not result.skipped and result.path == tmp_path / "model.onnx"
+    onnx.checker.check_model(str(result.path), full_check=True)
+    proto = onnx.load(str(result.path))
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert proto.opset_import[0].version == 20
+    for batch in (1, 5):
+        max_abs, agree = _ort_matches_torch(model, result.path, card.preprocess.input_shape, batch)
+        assert max_abs <= 1e-3 and agree == 1.0
+    assert [c.batch for c in result.checks] == [1, 5] and all(c.passed for c in result.checks)
+
+
+def test_metadata_and_manifest_round_trip(tmp_path):
+    model, card = zoo.load_model("resnet20", num_classes=4)
+    card.class_names = ["a", "b", "c", "d"]
+    result = export_model(model, card, tmp_path, ExportOptions(max_batch=16))
+    assert read_card(result.path) == card
+    assert read_export_options(result.path)["max_batch"] == 16
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = manifest["files"]["model.onnx"]
+    from resnet_edge.artifacts import sha256_file
+    assert entry["sha256"] == sha256_file(result.path)
+    assert entry["options"] == {"exporter": "dynamo", "opset": 20, "max_batch": 16}
+    assert "torch" in manifest["versions"] and "onnxruntime" in manifest["versions"]
+
+
+def test_unchanged_export_is_skipped_and_changed_one_is_not(tmp_path):
+    model, card = zoo.load_model("resnet20")
+    first = export_model(model, card, tmp_path)
+    mtime = first.path.stat().st_mtime_ns
+    assert export_model(model, card, tmp_path).skipped
+    assert first.path.stat().st_mtime_ns == mtime
+    assert not export_model(model, card, tmp_path, ExportOptions(max_batch=8)).skipped
+
+
+def test_torchscript_exporter_gives_opset_17(tmp_path):
+    model, card = zoo.load_model("resnet20")
+    result = export_model(model, card, tmp_path, ExportOptions(exporter="torchscript"))
+    assert onnx.load(str(result.path)).opset_import[0].version == 17
+    max_abs, agree = _ort_matches_torch(model, result.path, card.preprocess.input_shape, 5)
+    assert max_abs <= 1e-3 and agree == 1.0
+
+
+def test_interrupted_export_leaves_no_model_onnx(tmp_path):
+    model, card = zoo.load_model("resnet20")
+
+    def interrupt(message):
+        if message.startswith("checking"):  # the ONNX file exists by now, under a temp name
+            assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        export_model(model, card, tmp_path, step=interrupt)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_cli_export_checkpoint_then_up_to_date(tmp_path, run_cli):
+    model, card = zoo.load_model("resnet20", num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    out = tmp_path / "work"
+    result = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.stdout and "100.0%" in result.stdout
+    assert read_card(out / "model.onnx").num_classes == 3
+    again = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", out)
+    assert again.exit_code == 0 and "up to date" in again.stdout

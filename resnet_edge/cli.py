@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ResnetEdgeError
+from .errors import BadInput, ResnetEdgeError
 
 stdout = Console()
 err = Console(stderr=True)
@@ -55,6 +55,9 @@ def cli(debug: bool) -> None:
 @contextlib.contextmanager
 def _steps():
     """A spinner whose text each step of a long command updates."""
+    if not err.is_terminal:  # logs and pipes get the results, not spinner frames
+        yield lambda message: None
+        return
     with err.status("starting") as status:
         yield lambda message: status.update(message)
 
@@ -157,6 +160,104 @@ def export(source, weights, arch, num_classes, out, exporter, opset, max_batch, 
     stdout.print(f"wrote {result.path} ({size:.1f} MB, opset {options.opset}) in "
               f"{time.perf_counter() - start:.1f} s (export {s['export']:.1f} s, "
               f"checks {s['checks']:.1f} s)")
+
+
+# ---- train / eval --------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("arch")
+@click.option("--dataset", default="digits", show_default=True,
+              help="Data spec: digits (offline), cifar10, imagefolder:PATH (uses PATH/train and "
+              "PATH/val when present), npy:PATH,LABELS.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<arch>-<dataset>].")
+@click.option("--epochs", type=int, help="Epochs [digits 30, cifar10 30, imagefolder 10].")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak SGD learning rate.")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, help="[5e-4 for inputs <= 64 px, else 1e-4]")
+@click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True)
+@click.option("--warmup-epochs", type=float, help="Linear warm-up [5 when batch > 256, else 0].")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--pretrained", help="Fine-tune torchvision weights (e.g. IMAGENET1K_V2) with a new head.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same run.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue from a run's last.pt.")
+@click.option("--plot", is_flag=True, help="Also write training.png (loss, accuracy, gradient norms).")
+@click.option("--workers", type=int, help="Data loader processes [4 for image folders, else 0].")
+def train(arch, dataset, out, epochs, batch_size, lr, momentum, weight_decay, schedule,
+          warmup_epochs, label_smoothing, pretrained, seed, device, resume, plot, workers) -> None:
+    """Train a ResNet with the ResNet paper's recipe (SGD, momentum 0.9, cosine or step LR).
+
+    Writes model.pt (the best epoch by validation accuracy, with the model card and measured
+    val/test accuracy), last.pt (for --resume) and history.json (loss, accuracy, images/s and
+    the gradient L2 norm of each stage per epoch). Launch with torchrun for multi-GPU.
+
+    \b
+    Examples:
+      resnet-edge train resnet20 --dataset digits --out runs/resnet20-digits      # offline, ~2 min
+      resnet-edge train resnet18 --dataset cifar10 --epochs 30 --out runs/r18-c10
+      resnet-edge train resnet50 --dataset imagefolder:/data/flowers --pretrained IMAGENET1K_V2 --epochs 5
+      torchrun --nproc-per-node 4 -m resnet_edge.cli train resnet50 --dataset imagefolder:/data/in1k
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .train import TrainConfig, train as run_training
+
+    out = out or Path("runs") / f"{arch}-{dataset.partition(':')[0]}"
+    config = TrainConfig(arch, dataset, out, epochs, batch_size, lr, momentum, weight_decay,
+                         schedule, warmup_epochs, label_smoothing, pretrained, seed, device,
+                         resume, plot, workers)
+    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1%} "
+                          "{task.fields[images_per_s]:.0f} img/s"), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("train", total=1, epoch=0, loss=0.0, acc=0.0, images_per_s=0.0)
+
+        def progress(done, total, stats):
+            bar.update(task, completed=done, total=total, **stats)
+
+        def on_epoch(row):
+            err.print(f"epoch {row['epoch']:3d}  loss {row['loss']:.3f}  train {row['train_top1']:.1%}"
+                      f"  val {row['val_top1']:.1%}  {row['images_per_s']:.0f} img/s")
+        result = run_training(config, on_epoch=on_epoch, progress=progress)
+    m = result.card.metrics
+    test = f", test top-1 {m['test_top1']:.2%} top-5 {m['test_top5']:.2%}" if "test_top1" in m else ""
+    stdout.print(f"best epoch {m['best_epoch']}: val top-1 {m['val_top1']:.2%}{test}; "
+                 f"{result.seconds:.0f} s training; wrote {result.model_path}")
+
+
+@cli.command(name="eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", "data_spec", default="digits:test", show_default=True, help="Data spec.")
+@click.option("--arch", help="Architecture, for a plain state-dict checkpoint.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
+    """Top-1 / top-5 accuracy of a checkpoint in PyTorch, through the model card's Preprocess.
+
+    \b
+    Example:
+      resnet-edge eval runs/resnet20-digits/model.pt --data digits:test
+    """
+    from .data import check_classes, open_data
+    from .train import _device, evaluate
+    from .zoo import load_checkpoint
+
+    model, card = load_checkpoint(checkpoint, arch=arch)
+    source = open_data(data_spec, input_shape=card.preprocess.input_shape)
+    if not source.has_labels:
+        raise BadInput(f"{data_spec} has no labels, so accuracy cannot be measured")
+    check_classes(source, card.num_classes, f"{checkpoint} ({card.arch})")
+    device = _device(device)
+    acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size, device=device)
+    result = {"checkpoint": str(checkpoint), "data": data_spec, "images": acc.images,
+              "top1": acc.top1, "top5": acc.top5, "device": device}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        stdout.print(f"{card.arch} on {data_spec} ({acc.images} images, {device}): "
+                     f"top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}")
 
 
 def main() -> None:

@@ -7,12 +7,18 @@ metadata and the manifest, and is read back from there; no command re-derives it
 
 from __future__ import annotations
 
+import os
+import urllib.error
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
+
+from .errors import BadInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,3 +71,252 @@ class Preprocess:
     def __call__(self, images) -> torch.Tensor:
         """A PIL image, a uint8 tensor (..., 3, H, W) or a float tensor in [0, 1] -> float32."""
         return self.transform()(images)
+
+
+# ---- data specs ----------------------------------------------------------------------------
+# One syntax for every command that reads data:
+#   digits[:train|val|test]   scikit-learn's bundled 8x8 digits (offline default)
+#   cifar10[:train|test]      torchvision CIFAR-10, downloaded to the data cache on first use
+#   imagefolder:PATH          one sub-folder per class
+#   npy:PATH[,LABELS]         N x C x H x W float32, already preprocessed; optional labels .npy
+#   random:N                  seeded noise, no labels (latency and smoke tests only)
+
+SPEC_SYNTAX = ("digits[:train|val|test], cifar10[:train|test], imagefolder:PATH, "
+               "npy:PATH[,LABELS.npy], random:N")
+DIGITS_SPLITS = {"train": (0, 1200), "val": (1200, 1400), "test": (1400, 1797)}
+SPLIT_SEED = 0
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def data_cache() -> Path:
+    return Path(os.environ.get("RESNET_EDGE_DATA", Path.home() / ".cache" / "resnet-edge" / "data"))
+
+
+class Source(torch.utils.data.Dataset):
+    """Raw images (PIL images or float tensors in [0, 1]) with labels where known.
+
+    `preprocessed` sources (npy, random) already hold model inputs and skip Preprocess.
+    """
+
+    spec: str = ""
+    class_names: list[str] | None = None
+    labels: np.ndarray | None = None
+    preprocessed: bool = False
+    summary: str = ""
+    splits: tuple[str, ...] = ()
+    mirror_ok: bool = True  # False where a flipped image means something else (digits)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.class_names) if self.class_names else None
+
+    def image(self, index: int):
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        label = int(self.labels[index]) if self.labels is not None else -1
+        return self.image(index), label
+
+
+class TensorSource(Source):
+    def __init__(self, spec, images: torch.Tensor, labels, class_names, *, preprocessed=False,
+                 summary="", splits=()):
+        self.spec, self.images, self.labels, self.class_names = spec, images, labels, class_names
+        self.preprocessed, self.summary, self.splits = preprocessed, summary, splits
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int):
+        return self.images[index]
+
+
+class FileSource(Source):
+    def __init__(self, spec, files: list[Path], labels, class_names, summary):
+        self.spec, self.files, self.labels = spec, files, labels
+        self.class_names, self.summary = class_names, summary
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, index: int):
+        from PIL import Image
+        with Image.open(self.files[index]) as img:
+            return img.convert("RGB")  # grayscale, palette and RGBA all become RGB
+
+
+class CifarSource(Source):
+    def __init__(self, spec, dataset):
+        self.spec, self.dataset = spec, dataset
+        self.labels = np.asarray(dataset.targets)
+        self.class_names = list(dataset.classes)
+        self.summary = f"{len(dataset)} images, 10 classes"
+        self.splits = ("train", "test")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def image(self, index: int):
+        return self.dataset[index][0]
+
+
+def open_data(spec: str, *, input_shape: tuple[int, int, int] | None = None,
+              download: bool = True) -> Source:
+    """Parse a data spec and open the source it names, or fail with the syntax."""
+    kind, _, arg = spec.partition(":")
+    if kind == "digits":
+        return _digits(spec, arg or "test")
+    if kind == "cifar10":
+        return _cifar10(spec, arg or "test", download)
+    if kind == "imagefolder" and arg:
+        return _imagefolder(spec, Path(arg).expanduser())
+    if kind == "npy" and arg:
+        return _npy(spec, arg, input_shape)
+    if kind == "random" and arg:
+        return _random(spec, arg, input_shape)
+    raise BadInput(f"unknown data spec {spec!r}; use one of {SPEC_SYNTAX}")
+
+
+def _check_split(name: str, split: str, splits) -> None:
+    if split not in splits:
+        raise BadInput(f"{name} has no split {split!r}; choose one of {', '.join(splits)}")
+
+
+def _digits(spec: str, split: str) -> Source:
+    from sklearn.datasets import load_digits
+    _check_split("digits", split, DIGITS_SPLITS)
+    digits = load_digits()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(digits.target))
+    lo, hi = DIGITS_SPLITS[split]
+    chosen = order[lo:hi]
+    # 8x8 intensities 0..16 -> [0, 1], replicated to 3 channels; Preprocess upsamples them.
+    images = torch.from_numpy(digits.images[chosen] / 16.0).float().unsqueeze(1).repeat(1, 3, 1, 1)
+    source = TensorSource(spec, images, digits.target[chosen].astype(np.int64),
+                          [str(c) for c in range(10)],
+                          summary=f"{len(chosen)} images, 10 classes (scikit-learn digits, {split})",
+                          splits=tuple(DIGITS_SPLITS))
+    source.mirror_ok = False
+    return source
+
+
+def _cifar10(spec: str, split: str, download: bool) -> Source:
+    import torchvision
+    _check_split("cifar10", split, ("train", "test"))
+    root = data_cache() / "cifar10"
+    try:
+        dataset = torchvision.datasets.CIFAR10(root, train=split == "train", download=download)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, RuntimeError) as exc:
+        raise BadInput(f"CIFAR-10 is not in {root} and cannot be downloaded ({_first_line(exc)}); "
+                       f"place cifar-10-python.tar.gz there, set RESNET_EDGE_DATA, or use "
+                       "--data digits offline") from None
+    return CifarSource(spec, dataset)
+
+
+def _imagefolder(spec: str, root: Path) -> Source:
+    from PIL import Image, UnidentifiedImageError
+    if not root.is_dir():
+        raise BadInput(f"image folder {root} not found; give a folder with one sub-folder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, labels, skipped = [], [], 0
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file():
+                continue
+            try:
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise UnidentifiedImageError
+                with Image.open(path) as img:
+                    img.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError):
+                skipped += 1
+                continue
+            files.append(path)
+            labels.append(label)
+    if not files:
+        raise BadInput(f"image folder {root} has no images in class sub-folders "
+                       f"({len(classes)} sub-folders, {skipped} non-image files); expected "
+                       f"{root}/<class>/<image>.jpg")
+    summary = f"{len(files)} images, {len(classes)} classes"
+    if skipped:
+        summary += f", {skipped} non-image files skipped"
+    return FileSource(spec, files, np.asarray(labels, dtype=np.int64), classes, summary)
+
+
+def _npy(spec: str, arg: str, input_shape) -> Source:
+    image_path, _, label_path = arg.partition(",")
+    try:
+        images = np.load(image_path, allow_pickle=False)
+        labels = np.load(label_path, allow_pickle=False) if label_path else None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read {spec}: {_first_line(exc)}") from None
+    if images.ndim != 4 or images.dtype != np.float32:
+        raise BadInput(f"{image_path} holds {images.dtype} {images.shape}; expected float32 "
+                       "N x C x H x W, already preprocessed")
+    if input_shape is not None and tuple(images.shape[1:]) != tuple(input_shape):
+        raise BadInput(f"{image_path} images are {tuple(images.shape[1:])}, the model takes "
+                       f"{tuple(input_shape)}; preprocess them with the model's Preprocess")
+    if labels is not None and labels.shape != (len(images),):
+        raise BadInput(f"{label_path} has shape {labels.shape}; expected ({len(images)},) labels")
+    names = None
+    if labels is not None:
+        labels = labels.astype(np.int64)
+        names = [str(c) for c in range(int(labels.max()) + 1)]
+    return TensorSource(spec, torch.from_numpy(images), labels, names,
+                        preprocessed=True, summary=f"{len(images)} preprocessed arrays")
+
+
+def _random(spec: str, arg: str, input_shape) -> Source:
+    if not arg.isdigit() or int(arg) < 1:
+        raise BadInput(f"random:N needs a positive count, got {arg!r}")
+    if input_shape is None:
+        raise BadInput("random:N needs a model to take its input shape from")
+    images = torch.randn(int(arg), *input_shape, generator=torch.Generator().manual_seed(0))
+    return TensorSource(spec, images, None, None, preprocessed=True,
+                        summary=f"{arg} seeded random inputs, no labels")
+
+
+class _Prepared(torch.utils.data.Dataset):
+    def __init__(self, source: Source, preprocess: Preprocess, augment=None):
+        self.source, self.preprocess, self.augment = source, preprocess, augment
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        image, label = self.source[index]
+        x = image if self.source.preprocessed else self.preprocess(image)
+        return (self.augment(x) if self.augment else x), label
+
+
+def batches(source: Source, preprocess: Preprocess, batch_size: int, *,
+            indices=None, shuffle: bool = False, seed: int = 0, augment=None,
+            workers: int | None = None, sampler=None) -> torch.utils.data.DataLoader:
+    """Preprocessed (inputs, labels) batches; labels are -1 where the source has none."""
+    dataset = _Prepared(source, preprocess, augment)
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, list(indices))
+    if workers is None:  # decoding files is worth worker processes; in-memory tensors are not
+        workers = min(4, os.cpu_count() or 1) if isinstance(source, FileSource) else 0
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed) if shuffle and sampler is None else None,
+        persistent_workers=workers > 0)
+
+
+def check_classes(source: Source, num_classes: int, what: str = "the model") -> None:
+    """Labels must index the model's classes."""
+    if not source.has_labels:
+        return
+    if source.num_classes is not None and source.num_classes != num_classes:
+        raise BadInput(f"{source.spec} has {source.num_classes} classes but {what} has "
+                       f"{num_classes}; use data with the same classes or retrain")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

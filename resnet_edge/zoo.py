@@ -193,7 +193,7 @@ def _from_zoo(v: Variant, weights: str, num_classes: int | None) -> tuple[nn.Mod
     if num_classes is not None and num_classes != classes:
         raise BadInput(f"{v.name} {enum_member.name} weights have {classes} classes, not "
                        f"{num_classes}; fine-tune with `resnet-edge train --pretrained` instead")
-    state = _download(v, enum_member)
+    state = download_state_dict(v, enum_member)
     model = v.build(classes)
     model.load_state_dict(state)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum_member.url)
@@ -204,7 +204,7 @@ def _from_zoo(v: Variant, weights: str, num_classes: int | None) -> tuple[nn.Mod
     return model, card
 
 
-def _download(v: Variant, enum_member) -> dict[str, torch.Tensor]:
+def download_state_dict(v: Variant, enum_member) -> dict[str, torch.Tensor]:
     try:
         return enum_member.get_state_dict(progress=True, check_hash=True)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:

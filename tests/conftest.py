@@ -35,3 +35,11 @@ def offline(monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A resnet20 trained for a few epochs on digits: the checkpoint later tests build on."""
+    from resnet_edge.train import TrainConfig, train
+    out = tmp_path_factory.mktemp("run") / "resnet20-digits"
+    return train(TrainConfig("resnet20", "digits", out, epochs=4, seed=0))

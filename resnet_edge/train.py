@@ -1,0 +1,363 @@
+"""The `train` command: the ResNet paper's recipe, a best checkpoint by validation accuracy,
+and a history that records per-stage gradient norms (the gradient-flow view of why residual
+networks train)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchvision.transforms import v2
+
+from .artifacts import ensure_writable_dir, write_json_atomic
+from .data import Preprocess, Source, batches, check_classes, open_data
+from .errors import BadInput
+from .parity.metrics import Accuracy
+from .zoo import (ModelCard, download_state_dict, load_state_strict, read_checkpoint,
+                  save_checkpoint, variant)
+
+DEFAULT_EPOCHS = {"digits": 30, "cifar10": 30, "imagefolder": 10}
+VAL_FRACTION = 0.1
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    dataset: str
+    out: Path
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    schedule: str = "cosine"
+    warmup_epochs: float | None = None
+    label_smoothing: float = 0.0
+    pretrained: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    resume: Path | None = None
+    plot: bool = False
+    workers: int | None = None
+
+    def validated(self) -> "TrainConfig":
+        kind = self.dataset.partition(":")[0]
+        epochs = DEFAULT_EPOCHS.get(kind, 10) if self.epochs is None else self.epochs
+        if epochs < 1:
+            raise BadInput(f"--epochs must be at least 1, got {epochs}")
+        if self.batch_size < 1:
+            raise BadInput(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise BadInput(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "step"):
+            raise BadInput(f"--schedule must be cosine or step, got {self.schedule!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BadInput("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        # Goyal et al.: linear warm-up when the batch outgrows the paper's 256.
+        warmup = (5.0 if self.batch_size > 256 else 0.0) if self.warmup_epochs is None else self.warmup_epochs
+        return TrainConfig(**{**asdict(self), "epochs": epochs, "warmup_epochs": warmup})
+
+
+@dataclass
+class Splits:
+    train: Source
+    train_indices: list[int]
+    val: Source
+    val_indices: list[int]
+    test: Source | None
+
+
+def open_splits(spec: str, input_shape: tuple[int, int, int]) -> Splits:
+    """Train/val/test from one dataset spec: the dataset's own val split where it has one, else
+    a seeded 10% of train held out; its test split where it has one."""
+    kind, _, arg = spec.partition(":")
+    if kind == "imagefolder":
+        root = Path(arg).expanduser()
+        if (root / "train").is_dir():
+            train = open_data(f"imagefolder:{root / 'train'}")
+            val = open_data(f"imagefolder:{root / 'val'}") if (root / "val").is_dir() else None
+            test = open_data(f"imagefolder:{root / 'test'}") if (root / "test").is_dir() else None
+        else:
+            train, val, test = open_data(spec), None, None
+    elif kind in ("digits", "cifar10"):
+        if arg:
+            raise BadInput(f"train takes the whole dataset ({kind}), not a split; drop ':{arg}'")
+        train = open_data(f"{kind}:train")
+        val = open_data(f"{kind}:val") if "val" in train.splits else None
+        test = open_data(f"{kind}:test")
+    else:
+        train, val, test = open_data(spec, input_shape=input_shape), None, None
+    if not train.has_labels:
+        raise BadInput(f"{spec} has no labels; training needs a labelled dataset")
+    indices = list(range(len(train)))
+    if val is not None:
+        return Splits(train, indices, val, list(range(len(val))), test)
+    order = np.random.default_rng(0).permutation(len(train)).tolist()
+    n_val = max(1, int(len(train) * VAL_FRACTION))
+    return Splits(train, sorted(order[n_val:]), train, sorted(order[:n_val]), test)
+
+
+def augmentation(preprocess: Preprocess, mirror_ok: bool) -> v2.Compose:
+    size = preprocess.input_size
+    crop = (v2.RandomCrop(size, padding=size // 8) if size <= 64
+            else v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True))
+    return v2.Compose([crop, *([v2.RandomHorizontalFlip()] if mirror_ok else [])])
+
+
+def stage_of(param_name: str) -> str:
+    head = param_name.split(".")[0]
+    return head if head.startswith("layer") or head == "fc" else "stem"
+
+
+def gradient_norms(model: nn.Module) -> dict[str, float]:
+    squares: dict[str, float] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            stage = stage_of(name.removeprefix("module."))
+            squares[stage] = squares.get(stage, 0.0) + float(p.grad.detach().pow(2).sum())
+    return {k: math.sqrt(v) for k, v in squares.items()}
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 0.1 ** sum(progress >= m for m in (0.5, 0.75))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, source: Source, preprocess: Preprocess, *, indices=None,
+             batch_size: int = 256, device: str = "cpu", workers: int | None = None) -> Accuracy:
+    model.eval()
+    acc = Accuracy()
+    for x, y in batches(source, preprocess, batch_size, indices=indices, workers=workers):
+        acc.update(model(x.to(device)).float().cpu().numpy(), y.numpy())
+    return acc
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    card: ModelCard
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row: None,
+          progress: Callable[[int, int, dict], None] = lambda done, total, stats: None) -> TrainResult:
+    """Train `config.arch` on `config.dataset`; writes model.pt, last.pt and history.json."""
+    config = config.validated()
+    v = variant(config.arch)
+    splits = open_splits(config.dataset, v.default_preprocess.input_shape)
+    num_classes = splits.train.num_classes
+    resume_state = _read_resume(config.resume, v.name) if config.resume else None
+
+    model, preprocess, weights = _initial_model(v, num_classes, config.pretrained)
+    if resume_state is not None:
+        card = ModelCard.from_dict(resume_state["card"])
+        check_classes(splits.train, card.num_classes, f"the resumed {card.arch} model")
+        preprocess = card.preprocess
+        load_state_strict(model, resume_state["state_dict"], v.name, config.resume)
+    out = ensure_writable_dir(config.out)
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = _device(config.device)
+    rank = 0
+    if distributed:
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        rank = dist.get_rank()
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            device = f"cuda:{torch.cuda.current_device()}"
+    _seed_everything(config.seed + rank)
+    model = model.to(device)
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    weight_decay = config.weight_decay if config.weight_decay is not None else (
+        5e-4 if preprocess.input_size <= 64 else 1e-4)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=weight_decay, nesterov=False)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    steps_per_epoch = math.ceil(len(splits.train_indices) / config.batch_size /
+                                (dist.get_world_size() if distributed else 1))
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, config.schedule))
+    augment = augmentation(preprocess, splits.train.mirror_ok)
+
+    history, best, start_epoch = [], -1.0, 0
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        torch.set_rng_state(resume_state["rng"])
+        history = resume_state["history"]
+        best = max((row["val_top1"] for row in history), default=-1.0)
+        start_epoch = len(history)
+
+    card = ModelCard(v.name, num_classes, preprocess, class_names=splits.train.class_names,
+                     weights=weights)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        sampler = None
+        if distributed:
+            sampler = torch.utils.data.DistributedSampler(splits.train_indices, seed=config.seed)
+            sampler.set_epoch(epoch)
+        loader = batches(splits.train, preprocess, config.batch_size, indices=splits.train_indices,
+                         shuffle=True, seed=config.seed + epoch, augment=augment,
+                         workers=config.workers, sampler=sampler)
+        row = _train_one_epoch(net, model, loader, optimizer, scheduler, criterion, device,
+                               lambda done, stats: progress(done, steps_per_epoch,
+                                                            {"epoch": epoch + 1, **stats}))
+        val = evaluate(model, splits.val, preprocess, indices=splits.val_indices, device=device,
+                       workers=config.workers)
+        row.update(epoch=epoch + 1, val_top1=val.top1, val_top5=val.top5)
+        history.append(row)
+        if rank == 0:
+            if val.top1 >= best:  # ties go to the later, more annealed epoch
+                best = val.top1
+                card.metrics = {"val_top1": val.top1, "val_top5": val.top5, "best_epoch": epoch + 1,
+                                "dataset": config.dataset}
+                save_checkpoint(out / "model.pt", model, card)
+            save_checkpoint(out / "last.pt", model, card, optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), rng=torch.get_rng_state(),
+                            history=history)
+            write_json_atomic(out / "history.json", {"config": _plain_config(config),
+                                                     "epochs": history})
+        on_epoch(row)
+    seconds = time.perf_counter() - started
+
+    if rank == 0:
+        best_state, card_dict = read_checkpoint(out / "model.pt")
+        card = ModelCard.from_dict(card_dict)
+        model.load_state_dict(best_state)
+        if splits.test is not None:
+            test = evaluate(model, splits.test, preprocess, device=device, workers=config.workers)
+            card.metrics.update(test_top1=test.top1, test_top5=test.top5)
+            save_checkpoint(out / "model.pt", model.cpu(), card)
+        write_json_atomic(out / "history.json", {"config": _plain_config(config),
+                                                 "epochs": history, "final": card.metrics,
+                                                 "train_seconds": seconds})
+        if config.plot:
+            plot_history(history, out / "training.png")
+    if distributed:
+        dist.destroy_process_group()
+    return TrainResult(out / "model.pt", card, history, seconds)
+
+
+def _train_one_epoch(net, model, loader, optimizer, scheduler, criterion, device, report) -> dict:
+    net.train()
+    seen = correct = 0
+    loss_sum = 0.0
+    norms_sum: dict[str, float] = {}
+    steps = 0
+    start = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.startswith("cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = net(x)
+        loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for stage, norm in gradient_norms(model).items():
+            norms_sum[stage] = norms_sum.get(stage, 0.0) + norm
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        seen += len(y)
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        elapsed = time.perf_counter() - start
+        report(steps, {"loss": loss_sum / seen, "acc": correct / seen,
+                       "images_per_s": seen / max(elapsed, 1e-9)})
+    elapsed = time.perf_counter() - start
+    return {"loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(elapsed, 1e-9),
+            "seconds": elapsed, "grad_norm": {k: v / max(steps, 1) for k, v in norms_sum.items()}}
+
+
+def _initial_model(v, num_classes: int, pretrained: str | None):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = v.build(num_classes)
+    if not pretrained:
+        return model, v.default_preprocess, "none (random init, seed 0)"
+    weights = v.resolve_weights(pretrained)
+    state = {k: t for k, t in download_state_dict(v, weights).items() if not k.startswith("fc.")}
+    model.load_state_dict({**model.state_dict(), **state})  # everything but the new head
+    return (model, Preprocess.from_torchvision(weights.transforms()),
+            f"torchvision:{weights} (fine-tuned, new {num_classes}-class head)")
+
+
+def _read_resume(path: Path, arch: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"resume file {path} not found; give the last.pt of an earlier run")
+    state, card = read_checkpoint(path)
+    if card is None:
+        raise BadInput(f"{path} is not a resnet-edge training checkpoint; resume from last.pt")
+    if card["arch"] != arch:
+        raise BadInput(f"{path} is a {card['arch']} run, not {arch}; resume with the same arch")
+    full = torch.load(path, map_location="cpu", weights_only=True)
+    if "optimizer" not in full:
+        raise BadInput(f"{path} holds weights only; resume from the run's last.pt")
+    return {**full, "state_dict": state}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _plain_config(config: TrainConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .artifacts import atomic_path
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc, ax_grad) = plt.subplots(1, 3, figsize=(15, 4))
+    ax_loss.plot(epochs, [row["loss"] for row in history])
+    ax_loss.set(title="training loss", xlabel="epoch")
+    ax_acc.plot(epochs, [row["train_top1"] for row in history], label="train")
+    ax_acc.plot(epochs, [row["val_top1"] for row in history], label="val")
+    ax_acc.set(title="top-1 accuracy", xlabel="epoch")
+    ax_acc.legend()
+    for stage in history[0]["grad_norm"]:
+        ax_grad.plot(epochs, [row["grad_norm"].get(stage, float("nan")) for row in history],
+                     label=stage)
+    ax_grad.set(title="gradient L2 norm per stage (mean per step)", xlabel="epoch", yscale="log")
+    ax_grad.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "open_splits"]

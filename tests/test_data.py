@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet_edge.data import CIFAR_MEAN, CIFAR_STD, Preprocess, batches, check_classes, open_data
+from resnet_edge.errors import BadInput
+
+PRE = Preprocess(input_size=32, resize=32, mean=CIFAR_MEAN, std=CIFAR_STD)
+
+
+def test_digits_splits_are_fixed_disjoint_and_cover_the_set():
+    splits = {s: open_data(f"digits:{s}") for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [1200, 200, 397]
+    flat = {s: src.images.reshape(len(src), -1).numpy() for s, src in splits.items()}
+    train_rows = {row.tobytes() for row in flat["train"]}
+    # sklearn's digits has a few exact duplicates; the splits are disjoint by index, so at
+    # most a handful of test images may coincide with training images.
+    assert sum(row.tobytes() in train_rows for row in flat["test"]) < 5
+    assert np.array_equal(open_data("digits:test").labels, splits["test"].labels)
+    assert open_data("digits").spec == "digits" and len(open_data("digits")) == 397
+
+
+def test_digits_batches_are_preprocessed_to_the_input_size():
+    x, y = next(iter(batches(open_data("digits:val"), PRE, 64)))
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (64,)
+    # normalized with the card's mean/std: blank background maps to (0 - mean) / std
+    assert x.min().item() == pytest.approx(min((0 - m) / s for m, s in zip(CIFAR_MEAN, CIFAR_STD)), abs=1e-4)
+
+
+def _write_folder(root):
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8), mode="L").save(root / "cat/gray.png")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 4), dtype=np.uint8), mode="RGBA").save(root / "cat/rgba.png")
+    Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).convert("P").save(root / "dog/pal.gif")
+    Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / "dog/rgb.jpg")
+    (root / "dog/notes.txt").write_text("not an image")
+    (root / "dog/broken.jpg").write_bytes(b"\xff\xd8 truncated")
+
+
+def test_imagefolder_converts_modes_and_counts_skipped_files(tmp_path):
+    _write_folder(tmp_path)
+    source = open_data(f"imagefolder:{tmp_path}")
+    assert source.class_names == ["cat", "dog"] and len(source) == 4
+    assert "2 non-image files skipped" in source.summary
+    assert list(source.labels) == [0, 0, 1, 1]
+    x, y = next(iter(batches(source, PRE, 8, workers=0)))
+    assert x.shape == (4, 3, 32, 32) and torch.isfinite(x).all()
+
+
+def test_npy_with_labels_and_shape_checks(tmp_path):
+    arr = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    np.save(tmp_path / "y.npy", np.arange(6) % 3)
+    source = open_data(f"npy:{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}", input_shape=(3, 32, 32))
+    x, y = next(iter(batches(source, PRE, 6)))
+    assert np.array_equal(x.numpy(), arr) and list(y) == [0, 1, 2, 0, 1, 2]  # no re-preprocessing
+    with pytest.raises(BadInput, match=r"the model takes \(3, 64, 64\)"):
+        open_data(f"npy:{tmp_path / 'x.npy'}", input_shape=(3, 64, 64))
+    np.save(tmp_path / "u8.npy", arr.astype(np.uint8))
+    with pytest.raises(BadInput, match="expected float32"):
+        open_data(f"npy:{tmp_path / 'u8.npy'}")
+
+
+def test_random_is_seeded_and_unlabelled():
+    a = open_data("random:3", input_shape=(3, 32, 32))
+    b = open_data("random:3", input_shape=(3, 32, 32))
+    assert torch.equal(a.images, b.images) and not a.has_labels
+    _, y = next(iter(batches(a, PRE, 3)))
+    assert list(y) == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("mnist", "unknown data spec 'mnist'; use one of digits[:train|val|test]"),
+    ("digits:holdout", "digits has no split 'holdout'; choose one of train, val, test"),
+    ("cifar10:val", "cifar10 has no split 'val'"),
+    ("imagefolder:/nonexistent/folder", "image folder /nonexistent/folder not found"),
+    ("random:zero", "random:N needs a positive count"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("|", r"\|").replace("(", r"\(")):
+        open_data(spec, input_shape=(3, 32, 32))
+
+
+def test_empty_imagefolder_is_an_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "readme.txt").write_text("x")
+    with pytest.raises(BadInput, match="has no images"):
+        open_data(f"imagefolder:{tmp_path}")
+
+
+def test_cifar10_offline_says_what_to_do(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("RESNET_EDGE_DATA", str(tmp_path))
+    with pytest.raises(BadInput, match="cannot be downloaded.*--data digits"):
+        open_data("cifar10:test")
+
+
+def test_class_count_mismatch_names_both_numbers(tmp_path):
+    _write_folder(tmp_path)
+    with pytest.raises(BadInput, match="has 2 classes but the model has 10"):
+        check_classes(open_data(f"imagefolder:{tmp_path}"), 10)

@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from resnet_edge.data import batches, open_data
+from resnet_edge.export import export_model, read_card
+from resnet_edge.train import TrainConfig, train
+from resnet_edge.zoo import load_model, read_checkpoint
+
+
+def test_trained_checkpoint_has_card_metrics_and_history(trained_digits):
+    run = trained_digits.model_path.parent
+    _, card = read_checkpoint(trained_digits.model_path)
+    assert card["class_names"] == [str(i) for i in range(10)]
+    assert {"val_top1", "test_top1", "test_top5", "best_epoch"} <= set(card["metrics"])
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["epochs"]) == 4
+    first = history["epochs"][0]
+    assert set(first["grad_norm"]) == {"stem", "layer1", "layer2", "layer3", "fc"}
+    assert all(v > 0 for v in first["grad_norm"].values())
+    assert history["epochs"][-1]["loss"] < history["epochs"][0]["loss"]  # it learns
+    assert (run / "last.pt").exists()
+
+
+def test_same_seed_same_run(tmp_path):
+    a = train(TrainConfig("resnet20", "digits", tmp_path / "a", epochs=1, seed=3))
+    b = train(TrainConfig("resnet20", "digits", tmp_path / "b", epochs=1, seed=3))
+    c = train(TrainConfig("resnet20", "digits", tmp_path / "c", epochs=1, seed=4))
+    assert a.history[0]["loss"] == b.history[0]["loss"]
+    assert a.card.metrics["test_top1"] == b.card.metrics["test_top1"]
+    assert a.history[0]["loss"] != c.history[0]["loss"]
+
+
+def test_resume_continues_the_run(tmp_path):
+    train(TrainConfig("resnet20", "digits", tmp_path, epochs=1))
+    resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=2, resume=tmp_path / "last.pt"))
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def test_preprocess_round_trips_checkpoint_and_onnx_and_ort_agrees(trained_digits, tmp_path):
+    model, card = load_model(str(trained_digits.model_path))
+    result = export_model(model, card, tmp_path)
+    assert read_card(result.path).preprocess == card.preprocess == trained_digits.card.preprocess
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    torch_top1, ort_top1, n = 0, 0, 0
+    import torch
+    for x, y in batches(open_data("digits:test"), read_card(result.path).preprocess, 128):
+        with torch.inference_mode():
+            torch_top1 += int((model(x).argmax(1) == y).sum())
+        ort_top1 += int((session.run(None, {"input": x.numpy()})[0].argmax(1) == y.numpy()).sum())
+        n += len(y)
+    assert n == 397 and ort_top1 == torch_top1
+    assert torch_top1 / n == pytest.approx(card.metrics["test_top1"])
+
+
+def test_cli_eval_and_plot(trained_digits, run_cli, tmp_path):
+    result = run_cli("eval", trained_digits.model_path, "--data", "digits:test", "--json")
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.stdout)
+    assert measured["images"] == 397
+    assert measured["top1"] == pytest.approx(trained_digits.card.metrics["test_top1"])
+    out = tmp_path / "plot"
+    assert run_cli("train", "resnet20", "--epochs", "1", "--out", out, "--plot").exit_code == 0
+    assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_on_an_image_folder(tmp_path, run_cli):
+    rng = np.random.default_rng(0)
+    from PIL import Image
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / cls / f"{i}.png")
+    result = run_cli("train", "resnet20", "--dataset", f"imagefolder:{tmp_path / 'data'}",
+                     "--epochs", "1", "--batch-size", "4", "--workers", "0", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    _, card = read_checkpoint(tmp_path / "run" / "model.pt")
+    assert card["class_names"] == ["a", "b"] and card["num_classes"] == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "resnet20", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "resnet20", "--dataset", "mnist"], "unknown data spec"),
+    (["train", "resnet20", "--dataset", "digits:test"], "not a split"),
+    (["train", "resnet20", "--dataset", "imagefolder:/no/such/dir"], "not found"),
+    (["train", "resnet20", "--dataset", "random:10"], "has no labels"),
+    (["train", "resnet32", "--resume", "{ckpt_dir}/last.pt"], "is a resnet20 run, not resnet32"),
+    (["eval", "{ckpt}", "--data", "cifar10:val"], "cifar10 has no split 'val'"),
+    (["eval", "{ckpt}", "--data", "imagefolder:{folder}"], "has 2 classes but"),
+])
+def test_bad_training_input(args, message, run_cli, trained_digits, tmp_path):
+    folder = tmp_path / "folder"
+    for cls in ("x", "y"):
+        (folder / cls).mkdir(parents=True)
+        from PIL import Image
+        Image.new("RGB", (8, 8)).save(folder / cls / "i.png")
+    ckpt = trained_digits.model_path
+    args = [a.format(ckpt=ckpt, ckpt_dir=ckpt.parent, folder=folder) for a in args]
+    out = tmp_path / "never"
+    if args[0] == "train":
+        args += ["--out", str(out)]
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()

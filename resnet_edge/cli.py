@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import BadInput, ResnetEdgeError
@@ -258,6 +259,175 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
     else:
         stdout.print(f"{card.arch} on {data_spec} ({acc.images} images, {device}): "
                      f"top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}")
+
+
+# ---- parity / bench ------------------------------------------------------------------------
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    overrides: dict[str, dict[str, float]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        precision, dot, name = key.partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not dot or number is None:
+            raise BadInput(f"--gate {pair!r} should look like fp16.max_accuracy_drop_pt=0.2")
+        overrides.setdefault(precision, {})[name] = number
+    return overrides
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--data", "data_spec", default="digits:test", show_default=True,
+              help="Evaluation data spec (labels give accuracy; without them only agreement).")
+@click.option("--limit", type=int, help="Use the first N images only.")
+@click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
+@click.option("--precisions", help="Comma list of fp32, fp16, int8 [all].")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML file: [fp16] max_accuracy_drop_pt = 0.2, etc.")
+@click.option("--gate", "gates", multiple=True, metavar="PREC.NAME=VALUE",
+              help="Override one threshold, e.g. --gate int8.max_accuracy_drop_pt=0.5 (repeatable).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write Markdown (+ a PNG plot beside it).")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML, one case per gate.")
+def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
+           json_path, markdown, junit) -> None:
+    """Run one evaluation set through PyTorch fp32 (the reference) and every other backend x
+    precision; compare logits, agreement and accuracy; gate; report.
+
+    \b
+    Gates (defaults; override with --thresholds FILE or --gate):
+      fp32: top-1 agreement 100%, max abs logit diff <= 1e-3
+      fp16: top-1 agreement >= 99.5%, accuracy drop <= 0.1 pt
+      int8: accuracy drop <= 1 pt and >= 99% of the reference accuracy
+
+    Exit 0 when every gate holds, 1 when one fails, 2 on bad usage, 3 when a backend or
+    precision named explicitly with --backends/--precisions cannot run here.
+
+    \b
+    Examples:
+      resnet-edge parity artifacts/resnet20 --data digits:test
+      resnet-edge parity artifacts/resnet50 --data imagefolder:/data/imagenet/val --limit 5000 \\
+          --backends torch,ort,trt --precisions fp32,fp16,int8 \\
+          --json out/parity.json --markdown out/parity.md --junit out/junit.xml
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import GateFailed, MissingBackend
+    from .parity import report as reports
+    from .parity.gates import load_thresholds
+    from .parity.run import run_parity
+
+    table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
+    explicit = backends is not None or precisions is not None
+    with Progress(TextColumn("parity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("parity", total=None)
+        result = run_parity(workdir, data_spec,
+                            backends=_csv(backends or "torch,ort,trt"),
+                            precisions=_csv(precisions or "fp32,fp16,int8"),
+                            thresholds=table_of_gates, limit=limit, batch_size=batch_size,
+                            device=device, explicit=explicit,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    stdout.print(reports.table(result))
+    for row in result["candidates"]:
+        if row["status"] == "skipped":
+            stdout.print(f"[yellow]skipped[/] {row['backend']} {row['precision']}: {escape(row['reason'])}")
+    for path, writer in ((json_path, reports.write_json), (markdown, reports.write_markdown),
+                         (junit, reports.write_junit)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer(result, path)
+            stdout.print(f"wrote {path}")
+    summary = result["summary"]
+    if summary["failed_gates"]:
+        raise GateFailed(f"parity gates failed: {', '.join(summary['failed_gates'])}")
+    if summary["explicit_backends_missing"]:
+        raise MissingBackend("asked for but cannot run here: "
+                             + "; ".join(f"{r['backend']} {r['precision']} ({r['reason']})"
+                                         for r in result["candidates"] if r["status"] == "skipped"))
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma list of batch sizes.")
+@click.option("--iterations", type=int, default=100, show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--backends", help="Comma list of torch, ort, trt [all that can run here].")
+@click.option("--precisions", help="Comma list of fp32, fp16, int8 [all].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write results as JSON.")
+def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, json_path) -> None:
+    """Latency per backend x precision x batch size: warm-up, then timed iterations with the
+    device synchronized. Reports mean, p50, p90, p99, std and images/s host to host, and
+    device compute alone where the backend allows it (GPU backends).
+
+    \b
+    Example:
+      resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
+    """
+    import numpy as np
+
+    from .artifacts import write_json_atomic
+    from .errors import MissingBackend
+    from .parity.run import REFERENCE, candidates, open_workdir
+    from .runtime.backends import BackendUnavailable, open_backend
+    from .runtime.latency import describe_machine, measure
+
+    try:
+        sizes = [int(b) for b in _csv(batch_sizes)]
+    except ValueError:
+        raise BadInput(f"--batch-sizes takes whole numbers, got {batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1 or iterations < 1 or warmup < 0:
+        raise BadInput("--batch-sizes and --iterations must be at least 1, --warmup at least 0")
+    card, model = open_workdir(workdir)
+    explicit = backends is not None or precisions is not None
+    pairs = [REFERENCE, *candidates(_csv(backends or "torch,ort,trt"),
+                                    _csv(precisions or "fp32,fp16,int8"))]
+    if backends is not None and "torch" not in _csv(backends):
+        pairs = pairs[1:]
+    rng = np.random.default_rng(0)
+    results, skipped = [], []
+    table = Table(title=f"{card.arch} latency ({iterations} iterations after {warmup} warm-up)")
+    for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s", "device p50"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    with _steps() as step:
+        for name, precision in pairs:
+            try:
+                backend = open_backend(name, precision, workdir, model=model, device=device)
+            except BackendUnavailable as exc:
+                skipped.append({"backend": name, "precision": precision, "reason": str(exc)})
+                continue
+            for size in sizes:
+                step(f"{backend.label} batch {size}")
+                batch = rng.standard_normal((size, *card.preprocess.input_shape), dtype=np.float32)
+                m = measure(backend, batch, iterations=iterations, warmup=warmup)
+                results.append({"backend": name, "precision": precision, "device": backend.label, **m})
+                h, d = m["host_to_host"], m["device_compute"]
+                table.add_row(backend.label, str(size), f"{h['mean_ms']:.3f}", f"{h['p50_ms']:.3f}",
+                              f"{h['p90_ms']:.3f}", f"{h['p99_ms']:.3f}", f"{h['std_ms']:.3f}",
+                              f"{h['images_per_s']:.1f}", f"{d['p50_ms']:.3f}" if d else "-")
+            backend.close()
+    stdout.print(table)
+    for s in skipped:
+        stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_path, {"schema": "resnet-edge.bench/1", "model": card.to_dict(),
+                                      "machine": describe_machine(), "iterations": iterations,
+                                      "warmup": warmup, "results": results, "skipped": skipped})
+        stdout.print(f"wrote {json_path}")
+    if explicit and skipped:
+        raise MissingBackend("asked for but cannot run here: "
+                             + "; ".join(f"{s['backend']} {s['precision']} ({s['reason']})" for s in skipped))
 
 
 def main() -> None:

@@ -1,23 +1,29 @@
-"""torch -> ONNX: export, embed the ModelCard, check, record in the manifest."""
+"""torch -> ONNX: export, embed the ModelCard, check, record in the manifest; then the FP16
+variant (for strongly typed TensorRT and ORT fp16) and the PyTorch checkpoint that the torch
+backend of `parity` rebuilds the model from."""
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import onnx
+from onnxconverter_common import float16
 from torch import nn
 
-from ..artifacts import WorkDir, atomic_path, ensure_writable_dir
+from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
 from ..errors import GateFailed
-from ..zoo import ModelCard
+from ..zoo import ModelCard, save_checkpoint
 from .checks import BatchCheck, check_batches, compare_with_onnxruntime, run_checker
 from .metadata import read_card, write_metadata
 from .torch_to_onnx import ExportOptions, export_onnx
 
 ONNX_NAME = "model.onnx"
+FP16_NAME = "model.fp16.onnx"
+CHECKPOINT_NAME = "model.pt"
 
 
 @dataclass
@@ -29,27 +35,46 @@ class ExportResult:
 
 
 def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
-                 options: ExportOptions = ExportOptions(), *, force: bool = False,
+                 options: ExportOptions = ExportOptions(), *, force: bool = False, fp16: bool = True,
                  step: Callable[[str], None] = lambda message: None) -> ExportResult:
-    """Write `out_dir/model.onnx` and record it, unless the same inputs already made it.
+    """Write model.onnx (+ model.pt, model.fp16.onnx) in `out_dir` and record them, each
+    skipped when the same inputs already made it.
 
-    The file appears only after the checker and the ONNX Runtime comparison pass; on any
+    model.onnx appears only after the checker and the ONNX Runtime comparison pass; on any
     failure or interruption no model.onnx is left behind.
     """
     options = options.resolved()
     workdir = WorkDir(ensure_writable_dir(out_dir))
     inputs = {"card": card.to_dict()}
     recorded = asdict(options)
-    if not force and workdir.is_fresh(ONNX_NAME, inputs, recorded):
-        return ExportResult(workdir.file(ONNX_NAME), skipped=True)
+    result = ExportResult(workdir.file(ONNX_NAME), skipped=True)
+    if force or not workdir.is_fresh(ONNX_NAME, inputs, recorded):
+        result = _export_checked(model, card, workdir, options, step)
+        workdir.set("model", {"card": card.to_dict()})
+        workdir.record(ONNX_NAME, inputs=inputs, options=recorded,
+                       extra={"checks": [asdict(c) for c in result.checks],
+                              "seconds": result.seconds})
+    if force or not workdir.is_fresh(CHECKPOINT_NAME, inputs, {}):
+        save_checkpoint(workdir.file(CHECKPOINT_NAME), model, card)
+        workdir.record(CHECKPOINT_NAME, inputs=inputs, options={})
+    if fp16:
+        fp16_inputs = {ONNX_NAME: sha256_file(workdir.file(ONNX_NAME))}
+        fp16_options = {"keep_io_types": True}
+        if force or not workdir.is_fresh(FP16_NAME, fp16_inputs, fp16_options):
+            step("writing the FP16 ONNX (onnxconverter-common, fp32 inputs and outputs)")
+            write_fp16(workdir.file(ONNX_NAME), workdir.file(FP16_NAME))
+            workdir.record(FP16_NAME, inputs=fp16_inputs, options=fp16_options)
+    return result
 
+
+def _export_checked(model, card, workdir: WorkDir, options: ExportOptions, step) -> ExportResult:
     seconds = {}
     with atomic_path(workdir.file(ONNX_NAME)) as tmp:
         step(f"exporting {card.arch} ({options.exporter}, opset {options.opset})")
         start = time.perf_counter()
         export_onnx(model, card.preprocess.input_shape, tmp, options)
         proto = onnx.load(tmp)
-        write_metadata(proto, card, recorded)
+        write_metadata(proto, card, asdict(options))
         onnx.save(proto, tmp)
         seconds["export"] = time.perf_counter() - start
 
@@ -65,11 +90,18 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
             raise GateFailed(f"ONNX Runtime disagrees with PyTorch at batch {worst.batch}: max abs "
                              f"diff {worst.max_abs_diff:.3g} (limit 1e-3), top-1 agreement "
                              f"{worst.top1_agreement:.1%}; model.onnx was not written")
-    workdir.set("model", {"card": card.to_dict()})
-    workdir.record(ONNX_NAME, inputs=inputs, options=recorded,
-                   extra={"checks": [asdict(c) for c in checks], "seconds": seconds})
     return ExportResult(workdir.file(ONNX_NAME), skipped=False, checks=checks, seconds=seconds)
 
 
+def write_fp16(src: Path, dst: Path) -> None:
+    """FP16 weights and compute with FP32 inputs/outputs (Casts at the edges), metadata kept."""
+    with warnings.catch_warnings():  # per-tensor notes about values clamped to the fp16 range
+        warnings.simplefilter("ignore")
+        proto = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
+    with atomic_path(dst) as tmp:
+        onnx.save(proto, tmp)
+        run_checker(tmp)
+
+
 __all__ = ["ExportOptions", "ExportResult", "export_model", "export_onnx", "read_card",
-           "ONNX_NAME"]
+           "write_fp16", "ONNX_NAME", "FP16_NAME", "CHECKPOINT_NAME"]

@@ -1,0 +1,168 @@
+"""One evaluation set through the PyTorch fp32 reference and every other backend x precision,
+streamed in batches, compared, gated."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+from .. import __version__
+from ..data import batches, check_classes, open_data
+from ..errors import BadInput
+from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card
+from ..runtime.backends import Backend, BackendUnavailable, open_backend
+from ..runtime.latency import LatencyStats, describe_machine
+from ..zoo import load_checkpoint
+from .gates import Thresholds, evaluate_gates
+from .metrics import Accuracy, LogitComparison
+
+SCHEMA = "resnet-edge.parity/1"
+# What each backend can run; torch int8 is not a thing this tool makes.
+SUPPORTED = {"torch": ("fp32", "fp16"), "ort": ("fp32", "fp16", "int8"),
+             "trt": ("fp32", "fp16", "int8")}
+REFERENCE = ("torch", "fp32")
+
+
+@dataclass
+class _Row:
+    backend: str
+    precision: str
+    runner: Backend | None = None
+    reason: str = ""
+    comparison: LogitComparison = field(default_factory=LogitComparison)
+    accuracy: Accuracy = field(default_factory=Accuracy)
+    seconds: list[float] = field(default_factory=list)
+
+
+def open_workdir(workdir: str | Path):
+    """(card, torch model) from a work directory that `export` made, or a clear error."""
+    workdir = Path(workdir)
+    onnx_path = workdir / ONNX_NAME
+    if not onnx_path.exists():
+        raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
+    card = read_card(onnx_path)
+    if card is None:
+        raise BadInput(f"{onnx_path} carries no resnet-edge model card; export it with resnet-edge")
+    if not (workdir / CHECKPOINT_NAME).exists():
+        raise BadInput(f"{workdir} has no {CHECKPOINT_NAME} for the PyTorch reference; re-run export")
+    model, _ = load_checkpoint(workdir / CHECKPOINT_NAME)
+    return card, model
+
+
+def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
+    for name in backends:
+        if name not in SUPPORTED:
+            raise BadInput(f"unknown backend {name!r}; use {', '.join(SUPPORTED)}")
+    for p in precisions:
+        if p not in ("fp32", "fp16", "int8"):
+            raise BadInput(f"unknown precision {p!r}; use fp32, fp16, int8")
+    return [(b, p) for b in backends for p in precisions
+            if p in SUPPORTED[b] and (b, p) != REFERENCE]
+
+
+def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], precisions: list[str],
+               thresholds: dict[str, Thresholds], limit: int | None = None, batch_size: int = 32,
+               device: str = "auto", explicit: bool = False,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    if batch_size < 1:
+        raise BadInput(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise BadInput(f"--limit must be at least 1, got {limit}")
+    card, model = open_workdir(workdir)
+    source = open_data(data_spec, input_shape=card.preprocess.input_shape)
+    check_classes(source, card.num_classes, f"the model ({card.arch})")
+    n = len(source) if limit is None else min(limit, len(source))
+    pairs = candidates(backends, precisions)
+
+    reference = open_backend(*REFERENCE, workdir, model=model, device=device)
+    rows = []
+    for name, precision in pairs:
+        row = _Row(name, precision)
+        try:
+            row.runner = open_backend(name, precision, workdir, model=model, device=device)
+        except BackendUnavailable as exc:
+            row.reason = str(exc)
+        rows.append(row)
+    ran = [r for r in rows if r.runner is not None]
+
+    ref_accuracy, ref_seconds = Accuracy(), []
+    labelled = source.has_labels
+    done = 0
+    for x, y in batches(source, card.preprocess, batch_size, indices=range(n)):
+        batch, labels = x.numpy(), y.numpy()
+        start = time.perf_counter()
+        ref = reference.run(batch)
+        ref_seconds.append(time.perf_counter() - start)
+        if labelled:
+            ref_accuracy.update(ref, labels)
+        for row in ran:
+            start = time.perf_counter()
+            out = row.runner.run(batch)
+            row.seconds.append(time.perf_counter() - start)
+            row.comparison.update(ref, out)
+            if labelled:
+                row.accuracy.update(out, labels)
+        done += len(batch)
+        progress(done, n)
+    for r in [reference, *(r.runner for r in ran)]:
+        r.close()
+
+    ref_acc = _accuracy(ref_accuracy) if labelled else None
+    report_rows = []
+    for row in rows:
+        entry = {"backend": row.backend, "precision": row.precision}
+        if row.runner is None:
+            entry.update(status="skipped", reason=row.reason, device=None, metrics=None,
+                         accuracy=None, latency=None, gates=[])
+        else:
+            comparison = row.comparison.summary()
+            accuracy = _accuracy(row.accuracy) if labelled else None
+            if accuracy:
+                accuracy["drop_pt"] = (ref_acc["top1"] - accuracy["top1"]) * 100
+            gates = evaluate_gates(thresholds[row.precision], comparison, accuracy, ref_acc)
+            entry.update(status="ran", reason="", device=row.runner.label, metrics=comparison,
+                         accuracy=accuracy, latency=_pass_latency(batch_size, row.seconds),
+                         gates=[g.__dict__ | {"status": g.status} for g in gates])
+        report_rows.append(entry)
+
+    failed = [f"{r['backend']} {r['precision']} {g['gate']}" for r in report_rows
+              for g in r["gates"] if g["passed"] is False]
+    missing = [f"{r['backend']} {r['precision']}" for r in report_rows if r["status"] == "skipped"]
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "resnet-edge", "version": __version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "workdir": str(workdir),
+        "model": card.to_dict(),
+        "data": {"spec": data_spec, "images": n, "labelled": labelled, "batch_size": batch_size,
+                 "accuracy_note": "" if labelled else "no labels: accuracy was not measured"},
+        "machine": describe_machine(),
+        "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
+        "reference": {"backend": REFERENCE[0], "precision": REFERENCE[1], "device": reference.label,
+                      "accuracy": ref_acc, "latency": _pass_latency(batch_size, ref_seconds)},
+        "candidates": report_rows,
+        "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,
+                    "explicit_backends_missing": missing if explicit else []},
+    }
+
+
+def _accuracy(acc: Accuracy) -> dict:
+    return {"top1": acc.top1, "top5": acc.top5, "images": acc.images}
+
+
+def _pass_latency(batch_size: int, seconds: list[float]) -> dict | None:
+    """Per-batch host-to-host time measured during the evaluation pass itself (no extra runs);
+    the last, possibly short, batch is left out of the percentiles."""
+    if not seconds:
+        return None
+    full = seconds[:-1] if len(seconds) > 1 else seconds
+    stats = LatencyStats.from_seconds(batch_size, full).to_dict()
+    stats["source"] = "evaluation pass, per batch, host to host"
+    return stats
+
+
+__all__ = ["run_parity", "candidates", "open_workdir", "SCHEMA"]

@@ -1,0 +1,200 @@
+"""One small class per backend behind one interface (after Polygraphy's runners).
+
+Every backend takes a float32 NCHW numpy batch on the host and returns float32 logits on the
+host (`run`: host-to-host). Backends on a GPU also split that into `stage` (copy in), `execute`
+(compute only, result left on the device) and `synchronize`, so the latency harness can time
+device compute apart from transfers.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import MissingBackend
+from .ort import import_ort, make_session
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+class BackendUnavailable(MissingBackend):
+    """This backend x precision cannot run here; the message is the reason."""
+
+
+class Backend:
+    name = "backend"
+    precision = "fp32"
+    device = "cpu"
+    # True where execute() times device compute without host transfers.
+    separates_device_time = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.precision} ({self.device})"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def stage(self, batch: np.ndarray):
+        return batch
+
+    def execute(self, staged) -> None:
+        self.run(staged)
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", device: str = "cpu"):
+        if precision not in ("fp32", "fp16"):
+            raise BackendUnavailable(f"torch runs fp32 and fp16; {precision} is for onnxruntime and tensorrt")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("no CUDA GPU visible to torch")
+        self.precision, self.device = precision, device
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if precision != "fp32" or device != "cpu":  # .to() converts in place; keep the caller's
+            model = copy.deepcopy(model)
+        self.model = model.eval().to(device=device, dtype=self.dtype)
+        if device == "cuda":
+            # the fp32 reference must be plain fp32: no TF32 rounding
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.separates_device_time = True
+
+    def stage(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(batch).to(self.device, dtype=self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.device == "cuda" else x
+
+    @torch.inference_mode()
+    def execute(self, staged: torch.Tensor) -> torch.Tensor:
+        return self.model(staged)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.execute(self.stage(batch)).float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32",
+                 providers: tuple[str, ...] | None = None, *, disable_qdq_fusion: bool = False):
+        ort = import_ort()
+        if not Path(onnx_path).exists():
+            raise BackendUnavailable(f"{Path(onnx_path).name} not found (made by "
+                                     f"{'calibrate' if precision == 'int8' else 'export'})")
+        available = ort.get_available_providers()
+        wanted = providers or ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                               "CPUExecutionProvider")
+        chosen = [p for p in wanted if p in available]
+        if not chosen:
+            raise BackendUnavailable(f"none of {', '.join(wanted)} is available in this onnxruntime "
+                                     f"(it has {', '.join(available)})")
+        self.precision = precision
+        self.session = make_session(onnx_path, chosen, disable_qdq_fusion=disable_qdq_fusion)
+        active = self.session.get_providers()
+        self.provider = active[0]
+        self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        if self.device == "cuda":
+            self.separates_device_time = True
+            self.binding = self.session.io_binding()
+
+    @property
+    def label(self) -> str:
+        return f"ort {self.precision} ({self.provider.replace('ExecutionProvider', '')})"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def stage(self, batch: np.ndarray):
+        if self.device == "cpu":
+            return batch
+        ort = import_ort()
+        value = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
+        self.binding.bind_ortvalue_input(self.input_name, value)
+        self.binding.bind_output(self.output_name, "cuda")
+        return value
+
+    def execute(self, staged) -> None:
+        if self.device == "cpu":
+            self.run(staged)
+        else:
+            self.session.run_with_iobinding(self.binding)
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            self.binding.synchronize_outputs()
+
+
+class TensorRTBackend(Backend):
+    name = "trt"
+    device = "cuda"
+    separates_device_time = True
+
+    def __init__(self, workdir: str | os.PathLike, precision: str = "fp32"):
+        from . import trt_engine
+        try:
+            trt = trt_engine.import_trt()
+            gpu, _ = trt_engine.current_gpu()
+            path = trt_engine.engine_path(workdir, gpu, trt.__version__, precision)
+            if not path.exists():
+                raise BackendUnavailable(f"engine not built for {gpu} / TensorRT {trt.__version__} "
+                                         f"(run `resnet-edge build {workdir} --precision {precision}`)")
+            self.runner = trt_engine.TrtRunner(path)
+        except trt_engine.EngineError as exc:
+            raise BackendUnavailable(str(exc)) from None
+        self.precision = precision
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.run(batch)
+
+    def stage(self, batch: np.ndarray):
+        return self.runner.stage(batch)
+
+    def execute(self, staged) -> None:
+        self.runner.execute()
+
+    def synchronize(self) -> None:
+        self.runner.synchronize()
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+BACKENDS = ("torch", "ort", "trt")
+
+
+def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
+                 model: nn.Module | None = None, device: str = "auto",
+                 ort_qdq_as_written: bool = False) -> Backend:
+    """The backend `name` at `precision` for the model in `workdir`, or BackendUnavailable."""
+    cuda = torch.cuda.is_available()
+    if name == "torch":
+        if model is None:
+            raise BackendUnavailable("no PyTorch model (model.pt) in the work directory")
+        return TorchBackend(model, precision, "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu")
+    if name == "ort":
+        providers = ("CPUExecutionProvider",) if device == "cpu" else None
+        return OrtBackend(Path(workdir) / ONNX_FILES[precision], precision, providers,
+                          disable_qdq_fusion=ort_qdq_as_written)
+    if name == "trt":
+        return TensorRTBackend(workdir, precision)
+    raise BackendUnavailable(f"unknown backend {name!r}; use {', '.join(BACKENDS)}")

@@ -1,3 +1,5 @@
+pytest_plugins = ["pytester"]
+
 import importlib.util
 
 import pytest
@@ -43,3 +45,14 @@ def trained_digits(tmp_path_factory):
     from resnet_edge.train import TrainConfig, train
     out = tmp_path_factory.mktemp("run") / "resnet20-digits"
     return train(TrainConfig("resnet20", "digits", out, epochs=4, seed=0))
+
+
+@pytest.fixture(scope="session")
+def digits_workdir(trained_digits, tmp_path_factory):
+    """The trained digits model exported: model.onnx, model.fp16.onnx, model.pt, manifest."""
+    from resnet_edge.export import export_model
+    from resnet_edge.zoo import load_model
+    model, card = load_model(str(trained_digits.model_path))
+    out = tmp_path_factory.mktemp("work") / "resnet20"
+    export_model(model, card, out)
+    return out

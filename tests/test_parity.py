@@ -1,0 +1,164 @@
+import json
+import shutil
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from resnet_edge.parity.gates import DEFAULTS, load_thresholds
+from resnet_edge.parity.metrics import Accuracy, LogitComparison
+from resnet_edge.parity.run import run_parity
+
+TOP_KEYS = {"schema", "tool", "created", "workdir", "model", "data", "machine", "thresholds",
+            "reference", "candidates", "summary"}
+ROW_KEYS = {"backend", "precision", "status", "reason", "device", "metrics", "accuracy",
+            "latency", "gates"}
+
+
+def test_streaming_metrics_equal_whole_set_numbers():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((50, 10))
+    cand = ref + rng.normal(0, 0.3, ref.shape)
+    labels = rng.integers(0, 10, 50)
+    cmp, acc = LogitComparison(), Accuracy()
+    for lo in range(0, 50, 16):
+        cmp.update(ref[lo:lo + 16], cand[lo:lo + 16])
+        acc.update(cand[lo:lo + 16], labels[lo:lo + 16])
+    assert cmp.max_abs == pytest.approx(np.abs(cand - ref).max())
+    assert cmp.mean_abs == pytest.approx(np.abs(cand - ref).mean())
+    assert cmp.top1_agreement == pytest.approx((cand.argmax(1) == ref.argmax(1)).mean())
+    cos = (ref * cand).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(cand, axis=1)
+    assert cmp.cosine == pytest.approx(cos.mean())
+    assert acc.top1 == pytest.approx((cand.argmax(1) == labels).mean())
+    top5 = np.argsort(-cand, 1)[:, :5]
+    assert acc.top5 == pytest.approx((top5 == labels[:, None]).any(1).mean())
+
+
+def test_cpu_parity_runs_every_cpu_backend_and_reports_skips(digits_workdir, run_cli, tmp_path):
+    out = tmp_path / "reports"
+    result = run_cli("parity", digits_workdir, "--data", "digits:test",
+                     "--json", out / "p.json", "--markdown", out / "p.md", "--junit", out / "j.xml")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "p.json").read_text())
+    assert set(report) == TOP_KEYS and report["schema"] == "resnet-edge.parity/1"
+    rows = {(r["backend"], r["precision"]): r for r in report["candidates"]}
+    assert all(set(r) == ROW_KEYS for r in rows.values())
+    ran = {k for k, r in rows.items() if r["status"] == "ran"}
+    assert ran == {("torch", "fp16"), ("ort", "fp32"), ("ort", "fp16")}
+    assert rows[("ort", "fp32")]["metrics"]["max_abs"] < 1e-3
+    assert rows[("ort", "fp32")]["accuracy"]["top1"] == pytest.approx(report["reference"]["accuracy"]["top1"])
+    assert report["data"]["images"] == 397 and report["summary"]["passed"]
+    skipped = {k: r["reason"] for k, r in rows.items() if r["status"] == "skipped"}
+    assert "model.int8.onnx not found" in skipped[("ort", "int8")]
+    assert all("TensorRT" in skipped[("trt", p)] or "engine" in skipped[("trt", p)]
+               for p in ("fp32", "fp16", "int8"))
+    # every format names the skipped backends and why
+    markdown = (out / "p.md").read_text()
+    junit = ET.parse(out / "j.xml").getroot()
+    junit_skips = {c.get("classname"): c.find("skipped").get("message")
+                   for c in junit.iter("testcase") if c.find("skipped") is not None}
+    for (backend, precision), reason in skipped.items():
+        assert f"{backend} {precision} | | | | | | | | skipped: {reason}" in markdown
+        assert junit_skips[f"resnet_edge.parity.{backend}.{precision}"] == reason
+        assert f"skipped {backend} {precision}" in result.stdout
+    assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert int(junit.find("testsuite").get("failures")) == 0
+
+
+def _perturb_last_layer(workdir, dst):
+    shutil.copytree(workdir, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    bias = next(i for i in model.graph.initializer if i.name == gemm.input[2])
+    values = numpy_helper.to_array(bias).copy()
+    values[3] += 25.0  # class 3 now wins almost everywhere
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(dst / "model.onnx"))
+
+
+def test_gate_really_fails_on_a_wrong_onnx(digits_workdir, run_cli, tmp_path):
+    bad = tmp_path / "bad"
+    _perturb_last_layer(digits_workdir, bad)
+    result = run_cli("parity", bad, "--backends", "ort", "--precisions", "fp32",
+                     "--junit", tmp_path / "j.xml", "--json", tmp_path / "p.json")
+    assert result.exit_code == 1
+    assert "parity gates failed: ort fp32 top1_agreement, ort fp32 max_abs" in result.stderr
+    failures = [c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")
+                if c.find("failure") is not None]
+    assert {c.get("name") for c in failures} == {"top1_agreement", "max_abs"}
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert not report["summary"]["passed"]
+    # the same wrong file passes once the user loosens the gates on purpose
+    toml = tmp_path / "loose.toml"
+    toml.write_text("[fp32]\nmax_abs = 100.0\n")
+    loose = run_cli("parity", bad, "--backends", "ort", "--precisions", "fp32",
+                    "--thresholds", toml, "--gate", "fp32.min_top1_agreement=0")
+    assert loose.exit_code == 0, loose.output
+
+
+def test_explicitly_asked_backend_that_cannot_run_exits_3(digits_workdir, run_cli):
+    result = run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "int8")
+    assert result.exit_code == 3
+    assert "ort int8 (model.int8.onnx not found" in result.stderr
+
+
+def test_unlabelled_data_says_accuracy_not_measured(digits_workdir):
+    report = run_parity(digits_workdir, "random:20", backends=["ort"], precisions=["fp16"],
+                        thresholds=load_thresholds())
+    assert report["data"]["accuracy_note"] == "no labels: accuracy was not measured"
+    row = report["candidates"][0]
+    assert row["accuracy"] is None
+    drop = next(g for g in row["gates"] if g["gate"] == "accuracy_drop_pt")
+    assert drop["status"] == "not measured" and report["summary"]["passed"]
+
+
+def test_thresholds_layering_and_errors(tmp_path):
+    toml = tmp_path / "t.toml"
+    toml.write_text("[int8]\nmax_accuracy_drop_pt = 0.5\n")
+    table = load_thresholds(toml, {"fp16": {"min_top1_agreement": 0.9}})
+    assert table["int8"].max_accuracy_drop_pt == 0.5
+    assert table["int8"].min_relative_accuracy == DEFAULTS["int8"].min_relative_accuracy
+    assert table["fp16"].min_top1_agreement == 0.9
+    toml.write_text("[int8]\nmax_drop = 0.5\n")
+    from resnet_edge.errors import BadInput
+    with pytest.raises(BadInput, match="unknown key 'max_drop'"):
+        load_thresholds(toml)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["parity", "{nowhere}"], "has no model.onnx; run `resnet-edge export"),
+    (["parity", "{work}", "--backends", "tflite"], "unknown backend 'tflite'"),
+    (["parity", "{work}", "--gate", "fp16=3"], "should look like fp16.max_accuracy_drop_pt=0.2"),
+    (["parity", "{work}", "--limit", "0"], "--limit must be at least 1"),
+    (["bench", "{work}", "--batch-sizes", "a,b"], "--batch-sizes takes whole numbers"),
+])
+def test_parity_bad_usage(args, message, run_cli, digits_workdir, tmp_path):
+    args = [a.format(nowhere=tmp_path / "empty", work=digits_workdir) for a in args]
+    result = run_cli(*args)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_bench_reports_latency_statistics(digits_workdir, run_cli, tmp_path):
+    result = run_cli("bench", digits_workdir, "--batch-sizes", "1,4", "--iterations", "5",
+                     "--warmup", "1", "--backends", "torch,ort", "--precisions", "fp32",
+                     "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "b.json").read_text())
+    rows = {(r["backend"], r["host_to_host"]["batch_size"]): r for r in bench["results"]}
+    assert set(rows) == {("torch", 1), ("torch", 4), ("ort", 1), ("ort", 4)}
+    stats = rows[("ort", 4)]["host_to_host"]
+    assert stats["iterations"] == 5
+    assert stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+    assert stats["images_per_s"] == pytest.approx(4e3 / stats["mean_ms"])
+    assert rows[("ort", 4)]["device_compute"] is None  # CPU: no separate device time
+    assert bench["machine"]["cores"] >= 1 and "onnxruntime" in bench["machine"]["versions"]
+
+
+def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
+    result = pytester.runpytest_subprocess(
+        f"--parity-workdir={digits_workdir}",  # the pytest11 entry point loads the plugin
+        "--parity-backends=ort", "--parity-precisions=fp32,int8", "-v")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*ort-fp32-max_abs PASSED*", "*ort-int8-available SKIPPED*"])

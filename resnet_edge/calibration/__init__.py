@@ -1,0 +1,248 @@
+"""calibrate: calibration data -> ranges -> INT8 Q/DQ ONNX (+ TensorRT calibration cache),
+with optional per-layer sensitivity and automatic exclusion of the most sensitive layers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ..artifacts import WorkDir, atomic_path, sha256_file
+from ..data import batches, check_classes, open_data
+from ..errors import BadInput
+from ..export import ONNX_NAME, read_card
+from ..parity.gates import Thresholds, load_thresholds
+from ..runtime.ort import make_session
+from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
+from .qdq import METHODS, RECIPES, compute_ranges, load_ranges, quantize
+from .trt_cache import write_cache
+
+INT8_NAME = "model.int8.onnx"
+RANGES_NAME = "calibration.ranges.json"
+CACHE_NAME = "calibration.cache"
+QUANT_KEY = "resnet_edge.quantization"
+EVAL_DEFAULT = "digits:test"
+
+
+@dataclass
+class CalibrationResult:
+    path: Path
+    per_class: dict[str, int]
+    samples: int
+    warnings: list[str] = field(default_factory=list)
+    holdout: dict | None = None
+    sensitivity: list[dict] | None = None
+    excluded: list[str] = field(default_factory=list)
+
+
+def quantization_info(onnx_path) -> dict:
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    raw = {p.key: p.value for p in model.metadata_props}.get(QUANT_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAMPLES,
+              method: str = "entropy", recipe: str = "tensorrt", sensitivity: bool = False,
+              exclude: str | None = None, holdout: int = 500, eval_spec: str = EVAL_DEFAULT,
+              tensorrt_version: str = "10.3.0", thresholds: dict[str, Thresholds] | None = None,
+              step: Callable[[str], None] = lambda m: None) -> CalibrationResult:
+    if samples < 1:
+        raise BadInput(f"--samples must be at least 1, got {samples}")
+    if method not in METHODS:
+        raise BadInput(f"unknown --method {method!r}; use {', '.join(METHODS)}")
+    if recipe not in RECIPES:
+        raise BadInput(f"unknown --recipe {recipe!r}; use {', '.join(RECIPES)}")
+    workdir = Path(workdir)
+    fp32 = workdir / ONNX_NAME
+    if not fp32.exists():
+        raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
+    card = read_card(fp32)
+    source = open_data(data_spec, input_shape=card.preprocess.input_shape)
+    check_classes(source, card.num_classes, f"the model ({card.arch})")
+    notes = []
+    if overlaps(data_spec, eval_spec):
+        notes.append(f"calibration data {data_spec} is the split parity evaluates on ({eval_spec}); "
+                     "accuracy measured there will be optimistic")
+    if samples > len(source):
+        notes.append(f"{data_spec} has {len(source)} images, fewer than --samples {samples}")
+
+    step(f"preprocessing {min(samples, len(source))} calibration images")
+    inputs, per_class = calibration_inputs(source, card.preprocess, samples)
+    data_hash = hashlib.sha256(inputs.tobytes()).hexdigest()
+    wd = WorkDir(workdir)
+    options = {"method": method, "samples": len(inputs), "data": data_spec}
+    with _quiet_ort(), tempfile.TemporaryDirectory() as scratch:
+        ranges_path = wd.file(RANGES_NAME)
+        range_inputs = {ONNX_NAME: sha256_file(fp32), "calibration_sha256": data_hash}
+        if not wd.is_fresh(RANGES_NAME, range_inputs, options):
+            step(f"calibrating every tensor ({method}, {len(inputs)} images)")
+            with atomic_path(ranges_path) as tmp:
+                compute_ranges(fp32, inputs, method, tmp, scratch)
+            wd.record(RANGES_NAME, inputs=range_inputs, options=options)
+        ranges = load_ranges(ranges_path)
+        activations = {name: r for name, r in ranges.items() if name not in _initializers(fp32)}
+        write_cache(activations, wd.file(CACHE_NAME), tensorrt_version)
+        wd.record(CACHE_NAME, inputs=range_inputs, options={**options, "tensorrt": tensorrt_version})
+
+        held = _holdout(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
+        evaluate = _Evaluator(fp32, held, recipe, Path(scratch), ranges_path, method)
+        ranking = evaluate.sensitivity(step) if sensitivity or exclude == "auto" else None
+        excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
+
+        step(f"writing {INT8_NAME} ({recipe} recipe)")
+        with atomic_path(wd.file(INT8_NAME)) as tmp:
+            quantize(fp32, tmp, recipe=recipe, method=method, ranges_path=ranges_path,
+                     nodes_to_exclude=excluded)
+            model = onnx.load(str(tmp))
+            info = {"recipe": recipe, "method": method, "samples": len(inputs), "data": data_spec,
+                    "calibration_sha256": data_hash, "excluded": excluded}
+            model.metadata_props.add(key=QUANT_KEY, value=json.dumps(info))
+            onnx.save(model, str(tmp))
+            onnx.checker.check_model(str(tmp), full_check=True)
+        wd.record(INT8_NAME, inputs=range_inputs, options={**options, "recipe": recipe,
+                                                            "excluded": excluded},
+                  extra={"per_class": per_class})
+        holdout_result = evaluate.score(excluded) if held is not None else None
+    return CalibrationResult(wd.file(INT8_NAME), per_class, len(inputs), notes, holdout_result,
+                             ranking, excluded)
+
+
+@dataclass
+class _Held:
+    inputs: np.ndarray
+    labels: np.ndarray | None
+
+
+def _holdout(source, card, inputs_indices, size: int) -> _Held | None:
+    """Images of the calibration source that calibration did not use, for sensitivity."""
+    used = set(inputs_indices)
+    rest = [i for i in range(len(source)) if i not in used][:size]
+    if not rest:
+        return None
+    xs, ys = [], []
+    for x, y in batches(source, card.preprocess, 128, indices=rest):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    labels = np.concatenate(ys)
+    return _Held(np.concatenate(xs), labels if source.has_labels else None)
+
+
+class _Evaluator:
+    """Top-1 on the held-out images (agreement with fp32 when they have no labels), of the fp32
+    model and of int8 models quantized from the cached ranges."""
+
+    def __init__(self, fp32, held: _Held | None, recipe, scratch: Path, ranges_path, method):
+        self.fp32, self.held, self.recipe, self.scratch = fp32, held, recipe, scratch
+        self.ranges_path, self.method = ranges_path, method
+        self.reference = self._logits(make_session(fp32)) if held is not None else None
+        self.target = held.labels if held is not None and held.labels is not None else (
+            self.reference.argmax(1) if self.reference is not None else None)
+        self.fp32_top1 = float((self.reference.argmax(1) == self.target).mean()) if held else None
+
+    def _logits(self, session) -> np.ndarray:
+        return np.concatenate([session.run(None, {"input": self.held.inputs[i:i + 128]})[0]
+                               for i in range(0, len(self.held.inputs), 128)])
+
+    def logits(self, excluded: list[str]) -> np.ndarray:
+        path = self.scratch / "trial.onnx"
+        quantize(self.fp32, path, recipe=self.recipe, method=self.method,
+                 ranges_path=self.ranges_path, nodes_to_exclude=excluded)
+        # The tensorrt recipe is judged by the numerics TensorRT will run (Q/DQ as written),
+        # the cpu recipe by ORT's fused CPU kernels that will ship.
+        return self._logits(make_session(path, disable_qdq_fusion=self.recipe == "tensorrt"))
+
+    def top1(self, excluded: list[str]) -> float:
+        return float((self.logits(excluded).argmax(1) == self.target).mean())
+
+    def layers(self) -> dict[str, str]:
+        """Conv/Gemm node name -> the PyTorch module it came from (where the exporter says)."""
+        return {n.name: _module_of(n) for n in onnx.load(str(self.fp32)).graph.node
+                if n.op_type in ("Conv", "Gemm")}
+
+    def sensitivity(self, step) -> list[dict]:
+        """Each layer quantized alone, the rest in float: top-1 drop and logit RMS error on
+        the held-out images; ranked by drop, then by error (which still ranks layers when the
+        set is too easy for any single layer to flip a prediction)."""
+        if self.held is None:
+            raise BadInput("no held-out images left for --sensitivity; use more data than --samples")
+        layers = self.layers()
+        rows = []
+        for i, (layer, module) in enumerate(layers.items()):
+            step(f"sensitivity {i + 1}/{len(layers)}: {module or layer}")
+            logits = self.logits([other for other in layers if other != layer])
+            top1 = float((logits.argmax(1) == self.target).mean())
+            rows.append({"layer": layer, "module": module, "top1": top1,
+                         "drop_pt": (self.fp32_top1 - top1) * 100,
+                         "logit_rmse": float(np.sqrt(np.mean((logits - self.reference) ** 2)))})
+        return sorted(rows, key=lambda r: (-r["drop_pt"], -r["logit_rmse"]))
+
+    def score(self, excluded: list[str]) -> dict:
+        top1 = self.top1(excluded)
+        return {"images": len(self.held.inputs), "labelled": self.held.labels is not None,
+                "fp32_top1": self.fp32_top1, "int8_top1": top1,
+                "drop_pt": (self.fp32_top1 - top1) * 100}
+
+
+def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> list[str]:
+    if not exclude:
+        return []
+    if exclude != "auto":
+        names = [n.strip() for n in exclude.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(evaluate.layers()))
+        if unknown:
+            raise BadInput(f"--exclude names no Conv/Gemm layer {unknown[0]!r}; "
+                           "see the names in the --sensitivity ranking")
+        return names
+    gate = thresholds["int8"]
+    excluded: list[str] = []
+    for row in [None, *ranking]:
+        if row is not None:
+            excluded.append(row["layer"])
+        step(f"checking the int8 gate with {len(excluded)} layer(s) left in float")
+        top1 = evaluate.top1(excluded)
+        drop = (evaluate.fp32_top1 - top1) * 100
+        rel = top1 / evaluate.fp32_top1 if evaluate.fp32_top1 else 1.0
+        if ((gate.max_accuracy_drop_pt is None or drop <= gate.max_accuracy_drop_pt)
+                and (gate.min_relative_accuracy is None or rel >= gate.min_relative_accuracy)):
+            return excluded
+    return excluded
+
+
+def _module_of(node: onnx.NodeProto) -> str:
+    """'layer1.1.conv1' for a Conv the exporter fused with layer1.1.bn1, '' if unknown."""
+    scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
+    if not scopes:
+        return ""
+    names = json.loads(scopes.replace("'", '"'))
+    module = names[-2] if len(names) > 1 else names[-1]
+    return re.sub(r"downsample\.1$", "downsample.0", re.sub(r"bn(\d)$", r"conv\1", module))
+
+
+def _initializers(path) -> set[str]:
+    return {i.name for i in onnx.load(str(path)).graph.initializer}
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """onnxruntime.quantization logs advice on the root logger at WARNING for every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        # the entropy and percentile calibrators print their progress on stdout
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)

@@ -1,0 +1,224 @@
+"""INT8 Q/DQ ONNX with onnxruntime.quantization, in two recipes:
+
+- `tensorrt`: int8 symmetric activations and weights (zero points 0), per-channel weights on
+  axis 0, no int32 bias, Q/DQ on Conv/Gemm inputs and weights and on the identity input of
+  each residual Add, nothing between a Conv and its Add, so TensorRT fuses Conv+Add+ReLU
+  (placement per NVIDIA's Q/DQ guidance for ResNets; see shared/reference/tensorrt-api.md).
+- `cpu`: uint8 asymmetric activations with int8 per-channel weights, which ORT's CPU provider
+  fuses into QLinearConv & co.: the fast int8 model for ONNX Runtime on CPUs.
+
+Calibration runs once over every tensor and its ranges are kept (calibration.ranges.json);
+quantizing, sensitivity and the TensorRT cache all reuse those ranges.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import MissingBackend
+from ..runtime.ort import import_ort
+
+RECIPES = ("tensorrt", "cpu")
+METHODS = ("minmax", "entropy", "percentile")
+MIN_ORT = (1, 27)  # quantize_static(calibration_cache_path=...) arrived in onnxruntime 1.27
+
+
+def _quantization():
+    import_ort()
+    version = metadata.version("onnxruntime-gpu") if _has("onnxruntime-gpu") else metadata.version("onnxruntime")
+    if tuple(int(p) for p in version.split(".")[:2]) < MIN_ORT:
+        raise MissingBackend(f"calibrate needs onnxruntime >= 1.27 (this is {version}); "
+                             "pip install -U onnxruntime")
+    from onnxruntime import quantization
+    return quantization
+
+
+def _has(dist: str) -> bool:
+    try:
+        metadata.version(dist)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+class ArrayReader:
+    """CalibrationDataReader over an N x C x H x W array, in batches."""
+
+    def __init__(self, inputs: np.ndarray, input_name: str = "input", batch_size: int = 32):
+        self.inputs, self.input_name, self.batch_size = inputs, input_name, batch_size
+        self._start = 0
+
+    def get_next(self):
+        if self._start >= len(self.inputs):
+            return None
+        batch = self.inputs[self._start:self._start + self.batch_size]
+        self._start += self.batch_size
+        return {self.input_name: np.ascontiguousarray(batch)}
+
+    def rewind(self):
+        self._start = 0
+
+    def __len__(self):
+        return len(self.inputs)
+
+
+def _method(name: str):
+    q = _quantization()
+    return {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+            "percentile": q.CalibrationMethod.Percentile}[name]
+
+
+def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str,
+                   ranges_path: str | os.PathLike, scratch: str | os.PathLike) -> dict[str, tuple[float, float]]:
+    """Calibrate every tensor of the fp32 model and save ORT's range cache to `ranges_path`."""
+    q = _quantization()
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    extra = {"symmetric": method != "minmax"} if method != "minmax" else {}
+    calibrator = create_calibrator(Path(onnx_path), None,
+                                   augmented_model_path=str(Path(scratch) / "augmented.onnx"),
+                                   calibrate_method=_method(method), extra_options=extra)
+    calibrator.collect_data(ArrayReader(inputs))
+    tensors = calibrator.compute_data()
+    del calibrator
+    save_tensors_data(tensors, ranges_path)
+    del q
+    return load_ranges(ranges_path)
+
+
+def load_ranges(ranges_path: str | os.PathLike) -> dict[str, tuple[float, float]]:
+    from onnxruntime.quantization.calibrate import load_tensors_data
+    tensors = load_tensors_data(ranges_path)
+    return {name: (float(np.asarray(t.range_value[0]).min()), float(np.asarray(t.range_value[1]).max()))
+            for name, t in tensors.data.items()}
+
+
+def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recipe: str, method: str,
+             ranges_path: str | os.PathLike, nodes_to_exclude: list[str] | None = None) -> None:
+    q = _quantization()
+    common = dict(quant_format=q.QuantFormat.QDQ, per_channel=True, calibrate_method=_method(method),
+                  calibration_cache_path=str(ranges_path), calibration_data_reader=None,
+                  nodes_to_exclude=nodes_to_exclude or [])
+    if recipe == "tensorrt":
+        q.quantize_static(str(onnx_path), str(out_path), activation_type=q.QuantType.QInt8,
+                          weight_type=q.QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
+                          extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                         "QuantizeBias": False, "AddQDQPairToWeight": True,
+                                         "DedicatedQDQPair": True,
+                                         "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0}},
+                          **common)
+        model = onnx.load(str(out_path))
+        add_residual_qdq(model, load_ranges(ranges_path), skip=set(nodes_to_exclude or []))
+        onnx.save(model, str(out_path))
+    elif recipe == "cpu":
+        q.quantize_static(str(onnx_path), str(out_path), activation_type=q.QuantType.QUInt8,
+                          weight_type=q.QuantType.QInt8, **common)
+    else:
+        raise ValueError(recipe)
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def _through_qdq(name: str, producers) -> str:
+    """The float tensor behind a chain of DequantizeLinear/QuantizeLinear nodes."""
+    while name in producers and producers[name].op_type in ("DequantizeLinear", "QuantizeLinear"):
+        name = producers[name].input[0]
+    return name
+
+
+def residual_identity_inputs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
+    """(Add node, input index) of each residual Add's identity (skip) input.
+
+    The conv branch is the input produced by a Conv whose own input feeds only that branch; the
+    identity is the other one: the block input itself, or the downsample Conv, whose input is
+    shared with the first Conv of the block.
+    """
+    producers, consumers = _producers(model), _consumers(model)
+
+    def fan_out(tensor: str) -> int:
+        return len({id(n) for n in consumers.get(tensor, [])
+                    if n.op_type not in ("QuantizeLinear", "DequantizeLinear")} |
+                   {id(n) for q in consumers.get(tensor, []) if q.op_type == "QuantizeLinear"
+                    for dq in consumers.get(q.output[0], []) for n in consumers.get(dq.output[0], [])})
+
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        sources = [producers.get(_through_qdq(i, producers)) for i in node.input]
+        if not all(s is not None for s in sources):
+            continue
+        is_conv = [s.op_type == "Conv" for s in sources]
+        if not any(is_conv):
+            continue
+        if all(is_conv):
+            shared = [fan_out(_through_qdq(s.input[0], producers)) > 1 for s in sources]
+            if shared.count(True) != 1:
+                continue
+            identity = shared.index(True)
+        else:
+            identity = is_conv.index(False)
+        found.append((node, identity))
+    return found
+
+
+def add_residual_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
+                     skip: set[str] = frozenset()) -> int:
+    """Give each residual Add's identity input its own symmetric int8 Q/DQ pair."""
+    added = 0
+    new_nodes = []
+    for add, index in residual_identity_inputs(model):
+        if add.name in skip:
+            continue
+        tensor = add.input[index]
+        base = _through_qdq(tensor, _producers(model))
+        if base not in ranges:
+            continue
+        low, high = ranges[base]
+        scale = max(abs(low), abs(high), 1e-12) / 127.0
+        stem = f"{add.name}_identity"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{stem}_scale"),
+            numpy_helper.from_array(np.array(0, dtype=np.int8), f"{stem}_zero_point")])
+        new_nodes.append(helper.make_node("QuantizeLinear", [base, f"{stem}_scale", f"{stem}_zero_point"],
+                                          [f"{stem}_q"], name=f"{stem}_QuantizeLinear"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{stem}_q", f"{stem}_scale", f"{stem}_zero_point"],
+                                          [f"{stem}_dq"], name=f"{stem}_DequantizeLinear"))
+        add.input[index] = f"{stem}_dq"
+        added += 1
+    # keep the graph topologically sorted: each new pair goes right after its producer... the
+    # simplest valid order is to put all of them before their consumers, i.e. re-sort.
+    _insert_sorted(model, new_nodes)
+    return added
+
+
+def _insert_sorted(model: onnx.ModelProto, new_nodes: list[onnx.NodeProto]) -> None:
+    nodes = list(model.graph.node) + new_nodes
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    ordered, pending = [], nodes
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError("graph has a cycle or a missing input")
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)

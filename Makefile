@@ -6,6 +6,7 @@ BIN     := $(VENV)/bin
 MODEL   ?= resnet50
 WEIGHTS ?= DEFAULT
 OUT     ?= artifacts/$(MODEL)
+CALIB   ?= digits:train
 
 # GPU machines get onnxruntime-gpu (and TensorRT from PyPI on x86); Jetsons keep JetPack's
 # own TensorRT, which the venv sees through the system site-packages.
@@ -21,7 +22,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all export clean
+.PHONY: venv test test-all export calibrate engines clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -38,6 +39,16 @@ test-all: venv
 
 export: venv
 	$(BIN)/resnet-edge export $(MODEL) --weights $(WEIGHTS) --out $(OUT)
+
+calibrate: venv
+	$(BIN)/resnet-edge calibrate $(OUT) --data $(CALIB)
+
+# fp16 and int8 engines for this machine's GPU; int8 needs `make calibrate` (or
+# `resnet-edge calibrate`) with real data for the model first.
+engines: venv
+	@test -f $(OUT)/model.int8.onnx || { echo "$(OUT)/model.int8.onnx is missing: run make calibrate MODEL=$(MODEL) CALIB=imagefolder:/path/to/calibration/images first" >&2; exit 2; }
+	$(BIN)/resnet-edge build $(OUT) --precision fp16
+	$(BIN)/resnet-edge build $(OUT) --precision int8
 
 clean:
 	rm -rf artifacts runs

@@ -430,6 +430,140 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
                              + "; ".join(f"{s['backend']} {s['precision']} ({s['reason']})" for s in skipped))
 
 
+# ---- calibrate / build ---------------------------------------------------------------------
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--data", "data_spec", default="digits:train", show_default=True,
+              help="Calibration data spec; keep it apart from what parity evaluates on.")
+@click.option("--samples", type=int, default=512, show_default=True,
+              help="Images, drawn deterministically and class-balanced (NVIDIA advises ~500 for CNNs).")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
+              show_default=True)
+@click.option("--recipe", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="tensorrt: symmetric int8, Q/DQ placed for TensorRT fusion; cpu: u8 activations "
+              "for ONNX Runtime's fast CPU kernels.")
+@click.option("--sensitivity", is_flag=True, help="Rank layers by the accuracy drop each causes alone.")
+@click.option("--exclude", help="'auto' (leave the most sensitive layers in float until the int8 "
+              "gate holds) or a comma list of layer names.")
+@click.option("--eval-data", default="digits:test", show_default=True,
+              help="What parity will evaluate on; calibration on the same split is warned about.")
+@click.option("--tensorrt-version", default="10.3.0", show_default=True,
+              help="TensorRT version named in calibration.cache's header (JetPack 6: 10.3, JetPack 5: 8.5.2).")
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML gates used by --exclude auto.")
+def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, eval_data,
+              tensorrt_version, thresholds) -> None:
+    """Make model.int8.onnx (Q/DQ) and calibration.cache from real calibration data.
+
+    Calibration runs once over every tensor through the model's own Preprocess; the ranges feed
+    the Q/DQ model, TensorRT's calibration cache (implicit INT8 on TensorRT <= 10, e.g.
+    `trtexec --int8 --calib=calibration.cache` on a Jetson) and the sensitivity analysis.
+
+    \b
+    Examples:
+      resnet-edge calibrate artifacts/resnet50 --data imagefolder:/data/imagenet/train --samples 512 --method entropy
+      resnet-edge calibrate artifacts/resnet20 --data digits:train --method percentile --sensitivity
+      resnet-edge calibrate artifacts/resnet20 --exclude auto          # keep sensitive layers in float
+    """
+    from .calibration import calibrate as run_calibration
+    from .parity.gates import load_thresholds
+
+    with _steps() as step:
+        result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe=recipe,
+                                 sensitivity=sensitivity, exclude=exclude, eval_spec=eval_data,
+                                 tensorrt_version=tensorrt_version,
+                                 thresholds=load_thresholds(thresholds), step=step)
+    for note in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(note)}")
+    counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
+    stdout.print(f"calibration: {result.samples} images from {data_spec} ({method}); per class: {counts}")
+    if result.sensitivity:
+        table = Table(title="per-layer sensitivity (that layer alone in int8), most sensitive first")
+        for col in ("layer", "module", "top-1", "drop pt", "logit RMSE"):
+            table.add_column(col, justify="left" if col in ("layer", "module") else "right")
+        for row in result.sensitivity:
+            table.add_row(row["layer"], row["module"], f"{row['top1']:.2%}", f"{row['drop_pt']:+.2f}",
+                          f"{row['logit_rmse']:.4f}")
+        stdout.print(table)
+    if exclude:
+        stdout.print(f"left in float: {', '.join(result.excluded) or 'none (the int8 gate holds with every layer quantized)'}")
+    if result.holdout:
+        h = result.holdout
+        what = "top-1" if h["labelled"] else "top-1 agreement with fp32"
+        stdout.print(f"held-out check on {h['images']} unused images ({what}): fp32 {h['fp32_top1']:.2%}, "
+                     f"int8 {h['int8_top1']:.2%} ({h['drop_pt']:+.2f} pt)")
+    stdout.print(f"wrote {result.path} ({recipe} recipe) and {result.path.parent / 'calibration.cache'}")
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option("--max-batch", type=int, default=32, show_default=True)
+@click.option("--opt-batch", type=int, default=8, show_default=True, help="Batch the kernels are tuned for.")
+@click.option("--workspace", type=int, default=2048, show_default=True, help="Workspace limit, MiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Load and save TensorRT's timing cache here.")
+@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson); fp16/int8 only.")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
+@click.option("--version-compatible", is_flag=True, help="Engine loads on later TensorRT of the same major.")
+@click.option("--hardware-compatible", is_flag=True, help="Engine runs on any Ampere or newer GPU.")
+@click.option("--int8-source", type=click.Choice(["qdq", "cache"]), default="qdq", show_default=True,
+              help="int8 from model.int8.onnx, or implicitly from calibration.cache (TensorRT <= 10).")
+@click.option("--typing", type=click.Choice(["auto", "weak", "strong"]), default="auto", show_default=True,
+              help="auto: builder flags before TensorRT 10.12, strongly typed from 10.12 (always on 11).")
+def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, dla_core, gpu_fallback,
+          version_compatible, hardware_compatible, int8_source, typing) -> None:
+    """Build a TensorRT engine into engines/<gpu>-trt<version>/model.<precision>.engine.
+
+    Which ONNX file and which flags are used depends on the TensorRT version found here:
+    8.5/8.6 use builder flags (FP16/INT8), 11.x is strongly typed (fp16 from model.fp16.onnx,
+    int8 from model.int8.onnx), 10.x does either. A JSON beside the engine records the
+    TensorRT version, GPU, compute capability, ONNX sha256 and options. Exit 3 without
+    TensorRT or a GPU.
+
+    \b
+    Examples:
+      resnet-edge build artifacts/resnet50 --precision fp16 --max-batch 32 --opt-batch 8
+      resnet-edge build artifacts/resnet50 --precision int8 --timing-cache ~/.cache/resnet-edge/timing.cache
+      resnet-edge build artifacts/resnet50 --precision int8 --dla-core 0 --gpu-fallback     # Jetson
+    """
+    from .errors import MissingBackend
+    from .runtime import trt_engine
+
+    if max_batch < 1 or opt_batch < 1 or opt_batch > max_batch:
+        raise BadInput(f"need 1 <= --opt-batch ({opt_batch}) <= --max-batch ({max_batch})")
+    if workspace < 1:
+        raise BadInput(f"--workspace must be at least 1 MiB, got {workspace}")
+    if gpu_fallback and dla_core is None:
+        raise BadInput("--gpu-fallback goes with --dla-core")
+    if not (workdir / "model.onnx").exists():
+        raise BadInput(f"{workdir} has no model.onnx; run `resnet-edge export ... --out {workdir}` first")
+    try:
+        trt = trt_engine.import_trt()
+        trt_engine.build_plan(trt.__version__, precision, int8_source=int8_source, typing=typing,
+                              dla=dla_core is not None)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    except trt_engine.EngineError as exc:
+        raise MissingBackend(str(exc)) from None
+    with _steps() as step:
+        step(f"building the {precision} engine with TensorRT {trt.__version__}")
+        try:
+            engine = trt_engine.build_engine(workdir, precision, max_batch=max_batch, opt_batch=opt_batch,
+                                             workspace_mib=workspace,
+                                             timing_cache=str(timing_cache) if timing_cache else None,
+                                             dla_core=dla_core, gpu_fallback=gpu_fallback,
+                                             version_compatible=version_compatible,
+                                             hardware_compatible=hardware_compatible,
+                                             int8_source=int8_source, typing=typing)
+        except trt_engine.EngineError as exc:
+            raise MissingBackend(str(exc)) from None
+    meta = trt_engine.read_engine_meta(engine)
+    stdout.print(f"wrote {engine} ({engine.stat().st_size / 1e6:.1f} MB) in {meta['build_seconds']:.1f} s "
+                 f"for {meta['gpu']} (sm {meta['compute_capability']}), TensorRT {meta['tensorrt']}, "
+                 f"from {meta['onnx']}")
+
+
 def main() -> None:
     cli(prog_name="resnet-edge")
 

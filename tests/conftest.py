@@ -13,9 +13,9 @@ def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)"))
-        if "tensorrt" in item.keywords and not (has_cuda and has_trt):
+        if item.get_closest_marker("tensorrt") and not (has_cuda and has_trt):
             item.add_marker(pytest.mark.skip(
                 reason="needs TensorRT and a CUDA GPU (TensorRT not installed or no GPU here)"))
 
@@ -44,7 +44,7 @@ def trained_digits(tmp_path_factory):
     """A resnet20 trained for a few epochs on digits: the checkpoint later tests build on."""
     from resnet_edge.train import TrainConfig, train
     out = tmp_path_factory.mktemp("run") / "resnet20-digits"
-    return train(TrainConfig("resnet20", "digits", out, epochs=4, seed=0))
+    return train(TrainConfig("resnet20", "digits", out, epochs=10, seed=0))
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,12 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     if not fp32.exists():
         raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
     card = read_card(fp32)
+    layers = conv_layers(fp32)
+    if exclude and exclude != "auto":
+        unknown = sorted({n.strip() for n in exclude.split(",") if n.strip()} - set(layers))
+        if unknown:
+            raise BadInput(f"--exclude names no Conv/Gemm layer {unknown[0]!r}; "
+                           "see the names in the --sensitivity ranking")
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     check_classes(source, card.num_classes, f"the model ({card.arch})")
     notes = []
@@ -165,18 +171,13 @@ class _Evaluator:
     def top1(self, excluded: list[str]) -> float:
         return float((self.logits(excluded).argmax(1) == self.target).mean())
 
-    def layers(self) -> dict[str, str]:
-        """Conv/Gemm node name -> the PyTorch module it came from (where the exporter says)."""
-        return {n.name: _module_of(n) for n in onnx.load(str(self.fp32)).graph.node
-                if n.op_type in ("Conv", "Gemm")}
-
     def sensitivity(self, step) -> list[dict]:
         """Each layer quantized alone, the rest in float: top-1 drop and logit RMS error on
         the held-out images; ranked by drop, then by error (which still ranks layers when the
         set is too easy for any single layer to flip a prediction)."""
         if self.held is None:
             raise BadInput("no held-out images left for --sensitivity; use more data than --samples")
-        layers = self.layers()
+        layers = conv_layers(self.fp32)
         rows = []
         for i, (layer, module) in enumerate(layers.items()):
             step(f"sensitivity {i + 1}/{len(layers)}: {module or layer}")
@@ -198,12 +199,7 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
     if not exclude:
         return []
     if exclude != "auto":
-        names = [n.strip() for n in exclude.split(",") if n.strip()]
-        unknown = sorted(set(names) - set(evaluate.layers()))
-        if unknown:
-            raise BadInput(f"--exclude names no Conv/Gemm layer {unknown[0]!r}; "
-                           "see the names in the --sensitivity ranking")
-        return names
+        return [n.strip() for n in exclude.split(",") if n.strip()]
     gate = thresholds["int8"]
     excluded: list[str] = []
     for row in [None, *ranking]:
@@ -217,6 +213,12 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
                 and (gate.min_relative_accuracy is None or rel >= gate.min_relative_accuracy)):
             return excluded
     return excluded
+
+
+def conv_layers(onnx_path) -> dict[str, str]:
+    """Conv/Gemm node name -> the PyTorch module it came from (where the exporter says)."""
+    return {n.name: _module_of(n) for n in onnx.load(str(onnx_path)).graph.node
+            if n.op_type in ("Conv", "Gemm")}
 
 
 def _module_of(node: onnx.NodeProto) -> str:

@@ -110,6 +110,7 @@ def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recip
                           extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                          "QuantizeBias": False, "AddQDQPairToWeight": True,
                                          "DedicatedQDQPair": True,
+                                         "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm"],
                                          "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0}},
                           **common)
         model = onnx.load(str(out_path))

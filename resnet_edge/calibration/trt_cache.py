@@ -12,15 +12,9 @@ import os
 import struct
 
 from ..artifacts import write_text_atomic
+from ..runtime.trt_engine import cache_header
 
 ALGORITHM = "EntropyCalibration2"
-
-
-def tensorrt_version_code(version: str) -> int:
-    """NV_TENSORRT_VERSION as the header carries it: 8.5.2 -> 8502, 10.3.0 -> 100300."""
-    parts = [int(p) for p in version.split(".")[:3]] + [0, 0]
-    major, minor, patch = parts[:3]
-    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
 
 
 def scale_from_range(low: float, high: float) -> float:
@@ -29,7 +23,7 @@ def scale_from_range(low: float, high: float) -> float:
 
 def write_cache(ranges: dict[str, tuple[float, float]], path: str | os.PathLike,
                 tensorrt_version: str = "10.3.0", algorithm: str = ALGORITHM) -> None:
-    lines = [f"TRT-{tensorrt_version_code(tensorrt_version)}-{algorithm}"]
+    lines = [cache_header(tensorrt_version, algorithm)]
     for name, (low, high) in ranges.items():
         bits = struct.unpack(">I", struct.pack(">f", scale_from_range(low, high)))[0]
         lines.append(f"{name}: {bits:08x}")

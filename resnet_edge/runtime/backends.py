@@ -117,9 +117,12 @@ class OrtBackend(Backend):
             self.separates_device_time = True
             self.binding = self.session.io_binding()
 
+    note = ""
+
     @property
     def label(self) -> str:
-        return f"ort {self.precision} ({self.provider.replace('ExecutionProvider', '')})"
+        where = self.provider.replace("ExecutionProvider", "")
+        return f"ort {self.precision} ({where}{', ' + self.note if self.note else ''})"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -182,9 +185,13 @@ class TensorRTBackend(Backend):
 BACKENDS = ("torch", "ort", "trt")
 
 
+def _recipe(int8_path: Path) -> str:
+    from ..calibration import quantization_info
+    return quantization_info(int8_path).get("recipe", "")
+
+
 def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
-                 model: nn.Module | None = None, device: str = "auto",
-                 ort_qdq_as_written: bool = False) -> Backend:
+                 model: nn.Module | None = None, device: str = "auto") -> Backend:
     """The backend `name` at `precision` for the model in `workdir`, or BackendUnavailable."""
     cuda = torch.cuda.is_available()
     if name == "torch":
@@ -193,8 +200,13 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
         return TorchBackend(model, precision, "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu")
     if name == "ort":
         providers = ("CPUExecutionProvider",) if device == "cpu" else None
-        return OrtBackend(Path(workdir) / ONNX_FILES[precision], precision, providers,
-                          disable_qdq_fusion=ort_qdq_as_written)
+        path = Path(workdir) / ONNX_FILES[precision]
+        as_written = precision == "int8" and path.exists() and _recipe(path) == "tensorrt"
+        backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written)
+        if as_written and backend.device == "cpu":
+            # ORT-CPU's fused int8 kernels are not what TensorRT runs; Q/DQ as written is.
+            backend.note = "Q/DQ as written"
+        return backend
     if name == "trt":
         return TensorRTBackend(workdir, precision)
     raise BackendUnavailable(f"unknown backend {name!r}; use {', '.join(BACKENDS)}")

@@ -9,9 +9,13 @@ stream; the enum *names*, never their values, because those changed across 8.x/1
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +78,104 @@ def read_engine_meta(engine: str | os.PathLike) -> dict:
     if not path.exists():
         raise EngineError(f"{path.name} (the engine's build record) is missing; rebuild the engine")
     return json.loads(path.read_text())
+
+
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+CACHE_FILE = "calibration.cache"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Which ONNX file and which flags one (TensorRT version, precision) needs."""
+
+    tensorrt: str
+    precision: str
+    onnx_file: str
+    network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag names
+    builder_flags: tuple[str, ...]  # BuilderFlag names
+    strongly_typed: bool
+    calibration_cache: bool  # implicit INT8: scales from calibration.cache (TensorRT <= 10)
+    trtexec_flags: tuple[str, ...]
+
+
+def build_plan(tensorrt_version: str, precision: str, *, int8_source: str = "qdq",
+               typing: str = "auto", dla: bool = False) -> BuildPlan:
+    """The one place that knows the three API families (shared/DESIGN.md):
+
+    - 8.5/8.6: the ONNX parser needs EXPLICIT_BATCH; precision from FP16/INT8 builder flags;
+      INT8 from the Q/DQ model or, implicitly, from calibration.cache;
+    - 10.x: EXPLICIT_BATCH is gone (ignored); weak typing (flags) by default before 10.12,
+      strong typing from 10.12 on, where the flags are deprecated; DLA keeps the flags;
+    - 11.x: strongly typed only: fp16 from model.fp16.onnx, int8 from model.int8.onnx, no
+      precision flags, no calibrators.
+    """
+    if precision not in ONNX_FILES:
+        raise ValueError(f"unknown precision {precision!r}; use fp32, fp16, int8")
+    if int8_source not in ("qdq", "cache"):
+        raise ValueError(f"unknown int8 source {int8_source!r}; use qdq or cache")
+    if typing not in ("auto", "weak", "strong"):
+        raise ValueError(f"unknown typing {typing!r}; use auto, weak or strong")
+    version = version_tuple(tensorrt_version)
+    major = version[0]
+    if major not in (8, 10, 11) or (major == 8 and version[:2] < (8, 5)):
+        raise ValueError(f"TensorRT {tensorrt_version} is not supported; use 8.5/8.6, 10.x or 11.x")
+    if dla and precision == "fp32":
+        raise ValueError("DLA runs fp16 and int8 only; build fp32 for the GPU")
+    cache = precision == "int8" and int8_source == "cache"
+    if major == 11:
+        if typing == "weak" or cache:
+            raise ValueError("TensorRT 11 is strongly typed only: no precision flags and no "
+                             "calibration cache; int8 comes from the Q/DQ model.int8.onnx")
+        strong = True
+    elif major == 8:
+        if typing == "strong":
+            raise ValueError("TensorRT 8.x has no strongly typed networks; use --typing weak")
+        strong = False
+    else:
+        strong = typing == "strong" or (typing == "auto" and version[:2] >= (10, 12) and not dla)
+        if strong and cache:
+            raise ValueError("a strongly typed build takes int8 from the Q/DQ model, not from "
+                             "calibration.cache; use --typing weak for the cache")
+    if strong:
+        network = ("STRONGLY_TYPED",) if major == 10 else ()  # 11.x: always on, flag ignored
+        return BuildPlan(tensorrt_version, precision, ONNX_FILES[precision], network, (), True,
+                         False, ("--stronglyTyped",) if major == 10 else ())
+    network = ("EXPLICIT_BATCH",) if major == 8 else ()
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[precision]
+    onnx_file = ONNX_FILES["int8"] if precision == "int8" and not cache else ONNX_FILES["fp32"]
+    trtexec = tuple(f"--{f.lower()}" for f in flags) + ((f"--calib={CACHE_FILE}",) if cache else ())
+    return BuildPlan(tensorrt_version, precision, onnx_file, network, flags, False, cache, trtexec)
+
+
+def trtexec_command(plan: BuildPlan, *, engine: str, input_name: str, input_shape, max_batch: int,
+                    opt_batch: int, workspace_mib: int, timing_cache: str | None = None,
+                    dla_core: int | None = None, gpu_fallback: bool = False) -> list[str]:
+    """The trtexec line for the same plan, as build_engine.sh runs it on a Jetson."""
+    dims = "x".join(str(d) for d in input_shape)
+    args = ["trtexec", f"--onnx={plan.onnx_file}", f"--saveEngine={engine}",
+            f"--minShapes={input_name}:1x{dims}", f"--optShapes={input_name}:{opt_batch}x{dims}",
+            f"--maxShapes={input_name}:{max_batch}x{dims}", f"--memPoolSize=workspace:{workspace_mib}",
+            *plan.trtexec_flags]
+    if timing_cache:
+        args.append(f"--timingCacheFile={timing_cache}")
+    if dla_core is not None:
+        args.append(f"--useDLACore={dla_core}")
+        if gpu_fallback:
+            args.append("--allowGPUFallback")
+    return args
+
+
+def cache_header(tensorrt_version: str, algorithm: str = "EntropyCalibration2") -> str:
+    """`TRT-<NV_TENSORRT_VERSION>-<algorithm>`: 8.5.2 -> 8502, 10.3.0 -> 100300."""
+    major, minor, patch = (list(version_tuple(tensorrt_version)) + [0, 0])[:3]
+    code = major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+    return f"TRT-{code}-{algorithm}"
+
+
+def reheader_cache(text: str, tensorrt_version: str) -> str:
+    """A calibration cache's first line names the TensorRT version that reads it."""
+    _, _, body = text.partition("\n")
+    return f"{cache_header(tensorrt_version)}\n{body}"
 
 
 # ---- TensorRT and CUDA ------------------------------------------------------------------
@@ -194,3 +296,117 @@ class TrtRunner:
         if getattr(self, "stream", None) is not None:
             self._cudart.cudaStreamDestroy(self.stream)
             self.stream = None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str | os.PathLike | None = None,
+                 max_batch: int = 32, opt_batch: int = 8, workspace_mib: int = 2048,
+                 timing_cache: str | None = None, dla_core: int | None = None,
+                 gpu_fallback: bool = False, version_compatible: bool = False,
+                 hardware_compatible: bool = False, int8_source: str = "qdq",
+                 typing: str = "auto") -> Path:
+    """Parse the plan's ONNX file, build, write <engine> and its JSON record; return the path.
+
+    Follows NVIDIA's samples/python/introductory_parser_samples and common.py.
+    """
+    trt = import_trt()
+    gpu, capability = current_gpu()
+    plan = build_plan(trt.__version__, precision, int8_source=int8_source, typing=typing,
+                      dla=dla_core is not None)
+    model_dir = Path(model_dir)
+    onnx_path = model_dir / plan.onnx_file
+    if not onnx_path.exists():
+        raise EngineError(f"{onnx_path} not found; TensorRT {trt.__version__} {precision} builds "
+                          f"from {plan.onnx_file} (made by resnet-edge "
+                          f"{'calibrate' if 'int8' in plan.onnx_file else 'export'})")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    for name in plan.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    inp = network.get_input(0)
+    chw = tuple(inp.shape)[1:]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (1, *chw), (min(opt_batch, max_batch), *chw), (max_batch, *chw))
+    config.add_optimization_profile(profile)
+    blob = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
+    config.set_timing_cache(config.create_timing_cache(blob), False)
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if plan.calibration_cache:
+        cache = reheader_cache((model_dir / CACHE_FILE).read_text(), trt.__version__)
+        config.int8_calibrator = _cache_calibrator(trt, cache.encode())
+        config.set_calibration_profile(profile)
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        if gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if hardware_compatible:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError("TensorRT engine build failed (see the TensorRT log above)")
+    seconds = time.perf_counter() - start
+    if timing_cache:
+        _atomic_write(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
+    target_dir = Path(out_dir) if out_dir else engine_dir(model_dir, gpu, trt.__version__)
+    engine = target_dir / f"model.{precision}.engine"
+    meta = {"tensorrt": trt.__version__, "gpu": gpu, "compute_capability": capability,
+            "precision": precision, "onnx": plan.onnx_file,
+            "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            "plan": asdict(plan), "input": inp.name, "input_shape": list(chw),
+            "profile": {"min": 1, "opt": min(opt_batch, max_batch), "max": max_batch},
+            "workspace_mib": workspace_mib, "dla_core": dla_core, "gpu_fallback": gpu_fallback,
+            "version_compatible": version_compatible,
+            "hardware_compatibility": "ampere_plus" if hardware_compatible else "none",
+            "build_seconds": round(seconds, 2),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _atomic_write(engine, bytes(serialized))
+    _atomic_write(engine.with_suffix(ENGINE_JSON_SUFFIX), (json.dumps(meta, indent=2) + "\n").encode())
+    return engine
+
+
+def _cache_calibrator(trt, cache: bytes):
+    """A calibrator that only serves an existing cache (TensorRT <= 10): TensorRT reads every
+    scale from it and never asks for a batch."""
+
+    class CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            super().__init__()  # the base __init__ is mandatory
+
+        def get_batch_size(self):
+            return 1
+
+        def get_batch(self, names):
+            return None
+
+        def read_calibration_cache(self):
+            return cache
+
+        def write_calibration_cache(self, data):
+            return None
+
+    return CacheOnlyCalibrator()

@@ -1,0 +1,162 @@
+import json
+import shutil
+import struct
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from resnet_edge.calibration import calibrate
+from resnet_edge.calibration.dataset import balanced_indices, overlaps
+from resnet_edge.calibration.qdq import load_ranges
+from resnet_edge.calibration.trt_cache import read_cache, scale_from_range
+from resnet_edge.data import open_data
+from resnet_edge.parity.gates import load_thresholds
+from resnet_edge.parity.run import run_parity
+
+
+@pytest.fixture(scope="module")
+def calibrated(digits_workdir, tmp_path_factory):
+    """Both recipes, 512 class-balanced digits:train images, minmax."""
+    out = {}
+    for recipe in ("tensorrt", "cpu"):
+        work = tmp_path_factory.mktemp(recipe) / "work"
+        shutil.copytree(digits_workdir, work)
+        out[recipe] = (work, calibrate(work, "digits:train", samples=512, method="minmax", recipe=recipe))
+    return out
+
+
+def test_balanced_and_deterministic_draw():
+    source = open_data("digits:train")
+    a, b = balanced_indices(source, 100), balanced_indices(source, 100)
+    assert a == b and len(set(a)) == 100
+    counts = np.bincount(source.labels[a], minlength=10)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_overlap_with_the_parity_split_is_detected():
+    assert overlaps("digits:test", "digits:test") and overlaps("digits", "digits:test")
+    assert not overlaps("digits:train", "digits:test")
+
+
+def _initializers(model):
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_tensorrt_recipe_qdq_rules(calibrated):
+    work, result = calibrated["tensorrt"]
+    model = onnx.load(str(result.path))
+    inits = _initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name  # symmetric int8
+        if node.op_type == "DequantizeLinear":
+            source = producers.get(node.input[0])
+            assert source is not None and source.op_type == "QuantizeLinear"  # no int32 bias DQ
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            weight_dq = producers[node.input[1]]
+            assert weight_dq.op_type == "DequantizeLinear"
+            axis = next((a.i for a in weight_dq.attribute if a.name == "axis"), 1)
+            weight = inits[producers[weight_dq.input[0]].input[0]]
+            assert axis == 0 and inits[weight_dq.input[1]].shape == (weight.shape[0],)
+            assert producers[node.input[0]].op_type == "DequantizeLinear"  # activation quantized
+            assert len(node.input) < 3 or node.input[2] in inits  # bias stays float
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 9  # resnet20: 3 stages x 3 blocks
+    for add in adds:
+        kinds = sorted(producers[i].op_type for i in add.input)
+        assert kinds == ["Conv", "DequantizeLinear"], kinds  # conv branch bare, identity Q/DQ
+    info = json.loads({p.key: p.value for p in model.metadata_props}["resnet_edge.quantization"])
+    assert info["recipe"] == "tensorrt" and info["samples"] == 512
+    assert result.per_class and sum(result.per_class.values()) == 512
+
+
+def test_cpu_recipe_uses_uint8_activations(calibrated):
+    _, result = calibrated["cpu"]
+    model = onnx.load(str(result.path))
+    inits = _initializers(model)
+    dtypes = {inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert np.dtype(np.uint8) in dtypes
+
+
+@pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
+def test_int8_keeps_digits_accuracy(calibrated, recipe):
+    work, _ = calibrated[recipe]
+    report = run_parity(work, "digits:test", backends=["ort"], precisions=["int8"],
+                        thresholds=load_thresholds())
+    row = report["candidates"][0]
+    assert row["status"] == "ran"
+    assert row["accuracy"]["drop_pt"] <= 0.5, row["accuracy"]
+    assert ("Q/DQ as written" in row["device"]) == (recipe == "tensorrt")
+
+
+def test_calibration_cache_parses_back_to_the_same_scales(calibrated):
+    work, _ = calibrated["tensorrt"]
+    header, scales = read_cache(work / "calibration.cache")
+    assert header == "TRT-100300-EntropyCalibration2"
+    ranges = load_ranges(work / "calibration.ranges.json")
+    model_inputs = {i.name for i in onnx.load(str(work / "model.onnx")).graph.input}
+    assert model_inputs <= set(scales)
+    for name, scale in scales.items():
+        expected = struct.unpack(">f", struct.pack(">f", scale_from_range(*ranges[name])))[0]
+        assert scale == expected
+    relu = next(n for n in scales if n.startswith("relu"))
+    assert scales[relu] == pytest.approx(max(abs(v) for v in ranges[relu]) / 127, rel=1e-6)
+
+
+def test_sensitivity_ranks_every_layer_and_exclusions_stay_float(digits_workdir, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    result = calibrate(work, "digits:train", samples=256, method="minmax", sensitivity=True,
+                       holdout=100, exclude=None)
+    assert len(result.sensitivity) == 22 and result.sensitivity[0]["module"]
+    drops = [(r["drop_pt"], r["logit_rmse"]) for r in result.sensitivity]
+    assert drops == sorted(drops, reverse=True)
+    worst = result.sensitivity[0]["layer"]
+    again = calibrate(work, "digits:train", samples=256, method="minmax", exclude=worst, holdout=100)
+    model = onnx.load(str(again.path))
+    node = next(n for n in model.graph.node if n.name == worst)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers.get(node.input[1]) != "DequantizeLinear" and again.excluded == [worst]
+
+
+def test_calibrating_on_the_parity_split_warns(digits_workdir, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    result = calibrate(work, "digits:test", samples=64, method="minmax", holdout=50)
+    assert any("optimistic" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["calibrate", "{work}", "--samples", "0"], 2, "--samples must be at least 1"),
+    (["calibrate", "{work}", "--data", "nope"], 2, "unknown data spec"),
+    (["calibrate", "{work}", "--exclude", "node_does_not_exist", "--samples", "64"], 2,
+     "names no Conv/Gemm layer 'node_does_not_exist'"),
+    (["calibrate", "{empty}"], 2, "has no model.onnx"),
+    (["build", "{work}", "--opt-batch", "64", "--max-batch", "8"], 2, "--opt-batch (64) <= --max-batch (8)"),
+    (["build", "{work}", "--gpu-fallback"], 2, "--gpu-fallback goes with --dla-core"),
+])
+def test_calibrate_and_build_bad_usage(args, code, message, run_cli, digits_workdir, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    (tmp_path / "empty").mkdir()
+    before = sorted(p.name for p in work.iterdir())
+    result = run_cli(*[a.format(work=work, empty=tmp_path / "empty") for a in args])
+    assert result.exit_code == code and message in result.stderr, result.output
+    assert sorted(p.name for p in work.iterdir()) == before
+
+
+def test_build_without_tensorrt_exits_3(run_cli, digits_workdir):
+    pytest.importorskip("resnet_edge")  # always present; documents intent
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    result = run_cli("build", digits_workdir, "--precision", "fp16")
+    assert result.exit_code == 3 and "TensorRT is not installed" in result.stderr

@@ -564,6 +564,96 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, dla
                  f"from {meta['onnx']}")
 
 
+# ---- bundle / verify / pipeline ------------------------------------------------------------
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
+              default="jetpack6", show_default=True,
+              help="jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3.")
+@click.option("--out", type=click.Path(path_type=Path), help="[<workdir>/<name>-<target>.tar.gz]")
+@click.option("--data", "data_spec", default="digits:test", show_default=True,
+              help="Where the golden inputs come from (labelled, preprocessed by the model card).")
+@click.option("--golden", type=int, default=100, show_default=True, help="Golden images.")
+@click.option("--max-batch", type=int, default=32, show_default=True, help="Engine profile max batch.")
+@click.option("--opt-batch", type=int, default=8, show_default=True)
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML gates carried in the bundle [parity defaults].")
+def bundle(workdir, target, out, data_spec, golden, max_batch, opt_batch, thresholds) -> None:
+    """Pack a Jetson bundle: ONNX files, calibration cache, golden I/O, gates, build and verify scripts.
+
+    \b
+    Then on the Jetson, with JetPack's Python and TensorRT:
+      tar xf resnet50-jetpack6.tar.gz && cd resnet50-jetpack6 && ./build_engine.sh int8 && python3 verify.py
+
+    \b
+    Example:
+      resnet-edge bundle artifacts/resnet50 --target jetpack6 --out resnet50-jetpack6.tar.gz
+    """
+    from .deploy import make_bundle
+    from .parity.gates import load_thresholds
+
+    with _steps() as step:
+        path = make_bundle(workdir, target, out, eval_spec=data_spec, golden=golden,
+                           max_batch=max_batch, opt_batch=opt_batch,
+                           thresholds=load_thresholds(thresholds), step=step)
+    stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {target}")
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, exists=True))
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Repeatable [every precision in the bundle].")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
+              show_default=True)
+@click.option("--iterations", type=int, default=20, show_default=True, help="Latency iterations.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+def verify(bundle_path, precisions, backend, iterations, json_path) -> None:
+    """Check a bundle from anywhere: safe extraction, sha256 of every file, golden inputs
+    through TensorRT (or ONNX Runtime where TensorRT is absent), the parity gates, latency.
+
+    \b
+    Example:
+      resnet-edge verify resnet50-jetpack6.tar.gz
+    """
+    import tempfile
+
+    from .artifacts import write_json_atomic
+    from .deploy import safe_extract
+    from .deploy.verify_bundle import BundleError
+    from .deploy.verify_bundle import verify as verify_bundle
+    from .errors import GateFailed, MissingBackend
+
+    with tempfile.TemporaryDirectory() as tmp, _steps() as step:
+        root = bundle_path
+        if bundle_path.is_file():
+            step(f"extracting {bundle_path}")
+            root = safe_extract(bundle_path, tmp)
+        step("verifying")
+        try:
+            report = verify_bundle(root, precisions=list(precisions) or None, backend=backend,
+                                   build=True, iterations=iterations)
+        except BundleError as exc:
+            raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
+    table = Table(title=f"{report['bundle']['arch']} bundle for {report['bundle']['about']}: "
+                        f"{report['golden_images']} golden images")
+    for col in ("backend", "max abs", "top-1 agree", "top-1", "p50 ms", "gates"):
+        table.add_column(col, justify="left" if col in ("backend", "gates") else "right")
+    for row in report["results"]:
+        bad = [g["gate"] for g in row["gates"] if g["passed"] is False]
+        table.add_row(row["backend"], f"{row['metrics']['max_abs']:.2e}",
+                      f"{row['metrics']['top1_agreement']:.2%}",
+                      f"{row['accuracy']['top1']:.2%}" if row["accuracy"] else "-",
+                      f"{row['latency']['host_to_host']['p50_ms']:.2f}",
+                      "[red]FAIL: " + ", ".join(bad) + "[/]" if bad else "[green]pass[/]")
+    stdout.print(table)
+    stdout.print("integrity: every file matches manifest.json")
+    if json_path:
+        write_json_atomic(json_path, report)
+    if report["failed_gates"]:
+        raise GateFailed(f"bundle gates failed: {', '.join(report['failed_gates'])}")
+
+
 def main() -> None:
     cli(prog_name="resnet-edge")
 

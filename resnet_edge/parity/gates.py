@@ -1,18 +1,15 @@
 """Parity gates per precision, with defaults that follow the anchors (MLPerf's 99% of FP32 for
-INT8, MMDeploy's FP16 deltas), overridable from a TOML file and from flags."""
+INT8, MMDeploy's FP16 deltas), overridable from a TOML file and from flags.
+
+Module-level imports are the standard library only: the deploy bundle copies this file (with
+metrics.py) so verify.py on a Jetson applies exactly these gates.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-
-from ..errors import BadInput
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -48,6 +45,11 @@ class GateResult:
 def load_thresholds(toml_path: str | Path | None = None,
                     overrides: dict[str, dict[str, float]] | None = None) -> dict[str, Thresholds]:
     """Defaults, then `[fp16] max_accuracy_drop_pt = 0.2`-style tables from TOML, then flags."""
+    from ..errors import BadInput
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
     table = dict(DEFAULTS)
     layers = []
     if toml_path:

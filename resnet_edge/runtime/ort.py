@@ -1,11 +1,13 @@
-"""ONNX Runtime sessions, configured the one way every caller in this tool wants them."""
+"""ONNX Runtime sessions, configured the one way every caller in this tool wants them.
+
+No module-level imports from this package: the deploy bundle copies this file so verify.py's
+ONNX Runtime fallback opens sessions exactly like `parity` does.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
-
-from ..errors import MissingBackend
 
 INSTALL_HINT = "pip install 'resnet-edge[cpu]' (or 'resnet-edge[gpu]' on NVIDIA machines)"
 
@@ -14,6 +16,7 @@ def import_ort():
     try:
         import onnxruntime
     except ImportError:
+        from ..errors import MissingBackend
         raise MissingBackend(f"onnxruntime is not installed; {INSTALL_HINT}") from None
     return onnxruntime
 

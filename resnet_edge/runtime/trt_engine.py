@@ -374,19 +374,27 @@ def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str |
         _atomic_write(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
     target_dir = Path(out_dir) if out_dir else engine_dir(model_dir, gpu, trt.__version__)
     engine = target_dir / f"model.{precision}.engine"
-    meta = {"tensorrt": trt.__version__, "gpu": gpu, "compute_capability": capability,
-            "precision": precision, "onnx": plan.onnx_file,
-            "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-            "plan": asdict(plan), "input": inp.name, "input_shape": list(chw),
-            "profile": {"min": 1, "opt": min(opt_batch, max_batch), "max": max_batch},
-            "workspace_mib": workspace_mib, "dla_core": dla_core, "gpu_fallback": gpu_fallback,
-            "version_compatible": version_compatible,
-            "hardware_compatibility": "ampere_plus" if hardware_compatible else "none",
-            "build_seconds": round(seconds, 2),
-            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _atomic_write(engine, bytes(serialized))
-    _atomic_write(engine.with_suffix(ENGINE_JSON_SUFFIX), (json.dumps(meta, indent=2) + "\n").encode())
+    write_engine_meta(engine, plan, onnx_path, gpu=gpu, capability=capability, builder="python",
+                      input_name=inp.name, input_shape=list(chw),
+                      profile={"min": 1, "opt": min(opt_batch, max_batch), "max": max_batch},
+                      workspace_mib=workspace_mib, dla_core=dla_core, gpu_fallback=gpu_fallback,
+                      version_compatible=version_compatible,
+                      hardware_compatibility="ampere_plus" if hardware_compatible else "none",
+                      build_seconds=round(seconds, 2))
     return engine
+
+
+def write_engine_meta(engine: Path, plan: BuildPlan, onnx_path: Path, *, gpu: str, capability: str,
+                      **details) -> None:
+    """The JSON beside an engine that says what it was built for (checked before loading)."""
+    meta = {"tensorrt": plan.tensorrt, "gpu": gpu, "compute_capability": capability,
+            "precision": plan.precision, "onnx": plan.onnx_file,
+            "onnx_sha256": hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
+            "plan": asdict(plan), "version_compatible": False, "hardware_compatibility": "none",
+            **details, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _atomic_write(Path(engine).with_suffix(ENGINE_JSON_SUFFIX),
+                  (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def _cache_calibrator(trt, cache: bytes):
@@ -410,3 +418,70 @@ def _cache_calibrator(trt, cache: bytes):
             return None
 
     return CacheOnlyCalibrator()
+
+
+# ---- command line, for the deploy bundle's build_engine.sh and verify.py ------------------
+
+def _bundle_info(bundle: Path) -> dict:
+    path = bundle / "bundle.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def main(argv=None) -> int:
+    import argparse
+    import shlex
+
+    parser = argparse.ArgumentParser(prog="trt_engine.py", description="Plan, build or record "
+                                     "a TensorRT engine for a resnet-edge bundle.")
+    parser.add_argument("command", choices=["plan", "build", "record"])
+    parser.add_argument("precision", choices=list(ONNX_FILES))
+    parser.add_argument("--bundle", type=Path, default=Path("."))
+    parser.add_argument("--tensorrt-version", help="[the installed TensorRT]")
+    parser.add_argument("--engine", help="[engines/<gpu>-trt<version>/model.<precision>.engine]")
+    parser.add_argument("--max-batch", type=int)
+    parser.add_argument("--opt-batch", type=int)
+    parser.add_argument("--workspace", type=int, default=2048, help="MiB")
+    parser.add_argument("--timing-cache")
+    parser.add_argument("--dla-core", type=int)
+    parser.add_argument("--gpu-fallback", action="store_true")
+    parser.add_argument("--int8-source", choices=["qdq", "cache"], default="qdq")
+    parser.add_argument("--typing", choices=["auto", "weak", "strong"], default="auto")
+    parser.add_argument("--shell", action="store_true", help="plan: one shell-quoted line")
+    args = parser.parse_args(argv)
+    info = _bundle_info(args.bundle)
+    max_batch = args.max_batch or info.get("max_batch", 32)
+    opt_batch = args.opt_batch or min(info.get("opt_batch", 8), max_batch)
+    try:
+        if args.command == "build":
+            engine = build_engine(args.bundle, args.precision, max_batch=max_batch, opt_batch=opt_batch,
+                                  workspace_mib=args.workspace, timing_cache=args.timing_cache,
+                                  dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
+                                  int8_source=args.int8_source, typing=args.typing,
+                                  out_dir=Path(args.engine).parent if args.engine else None)
+            print(engine)
+            return 0
+        version = args.tensorrt_version or import_trt().__version__
+        plan = build_plan(version, args.precision, int8_source=args.int8_source, typing=args.typing,
+                          dla=args.dla_core is not None)
+        if args.command == "record":  # after trtexec built args.engine on this device
+            gpu, capability = current_gpu()
+            write_engine_meta(Path(args.engine), plan, args.bundle / plan.onnx_file, gpu=gpu,
+                              capability=capability, builder="trtexec",
+                              profile={"min": 1, "opt": opt_batch, "max": max_batch},
+                              dla_core=args.dla_core, gpu_fallback=args.gpu_fallback)
+            return 0
+        engine = args.engine or str(engine_path(".", current_gpu()[0], version, args.precision))
+        line = trtexec_command(plan, engine=engine, input_name=info.get("input_name", "input"),
+                               input_shape=info.get("input_shape", (3, 224, 224)),
+                               max_batch=max_batch, opt_batch=opt_batch, workspace_mib=args.workspace,
+                               timing_cache=args.timing_cache, dla_core=args.dla_core,
+                               gpu_fallback=args.gpu_fallback)
+        print(shlex.join(line) if args.shell else "\n".join(line))
+        return 0
+    except (EngineError, ValueError) as exc:
+        print(f"error: {exc}", file=__import__("sys").stderr)
+        return 3 if isinstance(exc, EngineError) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

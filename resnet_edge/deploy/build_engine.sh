@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Build this bundle's TensorRT engine on the device it will run on (engines are not portable).
+#   ./build_engine.sh [fp32|fp16|int8] [--dla-core N --gpu-fallback] [--int8-source cache]
+# Uses trtexec (JetPack: /usr/src/tensorrt/bin) with the flags the installed TensorRT needs, as
+# printed by lib/trt_engine.py (the same build plan resnet-edge uses); without trtexec it builds
+# with TensorRT's Python API. TRT_VERSION overrides the detected TensorRT version.
+set -euo pipefail
+cd "$(dirname "$0")"
+precision="${1:-fp16}"
+shift || true
+
+if [ -z "${TRT_VERSION:-}" ]; then
+  TRT_VERSION="$(python3 -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null)" || {
+    echo "error: TensorRT's Python module is not importable; install JetPack's python3-libnvinfer or set TRT_VERSION" >&2
+    exit 3
+  }
+fi
+
+trtexec_bin="$(command -v trtexec || true)"
+if [ -z "$trtexec_bin" ] && [ -x /usr/src/tensorrt/bin/trtexec ]; then
+  trtexec_bin=/usr/src/tensorrt/bin/trtexec
+fi
+
+if [ -z "$trtexec_bin" ]; then
+  echo "trtexec not found; building with TensorRT's Python API" >&2
+  exec python3 lib/trt_engine.py build "$precision" --bundle . "$@"
+fi
+
+mapfile -t cmd < <(python3 lib/trt_engine.py plan "$precision" --bundle . --tensorrt-version "$TRT_VERSION" ${ENGINE:+--engine "$ENGINE"} "$@")
+[ "${#cmd[@]}" -gt 0 ] || exit 2
+engine="$(printf '%s\n' "${cmd[@]}" | sed -n 's/^--saveEngine=//p')"
+mkdir -p "$(dirname "$engine")"
+cmd[0]="$trtexec_bin"
+echo "+ ${cmd[*]}" >&2
+"${cmd[@]}"
+# Record what the engine was built for, so verify.py can refuse it elsewhere with "rebuild".
+if python3 -c 'import tensorrt' 2>/dev/null; then
+  python3 lib/trt_engine.py record "$precision" --bundle . --engine "$engine" "$@"
+fi
+echo "built $engine"

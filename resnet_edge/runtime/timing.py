@@ -1,0 +1,66 @@
+"""Latency statistics and the timing loop. Free of torch and of this package's other modules:
+the deploy bundle copies this file next to verify.py, so the Jetson check times engines exactly
+as `resnet-edge bench` does."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    batch_size: int
+    iterations: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    min_ms: float
+    images_per_s: float
+
+    @classmethod
+    def from_seconds(cls, batch_size: int, seconds) -> "LatencyStats":
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(batch_size, len(ms), float(ms.mean()), float(p50), float(p90), float(p99),
+                   float(ms.std()), float(ms.min()), batch_size * 1e3 / float(ms.mean()))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(backend, batch: np.ndarray, *, iterations: int = 100,
+            warmup: int = 10) -> dict:
+    """Host-to-host latency of `backend.run`, and, where the backend separates them, device
+    compute alone (input already on the device, output left there, synchronized).
+
+    `backend` is anything with run(batch), and, where `separates_device_time` is true,
+    stage(batch), execute(staged) and synchronize()."""
+    for _ in range(warmup):
+        backend.run(batch)
+    host = []
+    clock = time.perf_counter
+    for _ in range(iterations):
+        start = clock()
+        backend.run(batch)
+        host.append(clock() - start)
+    result = {"host_to_host": LatencyStats.from_seconds(len(batch), host).to_dict(),
+              "device_compute": None}
+    if backend.separates_device_time:
+        staged = backend.stage(batch)
+        backend.synchronize()
+        for _ in range(warmup):
+            backend.execute(staged)
+        backend.synchronize()
+        device = []
+        for _ in range(iterations):
+            start = clock()
+            backend.execute(staged)
+            backend.synchronize()
+            device.append(clock() - start)
+        result["device_compute"] = LatencyStats.from_seconds(len(batch), device).to_dict()
+    return result

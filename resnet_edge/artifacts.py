@@ -119,6 +119,18 @@ class WorkDir:
         self.save()
         return entry
 
+    def step_fresh(self, step: str, key: dict[str, Any]) -> bool:
+        """True when `step` last ran with the same key and its outputs are unchanged since."""
+        entry = self.manifest.get("steps", {}).get(step)
+        return (entry is not None and entry["key"] == _plain(key)
+                and all((self.path / name).exists() and sha256_file(self.path / name) == digest
+                        for name, digest in entry["outputs"].items()))
+
+    def record_step(self, step: str, key: dict[str, Any], outputs: list[str]) -> None:
+        self.manifest.setdefault("steps", {})[step] = {
+            "key": _plain(key), "outputs": {name: sha256_file(self.path / name) for name in outputs}}
+        self.save()
+
     def set(self, key: str, value: Any) -> None:
         self.manifest[key] = value
         self.save()

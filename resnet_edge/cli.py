@@ -374,13 +374,9 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     Example:
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
-    import numpy as np
-
     from .artifacts import write_json_atomic
     from .errors import MissingBackend
-    from .parity.run import REFERENCE, candidates, open_workdir
-    from .runtime.backends import BackendUnavailable, open_backend
-    from .runtime.latency import describe_machine, measure
+    from .runtime.bench import run_bench
 
     try:
         sizes = [int(b) for b in _csv(batch_sizes)]
@@ -388,46 +384,40 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
         raise BadInput(f"--batch-sizes takes whole numbers, got {batch_sizes!r}") from None
     if not sizes or min(sizes) < 1 or iterations < 1 or warmup < 0:
         raise BadInput("--batch-sizes and --iterations must be at least 1, --warmup at least 0")
-    card, model = open_workdir(workdir)
     explicit = backends is not None or precisions is not None
-    pairs = [REFERENCE, *candidates(_csv(backends or "torch,ort,trt"),
-                                    _csv(precisions or "fp32,fp16,int8"))]
-    if backends is not None and "torch" not in _csv(backends):
-        pairs = pairs[1:]
-    rng = np.random.default_rng(0)
-    results, skipped = [], []
-    table = Table(title=f"{card.arch} latency ({iterations} iterations after {warmup} warm-up)")
-    for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s", "device p50"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
     with _steps() as step:
-        for name, precision in pairs:
-            try:
-                backend = open_backend(name, precision, workdir, model=model, device=device)
-            except BackendUnavailable as exc:
-                skipped.append({"backend": name, "precision": precision, "reason": str(exc)})
-                continue
-            for size in sizes:
-                step(f"{backend.label} batch {size}")
-                batch = rng.standard_normal((size, *card.preprocess.input_shape), dtype=np.float32)
-                m = measure(backend, batch, iterations=iterations, warmup=warmup)
-                results.append({"backend": name, "precision": precision, "device": backend.label, **m})
-                h, d = m["host_to_host"], m["device_compute"]
-                table.add_row(backend.label, str(size), f"{h['mean_ms']:.3f}", f"{h['p50_ms']:.3f}",
-                              f"{h['p90_ms']:.3f}", f"{h['p99_ms']:.3f}", f"{h['std_ms']:.3f}",
-                              f"{h['images_per_s']:.1f}", f"{d['p50_ms']:.3f}" if d else "-")
-            backend.close()
-    stdout.print(table)
-    for s in skipped:
-        stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
+        result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
+                           warmup=warmup, device=device, step=step)
+    _print_bench(result)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_path, {"schema": "resnet-edge.bench/1", "model": card.to_dict(),
-                                      "machine": describe_machine(), "iterations": iterations,
-                                      "warmup": warmup, "results": results, "skipped": skipped})
+        write_json_atomic(json_path, result)
         stdout.print(f"wrote {json_path}")
-    if explicit and skipped:
-        raise MissingBackend("asked for but cannot run here: "
-                             + "; ".join(f"{s['backend']} {s['precision']} ({s['reason']})" for s in skipped))
+    if explicit and result["skipped"]:
+        raise MissingBackend("asked for but cannot run here: " + "; ".join(
+            f"{s['backend']} {s['precision']} ({s['reason']})" for s in result["skipped"]))
+
+
+def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str, str]]:
+    from .parity.run import REFERENCE, candidates
+    pairs = candidates(_csv(backends or "torch,ort,trt"), _csv(precisions or "fp32,fp16,int8"))
+    wants_reference = "torch" in _csv(backends or "torch") and "fp32" in _csv(precisions or "fp32")
+    return [REFERENCE, *pairs] if wants_reference else pairs
+
+
+def _print_bench(result: dict) -> None:
+    table = Table(title=f"{result['model']['arch']} latency ({result['iterations']} iterations after "
+                        f"{result['warmup']} warm-up)")
+    for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s", "device p50"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for r in result["results"]:
+        h, d = r["host_to_host"], r["device_compute"]
+        table.add_row(r["device"], str(h["batch_size"]), f"{h['mean_ms']:.3f}", f"{h['p50_ms']:.3f}",
+                      f"{h['p90_ms']:.3f}", f"{h['p99_ms']:.3f}", f"{h['std_ms']:.3f}",
+                      f"{h['images_per_s']:.1f}", f"{d['p50_ms']:.3f}" if d else "-")
+    stdout.print(table)
+    for s in result["skipped"]:
+        stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
 
 
 # ---- calibrate / build ---------------------------------------------------------------------
@@ -652,6 +642,72 @@ def verify(bundle_path, precisions, backend, iterations, json_path) -> None:
         write_json_atomic(json_path, report)
     if report["failed_gates"]:
         raise GateFailed(f"bundle gates failed: {', '.join(report['failed_gates'])}")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--out", type=click.Path(path_type=Path), help="Work directory [artifacts/<name>].")
+@click.option("--data-calib", default="digits:train", show_default=True, help="Calibration data spec.")
+@click.option("--data-eval", default="digits:test", show_default=True,
+              help="Evaluation data spec (parity and the bundle's golden inputs).")
+@click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
+              default="jetpack6", show_default=True, help="Bundle target; jetpack5 exports opset 17.")
+@click.option("--weights", help="For a zoo name: torchvision weights, none, or a checkpoint.")
+@click.option("--arch", help="Architecture of a plain state-dict checkpoint.")
+@click.option("--num-classes", type=int)
+@click.option("--samples", type=int, default=512, show_default=True, help="Calibration images.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
+              show_default=True)
+@click.option("--recipe", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True)
+@click.option("--limit", type=int, help="Evaluate parity on the first N images only.")
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="Run every step even if its inputs are unchanged.")
+def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_classes, samples, method,
+             recipe, limit, thresholds, force) -> None:
+    """export -> calibrate -> build (where TensorRT is) -> parity -> bench -> bundle, in one go.
+
+    Each step is skipped when its inputs (hashes and options in manifest.json) are unchanged.
+    Reports go to <out>/reports/ (parity.json, parity.md + png, junit.xml, bench.json); the
+    bundle to <out>/<name>-<target>.tar.gz. Exit 1 when a parity gate fails (nothing bundled).
+
+    \b
+    Examples:
+      resnet-edge pipeline runs/resnet20-digits/model.pt --out artifacts/resnet20
+      resnet-edge pipeline resnet50 --data-calib imagefolder:/data/calib --data-eval imagefolder:/data/val \\
+          --limit 5000 --out artifacts/resnet50
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import GateFailed
+    from .parity import report as reports
+    from .parity.gates import load_thresholds
+    from .pipeline import STEPS, PipelineConfig, run_pipeline
+    from .zoo import VARIANTS
+
+    if weights is None and source in VARIANTS:
+        weights = "DEFAULT" if VARIANTS[source].family == "imagenet" else "none"
+    config = PipelineConfig(source, out or _default_out(source), data_calib, data_eval, target,
+                            weights, arch, num_classes, samples, method, recipe, limit, force=force)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("pipeline", total=len(STEPS))
+
+        def step(name, message):
+            bar.update(task, completed=STEPS.index(name), description=f"{name}: {message}")
+        result = run_pipeline(config, load_thresholds(thresholds), step=step)
+    if result.parity:
+        stdout.print(reports.table(result.parity))
+    table = Table(title=f"pipeline: {config.out}")
+    for col in ("step", "status", "seconds", "result"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    colors = {"ran": "green", "skipped": "cyan", "unavailable": "yellow", "failed": "red"}
+    for s in result.steps:
+        table.add_row(s.step, f"[{colors[s.status]}]{s.status}[/]", f"{s.seconds:.1f}", escape(s.detail))
+    stdout.print(table)
+    if result.bundle:
+        stdout.print(f"bundle: {result.bundle}")
+    if result.failed:
+        raise GateFailed("pipeline stopped: " + "; ".join(s.detail for s in result.steps if s.status == "failed"))
 
 
 def main() -> None:

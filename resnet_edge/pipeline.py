@@ -1,0 +1,174 @@
+"""`pipeline`: export -> calibrate -> build -> parity -> bench -> bundle, each step skipped when
+its inputs (file hashes and options, in manifest.json) are unchanged since it last ran."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .artifacts import WorkDir, sha256_file, write_json_atomic
+from .calibration import INT8_NAME, calibrate
+from .errors import BadInput
+from .export import FP16_NAME, ONNX_NAME, ExportOptions, export_model
+from .parity import report as reports
+from .parity.gates import Thresholds
+from .parity.run import REFERENCE, candidates, run_parity
+from .runtime import trt_engine
+from .runtime.bench import run_bench
+from .zoo import load_model
+
+STEPS = ("export", "calibrate", "build", "parity", "bench", "bundle")
+
+
+@dataclass
+class StepResult:
+    step: str
+    status: str  # ran, skipped (up to date), unavailable, failed
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class PipelineResult:
+    steps: list[StepResult] = field(default_factory=list)
+    parity: dict | None = None
+    bundle: Path | None = None
+
+    @property
+    def failed(self) -> bool:
+        return any(s.status == "failed" for s in self.steps)
+
+
+@dataclass
+class PipelineConfig:
+    source: str
+    out: Path
+    data_calib: str = "digits:train"
+    data_eval: str = "digits:test"
+    target: str = "jetpack6"
+    weights: str | None = None
+    arch: str | None = None
+    num_classes: int | None = None
+    samples: int = 512
+    method: str = "entropy"
+    recipe: str = "tensorrt"
+    limit: int | None = None
+    batch_sizes: tuple[int, ...] = (1, 8)
+    bench_iterations: int = 20
+    golden: int = 100
+    force: bool = False
+
+
+def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
+                 step: Callable[[str, str], None] = lambda name, message: None) -> PipelineResult:
+    from .deploy import TARGETS, make_bundle
+    if config.target not in TARGETS:
+        raise BadInput(f"unknown --target {config.target!r}; use {', '.join(TARGETS)}")
+    out = Path(config.out)
+    result = PipelineResult()
+    reports_dir = out / "reports"
+
+    def run(name: str, key: dict | None, outputs: list[str], body: Callable[[], str]) -> None:
+        wd = WorkDir(out)
+        start = time.perf_counter()
+        if key is not None and not config.force and wd.step_fresh(name, key):
+            result.steps.append(StepResult(name, "skipped", 0.0, "up to date"))
+            return
+        step(name, f"{name}")
+        detail = body()
+        status = "failed" if detail.startswith("FAIL") else "ran"
+        if status == "ran" and key is not None:
+            WorkDir(out).record_step(name, key, outputs)
+        result.steps.append(StepResult(name, status, time.perf_counter() - start, detail))
+
+    # export: its own manifest entry already skips an unchanged export
+    start = time.perf_counter()
+    step("export", "loading the model")
+    model, card = load_model(config.source, weights=config.weights, arch=config.arch,
+                             num_classes=config.num_classes)
+    exporter = "torchscript" if TARGETS[config.target]["max_opset"] < 18 else "dynamo"
+    exported = export_model(model, card, out, ExportOptions(exporter=exporter), force=config.force,
+                            step=lambda m: step("export", m))
+    result.steps.append(StepResult("export", "skipped" if exported.skipped else "ran",
+                                   time.perf_counter() - start,
+                                   "up to date" if exported.skipped else
+                                   f"opset {ExportOptions(exporter=exporter).resolved().opset}, "
+                                   f"checks {'pass' if all(c.passed for c in exported.checks) else 'FAIL'}"))
+
+    def model_hashes() -> dict[str, str]:
+        return {f: sha256_file(out / f) for f in (ONNX_NAME, FP16_NAME, INT8_NAME) if (out / f).exists()}
+
+    def do_calibrate() -> str:
+        r = calibrate(out, config.data_calib, samples=config.samples, method=config.method,
+                      recipe=config.recipe, eval_spec=config.data_eval,
+                      tensorrt_version=TARGETS[config.target]["tensorrt"], thresholds=thresholds,
+                      step=lambda m: step("calibrate", m))
+        held = r.holdout
+        return (f"{r.samples} images, {config.method}, {config.recipe} recipe"
+                + (f"; held-out int8 drop {held['drop_pt']:+.2f} pt" if held else ""))
+    run("calibrate", {ONNX_NAME: sha256_file(out / ONNX_NAME), "data": config.data_calib,
+                      "samples": config.samples, "method": config.method, "recipe": config.recipe},
+        [INT8_NAME], do_calibrate)
+
+    start = time.perf_counter()
+    try:
+        trt = trt_engine.import_trt()
+        built = []
+        for precision in ("fp16", "int8"):
+            step("build", f"{precision} engine")
+            built.append(trt_engine.build_engine(out, precision).name)
+        result.steps.append(StepResult("build", "ran", time.perf_counter() - start,
+                                       f"TensorRT {trt.__version__}: {', '.join(built)}"))
+    except trt_engine.EngineError as exc:
+        result.steps.append(StepResult("build", "unavailable", 0.0, str(exc)))
+
+    def do_parity() -> str:
+        report = run_parity(out, config.data_eval, backends=["torch", "ort", "trt"],
+                            precisions=["fp32", "fp16", "int8"], thresholds=thresholds,
+                            limit=config.limit, progress=lambda d, t: step("parity", f"{d}/{t} images"))
+        reports_dir.mkdir(exist_ok=True)
+        reports.write_json(report, reports_dir / "parity.json")
+        reports.write_markdown(report, reports_dir / "parity.md")
+        reports.write_junit(report, reports_dir / "junit.xml")
+        result.parity = report
+        ran = sum(r["status"] == "ran" for r in report["candidates"])
+        failed = report["summary"]["failed_gates"]
+        return (f"FAIL: {', '.join(failed)}" if failed else
+                f"pass: {ran} candidates vs torch fp32, {len(report['candidates']) - ran} skipped")
+    parity_key = {**model_hashes(), "data": config.data_eval, "limit": config.limit,
+                  "thresholds": {p: vars(t) for p, t in thresholds.items()}}
+    run("parity", parity_key, ["reports/parity.json"], do_parity)
+    if result.parity is None and (reports_dir / "parity.json").exists():
+        result.parity = reports.load(reports_dir / "parity.json")
+    if result.failed:
+        result.steps.append(StepResult("bench", "skipped", 0.0, "parity failed"))
+        result.steps.append(StepResult("bundle", "skipped", 0.0, "parity failed: not bundling"))
+        return result
+
+    def do_bench() -> str:
+        pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], ["fp32", "fp16", "int8"])]
+        bench = run_bench(out, pairs, list(config.batch_sizes), iterations=config.bench_iterations,
+                          warmup=3, step=lambda m: step("bench", m))
+        write_json_atomic(reports_dir / "bench.json", bench)
+        best = min(bench["results"], key=lambda r: r["host_to_host"]["p50_ms"] / r["host_to_host"]["batch_size"])
+        return (f"{len(bench['results'])} measurements; fastest per image: {best['device']} "
+                f"({best['host_to_host']['images_per_s']:.0f} img/s at batch {best['host_to_host']['batch_size']})")
+    run("bench", {**model_hashes(), "batch_sizes": list(config.batch_sizes),
+                  "iterations": config.bench_iterations}, ["reports/bench.json"], do_bench)
+
+    bundle_name = f"{out.name}-{config.target}.tar.gz"
+
+    def do_bundle() -> str:
+        path = make_bundle(out, config.target, out / bundle_name, eval_spec=config.data_eval,
+                           golden=config.golden, thresholds=thresholds,
+                           step=lambda m: step("bundle", m))
+        return f"{path.name} ({path.stat().st_size / 1e6:.1f} MB)"
+    run("bundle", {**model_hashes(), "target": config.target, "data": config.data_eval,
+                   "golden": config.golden}, [bundle_name], do_bundle)
+    result.bundle = out / bundle_name
+    return result
+
+
+__all__ = ["PipelineConfig", "PipelineResult", "run_pipeline", "STEPS"]

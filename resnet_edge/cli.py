@@ -337,10 +337,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
                             thresholds=table_of_gates, limit=limit, batch_size=batch_size,
                             device=device, explicit=explicit,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    stdout.print(reports.table(result))
-    for row in result["candidates"]:
-        if row["status"] == "skipped":
-            stdout.print(f"[yellow]skipped[/] {row['backend']} {row['precision']}: {escape(row['reason'])}")
+    _print_parity(result)
     for path, writer in ((json_path, reports.write_json), (markdown, reports.write_markdown),
                          (junit, reports.write_junit)):
         if path:
@@ -396,6 +393,14 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     if explicit and result["skipped"]:
         raise MissingBackend("asked for but cannot run here: " + "; ".join(
             f"{s['backend']} {s['precision']} ({s['reason']})" for s in result["skipped"]))
+
+
+def _print_parity(report: dict) -> None:
+    from .parity import report as reports
+    stdout.print(reports.table(report))
+    for row in report["candidates"]:
+        if row["status"] == "skipped":
+            stdout.print(f"[yellow]skipped[/] {row['backend']} {row['precision']}: {escape(row['reason'])}")
 
 
 def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str, str]]:
@@ -679,7 +684,6 @@ def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_clas
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .errors import GateFailed
-    from .parity import report as reports
     from .parity.gates import load_thresholds
     from .pipeline import STEPS, PipelineConfig, run_pipeline
     from .zoo import VARIANTS
@@ -696,7 +700,7 @@ def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_clas
             bar.update(task, completed=STEPS.index(name), description=f"{name}: {message}")
         result = run_pipeline(config, load_thresholds(thresholds), step=step)
     if result.parity:
-        stdout.print(reports.table(result.parity))
+        _print_parity(result.parity)
     table = Table(title=f"pipeline: {config.out}")
     for col in ("step", "status", "seconds", "result"):
         table.add_column(col, justify="right" if col == "seconds" else "left")

@@ -18,7 +18,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from .errors import BadInput
+from .errors import BadInput, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -210,7 +210,7 @@ def _cifar10(spec: str, split: str, download: bool) -> Source:
     try:
         dataset = torchvision.datasets.CIFAR10(root, train=split == "train", download=download)
     except (urllib.error.URLError, ConnectionError, TimeoutError, RuntimeError) as exc:
-        raise BadInput(f"CIFAR-10 is not in {root} and cannot be downloaded ({_first_line(exc)}); "
+        raise BadInput(f"CIFAR-10 is not in {root} and cannot be downloaded ({first_line(exc)}); "
                        f"place cifar-10-python.tar.gz there, set RESNET_EDGE_DATA, or use "
                        "--data digits offline") from None
     return CifarSource(spec, dataset)
@@ -252,7 +252,7 @@ def _npy(spec: str, arg: str, input_shape) -> Source:
         images = np.load(image_path, allow_pickle=False)
         labels = np.load(label_path, allow_pickle=False) if label_path else None
     except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read {spec}: {_first_line(exc)}") from None
+        raise BadInput(f"cannot read {spec}: {first_line(exc)}") from None
     if images.ndim != 4 or images.dtype != np.float32:
         raise BadInput(f"{image_path} holds {images.dtype} {images.shape}; expected float32 "
                        "N x C x H x W, already preprocessed")
@@ -315,8 +315,3 @@ def check_classes(source: Source, num_classes: int, what: str = "the model") -> 
     if source.num_classes is not None and source.num_classes != num_classes:
         raise BadInput(f"{source.spec} has {source.num_classes} classes but {what} has "
                        f"{num_classes}; use data with the same classes or retrain")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

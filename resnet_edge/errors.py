@@ -25,3 +25,9 @@ class MissingBackend(ResnetEdgeError):
     """A backend or dependency needed for what was asked is not available: exit 3."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception's first line, short enough for our one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from .artifacts import atomic_path, sha256_file
 from .data import CIFAR_MEAN, CIFAR_STD, Preprocess
-from .errors import BadInput
+from .errors import BadInput, first_line
 
 CHECKPOINT_FORMAT = "resnet-edge.checkpoint/1"
 RANDOM_INIT_SEED = 0
@@ -235,7 +235,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                            "torch.save(model.state_dict(), path)") from None
         raise BadInput(f"{path} is not a PyTorch checkpoint; give a file written by torch.save") from None
     except Exception as exc:  # torch.load surfaces corrupt files as many exception types
-        raise BadInput(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(exc)}); "
+        raise BadInput(f"{path} is truncated or not a PyTorch checkpoint ({first_line(exc)}); "
                        "re-save or re-download it") from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return _strip_prefix(obj["state_dict"]), obj["card"]
@@ -308,8 +308,3 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         return {k[len("module."):]: v for k, v in state.items()}
     return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

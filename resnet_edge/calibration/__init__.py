@@ -3,14 +3,10 @@ with optional per-layer sensitivity and automatic exclusion of the most sensitiv
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +19,7 @@ from ..data import batches, check_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card
 from ..parity.gates import Thresholds, load_thresholds
+from ..quiet import quiet
 from ..runtime.ort import make_session
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
 from .qdq import METHODS, RECIPES, compute_ranges, load_ranges, quantize
@@ -88,7 +85,9 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     data_hash = hashlib.sha256(inputs.tobytes()).hexdigest()
     wd = WorkDir(workdir)
     options = {"method": method, "samples": len(inputs), "data": data_spec}
-    with _quiet_ort(), tempfile.TemporaryDirectory() as scratch:
+    # onnxruntime.quantization logs advice on the root logger for every call, and the entropy
+    # and percentile calibrators print their progress on stdout
+    with quiet(""), tempfile.TemporaryDirectory() as scratch:
         ranges_path = wd.file(RANGES_NAME)
         range_inputs = {ONNX_NAME: sha256_file(fp32), "calibration_sha256": data_hash}
         if not wd.is_fresh(RANGES_NAME, range_inputs, options):
@@ -233,18 +232,3 @@ def _module_of(node: onnx.NodeProto) -> str:
 
 def _initializers(path) -> set[str]:
     return {i.name for i in onnx.load(str(path)).graph.initializer}
-
-
-@contextlib.contextmanager
-def _quiet_ort():
-    """onnxruntime.quantization logs advice on the root logger at WARNING for every call."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        # the entropy and percentile calibrators print their progress on stdout
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)

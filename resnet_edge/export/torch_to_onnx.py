@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import BadInput
+from ..quiet import quiet
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -63,21 +60,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     else:
         kwargs.update(dynamo=False,
                       dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    with _quiet(), torch.inference_mode(False), torch.no_grad():
+    # the exporters print progress and deprecation chatter; our own progress display says it
+    with quiet("torch.onnx", "onnxscript", "torch.export"), torch.inference_mode(False), \
+            torch.no_grad():
         torch.onnx.export(model, (example,), os.fspath(path), **kwargs)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and deprecation chatter; our own progress display says it."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

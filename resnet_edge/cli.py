@@ -221,6 +221,8 @@ def train(arch, dataset, out, epochs, batch_size, lr, momentum, weight_decay, sc
             err.print(f"epoch {row['epoch']:3d}  loss {row['loss']:.3f}  train {row['train_top1']:.1%}"
                       f"  val {row['val_top1']:.1%}  {row['images_per_s']:.0f} img/s")
         result = run_training(config, on_epoch=on_epoch, progress=progress)
+    if not result.is_main:
+        return
     m = result.card.metrics
     test = f", test top-1 {m['test_top1']:.2%} top-5 {m['test_top5']:.2%}" if "test_top1" in m else ""
     stdout.print(f"best epoch {m['best_epoch']}: val top-1 {m['val_top1']:.2%}{test}; "

@@ -158,6 +158,7 @@ class TrainResult:
     card: ModelCard
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    is_main: bool = True  # False on the other ranks of a torchrun launch
 
 
 def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row: None,
@@ -226,9 +227,9 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
         loader = batches(splits.train, preprocess, config.batch_size, indices=splits.train_indices,
                          shuffle=True, seed=config.seed + epoch, augment=augment,
                          workers=config.workers, sampler=sampler)
-        row = _train_one_epoch(net, model, loader, optimizer, scheduler, criterion, device,
-                               lambda done, stats: progress(done, steps_per_epoch,
-                                                            {"epoch": epoch + 1, **stats}))
+        report = ((lambda done, stats: progress(done, steps_per_epoch, {"epoch": epoch + 1, **stats}))
+                  if rank == 0 else (lambda done, stats: None))
+        row = _train_one_epoch(net, model, loader, optimizer, scheduler, criterion, device, report)
         val = evaluate(model, splits.val, preprocess, indices=splits.val_indices, device=device,
                        workers=config.workers)
         row.update(epoch=epoch + 1, val_top1=val.top1, val_top5=val.top5)
@@ -244,7 +245,7 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
                             history=history)
             write_json_atomic(out / "history.json", {"config": _plain_config(config),
                                                      "epochs": history})
-        on_epoch(row)
+            on_epoch(row)
     seconds = time.perf_counter() - started
 
     if rank == 0:
@@ -262,7 +263,7 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
             plot_history(history, out / "training.png")
     if distributed:
         dist.destroy_process_group()
-    return TrainResult(out / "model.pt", card, history, seconds)
+    return TrainResult(out / "model.pt", card, history, seconds, is_main=rank == 0)
 
 
 def _train_one_epoch(net, model, loader, optimizer, scheduler, criterion, device, report) -> dict:

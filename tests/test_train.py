@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -106,3 +107,18 @@ def test_bad_training_input(args, message, run_cli, trained_digits, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """DistributedDataParallel through torchrun (gloo on CPU): one checkpoint, from rank 0."""
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    result = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "resnet_edge.cli", "train",
+                             "resnet20", "--epochs", "1", "--out", str(tmp_path / "ddp")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("best epoch 1") == 1
+    assert (tmp_path / "ddp" / "model.pt").exists()

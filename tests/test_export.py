@@ -89,3 +89,16 @@ def test_cli_export_checkpoint_then_up_to_date(tmp_path, run_cli):
     assert read_card(out / "model.onnx").num_classes == 3
     again = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", out)
     assert again.exit_code == 0 and "up to date" in again.stdout
+
+
+def test_export_that_disagrees_with_torch_exits_1_and_writes_nothing(tmp_path, run_cli):
+    # Logits around 1e7: float32 rounding alone puts ORT and PyTorch more than 1e-3 apart, which
+    # the absolute logit gate must catch.
+    model, card = zoo.load_model("resnet20")
+    with torch.no_grad():
+        model.fc.weight.mul_(1e7)
+    zoo.save_checkpoint(tmp_path / "huge.pt", model, card)
+    result = run_cli("export", tmp_path / "huge.pt", "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert "ONNX Runtime disagrees with PyTorch" in result.stderr and "(limit 1e-3)" in result.stderr
+    assert not (tmp_path / "out" / "model.onnx").exists()

@@ -1,4 +1,4 @@
-"""TensorRT engines: load, check compatibility, run. Free of torch on purpose: the deploy bundle
+"""TensorRT engines: plan, build, load, check compatibility, run. Free of torch on purpose: the deploy bundle
 copies this one file next to verify.py so a Jetson runs it with JetPack's Python, numpy,
 TensorRT and cuda-python only (`pip install cuda-python`).
 
@@ -264,20 +264,18 @@ class TrtRunner:
         host = np.ascontiguousarray(batch, dtype=self.input_dtype)
         self.context.set_input_shape(self.input_name, host.shape)
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        _check(self._cudart.cudaMemcpyAsync(self.d_input, host.ctypes.data, host.nbytes, kind,
-                                            self.stream))
+        _check(self._cudart.cudaMemcpyAsync(self.d_input, host, host.nbytes, kind, self.stream))
         self._host_in = host  # keep alive until the copy is done
         return host.shape
 
     def execute(self, staged=None) -> None:
-        if not self.context.execute_async_v3(self.stream):
+        if not self.context.execute_async_v3(stream_handle=self.stream):
             raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log)")
 
     def fetch(self) -> np.ndarray:
         out = np.empty(tuple(self.context.get_tensor_shape(self.output_name)), self.output_dtype)
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(self._cudart.cudaMemcpyAsync(out.ctypes.data, self.d_output, out.nbytes, kind,
-                                            self.stream))
+        _check(self._cudart.cudaMemcpyAsync(out, self.d_output, out.nbytes, kind, self.stream))
         self.synchronize()
         return out.astype(np.float32, copy=False)
 

@@ -14,7 +14,6 @@ quantizing, sensitivity and the TensorRT cache all reuse those ranges.
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import MissingBackend
 from ..runtime.ort import import_ort
+from .trt_cache import scale_from_range
 
 RECIPES = ("tensorrt", "cpu")
 METHODS = ("minmax", "entropy", "percentile")
@@ -30,21 +30,12 @@ MIN_ORT = (1, 27)  # quantize_static(calibration_cache_path=...) arrived in onnx
 
 
 def _quantization():
-    import_ort()
-    version = metadata.version("onnxruntime-gpu") if _has("onnxruntime-gpu") else metadata.version("onnxruntime")
+    version = import_ort().__version__
     if tuple(int(p) for p in version.split(".")[:2]) < MIN_ORT:
         raise MissingBackend(f"calibrate needs onnxruntime >= 1.27 (this is {version}); "
                              "pip install -U onnxruntime")
     from onnxruntime import quantization
     return quantization
-
-
-def _has(dist: str) -> bool:
-    try:
-        metadata.version(dist)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 class ArrayReader:
@@ -77,9 +68,10 @@ def _method(name: str):
 def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str,
                    ranges_path: str | os.PathLike, scratch: str | os.PathLike) -> dict[str, tuple[float, float]]:
     """Calibrate every tensor of the fp32 model and save ORT's range cache to `ranges_path`."""
-    q = _quantization()
+    _quantization()
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    extra = {"symmetric": method != "minmax"} if method != "minmax" else {}
+    # histogram methods: symmetric ranges, as TensorRT's int8 (zero point 0) needs
+    extra = {"symmetric": True} if method != "minmax" else {}
     calibrator = create_calibrator(Path(onnx_path), None,
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
@@ -87,7 +79,6 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     tensors = calibrator.compute_data()
     del calibrator
     save_tensors_data(tensors, ranges_path)
-    del q
     return load_ranges(ranges_path)
 
 
@@ -190,8 +181,7 @@ def add_residual_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, floa
         base = _through_qdq(tensor, _producers(model))
         if base not in ranges:
             continue
-        low, high = ranges[base]
-        scale = max(abs(low), abs(high), 1e-12) / 127.0
+        scale = scale_from_range(*ranges[base])
         stem = f"{add.name}_identity"
         model.graph.initializer.extend([
             numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{stem}_scale"),
@@ -202,8 +192,7 @@ def add_residual_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, floa
                                           [f"{stem}_dq"], name=f"{stem}_DequantizeLinear"))
         add.input[index] = f"{stem}_dq"
         added += 1
-    # keep the graph topologically sorted: each new pair goes right after its producer... the
-    # simplest valid order is to put all of them before their consumers, i.e. re-sort.
+    # ONNX wants nodes in topological order; the new pairs sit between existing nodes
     _insert_sorted(model, new_nodes)
     return added
 

@@ -244,7 +244,7 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
       resnet-edge eval runs/resnet20-digits/model.pt --data digits:test
     """
     from .data import check_classes, open_data
-    from .train import _device, evaluate
+    from .train import evaluate, resolve_device
     from .zoo import load_checkpoint
 
     model, card = load_checkpoint(checkpoint, arch=arch)
@@ -252,7 +252,7 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
     if not source.has_labels:
         raise BadInput(f"{data_spec} has no labels, so accuracy cannot be measured")
     check_classes(source, card.num_classes, f"{checkpoint} ({card.arch})")
-    device = _device(device)
+    device = resolve_device(device)
     acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size, device=device)
     result = {"checkpoint": str(checkpoint), "data": data_spec, "images": acc.images,
               "top1": acc.top1, "top5": acc.top5, "device": device}
@@ -619,6 +619,7 @@ def verify(bundle_path, precisions, backend, iterations, json_path) -> None:
     from .deploy import safe_extract
     from .deploy.verify_bundle import BundleError
     from .deploy.verify_bundle import verify as verify_bundle
+    from .runtime.trt_engine import EngineError
     from .errors import GateFailed, MissingBackend
 
     with tempfile.TemporaryDirectory() as tmp, _steps() as step:
@@ -632,6 +633,8 @@ def verify(bundle_path, precisions, backend, iterations, json_path) -> None:
                                    build=True, iterations=iterations)
         except BundleError as exc:
             raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
+        except EngineError as exc:  # TensorRT is here but cannot build or load the engine
+            raise MissingBackend(str(exc)) from None
     table = Table(title=f"{report['bundle']['arch']} bundle for {report['bundle']['about']}: "
                         f"{report['golden_images']} golden images")
     for col in ("backend", "max abs", "top-1 agree", "top-1", "p50 ms", "gates"):

@@ -115,12 +115,19 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     start = time.perf_counter()
     try:
         trt = trt_engine.import_trt()
+        gpu, _ = trt_engine.current_gpu()
         built = []
         for precision in ("fp16", "int8"):
+            engine = trt_engine.engine_path(out, gpu, trt.__version__, precision)
+            source = out / trt_engine.build_plan(trt.__version__, precision).onnx_file
+            if engine.exists() and trt_engine.read_engine_meta(engine).get("onnx_sha256") == sha256_file(source):
+                continue  # built from this very ONNX file already
             step("build", f"{precision} engine")
             built.append(trt_engine.build_engine(out, precision).name)
-        result.steps.append(StepResult("build", "ran", time.perf_counter() - start,
-                                       f"TensorRT {trt.__version__}: {', '.join(built)}"))
+        result.steps.append(StepResult("build", "ran" if built else "skipped",
+                                       time.perf_counter() - start,
+                                       f"TensorRT {trt.__version__}: {', '.join(built)}" if built
+                                       else "up to date"))
     except trt_engine.EngineError as exc:
         result.steps.append(StepResult("build", "unavailable", 0.0, str(exc)))
 

@@ -60,8 +60,7 @@ class TrainConfig:
             raise BadInput(f"--lr must be positive, got {self.lr}")
         if self.schedule not in ("cosine", "step"):
             raise BadInput(f"--schedule must be cosine or step, got {self.schedule!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise BadInput("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        resolve_device(self.device)
         # Goyal et al.: linear warm-up when the batch outgrows the paper's 256.
         warmup = (5.0 if self.batch_size > 256 else 0.0) if self.warmup_epochs is None else self.warmup_epochs
         return TrainConfig(**{**asdict(self), "epochs": epochs, "warmup_epochs": warmup})
@@ -146,7 +145,10 @@ def evaluate(model: nn.Module, source: Source, preprocess: Preprocess, *, indice
     return acc
 
 
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
+    """auto -> cuda where a GPU is visible, else cpu; cuda without a GPU is bad usage."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
@@ -179,7 +181,7 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
     out = ensure_writable_dir(config.out)
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = _device(config.device)
+    device = resolve_device(config.device)
     rank = 0
     if distributed:
         backend = "nccl" if device == "cuda" else "gloo"

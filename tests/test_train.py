@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from resnet_edge.data import batches, open_data
 from resnet_edge.export import export_model, read_card
@@ -46,7 +47,6 @@ def test_preprocess_round_trips_checkpoint_and_onnx_and_ort_agrees(trained_digit
     assert read_card(result.path).preprocess == card.preprocess == trained_digits.card.preprocess
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     torch_top1, ort_top1, n = 0, 0, 0
-    import torch
     for x, y in batches(open_data("digits:test"), read_card(result.path).preprocess, 128):
         with torch.inference_mode():
             torch_top1 += int((model(x).argmax(1) == y).sum())
@@ -91,6 +91,8 @@ def test_train_on_an_image_folder(tmp_path, run_cli):
     (["train", "resnet32", "--resume", "{ckpt_dir}/last.pt"], "is a resnet20 run, not resnet32"),
     (["eval", "{ckpt}", "--data", "cifar10:val"], "cifar10 has no split 'val'"),
     (["eval", "{ckpt}", "--data", "imagefolder:{folder}"], "has 2 classes but"),
+    pytest.param(["eval", "{ckpt}", "--device", "cuda"], "no CUDA GPU is visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
 ])
 def test_bad_training_input(args, message, run_cli, trained_digits, tmp_path):
     folder = tmp_path / "folder"

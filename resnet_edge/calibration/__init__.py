@@ -18,6 +18,7 @@ from ..artifacts import WorkDir, atomic_path, sha256_file
 from ..data import batches, check_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card
+from ..export.metadata import read_props
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
 from ..runtime.ort import make_session
@@ -44,8 +45,7 @@ class CalibrationResult:
 
 
 def quantization_info(onnx_path) -> dict:
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    raw = {p.key: p.value for p in model.metadata_props}.get(QUANT_KEY)
+    raw = read_props(onnx_path).get(QUANT_KEY)
     return json.loads(raw) if raw else {}
 
 

@@ -24,17 +24,17 @@ def write_metadata(model: onnx.ModelProto, card: ModelCard, export_options: dict
         model.metadata_props.add(key=key, value=value)
 
 
-def _props(model: onnx.ModelProto | str | os.PathLike) -> dict[str, str]:
+def read_props(model: onnx.ModelProto | str | os.PathLike) -> dict[str, str]:
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 
 
 def read_card(model: onnx.ModelProto | str | os.PathLike) -> ModelCard | None:
-    raw = _props(model).get(CARD_KEY)
+    raw = read_props(model).get(CARD_KEY)
     return ModelCard.from_dict(json.loads(raw)) if raw else None
 
 
 def read_export_options(model: onnx.ModelProto | str | os.PathLike) -> dict:
-    raw = _props(model).get(EXPORT_KEY)
+    raw = read_props(model).get(EXPORT_KEY)
     return json.loads(raw) if raw else {}

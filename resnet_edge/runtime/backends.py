@@ -18,9 +18,8 @@ from torch import nn
 
 from ..errors import MissingBackend
 from .ort import import_ort, make_session
+from .trt_engine import ONNX_FILES
 
-PRECISIONS = ("fp32", "fp16", "int8")
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 class BackendUnavailable(MissingBackend):

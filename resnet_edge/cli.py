@@ -290,7 +290,7 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
               help="Evaluation data spec (labels give accuracy; without them only agreement).")
 @click.option("--limit", type=int, help="Use the first N images only.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
-@click.option("--precisions", help="Comma list of fp32, fp16, int8 [all].")
+@click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -326,7 +326,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from .errors import GateFailed, MissingBackend
     from .parity import report as reports
     from .parity.gates import load_thresholds
-    from .parity.run import run_parity
+    from .parity.run import PRECISIONS, run_parity
 
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     explicit = backends is not None or precisions is not None
@@ -335,7 +335,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
         task = bar.add_task("parity", total=None)
         result = run_parity(workdir, data_spec,
                             backends=_csv(backends or "torch,ort,trt"),
-                            precisions=_csv(precisions or "fp32,fp16,int8"),
+                            precisions=_csv(precisions) if precisions else list(PRECISIONS),
                             thresholds=table_of_gates, limit=limit, batch_size=batch_size,
                             device=device, explicit=explicit,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -361,7 +361,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @click.option("--iterations", type=int, default=100, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
 @click.option("--backends", help="Comma list of torch, ort, trt [all that can run here].")
-@click.option("--precisions", help="Comma list of fp32, fp16, int8 [all].")
+@click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write results as JSON.")
 def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, json_path) -> None:
@@ -406,8 +406,9 @@ def _print_parity(report: dict) -> None:
 
 
 def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str, str]]:
-    from .parity.run import REFERENCE, candidates
-    pairs = candidates(_csv(backends or "torch,ort,trt"), _csv(precisions or "fp32,fp16,int8"))
+    from .parity.run import PRECISIONS, REFERENCE, candidates
+    pairs = candidates(_csv(backends or "torch,ort,trt"),
+                       _csv(precisions) if precisions else list(PRECISIONS))
     wants_reference = "torch" in _csv(backends or "torch") and "fp32" in _csv(precisions or "fp32")
     return [REFERENCE, *pairs] if wants_reference else pairs
 
@@ -497,33 +498,47 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
 @click.option("--max-batch", type=int, default=32, show_default=True)
-@click.option("--opt-batch", type=int, default=8, show_default=True, help="Batch the kernels are tuned for.")
+@click.option("--opt-batch", type=int, default=8, show_default=True,
+              help="Batch the kernels are tuned for; with --dla-core, the engine's one batch size.")
 @click.option("--workspace", type=int, default=2048, show_default=True, help="Workspace limit, MiB.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), help="Load and save TensorRT's timing cache here.")
-@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson); fp16/int8 only.")
+@click.option("--timing-cache", type=click.Path(path_type=Path),
+              help="TensorRT's timing cache to load and update [timing.cache beside the engine, "
+              "so one per GPU and TensorRT version]; a cache from another GPU or TensorRT is "
+              "replaced with a warning.")
+@click.option("--no-timing-cache", is_flag=True, help="Build without a timing cache.")
+@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson, TensorRT 8.5-10.7); "
+              "fp16/int8, one static batch size, int8 from calibration.cache.")
 @click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
-@click.option("--version-compatible", is_flag=True, help="Engine loads on later TensorRT of the same major.")
-@click.option("--hardware-compatible", is_flag=True, help="Engine runs on any Ampere or newer GPU.")
-@click.option("--int8-source", type=click.Choice(["qdq", "cache"]), default="qdq", show_default=True,
-              help="int8 from model.int8.onnx, or implicitly from calibration.cache (TensorRT <= 10).")
+@click.option("--version-compatible", is_flag=True,
+              help="Engine loads on later TensorRT of the same major (TensorRT 8.6+).")
+@click.option("--hardware-compatible", is_flag=True,
+              help="Engine runs on any Ampere or newer GPU (TensorRT 8.6+, compute capability 8.0+).")
+@click.option("--int8-source", type=click.Choice(["auto", "qdq", "cache"]), default="auto", show_default=True,
+              help="int8 from the Q/DQ model, or implicitly from calibration.cache (TensorRT <= 10); "
+              "auto: cache for DLA, Q/DQ otherwise.")
 @click.option("--typing", type=click.Choice(["auto", "weak", "strong"]), default="auto", show_default=True,
               help="auto: builder flags before TensorRT 10.12, strongly typed from 10.12 (always on 11).")
-def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, dla_core, gpu_fallback,
-          version_compatible, hardware_compatible, int8_source, typing) -> None:
+@click.option("--int8-float", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
+              help="Strongly typed int8: float parts in fp16 (model.int8-fp16.onnx, auto) or fp32 "
+              "(model.int8.onnx).")
+def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_timing_cache, dla_core,
+          gpu_fallback, version_compatible, hardware_compatible, int8_source, typing, int8_float) -> None:
     """Build a TensorRT engine into engines/<gpu>-trt<version>/model.<precision>.engine.
 
     Which ONNX file and which flags are used depends on the TensorRT version found here:
     8.5/8.6 use builder flags (FP16/INT8), 11.x is strongly typed (fp16 from model.fp16.onnx,
-    int8 from model.int8.onnx), 10.x does either. A JSON beside the engine records the
-    TensorRT version, GPU, compute capability, ONNX sha256 and options. Exit 3 without
-    TensorRT or a GPU.
+    int8 from model.int8-fp16.onnx), 10.x does either. fp32 engines are built without TF32.
+    A JSON beside the engine records the TensorRT version, GPU, compute capability, ONNX
+    sha256 and options. Exit 2 for options this TensorRT or GPU cannot honour, 3 without
+    TensorRT, a GPU or a matching cuda-python.
 
     \b
     Examples:
       resnet-edge build artifacts/resnet50 --precision fp16 --max-batch 32 --opt-batch 8
-      resnet-edge build artifacts/resnet50 --precision int8 --timing-cache ~/.cache/resnet-edge/timing.cache
+      resnet-edge build artifacts/resnet50 --precision int8 --timing-cache ~/.cache/resnet-edge/orin.cache
       resnet-edge build artifacts/resnet50 --precision int8 --dla-core 0 --gpu-fallback     # Jetson
     """
+    from .calibration import INT8_NAME, quantization_info
     from .errors import MissingBackend
     from .runtime import trt_engine
 
@@ -533,26 +548,37 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, dla
         raise BadInput(f"--workspace must be at least 1 MiB, got {workspace}")
     if gpu_fallback and dla_core is None:
         raise BadInput("--gpu-fallback goes with --dla-core")
+    if timing_cache and no_timing_cache:
+        raise BadInput("--timing-cache and --no-timing-cache contradict each other; drop one")
     if not (workdir / "model.onnx").exists():
         raise BadInput(f"{workdir} has no model.onnx; run `resnet-edge export ... --out {workdir}` first")
+    options = dict(int8_source=int8_source, typing=typing, dla=dla_core is not None,
+                   version_compatible=version_compatible, hardware_compatible=hardware_compatible,
+                   int8_float=int8_float)
     try:
         trt = trt_engine.import_trt()
-        trt_engine.build_plan(trt.__version__, precision, int8_source=int8_source, typing=typing,
-                              dla=dla_core is not None)
+        plan = trt_engine.build_plan(trt.__version__, precision, **options)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     except trt_engine.EngineError as exc:
         raise MissingBackend(str(exc)) from None
+    int8_file = workdir / INT8_NAME
+    if (plan.onnx_file == INT8_NAME and int8_file.exists()
+            and quantization_info(int8_file).get("recipe") == "cpu"):
+        raise BadInput(f"{int8_file} was calibrated with --recipe cpu (uint8, asymmetric), "
+                       f"which TensorRT cannot build; run `resnet-edge calibrate {workdir} --recipe "
+                       "tensorrt` (or build with --int8-source cache)")
+    del options["dla"]
     with _steps() as step:
         step(f"building the {precision} engine with TensorRT {trt.__version__}")
         try:
-            engine = trt_engine.build_engine(workdir, precision, max_batch=max_batch, opt_batch=opt_batch,
-                                             workspace_mib=workspace,
-                                             timing_cache=str(timing_cache) if timing_cache else None,
-                                             dla_core=dla_core, gpu_fallback=gpu_fallback,
-                                             version_compatible=version_compatible,
-                                             hardware_compatible=hardware_compatible,
-                                             int8_source=int8_source, typing=typing)
+            engine = trt_engine.build_engine(
+                workdir, precision, max_batch=max_batch, opt_batch=opt_batch, workspace_mib=workspace,
+                timing_cache=None if no_timing_cache else (str(timing_cache) if timing_cache else "auto"),
+                dla_core=dla_core, gpu_fallback=gpu_fallback,
+                warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}"), **options)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
         except trt_engine.EngineError as exc:
             raise MissingBackend(str(exc)) from None
     meta = trt_engine.read_engine_meta(engine)

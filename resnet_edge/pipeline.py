@@ -14,7 +14,7 @@ from .errors import BadInput
 from .export import FP16_NAME, ONNX_NAME, ExportOptions, export_model
 from .parity import report as reports
 from .parity.gates import Thresholds
-from .parity.run import REFERENCE, candidates, run_parity
+from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
 from .runtime import trt_engine
 from .runtime.bench import run_bench
 from .zoo import load_model
@@ -133,7 +133,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
 
     def do_parity() -> str:
         report = run_parity(out, config.data_eval, backends=["torch", "ort", "trt"],
-                            precisions=["fp32", "fp16", "int8"], thresholds=thresholds,
+                            precisions=list(PRECISIONS), thresholds=thresholds,
                             limit=config.limit, progress=lambda d, t: step("parity", f"{d}/{t} images"))
         reports_dir.mkdir(exist_ok=True)
         reports.write_json(report, reports_dir / "parity.json")
@@ -155,7 +155,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         return result
 
     def do_bench() -> str:
-        pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], ["fp32", "fp16", "int8"])]
+        pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], list(PRECISIONS))]
         bench = run_bench(out, pairs, list(config.batch_sizes), iterations=config.bench_iterations,
                           warmup=3, step=lambda m: step("bench", m))
         write_json_atomic(reports_dir / "bench.json", bench)

@@ -17,7 +17,7 @@ def pytest_addoption(parser):
     group.addoption("--parity-workdir", help="Work directory made by `resnet-edge export`.")
     group.addoption("--parity-data", default="digits:test", help="Evaluation data spec.")
     group.addoption("--parity-backends", default="torch,ort,trt")
-    group.addoption("--parity-precisions", default="fp32,fp16,int8")
+    group.addoption("--parity-precisions", default="fp32,fp16,int8,int8-fp16")
     group.addoption("--parity-limit", type=int, help="Use the first N images only.")
     group.addoption("--parity-batch-size", type=int, default=32)
     group.addoption("--parity-thresholds", help="TOML file overriding the default gates.")

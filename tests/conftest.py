@@ -56,3 +56,15 @@ def digits_workdir(trained_digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("work") / "resnet20"
     export_model(model, card, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_workdir(digits_workdir, tmp_path_factory):
+    """The digits work directory calibrated (tensorrt recipe, 128 images, minmax): every ONNX
+    file and the calibration cache a TensorRT build can use."""
+    import shutil
+    from resnet_edge.calibration import calibrate
+    work = tmp_path_factory.mktemp("calibrated") / "work"
+    shutil.copytree(digits_workdir, work)
+    calibrate(work, "digits:train", samples=128, method="minmax", holdout=50)
+    return work

@@ -2,26 +2,28 @@
 
 import pytest
 
-from resnet_edge.runtime.trt_engine import build_plan, cache_header, reheader_cache, trtexec_command
+from resnet_edge.runtime.trt_engine import (batch_profile, build_plan, cache_header, family_note,
+                                            reheader_cache, trtexec_command)
 
 EB, ST = ("EXPLICIT_BATCH",), ("STRONGLY_TYPED",)
+BUILD_85, BUILD = ("--buildOnly",), ("--skipInference",)
 TABLE = [
-    # version   precision  onnx               network  builder flags      trtexec flags
-    ("8.5.2",   "fp32", "model.onnx",        EB, (),                 ()),
-    ("8.5.2",   "fp16", "model.onnx",        EB, ("FP16",),          ("--fp16",)),
-    ("8.5.2",   "int8", "model.int8.onnx",   EB, ("INT8", "FP16"),   ("--int8", "--fp16")),
-    ("8.6.2",   "fp32", "model.onnx",        EB, (),                 ()),
-    ("8.6.2",   "fp16", "model.onnx",        EB, ("FP16",),          ("--fp16",)),
-    ("8.6.2",   "int8", "model.int8.onnx",   EB, ("INT8", "FP16"),   ("--int8", "--fp16")),
-    ("10.3.0",  "fp32", "model.onnx",        (), (),                 ()),
-    ("10.3.0",  "fp16", "model.onnx",        (), ("FP16",),          ("--fp16",)),
-    ("10.3.0",  "int8", "model.int8.onnx",   (), ("INT8", "FP16"),   ("--int8", "--fp16")),
-    ("10.13.0", "fp32", "model.onnx",        ST, (),                 ("--stronglyTyped",)),
-    ("10.13.0", "fp16", "model.fp16.onnx",   ST, (),                 ("--stronglyTyped",)),
-    ("10.13.0", "int8", "model.int8.onnx",   ST, (),                 ("--stronglyTyped",)),
-    ("11.4.0",  "fp32", "model.onnx",        (), (),                 ()),
-    ("11.4.0",  "fp16", "model.fp16.onnx",   (), (),                 ()),
-    ("11.4.0",  "int8", "model.int8.onnx",   (), (),                 ()),
+    # version   precision  onnx                    network  builder flags     trtexec flags
+    ("8.5.2",   "fp32", "model.onnx",            EB, (),               ("--noTF32", *BUILD_85)),
+    ("8.5.2",   "fp16", "model.onnx",            EB, ("FP16",),        ("--fp16", *BUILD_85)),
+    ("8.5.2",   "int8", "model.int8.onnx",       EB, ("INT8", "FP16"), ("--int8", "--fp16", *BUILD_85)),
+    ("8.6.2",   "fp32", "model.onnx",            EB, (),               ("--noTF32", *BUILD)),
+    ("8.6.2",   "fp16", "model.onnx",            EB, ("FP16",),        ("--fp16", *BUILD)),
+    ("8.6.2",   "int8", "model.int8.onnx",       EB, ("INT8", "FP16"), ("--int8", "--fp16", *BUILD)),
+    ("10.3.0",  "fp32", "model.onnx",            (), (),               ("--noTF32", *BUILD)),
+    ("10.3.0",  "fp16", "model.onnx",            (), ("FP16",),        ("--fp16", *BUILD)),
+    ("10.3.0",  "int8", "model.int8.onnx",       (), ("INT8", "FP16"), ("--int8", "--fp16", *BUILD)),
+    ("10.13.0", "fp32", "model.onnx",            ST, (),               ("--stronglyTyped", "--noTF32", *BUILD)),
+    ("10.13.0", "fp16", "model.fp16.onnx",       ST, (),               ("--stronglyTyped", *BUILD)),
+    ("10.13.0", "int8", "model.int8-fp16.onnx",  ST, (),               ("--stronglyTyped", *BUILD)),
+    ("11.4.0",  "fp32", "model.onnx",            (), (),               ("--noTF32", *BUILD)),
+    ("11.4.0",  "fp16", "model.fp16.onnx",       (), (),               BUILD),
+    ("11.4.0",  "int8", "model.int8-fp16.onnx",  (), (),               BUILD),
 ]
 
 
@@ -31,7 +33,8 @@ def test_build_plan_table(version, precision, onnx_file, network, flags, trtexec
     assert (plan.onnx_file, plan.network_flags, plan.builder_flags, plan.trtexec_flags) == (
         onnx_file, network, flags, trtexec)
     assert plan.strongly_typed == (version.startswith("11") or version == "10.13.0")
-    assert not plan.calibration_cache
+    assert plan.cleared_flags == (("TF32",) if precision == "fp32" else ())  # fp32 means fp32
+    assert not plan.calibration_cache and not plan.static_batch
 
 
 @pytest.mark.parametrize("version", ["8.5.2", "8.6.2", "10.3.0"])
@@ -39,14 +42,23 @@ def test_implicit_int8_from_the_calibration_cache(version):
     plan = build_plan(version, "int8", int8_source="cache", typing="weak")
     assert plan.calibration_cache and plan.onnx_file == "model.onnx"
     assert plan.builder_flags == ("INT8", "FP16")
-    assert plan.trtexec_flags == ("--int8", "--fp16", "--calib=calibration.cache")
+    assert plan.trtexec_flags[:2] == ("--int8", "--fp16")
 
 
 def test_typing_choices_on_10x():
     assert build_plan("10.3.0", "fp16", typing="strong").onnx_file == "model.fp16.onnx"
     assert build_plan("10.13.0", "fp16", typing="weak").builder_flags == ("FP16",)
-    # DLA keeps builder flags on 10.x even where strong typing is the default
-    assert build_plan("10.13.0", "int8", dla=True).builder_flags == ("INT8", "FP16")
+    assert build_plan("10.13.0", "int8", int8_float="fp32").onnx_file == "model.int8.onnx"
+    # DLA keeps builder flags on 10.x, takes int8 from the cache and builds one batch size
+    dla = build_plan("10.3.0", "int8", dla=True)
+    assert dla.builder_flags == ("INT8", "FP16") and dla.calibration_cache and dla.static_batch
+    assert build_plan("10.3.0", "int8", dla=True, int8_source="qdq").onnx_file == "model.int8.onnx"
+
+
+def test_static_batch_profiles():
+    assert batch_profile(build_plan("8.5.2", "fp16", dla=True), 32, 8) == (8, 8, 8)
+    assert batch_profile(build_plan("8.5.2", "fp16"), 32, 8) == (1, 8, 32)
+    assert batch_profile(build_plan("8.5.2", "fp16"), 4, 8) == (1, 4, 4)
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -55,6 +67,10 @@ def test_typing_choices_on_10x():
     (dict(tensorrt_version="8.6.2", precision="fp16", typing="strong"), "no strongly typed"),
     (dict(tensorrt_version="10.13.0", precision="int8", int8_source="cache", typing="strong"), "not from calibration.cache"),
     (dict(tensorrt_version="10.3.0", precision="fp32", dla=True), "DLA runs fp16 and int8 only"),
+    (dict(tensorrt_version="10.8.0", precision="fp16", dla=True), "no DLA support"),
+    (dict(tensorrt_version="11.4.0", precision="int8", dla=True), "no DLA support"),
+    (dict(tensorrt_version="8.5.2", precision="fp16", version_compatible=True), "8.6 or newer"),
+    (dict(tensorrt_version="8.5.2", precision="fp16", hardware_compatible=True), "8.6 or newer"),
     (dict(tensorrt_version="9.2.0", precision="fp16"), "not supported"),
     (dict(tensorrt_version="8.4.3", precision="fp16"), "not supported"),
 ])
@@ -64,19 +80,42 @@ def test_impossible_combinations_are_refused(kwargs, message):
 
 
 def test_trtexec_line_follows_the_plan():
-    plan = build_plan("8.5.2", "int8", int8_source="cache")
+    plan = build_plan("8.5.2", "int8", dla=True)
     line = trtexec_command(plan, engine="model.int8.engine", input_name="input",
-                           input_shape=(3, 224, 224), max_batch=32, opt_batch=8, workspace_mib=2048,
-                           timing_cache="timing.cache", dla_core=0, gpu_fallback=True)
+                           input_shape=(3, 224, 224), profile=batch_profile(plan, 32, 8),
+                           workspace_mib=2048, timing_cache="timing.cache",
+                           calibration_cache="engines/orin-trt8.5/calibration.cache",
+                           dla_core=0, gpu_fallback=True)
     assert line == ["trtexec", "--onnx=model.onnx", "--saveEngine=model.int8.engine",
-                    "--minShapes=input:1x3x224x224", "--optShapes=input:8x3x224x224",
-                    "--maxShapes=input:32x3x224x224", "--memPoolSize=workspace:2048",
-                    "--int8", "--fp16", "--calib=calibration.cache",
+                    "--minShapes=input:8x3x224x224", "--optShapes=input:8x3x224x224",
+                    "--maxShapes=input:8x3x224x224", "--memPoolSize=workspace:2048",
+                    "--int8", "--fp16", "--buildOnly",
+                    "--calib=engines/orin-trt8.5/calibration.cache",
                     "--timingCacheFile=timing.cache", "--useDLACore=0", "--allowGPUFallback"]
+    with pytest.raises(ValueError, match="headed for this TensorRT"):
+        trtexec_command(plan, engine="e", input_name="input", input_shape=(3, 8, 8),
+                        profile=(8, 8, 8), workspace_mib=1)
+
+
+def test_compatibility_flags_reach_trtexec():
+    plan = build_plan("10.3.0", "fp16", version_compatible=True, hardware_compatible=True)
+    assert {"--versionCompatible", "--hardwareCompatibilityLevel=ampere+"} <= set(plan.trtexec_flags)
 
 
 def test_cache_headers_name_the_tensorrt_version():
     assert cache_header("8.5.2") == "TRT-8502-EntropyCalibration2"
+    assert cache_header("8.6.2") == "TRT-8602-EntropyCalibration2"
     assert cache_header("10.3.0") == "TRT-100300-EntropyCalibration2"
     assert reheader_cache("TRT-8502-EntropyCalibration2\ninput: 3c010a14\n", "10.3.0") == (
         "TRT-100300-EntropyCalibration2\ninput: 3c010a14\n")
+
+
+@pytest.mark.parametrize("target,here,says", [
+    ("10.3.0", "10.3.1", False), ("10.3.0", "8.6.2", True), ("10.13.0", "10.3.0", True),
+    ("10.13.0", "10.16.0", False), ("8.5.2", "8.6.2", True), ("11.4.0", "11.1.0", False),
+])
+def test_a_bundle_built_on_another_family_says_so(target, here, says):
+    note = family_note(target, here)
+    assert (note is not None) == says
+    if says:
+        assert note.count("\n") == 0 and target in note and here in note

@@ -11,7 +11,7 @@ import pytest
 from resnet_edge.calibration import calibrate
 from resnet_edge.deploy import make_bundle, safe_extract
 from resnet_edge.errors import BadInput
-from resnet_edge.runtime.trt_engine import build_plan, trtexec_command
+from resnet_edge.runtime.trt_engine import build_plan, cache_header, trtexec_command
 
 
 @pytest.fixture(scope="module")
@@ -138,18 +138,28 @@ def test_build_engine_sh_runs_trtexec_with_the_build_plan_flags(bundle, tmp_path
     (stub / "trtexec").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$TRTEXEC_ARGS"\n')
     (stub / "trtexec").chmod(0o755)
     python_dir = os.path.dirname(sys.executable)
+    # a JetPack 6 bundle (cache headed for 10.3) on JetPack 5, JetPack 6.0 (8.6.2), 6.1 and x86 11
     for version, precision, extra in [("8.5.2", "int8", ["--int8-source", "cache"]),
+                                      ("8.6.2", "int8", ["--int8-source", "cache"]),
                                       ("10.3.0", "fp16", []), ("11.4.0", "int8", [])]:
         args_file = tmp_path / f"args-{version}-{precision}"
+        engine = tmp_path / "device" / version / "model.engine"
         env = {**os.environ, "PATH": f"{stub}:{python_dir}:/usr/bin:/bin", "TRT_VERSION": version,
-               "ENGINE": "engines/test/model.engine", "TRTEXEC_ARGS": str(args_file)}
+               "ENGINE": str(engine), "TRTEXEC_ARGS": str(args_file)}
         run = subprocess.run(["bash", str(root / "build_engine.sh"), precision, *extra], env=env,
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
-        expected = trtexec_command(build_plan(version, precision, int8_source=extra[1] if extra else "qdq"),
-                                   engine="engines/test/model.engine", input_name="input",
-                                   input_shape=(3, 32, 32), max_batch=32, opt_batch=8, workspace_mib=2048)
+        plan = build_plan(version, precision, int8_source=extra[1] if extra else "auto")
+        calib = engine.parent / "calibration.cache"
+        expected = trtexec_command(plan, engine=str(engine), input_name="input",
+                                   input_shape=(3, 32, 32), profile=(1, 8, 32), workspace_mib=2048,
+                                   timing_cache=str(engine.parent / "timing.cache"),
+                                   calibration_cache=str(calib) if plan.calibration_cache else None)
         assert args_file.read_text().splitlines() == expected[1:]
+        if plan.calibration_cache:  # the copy trtexec reads is headed for the TensorRT it runs
+            assert calib.read_text().splitlines()[0] == cache_header(version)
+            assert (root / "calibration.cache").read_text().startswith("TRT-100300-")
+        assert ("this bundle targets TensorRT 10.3.0" in run.stderr) == (version != "10.3.0")
 
 
 def test_jetpack5_needs_opset_17(digits_workdir, tmp_path):

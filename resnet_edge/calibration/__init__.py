@@ -17,16 +17,18 @@ import onnx
 from ..artifacts import WorkDir, atomic_path, sha256_file
 from ..data import batches, check_classes, open_data
 from ..errors import BadInput
-from ..export import ONNX_NAME, read_card
+from ..export import ONNX_NAME, read_card, write_fp16
 from ..export.metadata import read_props
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
 from ..runtime.ort import make_session
+from ..runtime.trt_engine import INT8_FP16_FILE
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
 from .qdq import METHODS, RECIPES, compute_ranges, load_ranges, quantize
 from .trt_cache import write_cache
 
 INT8_NAME = "model.int8.onnx"
+INT8_FP16_NAME = INT8_FP16_FILE
 RANGES_NAME = "calibration.ranges.json"
 CACHE_NAME = "calibration.cache"
 QUANT_KEY = "resnet_edge.quantization"
@@ -64,8 +66,9 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     fp32 = workdir / ONNX_NAME
     if not fp32.exists():
         raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
-    card = read_card(fp32)
-    layers = conv_layers(fp32)
+    fp32_model = onnx.load(str(fp32))  # read once; every step below reuses it
+    card = read_card(fp32_model)
+    layers = conv_layers(fp32_model)
     if exclude and exclude != "auto":
         unknown = sorted({n.strip() for n in exclude.split(",") if n.strip()} - set(layers))
         if unknown:
@@ -96,12 +99,9 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                 compute_ranges(fp32, inputs, method, tmp, scratch)
             wd.record(RANGES_NAME, inputs=range_inputs, options=options)
         ranges = load_ranges(ranges_path)
-        activations = {name: r for name, r in ranges.items() if name not in _initializers(fp32)}
-        write_cache(activations, wd.file(CACHE_NAME), tensorrt_version)
-        wd.record(CACHE_NAME, inputs=range_inputs, options={**options, "tensorrt": tensorrt_version})
 
         held = _holdout(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
-        evaluate = _Evaluator(fp32, held, recipe, Path(scratch), ranges_path, method)
+        evaluate = _Evaluator(fp32, held, recipe, Path(scratch), ranges_path, method, layers)
         ranking = evaluate.sensitivity(step) if sensitivity or exclude == "auto" else None
         excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
 
@@ -118,6 +118,15 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         wd.record(INT8_NAME, inputs=range_inputs, options={**options, "recipe": recipe,
                                                             "excluded": excluded},
                   extra={"per_class": per_class})
+        if recipe == "tensorrt":
+            step(f"writing {INT8_FP16_NAME} (float parts in fp16, for strongly typed TensorRT)")
+            write_fp16(wd.file(INT8_NAME), wd.file(INT8_FP16_NAME))
+            wd.record(INT8_FP16_NAME, inputs={INT8_NAME: sha256_file(wd.file(INT8_NAME))},
+                      options={"keep_io_types": True})
+        # layers left in float get no scale, so TensorRT's implicit INT8 keeps them in float too
+        write_cache(cache_ranges(ranges, fp32_model, excluded), wd.file(CACHE_NAME), tensorrt_version)
+        wd.record(CACHE_NAME, inputs=range_inputs,
+                  options={**options, "tensorrt": tensorrt_version, "excluded": excluded})
         holdout_result = evaluate.score(excluded) if held is not None else None
     return CalibrationResult(wd.file(INT8_NAME), per_class, len(inputs), notes, holdout_result,
                              ranking, excluded)
@@ -147,8 +156,10 @@ class _Evaluator:
     """Top-1 on the held-out images (agreement with fp32 when they have no labels), of the fp32
     model and of int8 models quantized from the cached ranges."""
 
-    def __init__(self, fp32, held: _Held | None, recipe, scratch: Path, ranges_path, method):
+    def __init__(self, fp32, held: _Held | None, recipe, scratch: Path, ranges_path, method,
+                 layers: dict[str, str]):
         self.fp32, self.held, self.recipe, self.scratch = fp32, held, recipe, scratch
+        self.layers = layers
         self.ranges_path, self.method = ranges_path, method
         self.reference = self._logits(make_session(fp32)) if held is not None else None
         self.target = held.labels if held is not None and held.labels is not None else (
@@ -176,7 +187,7 @@ class _Evaluator:
         set is too easy for any single layer to flip a prediction)."""
         if self.held is None:
             raise BadInput("no held-out images left for --sensitivity; use more data than --samples")
-        layers = conv_layers(self.fp32)
+        layers = self.layers
         rows = []
         for i, (layer, module) in enumerate(layers.items()):
             step(f"sensitivity {i + 1}/{len(layers)}: {module or layer}")
@@ -214,10 +225,11 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
     return excluded
 
 
-def conv_layers(onnx_path) -> dict[str, str]:
+def conv_layers(model: onnx.ModelProto | str | Path) -> dict[str, str]:
     """Conv/Gemm node name -> the PyTorch module it came from (where the exporter says)."""
-    return {n.name: _module_of(n) for n in onnx.load(str(onnx_path)).graph.node
-            if n.op_type in ("Conv", "Gemm")}
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    return {n.name: _module_of(n) for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
 
 
 def _module_of(node: onnx.NodeProto) -> str:
@@ -230,5 +242,11 @@ def _module_of(node: onnx.NodeProto) -> str:
     return re.sub(r"downsample\.1$", "downsample.0", re.sub(r"bn(\d)$", r"conv\1", module))
 
 
-def _initializers(path) -> set[str]:
-    return {i.name for i in onnx.load(str(path)).graph.initializer}
+def cache_ranges(ranges: dict[str, tuple[float, float]], model: onnx.ModelProto,
+                 excluded: list[str]) -> dict[str, tuple[float, float]]:
+    """The activation ranges TensorRT's cache should carry: no weights, and nothing on the
+    inputs or outputs of a layer kept in float (a tensor without a scale stays in float)."""
+    weights = {i.name for i in model.graph.initializer}
+    skip = set(excluded)
+    floating = {t for n in model.graph.node if n.name in skip for t in (*n.input, *n.output)}
+    return {name: r for name, r in ranges.items() if name not in weights and name not in floating}

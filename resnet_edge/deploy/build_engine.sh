@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Build this bundle's TensorRT engine on the device it will run on (engines are not portable).
-#   ./build_engine.sh [fp32|fp16|int8] [--dla-core N --gpu-fallback] [--int8-source cache]
+#   ./build_engine.sh [fp32|fp16|int8] [--dla-core N --gpu-fallback] [--int8-source cache] [--typing weak]
 # Uses trtexec (JetPack: /usr/src/tensorrt/bin) with the flags the installed TensorRT needs, as
 # printed by lib/trt_engine.py (the same build plan resnet-edge uses); without trtexec it builds
-# with TensorRT's Python API. TRT_VERSION overrides the detected TensorRT version.
+# with TensorRT's Python API. Engines, caches and their records go to <bundle>.device/ beside
+# the bundle (or $RESNET_EDGE_DEVICE_DIR), never into the bundle itself.
+# TRT_VERSION (and ENGINE or GPU_NAME) override what is detected, for dry runs without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")"
 precision="${1:-fp16}"
 shift || true
 
 if [ -z "${TRT_VERSION:-}" ]; then
-  TRT_VERSION="$(python3 -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null)" || {
-    echo "error: TensorRT's Python module is not importable; install JetPack's python3-libnvinfer or set TRT_VERSION" >&2
-    exit 3
-  }
+  # one line and exit 3 when TensorRT, a GPU or a cuda-python matching this device is missing
+  python3 lib/trt_engine.py check --bundle . "$@" >&2 || exit $?
+  TRT_VERSION="$(python3 -c 'import tensorrt; print(tensorrt.__version__)')"
 fi
 
 trtexec_bin="$(command -v trtexec || true)"
@@ -26,8 +27,9 @@ if [ -z "$trtexec_bin" ]; then
   exec python3 lib/trt_engine.py build "$precision" --bundle . "$@"
 fi
 
-mapfile -t cmd < <(python3 lib/trt_engine.py plan "$precision" --bundle . --tensorrt-version "$TRT_VERSION" ${ENGINE:+--engine "$ENGINE"} "$@")
-[ "${#cmd[@]}" -gt 0 ] || exit 2
+plan="$(python3 lib/trt_engine.py plan "$precision" --bundle . --tensorrt-version "$TRT_VERSION" \
+        ${ENGINE:+--engine "$ENGINE"} ${GPU_NAME:+--gpu "$GPU_NAME"} "$@")" || exit $?
+mapfile -t cmd <<< "$plan"
 engine="$(printf '%s\n' "${cmd[@]}" | sed -n 's/^--saveEngine=//p')"
 mkdir -p "$(dirname "$engine")"
 cmd[0]="$trtexec_bin"

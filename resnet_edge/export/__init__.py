@@ -94,10 +94,18 @@ def _export_checked(model, card, workdir: WorkDir, options: ExportOptions, step)
 
 
 def write_fp16(src: Path, dst: Path) -> None:
-    """FP16 weights and compute with FP32 inputs/outputs (Casts at the edges), metadata kept."""
+    """FP16 weights and compute with FP32 inputs/outputs (Casts at the edges), metadata kept.
+
+    Also makes the int8 model's float parts fp16: Q/DQ scales become fp16 from opset 19, where
+    QuantizeLinear takes fp16; before that the Q/DQ pairs stay fp32 behind Casts.
+    """
+    model = onnx.load(src)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    blocked = float16.DEFAULT_OP_BLOCK_LIST + (
+        ["QuantizeLinear", "DequantizeLinear"] if opset < 19 else [])
     with warnings.catch_warnings():  # per-tensor notes about values clamped to the fp16 range
         warnings.simplefilter("ignore")
-        proto = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
+        proto = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
     with atomic_path(dst) as tmp:
         onnx.save(proto, tmp)
         run_checker(tmp)

@@ -29,6 +29,12 @@ DEFAULTS = {
 }
 
 
+def for_precision(table: dict[str, Thresholds], precision: str) -> Thresholds:
+    """The gates of `precision`; a variant such as int8-fp16 (int8 with fp16 float parts) is
+    held to its base precision's gates unless the table names it."""
+    return table.get(precision) or table[precision.split("-")[0]]
+
+
 @dataclass(frozen=True)
 class GateResult:
     gate: str

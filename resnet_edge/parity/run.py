@@ -17,13 +17,15 @@ from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card
 from ..runtime.backends import Backend, BackendUnavailable, open_backend
 from ..runtime.latency import LatencyStats, describe_machine
 from ..zoo import load_checkpoint
-from .gates import Thresholds, evaluate_gates
+from .gates import Thresholds, evaluate_gates, for_precision
 from .metrics import Accuracy, LogitComparison
 
 SCHEMA = "resnet-edge.parity/1"
 # What each backend can run; torch int8 is not a thing this tool makes.
-SUPPORTED = {"torch": ("fp32", "fp16"), "ort": ("fp32", "fp16", "int8"),
-             "trt": ("fp32", "fp16", "int8")}
+# int8-fp16: the int8 model with fp16 float parts, which strongly typed TensorRT builds from;
+# TensorRT's own int8 engine is built from whichever int8 file its build plan picks.
+PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
+SUPPORTED = {"torch": ("fp32", "fp16"), "ort": PRECISIONS, "trt": ("fp32", "fp16", "int8")}
 REFERENCE = ("torch", "fp32")
 
 
@@ -58,8 +60,8 @@ def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, st
         if name not in SUPPORTED:
             raise BadInput(f"unknown backend {name!r}; use {', '.join(SUPPORTED)}")
     for p in precisions:
-        if p not in ("fp32", "fp16", "int8"):
-            raise BadInput(f"unknown precision {p!r}; use fp32, fp16, int8")
+        if p not in PRECISIONS:
+            raise BadInput(f"unknown precision {p!r}; use {', '.join(PRECISIONS)}")
     return [(b, p) for b in backends for p in precisions
             if p in SUPPORTED[b] and (b, p) != REFERENCE]
 
@@ -123,7 +125,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
             accuracy = _accuracy(row.accuracy) if labelled else None
             if accuracy:
                 accuracy["drop_pt"] = (ref_acc["top1"] - accuracy["top1"]) * 100
-            gates = evaluate_gates(thresholds[row.precision], comparison, accuracy, ref_acc)
+            gates = evaluate_gates(for_precision(thresholds, row.precision), comparison, accuracy,
+                                   ref_acc)
             entry.update(status="ran", reason="", device=row.runner.label, metrics=comparison,
                          accuracy=accuracy, latency=_pass_latency(batch_size, row.seconds),
                          gates=[g.__dict__ | {"status": g.status} for g in gates])
@@ -165,4 +168,4 @@ def _pass_latency(batch_size: int, seconds: list[float]) -> dict | None:
     return stats
 
 
-__all__ = ["run_parity", "candidates", "open_workdir", "SCHEMA"]
+__all__ = ["run_parity", "candidates", "open_workdir", "SCHEMA", "PRECISIONS"]

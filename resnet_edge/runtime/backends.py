@@ -18,7 +18,9 @@ from torch import nn
 
 from ..errors import MissingBackend
 from .ort import import_ort, make_session
-from .trt_engine import ONNX_FILES
+from .trt_engine import INT8_FP16_FILE, ONNX_FILES
+
+ORT_FILES = {**ONNX_FILES, "int8-fp16": INT8_FP16_FILE}
 
 
 
@@ -96,8 +98,9 @@ class OrtBackend(Backend):
                  providers: tuple[str, ...] | None = None, *, disable_qdq_fusion: bool = False):
         ort = import_ort()
         if not Path(onnx_path).exists():
-            raise BackendUnavailable(f"{Path(onnx_path).name} not found (made by "
-                                     f"{'calibrate' if precision == 'int8' else 'export'})")
+            made_by = ("calibrate --recipe tensorrt" if precision == "int8-fp16" else
+                       "calibrate" if precision == "int8" else "export")
+            raise BackendUnavailable(f"{Path(onnx_path).name} not found (made by {made_by})")
         available = ort.get_available_providers()
         wanted = providers or ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                                "CPUExecutionProvider")
@@ -199,8 +202,8 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
         return TorchBackend(model, precision, "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu")
     if name == "ort":
         providers = ("CPUExecutionProvider",) if device == "cpu" else None
-        path = Path(workdir) / ONNX_FILES[precision]
-        as_written = precision == "int8" and path.exists() and _recipe(path) == "tensorrt"
+        path = Path(workdir) / ORT_FILES[precision]
+        as_written = precision.startswith("int8") and path.exists() and _recipe(path) == "tensorrt"
         backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written)
         if as_written and backend.device == "cpu":
             # ORT-CPU's fused int8 kernels are not what TensorRT runs; Q/DQ as written is.

@@ -13,10 +13,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import BadInput, ResnetEdgeError
+from .errors import BadInput, MissingBackend, ResnetEdgeError
 
-stdout = Console()
-err = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """A terminal gets rich's own layout; a pipe or CI log gets lines that are never wrapped."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, soft_wrap=True,
+                                                   width=max(probe.width, 160))
+
+
+stdout = _console()
+err = _console(stderr=True)
 
 
 class _Group(click.Group):
@@ -323,7 +330,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .errors import GateFailed, MissingBackend
+    from .errors import GateFailed
     from .parity import report as reports
     from .parity.gates import load_thresholds
     from .parity.run import PRECISIONS, run_parity
@@ -374,7 +381,6 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
     from .artifacts import write_json_atomic
-    from .errors import MissingBackend
     from .runtime.bench import run_bench
 
     try:
@@ -539,7 +545,6 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_
       resnet-edge build artifacts/resnet50 --precision int8 --dla-core 0 --gpu-fallback     # Jetson
     """
     from .calibration import INT8_NAME, quantization_info
-    from .errors import MissingBackend
     from .runtime import trt_engine
 
     if max_batch < 1 or opt_batch < 1 or opt_batch > max_batch:
@@ -590,10 +595,32 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_
 # ---- bundle / verify / pipeline ------------------------------------------------------------
 
 @cli.command()
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="PATH/NAME: writes NAME.key (private, mode 0600) and NAME.pub.")
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+def keygen(out, force) -> None:
+    """Make an Ed25519 key pair for signing bundles.
+
+    Keep NAME.key secret (a CI secret); give NAME.pub to whoever verifies. A public key is never
+    taken from inside a bundle.
+
+    \b
+    Example:
+      resnet-edge keygen --out keys/ci && resnet-edge bundle artifacts/r50 --sign keys/ci.key
+    """
+    from .deploy import signing
+    try:
+        private, public, key_id = signing.keygen(out, force=force)
+    except signing.SignatureError as exc:
+        raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
+    stdout.print(f"wrote {private} (private, 0600) and {public}; key id {key_id}")
+
+
+@cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
               default="jetpack6", show_default=True,
-              help="jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3.")
+              help="jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3, x86-trt10/11.")
 @click.option("--out", type=click.Path(path_type=Path), help="[<workdir>/<name>-<target>.tar.gz]")
 @click.option("--data", "data_spec", default="digits:test", show_default=True,
               help="Where the golden inputs come from (labelled, preprocessed by the model card).")
@@ -602,61 +629,84 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_
 @click.option("--opt-batch", type=int, default=8, show_default=True)
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates carried in the bundle [parity defaults].")
-def bundle(workdir, target, out, data_spec, golden, max_batch, opt_batch, thresholds) -> None:
-    """Pack a Jetson bundle: ONNX files, calibration cache, golden I/O, gates, build and verify scripts.
+@click.option("--sign", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Ed25519 private key (NAME.key from `resnet-edge keygen`) to sign manifest.json.")
+def bundle(workdir, target, out, data_spec, golden, max_batch, opt_batch, thresholds, sign) -> None:
+    """Pack a device bundle: ONNX files, calibration cache, golden I/O, gates, build and verify
+    scripts, and manifest.json with the sha256 of every file (signed with --sign).
 
     \b
     Then on the Jetson, with JetPack's Python and TensorRT:
       tar xf resnet50-jetpack6.tar.gz && cd resnet50-jetpack6 && ./build_engine.sh int8 && python3 verify.py
 
     \b
-    Example:
+    Examples:
       resnet-edge bundle artifacts/resnet50 --target jetpack6 --out resnet50-jetpack6.tar.gz
+      resnet-edge bundle artifacts/resnet50 --sign keys/ci.key      # verify with --key keys/ci.pub
     """
     from .deploy import make_bundle
     from .parity.gates import load_thresholds
 
     with _steps() as step:
-        path = make_bundle(workdir, target, out, eval_spec=data_spec, golden=golden,
-                           max_batch=max_batch, opt_batch=opt_batch,
-                           thresholds=load_thresholds(thresholds), step=step)
-    stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {target}")
+        result = make_bundle(workdir, target, out, eval_spec=data_spec, golden=golden,
+                             max_batch=max_batch, opt_batch=opt_batch,
+                             thresholds=load_thresholds(thresholds), sign=sign, step=step)
+    for note in result.notes:
+        err.print(f"[yellow]warning:[/] {escape(note)}")
+    path = result.path
+    signed = f", signed by key {result.key_id}" if result.key_id else ", unsigned"
+    stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {target}: "
+                 f"{', '.join(result.precisions)}{signed}")
+    stdout.print(f"manifest.json sha256 {result.manifest_sha256}")
 
 
 @cli.command()
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, exists=True))
+@click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The signer's public key (NAME.pub): refuse a bundle it did not sign.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Repeatable [every precision in the bundle].")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
               show_default=True)
+@click.option("--require-tensorrt", is_flag=True, help="Exit 3 instead of falling back to ONNX Runtime.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Latency iterations.")
+@click.option("--device-dir", type=click.Path(path_type=Path),
+              help="Where engines are built and looked for [<bundle>.device beside a folder; a "
+              "temporary folder for an archive].")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
-def verify(bundle_path, precisions, backend, iterations, json_path) -> None:
-    """Check a bundle from anywhere: safe extraction, sha256 of every file, golden inputs
-    through TensorRT (or ONNX Runtime where TensorRT is absent), the parity gates, latency.
+def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, device_dir,
+           json_path) -> None:
+    """Check a bundle from anywhere: safe extraction, every file against manifest.json, the
+    signature (with --key), golden inputs through TensorRT (or ONNX Runtime where TensorRT is
+    absent), the parity gates, latency.
 
     \b
-    Example:
+    Examples:
       resnet-edge verify resnet50-jetpack6.tar.gz
+      resnet-edge verify resnet50-jetpack6.tar.gz --key keys/ci.pub
     """
     import tempfile
 
-    from .artifacts import write_json_atomic
-    from .deploy import safe_extract
-    from .deploy.verify_bundle import BundleError
+    from .artifacts import ensure_writable_dir, write_json_atomic
+    from .deploy.archive import BundleError, safe_extract
+    from .deploy.verify_bundle import integrity_lines
     from .deploy.verify_bundle import verify as verify_bundle
+    from .errors import GateFailed
     from .runtime.trt_engine import EngineError
-    from .errors import GateFailed, MissingBackend
 
+    if json_path:
+        ensure_writable_dir(json_path.parent)
     with tempfile.TemporaryDirectory() as tmp, _steps() as step:
-        root = bundle_path
-        if bundle_path.is_file():
-            step(f"extracting {bundle_path}")
-            root = safe_extract(bundle_path, tmp)
-        step("verifying")
         try:
+            root = bundle_path
+            if bundle_path.is_file():
+                step(f"extracting {bundle_path}")
+                root = safe_extract(bundle_path, Path(tmp) / "bundle")
+            step("verifying")
             report = verify_bundle(root, precisions=list(precisions) or None, backend=backend,
-                                   build=True, iterations=iterations)
+                                   build=True, iterations=iterations, key=key,
+                                   device_dir=device_dir or (Path(tmp) / "device" if bundle_path.is_file() else None),
+                                   require_tensorrt=require_tensorrt)
         except BundleError as exc:
             raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
         except EngineError as exc:  # TensorRT is here but cannot build or load the engine
@@ -673,9 +723,11 @@ def verify(bundle_path, precisions, backend, iterations, json_path) -> None:
                       f"{row['latency']['host_to_host']['p50_ms']:.2f}",
                       "[red]FAIL: " + ", ".join(bad) + "[/]" if bad else "[green]pass[/]")
     stdout.print(table)
-    stdout.print("integrity: every file matches manifest.json")
+    for line in integrity_lines(report):
+        stdout.print(escape(line))
     if json_path:
         write_json_atomic(json_path, report)
+        stdout.print(f"wrote {json_path}")
     if report["failed_gates"]:
         raise GateFailed(f"bundle gates failed: {', '.join(report['failed_gates'])}")
 

@@ -116,18 +116,20 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     try:
         trt = trt_engine.import_trt()
         gpu, _ = trt_engine.current_gpu()
-        built = []
+        built, notes = [], []
         for precision in ("fp16", "int8"):
             engine = trt_engine.engine_path(out, gpu, trt.__version__, precision)
             source = out / trt_engine.build_plan(trt.__version__, precision).onnx_file
+            if precision == "int8" and config.recipe != "tensorrt":
+                notes.append(f"int8 not built: the {config.recipe} recipe is for ONNX Runtime")
+                continue
             if engine.exists() and trt_engine.read_engine_meta(engine).get("onnx_sha256") == sha256_file(source):
                 continue  # built from this very ONNX file already
             step("build", f"{precision} engine")
             built.append(trt_engine.build_engine(out, precision).name)
+        detail = f"TensorRT {trt.__version__}: {', '.join(built)}" if built else "up to date"
         result.steps.append(StepResult("build", "ran" if built else "skipped",
-                                       time.perf_counter() - start,
-                                       f"TensorRT {trt.__version__}: {', '.join(built)}" if built
-                                       else "up to date"))
+                                       time.perf_counter() - start, "; ".join([detail, *notes])))
     except trt_engine.EngineError as exc:
         result.steps.append(StepResult("build", "unavailable", 0.0, str(exc)))
 
@@ -168,10 +170,11 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     bundle_name = f"{out.name}-{config.target}.tar.gz"
 
     def do_bundle() -> str:
-        path = make_bundle(out, config.target, out / bundle_name, eval_spec=config.data_eval,
+        made = make_bundle(out, config.target, out / bundle_name, eval_spec=config.data_eval,
                            golden=config.golden, thresholds=thresholds,
                            step=lambda m: step("bundle", m))
-        return f"{path.name} ({path.stat().st_size / 1e6:.1f} MB)"
+        return "; ".join([f"{made.path.name} ({made.path.stat().st_size / 1e6:.1f} MB, "
+                          f"manifest sha256 {made.manifest_sha256[:16]}...)", *made.notes])
     run("bundle", {**model_hashes(), "target": config.target, "data": config.data_eval,
                    "golden": config.golden}, [bundle_name], do_bundle)
     result.bundle = out / bundle_name

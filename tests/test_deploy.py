@@ -1,32 +1,96 @@
+"""Bundles: contents per target, verify, build_engine.sh, and every hostile archive an attacker or
+a damaged transfer can produce (exit code, one line, nothing written outside the target)."""
+
+import hashlib
 import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
+import zlib
 
+import numpy as np
 import pytest
 
 from resnet_edge.calibration import calibrate
-from resnet_edge.deploy import make_bundle, safe_extract
+from resnet_edge.deploy import archive, make_bundle, safe_extract
+from resnet_edge.deploy.archive import BundleError
 from resnet_edge.errors import BadInput
 from resnet_edge.runtime.trt_engine import build_plan, cache_header, trtexec_command
+from trt_standin import write_site
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
-def bundle(digits_workdir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("bundle") / "work"
-    shutil.copytree(digits_workdir, work)
-    calibrate(work, "digits:train", samples=128, method="minmax", holdout=50)
-    return make_bundle(work, "jetpack6", work / "r20-jetpack6.tar.gz", golden=40)
+def keys(tmp_path_factory):
+    from resnet_edge.deploy import signing
+    folder = tmp_path_factory.mktemp("keys")
+    ci = signing.keygen(folder / "ci")
+    other = signing.keygen(folder / "attacker")
+    return {"ci": ci, "attacker": other}
+
+
+@pytest.fixture(scope="module")
+def bundle(calibrated_workdir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "r20-jetpack6.tar.gz"
+    return make_bundle(calibrated_workdir, "jetpack6", out, golden=40).path
+
+
+@pytest.fixture(scope="module")
+def signed(calibrated_workdir, tmp_path_factory, keys):
+    out = tmp_path_factory.mktemp("signed") / "r20-jetpack6.tar.gz"
+    return make_bundle(calibrated_workdir, "jetpack6", out, golden=40, sign=keys["ci"][0])
 
 
 def _extract(bundle, tmp_path):
-    with tarfile.open(bundle) as tar:
-        tar.extractall(tmp_path, filter="data")
-    return tmp_path / "r20-jetpack6"
+    return safe_extract(bundle, tmp_path)
 
+
+def _tree(path):
+    """Every path under `path` with its size: what 'nothing was written' compares."""
+    return sorted((str(p.relative_to(path)), p.lstat().st_size if not p.is_dir() else 0)
+                  for p in path.rglob("*"))
+
+
+def _manifest_for(root):
+    files = {p.relative_to(root).as_posix(): {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                                              "bytes": p.stat().st_size}
+             for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("manifest.json", "manifest.sig")}
+    return (json.dumps({"schema": "resnet-edge.manifest/1", "files": files}, indent=2) + "\n").encode()
+
+
+def _pack(root, out, *, manifest=None, signature=None, extra=()):
+    """Repack a bundle folder the way `bundle` does (manifest first), optionally with a new
+    manifest, a signature, and extra raw members appended."""
+    manifest = manifest if manifest is not None else (root / "manifest.json").read_bytes()
+    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        def add(name, data):
+            info = tarfile.TarInfo(f"{root.name}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        add("manifest.json", manifest)
+        if signature is not None:
+            add("manifest.sig", signature)
+        for name in json.loads(manifest)["files"]:
+            if (root / name).is_file():
+                add(name, (root / name).read_bytes())
+        for member, data in extra:
+            tar.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def _member(name, kind=tarfile.REGTYPE, *, link="", size=None, data=b""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(data) if size is None else size
+    return info, (data if kind == tarfile.REGTYPE else None)
+
+
+# ---- contents ---------------------------------------------------------------------------------
 
 def test_bundle_contents(bundle, tmp_path):
     root = _extract(bundle, tmp_path)
@@ -35,41 +99,105 @@ def test_bundle_contents(bundle, tmp_path):
             "preprocess.json", "thresholds.json", "bundle.json", "manifest.json", "README.md",
             "build_engine.sh", "verify.py", "golden/inputs.npy", "golden/labels.npy",
             "golden/reference.npy", "lib/trt_engine.py", "lib/timing.py", "lib/gates.py",
-            "lib/metrics.py", "lib/ort.py"} <= names
+            "lib/metrics.py", "lib/ort.py", "lib/archive.py", "lib/signing.py"} <= names
     manifest = json.loads((root / "manifest.json").read_text())["files"]
-    assert set(manifest) == names - {"manifest.json"}
+    assert set(manifest) == names - {"manifest.json"}  # every file listed, no exemptions
     assert (root / "calibration.cache").read_text().startswith("TRT-100300-")  # JetPack 6: 10.3
     info = json.loads((root / "bundle.json").read_text())
     assert info["precisions"] == ["fp32", "fp16", "int8"] and info["input_shape"] == [3, 32, 32]
+    assert info["cuda_python"] == ">=12.6.1,<13"
+    assert "pip install 'cuda-python>=12.6.1,<13'" in (root / "README.md").read_text()
     assert (root / "labels.txt").read_text().split() == [str(i) for i in range(10)]
+    with tarfile.open(bundle) as tar:  # the archive stores manifest.json first
+        assert [m.name for m in tar.getmembers()[:2]] == ["r20-jetpack6", "r20-jetpack6/manifest.json"]
     # the bundled runtime files are the package's own, not second implementations
     import resnet_edge.runtime.trt_engine as te
     assert (root / "lib" / "trt_engine.py").read_text() == open(te.__file__).read()
 
 
-def test_verify_passes_with_onnxruntime(bundle, run_cli, tmp_path):
+@pytest.mark.parametrize("target,cache,int8_files,pip,cache_hint", [
+    ("jetpack5", True, {"model.int8.onnx"}, "cuda-python>=11.4,<12", "--int8-source cache\n"),
+    ("x86-trt10", True, {"model.int8.onnx", "model.int8-fp16.onnx"}, "cuda-python>=12,<13",
+     "--int8-source cache --typing weak"),
+    ("x86-trt11", False, {"model.int8.onnx", "model.int8-fp16.onnx"}, "cuda-python>=13,<14", None),
+])
+def test_each_target_carries_what_its_tensorrt_reads(target, cache, int8_files, pip, cache_hint,
+                                                      calibrated_workdir, tmp_path, monkeypatch):
+    from resnet_edge.deploy import bundle_files
+    if target == "jetpack5":  # opset 17 is checked separately; here only the file choice
+        files, precisions, notes = bundle_files(calibrated_workdir, target)
+        assert ("calibration.cache" in files) == cache and int8_files <= set(files)
+        return
+    result = make_bundle(calibrated_workdir, target, tmp_path / f"{target}.tar.gz", golden=8)
+    root = _extract(result.path, tmp_path / "x")
+    assert (root / "calibration.cache").exists() == cache
+    assert int8_files <= {p.name for p in root.iterdir()}
+    readme = (root / "README.md").read_text()
+    assert pip in readme
+    if cache_hint:
+        assert cache_hint in readme  # and the plan accepts exactly what README suggests:
+        build_plan(json.loads((root / "bundle.json").read_text())["tensorrt"], "int8",
+                   int8_source="cache", typing="weak" if "weak" in cache_hint else "auto")
+    else:
+        assert "int8-source cache" not in readme
+
+
+def test_a_cpu_recipe_int8_model_never_reaches_a_bundle(digits_workdir, tmp_path, run_cli):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    calibrate(work, "digits:train", samples=64, method="minmax", recipe="cpu", holdout=20)
+    result = run_cli("bundle", work, "--golden", "8", "--out", tmp_path / "b.tar.gz")
+    assert result.exit_code == 0, result.output
+    assert "int8 left out" in result.stderr and "--recipe tensorrt" in result.stderr
+    root = _extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    info = json.loads((root / "bundle.json").read_text())
+    assert info["precisions"] == ["fp32", "fp16"] and not (root / "model.int8.onnx").exists()
+
+
+def test_build_refuses_a_cpu_recipe_int8_model(digits_workdir, tmp_path, run_cli, monkeypatch):
+    from trt_standin import StandIn
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    calibrate(work, "digits:train", samples=64, method="minmax", recipe="cpu", holdout=20)
+    StandIn("10.3.0").install(monkeypatch)
+    result = run_cli("build", work, "--precision", "int8")
+    assert result.exit_code == 2 and "--recipe cpu" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (work / "engines").exists()
+
+
+def test_jetpack5_needs_opset_17(digits_workdir, tmp_path):
+    with pytest.raises(BadInput, match="opset <= 17.*--exporter torchscript"):
+        make_bundle(digits_workdir, "jetpack5", tmp_path / "x.tar.gz")
+    assert not (tmp_path / "x.tar.gz").exists()
+
+
+# ---- verify -------------------------------------------------------------------------------------
+
+def test_verify_passes_with_onnxruntime_and_says_no_engine_was_tested(bundle, run_cli, tmp_path):
     result = run_cli("verify", bundle, "--iterations", "2", "--json", tmp_path / "v.json")
     assert result.exit_code == 0, result.output
+    assert "no engine was tested" in result.stdout and "signature: none" in result.stdout
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["backend"] == "onnxruntime" and report["golden_images"] == 40
+    assert not report["engine_tested"] and report["integrity"]["signed"] is False
     assert [r["precision"] for r in report["results"]] == ["fp32", "fp16", "int8"]
     assert all(g["passed"] for r in report["results"] for g in r["gates"] if g["passed"] is not None)
+    required = run_cli("verify", bundle, "--require-tensorrt")
+    assert required.exit_code == 3 and "no engine can be tested" in required.stderr
 
 
-@pytest.mark.parametrize("victim", ["model.int8.onnx", "golden/reference.npy", "lib/gates.py",
-                                    "thresholds.json", "verify.py"])
-def test_one_flipped_byte_is_named(bundle, run_cli, tmp_path, victim):
-    root = _extract(bundle, tmp_path / "x")
-    path = root / victim
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-    tampered = tmp_path / "r20-jetpack6.tar.gz"
-    with tarfile.open(tampered, "w:gz") as tar:
-        tar.add(root, arcname=root.name)
-    result = run_cli("verify", tampered)
-    assert result.exit_code == 2
-    assert f"bundle file {victim} does not match its sha256" in result.stderr
+def test_one_flipped_byte_is_named(bundle, run_cli, tmp_path):
+    for victim in ("model.int8.onnx", "golden/reference.npy", "lib/gates.py", "thresholds.json",
+                   "verify.py", "build_engine.sh"):
+        root = _extract(bundle, tmp_path / victim.replace("/", "_"))
+        path = root / victim
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        for target in (root, _pack(root, tmp_path / f"{path.name}.tar.gz")):  # folder and archive
+            result = run_cli("verify", target)
+            assert result.exit_code == 2, (victim, result.output)
+            assert f"bundle file {victim} does not match its sha256" in result.stderr
 
 
 def test_missing_file_is_named(bundle, run_cli, tmp_path):
@@ -79,44 +207,9 @@ def test_missing_file_is_named(bundle, run_cli, tmp_path):
     assert result.exit_code == 2 and "bundle file calibration.cache is missing" in result.stderr
 
 
-def _tar_with(tmp_path, member: tarfile.TarInfo, data: bytes = b"x"):
-    path = tmp_path / "evil.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        ok = tarfile.TarInfo("bundle/ok.txt")
-        ok.size = 1
-        tar.addfile(ok, io.BytesIO(b"x"))
-        member.size = len(data) if member.isfile() else 0
-        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
-    return path
-
-
-@pytest.mark.parametrize("name,kind,link", [
-    ("bundle/../../escaped.txt", tarfile.REGTYPE, ""),
-    ("/tmp/absolute-escape.txt", tarfile.REGTYPE, ""),
-    ("bundle/link", tarfile.SYMTYPE, "../../outside"),
-    ("bundle/abslink", tarfile.SYMTYPE, "/etc/passwd"),
-])
-def test_unsafe_archives_are_refused_before_writing(tmp_path, name, kind, link):
-    member = tarfile.TarInfo(name)
-    member.type, member.linkname = kind, link
-    archive = _tar_with(tmp_path, member)
-    dest = tmp_path / "dest" / "inner"
-    dest.mkdir(parents=True)
-    with pytest.raises(BadInput, match="outside the target"):
-        safe_extract(archive, dest)
-    assert list(dest.iterdir()) == []
-    assert not (tmp_path / "escaped.txt").exists() and not os.path.exists("/tmp/absolute-escape.txt")
-
-
-def test_cli_refuses_a_traversal_archive(tmp_path, run_cli):
-    member = tarfile.TarInfo("bundle/../../escaped.txt")
-    archive = _tar_with(tmp_path, member)
-    result = run_cli("verify", archive)
-    assert result.exit_code == 2 and "points outside the target" in result.stderr
-
-
-def test_verify_py_runs_standalone_without_torch(bundle, tmp_path):
+def test_verify_py_runs_standalone_without_torch_and_writes_beside_the_bundle(bundle, tmp_path):
     root = _extract(bundle, tmp_path)
+    before = _tree(root)
     probe = ("import runpy, sys; sys.argv = ['verify.py', '--iterations', '2'];\n"
              "try:\n    runpy.run_path('verify.py', run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\n"
@@ -125,10 +218,303 @@ def test_verify_py_runs_standalone_without_torch(bundle, tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "torch loaded: False resnet_edge loaded: False" in result.stdout
-    assert "PASS" in result.stdout
-    report = json.loads((root / "verify.json").read_text())
+    assert "PASS" in result.stdout and "no engine was tested" in result.stdout
+    report = json.loads((tmp_path / f"{root.name}.device" / "verify.json").read_text())
     assert report["device"]["onnxruntime"] and report["passed"]
+    assert _tree(root) == before  # the device wrote nothing into the bundle
+    again = subprocess.run([sys.executable, "verify.py", "--iterations", "2"], cwd=root,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr  # and so a second run still finds it intact
 
+
+def test_a_trusted_verify_py_checks_another_bundle_archive(signed, bundle, tmp_path, keys):
+    trusted = _extract(bundle, tmp_path / "trusted")
+    run = subprocess.run([sys.executable, str(trusted / "verify.py"), "--bundle", str(signed.path),
+                          "--key", str(keys["ci"][1]), "--iterations", "2",
+                          "--json", str(tmp_path / "v.json")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"signature: valid, made by key {keys['ci'][2]}" in run.stdout
+    forged = subprocess.run([sys.executable, str(trusted / "verify.py"), "--bundle", str(signed.path),
+                             "--key", str(keys["attacker"][1])], capture_output=True, text=True)
+    assert forged.returncode == 2 and "signed by another key" in forged.stderr
+
+
+# ---- signatures --------------------------------------------------------------------------------
+
+def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path, run_cli):
+    result = run_cli("keygen", "--out", tmp_path / "ci")
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "ci.key").stat().st_mode) == 0o600
+    assert (tmp_path / "ci.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    again = run_cli("keygen", "--out", tmp_path / "ci")
+    assert again.exit_code == 2 and "exists" in again.stderr
+
+
+def test_signed_bundle_verifies_with_its_key_and_prints_the_digest(signed, run_cli, keys):
+    result = run_cli("verify", signed.path, "--key", keys["ci"][1], "--iterations", "2")
+    assert result.exit_code == 0, result.output
+    assert f"signature: valid, made by key {keys['ci'][2]}" in result.stdout
+    assert signed.manifest_sha256 in result.stdout and signed.key_id == keys["ci"][2]
+    unkeyed = run_cli("verify", signed.path, "--iterations", "2")
+    assert unkeyed.exit_code == 0 and "present" in unkeyed.stdout and "not checked" in unkeyed.stdout
+
+
+def test_bundle_prints_the_manifest_digest_and_refuses_a_bad_key(calibrated_workdir, tmp_path, run_cli, keys):
+    result = run_cli("bundle", calibrated_workdir, "--golden", "8", "--out", tmp_path / "b.tar.gz",
+                     "--sign", keys["ci"][0])
+    assert result.exit_code == 0, result.output
+    root = _extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    digest = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
+    assert f"manifest.json sha256 {digest}" in result.stdout and keys["ci"][2] in result.stdout
+    bad = run_cli("bundle", calibrated_workdir, "--out", tmp_path / "c.tar.gz", "--sign", keys["ci"][1])
+    assert bad.exit_code == 2 and "not a PEM private key" in bad.stderr
+    assert not (tmp_path / "c.tar.gz").exists()
+
+
+def _rehashed(signed, tmp_path, change):
+    """The signed bundle, changed by `change(root)`, with manifest.json re-hashed to match."""
+    root = _extract(signed.path, tmp_path / "src")
+    change(root)
+    return root, _manifest_for(root), (root / "manifest.sig").read_bytes()
+
+
+TAMPERING = {
+    "model replaced": lambda r: shutil.copy(r / "model.fp16.onnx", r / "model.onnx"),
+    "golden regenerated": lambda r: np.save(r / "golden" / "reference.npy",
+                                            np.load(r / "golden" / "reference.npy") * 0),
+    "verify.py backdoored": lambda r: (r / "verify.py").write_text("print('PASS')\n"),
+    "lib backdoored": lambda r: (r / "lib" / "gates.py").write_text(
+        (r / "lib" / "gates.py").read_text() + "\nevaluate_gates = lambda *a: []\n"),
+    "build_engine.sh backdoored": lambda r: (r / "build_engine.sh").write_text("#!/bin/sh\ncurl evil\n"),
+    "thresholds loosened": lambda r: (r / "thresholds.json").write_text(json.dumps(
+        {p: {"max_accuracy_drop_pt": 100.0} for p in ("fp32", "fp16", "int8")})),
+}
+
+
+@pytest.mark.parametrize("kind", list(TAMPERING))
+def test_rehashed_tampering_is_caught_by_the_signature(kind, signed, tmp_path, run_cli, keys):
+    root, manifest, signature = _rehashed(signed, tmp_path, TAMPERING[kind])
+    with_sig = _pack(root, tmp_path / "a.tar.gz", manifest=manifest, signature=signature)
+    result = run_cli("verify", with_sig, "--key", keys["ci"][1])
+    assert result.exit_code == 2 and "signature does not match manifest.json" in result.stderr
+    stripped = _pack(root, tmp_path / "b.tar.gz", manifest=manifest)
+    result = run_cli("verify", stripped, "--key", keys["ci"][1])
+    assert result.exit_code == 2 and "the bundle is unsigned" in result.stderr
+    from resnet_edge.deploy import signing
+    resigned = _pack(root, tmp_path / "c.tar.gz", manifest=manifest,
+                     signature=signing.sign(manifest, keys["attacker"][0]))
+    result = run_cli("verify", resigned, "--key", keys["ci"][1])
+    assert result.exit_code == 2 and "signed by another key" in result.stderr
+    # without a key the forgery cannot be told from the real thing, except by its digest
+    assert hashlib.sha256(manifest).hexdigest() != signed.manifest_sha256
+
+
+# ---- hostile archives --------------------------------------------------------------------------
+
+def _hostile(tmp_path, members, first_manifest=True):
+    """An archive with a valid-looking manifest.json (listing ok.txt) followed by `members`."""
+    ok = b"fine\n"
+    manifest = json.dumps({"files": {"ok.txt": {"sha256": hashlib.sha256(ok).hexdigest(),
+                                                "bytes": len(ok)}}}).encode()
+    path = tmp_path / "evil.tar.gz"
+    head = [_member("b/manifest.json", data=manifest)] if first_manifest else []
+    raw = b""  # written block by block: a header may declare more data than follows it
+    for info, data in [*head, *members, _member("b/ok.txt", data=ok)]:
+        raw += info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        if data:
+            raw += data + bytes(-len(data) % 512)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    path.write_bytes(compressor.compress(raw + bytes(1024)) + compressor.flush())
+    return path
+
+
+def _symlink_chain(depth=16):
+    """The CVE-2025-4517 shape: links whose resolved path grows past PATH_MAX, then a link
+    through them to a file outside, then a write through that link."""
+    members, step = [], "d" * 247
+    path = "b"
+    for _ in range(depth):
+        members.append(_member(f"{path}/{step}", tarfile.DIRTYPE))
+        members.append(_member(f"{path}/l", tarfile.SYMTYPE, link=step))
+        path = f"{path}/l"
+    members.append(_member(f"{path}/escape", tarfile.SYMTYPE, link="../" * depth + "../../outside"))
+    members.append(_member("b/escape-write", tarfile.SYMTYPE, link=f"{path}/escape"))
+    members.append(_member("b/escape-write", data=b"pwned"))
+    return members
+
+
+HOSTILE = {
+    "symlink chain past PATH_MAX": (lambda: _symlink_chain(), "is a link"),
+    "hardlink inside": (lambda: [_member("b/hard", tarfile.LNKTYPE, link="b/ok.txt")], "is a link"),
+    "hardlink outside": (lambda: [_member("b/hard", tarfile.LNKTYPE, link="../etc/passwd")], "is a link"),
+    "hardlink to a missing member": (lambda: [_member("b/hard", tarfile.LNKTYPE, link="b/nope")], "is a link"),
+    "fifo": (lambda: [_member("b/fifo", tarfile.FIFOTYPE)], "special file"),
+    "character device": (lambda: [_member("b/tty", tarfile.CHRTYPE)], "special file"),
+    "block device": (lambda: [_member("b/sda", tarfile.BLKTYPE)], "special file"),
+    "header declaring 100 GiB": (lambda: [_member("b/ok.txt", size=100 << 30, data=b"x")], "declares"),
+    "traversal": (lambda: [_member("b/../../escaped.txt", data=b"x")], "points outside the bundle"),
+    "absolute": (lambda: [_member("/tmp/absolute-escape.txt", data=b"x")], "points outside the bundle"),
+    "unlisted engine": (lambda: [_member("b/engines/orin-trt10.3/model.int8.engine", data=b"x")],
+                        "not in manifest.json"),
+    "unlisted verify.json": (lambda: [_member("b/verify.json.d/x", data=b"x")], "not in manifest.json"),
+    "second top-level folder": (lambda: [_member("c/x.txt", data=b"x")], "one bundle folder"),
+    "duplicate member": (lambda: [_member("b/ok.txt", data=b"fine\n"), _member("b/ok.txt", data=b"evil\n")],
+                         "twice"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_archives_are_refused_and_nothing_is_written_outside(kind, tmp_path, run_cli):
+    make, message = HOSTILE[kind]
+    evil = _hostile(tmp_path, make())
+    sandbox = tmp_path / "sandbox"
+    target = sandbox / "target"
+    target.mkdir(parents=True)
+    (sandbox / "outside").write_text("keep me\n")
+    before = _tree(tmp_path)
+    with pytest.raises(BundleError, match=message):
+        safe_extract(evil, target)
+    assert _tree(tmp_path) == before  # target still empty, nothing beside it touched
+    assert (sandbox / "outside").read_text() == "keep me\n"
+    assert not os.path.exists("/tmp/absolute-escape.txt")
+    result = run_cli("verify", evil)
+    assert result.exit_code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar makes the sparse archive")
+def test_a_sparse_huge_member_is_refused(tmp_path, run_cli):
+    folder = tmp_path / "src" / "b"
+    folder.mkdir(parents=True)
+    with open(folder / "huge", "wb") as handle:
+        handle.truncate(100 << 30)  # 100 GiB apparent, nothing on disk
+    (folder / "manifest.json").write_text('{"files": {"huge": {"sha256": "' + "0" * 64 + '", "bytes": 1}}}')
+    evil = tmp_path / "sparse.tar.gz"
+    subprocess.run(["tar", "-cSzf", str(evil), "-C", str(tmp_path / "src"), "b/manifest.json", "b/huge"],
+                   check=True)
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(BundleError, match="special file|declares"):
+        safe_extract(evil, target)
+    assert list(target.iterdir()) == []
+    result = run_cli("verify", evil)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_gzip_bomb_stops_at_the_ratio_limit(tmp_path, run_cli):
+    size = 256 << 20  # listed in the manifest, so extraction starts writing it
+    zeros = bytes(1 << 20)
+    digest = hashlib.sha256()
+    for _ in range(size >> 20):
+        digest.update(zeros)
+    manifest = json.dumps({"files": {"bomb": {"sha256": digest.hexdigest(), "bytes": size}}}).encode()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info, data = _member("b/manifest.json", data=manifest)
+        tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("b/bomb")
+        info.size = size
+
+        class Zeros(io.RawIOBase):
+            left = size
+
+            def read(self, n=-1):
+                n = min(n if n >= 0 else self.left, self.left)
+                self.left -= n
+                return bytes(n)
+        tar.addfile(info, Zeros())
+    evil = tmp_path / "bomb.tar.gz"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    evil.write_bytes(compressor.compress(raw.getvalue()) + compressor.flush())
+    assert evil.stat().st_size < size / 500
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(BundleError, match="expands more than 200x"):
+        safe_extract(evil, target)
+    assert list(target.iterdir()) == []  # the partial file went with the refusal
+
+
+@pytest.mark.parametrize("kind,content,message", [
+    ("empty", b"", "not a readable tar archive"),
+    ("not a tar", b"just some text, not an archive\n" * 40, "not a readable tar archive"),
+    ("no manifest first", None, "not manifest.json"),
+    ("manifest not JSON", b"{not json", "is not JSON"),
+    ("manifest {}", b"{}", "lists no files"),
+    ("manifest with ..", json.dumps({"files": {"../x": {"sha256": "0" * 64, "bytes": 1}}}).encode(),
+     "points outside the bundle"),
+    ("manifest with /", json.dumps({"files": {"/etc/passwd": {"sha256": "0" * 64, "bytes": 1}}}).encode(),
+     "points outside the bundle"),
+])
+def test_malformed_archives_exit_2_with_one_line(kind, content, message, tmp_path, run_cli):
+    path = tmp_path / "bad.tar.gz"
+    if kind in ("empty", "not a tar"):
+        path.write_bytes(content)
+    elif content is None:
+        path = _hostile(tmp_path, [], first_manifest=False)
+    else:
+        with tarfile.open(path, "w:gz") as tar:
+            info, data = _member("b/manifest.json", data=content)
+            tar.addfile(info, io.BytesIO(data))
+    result = run_cli("verify", path)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_truncated_archive_exits_2(bundle, tmp_path, run_cli):
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(BundleError, match="truncated"):
+        safe_extract(cut, target)
+    assert list(target.iterdir()) == []
+    result = run_cli("verify", cut)
+    assert result.exit_code == 2 and "truncated" in result.stderr
+
+
+def test_unlisted_files_in_a_folder_are_refused_everywhere(bundle, tmp_path, run_cli):
+    for planted in ("engines/orin-trt10.3/model.int8.engine", "verify.json", "lib/extra.py"):
+        root = _extract(bundle, tmp_path / planted.replace("/", "_"))
+        (root / planted).parent.mkdir(parents=True, exist_ok=True)
+        (root / planted).write_bytes(b"planted")
+        result = run_cli("verify", root)
+        assert result.exit_code == 2 and f"bundle file {planted} is not in manifest.json" in result.stderr
+    root = _extract(bundle, tmp_path / "link")
+    (root / "lib" / "link.py").symlink_to("/etc/passwd")
+    result = run_cli("verify", root)
+    assert result.exit_code == 2 and "is a link" in result.stderr
+
+
+def _declared(bundle, tmp_path, name, change):
+    """The bundle folder with one declared file changed and the manifest re-hashed."""
+    root = _extract(bundle, tmp_path)
+    change(root / name)
+    (root / "manifest.json").write_bytes(_manifest_for(root))
+    return root
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("bundle.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "max_batch": 0})),
+     "invalid max_batch 0"),
+    ("bundle.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "precisions": ["int4"]})),
+     "invalid precisions"),
+    ("bundle.json", lambda p: p.write_text("[1, 2"), "is not JSON"),
+    ("golden/inputs.npy", lambda p: np.save(p, np.zeros((0, 3, 32, 32), np.float32)), "with N >= 1"),
+    ("golden/reference.npy", lambda p: np.save(p, np.array([{"evil": 1}], dtype=object), allow_pickle=True),
+     "not a plain numeric .npy"),
+    ("golden/reference.npy", lambda p: np.save(p, np.full((40, 10), np.nan, np.float32)), "non-finite"),
+    ("golden/labels.npy", lambda p: np.save(p, np.full(40, 11)), "integer labels in [0, 10)"),
+    ("thresholds.json", lambda p: p.write_text(json.dumps({"fp32": {"max_abs": -1}, "fp16": {},
+                                                           "int8": {}})), "outside"),
+])
+def test_declarations_are_checked_before_use(name, change, message, bundle, tmp_path, run_cli):
+    root = _declared(bundle, tmp_path, name, change)
+    result = run_cli("verify", root)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---- on a device: build_engine.sh and verify.py against stand-ins --------------------------------
 
 def test_build_engine_sh_runs_trtexec_with_the_build_plan_flags(bundle, tmp_path):
     root = _extract(bundle, tmp_path)
@@ -162,10 +548,44 @@ def test_build_engine_sh_runs_trtexec_with_the_build_plan_flags(bundle, tmp_path
         assert ("this bundle targets TensorRT 10.3.0" in run.stderr) == (version != "10.3.0")
 
 
-def test_jetpack5_needs_opset_17(digits_workdir, tmp_path):
-    with pytest.raises(BadInput, match="opset <= 17.*--exporter torchscript"):
-        make_bundle(digits_workdir, "jetpack5", tmp_path / "x.tar.gz")
-    assert not (tmp_path / "x.tar.gz").exists()
+def _device_env(tmp_path, version, **site):
+    folder = write_site(tmp_path / f"site-{version}-{site.get('cuda_python')}", version, **site)
+    return {**os.environ, "PYTHONPATH": str(folder), "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
+
+
+@pytest.mark.parametrize("cuda_python,message", [
+    ("13.0.1", "cuda-python 13.0.1 needs a CUDA 13 driver"),
+    ("12.2.0", "does not match this bundle's CUDA (>=12.6.1,<13)"),
+    (None, "cuda-python is not installed; pip install 'cuda-python>=12.6.1,<13'"),
+])
+def test_a_mismatched_cuda_python_exits_3_on_the_device(cuda_python, message, bundle, tmp_path):
+    root = _extract(bundle, tmp_path / "b")
+    env = _device_env(tmp_path, "10.3.0", cuda_python=cuda_python)
+    for command in (["bash", "build_engine.sh", "fp16"], [sys.executable, "verify.py"]):
+        run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        assert run.returncode == 3, (command, run.stdout, run.stderr)
+        assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines(bundle, tmp_path):
+    root = _extract(bundle, tmp_path / "b")
+    before = _tree(root)
+    env = _device_env(tmp_path, "10.3.0")
+    run = subprocess.run([sys.executable, "verify.py", "--precision", "fp16", "--iterations", "2"],
+                         cwd=root, env=env, capture_output=True, text=True)
+    # the stand-in engine computes no ResNet, so the gates fail; what matters is where it ran
+    assert run.returncode == 1, run.stderr
+    assert "tensorrt 10.3.0 fp16 (Orin)" in run.stdout and "no engine was tested" not in run.stdout
+    device = tmp_path / "b" / f"{root.name}.device"
+    engine = device / "engines" / "orin-trt10.3" / "model.fp16.engine"
+    assert engine.exists() and (device / "verify.json").exists()
+    assert _tree(root) == before
+    record = engine.with_suffix(".json")
+    meta = json.loads(record.read_text())
+    record.write_text(json.dumps({**meta, "onnx_sha256": "0" * 64}))
+    run = subprocess.run([sys.executable, "verify.py", "--precision", "fp16"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "was not built from this bundle's model.onnx" in run.stderr
 
 
 def test_pipeline_skips_unchanged_steps(trained_digits, run_cli, tmp_path):

@@ -28,6 +28,7 @@ and are the only proof of behaviour.
 from __future__ import annotations
 
 import enum
+import importlib.machinery
 import json
 import re
 import sys
@@ -645,6 +646,7 @@ def make_tensorrt(version: str, device: Device | None = None, calls: Calls | Non
     snapshot = surface(version)["python"]
     ctx = _Context(version, device or Device(), calls if calls is not None else Calls())
     module = types.ModuleType("tensorrt", f"stand-in for TensorRT {version} (names only)")
+    module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     ctx.module = module
     module.__version__ = version
     module._standin = ctx
@@ -817,6 +819,7 @@ def _cuda_modules(cudart, cuda_python: str | None) -> dict[str, types.ModuleType
     parts = tuple(int(p) for p in cuda_python.split(".")[:3])
     cuda = types.ModuleType("cuda")
     cuda.__path__ = []
+    cuda.__spec__ = importlib.machinery.ModuleSpec("cuda", None, is_package=True)
     modules = {"cuda": cuda}
     if parts >= (12, 6, 1):
         bindings = types.ModuleType("cuda.bindings")

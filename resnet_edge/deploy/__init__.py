@@ -1,14 +1,15 @@
-"""Jetson deployment bundles: everything a device needs to build its own engine and prove it
-still matches PyTorch, in one tar.gz; and their safe extraction and verification anywhere."""
+"""Deployment bundles: everything a device needs to build its own engine and prove it still
+matches PyTorch, in one tar.gz whose manifest lists every file (and may be signed); and their
+safe extraction and verification anywhere."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,29 +17,46 @@ import onnx
 
 from .. import __version__
 from ..artifacts import atomic_path, ensure_writable_dir, sha256_file
-from ..calibration import CACHE_NAME, INT8_NAME, quantization_info
+from ..calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME, quantization_info
 from ..calibration.dataset import balanced_indices
 from ..data import batches, check_classes, open_data
-from ..errors import BadInput
+from ..errors import BadInput, MissingBackend
 from ..export import FP16_NAME, ONNX_NAME
 from ..parity.gates import Thresholds, load_thresholds
 from ..parity.run import open_workdir
 from ..runtime import trt_engine
 from ..runtime.backends import TorchBackend
+from . import signing
+from .archive import BundleError, manifest_digest, safe_extract, write_archive
 
+# cuda_python: the cuda-python that drives each target's CUDA (cuda-python N.x needs a CUDA N
+# driver; JetPack 5 has CUDA 11.4, JetPack 6 CUDA 12.6). x86 TensorRT 11 comes for CUDA 12 or 13,
+# so there the check is against the driver alone.
 TARGETS = {
-    "jetpack5": {"tensorrt": "8.5.2", "max_opset": 17, "about": "JetPack 5.1 (TensorRT 8.5)"},
-    "jetpack6": {"tensorrt": "10.3.0", "max_opset": 20, "about": "JetPack 6.1/6.2 (TensorRT 10.3)"},
-    "x86-trt10": {"tensorrt": "10.13.0", "max_opset": 20, "about": "x86 with TensorRT 10.x"},
-    "x86-trt11": {"tensorrt": "11.4.0", "max_opset": 20, "about": "x86 with TensorRT 11.x"},
+    "jetpack5": {"tensorrt": "8.5.2", "max_opset": 17, "about": "JetPack 5.1 (TensorRT 8.5, CUDA 11.4)",
+                 "cuda_python": ">=11.4,<12", "jetson": True},
+    "jetpack6": {"tensorrt": "10.3.0", "max_opset": 20, "about": "JetPack 6.1/6.2 (TensorRT 10.3, CUDA 12.6)",
+                 "cuda_python": ">=12.6.1,<13", "jetson": True},
+    "x86-trt10": {"tensorrt": "10.13.0", "max_opset": 20, "about": "x86 with TensorRT 10.x (CUDA 12)",
+                  "cuda_python": ">=12,<13", "jetson": False},
+    "x86-trt11": {"tensorrt": "11.4.0", "max_opset": 20, "about": "x86 with TensorRT 11.x",
+                  "cuda_python": None, "jetson": False},
 }
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE.parent / "runtime"
 PARITY = HERE.parent / "parity"
 LIB = {"trt_engine.py": RUNTIME / "trt_engine.py", "timing.py": RUNTIME / "timing.py",
-       "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": PARITY / "metrics.py"}
-MAX_EXTRACT_BYTES = 8 << 30
-MAX_MEMBERS = 10_000
+       "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": PARITY / "metrics.py",
+       "archive.py": HERE / "archive.py", "signing.py": HERE / "signing.py"}
+
+
+@dataclass
+class BundleResult:
+    path: Path
+    manifest_sha256: str
+    key_id: str | None = None
+    precisions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def opset_of(path: Path) -> int:
@@ -46,25 +64,56 @@ def opset_of(path: Path) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list[str]]:
+    """(files, precisions, notes): which ONNX files and caches `target` needs from `workdir`."""
+    spec = TARGETS[target]
+    files, precisions, notes = [ONNX_NAME], ["fp32"], []
+    if (workdir / FP16_NAME).exists():
+        files.append(FP16_NAME)
+        precisions.append("fp16")
+    if (workdir / INT8_NAME).exists():
+        recipe = quantization_info(workdir / INT8_NAME).get("recipe")
+        int8_file = trt_engine.build_plan(spec["tensorrt"], "int8").onnx_file
+        if recipe != "tensorrt":
+            notes.append(f"int8 left out: {INT8_NAME} was calibrated with --recipe {recipe} "
+                         "(uint8, asymmetric), which TensorRT cannot build; recalibrate with "
+                         "--recipe tensorrt to ship int8")
+        elif not (workdir / int8_file).exists():
+            raise BadInput(f"{target} builds int8 from {int8_file}, which {workdir} lacks; run "
+                           f"`resnet-edge calibrate {workdir}` again to make it")
+        else:
+            files += sorted({INT8_NAME, int8_file})
+            precisions.append("int8")
+            cache_usable = trt_engine.version_tuple(spec["tensorrt"])[0] < 11
+            if cache_usable and (workdir / CACHE_NAME).exists():
+                files.append(CACHE_NAME)
+    return files, precisions, notes
+
+
 def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None, *,
                 eval_spec: str = "digits:test", golden: int = 100, max_batch: int = 32,
                 opt_batch: int = 8, thresholds: dict[str, Thresholds] | None = None,
-                step=lambda m: None) -> Path:
+                sign: str | Path | None = None, step=lambda m: None) -> BundleResult:
     if target not in TARGETS:
         raise BadInput(f"unknown --target {target!r}; use {', '.join(TARGETS)}")
     if golden < 1:
         raise BadInput(f"--golden must be at least 1, got {golden}")
+    if max_batch < 1 or not 1 <= opt_batch <= max_batch:
+        raise BadInput(f"need 1 <= --opt-batch ({opt_batch}) <= --max-batch ({max_batch})")
+    if sign is not None:  # a bad key fails before any work
+        try:
+            signing.sign(b"", sign)
+        except signing.SignatureError as exc:
+            raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
     workdir = Path(workdir)
     card, model = open_workdir(workdir)
     spec = TARGETS[target]
-    files = [f for f in (ONNX_NAME, FP16_NAME, INT8_NAME) if (workdir / f).exists()]
+    files, precisions, notes = bundle_files(workdir, target)
     for name in files:
-        opset = opset_of(workdir / name)
-        if opset > spec["max_opset"]:
+        if name.endswith(".onnx") and opset_of(workdir / name) > spec["max_opset"]:
             raise BadInput(f"{target} ({spec['about']}) reads ONNX opset <= {spec['max_opset']}, but "
-                           f"{name} is opset {opset}; export with --exporter torchscript (opset 17) "
-                           "into a new work dir, calibrate it, and bundle that")
-    precisions = [p for p, f in (("fp32", ONNX_NAME), ("fp16", FP16_NAME), ("int8", INT8_NAME)) if f in files]
+                           f"{name} is opset {opset_of(workdir / name)}; export with --exporter "
+                           "torchscript (opset 17) into a new work dir, calibrate it, and bundle that")
     out = Path(out) if out else workdir / f"{workdir.name}-{target}.tar.gz"
     root_name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     ensure_writable_dir(out.parent)
@@ -91,10 +140,11 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
 
         step(f"collecting the files {spec['about']} needs")
         for name in files:
-            shutil.copy2(workdir / name, stage / name)
-        if (workdir / CACHE_NAME).exists() and "int8" in precisions:
-            text = (workdir / CACHE_NAME).read_text()
-            (stage / CACHE_NAME).write_text(trt_engine.reheader_cache(text, spec["tensorrt"]))
+            if name == CACHE_NAME:  # headed for the target's TensorRT; devices re-head it
+                text = (workdir / name).read_text()
+                (stage / name).write_text(trt_engine.reheader_cache(text, spec["tensorrt"]))
+            else:
+                shutil.copy2(workdir / name, stage / name)
         for name, src in LIB.items():
             shutil.copy2(src, stage / "lib" / name)
         shutil.copy2(HERE / "verify_bundle.py", stage / "verify.py")
@@ -106,82 +156,79 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         (stage / "preprocess.json").write_text(json.dumps(card.preprocess.to_dict(), indent=2) + "\n")
         gates = thresholds or load_thresholds()
         (stage / "thresholds.json").write_text(json.dumps({p: vars(t) for p, t in gates.items()}, indent=2) + "\n")
-        info = {"target": target, "about": spec["about"], "tensorrt": spec["tensorrt"],
+        info = {"schema": "resnet-edge.bundle/2", "target": target, "about": spec["about"],
+                "tensorrt": spec["tensorrt"], "cuda_python": spec["cuda_python"],
                 "arch": card.arch, "num_classes": card.num_classes, "input_name": "input",
                 "input_shape": list(card.preprocess.input_shape), "max_batch": max_batch,
-                "opt_batch": min(opt_batch, max_batch), "precisions": precisions,
-                "int8_recipe": quantization_info(workdir / INT8_NAME).get("recipe") if "int8" in precisions else None,
-                "golden_data": eval_spec, "resnet_edge": __version__,
+                "opt_batch": opt_batch, "precisions": precisions,
+                "int8_recipe": "tensorrt" if "int8" in precisions else None,
+                "golden_data": eval_spec, "resnet_edge": __version__, "left_out": notes,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_plans": {p: vars(trt_engine.build_plan(spec["tensorrt"], p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
-        (stage / "README.md").write_text(_readme(root_name, card.arch, spec, precisions))
-        manifest = {"files": {p.relative_to(stage).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                              for p in sorted(stage.rglob("*")) if p.is_file()}}
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files))
+        manifest = {"schema": "resnet-edge.manifest/1", "files": {
+            p.relative_to(stage).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(stage.rglob("*")) if p.is_file()}}
+        manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+        signature = signing.sign(manifest_bytes, sign) if sign is not None else None
 
         step(f"writing {out}")
         with atomic_path(out) as tmp_tar:
-            with tarfile.open(tmp_tar, "w:gz") as tar:
-                tar.add(stage, arcname=root_name)
-    return out
+            write_archive(stage, tmp_tar, root_name, manifest_bytes, signature)
+    key = signing.read_signature(signature)["key_id"] if signature else None
+    return BundleResult(out, manifest_digest(manifest_bytes), key, precisions, notes)
 
 
-def _readme(root: str, arch: str, spec: dict, precisions: list[str]) -> str:
+def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str]) -> str:
+    spec = TARGETS[target]
+    if spec["cuda_python"]:
+        pip = f"pip install 'cuda-python{spec['cuda_python']}'   # matches this target's CUDA"
+    else:
+        pip = ("pip install 'cuda-python>=12,<13'   # CUDA 12 driver (nvidia-smi says which)\n"
+               "pip install 'cuda-python>=13,<14'   # CUDA 13 driver")
+    cache = ""
+    if CACHE_NAME in files:
+        weak = " --typing weak" if trt_engine.build_plan(spec["tensorrt"], "int8").strongly_typed else ""
+        cache = (f"\nImplicit INT8 from calibration.cache instead of the Q/DQ model "
+                 f"(TensorRT <= 10):\n\n```\n./build_engine.sh int8 --int8-source cache{weak}\n```\n")
+    dla = ("\nOn the DLA (Xavier/Orin; fp16 or int8, one batch size, int8 from the cache):\n\n"
+           "```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\n```\n") if spec["jetson"] else ""
+    python = "JetPack's own Python and TensorRT" if spec["jetson"] else "Python, numpy and TensorRT"
     return f"""# {root}
 
 {arch} for {spec['about']}, made by resnet-edge {__version__}. Precisions: {', '.join(precisions)}.
 
-On the device, with JetPack's own Python and TensorRT:
+On the device, with {python}:
 
 ```
-pip install cuda-python        # the one extra package: CUDA memory for verify.py
+{pip}
 ./build_engine.sh int8         # trtexec with the flags this TensorRT needs (or the Python builder)
-python3 verify.py              # sha256 of every file, golden inputs vs PyTorch, gates, latency
+python3 verify.py              # every file against manifest.json, golden inputs vs PyTorch, gates, latency
+```
+{cache}{dla}
+Engines, caches and verify.json go to `{root}.device/` beside this folder (or
+$RESNET_EDGE_DEVICE_DIR), never into the bundle: every file here is listed in manifest.json, and
+verify.py refuses anything unlisted. An engine is loaded only when its record says it was built
+on this GPU and TensorRT from the ONNX file whose sha256 manifest.json holds.
+
+Signed bundles: `bundle --sign` adds manifest.sig. A verify.py inside a bundle cannot vouch for
+its own bundle, so check a new bundle with a copy you already trust, and your public key:
+
+```
+python3 /opt/trusted/verify.py --bundle {root}.tar.gz --key ci.pub    # or: resnet-edge verify ... --key ci.pub
 ```
 
-`verify.py` writes verify.json (device, JetPack, TensorRT, power mode from `nvpmodel -q`,
-accuracy and latency) and exits 0 when every gate in thresholds.json holds, 1 when one fails,
-2 when a file is damaged, 3 when TensorRT cannot run. Without TensorRT it checks the ONNX files
-with ONNX Runtime instead. Engines are tied to the GPU and TensorRT version that built them:
-build on the device.
+`verify.py` exits 0 when every gate in thresholds.json holds, 1 when one fails, 2 when a file is
+damaged, unlisted or the signature does not hold, 3 when TensorRT or a matching cuda-python is
+missing. Without TensorRT it checks the ONNX files with ONNX Runtime instead and says that no
+engine was tested (`--require-tensorrt` makes that exit 3).
 
-Files: model*.onnx (the ONNX files this TensorRT needs), calibration.cache (implicit INT8 on
-TensorRT <= 10: `./build_engine.sh int8 --int8-source cache`), labels.txt, preprocess.json,
-golden/ (preprocessed inputs, labels, PyTorch fp32 outputs), thresholds.json, bundle.json,
-manifest.json (sha256 of every file), lib/ (the runtime code verify.py shares with resnet-edge).
+Files: model*.onnx (the ONNX files this TensorRT needs), calibration.cache (where TensorRT <= 10
+reads it), labels.txt, preprocess.json, golden/ (preprocessed inputs, labels, PyTorch fp32
+outputs), thresholds.json, bundle.json, manifest.json (sha256 of every file), lib/ (the runtime
+code verify.py shares with resnet-edge).
 """
 
 
-def safe_extract(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a bundle, refusing absolute paths, `..`, links that leave the target, special
-    files and oversized archives before anything is written. Returns the bundle's root."""
-    archive, dest = Path(archive), Path(dest)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise BadInput(f"{archive} is not a readable tar archive ({exc})") from None
-    with tar:
-        members = tar.getmembers()
-        if len(members) > MAX_MEMBERS:
-            raise BadInput(f"{archive} has {len(members)} members (limit {MAX_MEMBERS}); refusing it")
-        total = 0
-        for m in members:
-            parts = Path(m.name).parts
-            if m.name.startswith(("/", "\\")) or Path(m.name).is_absolute() or ".." in parts:
-                raise BadInput(f"{archive} member {m.name!r} points outside the target; refusing the archive")
-            if m.issym() or m.islnk():
-                link = Path(m.name).parent / m.linkname
-                if Path(m.linkname).is_absolute() or ".." in Path(os.path.normpath(link)).parts:
-                    raise BadInput(f"{archive} member {m.name!r} links outside the target; refusing the archive")
-            elif not (m.isfile() or m.isdir()):
-                raise BadInput(f"{archive} member {m.name!r} is a special file; refusing the archive")
-            total += m.size
-            if total > MAX_EXTRACT_BYTES:
-                raise BadInput(f"{archive} unpacks to more than {MAX_EXTRACT_BYTES >> 30} GiB; refusing it")
-        roots = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
-        if len(roots) != 1:
-            raise BadInput(f"{archive} should hold one bundle folder, found {len(roots)} top-level entries")
-        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tar.extractall(dest, members=members, **kwargs)
-    return dest / roots.pop()
+__all__ = ["TARGETS", "BundleResult", "BundleError", "make_bundle", "safe_extract", "bundle_files"]

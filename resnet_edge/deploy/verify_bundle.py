@@ -1,12 +1,19 @@
 """verify.py: check a resnet-edge bundle on the device, or anywhere.
 
 On a Jetson it needs JetPack's Python, numpy and TensorRT plus cuda-python for CUDA memory
-(`pip install cuda-python`); elsewhere it falls back to ONNX Runtime. It checks every file's
-sha256, loads (or builds) the engine, runs the golden inputs, applies the parity gates carried
-in thresholds.json, measures latency, records the device and writes verify.json.
+(the bundle's README gives the pip line for its CUDA); elsewhere it falls back to ONNX Runtime
+and says that no engine was tested. It checks that every file is a regular file listed in
+manifest.json with its sha256 (and, with --key, the Ed25519 signature over manifest.json),
+validates what the bundle declares, loads (or builds) the engine, runs the golden inputs,
+applies the parity gates carried in thresholds.json, measures latency, records the device and
+writes verify.json to the device folder beside the bundle, never into it.
 
-Exit codes: 0 every gate holds; 1 a gate failed; 2 the bundle is damaged or the usage is wrong;
-3 neither TensorRT nor ONNX Runtime can run here.
+--bundle takes the extracted folder or the .tar.gz itself; to check a bundle you do not trust
+yet, run a verify.py you already trust (from an earlier bundle, or `resnet-edge verify`) on it.
+
+Exit codes: 0 every gate holds; 1 a gate failed; 2 the bundle is damaged, forged or the usage is
+wrong; 3 TensorRT (with --require-tensorrt), ONNX Runtime, cryptography or a matching
+cuda-python is missing.
 
 This file is resnet_edge/deploy/verify_bundle.py; the bundle carries a copy as verify.py, with
 the torch-free modules it needs in lib/, so the device runs the same code as `resnet-edge verify`.
@@ -15,13 +22,14 @@ the torch-free modules it needs in lib/, so the device runs the same code as `re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
+import math
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,48 +38,139 @@ import numpy as np
 try:  # inside the resnet_edge package
     from ..parity import gates, metrics
     from ..runtime import ort, timing, trt_engine
+    from . import archive, signing
 except ImportError:  # as verify.py in an extracted bundle
     sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+    import archive
     import gates
     import metrics
     import ort
+    import signing
     import timing
     import trt_engine
 
-PRODUCED = ("engines/", "verify.json")  # made on the device after the bundle was written
+BundleError = archive.BundleError
+PRECISIONS = ("fp32", "fp16", "int8")
+LIMITS = {"max_batch": 4096, "side": 8192, "classes": 1_000_000, "golden": 100_000}
 
 
-class BundleError(Exception):
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
+class Bundle:
+    """A bundle folder whose files, declarations, signature and golden data have been checked."""
+
+    def __init__(self, folder: Path, key: Path | None = None):
+        self.folder = Path(folder)
+        self.manifest, manifest_bytes = archive.check_folder(self.folder)
+        self.manifest_sha256 = archive.manifest_digest(manifest_bytes)
+        signature_path = self.folder / archive.SIGNATURE
+        signature = signature_path.read_bytes() if signature_path.is_file() else None
+        try:
+            self.signature = signing.check(manifest_bytes, signature, key)
+        except signing.SignatureError as exc:
+            raise BundleError(str(exc), exc.code) from None
+        self.info = read_info(self.folder, self.manifest)
+        try:
+            self.thresholds = gates.read_table(_json(self.folder, "thresholds.json"))
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
+        self.inputs, self.reference, self.labels = read_golden(self.folder, self.info)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def onnx_file(info: dict, precision: str) -> str:
+    """The ONNX file that stands for `precision`: for int8 the file the target's TensorRT builds
+    from, so ONNX Runtime checks the very file the device will build."""
+    if precision == "int8":
+        return trt_engine.build_plan(info["tensorrt"], "int8").onnx_file
+    return trt_engine.ONNX_FILES[precision]
 
 
-def check_integrity(bundle: Path) -> None:
-    manifest_path = bundle / "manifest.json"
-    if not manifest_path.exists():
-        raise BundleError(f"{bundle} has no manifest.json; it is not a resnet-edge bundle")
-    files = json.loads(manifest_path.read_text())["files"]
-    for name, entry in sorted(files.items()):
-        path = bundle / name
-        if not path.is_file():
-            raise BundleError(f"bundle file {name} is missing; re-copy the bundle")
-        if sha256(path) != entry["sha256"]:
-            raise BundleError(f"bundle file {name} does not match its sha256 in manifest.json "
-                              "(damaged or modified); re-copy the bundle")
-    listed = set(files) | {"manifest.json"}
-    for path in sorted(bundle.rglob("*")):
-        rel = path.relative_to(bundle).as_posix()
-        if path.is_file() and rel not in listed and not rel.startswith(PRODUCED):
-            raise BundleError(f"bundle file {rel} is not in manifest.json; remove it or re-copy the bundle")
+def _json(folder: Path, name: str):
+    try:
+        return json.loads((folder / name).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"bundle file {name} is missing; re-copy the bundle") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle file {name} is not JSON ({exc})") from None
+
+
+def _count(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def read_info(folder: Path, manifest: dict) -> dict:
+    """bundle.json, every field this script relies on checked."""
+    info = _json(folder, "bundle.json")
+    problems = []
+    if not isinstance(info, dict):
+        raise BundleError("bundle.json is not a JSON object; the bundle is damaged")
+    precisions = info.get("precisions")
+    if (not isinstance(precisions, list) or not precisions or len(set(precisions)) != len(precisions)
+            or not set(precisions) <= set(PRECISIONS)):
+        problems.append(f"precisions {precisions!r} (use a list of {', '.join(PRECISIONS)})")
+    if not _count(info.get("max_batch"), 1, LIMITS["max_batch"]):
+        problems.append(f"max_batch {info.get('max_batch')!r} (1..{LIMITS['max_batch']})")
+    elif not _count(info.get("opt_batch"), 1, info["max_batch"]):
+        problems.append(f"opt_batch {info.get('opt_batch')!r} (1..max_batch)")
+    shape = info.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and shape[0] in (1, 3)
+            and all(_count(d, 1, LIMITS["side"]) for d in shape)):
+        problems.append(f"input_shape {shape!r} (C, H, W)")
+    if not _count(info.get("num_classes"), 1, LIMITS["classes"]):
+        problems.append(f"num_classes {info.get('num_classes')!r}")
+    if not isinstance(info.get("input_name"), str) or not info["input_name"]:
+        problems.append("input_name")
+    cuda_python = info.get("cuda_python")
+    if cuda_python is not None and not (isinstance(cuda_python, str) and len(cuda_python) < 40
+                                        and all(c in "<>=.,0123456789" for c in cuda_python)):
+        problems.append(f"cuda_python {cuda_python!r}")
+    try:
+        trt_engine.build_plan(str(info.get("tensorrt")), "fp32")
+    except ValueError:
+        problems.append(f"tensorrt {info.get('tensorrt')!r}")
+    if problems:
+        raise BundleError(f"bundle.json declares an invalid {problems[0]}; the bundle is damaged "
+                          "or was not made by `resnet-edge bundle`")
+    for precision in precisions:
+        name = onnx_file(info, precision)
+        if name not in manifest["files"]:
+            raise BundleError(f"bundle.json lists {precision}, but {name} is not in the bundle")
+    return info
+
+
+def _load_array(folder: Path, name: str) -> np.ndarray:
+    try:
+        return np.load(folder / "golden" / name, allow_pickle=False)
+    except FileNotFoundError:
+        raise BundleError(f"bundle file golden/{name} is missing; re-copy the bundle") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"golden/{name} is not a plain numeric .npy array ({str(exc)[:80]})") from None
+
+
+def read_golden(folder: Path, info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(inputs, reference logits, labels or None), shapes, types and values checked."""
+    inputs = _load_array(folder, "inputs.npy")
+    reference = _load_array(folder, "reference.npy")
+    count = len(inputs) if inputs.ndim else 0
+    if (inputs.dtype != np.float32 or inputs.ndim != 4 or list(inputs.shape[1:]) != info["input_shape"]
+            or not 1 <= count <= LIMITS["golden"]):
+        raise BundleError(f"golden/inputs.npy is {inputs.dtype} {inputs.shape}; expected float32 "
+                          f"N x {' x '.join(map(str, info['input_shape']))} with N >= 1")
+    if reference.dtype != np.float32 or reference.shape != (count, info["num_classes"]):
+        raise BundleError(f"golden/reference.npy is {reference.dtype} {reference.shape}; expected "
+                          f"float32 {count} x {info['num_classes']}")
+    for name, array in (("inputs", inputs), ("reference", reference)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise BundleError(f"golden/{name}.npy holds {bad} non-finite values (NaN or inf); "
+                              "nothing can be checked against it")
+    labels = None
+    if (folder / "golden" / "labels.npy").exists():
+        labels = _load_array(folder, "labels.npy")
+        if (labels.shape != (count,) or labels.dtype.kind not in "iu"
+                or (count and (labels.min() < 0 or labels.max() >= info["num_classes"]))):
+            raise BundleError(f"golden/labels.npy must hold {count} integer labels in "
+                              f"[0, {info['num_classes']})")
+        labels = labels.astype(np.int64)
+    return inputs, reference, labels
 
 
 def device_info() -> dict:
@@ -102,18 +201,15 @@ class OrtRunner:
 
     separates_device_time = False
 
-    def __init__(self, bundle: Path, precision: str, recipe: str):
-        path = bundle / trt_engine.ONNX_FILES[precision]
-        if not path.exists():
-            raise BundleError(f"{path.name} is not in this bundle", code=3)
+    def __init__(self, bundle: Bundle, precision: str):
+        path = bundle.folder / onnx_file(bundle.info, precision)
         onnxruntime = ort.import_ort()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in onnxruntime.get_available_providers()]
         # The tensorrt recipe's Q/DQ runs as written: TensorRT's numerics, not ORT-CPU's kernels.
-        as_written = precision == "int8" and recipe == "tensorrt"
-        self.session = ort.make_session(path, providers, disable_qdq_fusion=as_written)
+        self.session = ort.make_session(path, providers, disable_qdq_fusion=precision == "int8")
         self.input_name = self.session.get_inputs()[0].name
-        self.label = f"onnxruntime {precision} ({self.session.get_providers()[0]})"
+        self.label = f"onnxruntime {precision} ({path.name}, {self.session.get_providers()[0]})"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
@@ -125,18 +221,30 @@ class OrtRunner:
 class TrtRunner:
     separates_device_time = True
 
-    def __init__(self, bundle: Path, precision: str, build: bool):
+    def __init__(self, bundle: Bundle, precision: str, build: bool, devices: Path):
         trt = trt_engine.import_trt()
-        gpu, _ = trt_engine.current_gpu()
-        engine = trt_engine.engine_path(bundle, gpu, trt.__version__, precision)
+        wanted = bundle.info.get("cuda_python")
+        gpu, _ = trt_engine.current_gpu(trt_engine.import_cudart(wanted))
+        engine = trt_engine.engine_path(devices, gpu, trt.__version__, precision)
         if not engine.exists():
             if not build:
-                raise BundleError(f"no {precision} engine for {gpu} / TensorRT {trt.__version__}; "
-                                  f"run ./build_engine.sh {precision}", code=3)
-            info = json.loads((bundle / "bundle.json").read_text())
-            engine = trt_engine.build_engine(bundle, precision, max_batch=info["max_batch"],
-                                             opt_batch=info["opt_batch"])
-        self.runner = trt_engine.TrtRunner(engine)
+                raise BundleError(f"no {precision} engine for {gpu} / TensorRT {trt.__version__} in "
+                                  f"{engine.parent}; run ./build_engine.sh {precision}", code=3)
+            note = trt_engine.family_note(bundle.info["tensorrt"], trt.__version__)
+            if note:
+                print(note, file=sys.stderr)
+            try:
+                engine = trt_engine.build_engine(bundle.folder, precision, out_dir=engine.parent,
+                                                 max_batch=bundle.info["max_batch"],
+                                                 opt_batch=bundle.info["opt_batch"], cuda_python=wanted)
+            except ValueError as exc:  # what this TensorRT or GPU cannot build
+                raise BundleError(str(exc)) from None
+        meta = trt_engine.read_engine_meta(engine)
+        listed = bundle.manifest["files"].get(str(meta.get("onnx")), {}).get("sha256")
+        if listed is None or meta.get("onnx_sha256") != listed:
+            raise BundleError(f"{engine} was not built from this bundle's {meta.get('onnx')} (its "
+                              f"record names another file); rebuild it: ./build_engine.sh {precision}")
+        self.runner = trt_engine.TrtRunner(engine, cuda_python=wanted)
         self.label = f"tensorrt {trt.__version__} {precision} ({gpu})"
         self.stage, self.execute = self.runner.stage, self.runner.execute
         self.synchronize = self.runner.synchronize
@@ -148,11 +256,12 @@ class TrtRunner:
         self.runner.close()
 
 
-def choose_backend(requested: str) -> str:
+def choose_backend(requested: str, require_tensorrt: bool = False) -> str:
     have_trt = importlib.util.find_spec("tensorrt") is not None
     have_ort = importlib.util.find_spec("onnxruntime") is not None
-    if requested == "tensorrt" and not have_trt:
-        raise BundleError("TensorRT is not importable here (JetPack ships it; x86: pip install tensorrt)", 3)
+    if (requested == "tensorrt" or require_tensorrt) and not have_trt:
+        raise BundleError("TensorRT is not importable here (JetPack ships it; x86: pip install "
+                          "tensorrt), so no engine can be tested", 3)
     if requested == "onnxruntime" and not have_ort:
         raise BundleError("onnxruntime is not installed (pip install onnxruntime)", 3)
     if requested != "auto":
@@ -164,83 +273,138 @@ def choose_backend(requested: str) -> str:
     raise BundleError("neither TensorRT nor onnxruntime is available here", 3)
 
 
-def verify(bundle: Path, *, precisions: list[str] | None = None, backend: str = "auto",
-           build: bool = True, iterations: int = 50) -> dict:
+def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = "auto",
+           build: bool = True, iterations: int = 50, key: Path | None = None,
+           device_dir: Path | None = None, require_tensorrt: bool = False) -> dict:
     """Run the bundle's checks; the report's "exit_code" is what the command exits with."""
-    bundle = Path(bundle)
-    check_integrity(bundle)
-    info = json.loads((bundle / "bundle.json").read_text())
-    golden = {name: np.load(bundle / "golden" / f"{name}.npy") for name in ("inputs", "reference")}
-    labels_path = bundle / "golden" / "labels.npy"
-    labels = np.load(labels_path) if labels_path.exists() else None
-    thresholds = {p: gates.Thresholds(**t) for p, t in json.loads((bundle / "thresholds.json").read_text()).items()}
-    chosen = choose_backend(backend)
+    if iterations < 1:
+        raise BundleError(f"--iterations must be at least 1, got {iterations}")
+    bundle = Bundle(Path(folder), key)
+    info = bundle.info
+    chosen = choose_backend(backend, require_tensorrt)
     wanted = precisions or info["precisions"]
     unknown = sorted(set(wanted) - set(info["precisions"]))
     if unknown:
         raise BundleError(f"this bundle has no {unknown[0]} model; it has {', '.join(info['precisions'])}")
+    devices = Path(device_dir) if device_dir else trt_engine.device_dir(bundle.folder)
 
     ref_acc = None
-    if labels is not None:
+    if bundle.labels is not None:
         acc = metrics.Accuracy()
-        acc.update(golden["reference"], labels)
+        acc.update(bundle.reference, bundle.labels)
         ref_acc = {"top1": acc.top1, "top5": acc.top5, "images": acc.images}
     rows = []
-    batch = min(info["max_batch"], len(golden["inputs"]))
+    batch = min(info["max_batch"], len(bundle.inputs))
     for precision in wanted:
-        runner = (TrtRunner(bundle, precision, build) if chosen == "tensorrt"
-                  else OrtRunner(bundle, precision, info.get("int8_recipe", "tensorrt")))
+        runner = (TrtRunner(bundle, precision, build, devices) if chosen == "tensorrt"
+                  else OrtRunner(bundle, precision))
         comparison, accuracy = metrics.LogitComparison(), metrics.Accuracy()
-        for start in range(0, len(golden["inputs"]), batch):
-            x = np.ascontiguousarray(golden["inputs"][start:start + batch])
+        for start in range(0, len(bundle.inputs), batch):
+            x = np.ascontiguousarray(bundle.inputs[start:start + batch])
             out = runner.run(x)
-            comparison.update(golden["reference"][start:start + batch], out)
-            if labels is not None:
-                accuracy.update(out, labels[start:start + batch])
+            comparison.update(bundle.reference[start:start + batch], out)
+            if bundle.labels is not None:
+                accuracy.update(out, bundle.labels[start:start + batch])
         acc = ({"top1": accuracy.top1, "top5": accuracy.top5, "images": accuracy.images,
-                "drop_pt": (ref_acc["top1"] - accuracy.top1) * 100} if labels is not None else None)
+                "drop_pt": (ref_acc["top1"] - accuracy.top1) * 100} if ref_acc else None)
         summary = comparison.summary()
-        results = gates.evaluate_gates(thresholds[precision], summary, acc, ref_acc)
-        latency = timing.measure(runner, np.ascontiguousarray(golden["inputs"][:batch]),
+        results = gates.evaluate_gates(gates.for_precision(bundle.thresholds, precision), summary,
+                                       acc, ref_acc)
+        latency = timing.measure(runner, np.ascontiguousarray(bundle.inputs[:batch]),
                                  iterations=iterations, warmup=min(10, iterations))
         runner.close()
         rows.append({"precision": precision, "backend": runner.label, "metrics": summary,
                      "accuracy": acc, "latency": latency,
                      "gates": [dict(vars(g), status=g.status) for g in results]})
     failed = [f"{r['precision']} {g['gate']}" for r in rows for g in r["gates"] if g["passed"] is False]
-    return {"schema": "resnet-edge.verify/1", "bundle": info, "backend": chosen,
-            "device": device_info(), "golden_images": int(len(golden["inputs"])),
-            "reference_accuracy": ref_acc, "results": rows, "failed_gates": failed,
-            "passed": not failed, "exit_code": 1 if failed else 0,
+    return {"schema": "resnet-edge.verify/2", "bundle": info, "backend": chosen,
+            "engine_tested": chosen == "tensorrt",
+            "integrity": {"manifest_sha256": bundle.manifest_sha256,
+                          "files": len(bundle.manifest["files"]), **bundle.signature},
+            "device": device_info(), "device_dir": str(devices),
+            "golden_images": int(len(bundle.inputs)), "reference_accuracy": ref_acc,
+            "results": rows, "failed_gates": failed, "passed": not failed,
+            "exit_code": 1 if failed else 0,
             "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def integrity_lines(report: dict) -> list[str]:
+    """What can honestly be said about where the bundle came from, and what was tested."""
+    integrity = report["integrity"]
+    digest = integrity["manifest_sha256"]
+    lines = [f"integrity: all {integrity['files']} files match manifest.json (sha256 {digest})"]
+    if integrity["verified"]:
+        lines.append(f"signature: valid, made by key {integrity['key_id']}")
+    elif integrity["signed"]:
+        lines.append(f"signature: present (key {integrity['key_id']}) but not checked: pass --key "
+                     "with the signer's public key")
+    else:
+        lines.append("signature: none; the bundle is unsigned, so compare the manifest sha256 above "
+                     "with the one `resnet-edge bundle` printed")
+    if not report["engine_tested"]:
+        lines.append("note: TensorRT is not available here, so ONNX Runtime checked the ONNX files "
+                     "and no engine was tested")
+    return lines
+
+
+def _write_report(report: dict, path: Path) -> None:
+    def plain(value):  # strict JSON: a non-finite number is written as null
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(plain(report), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Verify a resnet-edge bundle on this device.")
-    parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent)
-    parser.add_argument("--precision", action="append", choices=["fp32", "fp16", "int8"],
+    parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent,
+                        help="bundle folder or .tar.gz [the folder this script is in]")
+    parser.add_argument("--key", type=Path, help="the signer's public key (NAME.pub): refuse a bundle "
+                        "it did not sign")
+    parser.add_argument("--precision", action="append", choices=list(PRECISIONS),
                         help="repeatable [every precision in the bundle]")
     parser.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto")
+    parser.add_argument("--require-tensorrt", action="store_true",
+                        help="exit 3 instead of falling back to ONNX Runtime")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building a missing engine")
     parser.add_argument("--iterations", type=int, default=50, help="latency iterations")
-    parser.add_argument("--json", type=Path, help="[<bundle>/verify.json]")
+    parser.add_argument("--device-dir", type=Path, help="engines and reports [<bundle>.device]")
+    parser.add_argument("--json", type=Path, help="[<device dir>/verify.json]")
     args = parser.parse_args(argv)
     try:
-        report = verify(args.bundle, precisions=args.precision, backend=args.backend,
-                        build=not args.no_build, iterations=args.iterations)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = args.bundle
+            if folder.is_file():
+                folder = archive.safe_extract(folder, tmp)
+            devices = args.device_dir or trt_engine.device_dir(
+                args.bundle if args.bundle.is_dir() else Path(str(args.bundle).removesuffix(".tar.gz")))
+            report = verify(folder, precisions=args.precision, backend=args.backend,
+                            build=not args.no_build, iterations=args.iterations, key=args.key,
+                            device_dir=devices, require_tensorrt=args.require_tensorrt)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     except trt_engine.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    out = args.json or args.bundle / "verify.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = args.json or Path(report["device_dir"]) / "verify.json"
+    _write_report(report, out)
+    for line in integrity_lines(report):
+        print(line)
     for row in report["results"]:
         lat = row["latency"]["host_to_host"]
         acc = f", top-1 {row['accuracy']['top1']:.2%}" if row["accuracy"] else ""
-        verdict = "FAIL: " + ", ".join(g["gate"] for g in row["gates"] if g["passed"] is False) \
-            if any(g["passed"] is False for g in row["gates"]) else "pass"
+        bad = [g for g in row["gates"] if g["passed"] is False]
+        verdict = ("FAIL: " + ", ".join(f"{g['gate']} {g['value']:.4g} vs {g['threshold']:.4g}"
+                                        if g["value"] is not None else g["gate"] for g in bad)
+                   if bad else "pass")
         print(f"{row['backend']}: max abs {row['metrics']['max_abs']:.3g}, top-1 agreement "
               f"{row['metrics']['top1_agreement']:.2%}{acc}, p50 {lat['p50_ms']:.2f} ms "
               f"(batch {lat['batch_size']}): {verdict}")

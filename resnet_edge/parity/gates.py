@@ -7,8 +7,9 @@ metrics.py) so verify.py on a Jetson applies exactly these gates.
 
 from __future__ import annotations
 
+import math
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -48,33 +49,66 @@ class GateResult:
         return {True: "pass", False: "fail", None: "not measured"}[self.passed]
 
 
+# the range each threshold must lie in (agreement and relative accuracy are fractions)
+RANGES = {"min_top1_agreement": (0.0, 1.0), "max_abs": (0.0, math.inf),
+          "max_accuracy_drop_pt": (0.0, 100.0), "min_relative_accuracy": (0.0, 1.0)}
+SECTIONS = ("fp32", "fp16", "int8", "int8-fp16")
+
+
+def check_layer(layer: dict, table: dict[str, Thresholds], where: str) -> dict[str, Thresholds]:
+    """`table` updated by one layer of `{section: {gate: value}}`, every value checked: a known
+    section and gate, a finite number in the gate's range (None disables a gate)."""
+    table = dict(table)
+    for section, values in layer.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise ValueError(f"{where}: unknown section [{section}]; use {', '.join(SECTIONS)}")
+        checked = {}
+        for name, value in values.items():
+            if name not in RANGES:
+                raise ValueError(f"{where}: unknown key {name!r} in [{section}]; use "
+                                 f"{', '.join(sorted(RANGES))}")
+            low, high = RANGES[name]
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{where}: [{section}] {name} must be a number, got {value!r}")
+                if not math.isfinite(value) or not low <= value <= high:
+                    raise ValueError(f"{where}: [{section}] {name} = {value} is outside "
+                                     f"{low:g}..{high:g}")
+                value = float(value)
+            checked[name] = value
+        base = table.get(section) or table[section.split("-")[0]]
+        table[section] = replace(base, **checked)
+    return table
+
+
+def read_table(data) -> dict[str, Thresholds]:
+    """A full table as a bundle's thresholds.json holds it, checked like any other input."""
+    if not isinstance(data, dict) or not {"fp32", "fp16", "int8"} <= set(data):
+        raise ValueError("thresholds.json needs [fp32], [fp16] and [int8] sections")
+    return check_layer(data, DEFAULTS, "thresholds.json")
+
+
 def load_thresholds(toml_path: str | Path | None = None,
                     overrides: dict[str, dict[str, float]] | None = None) -> dict[str, Thresholds]:
-    """Defaults, then `[fp16] max_accuracy_drop_pt = 0.2`-style tables from TOML, then flags."""
+    """Defaults, then `[fp16] max_accuracy_drop_pt = 0.2`-style tables from TOML, then flags;
+    checked before any work starts."""
     from ..errors import BadInput
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
     table = dict(DEFAULTS)
-    layers = []
-    if toml_path:
-        try:
-            layers.append(tomllib.loads(Path(toml_path).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise BadInput(f"cannot read thresholds {toml_path}: {exc}") from None
-    layers.append(overrides or {})
-    names = {f.name for f in fields(Thresholds)}
-    for layer in layers:
-        for precision, values in layer.items():
-            if precision not in table or not isinstance(values, dict):
-                raise BadInput(f"thresholds: unknown section [{precision}]; use fp32, fp16, int8")
-            unknown = set(values) - names
-            if unknown:
-                raise BadInput(f"thresholds: unknown key {sorted(unknown)[0]!r} in [{precision}]; "
-                               f"use {', '.join(sorted(names))}")
-            table[precision] = replace(table[precision], **values)
-    return table
+    try:
+        if toml_path:
+            try:
+                text = Path(toml_path).read_bytes().decode("utf-8")
+                table = check_layer(tomllib.loads(text), table, str(toml_path))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise ValueError(f"cannot read thresholds {toml_path}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+        return check_layer(overrides or {}, table, "--gate")
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def evaluate_gates(t: Thresholds, comparison: dict, accuracy: dict | None,

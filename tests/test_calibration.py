@@ -88,12 +88,21 @@ def test_cpu_recipe_uses_uint8_activations(calibrated):
 @pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
 def test_int8_keeps_digits_accuracy(calibrated, recipe):
     work, _ = calibrated[recipe]
-    report = run_parity(work, "digits:test", backends=["ort"], precisions=["int8"],
+    report = run_parity(work, "digits:test", backends=["ort"], precisions=["int8", "int8-fp16"],
                         thresholds=load_thresholds())
-    row = report["candidates"][0]
+    row, fp16_float = report["candidates"]
     assert row["status"] == "ran"
     assert row["accuracy"]["drop_pt"] <= 0.5, row["accuracy"]
     assert ("Q/DQ as written" in row["device"]) == (recipe == "tensorrt")
+    if recipe == "tensorrt":  # the model strongly typed TensorRT builds, in its own row
+        assert fp16_float["status"] == "ran" and "Q/DQ as written" in fp16_float["device"]
+        assert fp16_float["accuracy"]["drop_pt"] <= 0.5, fp16_float["accuracy"]
+        assert all(g["passed"] for g in fp16_float["gates"]), fp16_float["gates"]
+        model = onnx.load(str(work / "model.int8-fp16.onnx"))
+        scales = {i.name: i.data_type for i in model.graph.initializer if i.name.endswith("_scale")}
+        assert scales and set(scales.values()) == {onnx.TensorProto.FLOAT16}
+    else:
+        assert fp16_float["status"] == "skipped" and "--recipe tensorrt" in fp16_float["reason"]
 
 
 def test_calibration_cache_parses_back_to_the_same_scales(calibrated):
@@ -124,6 +133,21 @@ def test_sensitivity_ranks_every_layer_and_exclusions_stay_float(digits_workdir,
     node = next(n for n in model.graph.node if n.name == worst)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     assert producers.get(node.input[1]) != "DequantizeLinear" and again.excluded == [worst]
+
+
+def test_calibration_cache_leaves_excluded_layers_in_float(calibrated, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(calibrated["tensorrt"][0], work)
+    model = onnx.load(str(work / "model.onnx"))
+    conv = [n for n in model.graph.node if n.op_type == "Conv"][3]
+    calibrate(work, "digits:train", samples=512, method="minmax", exclude=conv.name, holdout=50)
+    _, scales = read_cache(work / "calibration.cache")
+    touching = set(conv.input) | set(conv.output)
+    assert not touching & set(scales)  # no scale: TensorRT keeps the layer in float too
+    assert "input" in scales  # the layers still in int8 keep theirs
+    assert set(scales) and set(scales) < set(load_ranges(work / "calibration.ranges.json"))
+    entry = json.loads((work / "manifest.json").read_text())["files"]["calibration.cache"]
+    assert entry["options"]["excluded"] == [conv.name]
 
 
 def test_calibrating_on_the_parity_split_warns(digits_workdir, tmp_path):

@@ -363,10 +363,9 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("kind", list(HOSTILE))
-def test_hostile_archives_are_refused_and_nothing_is_written_outside(kind, tmp_path, run_cli):
-    make, message = HOSTILE[kind]
-    evil = _hostile(tmp_path, make())
+def _refused(evil, tmp_path, run_cli, message):
+    """Extraction refuses `evil` with `message`, the folders around the target are as they were,
+    and `verify` exits 2 with that one line."""
     sandbox = tmp_path / "sandbox"
     target = sandbox / "target"
     target.mkdir(parents=True)
@@ -378,8 +377,14 @@ def test_hostile_archives_are_refused_and_nothing_is_written_outside(kind, tmp_p
     assert (sandbox / "outside").read_text() == "keep me\n"
     assert not os.path.exists("/tmp/absolute-escape.txt")
     result = run_cli("verify", evil)
-    assert result.exit_code == 2 and message in result.stderr
+    assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_archives_are_refused_and_nothing_is_written_outside(kind, tmp_path, run_cli):
+    make, message = HOSTILE[kind]
+    _refused(_hostile(tmp_path, make()), tmp_path, run_cli, message)
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar makes the sparse archive")
@@ -392,13 +397,8 @@ def test_a_sparse_huge_member_is_refused(tmp_path, run_cli):
     evil = tmp_path / "sparse.tar.gz"
     subprocess.run(["tar", "-cSzf", str(evil), "-C", str(tmp_path / "src"), "b/manifest.json", "b/huge"],
                    check=True)
-    target = tmp_path / "target"
-    target.mkdir()
-    with pytest.raises(BundleError, match="special file|declares"):
-        safe_extract(evil, target)
-    assert list(target.iterdir()) == []
-    result = run_cli("verify", evil)
-    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    shutil.rmtree(tmp_path / "src")
+    _refused(evil, tmp_path, run_cli, "special file")
 
 
 def test_a_gzip_bomb_stops_at_the_ratio_limit(tmp_path, run_cli):
@@ -427,11 +427,7 @@ def test_a_gzip_bomb_stops_at_the_ratio_limit(tmp_path, run_cli):
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
     evil.write_bytes(compressor.compress(raw.getvalue()) + compressor.flush())
     assert evil.stat().st_size < size / 500
-    target = tmp_path / "target"
-    target.mkdir()
-    with pytest.raises(BundleError, match="expands more than 200x"):
-        safe_extract(evil, target)
-    assert list(target.iterdir()) == []  # the partial file went with the refusal
+    _refused(evil, tmp_path, run_cli, "expands more than 200x")  # the partial file went too
 
 
 @pytest.mark.parametrize("kind,content,message", [
@@ -455,21 +451,13 @@ def test_malformed_archives_exit_2_with_one_line(kind, content, message, tmp_pat
         with tarfile.open(path, "w:gz") as tar:
             info, data = _member("b/manifest.json", data=content)
             tar.addfile(info, io.BytesIO(data))
-    result = run_cli("verify", path)
-    assert result.exit_code == 2 and message in result.stderr, result.output
-    assert len(result.stderr.strip().splitlines()) == 1
+    _refused(path, tmp_path, run_cli, message)
 
 
 def test_a_truncated_archive_exits_2(bundle, tmp_path, run_cli):
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
-    target = tmp_path / "target"
-    target.mkdir()
-    with pytest.raises(BundleError, match="truncated"):
-        safe_extract(cut, target)
-    assert list(target.iterdir()) == []
-    result = run_cli("verify", cut)
-    assert result.exit_code == 2 and "truncated" in result.stderr
+    _refused(cut, tmp_path, run_cli, "truncated")
 
 
 def test_unlisted_files_in_a_folder_are_refused_everywhere(bundle, tmp_path, run_cli):

@@ -18,8 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__
-from .errors import BadInput
+from . import __version__, strictjson
+from .errors import BadInput, disk_problem
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
@@ -40,15 +40,28 @@ def sha256_file(path: str | os.PathLike) -> str:
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds."""
     final = Path(final)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise BadInput(disk_problem(final, exc) or f"cannot write {final}: {exc.strerror}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are ordinary files
     try:
         yield tmp_path
         os.replace(tmp_path, final)
+    except Exception as exc:
+        # a library that ran out of disk rarely says so (torch.onnx: "unexpected pos")
+        problem = disk_problem(final, exc) if isinstance(exc, (OSError, RuntimeError)) else None
+        if problem:
+            raise BadInput(problem) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def temp_prefix(name: str) -> str:
+    return f".{name}."
 
 
 def write_text_atomic(final: str | os.PathLike, text: str) -> None:
@@ -57,7 +70,8 @@ def write_text_atomic(final: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(final: str | os.PathLike, data: Any) -> None:
-    write_text_atomic(final, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a non-finite number is written as null, never as bare NaN."""
+    write_text_atomic(final, strictjson.dumps(data, indent=2) + "\n")
 
 
 def library_versions() -> dict[str, str]:
@@ -86,12 +100,71 @@ class WorkDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._hashes: dict[tuple, str] = {}
         manifest = self.path / MANIFEST
-        self.manifest: dict[str, Any] = (json.loads(manifest.read_text()) if manifest.exists()
-                                         else {"tool": "resnet-edge", "files": {}})
+        self.manifest: dict[str, Any] = {"tool": "resnet-edge", "files": {}}
+        if manifest.exists():
+            try:
+                self.manifest = json.loads(manifest.read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BadInput(f"{manifest} is damaged ({exc}); delete it and run export again") from None
+            if not (isinstance(self.manifest, dict) and isinstance(self.manifest.get("files"), dict)
+                    and isinstance(self.manifest.get("complete", {}), dict)):
+                raise BadInput(f"{manifest} is not a resnet-edge work directory manifest; delete it "
+                               "and run export again")
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def sha256(self, name: str) -> str:
+        """sha256 of a work-dir file, hashed once per command while it is unchanged."""
+        path = self.file(name)
+        info = path.stat()
+        key = (name, info.st_size, info.st_mtime_ns)
+        if key not in self._hashes:
+            self._hashes[key] = sha256_file(path)
+        return self._hashes[key]
+
+    # A step's outputs are trusted only as a set, and only once the step has completed: `begin`
+    # forgets the set before anything is rewritten, `complete` records it last, with the
+    # sha256 of every output and of every work-dir file the step was made from.
+
+    def begin(self, step: str, writes: list[str]) -> None:
+        """`step` is about to rewrite `writes`: a run killed from here on leaves files nothing
+        trusts; temporary files an earlier killed run left are removed."""
+        if self.manifest.get("complete", {}).pop(step, None) is not None:
+            self.save()
+        for name in writes:
+            for leftover in self.path.glob(f"{temp_prefix(name)}*.tmp"):
+                leftover.unlink(missing_ok=True)
+
+    def complete(self, step: str, outputs: list[str], made_from: list[str], remake: str) -> None:
+        self.manifest.setdefault("complete", {})[step] = {
+            "outputs": {name: self.sha256(name) for name in outputs},
+            "made_from": {name: self.sha256(name) for name in made_from},
+            "remake": remake,
+            "completed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        self.save()
+
+    def vouch(self, name: str, remake: str) -> Path:
+        """`name`, if a completed step made it, it is unchanged since, and what it was made from
+        is unchanged too; otherwise one line naming the file and the command that remakes it."""
+        path = self.file(name)
+        record = next((r for r in self.manifest.get("complete", {}).values()
+                       if isinstance(r, dict) and name in r.get("outputs", {})), None)
+        if record is None:
+            raise BadInput(f"{path} was not made by a completed resnet-edge run (interrupted, or "
+                           f"copied in by hand); remake it with `{remake}`")
+        remake = record.get("remake", remake)
+        if not path.exists():
+            raise BadInput(f"{path} is missing; remake it with `{remake}`")
+        if self.sha256(name) != record["outputs"][name]:
+            raise BadInput(f"{path} changed after resnet-edge wrote it; remake it with `{remake}`")
+        for source, digest in record.get("made_from", {}).items():
+            if not self.file(source).exists() or self.sha256(source) != digest:
+                raise BadInput(f"{path} is stale: it was made from an earlier {source}; remake it "
+                               f"with `{remake}`")
+        return path
 
     def is_fresh(self, name: str, inputs: dict[str, Any], options: dict[str, Any]) -> bool:
         """True when `name` exists, is unchanged since recorded, and was made from the same
@@ -100,13 +173,13 @@ class WorkDir:
         target = self.file(name)
         return (entry is not None and target.exists()
                 and entry.get("inputs") == _plain(inputs) and entry.get("options") == _plain(options)
-                and entry.get("sha256") == sha256_file(target))
+                and entry.get("sha256") == self.sha256(name))
 
     def record(self, name: str, *, inputs: dict[str, Any], options: dict[str, Any],
                command: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         target = self.file(name)
         entry = {
-            "sha256": sha256_file(target),
+            "sha256": self.sha256(name),
             "bytes": target.stat().st_size,
             "command": command or " ".join(["resnet-edge", *sys.argv[1:]]),
             "inputs": _plain(inputs),
@@ -123,13 +196,17 @@ class WorkDir:
         """True when `step` last ran with the same key and its outputs are unchanged since."""
         entry = self.manifest.get("steps", {}).get(step)
         return (entry is not None and entry["key"] == _plain(key)
-                and all((self.path / name).exists() and sha256_file(self.path / name) == digest
+                and all((self.path / name).exists() and self.sha256(name) == digest
                         for name, digest in entry["outputs"].items()))
 
     def record_step(self, step: str, key: dict[str, Any], outputs: list[str]) -> None:
         self.manifest.setdefault("steps", {})[step] = {
-            "key": _plain(key), "outputs": {name: sha256_file(self.path / name) for name in outputs}}
+            "key": _plain(key), "outputs": {name: self.sha256(name) for name in outputs}}
         self.save()
+
+    def forget_step(self, step: str) -> None:
+        if self.manifest.get("steps", {}).pop(step, None) is not None:
+            self.save()
 
     def set(self, key: str, value: Any) -> None:
         self.manifest[key] = value

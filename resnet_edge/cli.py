@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import BadInput, MissingBackend, ResnetEdgeError
+from .errors import BadInput, MissingBackend, one_line, translate
 
 def _console(stderr: bool = False) -> Console:
     """A terminal gets rich's own layout; a pipe or CI log gets lines that are never wrapped."""
@@ -32,11 +32,14 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ResnetEdgeError as exc:
-            if ctx.find_root().params.get("debug"):
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 (mapped in one place, errors.translate)
+            mapped = translate(exc)
+            if mapped is None or ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            click.echo(f"error: {one_line(mapped)}", err=True)
+            ctx.exit(mapped.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted; files being written were discarded", err=True)
             ctx.exit(130)
@@ -272,6 +275,17 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
 
 # ---- parity / bench ------------------------------------------------------------------------
 
+def _writable(*paths: Path | None) -> None:
+    """Report paths are checked before the work, so a bad one costs nothing (exit 2)."""
+    from .artifacts import ensure_writable_dir
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise BadInput(f"{path} is a folder; give a file name for the report")
+        ensure_writable_dir(path.parent)
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -336,6 +350,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from .parity.run import PRECISIONS, run_parity
 
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
+    _writable(json_path, markdown, junit)
     explicit = backends is not None or precisions is not None
     with Progress(TextColumn("parity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -350,7 +365,6 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     for path, writer in ((json_path, reports.write_json), (markdown, reports.write_markdown),
                          (junit, reports.write_junit)):
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
             writer(result, path)
             stdout.print(f"wrote {path}")
     summary = result["summary"]
@@ -389,13 +403,13 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
         raise BadInput(f"--batch-sizes takes whole numbers, got {batch_sizes!r}") from None
     if not sizes or min(sizes) < 1 or iterations < 1 or warmup < 0:
         raise BadInput("--batch-sizes and --iterations must be at least 1, --warmup at least 0")
+    _writable(json_path)
     explicit = backends is not None or precisions is not None
     with _steps() as step:
         result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
                            warmup=warmup, device=device, step=step)
     _print_bench(result)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_path, result)
         stdout.print(f"wrote {json_path}")
     if explicit and result["skipped"]:
@@ -687,15 +701,14 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
     """
     import tempfile
 
-    from .artifacts import ensure_writable_dir, write_json_atomic
+    from .artifacts import write_json_atomic
     from .deploy.archive import BundleError, safe_extract
     from .deploy.verify_bundle import integrity_lines
     from .deploy.verify_bundle import verify as verify_bundle
     from .errors import GateFailed
     from .runtime.trt_engine import EngineError
 
-    if json_path:
-        ensure_writable_dir(json_path.parent)
+    _writable(json_path)
     with tempfile.TemporaryDirectory() as tmp, _steps() as step:
         try:
             root = bundle_path

@@ -7,6 +7,7 @@ metadata and the manifest, and is read back from there; no command re-derives it
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.error
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,41 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+# Documented bounds for a model card's preprocessing: ResNets downsample 32x, so a side below 8
+# has nothing left; 4096 is far beyond any classifier and keeps a bad card from asking for
+# gigabytes. Interpolations are the ones torchvision resizes tensors and images with.
+PREPROCESS_BOUNDS = {"input_size": (8, 2048), "resize": (8, 4096)}
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _preprocess_problem(data: dict) -> str | None:
+    for key, (low, high) in PREPROCESS_BOUNDS.items():
+        value = data[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            return f"{key} {value!r} is not a whole number in {low}..{high}"
+    if data["resize"] < data["input_size"]:
+        return f"resize {data['resize']} is smaller than the crop input_size {data['input_size']}"
+    for key in ("mean", "std"):
+        value = data[key]
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_number(v) for v in value)):
+            return f"{key} {value!r} must be 3 finite numbers (one per RGB channel)"
+        if key == "std" and not all(0 < v <= 1000 for v in value):
+            return f"std {list(value)} must be positive (dividing by it is the normalization)"
+        if key == "mean" and not all(abs(v) <= 1000 for v in value):
+            return f"mean {list(value)} is outside -1000..1000"
+    if data["interpolation"] not in INTERPOLATIONS:
+        return f"interpolation {data['interpolation']!r} is not one of {', '.join(INTERPOLATIONS)}"
+    if not isinstance(data["antialias"], bool):
+        return f"antialias {data['antialias']!r} must be true or false"
+    if data["channel_order"] != "RGB":
+        return f"channel_order {data['channel_order']!r} is not RGB"
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,7 +86,16 @@ class Preprocess:
                    interpolation=preset.interpolation.value, antialias=bool(preset.antialias))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+    def from_dict(cls, data: Any, where: str = "the model card") -> "Preprocess":
+        """A Preprocess read from a card, every field checked against PREPROCESS_BOUNDS."""
+        names = set(cls.__dataclass_fields__)
+        if not isinstance(data, dict) or set(data) != names:
+            keys = sorted(set(data) ^ names) if isinstance(data, dict) else ["(not an object)"]
+            raise BadInput(f"{where}: preprocess must have exactly {', '.join(sorted(names))} "
+                           f"(differs at {keys[0]!r}); re-export the model")
+        problem = _preprocess_problem(data)
+        if problem:
+            raise BadInput(f"{where}: preprocess {problem}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,8 +190,13 @@ class FileSource(Source):
 
     def image(self, index: int):
         from PIL import Image
-        with Image.open(self.files[index]) as img:
-            return img.convert("RGB")  # grayscale, palette and RGBA all become RGB
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")  # grayscale, palette and RGBA all become RGB
+        except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+            # decoded in a loader worker: say which file, in a message that survives the trip
+            raise BadInput(f"{path} cannot be decoded ({first_line(exc)}); remove or re-save it") from None
 
 
 class CifarSource(Source):
@@ -249,34 +299,64 @@ def _imagefolder(spec: str, root: Path) -> Source:
 def _npy(spec: str, arg: str, input_shape) -> Source:
     image_path, _, label_path = arg.partition(",")
     try:
-        images = np.load(image_path, allow_pickle=False)
+        images = np.load(image_path, allow_pickle=False, mmap_mode="r")
         labels = np.load(label_path, allow_pickle=False) if label_path else None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise BadInput(f"cannot read {spec}: {first_line(exc)}") from None
     if images.ndim != 4 or images.dtype != np.float32:
         raise BadInput(f"{image_path} holds {images.dtype} {images.shape}; expected float32 "
                        "N x C x H x W, already preprocessed")
+    if len(images) == 0:
+        raise BadInput(f"{image_path} holds no images")
     if input_shape is not None and tuple(images.shape[1:]) != tuple(input_shape):
         raise BadInput(f"{image_path} images are {tuple(images.shape[1:])}, the model takes "
                        f"{tuple(input_shape)}; preprocess them with the model's Preprocess")
-    if labels is not None and labels.shape != (len(images),):
-        raise BadInput(f"{label_path} has shape {labels.shape}; expected ({len(images)},) labels")
+    for start in range(0, len(images), 1024):  # chunked: a memory map stays a memory map
+        finite = np.isfinite(images[start:start + 1024]).reshape(-1, int(np.prod(images.shape[1:]))).all(1)
+        if not finite.all():
+            index = start + int(np.flatnonzero(~finite)[0])
+            raise BadInput(f"{image_path} image {index} holds NaN or inf values; every input must "
+                           "be finite")
     names = None
     if labels is not None:
+        if labels.shape != (len(images),):
+            raise BadInput(f"{label_path} has shape {labels.shape}; expected ({len(images)},) labels")
+        if labels.dtype.kind not in "iu":
+            raise BadInput(f"{label_path} holds {labels.dtype} labels; labels must be whole numbers "
+                           "(class indices)")
+        if labels.min() < 0:
+            index = int(np.flatnonzero(labels < 0)[0])
+            raise BadInput(f"{label_path} label {index} is {labels[index]}; labels are class "
+                           "indices from 0")
         labels = labels.astype(np.int64)
         names = [str(c) for c in range(int(labels.max()) + 1)]
+    images = np.array(images)  # out of the memory map, writable
     return TensorSource(spec, torch.from_numpy(images), labels, names,
                         preprocessed=True, summary=f"{len(images)} preprocessed arrays")
 
 
+class RandomSource(Source):
+    """Seeded noise made one image at a time, so `random:100000000 --limit 8` makes 8."""
+
+    preprocessed = True
+
+    def __init__(self, spec: str, count: int, input_shape):
+        self.spec, self.count, self.input_shape = spec, count, tuple(input_shape)
+        self.summary = f"{count} seeded random inputs, no labels"
+
+    def __len__(self) -> int:
+        return self.count
+
+    def image(self, index: int):
+        return torch.randn(self.input_shape, generator=torch.Generator().manual_seed(index))
+
+
 def _random(spec: str, arg: str, input_shape) -> Source:
-    if not arg.isdigit() or int(arg) < 1:
-        raise BadInput(f"random:N needs a positive count, got {arg!r}")
+    if not arg.isdigit() or not 1 <= int(arg) <= 10**9:
+        raise BadInput(f"random:N needs a count from 1 to 1000000000, got {arg!r}")
     if input_shape is None:
         raise BadInput("random:N needs a model to take its input shape from")
-    images = torch.randn(int(arg), *input_shape, generator=torch.Generator().manual_seed(0))
-    return TensorSource(spec, images, None, None, preprocessed=True,
-                        summary=f"{arg} seeded random inputs, no labels")
+    return RandomSource(spec, int(arg), input_shape)
 
 
 class _Prepared(torch.utils.data.Dataset):
@@ -309,9 +389,13 @@ def batches(source: Source, preprocess: Preprocess, batch_size: int, *,
 
 
 def check_classes(source: Source, num_classes: int, what: str = "the model") -> None:
-    """Labels must index the model's classes."""
+    """Labels must index the model's classes: whole numbers in [0, num_classes)."""
     if not source.has_labels:
         return
     if source.num_classes is not None and source.num_classes != num_classes:
         raise BadInput(f"{source.spec} has {source.num_classes} classes but {what} has "
                        f"{num_classes}; use data with the same classes or retrain")
+    labels = np.asarray(source.labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise BadInput(f"{source.spec} has labels outside 0..{num_classes - 1}, the classes of "
+                       f"{what}")

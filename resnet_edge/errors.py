@@ -2,7 +2,16 @@
 
 The library raises these with a one-line message that names the problem and the fix; the CLI
 prints the line and exits with the code, without a traceback unless --debug is given.
+`translate` is the one place where errors raised by dependencies (the OS, ONNX, ONNX Runtime,
+Pillow, JSON) become those exit codes; anything it does not know stays a traceback, because it
+is a bug.
 """
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
 
 
 class ResnetEdgeError(Exception):
@@ -31,3 +40,69 @@ def first_line(exc: BaseException) -> str:
     """A library exception's first line, short enough for our one-line errors."""
     text = str(exc).strip().splitlines()
     return text[0][:160] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """Our own error's message, as one line. A data-loader worker's error reaches the main
+    process wrapped in its traceback ("Caught BadInput in DataLoader worker process 0 ..."): the
+    original message is its last line."""
+    text = str(exc).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+LOW_DISK = 16 << 20
+
+
+def disk_problem(path, exc: BaseException | None = None) -> str | None:
+    """'disk full' / 'read-only' / 'permission denied' in words, when that is what `exc` (or the
+    free space where `path` lives) says; None otherwise."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC:
+        return f"no space left on the device holding {path} (disk full); free some space"
+    if code == errno.EROFS:
+        return f"{path} is on a read-only file system; choose another --out"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied writing {path}; choose another --out"
+    if code == errno.EDQUOT:
+        return f"disk quota exceeded writing {path}; free some space"
+    try:  # libraries that hit a full disk rarely say so (torch.onnx: "unexpected pos")
+        if path is not None and shutil.disk_usage(_existing_parent(path)).free < LOW_DISK:
+            return f"no space left on the device holding {path} (disk full); free some space"
+    except OSError:
+        pass
+    return None
+
+
+def _existing_parent(path):
+    from pathlib import Path
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def translate(exc: BaseException) -> ResnetEdgeError | None:
+    """The exit-code error for a dependency's exception, or None if it is not one we know."""
+    if isinstance(exc, ResnetEdgeError):
+        return exc
+    module = type(exc).__module__ or ""
+    if isinstance(exc, OSError) and not module.startswith(("PIL", "onnxruntime")):
+        where = exc.filename or "a file"
+        problem = disk_problem(exc.filename, exc)
+        if problem:
+            return BadInput(problem)
+        if exc.errno == errno.ENOENT:
+            return BadInput(f"{where} not found")
+        return BadInput(f"cannot use {where}: {exc.strerror or first_line(exc)}")
+    if module.startswith("onnxruntime"):
+        return BadInput(f"ONNX Runtime refused the model or its input: {first_line(exc)}")
+    if module.startswith("google.protobuf") or type(exc).__name__ == "DecodeError":
+        return BadInput(f"not a readable ONNX file ({first_line(exc)}); export it again")
+    if module.startswith("PIL"):
+        return BadInput(f"an image cannot be decoded: {first_line(exc)}")
+    if isinstance(exc, json.JSONDecodeError):
+        return BadInput(f"a JSON file is damaged ({first_line(exc)})")
+    return None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .artifacts import WorkDir, sha256_file, write_json_atomic
-from .calibration import INT8_NAME, calibrate
+from .calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME, RANGES_NAME, calibrate
 from .errors import BadInput
 from .export import FP16_NAME, ONNX_NAME, ExportOptions, export_model
 from .parity import report as reports
@@ -70,10 +70,12 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     result = PipelineResult()
     reports_dir = out / "reports"
 
-    def run(name: str, key: dict | None, outputs: list[str], body: Callable[[], str]) -> None:
+    def run(name: str, key: dict | None, outputs: list[str], body: Callable[[], str],
+            vouched: list[str] = ()) -> None:
         wd = WorkDir(out)
         start = time.perf_counter()
-        if key is not None and not config.force and wd.step_fresh(name, key):
+        if (key is not None and not config.force and wd.step_fresh(name, key)
+                and all(_vouched(wd, n) for n in vouched)):
             result.steps.append(StepResult(name, "skipped", 0.0, "up to date"))
             return
         step(name, f"{name}")
@@ -98,7 +100,8 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                                    f"checks {'pass' if all(c.passed for c in exported.checks) else 'FAIL'}"))
 
     def model_hashes() -> dict[str, str]:
-        return {f: sha256_file(out / f) for f in (ONNX_NAME, FP16_NAME, INT8_NAME) if (out / f).exists()}
+        return {f: sha256_file(out / f) for f in (ONNX_NAME, FP16_NAME, INT8_NAME, INT8_FP16_NAME, CACHE_NAME)
+                if (out / f).exists()}
 
     def do_calibrate() -> str:
         r = calibrate(out, config.data_calib, samples=config.samples, method=config.method,
@@ -108,9 +111,10 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         held = r.holdout
         return (f"{r.samples} images, {config.method}, {config.recipe} recipe"
                 + (f"; held-out int8 drop {held['drop_pt']:+.2f} pt" if held else ""))
+    calibrated = [INT8_NAME, CACHE_NAME, RANGES_NAME] + ([INT8_FP16_NAME] if config.recipe == "tensorrt" else [])
     run("calibrate", {ONNX_NAME: sha256_file(out / ONNX_NAME), "data": config.data_calib,
                       "samples": config.samples, "method": config.method, "recipe": config.recipe},
-        [INT8_NAME], do_calibrate)
+        calibrated, do_calibrate, vouched=calibrated)
 
     start = time.perf_counter()
     try:
@@ -151,7 +155,11 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     run("parity", parity_key, ["reports/parity.json"], do_parity)
     if result.parity is None and (reports_dir / "parity.json").exists():
         result.parity = reports.load(reports_dir / "parity.json")
+    bundle_name = f"{out.name}-{config.target}.tar.gz"
     if result.failed:
+        # an older bundle left in --out would look like this run's result: remove it
+        (out / bundle_name).unlink(missing_ok=True)
+        WorkDir(out).forget_step("bundle")
         result.steps.append(StepResult("bench", "skipped", 0.0, "parity failed"))
         result.steps.append(StepResult("bundle", "skipped", 0.0, "parity failed: not bundling"))
         return result
@@ -167,8 +175,6 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     run("bench", {**model_hashes(), "batch_sizes": list(config.batch_sizes),
                   "iterations": config.bench_iterations}, ["reports/bench.json"], do_bench)
 
-    bundle_name = f"{out.name}-{config.target}.tar.gz"
-
     def do_bundle() -> str:
         made = make_bundle(out, config.target, out / bundle_name, eval_spec=config.data_eval,
                            golden=config.golden, thresholds=thresholds,
@@ -176,9 +182,18 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         return "; ".join([f"{made.path.name} ({made.path.stat().st_size / 1e6:.1f} MB, "
                           f"manifest sha256 {made.manifest_sha256[:16]}...)", *made.notes])
     run("bundle", {**model_hashes(), "target": config.target, "data": config.data_eval,
-                   "golden": config.golden}, [bundle_name], do_bundle)
+                   "golden": config.golden, "thresholds": {p: vars(t) for p, t in thresholds.items()}},
+        [bundle_name], do_bundle)
     result.bundle = out / bundle_name
     return result
+
+
+def _vouched(wd: WorkDir, name: str) -> bool:
+    try:
+        wd.vouch(name, "")
+    except BadInput:
+        return False
+    return True
 
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_pipeline", "STEPS"]

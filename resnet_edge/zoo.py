@@ -26,6 +26,8 @@ from .data import CIFAR_MEAN, CIFAR_STD, Preprocess
 from .errors import BadInput, first_line
 
 CHECKPOINT_FORMAT = "resnet-edge.checkpoint/1"
+CARD_OPTIONAL = ("class_names", "weights", "weights_sha256", "metrics")
+MAX_CLASSES = 100_000
 RANDOM_INIT_SEED = 0
 
 
@@ -147,10 +149,36 @@ class ModelCard:
                 "metrics": self.metrics}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
-        return cls(arch=data["arch"], num_classes=int(data["num_classes"]),
-                   preprocess=Preprocess.from_dict(data["preprocess"]),
-                   class_names=data.get("class_names"), weights=data.get("weights", "none"),
+    def from_dict(cls, data: Any, where: str = "the model card") -> "ModelCard":
+        """A card read from a checkpoint or ONNX metadata, every field checked (exit 2 if not)."""
+        if not isinstance(data, dict):
+            raise BadInput(f"{where} is not a model card (a JSON object); re-export the model")
+        required, optional = {"arch", "num_classes", "preprocess"}, set(CARD_OPTIONAL)
+        missing, extra = required - set(data), set(data) - required - optional
+        if missing or extra:
+            which = f"misses {sorted(missing)[0]!r}" if missing else f"has unknown key {sorted(extra)[0]!r}"
+            raise BadInput(f"{where} {which}; re-export the model with resnet-edge")
+        arch, classes, names = data["arch"], data["num_classes"], data.get("class_names")
+        problem = None
+        if not isinstance(arch, str) or arch not in VARIANTS:
+            problem = f"arch {arch!r} is not a known ResNet (see `resnet-edge models`)"
+        elif not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= MAX_CLASSES:
+            problem = f"num_classes {classes!r} is not a whole number in 1..{MAX_CLASSES}"
+        elif names is not None and not (isinstance(names, list) and len(names) == classes
+                                        and all(isinstance(n, str) and len(n) <= 200 for n in names)):
+            problem = f"class_names must be {classes} strings"
+        elif not isinstance(data.get("weights", "none"), str):
+            problem = "weights must be a string"
+        elif data.get("weights_sha256") is not None and not (
+                isinstance(data["weights_sha256"], str) and len(data["weights_sha256"]) == 64):
+            problem = "weights_sha256 must be 64 hex digits"
+        elif not isinstance(data.get("metrics") or {}, dict):
+            problem = "metrics must be a JSON object"
+        if problem:
+            raise BadInput(f"{where}: {problem}")
+        return cls(arch=arch, num_classes=classes,
+                   preprocess=Preprocess.from_dict(data["preprocess"], where),
+                   class_names=names, weights=data.get("weights", "none"),
                    weights_sha256=data.get("weights_sha256"), metrics=data.get("metrics") or {})
 
 
@@ -237,24 +265,32 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except Exception as exc:  # torch.load surfaces corrupt files as many exception types
         raise BadInput(f"{path} is truncated or not a PyTorch checkpoint ({first_line(exc)}); "
                        "re-save or re-download it") from None
+    card = None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        return _strip_prefix(obj["state_dict"]), obj["card"]
-    if isinstance(obj, dict):
+        obj, card = obj.get("state_dict"), obj.get("card")
+        if not isinstance(card, dict):
+            raise BadInput(f"{path} is a resnet-edge checkpoint without a model card; re-save it")
+    elif isinstance(obj, dict):
         for key in ("state_dict", "model"):  # common trainer layouts around a state dict
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if isinstance(obj, dict) and obj and all(isinstance(t, torch.Tensor) for t in obj.values()):
-        return _strip_prefix(obj), None
-    raise BadInput(f"{path} holds a {type(obj).__name__}, not a state dict; save it with "
-                   "torch.save(model.state_dict(), path)")
+    if not (isinstance(obj, dict) and obj and all(isinstance(t, torch.Tensor) for t in obj.values())):
+        raise BadInput(f"{path} holds a {type(obj).__name__}, not a state dict; save it with "
+                       "torch.save(model.state_dict(), path)")
+    for key, tensor in obj.items():  # NaN weights would export and "pass" with NaN logits
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise BadInput(f"{path} holds {bad} NaN or inf values in {key}; the weights are "
+                           "broken, so this checkpoint is refused")
+    return _strip_prefix(obj), card
 
 
 def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None,
                     num_classes: int | None = None) -> tuple[nn.Module, ModelCard]:
     state, card_dict = read_checkpoint(path)
     if card_dict is not None:
-        card = ModelCard.from_dict(card_dict)
+        card = ModelCard.from_dict(card_dict, f"the model card in {path}")
         if arch is not None and arch != card.arch:
             raise BadInput(f"{path} is a {card.arch} checkpoint, not {arch}; drop --arch or "
                            "pick the matching checkpoint")

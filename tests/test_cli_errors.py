@@ -42,7 +42,8 @@ CASES = [
     (["export", "{d}/r20.pth", "--arch", "resnet20", "--num-classes", "5"],
      "has 10 classes (fc.weight (10, 64)), not --num-classes 5"),
     (["export", "resnet20", "--out", "{d}/a_file/sub"], "is not writable"),
-    (["export", "resnet20", "--max-batch", "0"], "--max-batch must be at least 1"),
+    (["export", "resnet20", "--max-batch", "0"], "--max-batch must be at least 2"),
+    (["export", "resnet20", "--max-batch", "1"], "--max-batch must be at least 2"),
     (["export", "resnet20", "--opset", "17"], "cannot emit opset 17"),
     (["export", "resnet20", "--exporter", "torchscript", "--opset", "30"], "cannot emit opset 30"),
 ]

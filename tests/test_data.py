@@ -64,12 +64,15 @@ def test_npy_with_labels_and_shape_checks(tmp_path):
         open_data(f"npy:{tmp_path / 'u8.npy'}")
 
 
-def test_random_is_seeded_and_unlabelled():
+def test_random_is_seeded_unlabelled_and_made_on_demand():
     a = open_data("random:3", input_shape=(3, 32, 32))
     b = open_data("random:3", input_shape=(3, 32, 32))
-    assert torch.equal(a.images, b.images) and not a.has_labels
+    assert all(torch.equal(a.image(i), b.image(i)) for i in range(3)) and not a.has_labels
+    assert not torch.equal(a.image(0), a.image(1))
     _, y = next(iter(batches(a, PRE, 3)))
     assert list(y) == [-1, -1, -1]
+    huge = open_data("random:100000000", input_shape=(3, 32, 32))  # nothing made up front
+    assert len(huge) == 100_000_000 and huge.image(99_999_999).shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -77,7 +80,7 @@ def test_random_is_seeded_and_unlabelled():
     ("digits:holdout", "digits has no split 'holdout'; choose one of train, val, test"),
     ("cifar10:val", "cifar10 has no split 'val'"),
     ("imagefolder:/nonexistent/folder", "image folder /nonexistent/folder not found"),
-    ("random:zero", "random:N needs a positive count"),
+    ("random:zero", "random:N needs a count from 1"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("|", r"\|").replace("(", r"\(")):

@@ -11,7 +11,7 @@ from resnet_edge.parity.gates import DEFAULTS, load_thresholds
 from resnet_edge.parity.metrics import Accuracy, LogitComparison
 from resnet_edge.parity.run import run_parity
 
-TOP_KEYS = {"schema", "tool", "created", "workdir", "model", "data", "machine", "thresholds",
+TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "machine", "thresholds",
             "reference", "candidates", "summary"}
 ROW_KEYS = {"backend", "precision", "status", "reason", "device", "metrics", "accuracy",
             "latency", "gates"}
@@ -78,24 +78,30 @@ def _perturb_last_layer(workdir, dst):
     onnx.save(model, str(dst / "model.onnx"))
 
 
-def test_gate_really_fails_on_a_wrong_onnx(digits_workdir, run_cli, tmp_path):
+def test_a_hand_edited_model_is_refused_not_compared(digits_workdir, run_cli, tmp_path):
     bad = tmp_path / "bad"
     _perturb_last_layer(digits_workdir, bad)
-    result = run_cli("parity", bad, "--backends", "ort", "--precisions", "fp32",
+    result = run_cli("parity", bad, "--backends", "ort", "--precisions", "fp32")
+    assert result.exit_code == 2
+    assert "model.onnx changed after resnet-edge wrote it" in result.stderr
+    assert "resnet-edge export" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_gate_really_fails_and_says_measured_vs_threshold(digits_workdir, run_cli, tmp_path):
+    args = ("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32")
+    result = run_cli(*args, "--gate", "fp32.max_abs=1e-9",
                      "--junit", tmp_path / "j.xml", "--json", tmp_path / "p.json")
     assert result.exit_code == 1
-    assert "parity gates failed: ort fp32 top1_agreement, ort fp32 max_abs" in result.stderr
+    assert "parity gates failed: ort fp32 max_abs" in result.stderr
     failures = [c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")
                 if c.find("failure") is not None]
-    assert {c.get("name") for c in failures} == {"top1_agreement", "max_abs"}
+    assert {c.get("name") for c in failures} == {"max_abs"}
     report = json.loads((tmp_path / "p.json").read_text())
     assert not report["summary"]["passed"]
-    # the same wrong file passes once the user loosens the gates on purpose
+    # and passes once the gate is back where it was
     toml = tmp_path / "loose.toml"
-    toml.write_text("[fp32]\nmax_abs = 100.0\n")
-    loose = run_cli("parity", bad, "--backends", "ort", "--precisions", "fp32",
-                    "--thresholds", toml, "--gate", "fp32.min_top1_agreement=0")
-    assert loose.exit_code == 0, loose.output
+    toml.write_text("[fp32]\nmax_abs = 1e-3\n")
+    assert run_cli(*args, "--thresholds", toml).exit_code == 0
 
 
 def test_explicitly_asked_backend_that_cannot_run_exits_3(digits_workdir, run_cli):
@@ -160,5 +166,5 @@ def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
     result = pytester.runpytest_subprocess(
         f"--parity-workdir={digits_workdir}",  # the pytest11 entry point loads the plugin
         "--parity-backends=ort", "--parity-precisions=fp32,int8", "-v")
-    result.assert_outcomes(passed=2, skipped=1)
+    result.assert_outcomes(passed=3, skipped=1)  # finite_logits, top1_agreement, max_abs
     result.stdout.fnmatch_lines(["*ort-fp32-max_abs PASSED*", "*ort-int8-available SKIPPED*"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..artifacts import WorkDir, atomic_path, sha256_file
+from ..artifacts import WorkDir, atomic_path
 from ..data import batches, check_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card, write_fp16
+from ..export.metadata import load_onnx
 from ..export.metadata import read_props
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
@@ -66,8 +68,14 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     fp32 = workdir / ONNX_NAME
     if not fp32.exists():
         raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
-    fp32_model = onnx.load(str(fp32))  # read once; every step below reuses it
+    wd = WorkDir(workdir)
+    wd.vouch(ONNX_NAME, f"resnet-edge export <model or checkpoint> --out {workdir} --force")
+    fp32_model = load_onnx(fp32)  # read once; every step below reuses it
     card = read_card(fp32_model)
+    if card is None:
+        raise BadInput(f"{fp32} carries no resnet-edge model card; export it with resnet-edge")
+    weights = {i.name for i in fp32_model.graph.initializer}
+    input_name = next(i.name for i in fp32_model.graph.input if i.name not in weights)
     layers = conv_layers(fp32_model)
     if exclude and exclude != "auto":
         unknown = sorted({n.strip() for n in exclude.split(",") if n.strip()} - set(layers))
@@ -86,28 +94,34 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     step(f"preprocessing {min(samples, len(source))} calibration images")
     inputs, per_class = calibration_inputs(source, card.preprocess, samples)
     data_hash = hashlib.sha256(inputs.tobytes()).hexdigest()
-    wd = WorkDir(workdir)
     options = {"method": method, "samples": len(inputs), "data": data_spec}
+    outputs = [RANGES_NAME, INT8_NAME, *([INT8_FP16_NAME] if recipe == "tensorrt" else []), CACHE_NAME]
+    wd.begin("calibrate", outputs)
+    if recipe != "tensorrt":  # an fp16-float int8 model from an earlier recipe is not this one's
+        wd.file(INT8_FP16_NAME).unlink(missing_ok=True)
     # onnxruntime.quantization logs advice on the root logger for every call, and the entropy
     # and percentile calibrators print their progress on stdout
     with quiet(""), tempfile.TemporaryDirectory() as scratch:
+        # onnxruntime.quantization writes <model>-inferred.onnx beside its input: work on a copy
+        source_model = Path(scratch) / ONNX_NAME
+        shutil.copyfile(fp32, source_model)
         ranges_path = wd.file(RANGES_NAME)
-        range_inputs = {ONNX_NAME: sha256_file(fp32), "calibration_sha256": data_hash}
+        range_inputs = {ONNX_NAME: wd.sha256(ONNX_NAME), "calibration_sha256": data_hash}
         if not wd.is_fresh(RANGES_NAME, range_inputs, options):
             step(f"calibrating every tensor ({method}, {len(inputs)} images)")
             with atomic_path(ranges_path) as tmp:
-                compute_ranges(fp32, inputs, method, tmp, scratch)
+                compute_ranges(source_model, inputs, method, tmp, scratch, input_name)
             wd.record(RANGES_NAME, inputs=range_inputs, options=options)
         ranges = load_ranges(ranges_path)
 
         held = _holdout(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
-        evaluate = _Evaluator(fp32, held, recipe, Path(scratch), ranges_path, method, layers)
+        evaluate = _Evaluator(source_model, held, recipe, Path(scratch), ranges_path, method, layers)
         ranking = evaluate.sensitivity(step) if sensitivity or exclude == "auto" else None
         excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
 
         step(f"writing {INT8_NAME} ({recipe} recipe)")
         with atomic_path(wd.file(INT8_NAME)) as tmp:
-            quantize(fp32, tmp, recipe=recipe, method=method, ranges_path=ranges_path,
+            quantize(source_model, tmp, recipe=recipe, method=method, ranges_path=ranges_path,
                      nodes_to_exclude=excluded)
             model = onnx.load(str(tmp))
             info = {"recipe": recipe, "method": method, "samples": len(inputs), "data": data_spec,
@@ -121,13 +135,17 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         if recipe == "tensorrt":
             step(f"writing {INT8_FP16_NAME} (float parts in fp16, for strongly typed TensorRT)")
             write_fp16(wd.file(INT8_NAME), wd.file(INT8_FP16_NAME))
-            wd.record(INT8_FP16_NAME, inputs={INT8_NAME: sha256_file(wd.file(INT8_NAME))},
+            wd.record(INT8_FP16_NAME, inputs={INT8_NAME: wd.sha256(INT8_NAME)},
                       options={"keep_io_types": True})
         # layers left in float get no scale, so TensorRT's implicit INT8 keeps them in float too
         write_cache(cache_ranges(ranges, fp32_model, excluded), wd.file(CACHE_NAME), tensorrt_version)
         wd.record(CACHE_NAME, inputs=range_inputs,
                   options={**options, "tensorrt": tensorrt_version, "excluded": excluded})
-        holdout_result = evaluate.score(excluded) if held is not None else None
+        # completion last: the four files are trusted only together, and only from here on
+        wd.complete("calibrate", outputs, made_from=[ONNX_NAME],
+                    remake=f"resnet-edge calibrate {workdir}")
+        # the held-out check scores the very model just written, not a second quantization
+        holdout_result = evaluate.score(wd.file(INT8_NAME)) if held is not None else None
     return CalibrationResult(wd.file(INT8_NAME), per_class, len(inputs), notes, holdout_result,
                              ranking, excluded)
 
@@ -167,16 +185,20 @@ class _Evaluator:
         self.fp32_top1 = float((self.reference.argmax(1) == self.target).mean()) if held else None
 
     def _logits(self, session) -> np.ndarray:
-        return np.concatenate([session.run(None, {"input": self.held.inputs[i:i + 128]})[0]
+        name = session.get_inputs()[0].name
+        return np.concatenate([session.run(None, {name: self.held.inputs[i:i + 128]})[0]
                                for i in range(0, len(self.held.inputs), 128)])
+
+    def _int8_logits(self, path: Path) -> np.ndarray:
+        # The tensorrt recipe is judged by the numerics TensorRT will run (Q/DQ as written),
+        # the cpu recipe by ORT's fused CPU kernels that will ship.
+        return self._logits(make_session(path, disable_qdq_fusion=self.recipe == "tensorrt"))
 
     def logits(self, excluded: list[str]) -> np.ndarray:
         path = self.scratch / "trial.onnx"
         quantize(self.fp32, path, recipe=self.recipe, method=self.method,
                  ranges_path=self.ranges_path, nodes_to_exclude=excluded)
-        # The tensorrt recipe is judged by the numerics TensorRT will run (Q/DQ as written),
-        # the cpu recipe by ORT's fused CPU kernels that will ship.
-        return self._logits(make_session(path, disable_qdq_fusion=self.recipe == "tensorrt"))
+        return self._int8_logits(path)
 
     def top1(self, excluded: list[str]) -> float:
         return float((self.logits(excluded).argmax(1) == self.target).mean())
@@ -198,8 +220,8 @@ class _Evaluator:
                          "logit_rmse": float(np.sqrt(np.mean((logits - self.reference) ** 2)))})
         return sorted(rows, key=lambda r: (-r["drop_pt"], -r["logit_rmse"]))
 
-    def score(self, excluded: list[str]) -> dict:
-        top1 = self.top1(excluded)
+    def score(self, int8_path: Path) -> dict:
+        top1 = float((self._int8_logits(int8_path).argmax(1) == self.target).mean())
         return {"images": len(self.held.inputs), "labelled": self.held.labels is not None,
                 "fp32_top1": self.fp32_top1, "int8_top1": top1,
                 "drop_pt": (self.fp32_top1 - top1) * 100}
@@ -228,7 +250,7 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
 def conv_layers(model: onnx.ModelProto | str | Path) -> dict[str, str]:
     """Conv/Gemm node name -> the PyTorch module it came from (where the exporter says)."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        model = load_onnx(model)
     return {n.name: _module_of(n) for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
 
 

@@ -66,7 +66,8 @@ def _method(name: str):
 
 
 def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str,
-                   ranges_path: str | os.PathLike, scratch: str | os.PathLike) -> dict[str, tuple[float, float]]:
+                   ranges_path: str | os.PathLike, scratch: str | os.PathLike,
+                   input_name: str = "input") -> dict[str, tuple[float, float]]:
     """Calibrate every tensor of the fp32 model and save ORT's range cache to `ranges_path`."""
     _quantization()
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -75,7 +76,7 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     calibrator = create_calibrator(Path(onnx_path), None,
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
-    calibrator.collect_data(ArrayReader(inputs))
+    calibrator.collect_data(ArrayReader(inputs, input_name))
     tensors = calibrator.compute_data()
     del calibrator
     save_tensors_data(tensors, ranges_path)

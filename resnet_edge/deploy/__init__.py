@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from .. import __version__
-from ..artifacts import atomic_path, ensure_writable_dir, sha256_file
-from ..calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME, quantization_info
+from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
+from ..calibration import CACHE_NAME, INT8_NAME, quantization_info
 from ..calibration.dataset import balanced_indices
 from ..data import batches, check_classes, open_data
-from ..errors import BadInput, MissingBackend
+from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import FP16_NAME, ONNX_NAME
+from ..export.metadata import load_onnx
 from ..parity.gates import Thresholds, load_thresholds
 from ..parity.run import open_workdir
 from ..runtime import trt_engine
-from ..runtime.backends import TorchBackend
+from ..runtime.backends import TorchBackend, remake_command
 from . import signing
 from .archive import BundleError, manifest_digest, safe_extract, write_archive
 
@@ -47,7 +47,8 @@ RUNTIME = HERE.parent / "runtime"
 PARITY = HERE.parent / "parity"
 LIB = {"trt_engine.py": RUNTIME / "trt_engine.py", "timing.py": RUNTIME / "timing.py",
        "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": PARITY / "metrics.py",
-       "archive.py": HERE / "archive.py", "signing.py": HERE / "signing.py"}
+       "archive.py": HERE / "archive.py", "signing.py": HERE / "signing.py",
+       "strictjson.py": HERE.parent / "strictjson.py"}
 
 
 @dataclass
@@ -60,32 +61,41 @@ class BundleResult:
 
 
 def opset_of(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path, weights=False)
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list[str]]:
-    """(files, precisions, notes): which ONNX files and caches `target` needs from `workdir`."""
+    """(files, precisions, notes): which ONNX files and caches `target` needs from `workdir`,
+    each one vouched for (made by a completed run from what is in the work dir now)."""
     spec = TARGETS[target]
+    wd = WorkDir(workdir)
+
+    def vouched(name: str) -> bool:
+        if not wd.file(name).exists():
+            return False
+        wd.vouch(name, remake_command(workdir, name))
+        return True
     files, precisions, notes = [ONNX_NAME], ["fp32"], []
-    if (workdir / FP16_NAME).exists():
+    vouched(ONNX_NAME)
+    if vouched(FP16_NAME):
         files.append(FP16_NAME)
         precisions.append("fp16")
-    if (workdir / INT8_NAME).exists():
+    if vouched(INT8_NAME):
         recipe = quantization_info(workdir / INT8_NAME).get("recipe")
         int8_file = trt_engine.build_plan(spec["tensorrt"], "int8").onnx_file
         if recipe != "tensorrt":
             notes.append(f"int8 left out: {INT8_NAME} was calibrated with --recipe {recipe} "
                          "(uint8, asymmetric), which TensorRT cannot build; recalibrate with "
                          "--recipe tensorrt to ship int8")
-        elif not (workdir / int8_file).exists():
+        elif not vouched(int8_file):
             raise BadInput(f"{target} builds int8 from {int8_file}, which {workdir} lacks; run "
                            f"`resnet-edge calibrate {workdir}` again to make it")
         else:
             files += sorted({INT8_NAME, int8_file})
             precisions.append("int8")
             cache_usable = trt_engine.version_tuple(spec["tensorrt"])[0] < 11
-            if cache_usable and (workdir / CACHE_NAME).exists():
+            if cache_usable and vouched(CACHE_NAME):
                 files.append(CACHE_NAME)
     return files, precisions, notes
 
@@ -132,9 +142,13 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             labels.append(y.numpy())
         golden_inputs = np.concatenate(inputs)
         reference = TorchBackend(model)
+        golden_outputs = np.concatenate([reference.run(golden_inputs[i:i + 64])
+                                         for i in range(0, len(golden_inputs), 64)])
+        if not np.isfinite(golden_outputs).all():
+            raise GateFailed("the PyTorch fp32 reference gives NaN or inf logits on the golden "
+                             "inputs: the model is broken, so nothing was bundled")
         np.save(stage / "golden" / "inputs.npy", golden_inputs)
-        np.save(stage / "golden" / "reference.npy",
-                np.concatenate([reference.run(golden_inputs[i:i + 64]) for i in range(0, len(golden_inputs), 64)]))
+        np.save(stage / "golden" / "reference.npy", golden_outputs)
         if source.has_labels:
             np.save(stage / "golden" / "labels.npy", np.concatenate(labels).astype(np.int64))
 
@@ -163,6 +177,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "opt_batch": opt_batch, "precisions": precisions,
                 "int8_recipe": "tensorrt" if "int8" in precisions else None,
                 "golden_data": eval_spec, "resnet_edge": __version__, "left_out": notes,
+                "made_from": {name: sha256_file(workdir / name) for name in files},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_plans": {p: vars(trt_engine.build_plan(spec["tensorrt"], p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")

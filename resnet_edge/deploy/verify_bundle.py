@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import platform
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 try:  # inside the resnet_edge package
+    from .. import strictjson
     from ..parity import gates, metrics
     from ..runtime import ort, timing, trt_engine
     from . import archive, signing
@@ -46,6 +46,7 @@ except ImportError:  # as verify.py in an extracted bundle
     import metrics
     import ort
     import signing
+    import strictjson
     import timing
     import trt_engine
 
@@ -348,17 +349,9 @@ def integrity_lines(report: dict) -> list[str]:
 
 
 def _write_report(report: dict, path: Path) -> None:
-    def plain(value):  # strict JSON: a non-finite number is written as null
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(plain(report), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(strictjson.dumps(report, indent=2) + "\n")
     tmp.replace(path)
 
 

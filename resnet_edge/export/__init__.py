@@ -14,7 +14,7 @@ import onnx
 from onnxconverter_common import float16
 from torch import nn
 
-from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
+from ..artifacts import WorkDir, atomic_path, ensure_writable_dir
 from ..errors import GateFailed
 from ..zoo import ModelCard, save_checkpoint
 from .checks import BatchCheck, check_batches, compare_with_onnxruntime, run_checker
@@ -47,23 +47,32 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
     workdir = WorkDir(ensure_writable_dir(out_dir))
     inputs = {"card": card.to_dict()}
     recorded = asdict(options)
+    outputs = [ONNX_NAME, CHECKPOINT_NAME, *([FP16_NAME] if fp16 else [])]
     result = ExportResult(workdir.file(ONNX_NAME), skipped=True)
-    if force or not workdir.is_fresh(ONNX_NAME, inputs, recorded):
+    redo_onnx = force or not workdir.is_fresh(ONNX_NAME, inputs, recorded)
+    redo_checkpoint = force or not workdir.is_fresh(CHECKPOINT_NAME, inputs, {})
+    if redo_onnx or redo_checkpoint:
+        workdir.begin("export", outputs)
+    if redo_onnx:
         result = _export_checked(model, card, workdir, options, step)
         workdir.set("model", {"card": card.to_dict()})
         workdir.record(ONNX_NAME, inputs=inputs, options=recorded,
                        extra={"checks": [asdict(c) for c in result.checks],
                               "seconds": result.seconds})
-    if force or not workdir.is_fresh(CHECKPOINT_NAME, inputs, {}):
+    if redo_checkpoint:
         save_checkpoint(workdir.file(CHECKPOINT_NAME), model, card)
         workdir.record(CHECKPOINT_NAME, inputs=inputs, options={})
     if fp16:
-        fp16_inputs = {ONNX_NAME: sha256_file(workdir.file(ONNX_NAME))}
+        fp16_inputs = {ONNX_NAME: workdir.sha256(ONNX_NAME)}
         fp16_options = {"keep_io_types": True}
         if force or not workdir.is_fresh(FP16_NAME, fp16_inputs, fp16_options):
             step("writing the FP16 ONNX (onnxconverter-common, fp32 inputs and outputs)")
+            workdir.begin("export", outputs)
             write_fp16(workdir.file(ONNX_NAME), workdir.file(FP16_NAME))
             workdir.record(FP16_NAME, inputs=fp16_inputs, options=fp16_options)
+    # completion last: model.onnx, model.pt and model.fp16.onnx are trusted only as this set
+    workdir.complete("export", outputs, made_from=[],
+                     remake=f"resnet-edge export <model or checkpoint> --out {workdir.path} --force")
     return result
 
 
@@ -86,9 +95,10 @@ def _export_checked(model, card, workdir: WorkDir, options: ExportOptions, step)
         seconds["checks"] = time.perf_counter() - start
         failed = [c for c in checks if not c.passed]
         if failed:
-            worst = max(failed, key=lambda c: c.max_abs_diff)
-            raise GateFailed(f"ONNX Runtime disagrees with PyTorch at batch {worst.batch}: max abs "
-                             f"diff {worst.max_abs_diff:.3g} (limit 1e-3), top-1 agreement "
+            worst = max(failed, key=lambda c: (c.nonfinite, c.max_abs_diff))
+            nan = f"{worst.nonfinite} NaN or inf logits, " if worst.nonfinite else ""
+            raise GateFailed(f"ONNX Runtime disagrees with PyTorch at batch {worst.batch}: {nan}max "
+                             f"abs diff {worst.max_abs_diff:.3g} (limit 1e-3), top-1 agreement "
                              f"{worst.top1_agreement:.1%}; model.onnx was not written")
     return ExportResult(workdir.file(ONNX_NAME), skipped=False, checks=checks, seconds=seconds)
 

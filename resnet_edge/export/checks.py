@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -23,10 +24,12 @@ class BatchCheck:
     batch: int
     max_abs_diff: float
     top1_agreement: float
+    nonfinite: int = 0  # NaN or inf logits from ONNX Runtime
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= MAX_ABS_DIFF and self.top1_agreement == 1.0
+        return (self.nonfinite == 0 and self.max_abs_diff <= MAX_ABS_DIFF
+                and self.top1_agreement == 1.0)
 
 
 def run_checker(path: str | os.PathLike) -> None:
@@ -46,10 +49,13 @@ def compare_with_onnxruntime(model: nn.Module, path: str | os.PathLike,
         x = torch.randn(batch, *input_shape, generator=generator)
         with torch.inference_mode():
             ref = model(x).numpy()
+        if not np.isfinite(ref).all():
+            raise GateFailed(f"PyTorch itself gives NaN or inf logits for seeded inputs at batch "
+                             f"{batch}: the model is broken, so model.onnx was not written")
         cand = session.run(None, {INPUT_NAME: x.numpy()})[0]
         cmp = LogitComparison()
         cmp.update(ref, cand)
-        results.append(BatchCheck(batch, cmp.max_abs, cmp.top1_agreement))
+        results.append(BatchCheck(batch, cmp.max_abs, cmp.top1_agreement, cmp.nonfinite))
     return results
 
 

@@ -1,4 +1,5 @@
-"""The ModelCard inside an ONNX file's metadata_props, so any later step can read it back."""
+"""The ModelCard inside an ONNX file's metadata_props, so any later step can read it back; and
+the one place an ONNX file from disk is parsed."""
 
 from __future__ import annotations
 
@@ -8,10 +9,24 @@ import os
 import onnx
 
 from .. import __version__
+from ..errors import BadInput, first_line
 from ..zoo import ModelCard
 
 CARD_KEY = "resnet_edge.card"
 EXPORT_KEY = "resnet_edge.export"
+
+
+def load_onnx(path: str | os.PathLike, *, weights: bool = True) -> onnx.ModelProto:
+    """An ONNX file from disk, or one line saying it is missing or not ONNX (exit 2)."""
+    try:
+        return onnx.load(os.fspath(path), load_external_data=weights)
+    except FileNotFoundError:
+        raise BadInput(f"{path} not found") from None
+    except OSError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not a model
+        raise BadInput(f"{path} is not a readable ONNX file ({first_line(exc)}); export it "
+                       "again") from None
 
 
 def write_metadata(model: onnx.ModelProto, card: ModelCard, export_options: dict) -> None:
@@ -26,15 +41,26 @@ def write_metadata(model: onnx.ModelProto, card: ModelCard, export_options: dict
 
 def read_props(model: onnx.ModelProto | str | os.PathLike) -> dict[str, str]:
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model), load_external_data=False)
+        model = load_onnx(model, weights=False)
     return {p.key: p.value for p in model.metadata_props}
 
 
+def _json_prop(model, key: str, what: str):
+    raw = read_props(model).get(key)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        where = model if not isinstance(model, onnx.ModelProto) else "the ONNX model"
+        raise BadInput(f"{where}: its {what} metadata is not JSON; export it again") from None
+
+
 def read_card(model: onnx.ModelProto | str | os.PathLike) -> ModelCard | None:
-    raw = read_props(model).get(CARD_KEY)
-    return ModelCard.from_dict(json.loads(raw)) if raw else None
+    data = _json_prop(model, CARD_KEY, "model card")
+    where = model if not isinstance(model, onnx.ModelProto) else "the ONNX model"
+    return None if data is None else ModelCard.from_dict(data, f"the model card in {where}")
 
 
 def read_export_options(model: onnx.ModelProto | str | os.PathLike) -> dict:
-    raw = read_props(model).get(EXPORT_KEY)
-    return json.loads(raw) if raw else {}
+    return _json_prop(model, EXPORT_KEY, "export options") or {}

@@ -34,8 +34,9 @@ class ExportOptions:
         """Defaults filled in and every value checked, before any work is done."""
         if self.exporter not in OPSET_RANGE:
             raise BadInput(f"unknown exporter {self.exporter!r}; use dynamo or torchscript")
-        if self.max_batch < 1:
-            raise BadInput(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.max_batch < 2:
+            raise BadInput(f"--max-batch must be at least 2 for a dynamic batch dimension, got "
+                           f"{self.max_batch}")
         opset = self.opset or DEFAULT_OPSET[self.exporter]
         low, high = OPSET_RANGE[self.exporter]
         if not low <= opset <= high:

@@ -1,7 +1,8 @@
 """How far a candidate backend's logits are from the reference's, accumulated batch by batch.
 
 Memory stays flat in the number of images except for one float per image (its max abs error),
-which the p99 needs.
+which the p99 needs. A NaN or inf in a candidate's logits is counted, makes its image disagree and
+its error infinite; it never disappears the way Python's max() drops NaN.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class LogitComparison:
 
     images: int = 0
     max_abs: float = 0.0
+    nonfinite: int = 0  # candidate logits that are NaN or inf: each one fails the row
     _abs_sum: float = 0.0
     _elements: int = 0
     _cos_sum: float = 0.0
@@ -29,20 +31,26 @@ class LogitComparison:
         cand = np.asarray(cand, dtype=np.float64)
         if ref.shape != cand.shape:
             raise ValueError(f"logit shapes differ: reference {ref.shape}, candidate {cand.shape}")
+        if not np.isfinite(ref).all():
+            raise ValueError("reference logits hold NaN or inf: nothing can be compared with them")
+        finite = np.isfinite(cand)
+        self.nonfinite += int(finite.size - np.count_nonzero(finite))
+        good = finite.reshape(len(cand), -1).all(axis=1)  # a row with a NaN agrees with nothing
         err = np.abs(cand - ref)
-        per_image = err.reshape(len(err), -1).max(axis=1)
+        per_image = np.where(good, err.reshape(len(err), -1).max(axis=1, initial=0.0), np.inf)
         self._per_image_max.append(per_image)
-        self.max_abs = max(self.max_abs, float(per_image.max(initial=0.0)))
-        self._abs_sum += float(err.sum())
+        self.max_abs = max(self.max_abs, float(per_image.max(initial=0.0)))  # inf if any NaN
+        self._abs_sum += float(np.where(finite, err, np.inf).sum())
         self._elements += err.size
         norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-        self._cos_sum += float(np.sum((ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)))
+        cosine = (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)
+        self._cos_sum += float(np.where(good, cosine, -1.0).sum())
         ref_top1 = ref.argmax(axis=1)
-        self._top1_agree += int((cand.argmax(axis=1) == ref_top1).sum())
+        self._top1_agree += int(((cand.argmax(axis=1) == ref_top1) & good).sum())
         k = min(5, ref.shape[1])
         cand_topk = np.argsort(-cand, axis=1)[:, :k]
         # top-5 agreement: the reference's top-1 class is among the candidate's top 5.
-        self._top5_agree += int((cand_topk == ref_top1[:, None]).any(axis=1).sum())
+        self._top5_agree += int(((cand_topk == ref_top1[:, None]).any(axis=1) & good).sum())
         self.images += len(ref)
 
     @property
@@ -68,7 +76,8 @@ class LogitComparison:
         return self._top5_agree / max(self.images, 1)
 
     def summary(self) -> dict[str, float]:
-        return {"images": self.images, "max_abs": self.max_abs, "mean_abs": self.mean_abs,
+        return {"images": self.images, "nonfinite": self.nonfinite, "max_abs": self.max_abs,
+                "mean_abs": self.mean_abs,
                 "p99_abs": self.p99_abs, "cosine": self.cosine,
                 "top1_agreement": self.top1_agreement, "top5_agreement": self.top5_agreement}
 
@@ -84,10 +93,11 @@ class Accuracy:
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         logits = np.asarray(logits)
         labels = np.asarray(labels)
+        good = np.isfinite(logits).reshape(len(logits), -1).all(axis=1)  # NaN rows are wrong
         k = min(5, logits.shape[1])
         topk = np.argsort(-logits, axis=1)[:, :k]
-        self._top1 += int((topk[:, 0] == labels).sum())
-        self._top5 += int((topk == labels[:, None]).any(axis=1).sum())
+        self._top1 += int(((topk[:, 0] == labels) & good).sum())
+        self._top5 += int(((topk == labels[:, None]).any(axis=1) & good).sum())
         self.images += len(labels)
 
     @property

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 
 from .. import __version__
+from ..artifacts import WorkDir
 from ..data import batches, check_classes, open_data
-from ..errors import BadInput
+from ..errors import BadInput, GateFailed
 from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card
 from ..runtime.backends import Backend, BackendUnavailable, open_backend
 from ..runtime.latency import LatencyStats, describe_machine
@@ -46,11 +48,14 @@ def open_workdir(workdir: str | Path):
     onnx_path = workdir / ONNX_NAME
     if not onnx_path.exists():
         raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
+    if not (workdir / CHECKPOINT_NAME).exists():
+        raise BadInput(f"{workdir} has no {CHECKPOINT_NAME} for the PyTorch reference; re-run export")
+    wd = WorkDir(workdir)
+    for name in (ONNX_NAME, CHECKPOINT_NAME):  # the reference and the ONNX must be one export
+        wd.vouch(name, f"resnet-edge export <model or checkpoint> --out {workdir} --force")
     card = read_card(onnx_path)
     if card is None:
         raise BadInput(f"{onnx_path} carries no resnet-edge model card; export it with resnet-edge")
-    if not (workdir / CHECKPOINT_NAME).exists():
-        raise BadInput(f"{workdir} has no {CHECKPOINT_NAME} for the PyTorch reference; re-run export")
     model, _ = load_checkpoint(workdir / CHECKPOINT_NAME)
     return card, model
 
@@ -99,6 +104,10 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         start = time.perf_counter()
         ref = reference.run(batch)
         ref_seconds.append(time.perf_counter() - start)
+        if not np.isfinite(ref).all():
+            raise GateFailed(f"the PyTorch fp32 reference gives NaN or inf logits on images "
+                             f"{done}-{done + len(batch) - 1} of {data_spec}: the model is broken, "
+                             "so nothing can be compared with it")
         if labelled:
             ref_accuracy.update(ref, labels)
         for row in ran:
@@ -140,6 +149,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         "tool": {"name": "resnet-edge", "version": __version__},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "workdir": str(workdir),
+        # what every number here was measured on: the sha256 of each file that ran
+        "artifacts": _artifacts(workdir, [r for r in rows if r.runner is not None]),
         "model": card.to_dict(),
         "data": {"spec": data_spec, "images": n, "labelled": labelled, "batch_size": batch_size,
                  "accuracy_note": "" if labelled else "no labels: accuracy was not measured"},
@@ -151,6 +162,13 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,
                     "explicit_backends_missing": missing if explicit else []},
     }
+
+
+def _artifacts(workdir: Path, ran: list[_Row]) -> dict[str, str]:
+    from ..runtime.backends import ORT_FILES
+    wd = WorkDir(workdir)
+    names = [ONNX_NAME, CHECKPOINT_NAME, *(ORT_FILES[r.precision] for r in ran if r.backend == "ort")]
+    return {name: wd.sha256(name) for name in dict.fromkeys(names)}
 
 
 def _accuracy(acc: Accuracy) -> dict:

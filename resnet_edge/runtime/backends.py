@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MissingBackend
+from ..artifacts import WorkDir
+from ..errors import BadInput, MissingBackend, first_line
 from .ort import import_ort, make_session
 from .trt_engine import INT8_FP16_FILE, ONNX_FILES
 
@@ -108,8 +109,11 @@ class OrtBackend(Backend):
         if not chosen:
             raise BackendUnavailable(f"none of {', '.join(wanted)} is available in this onnxruntime "
                                      f"(it has {', '.join(available)})")
-        self.precision = precision
-        self.session = make_session(onnx_path, chosen, disable_qdq_fusion=disable_qdq_fusion)
+        self.precision, self.path = precision, Path(onnx_path)
+        try:
+            self.session = make_session(onnx_path, chosen, disable_qdq_fusion=disable_qdq_fusion)
+        except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
+            raise BadInput(f"ONNX Runtime cannot load {onnx_path}: {first_line(exc)}") from None
         active = self.session.get_providers()
         self.provider = active[0]
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
@@ -127,7 +131,11 @@ class OrtBackend(Backend):
         return f"ort {self.precision} ({where}{', ' + self.note if self.note else ''})"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:  # noqa: BLE001 (a model with a fixed batch, renamed input...)
+            raise BadInput(f"ONNX Runtime refused a batch of shape {tuple(batch.shape)} for "
+                           f"{self.path}: {first_line(exc)}") from None
 
     def stage(self, batch: np.ndarray):
         if self.device == "cpu":
@@ -163,6 +171,13 @@ class TensorRTBackend(Backend):
             if not path.exists():
                 raise BackendUnavailable(f"engine not built for {gpu} / TensorRT {trt.__version__} "
                                          f"(run `resnet-edge build {workdir} --precision {precision}`)")
+            meta = trt_engine.read_engine_meta(path)
+            source = str(meta.get("onnx"))
+            wd = WorkDir(workdir)
+            wd.vouch(source, remake_command(workdir, source))
+            if meta.get("onnx_sha256") != wd.sha256(source):
+                raise BadInput(f"{path} is stale: it was built from an earlier {source}; rebuild it "
+                               f"with `resnet-edge build {workdir} --precision {precision}`")
             self.runner = trt_engine.TrtRunner(path)
         except trt_engine.EngineError as exc:
             raise BackendUnavailable(str(exc)) from None
@@ -187,6 +202,13 @@ class TensorRTBackend(Backend):
 BACKENDS = ("torch", "ort", "trt")
 
 
+def remake_command(workdir, name: str) -> str:
+    """The command that makes work-dir file `name` again."""
+    if "int8" in name or "calibration" in name:
+        return f"resnet-edge calibrate {workdir}"
+    return f"resnet-edge export <model or checkpoint> --out {workdir} --force"
+
+
 def _recipe(int8_path: Path) -> str:
     from ..calibration import quantization_info
     return quantization_info(int8_path).get("recipe", "")
@@ -203,6 +225,8 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
     if name == "ort":
         providers = ("CPUExecutionProvider",) if device == "cpu" else None
         path = Path(workdir) / ORT_FILES[precision]
+        if path.exists():  # a stale or half-written file is refused, not compared
+            WorkDir(workdir).vouch(path.name, remake_command(workdir, path.name))
         as_written = precision.startswith("int8") and path.exists() and _recipe(path) == "tensorrt"
         backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written)
         if as_written and backend.device == "cpu":

@@ -558,8 +558,10 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_
       resnet-edge build artifacts/resnet50 --precision int8 --timing-cache ~/.cache/resnet-edge/orin.cache
       resnet-edge build artifacts/resnet50 --precision int8 --dla-core 0 --gpu-fallback     # Jetson
     """
+    from .artifacts import WorkDir
     from .calibration import INT8_NAME, quantization_info
     from .runtime import trt_engine
+    from .runtime.backends import remake_command
 
     if max_batch < 1 or opt_batch < 1 or opt_batch > max_batch:
         raise BadInput(f"need 1 <= --opt-batch ({opt_batch}) <= --max-batch ({max_batch})")
@@ -581,6 +583,10 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_
         raise BadInput(str(exc)) from None
     except trt_engine.EngineError as exc:
         raise MissingBackend(str(exc)) from None
+    wd = WorkDir(workdir)
+    for name in (plan.onnx_file, *([trt_engine.CACHE_FILE] if plan.calibration_cache else [])):
+        if wd.file(name).exists():  # a stale or half-written input is refused before building
+            wd.vouch(name, remake_command(workdir, name))
     int8_file = workdir / INT8_NAME
     if (plan.onnx_file == INT8_NAME and int8_file.exists()
             and quantization_info(int8_file).get("recipe") == "cpu"):

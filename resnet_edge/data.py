@@ -281,6 +281,8 @@ def _imagefolder(spec: str, root: Path) -> Source:
                     raise UnidentifiedImageError
                 with Image.open(path) as img:
                     img.verify()
+            except Image.DecompressionBombError as exc:  # refused loudly, never skipped quietly
+                raise BadInput(f"{path} is refused: {first_line(exc)}") from None
             except (UnidentifiedImageError, OSError, SyntaxError):
                 skipped += 1
                 continue

@@ -42,8 +42,9 @@ class LogitComparison:
         self.max_abs = max(self.max_abs, float(per_image.max(initial=0.0)))  # inf if any NaN
         self._abs_sum += float(np.where(finite, err, np.inf).sum())
         self._elements += err.size
-        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-        cosine = (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf rows are counted, not warned
+            norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+            cosine = (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)
         self._cos_sum += float(np.where(good, cosine, -1.0).sum())
         ref_top1 = ref.argmax(axis=1)
         self._top1_agree += int(((cand.argmax(axis=1) == ref_top1) & good).sum())
@@ -61,7 +62,8 @@ class LogitComparison:
     def p99_abs(self) -> float:
         if not self._per_image_max:
             return 0.0
-        return float(np.percentile(np.concatenate(self._per_image_max), 99))
+        with np.errstate(invalid="ignore"):
+            return float(np.percentile(np.concatenate(self._per_image_max), 99))
 
     @property
     def cosine(self) -> float:

@@ -1,0 +1,340 @@
+"""Numbers that cannot lie: non-finite values, stale or half-written artifacts, malformed model
+cards, and dependencies' errors. Each case: the exit code, one line on stderr, and no leftover
+or stale artifact."""
+
+import errno
+import io
+import json
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from resnet_edge import zoo
+from resnet_edge.calibration import calibrate
+from resnet_edge.errors import BadInput
+from resnet_edge.export import export_model
+from resnet_edge.export.metadata import CARD_KEY, load_onnx, read_card
+
+
+def _one_line(result, code, message):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def _strict(path):
+    """The file parses as JSON that has no bare NaN or Infinity."""
+    def refuse(token):
+        raise AssertionError(f"{path} holds {token}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _checkpoint(path, **edits):
+    model, card = zoo.load_model("resnet20")
+    state = model.state_dict()
+    for key, change in edits.items():
+        change(state[key])
+    zoo.save_checkpoint(path, model, card)
+    return path
+
+
+# ---- NaN and inf -------------------------------------------------------------------------------
+
+def test_a_nan_weight_is_refused_at_load(tmp_path, run_cli):
+    ckpt = _checkpoint(tmp_path / "nan.pt", **{"fc.bias": lambda t: t.__setitem__(3, float("nan"))})
+    result = run_cli("export", ckpt, "--out", tmp_path / "out")
+    _one_line(result, 2, "holds 1 NaN or inf values in fc.bias")
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_logits_that_overflow_fail_their_row_and_reports_stay_json(tmp_path, run_cli):
+    # finite in fp32, beyond fp16's 65504 in torch fp16: every fp16 logit of class 0 is inf
+    ckpt = _checkpoint(tmp_path / "big.pt", **{"fc.bias": lambda t: t.__setitem__(0, 7e4)})
+    assert run_cli("export", ckpt, "--out", tmp_path / "w").exit_code == 0
+    out = tmp_path / "reports"
+    result = run_cli("parity", tmp_path / "w", "--backends", "torch", "--precisions", "fp16",
+                     "--limit", "40", "--json", out / "p.json", "--markdown", out / "p.md",
+                     "--junit", out / "j.xml")
+    _one_line(result, 1, "parity gates failed: torch fp16 finite_logits")
+    report = _strict(out / "p.json")
+    row = report["candidates"][0]
+    assert row["metrics"]["nonfinite"] == 40 and row["metrics"]["max_abs"] is None
+    gate = next(g for g in row["gates"] if g["gate"] == "finite_logits")
+    assert gate["value"] == 40 and gate["passed"] is False
+    assert row["metrics"]["top1_agreement"] == 0.0  # a row with inf agrees with nothing
+    assert "finite_logits" in (out / "p.md").read_text() and "finite_logits" in (out / "j.xml").read_text()
+
+
+def test_a_model_whose_reference_is_not_finite_exports_nothing(tmp_path, run_cli):
+    ckpt = _checkpoint(tmp_path / "inf.pt", **{"fc.bias": lambda t: t.__setitem__(0, 3e38),
+                                               "fc.weight": lambda t: t.fill_(3e38)})
+    result = run_cli("export", ckpt, "--out", tmp_path / "w")
+    _one_line(result, 1, "PyTorch itself gives NaN or inf logits")
+    assert not (tmp_path / "w" / "model.onnx").exists()
+
+
+def test_non_finite_input_data_is_refused_naming_file_and_image(digits_workdir, tmp_path, run_cli):
+    x = np.zeros((5, 3, 32, 32), np.float32)
+    x[3, 1, 2, 2] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("parity", digits_workdir, "--data", f"npy:{tmp_path / 'x.npy'}")
+    _one_line(result, 2, f"{tmp_path / 'x.npy'} image 3 holds NaN or inf values")
+
+
+# ---- stale and half-written artifacts ---------------------------------------------------------
+
+@pytest.fixture
+def two_models(calibrated_workdir, tmp_path):
+    """A calibrated work dir into which a different model was then exported."""
+    work = tmp_path / "work"
+    shutil.copytree(calibrated_workdir, work)
+    other, card = zoo.load_model("resnet20")  # random init: not the trained digits model
+    export_model(other, card, work)
+    return work
+
+
+def test_stale_int8_is_refused_by_every_consumer(two_models, run_cli, tmp_path, monkeypatch):
+    stale = "model.int8.onnx is stale: it was made from an earlier model.onnx; remake it with `resnet-edge calibrate"
+    _one_line(run_cli("parity", two_models, "--precisions", "int8", "--backends", "ort"), 2, stale)
+    result = run_cli("bundle", two_models, "--out", tmp_path / "b.tar.gz")
+    _one_line(result, 2, "is stale: it was made from an earlier model.onnx")
+    assert not (tmp_path / "b.tar.gz").exists()
+    from trt_standin import StandIn
+    StandIn("10.3.0").install(monkeypatch)
+    _one_line(run_cli("build", two_models, "--precision", "int8"), 2, "is stale")
+    assert not (two_models / "engines").exists()
+
+
+def test_int8_gates_hold_on_unlabelled_data(calibrated_workdir):
+    from resnet_edge.parity.gates import load_thresholds
+    from resnet_edge.parity.run import run_parity
+    report = run_parity(calibrated_workdir, "random:32", backends=["ort"], precisions=["int8"],
+                        thresholds=load_thresholds())
+    gates = {g["gate"]: g for g in report["candidates"][0]["gates"]}
+    assert gates["top1_agreement"]["passed"] is not None and gates["cosine"]["passed"] is not None
+    assert gates["accuracy_drop_pt"]["status"] == "not measured"
+
+
+def test_an_interrupted_calibration_is_never_trusted(calibrated_workdir, tmp_path, run_cli):
+    work = tmp_path / "work"
+    shutil.copytree(calibrated_workdir, work)
+    leftover = work / ".model.int8.onnx.abc123.tmp"  # what a kill -9 leaves behind
+
+    def kill(message):
+        if message.startswith("writing model.int8.onnx"):
+            leftover.write_bytes(b"half")
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(work, "digits:train", samples=64, method="entropy", holdout=20, step=kill)
+    result = run_cli("parity", work, "--backends", "ort", "--precisions", "int8")
+    _one_line(result, 2, "model.int8.onnx was not made by a completed resnet-edge run")
+    result = run_cli("bundle", work, "--out", tmp_path / "b.tar.gz")
+    _one_line(result, 2, "was not made by a completed resnet-edge run")
+    again = calibrate(work, "digits:train", samples=64, method="entropy", holdout=20)
+    assert again.path.exists() and not leftover.exists()  # the next run sweeps the leftover
+    assert run_cli("parity", work, "--backends", "ort", "--precisions", "int8").exit_code == 0
+
+
+def test_a_damaged_calibration_cache_is_not_bundled(calibrated_workdir, tmp_path, run_cli):
+    work = tmp_path / "work"
+    shutil.copytree(calibrated_workdir, work)
+    cache = work / "calibration.cache"
+    cache.write_text(cache.read_text()[:40])  # half-written
+    result = run_cli("bundle", work, "--out", tmp_path / "b.tar.gz")
+    _one_line(result, 2, "calibration.cache changed after resnet-edge wrote it")
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_pipeline_remakes_stale_steps_and_never_leaves_an_old_bundle(trained_digits, run_cli, tmp_path):
+    out = tmp_path / "pipe"
+    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64")
+    assert run_cli(*args).exit_code == 0
+    bundle = out / "pipe-jetpack6.tar.gz"
+    assert bundle.exists()
+    (out / "calibration.cache").write_text("TRT-100300-EntropyCalibration2\n")  # damaged
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[fp16]\nmin_top1_agreement = 0.995\n[int8]\nmin_cosine = 0.9\n")
+    second = run_cli(*args, "--thresholds", strict)
+    assert second.exit_code == 0, second.output
+    steps = {line.split("│")[1].strip(): line.split("│")[2].strip()
+             for line in second.stdout.splitlines() if line.count("│") >= 4}
+    assert steps["calibrate"] == "ran" and steps["bundle"] == "ran"  # thresholds changed too
+    failing = tmp_path / "failing.toml"
+    failing.write_text("[fp32]\nmax_abs = 1e-12\n")
+    third = run_cli(*args, "--thresholds", failing)
+    assert third.exit_code == 1 and "pipeline stopped" in third.stderr
+    assert not bundle.exists()  # the previous model's bundle is not left to look like this one's
+
+
+# ---- model cards ------------------------------------------------------------------------------
+
+CARD_CASES = [
+    (lambda c: c["preprocess"].update(resize=100000), "resize 100000 is not a whole number in"),
+    (lambda c: c["preprocess"].update(std=[0.2, -0.2, 0.2]), "std [0.2, -0.2, 0.2] must be positive"),
+    (lambda c: c["preprocess"].update(mean=[0.5, 0.5]), "mean [0.5, 0.5] must be 3 finite numbers"),
+    (lambda c: c["preprocess"].update(interpolation="lanczos9"), "interpolation 'lanczos9' is not one of"),
+    (lambda c: c["preprocess"].pop("antialias"), "preprocess must have exactly"),
+    (lambda c: c.update(surprise=1), "has unknown key 'surprise'"),
+    (lambda c: c.pop("num_classes"), "misses 'num_classes'"),
+    (lambda c: c.update(arch="resnet9000"), "arch 'resnet9000' is not a known ResNet"),
+    (lambda c: c.update(class_names=["a"]), "class_names must be 10 strings"),
+]
+
+
+@pytest.mark.parametrize("change,message", CARD_CASES, ids=[m[:30] for _, m in CARD_CASES])
+def test_a_malformed_card_in_a_checkpoint_exits_2(change, message, tmp_path, run_cli):
+    model, card = zoo.load_model("resnet20")
+    data = card.to_dict()
+    change(data)
+    torch.save({"format": zoo.CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "card": data},
+               tmp_path / "bad.pt")
+    _one_line(run_cli("export", tmp_path / "bad.pt", "--out", tmp_path / "o"), 2, message)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("change,message", CARD_CASES[:4], ids=[m[:30] for _, m in CARD_CASES[:4]])
+def test_a_malformed_card_in_onnx_metadata_is_refused(change, message, digits_workdir):
+    model = onnx.load(str(digits_workdir / "model.onnx"), load_external_data=False)
+    prop = next(p for p in model.metadata_props if p.key == CARD_KEY)
+    data = json.loads(prop.value)
+    change(data)
+    prop.value = json.dumps(data)
+    with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("]", r"\]")):
+        read_card(model)
+
+
+# ---- dependencies' errors, in one line --------------------------------------------------------
+
+def test_garbage_onnx_and_manifests_say_what_they_are(tmp_path, digits_workdir, run_cli):
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\x99 not protobuf at all" * 10)
+    with pytest.raises(BadInput, match="is not a readable ONNX file"):
+        load_onnx(tmp_path / "garbage.onnx")
+    for content, message in ((b"{not json", "manifest.json is damaged"),
+                             (b"[1, 2]", "not a resnet-edge work directory manifest")):
+        work = tmp_path / f"w{len(content)}"
+        shutil.copytree(digits_workdir, work)
+        (work / "manifest.json").write_bytes(content)
+        _one_line(run_cli("parity", work), 2, message)
+
+
+def test_onnxruntime_refusing_a_batch_names_the_file(tmp_path):
+    from onnx import TensorProto, helper
+    from resnet_edge.runtime.backends import OrtBackend
+    fixed = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(fixed, str(tmp_path / "fixed.onnx"))
+    backend = OrtBackend(tmp_path / "fixed.onnx")
+    with pytest.raises(BadInput, match=r"refused a batch of shape \(2, 3, 8, 8\) for .*fixed.onnx"):
+        backend.run(np.zeros((2, 3, 8, 8), np.float32))
+    (tmp_path / "broken.onnx").write_bytes(b"nope")
+    with pytest.raises(BadInput, match="ONNX Runtime cannot load .*broken.onnx"):
+        OrtBackend(tmp_path / "broken.onnx")
+
+
+def _png_header(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def _labelled_folder(root):
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / str(c) / "a.png")
+
+
+def test_a_truncated_image_decoded_in_a_worker_is_named(trained_digits, tmp_path, run_cli):
+    _labelled_folder(tmp_path / "data")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    cut = tmp_path / "data" / "3" / "cut.jpg"
+    cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    result = run_cli("eval", trained_digits.model_path, "--data", f"imagefolder:{tmp_path / 'data'}")
+    _one_line(result, 2, f"{cut} cannot be decoded")
+
+
+def test_a_decompression_bomb_image_is_refused_by_name(trained_digits, tmp_path, run_cli):
+    _labelled_folder(tmp_path / "data")
+    bomb = tmp_path / "data" / "4" / "bomb.png"
+    bomb.write_bytes(_png_header(40000, 40000))  # 1.6 gigapixels declared in 100 bytes
+    result = run_cli("eval", trained_digits.model_path, "--data", f"imagefolder:{tmp_path / 'data'}")
+    _one_line(result, 2, f"{bomb} is refused")
+
+
+@pytest.mark.parametrize("code,message", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
+def test_full_or_read_only_disks_are_said_as_such(code, message, tmp_path, run_cli, monkeypatch):
+    import tempfile
+    real = tempfile.mkstemp
+
+    def refuse(*args, **kwargs):
+        if kwargs.get("prefix", "").startswith(".model.onnx"):
+            raise OSError(code, "simulated", str(tmp_path / "o" / "model.onnx"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    _one_line(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, message)
+    assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_a_library_that_hides_a_full_disk_is_still_said_as_such(tmp_path, run_cli, monkeypatch):
+    import shutil as shutil_module
+    from resnet_edge.export import torch_to_onnx
+
+    def unexpected_pos(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 2048 vs 1974")
+    monkeypatch.setattr(torch_to_onnx.torch.onnx, "export", unexpected_pos)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(1 << 30, 1 << 30, 0))
+    _one_line(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, "no space left on the device")
+    assert not list((tmp_path / "o").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("labels,message", [
+    (np.array([0, 1, -1, 2]), "label 2 is -1"),
+    (np.array([0.0, 1.0, 2.0, 3.0]), "labels must be whole numbers"),
+    (np.array([0, 1, np.nan, 2]), "labels must be whole numbers"),
+    (np.array([0, 1, 2, 12]), "has 13 classes but the model (resnet20) has 10"),
+])
+def test_labels_must_be_class_indices(labels, message, tmp_path, digits_workdir, run_cli):
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 32, 32), np.float32))
+    np.save(tmp_path / "y.npy", labels)
+    spec = f"npy:{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
+    _one_line(run_cli("parity", digits_workdir, "--data", spec), 2, message)
+
+
+def test_an_empty_npy_exits_2(tmp_path, digits_workdir, run_cli):
+    np.save(tmp_path / "x.npy", np.zeros((0, 3, 32, 32), np.float32))
+    _one_line(run_cli("parity", digits_workdir, "--data", f"npy:{tmp_path / 'x.npy'}"), 2, "holds no images")
+
+
+@pytest.mark.parametrize("toml,message", [
+    ("[int8]\nmax_accuracy_drop_pt = -1\n", "outside 0..100"),
+    ("[int8]\nmax_accuracy_drop_pt = nan\n", "outside 0..100"),
+    ("[fp16]\nmin_top1_agreement = \"0.99\"\n", "must be a number"),
+    ("[fp16]\nmin_top1_agreement = [0.99]\n", "must be a number"),
+    ("[fp16]\nmin_top1_agreement = 99.5\n", "outside 0..1"),
+])
+def test_thresholds_are_checked_before_any_work(toml, message, tmp_path, digits_workdir, run_cli):
+    (tmp_path / "t.toml").write_text(toml)
+    _one_line(run_cli("parity", digits_workdir, "--thresholds", tmp_path / "t.toml"), 2, message)
+    (tmp_path / "latin1.toml").write_bytes("[int8]\n# caf\xe9\n".encode("latin-1"))
+    _one_line(run_cli("parity", digits_workdir, "--thresholds", tmp_path / "latin1.toml"), 2,
+              "cannot read thresholds")
+    _one_line(run_cli("parity", digits_workdir, "--gate", "int8.max_abs=nan"), 2, "outside 0..inf")
+
+
+def test_report_paths_are_checked_before_the_work(digits_workdir, tmp_path, run_cli):
+    (tmp_path / "a_file").write_text("")
+    _one_line(run_cli("parity", digits_workdir, "--json", tmp_path / "a_file" / "p.json"), 2,
+              "is not writable")
+    _one_line(run_cli("verify", digits_workdir, "--json", tmp_path), 2, "is a folder")

@@ -16,7 +16,7 @@ from ..artifacts import WorkDir
 from ..data import batches, check_classes, open_data
 from ..errors import BadInput, GateFailed
 from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card
-from ..runtime.backends import Backend, BackendUnavailable, open_backend
+from ..runtime.backends import Backend, BackendUnavailable, artifact_hashes, open_backend
 from ..runtime.latency import LatencyStats, describe_machine
 from ..zoo import load_checkpoint
 from .gates import Thresholds, evaluate_gates, for_precision
@@ -150,7 +150,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "workdir": str(workdir),
         # what every number here was measured on: the sha256 of each file that ran
-        "artifacts": _artifacts(workdir, [r for r in rows if r.runner is not None]),
+        "artifacts": artifact_hashes(workdir, [(r.backend, r.precision) for r in rows
+                                               if r.runner is not None]),
         "model": card.to_dict(),
         "data": {"spec": data_spec, "images": n, "labelled": labelled, "batch_size": batch_size,
                  "accuracy_note": "" if labelled else "no labels: accuracy was not measured"},
@@ -162,13 +163,6 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,
                     "explicit_backends_missing": missing if explicit else []},
     }
-
-
-def _artifacts(workdir: Path, ran: list[_Row]) -> dict[str, str]:
-    from ..runtime.backends import ORT_FILES
-    wd = WorkDir(workdir)
-    names = [ONNX_NAME, CHECKPOINT_NAME, *(ORT_FILES[r.precision] for r in ran if r.backend == "ort")]
-    return {name: wd.sha256(name) for name in dict.fromkeys(names)}
 
 
 def _accuracy(acc: Accuracy) -> dict:

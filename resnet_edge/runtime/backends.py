@@ -202,6 +202,14 @@ class TensorRTBackend(Backend):
 BACKENDS = ("torch", "ort", "trt")
 
 
+def artifact_hashes(workdir, ran: list[tuple[str, str]]) -> dict[str, str]:
+    """sha256 of the work-dir files behind the (backend, precision) pairs that ran: what a
+    report's numbers were measured on."""
+    wd = WorkDir(workdir)
+    names = ["model.onnx", "model.pt", *(ORT_FILES[p] for b, p in ran if b == "ort")]
+    return {name: wd.sha256(name) for name in dict.fromkeys(names) if wd.file(name).exists()}
+
+
 def remake_command(workdir, name: str) -> str:
     """The command that makes work-dir file `name` again."""
     if "int8" in name or "calibration" in name:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backends import BackendUnavailable, open_backend
+from .backends import BackendUnavailable, artifact_hashes, open_backend
 from .latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
@@ -32,5 +32,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             m = measure(backend, batch, iterations=iterations, warmup=warmup)
             results.append({"backend": name, "precision": precision, "device": backend.label, **m})
         backend.close()
-    return {"schema": SCHEMA, "model": card.to_dict(), "machine": describe_machine(),
+    ran = list(dict.fromkeys((r["backend"], r["precision"]) for r in results))
+    return {"schema": SCHEMA, "model": card.to_dict(), "artifacts": artifact_hashes(workdir, ran),
+            "machine": describe_machine(),
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped}

@@ -1,53 +1,115 @@
-"""Calibration cost and what INT8 buys on ONNX Runtime CPU, measured side by side.
+"""Calibration against its peer, and what INT8 buys on ONNX Runtime CPU, measured side by side.
 
-1. Calibration time (ranges over every tensor + Q/DQ model) for resnet18 at 64/256/512 samples.
+1. `calibrate` vs bare `onnxruntime.quantization.quantize_static` with the same recipe (tensorrt:
+   symmetric int8, per-channel weights, Q/DQ on Conv/Gemm, entropy) on the same preprocessed
+   images. Each run is its own process (same imports on both sides), so peak memory is
+   comparable; runs alternate ours/peer and the ratio is the median of the pairs.
+   Targets: time ratio <= 1.15, peak memory ratio <= 1.10.
 2. ORT CPU p50 latency of fp32 vs int8 (tensorrt and cpu recipes) at batch 1 and 8, as ratios.
-3. Accuracy on digits:test of a resnet20 trained with `resnet-edge train` defaults: PyTorch
-   fp32 vs ORT CPU int8 for both recipes (512 samples). Target: each loses <= 0.5 pt.
+3. Accuracy on digits:test of a resnet20 trained with `resnet-edge train` defaults: PyTorch fp32
+   vs ORT CPU int8 for both recipes (512 samples). Target: each loses <= 0.5 pt.
 
-    .venv/bin/python benchmarks/calibration.py [--checkpoint runs/resnet20-digits/model.pt]
+    .venv/bin/python benchmarks/calibration.py [--pairs 3] [--parts 1,2,3] [--checkpoint runs/resnet20-digits/model.pt]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from resnet_edge.calibration import calibrate
-from resnet_edge.export import export_model
-from resnet_edge.parity.gates import load_thresholds
-from resnet_edge.parity.run import run_parity
-from resnet_edge.runtime.backends import open_backend
-from resnet_edge.runtime.latency import measure
-from resnet_edge.train import TrainConfig, train
-from resnet_edge.zoo import load_model
+CASES = [("resnet20", 256), ("resnet18", 64), ("resnet50", 64)]  # (model, images), entropy
 
 
-def calibration_times(tmp: Path) -> dict[str, Path]:
+def child(args) -> None:
+    """One timed run in this process: ours (`calibrate`) or the peer (`quantize_static`)."""
+    import resnet_edge.calibration as ours  # both sides import the same modules first
+    from onnxruntime import quantization as q
+    from resnet_edge.calibration.qdq import ArrayReader
+    work = Path(args.work)
+    start = time.perf_counter()
+    if args.child == "ours":
+        ours.calibrate(work, f"npy:{work.parent / 'inputs.npy'}", samples=args.samples,
+                       method="entropy")
+    else:
+        inputs = np.load(work.parent / "inputs.npy")
+        q.quantize_static(
+            str(work / "model.onnx"), str(work / "peer.int8.onnx"), ArrayReader(inputs),
+            quant_format=q.QuantFormat.QDQ, per_channel=True, activation_type=q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.Entropy,
+            op_types_to_quantize=["Conv", "Gemm"],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "QuantizeBias": False, "AddQDQPairToWeight": True,
+                           "DedicatedQDQPair": True, "CalibTensorRangeSymmetric": True,
+                           "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm"],
+                           "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0}})
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_mib}))
+
+
+def run_child(kind: str, work: Path, samples: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--work", str(work),
+                          "--samples", str(samples)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def versus_peer(tmp: Path, pairs: int) -> None:
+    from resnet_edge.calibration.dataset import calibration_inputs
+    from resnet_edge.data import open_data
+    from resnet_edge.export import export_model
+    from resnet_edge.zoo import load_model
+    print(f"1. calibrate vs quantize_static (tensorrt recipe, entropy), median of {pairs} pairs, "
+          "one process per run")
+    print(f"   {'model':9} {'images':>6} {'peer s':>7} {'ours s':>7} {'ratio':>6}  "
+          f"{'peer MiB':>8} {'ours MiB':>8} {'ratio':>6}")
+    worst_time = worst_memory = 0.0
+    for name, images in CASES:
+        case = tmp / name
+        model, card = load_model(name, weights="none", num_classes=10)
+        export_model(model, card, case / "base", fp16=False)
+        inputs, _ = calibration_inputs(open_data("digits:train"), card.preprocess, images)
+        np.save(case / "inputs.npy", inputs)
+        times, memory, rows = [], [], []
+        for _ in range(pairs):
+            for kind in ("peer", "ours"):
+                work = case / kind
+                shutil.rmtree(work, ignore_errors=True)
+                shutil.copytree(case / "base", work)
+            peer, ours = run_child("peer", case / "peer", images), run_child("ours", case / "ours", images)
+            rows.append((peer, ours))
+            times.append(ours["seconds"] / peer["seconds"])
+            memory.append(ours["peak_mib"] / peer["peak_mib"])
+        t, m = statistics.median(times), statistics.median(memory)
+        worst_time, worst_memory = max(worst_time, t), max(worst_memory, m)
+        med = lambda key, side: statistics.median(r[side][key] for r in rows)  # noqa: E731
+        print(f"   {name:9} {images:6d} {med('seconds', 0):7.2f} {med('seconds', 1):7.2f} {t:6.2f}  "
+              f"{med('peak_mib', 0):8.0f} {med('peak_mib', 1):8.0f} {m:6.2f}")
+    print(f"   {'PASS' if worst_time <= 1.15 else 'FAIL'} time (worst {worst_time:.2f}, target <= 1.15); "
+          f"{'PASS' if worst_memory <= 1.10 else 'FAIL'} memory (worst {worst_memory:.2f}, target <= 1.10)")
+
+
+def latency_ratios(tmp: Path, iterations: int) -> None:
+    from resnet_edge.calibration import calibrate
+    from resnet_edge.export import export_model
+    from resnet_edge.runtime.backends import open_backend
+    from resnet_edge.runtime.latency import measure
+    from resnet_edge.zoo import load_model
     model, card = load_model("resnet18", weights="none", num_classes=10)
-    base = tmp / "r18"
-    export_model(model, card, base, fp16=False)
-    print("1. calibration time, resnet18 (224 px), digits:train, minmax, tensorrt recipe")
-    for samples in (64, 256, 512):
-        work = tmp / f"r18-{samples}"
-        shutil.copytree(base, work)
-        start = time.perf_counter()
-        calibrate(work, "digits:train", samples=samples, method="minmax", holdout=1)
-        print(f"   {samples:4d} samples  {time.perf_counter() - start:7.1f} s")
     works = {}
     for recipe in ("tensorrt", "cpu"):
         works[recipe] = tmp / f"r18-{recipe}"
-        shutil.copytree(base, works[recipe])
-        calibrate(works[recipe], "digits:train", samples=64, method="minmax", recipe=recipe, holdout=1)
-    return works
-
-
-def latency_ratios(works: dict[str, Path], iterations: int) -> None:
+        export_model(model, card, works[recipe], fp16=False)
+        calibrate(works[recipe], "digits:train", samples=64, method="minmax", recipe=recipe)
     print(f"2. ORT CPU latency, resnet18, p50 of {iterations} iterations (ratio = fp32 / int8)")
     print(f"   {'batch':>5} {'fp32 ms':>9} {'int8 trt-recipe':>16} {'int8 cpu-recipe':>16}")
     fp32 = open_backend("ort", "fp32", works["cpu"], device="cpu")
@@ -63,6 +125,12 @@ def latency_ratios(works: dict[str, Path], iterations: int) -> None:
 
 
 def accuracy(checkpoint: Path | None, tmp: Path) -> None:
+    from resnet_edge.calibration import calibrate
+    from resnet_edge.export import export_model
+    from resnet_edge.parity.gates import load_thresholds
+    from resnet_edge.parity.run import run_parity
+    from resnet_edge.train import TrainConfig, train
+    from resnet_edge.zoo import load_model
     if checkpoint is None:
         print("3. training resnet20 on digits with the train defaults ...")
         checkpoint = train(TrainConfig("resnet20", "digits", tmp / "run")).model_path
@@ -86,11 +154,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="A digits-trained resnet20 model.pt")
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--parts", default="1,2,3")
+    parser.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--samples", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
-        works = calibration_times(Path(tmp))
-        latency_ratios(works, args.iterations)
-        accuracy(args.checkpoint, Path(tmp))
+        if "1" in parts:
+            versus_peer(Path(tmp), args.pairs)
+        if "2" in parts:
+            latency_ratios(Path(tmp), args.iterations)
+        if "3" in parts:
+            accuracy(args.checkpoint, Path(tmp))
 
 
 if __name__ == "__main__":

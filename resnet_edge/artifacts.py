@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -64,6 +65,13 @@ def temp_prefix(name: str) -> str:
     return f".{name}."
 
 
+def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> str:
+    """Write `data` atomically; returns its sha256, so nothing reads the file back to hash it."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_text_atomic(final: str | os.PathLike, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text)
@@ -75,6 +83,11 @@ def write_json_atomic(final: str | os.PathLike, data: Any) -> None:
 
 
 def library_versions() -> dict[str, str]:
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)  # package metadata does not change while a command runs
+def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "resnet-edge": __version__}
     for name in _TRACKED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -124,6 +137,11 @@ class WorkDir:
         if key not in self._hashes:
             self._hashes[key] = sha256_file(path)
         return self._hashes[key]
+
+    def remember(self, name: str, digest: str) -> None:
+        """The sha256 of a file this command just wrote from bytes it hashed itself."""
+        info = self.file(name).stat()
+        self._hashes[(name, info.st_size, info.st_mtime_ns)] = digest
 
     # A step's outputs are trusted only as a set, and only once the step has completed: `begin`
     # forgets the set before anything is rewritten, `complete` records it last, with the

@@ -352,6 +352,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     _writable(json_path, markdown, junit)
     explicit = backends is not None or precisions is not None
+    cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
     with Progress(TextColumn("parity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("parity", total=None)
@@ -359,7 +360,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
                             backends=_csv(backends or "torch,ort,trt"),
                             precisions=_csv(precisions) if precisions else list(PRECISIONS),
                             thresholds=table_of_gates, limit=limit, batch_size=batch_size,
-                            device=device, explicit=explicit,
+                            device=device, explicit=explicit, cpu_fp16=cpu_fp16,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
     _print_parity(result)
     for path, writer in ((json_path, reports.write_json), (markdown, reports.write_markdown),
@@ -395,6 +396,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
     from .artifacts import write_json_atomic
+    from .runtime.backends import CPU_FP16
     from .runtime.bench import run_bench
 
     try:
@@ -405,16 +407,19 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
         raise BadInput("--batch-sizes and --iterations must be at least 1, --warmup at least 0")
     _writable(json_path)
     explicit = backends is not None or precisions is not None
+    cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
     with _steps() as step:
         result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
-                           warmup=warmup, device=device, step=step)
+                           warmup=warmup, device=device, cpu_fp16=cpu_fp16, step=step,
+                           notice=lambda message: err.print(f"[yellow]note:[/] {escape(message)}"))
     _print_bench(result)
     if json_path:
         write_json_atomic(json_path, result)
         stdout.print(f"wrote {json_path}")
-    if explicit and result["skipped"]:
+    asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16]
+    if explicit and asked:
         raise MissingBackend("asked for but cannot run here: " + "; ".join(
-            f"{s['backend']} {s['precision']} ({s['reason']})" for s in result["skipped"]))
+            f"{s['backend']} {s['precision']} ({s['reason']})" for s in asked))
 
 
 def _print_parity(report: dict) -> None:
@@ -436,7 +441,7 @@ def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str
 def _print_bench(result: dict) -> None:
     table = Table(title=f"{result['model']['arch']} latency ({result['iterations']} iterations after "
                         f"{result['warmup']} warm-up)")
-    for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s", "device p50"):
+    for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s (p50)", "device p50"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     for r in result["results"]:
         h, d = r["host_to_host"], r["device_compute"]
@@ -464,13 +469,16 @@ def _print_bench(result: dict) -> None:
 @click.option("--sensitivity", is_flag=True, help="Rank layers by the accuracy drop each causes alone.")
 @click.option("--exclude", help="'auto' (leave the most sensitive layers in float until the int8 "
               "gate holds) or a comma list of layer names.")
+@click.option("--holdout", type=int, help="Unused calibration-source images for a quick int8 "
+              "check afterwards [0; 500 with --sensitivity or --exclude auto]; `parity` is the "
+              "full check.")
 @click.option("--eval-data", default="digits:test", show_default=True,
               help="What parity will evaluate on; calibration on the same split is warned about.")
 @click.option("--tensorrt-version", default="10.3.0", show_default=True,
               help="TensorRT version named in calibration.cache's header (JetPack 6: 10.3, JetPack 5: 8.5.2).")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates used by --exclude auto.")
-def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, eval_data,
+def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, eval_data,
               tensorrt_version, thresholds) -> None:
     """Make model.int8.onnx (Q/DQ) and calibration.cache from real calibration data.
 
@@ -489,7 +497,8 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
 
     with _steps() as step:
         result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe=recipe,
-                                 sensitivity=sensitivity, exclude=exclude, eval_spec=eval_data,
+                                 sensitivity=sensitivity, exclude=exclude, holdout=holdout,
+                                 eval_spec=eval_data,
                                  tensorrt_version=tensorrt_version,
                                  thresholds=load_thresholds(thresholds), step=step)
     for note in result.warnings:
@@ -768,9 +777,14 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
 @click.option("--recipe", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True)
 @click.option("--limit", type=int, help="Evaluate parity on the first N images only.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--bench-batch-sizes", default="1,8", show_default=True,
+              help="Comma list of batch sizes for the bench step.")
+@click.option("--bench-iterations", type=int, default=20, show_default=True,
+              help="Timed iterations per backend and batch size in the bench step.")
+@click.option("--no-bench", is_flag=True, help="Leave the bench step out.")
 @click.option("--force", is_flag=True, help="Run every step even if its inputs are unchanged.")
 def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_classes, samples, method,
-             recipe, limit, thresholds, force) -> None:
+             recipe, limit, thresholds, bench_batch_sizes, bench_iterations, no_bench, force) -> None:
     """export -> calibrate -> build (where TensorRT is) -> parity -> bench -> bundle, in one go.
 
     Each step is skipped when its inputs (hashes and options in manifest.json) are unchanged.
@@ -792,15 +806,24 @@ def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_clas
 
     if weights is None and source in VARIANTS:
         weights = "DEFAULT" if VARIANTS[source].family == "imagenet" else "none"
+    try:
+        sizes = tuple(int(b) for b in _csv(bench_batch_sizes))
+    except ValueError:
+        raise BadInput(f"--bench-batch-sizes takes whole numbers, got {bench_batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1 or bench_iterations < 1:
+        raise BadInput("--bench-batch-sizes and --bench-iterations must be at least 1")
     config = PipelineConfig(source, out or _default_out(source), data_calib, data_eval, target,
-                            weights, arch, num_classes, samples, method, recipe, limit, force=force)
+                            weights, arch, num_classes, samples, method, recipe, limit,
+                            batch_sizes=sizes, bench_iterations=bench_iterations,
+                            bench=not no_bench, force=force)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("pipeline", total=len(STEPS))
 
         def step(name, message):
             bar.update(task, completed=STEPS.index(name), description=f"{name}: {message}")
-        result = run_pipeline(config, load_thresholds(thresholds), step=step)
+        result = run_pipeline(config, load_thresholds(thresholds), step=step,
+                              notice=lambda message: err.print(f"[yellow]note:[/] {escape(message)}"))
     if result.parity:
         _print_parity(result.parity)
     table = Table(title=f"pipeline: {config.out}")

@@ -57,12 +57,14 @@ class PipelineConfig:
     limit: int | None = None
     batch_sizes: tuple[int, ...] = (1, 8)
     bench_iterations: int = 20
+    bench: bool = True
     golden: int = 100
     force: bool = False
 
 
 def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
-                 step: Callable[[str, str], None] = lambda name, message: None) -> PipelineResult:
+                 step: Callable[[str, str], None] = lambda name, message: None,
+                 notice: Callable[[str], None] = lambda message: None) -> PipelineResult:
     from .deploy import TARGETS, make_bundle
     if config.target not in TARGETS:
         raise BadInput(f"unknown --target {config.target!r}; use {', '.join(TARGETS)}")
@@ -167,13 +169,16 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     def do_bench() -> str:
         pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], list(PRECISIONS))]
         bench = run_bench(out, pairs, list(config.batch_sizes), iterations=config.bench_iterations,
-                          warmup=3, step=lambda m: step("bench", m))
+                          warmup=3, step=lambda m: step("bench", m), notice=notice)
         write_json_atomic(reports_dir / "bench.json", bench)
         best = min(bench["results"], key=lambda r: r["host_to_host"]["p50_ms"] / r["host_to_host"]["batch_size"])
         return (f"{len(bench['results'])} measurements; fastest per image: {best['device']} "
                 f"({best['host_to_host']['images_per_s']:.0f} img/s at batch {best['host_to_host']['batch_size']})")
-    run("bench", {**model_hashes(), "batch_sizes": list(config.batch_sizes),
-                  "iterations": config.bench_iterations}, ["reports/bench.json"], do_bench)
+    if config.bench:
+        run("bench", {**model_hashes(), "batch_sizes": list(config.batch_sizes),
+                      "iterations": config.bench_iterations}, ["reports/bench.json"], do_bench)
+    else:
+        result.steps.append(StepResult("bench", "skipped", 0.0, "--no-bench"))
 
     def do_bundle() -> str:
         made = make_bundle(out, config.target, out / bundle_name, eval_spec=config.data_eval,

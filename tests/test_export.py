@@ -67,16 +67,24 @@ def test_torchscript_exporter_gives_opset_17(tmp_path):
     assert max_abs <= 1e-3 and agree == 1.0
 
 
-def test_interrupted_export_leaves_no_model_onnx(tmp_path):
+def test_interrupted_export_leaves_nothing_trusted(tmp_path):
+    from resnet_edge.artifacts import WorkDir
+    from resnet_edge.errors import BadInput
     model, card = zoo.load_model("resnet20")
 
-    def interrupt(message):
-        if message.startswith("checking"):  # the ONNX file exists by now, under a temp name
-            assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        export_model(model, card, tmp_path, step=interrupt)
-    assert sorted(os.listdir(tmp_path)) == []
+    def interrupt_at(prefix):
+        def step(message):
+            if message.startswith(prefix):
+                raise KeyboardInterrupt
+        return step
+    with pytest.raises(KeyboardInterrupt):  # checks run in memory: nothing is on disk yet
+        export_model(model, card, tmp_path / "a", step=interrupt_at("checking"))
+    assert sorted(os.listdir(tmp_path / "a")) == []
+    with pytest.raises(KeyboardInterrupt):  # model.onnx written, the set not completed
+        export_model(model, card, tmp_path / "b", step=interrupt_at("writing the FP16"))
+    assert (tmp_path / "b" / "model.onnx").exists()
+    with pytest.raises(BadInput, match="not made by a completed resnet-edge run"):
+        WorkDir(tmp_path / "b").vouch("model.onnx", "resnet-edge export")
 
 
 def test_cli_export_checkpoint_then_up_to_date(tmp_path, run_cli):

@@ -289,14 +289,13 @@ def test_full_or_read_only_disks_are_said_as_such(code, message, tmp_path, run_c
 
 def test_a_library_that_hides_a_full_disk_is_still_said_as_such(tmp_path, run_cli, monkeypatch):
     import shutil as shutil_module
-    from resnet_edge.export import torch_to_onnx
 
-    def unexpected_pos(*args, **kwargs):
+    def unexpected_pos(*args, **kwargs):  # what torch.save says when the disk fills up
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 2048 vs 1974")
-    monkeypatch.setattr(torch_to_onnx.torch.onnx, "export", unexpected_pos)
+    monkeypatch.setattr(zoo.torch, "save", unexpected_pos)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(1 << 30, 1 << 30, 0))
     _one_line(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, "no space left on the device")
-    assert not list((tmp_path / "o").glob("*.onnx"))
+    assert not (tmp_path / "o" / "model.pt").exists() and not list((tmp_path / "o").glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("labels,message", [

@@ -46,7 +46,9 @@ def test_cpu_parity_runs_every_cpu_backend_and_reports_skips(digits_workdir, run
     rows = {(r["backend"], r["precision"]): r for r in report["candidates"]}
     assert all(set(r) == ROW_KEYS for r in rows.values())
     ran = {k for k, r in rows.items() if r["status"] == "ran"}
-    assert ran == {("torch", "fp16"), ("ort", "fp32"), ("ort", "fp16")}
+    assert ran == {("ort", "fp32"), ("ort", "fp16")}
+    # torch fp16 on a CPU only when named: no fast kernels there, and the skip says so
+    assert "runs on a GPU unless asked for" in rows[("torch", "fp16")]["reason"]
     assert rows[("ort", "fp32")]["metrics"]["max_abs"] < 1e-3
     assert rows[("ort", "fp32")]["accuracy"]["top1"] == pytest.approx(report["reference"]["accuracy"]["top1"])
     assert report["data"]["images"] == 397 and report["summary"]["passed"]
@@ -104,6 +106,16 @@ def test_gate_really_fails_and_says_measured_vs_threshold(digits_workdir, run_cl
     assert run_cli(*args, "--thresholds", toml).exit_code == 0
 
 
+def test_torch_fp16_runs_on_a_cpu_when_named(digits_workdir, calibrated_workdir, run_cli):
+    result = run_cli("parity", digits_workdir, "--backends", "torch", "--precisions", "fp16",
+                     "--limit", "64")
+    assert result.exit_code == 0, result.output
+    assert "torch fp16 (cpu)" in result.stdout and "skipped" not in result.stdout
+    backends = run_cli("parity", calibrated_workdir, "--backends", "torch,ort", "--limit", "64")
+    assert backends.exit_code == 0  # the default skip is not a backend asked for and missing
+    assert "skipped torch fp16: torch fp16 runs on a GPU unless asked for" in backends.stdout
+
+
 def test_explicitly_asked_backend_that_cannot_run_exits_3(digits_workdir, run_cli):
     result = run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "int8")
     assert result.exit_code == 3
@@ -157,7 +169,9 @@ def test_bench_reports_latency_statistics(digits_workdir, run_cli, tmp_path):
     stats = rows[("ort", 4)]["host_to_host"]
     assert stats["iterations"] == 5
     assert stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
-    assert stats["images_per_s"] == pytest.approx(4e3 / stats["mean_ms"])
+    assert stats["images_per_s"] == pytest.approx(4e3 / stats["p50_ms"])
+    assert stats["images_per_s_mean"] == pytest.approx(4e3 / stats["mean_ms"])
+    assert stats["images_per_s_from"] == "p50"
     assert rows[("ort", 4)]["device_compute"] is None  # CPU: no separate device time
     assert bench["machine"]["cores"] >= 1 and "onnxruntime" in bench["machine"]["versions"]
 

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..artifacts import WorkDir, atomic_path
+from ..artifacts import WorkDir, atomic_path, write_bytes_atomic
 from ..data import batches, check_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card, write_fp16
@@ -35,6 +35,7 @@ RANGES_NAME = "calibration.ranges.json"
 CACHE_NAME = "calibration.cache"
 QUANT_KEY = "resnet_edge.quantization"
 EVAL_DEFAULT = "digits:test"
+ANALYSIS_HOLDOUT = 500  # held-out images for --sensitivity and --exclude auto
 
 
 @dataclass
@@ -55,11 +56,15 @@ def quantization_info(onnx_path) -> dict:
 
 def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAMPLES,
               method: str = "entropy", recipe: str = "tensorrt", sensitivity: bool = False,
-              exclude: str | None = None, holdout: int = 500, eval_spec: str = EVAL_DEFAULT,
+              exclude: str | None = None, holdout: int | None = None, eval_spec: str = EVAL_DEFAULT,
               tensorrt_version: str = "10.3.0", thresholds: dict[str, Thresholds] | None = None,
               step: Callable[[str], None] = lambda m: None) -> CalibrationResult:
     if samples < 1:
         raise BadInput(f"--samples must be at least 1, got {samples}")
+    if holdout is None:  # a held-out check costs inference on every image: only where it decides
+        holdout = ANALYSIS_HOLDOUT if sensitivity or exclude == "auto" else 0
+    if holdout < 0:
+        raise BadInput(f"--holdout must be at least 0, got {holdout}")
     if method not in METHODS:
         raise BadInput(f"unknown --method {method!r}; use {', '.join(METHODS)}")
     if recipe not in RECIPES:
@@ -106,37 +111,38 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         source_model = Path(scratch) / ONNX_NAME
         shutil.copyfile(fp32, source_model)
         ranges_path = wd.file(RANGES_NAME)
-        range_inputs = {ONNX_NAME: wd.sha256(ONNX_NAME), "calibration_sha256": data_hash}
+        range_inputs = {ONNX_NAME: wd.sha256(ONNX_NAME), "calibration_sha256": data_hash,
+                        "tensors": "Conv/Gemm" if recipe == "tensorrt" else "all"}
         if not wd.is_fresh(RANGES_NAME, range_inputs, options):
             step(f"calibrating every tensor ({method}, {len(inputs)} images)")
             with atomic_path(ranges_path) as tmp:
-                compute_ranges(source_model, inputs, method, tmp, scratch, input_name)
+                compute_ranges(source_model, inputs, method, tmp, scratch, input_name, recipe)
             wd.record(RANGES_NAME, inputs=range_inputs, options=options)
         ranges = load_ranges(ranges_path)
 
         held = _holdout(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
-        evaluate = _Evaluator(source_model, held, recipe, Path(scratch), ranges_path, method, layers)
+        evaluate = _Evaluator(source_model, held, recipe, Path(scratch), ranges_path, method, layers,
+                              ranges)
         ranking = evaluate.sensitivity(step) if sensitivity or exclude == "auto" else None
         excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
 
         step(f"writing {INT8_NAME} ({recipe} recipe)")
-        with atomic_path(wd.file(INT8_NAME)) as tmp:
-            quantize(source_model, tmp, recipe=recipe, method=method, ranges_path=ranges_path,
-                     nodes_to_exclude=excluded)
-            model = onnx.load(str(tmp))
-            info = {"recipe": recipe, "method": method, "samples": len(inputs), "data": data_spec,
-                    "calibration_sha256": data_hash, "excluded": excluded}
-            model.metadata_props.add(key=QUANT_KEY, value=json.dumps(info))
-            onnx.save(model, str(tmp))
-            onnx.checker.check_model(str(tmp), full_check=True)
+        model = quantize(source_model, Path(scratch) / INT8_NAME, recipe=recipe, method=method,
+                         ranges_path=ranges_path, nodes_to_exclude=excluded, ranges=ranges)
+        info = {"recipe": recipe, "method": method, "samples": len(inputs), "data": data_spec,
+                "calibration_sha256": data_hash, "excluded": excluded}
+        model.metadata_props.add(key=QUANT_KEY, value=json.dumps(info))
+        onnx.checker.check_model(model)
+        wd.remember(INT8_NAME, write_bytes_atomic(wd.file(INT8_NAME), model.SerializeToString()))
         wd.record(INT8_NAME, inputs=range_inputs, options={**options, "recipe": recipe,
                                                             "excluded": excluded},
                   extra={"per_class": per_class})
         if recipe == "tensorrt":
             step(f"writing {INT8_FP16_NAME} (float parts in fp16, for strongly typed TensorRT)")
-            write_fp16(wd.file(INT8_NAME), wd.file(INT8_FP16_NAME))
+            wd.remember(INT8_FP16_NAME, write_fp16(model, wd.file(INT8_FP16_NAME)))
             wd.record(INT8_FP16_NAME, inputs={INT8_NAME: wd.sha256(INT8_NAME)},
                       options={"keep_io_types": True})
+        del model
         # layers left in float get no scale, so TensorRT's implicit INT8 keeps them in float too
         write_cache(cache_ranges(ranges, fp32_model, excluded), wd.file(CACHE_NAME), tensorrt_version)
         wd.record(CACHE_NAME, inputs=range_inputs,
@@ -175,9 +181,9 @@ class _Evaluator:
     model and of int8 models quantized from the cached ranges."""
 
     def __init__(self, fp32, held: _Held | None, recipe, scratch: Path, ranges_path, method,
-                 layers: dict[str, str]):
+                 layers: dict[str, str], ranges: dict[str, tuple[float, float]]):
         self.fp32, self.held, self.recipe, self.scratch = fp32, held, recipe, scratch
-        self.layers = layers
+        self.layers, self.ranges = layers, ranges
         self.ranges_path, self.method = ranges_path, method
         self.reference = self._logits(make_session(fp32)) if held is not None else None
         self.target = held.labels if held is not None and held.labels is not None else (
@@ -189,16 +195,16 @@ class _Evaluator:
         return np.concatenate([session.run(None, {name: self.held.inputs[i:i + 128]})[0]
                                for i in range(0, len(self.held.inputs), 128)])
 
-    def _int8_logits(self, path: Path) -> np.ndarray:
+    def _int8_logits(self, path: Path | bytes) -> np.ndarray:
         # The tensorrt recipe is judged by the numerics TensorRT will run (Q/DQ as written),
         # the cpu recipe by ORT's fused CPU kernels that will ship.
         return self._logits(make_session(path, disable_qdq_fusion=self.recipe == "tensorrt"))
 
     def logits(self, excluded: list[str]) -> np.ndarray:
-        path = self.scratch / "trial.onnx"
-        quantize(self.fp32, path, recipe=self.recipe, method=self.method,
-                 ranges_path=self.ranges_path, nodes_to_exclude=excluded)
-        return self._int8_logits(path)
+        model = quantize(self.fp32, self.scratch / "trial.onnx", recipe=self.recipe,
+                         method=self.method, ranges_path=self.ranges_path,
+                         nodes_to_exclude=excluded, ranges=self.ranges)
+        return self._int8_logits(model.SerializeToString())
 
     def top1(self, excluded: list[str]) -> float:
         return float((self.logits(excluded).argmax(1) == self.target).mean())

@@ -38,10 +38,14 @@ def _quantization():
     return quantization
 
 
+READER_BATCH = 32
+COLLECT_CHUNK = 128  # images whose activations the calibrator holds at once
+
+
 class ArrayReader:
     """CalibrationDataReader over an N x C x H x W array, in batches."""
 
-    def __init__(self, inputs: np.ndarray, input_name: str = "input", batch_size: int = 32):
+    def __init__(self, inputs: np.ndarray, input_name: str = "input", batch_size: int = READER_BATCH):
         self.inputs, self.input_name, self.batch_size = inputs, input_name, batch_size
         self._start = 0
 
@@ -67,16 +71,26 @@ def _method(name: str):
 
 def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str,
                    ranges_path: str | os.PathLike, scratch: str | os.PathLike,
-                   input_name: str = "input") -> dict[str, tuple[float, float]]:
-    """Calibrate every tensor of the fp32 model and save ORT's range cache to `ranges_path`."""
+                   input_name: str = "input", recipe: str = "tensorrt") -> dict[str, tuple[float, float]]:
+    """Calibrate, once, every tensor int8 needs and save ORT's range cache to `ranges_path`.
+
+    The tensorrt recipe needs what Conv and Gemm read and write: that is every tensor a fused
+    ResNet layer has in TensorRT (a residual Add's identity input is a block input or a
+    downsample Conv output) and all the Q/DQ model quantizes; the cpu recipe quantizes more op
+    types, so it calibrates every tensor.
+    """
     _quantization()
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     # histogram methods: symmetric ranges, as TensorRT's int8 (zero point 0) needs
     extra = {"symmetric": True} if method != "minmax" else {}
-    calibrator = create_calibrator(Path(onnx_path), None,
+    calibrator = create_calibrator(Path(onnx_path),
+                                   ["Conv", "Gemm"] if recipe == "tensorrt" else None,
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
-    calibrator.collect_data(ArrayReader(inputs, input_name))
+    # in chunks: the calibrator keeps every calibrated tensor of what it is given in memory
+    # before it updates its histograms, so chunks bound the peak whatever --samples is
+    for start in range(0, len(inputs), COLLECT_CHUNK):
+        calibrator.collect_data(ArrayReader(inputs[start:start + COLLECT_CHUNK], input_name))
     tensors = calibrator.compute_data()
     del calibrator
     save_tensors_data(tensors, ranges_path)
@@ -91,7 +105,10 @@ def load_ranges(ranges_path: str | os.PathLike) -> dict[str, tuple[float, float]
 
 
 def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recipe: str, method: str,
-             ranges_path: str | os.PathLike, nodes_to_exclude: list[str] | None = None) -> None:
+             ranges_path: str | os.PathLike, nodes_to_exclude: list[str] | None = None,
+             ranges: dict[str, tuple[float, float]] | None = None) -> onnx.ModelProto:
+    """The int8 model, in memory: onnxruntime.quantization writes `out_path` (a scratch file),
+    which is read once; the tensorrt recipe's residual Q/DQ pairs are added to it there."""
     q = _quantization()
     common = dict(quant_format=q.QuantFormat.QDQ, per_channel=True, calibrate_method=_method(method),
                   calibration_cache_path=str(ranges_path), calibration_data_reader=None,
@@ -106,13 +123,14 @@ def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recip
                                          "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0}},
                           **common)
         model = onnx.load(str(out_path))
-        add_residual_qdq(model, load_ranges(ranges_path), skip=set(nodes_to_exclude or []))
-        onnx.save(model, str(out_path))
-    elif recipe == "cpu":
+        add_residual_qdq(model, ranges if ranges is not None else load_ranges(ranges_path),
+                         skip=set(nodes_to_exclude or []))
+        return model
+    if recipe == "cpu":
         q.quantize_static(str(onnx_path), str(out_path), activation_type=q.QuantType.QUInt8,
                           weight_type=q.QuantType.QInt8, **common)
-    else:
-        raise ValueError(recipe)
+        return onnx.load(str(out_path))
+    raise ValueError(recipe)
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

@@ -14,11 +14,11 @@ import onnx
 from onnxconverter_common import float16
 from torch import nn
 
-from ..artifacts import WorkDir, atomic_path, ensure_writable_dir
+from ..artifacts import WorkDir, ensure_writable_dir, write_bytes_atomic
 from ..errors import GateFailed
 from ..zoo import ModelCard, save_checkpoint
-from .checks import BatchCheck, check_batches, compare_with_onnxruntime, run_checker
-from .metadata import read_card, write_metadata
+from .checks import BatchCheck, check_batch, compare_with_onnxruntime, run_checker
+from .metadata import load_onnx, read_card, write_metadata
 from .torch_to_onnx import ExportOptions, export_onnx
 
 ONNX_NAME = "model.onnx"
@@ -41,7 +41,8 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
     skipped when the same inputs already made it.
 
     model.onnx appears only after the checker and the ONNX Runtime comparison pass; on any
-    failure or interruption no model.onnx is left behind.
+    failure or interruption no model.onnx is left behind. Each file is serialized once, checked
+    in memory and hashed from the bytes written, never read back.
     """
     options = options.resolved()
     workdir = WorkDir(ensure_writable_dir(out_dir))
@@ -53,8 +54,9 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
     redo_checkpoint = force or not workdir.is_fresh(CHECKPOINT_NAME, inputs, {})
     if redo_onnx or redo_checkpoint:
         workdir.begin("export", outputs)
+    proto = None
     if redo_onnx:
-        result = _export_checked(model, card, workdir, options, step)
+        result, proto = _export_checked(model, card, workdir, options, step)
         workdir.set("model", {"card": card.to_dict()})
         workdir.record(ONNX_NAME, inputs=inputs, options=recorded,
                        extra={"checks": [asdict(c) for c in result.checks],
@@ -68,57 +70,63 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
         if force or not workdir.is_fresh(FP16_NAME, fp16_inputs, fp16_options):
             step("writing the FP16 ONNX (onnxconverter-common, fp32 inputs and outputs)")
             workdir.begin("export", outputs)
-            write_fp16(workdir.file(ONNX_NAME), workdir.file(FP16_NAME))
+            start = time.perf_counter()
+            digest = write_fp16(proto if proto is not None else load_onnx(workdir.file(ONNX_NAME)),
+                                workdir.file(FP16_NAME))
+            workdir.remember(FP16_NAME, digest)
             workdir.record(FP16_NAME, inputs=fp16_inputs, options=fp16_options)
+            result.seconds["fp16"] = time.perf_counter() - start
     # completion last: model.onnx, model.pt and model.fp16.onnx are trusted only as this set
     workdir.complete("export", outputs, made_from=[],
                      remake=f"resnet-edge export <model or checkpoint> --out {workdir.path} --force")
     return result
 
 
-def _export_checked(model, card, workdir: WorkDir, options: ExportOptions, step) -> ExportResult:
+def _export_checked(model, card, workdir: WorkDir, options: ExportOptions,
+                    step) -> tuple[ExportResult, onnx.ModelProto]:
     seconds = {}
-    with atomic_path(workdir.file(ONNX_NAME)) as tmp:
-        step(f"exporting {card.arch} ({options.exporter}, opset {options.opset})")
-        start = time.perf_counter()
-        export_onnx(model, card.preprocess.input_shape, tmp, options)
-        proto = onnx.load(tmp)
-        write_metadata(proto, card, asdict(options))
-        onnx.save(proto, tmp)
-        seconds["export"] = time.perf_counter() - start
+    step(f"exporting {card.arch} ({options.exporter}, opset {options.opset})")
+    start = time.perf_counter()
+    proto = export_onnx(model, card.preprocess.input_shape, options)
+    write_metadata(proto, card, asdict(options))
+    data = proto.SerializeToString()
+    seconds["export"] = time.perf_counter() - start
 
-        step("checking with onnx.checker and ONNX Runtime")
-        start = time.perf_counter()
-        run_checker(tmp)
-        checks = compare_with_onnxruntime(model, tmp, card.preprocess.input_shape,
-                                          check_batches(options.max_batch))
-        seconds["checks"] = time.perf_counter() - start
-        failed = [c for c in checks if not c.passed]
-        if failed:
-            worst = max(failed, key=lambda c: (c.nonfinite, c.max_abs_diff))
-            nan = f"{worst.nonfinite} NaN or inf logits, " if worst.nonfinite else ""
-            raise GateFailed(f"ONNX Runtime disagrees with PyTorch at batch {worst.batch}: {nan}max "
-                             f"abs diff {worst.max_abs_diff:.3g} (limit 1e-3), top-1 agreement "
-                             f"{worst.top1_agreement:.1%}; model.onnx was not written")
-    return ExportResult(workdir.file(ONNX_NAME), skipped=False, checks=checks, seconds=seconds)
+    step("checking with onnx.checker and ONNX Runtime")
+    start = time.perf_counter()
+    run_checker(data)
+    checks = compare_with_onnxruntime(model, data, card.preprocess.input_shape,
+                                      check_batch(options.max_batch))
+    seconds["checks"] = time.perf_counter() - start
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        worst = max(failed, key=lambda c: (c.nonfinite, c.max_abs_diff))
+        nan = f"{worst.nonfinite} NaN or inf logits, " if worst.nonfinite else ""
+        raise GateFailed(f"ONNX Runtime disagrees with PyTorch at batch {worst.batch}: {nan}max "
+                         f"abs diff {worst.max_abs_diff:.3g} (limit 1e-3), top-1 agreement "
+                         f"{worst.top1_agreement:.1%}; model.onnx was not written")
+    workdir.remember(ONNX_NAME, write_bytes_atomic(workdir.file(ONNX_NAME), data))
+    return ExportResult(workdir.file(ONNX_NAME), skipped=False, checks=checks, seconds=seconds), proto
 
 
-def write_fp16(src: Path, dst: Path) -> None:
-    """FP16 weights and compute with FP32 inputs/outputs (Casts at the edges), metadata kept.
+def write_fp16(model: onnx.ModelProto, dst: Path) -> str:
+    """FP16 weights and compute with FP32 inputs/outputs (Casts at the edges), metadata kept;
+    `model` is converted in place. Returns the sha256 of the bytes written.
 
     Also makes the int8 model's float parts fp16: Q/DQ scales become fp16 from opset 19, where
     QuantizeLinear takes fp16; before that the Q/DQ pairs stay fp32 behind Casts.
     """
-    model = onnx.load(src)
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     blocked = float16.DEFAULT_OP_BLOCK_LIST + (
         ["QuantizeLinear", "DequantizeLinear"] if opset < 19 else [])
     with warnings.catch_warnings():  # per-tensor notes about values clamped to the fp16 range
         warnings.simplefilter("ignore")
-        proto = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
-    with atomic_path(dst) as tmp:
-        onnx.save(proto, tmp)
-        run_checker(tmp)
+        # the exporters write every intermediate type already: shape inference would only
+        # serialize the model again to find them
+        proto = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked,
+                                                 disable_shape_infer=len(model.graph.value_info) > 0)
+    run_checker(proto, full=False)  # a mechanical conversion of a model that passed the full check
+    return write_bytes_atomic(dst, proto.SerializeToString())
 
 
 __all__ = ["ExportOptions", "ExportResult", "export_model", "export_onnx", "read_card",

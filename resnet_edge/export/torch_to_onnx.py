@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 
+import onnx
 import torch
 from torch import nn
 
@@ -47,21 +48,25 @@ class ExportOptions:
         return ExportOptions(self.exporter, opset, self.max_batch)
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | os.PathLike,
-                options: ExportOptions) -> None:
-    """Write `model` (eval mode) to `path` with input `input` [batch, C, H, W] -> `logits`."""
+def export_onnx(model: nn.Module, input_shape: tuple[int, int, int],
+                options: ExportOptions) -> onnx.ModelProto:
+    """`model` (eval mode) as an ONNX model in memory, input `input` [batch, C, H, W] ->
+    `logits`: the caller adds metadata and saves it once."""
     model = model.eval()
     # Batch 2 for tracing: torch.export specializes sizes 0 and 1.
     example = torch.randn(2, *input_shape)
     kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                  opset_version=options.opset, external_data=False, verbose=False)
-    if options.exporter == "dynamo":
-        batch = torch.export.Dim("batch", min=1, max=options.max_batch)
-        kwargs.update(dynamo=True, dynamic_shapes=({0: batch},))
-    else:
-        kwargs.update(dynamo=False,
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                  opset_version=options.opset, verbose=False)
     # the exporters print progress and deprecation chatter; our own progress display says it
     with quiet("torch.onnx", "onnxscript", "torch.export"), torch.inference_mode(False), \
             torch.no_grad():
-        torch.onnx.export(model, (example,), os.fspath(path), **kwargs)
+        if options.exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+            program = torch.onnx.export(model, (example,), None, dynamo=True,
+                                        dynamic_shapes=({0: batch},), **kwargs)
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(model, (example,), buffer, dynamo=False,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          **kwargs)
+        return onnx.load_from_string(buffer.getvalue())

@@ -135,7 +135,8 @@ def plot_latency_accuracy(report: dict, path: Path) -> Path | None:
     for label, x, y in points:
         ax.scatter([x], [y * 100])
         ax.annotate(label, (x, y * 100), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel(f"latency per batch of {report['data']['batch_size']}, p50 (ms)")
+    measured = report["reference"]["latency"]["batch_size"] if report["reference"]["latency"] else "?"
+    ax.set_xlabel(f"latency per batch of {measured}, p50 (ms)")
     ax.set_ylabel("top-1 (%)" if report["data"]["labelled"] else "top-1 agreement with reference (%)")
     ax.set_title(f"{report['model']['arch']} on {report['data']['spec']}")
     ax.grid(alpha=0.3)

@@ -16,7 +16,8 @@ from ..artifacts import WorkDir
 from ..data import batches, check_classes, open_data
 from ..errors import BadInput, GateFailed
 from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card
-from ..runtime.backends import Backend, BackendUnavailable, artifact_hashes, open_backend
+from ..runtime.backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
+                                open_backend)
 from ..runtime.latency import LatencyStats, describe_machine
 from ..zoo import load_checkpoint
 from .gates import Thresholds, evaluate_gates, for_precision
@@ -73,7 +74,7 @@ def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, st
 
 def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], precisions: list[str],
                thresholds: dict[str, Thresholds], limit: int | None = None, batch_size: int = 32,
-               device: str = "auto", explicit: bool = False,
+               device: str = "auto", explicit: bool = False, cpu_fp16: bool = False,
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     if batch_size < 1:
         raise BadInput(f"--batch-size must be at least 1, got {batch_size}")
@@ -90,13 +91,14 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
     for name, precision in pairs:
         row = _Row(name, precision)
         try:
-            row.runner = open_backend(name, precision, workdir, model=model, device=device)
+            row.runner = open_backend(name, precision, workdir, model=model, device=device,
+                                      cpu_fp16=cpu_fp16)
         except BackendUnavailable as exc:
             row.reason = str(exc)
         rows.append(row)
     ran = [r for r in rows if r.runner is not None]
 
-    ref_accuracy, ref_seconds = Accuracy(), []
+    ref_accuracy, ref_seconds, sizes = Accuracy(), [], []
     labelled = source.has_labels
     done = 0
     for x, y in batches(source, card.preprocess, batch_size, indices=range(n)):
@@ -104,6 +106,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         start = time.perf_counter()
         ref = reference.run(batch)
         ref_seconds.append(time.perf_counter() - start)
+        sizes.append(len(batch))
         if not np.isfinite(ref).all():
             raise GateFailed(f"the PyTorch fp32 reference gives NaN or inf logits on images "
                              f"{done}-{done + len(batch) - 1} of {data_spec}: the model is broken, "
@@ -137,13 +140,16 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
             gates = evaluate_gates(for_precision(thresholds, row.precision), comparison, accuracy,
                                    ref_acc)
             entry.update(status="ran", reason="", device=row.runner.label, metrics=comparison,
-                         accuracy=accuracy, latency=_pass_latency(batch_size, row.seconds),
+                         accuracy=accuracy, latency=_pass_latency(sizes, row.seconds),
                          gates=[g.__dict__ | {"status": g.status} for g in gates])
         report_rows.append(entry)
 
     failed = [f"{r['backend']} {r['precision']} {g['gate']}" for r in report_rows
               for g in r["gates"] if g["passed"] is False]
     missing = [f"{r['backend']} {r['precision']}" for r in report_rows if r["status"] == "skipped"]
+    # what was skipped by a default (torch fp16 on a CPU) was not asked for by name
+    asked = [m for m, r in zip(missing, [r for r in report_rows if r["status"] == "skipped"])
+             if r["reason"] != CPU_FP16]
     return {
         "schema": SCHEMA,
         "tool": {"name": "resnet-edge", "version": __version__},
@@ -158,10 +164,10 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         "machine": describe_machine(),
         "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
         "reference": {"backend": REFERENCE[0], "precision": REFERENCE[1], "device": reference.label,
-                      "accuracy": ref_acc, "latency": _pass_latency(batch_size, ref_seconds)},
+                      "accuracy": ref_acc, "latency": _pass_latency(sizes, ref_seconds)},
         "candidates": report_rows,
         "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,
-                    "explicit_backends_missing": missing if explicit else []},
+                    "explicit_backends_missing": asked if explicit else []},
     }
 
 
@@ -169,13 +175,14 @@ def _accuracy(acc: Accuracy) -> dict:
     return {"top1": acc.top1, "top5": acc.top5, "images": acc.images}
 
 
-def _pass_latency(batch_size: int, seconds: list[float]) -> dict | None:
-    """Per-batch host-to-host time measured during the evaluation pass itself (no extra runs);
-    the last, possibly short, batch is left out of the percentiles."""
+def _pass_latency(sizes: list[int], seconds: list[float]) -> dict | None:
+    """Per-batch host-to-host time measured during the evaluation pass itself (no extra runs),
+    over the batches of the largest size that ran, and labelled with that size: a single short
+    batch of 16 is reported as 16, not as the --batch-size asked for."""
     if not seconds:
         return None
-    full = seconds[:-1] if len(seconds) > 1 else seconds
-    stats = LatencyStats.from_seconds(batch_size, full).to_dict()
+    size = max(sizes)
+    stats = LatencyStats.from_seconds(size, [s for n, s in zip(sizes, seconds) if n == size]).to_dict()
     stats["source"] = "evaluation pass, per batch, host to host"
     return stats
 

@@ -222,14 +222,23 @@ def _recipe(int8_path: Path) -> str:
     return quantization_info(int8_path).get("recipe", "")
 
 
+CPU_FP16 = ("torch fp16 runs on a GPU unless asked for: CPUs have no fast fp16 kernels, so it "
+            "costs ~40x fp32 time here (ask with --backends torch --precisions fp16)")
+
+
 def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
-                 model: nn.Module | None = None, device: str = "auto") -> Backend:
-    """The backend `name` at `precision` for the model in `workdir`, or BackendUnavailable."""
+                 model: nn.Module | None = None, device: str = "auto",
+                 cpu_fp16: bool = False) -> Backend:
+    """The backend `name` at `precision` for the model in `workdir`, or BackendUnavailable.
+    torch fp16 on a CPU only with `cpu_fp16` (the user named it)."""
     cuda = torch.cuda.is_available()
     if name == "torch":
         if model is None:
             raise BackendUnavailable("no PyTorch model (model.pt) in the work directory")
-        return TorchBackend(model, precision, "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu")
+        where = "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu"
+        if precision == "fp16" and where == "cpu" and not cpu_fp16:
+            raise BackendUnavailable(CPU_FP16)
+        return TorchBackend(model, precision, where)
     if name == "ort":
         providers = ("CPUExecutionProvider",) if device == "cpu" else None
         path = Path(workdir) / ORT_FILES[precision]

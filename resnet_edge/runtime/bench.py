@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -11,28 +12,51 @@ from .backends import BackendUnavailable, artifact_hashes, open_backend
 from .latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
+LONG_BENCH_S = 30.0
 
 
 def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int], *,
-              iterations: int, warmup: int, device: str = "auto",
-              step: Callable[[str], None] = lambda m: None) -> dict:
+              iterations: int, warmup: int, device: str = "auto", cpu_fp16: bool = False,
+              step: Callable[[str], None] = lambda m: None,
+              notice: Callable[[str], None] = lambda m: None) -> dict:
+    """Latency of every backend x batch size. One probe run of each comes first, so a long
+    bench says how long before it starts (`notice`, when it is over LONG_BENCH_S)."""
     from ..parity.run import open_workdir  # parity imports runtime; keep the cycle lazy
     card, model = open_workdir(workdir)
     rng = np.random.default_rng(0)
-    results, skipped = [], []
+    inputs = {size: rng.standard_normal((size, *card.preprocess.input_shape), dtype=np.float32)
+              for size in batch_sizes}
+    opened, skipped = [], []
     for name, precision in pairs:
         try:
-            backend = open_backend(name, precision, workdir, model=model, device=device)
+            opened.append((name, precision, open_backend(name, precision, workdir, model=model,
+                                                         device=device, cpu_fp16=cpu_fp16)))
         except BackendUnavailable as exc:
             skipped.append({"backend": name, "precision": precision, "reason": str(exc)})
-            continue
+    estimate = 0.0
+    for _, _, backend in opened:
+        for size in batch_sizes:
+            step(f"probing {backend.label} batch {size}")
+            start = time.perf_counter()
+            backend.run(inputs[size])
+            passes = 2 if backend.separates_device_time else 1
+            estimate += (time.perf_counter() - start) * (warmup + iterations) * passes
+    if estimate > LONG_BENCH_S:
+        notice(f"bench will take about {_duration(estimate)} ({len(opened)} backends x "
+               f"{len(batch_sizes)} batch sizes x {iterations} iterations, from one probe run "
+               "each); fewer --iterations or --batch-sizes make it shorter")
+    results = []
+    for name, precision, backend in opened:
         for size in batch_sizes:
             step(f"{backend.label} batch {size}")
-            batch = rng.standard_normal((size, *card.preprocess.input_shape), dtype=np.float32)
-            m = measure(backend, batch, iterations=iterations, warmup=warmup)
+            m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
             results.append({"backend": name, "precision": precision, "device": backend.label, **m})
         backend.close()
     ran = list(dict.fromkeys((r["backend"], r["precision"]) for r in results))
     return {"schema": SCHEMA, "model": card.to_dict(), "artifacts": artifact_hashes(workdir, ran),
-            "machine": describe_machine(),
+            "machine": describe_machine(), "estimated_seconds": round(estimate, 1),
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"

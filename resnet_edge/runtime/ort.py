@@ -21,7 +21,7 @@ def import_ort():
     return onnxruntime
 
 
-def make_session(path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",),
+def make_session(path: str | os.PathLike | bytes, providers: Sequence[str] = ("CPUExecutionProvider",),
                  *, threads: int | None = None, disable_qdq_fusion: bool = False):
     """An InferenceSession set for speed: all graph optimizations, one thread per core.
 
@@ -35,4 +35,5 @@ def make_session(path: str | os.PathLike, providers: Sequence[str] = ("CPUExecut
     options.log_severity_level = 3
     if disable_qdq_fusion:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(os.fspath(path), sess_options=options, providers=list(providers))
+    model = path if isinstance(path, bytes) else os.fspath(path)  # bytes: a model not yet saved
+    return ort.InferenceSession(model, sess_options=options, providers=list(providers))

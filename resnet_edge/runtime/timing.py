@@ -20,14 +20,18 @@ class LatencyStats:
     p99_ms: float
     std_ms: float
     min_ms: float
-    images_per_s: float
+    images_per_s: float  # from the p50 latency, which a few slow iterations do not move
+    images_per_s_mean: float  # from the mean, for comparison with tools that report that
+    images_per_s_from: str = "p50"
 
     @classmethod
     def from_seconds(cls, batch_size: int, seconds) -> "LatencyStats":
+        """Statistics of per-iteration times; `batch_size` is the batch those iterations ran."""
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(batch_size, len(ms), float(ms.mean()), float(p50), float(p90), float(p99),
-                   float(ms.std()), float(ms.min()), batch_size * 1e3 / float(ms.mean()))
+                   float(ms.std()), float(ms.min()), batch_size * 1e3 / float(p50),
+                   batch_size * 1e3 / float(ms.mean()))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from resnet_edge.calibration import calibrate
-from resnet_edge.deploy import archive, make_bundle, safe_extract
+from resnet_edge.deploy import make_bundle, safe_extract
 from resnet_edge.deploy.archive import BundleError
 from resnet_edge.errors import BadInput
 from resnet_edge.runtime.trt_engine import build_plan, cache_header, trtexec_command

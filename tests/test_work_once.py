@@ -1,0 +1,80 @@
+"""The choices that keep commands at the bare libraries' speed, checked as behaviour (the speed
+itself is measured in benchmarks/, never in timed tests)."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from resnet_edge.calibration import calibrate
+from resnet_edge.export import export_model
+from resnet_edge.parity.gates import load_thresholds
+from resnet_edge.parity.run import run_parity
+from resnet_edge.runtime import bench
+from resnet_edge.zoo import load_model
+
+
+def test_calibrate_reads_each_work_dir_onnx_file_once(digits_workdir, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    reads = []
+    real = onnx.load
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(onnx, "load", counting)
+    result = calibrate(work, "digits:train", samples=64, method="minmax")
+    from_workdir = [r for r in reads if r.startswith(str(work))]
+    assert from_workdir == [str(work / "model.onnx")]  # read once; the rest works on copies
+    assert result.holdout is None  # no second inference pass unless asked for
+
+
+def test_a_held_out_check_when_asked_scores_the_model_written(digits_workdir, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    result = calibrate(work, "digits:train", samples=64, method="minmax", holdout=40)
+    assert result.holdout["images"] == 40 and result.holdout["int8_top1"] > 0.5
+
+
+def test_export_never_reads_back_what_it_wrote(tmp_path, monkeypatch):
+    model, card = load_model("resnet20")
+    reads = []
+    real = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    result = export_model(model, card, tmp_path / "w")
+    assert not reads and result.path.exists() and (tmp_path / "w" / "model.fp16.onnx").exists()
+    assert {c.batch for c in result.checks} == {1, 5}  # both from one PyTorch pass
+
+
+def test_latency_is_labelled_with_the_batch_that_ran(digits_workdir):
+    report = run_parity(digits_workdir, "digits:test", backends=["ort"], precisions=["fp32"],
+                        thresholds=load_thresholds(), limit=16, batch_size=32)
+    latency = report["candidates"][0]["latency"]
+    assert latency["batch_size"] == 16 and latency["iterations"] == 1  # not "a batch of 32"
+    assert latency["images_per_s_from"] == "p50"
+    assert latency["images_per_s"] == pytest.approx(16e3 / latency["p50_ms"])
+
+
+def test_a_long_bench_says_how_long_before_it_starts(digits_workdir, monkeypatch):
+    monkeypatch.setattr(bench, "LONG_BENCH_S", 0.0)
+    notices = []
+    result = bench.run_bench(digits_workdir, [("ort", "fp32")], [1, 4], iterations=3, warmup=1,
+                             notice=notices.append)
+    assert len(notices) == 1 and notices[0].startswith("bench will take about")
+    assert "1 backends x 2 batch sizes x 3 iterations" in notices[0]
+    assert isinstance(result["estimated_seconds"], float) and len(result["results"]) == 2
+
+
+def test_pipeline_takes_bench_options_and_can_leave_bench_out(trained_digits, run_cli, tmp_path):
+    out = tmp_path / "pipe"
+    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "32", "--limit", "32")
+    first = run_cli(*args, "--bench-batch-sizes", "2", "--bench-iterations", "3")
+    assert first.exit_code == 0, first.output
+    results = json.loads((out / "reports" / "bench.json").read_text())["results"]
+    assert {r["host_to_host"]["batch_size"] for r in results} == {2}
+    assert {r["host_to_host"]["iterations"] for r in results} == {3}
+    assert not any(r["backend"] == "torch" and r["precision"] == "fp16" for r in results)
+    second = run_cli(*args, "--no-bench")
+    assert second.exit_code == 0 and "--no-bench" in second.stdout

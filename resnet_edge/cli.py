@@ -114,47 +114,98 @@ def _default_out(source: str) -> Path:
     return Path("artifacts") / name
 
 
+def _float3(value: str | None, option: str):
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in _csv(value)]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 3:
+        raise BadInput(f"{option} takes three numbers, one per RGB channel (e.g. 0.5,0.5,0.5), "
+                       f"got {value!r}")
+    return numbers
+
+
+EXPORT_OPTIONS = [
+    click.option("--weights", help="torchvision weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2), "
+                 "'none' for a seeded random init, or a checkpoint path. Default: DEFAULT for "
+                 "ImageNet models, none for CIFAR models."),
+    click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False),
+                 envvar="RESNET_EDGE_WEIGHTS", help="Folder of torchvision weight files (as "
+                 "torchvision names them, e.g. resnet18-f37072fd.pth) for machines without a "
+                 "network [$RESNET_EDGE_WEIGHTS]."),
+    click.option("--arch", help="Architecture of a plain state-dict checkpoint (e.g. resnet18)."),
+    click.option("--num-classes", type=int, help="Class count; inferred from the checkpoint when left out."),
+    click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]),
+                 help="dynamo (opset 20) or torchscript (opset 17, for TensorRT 8.5/8.6: JetPack 5, 6.0)."),
+    click.option("--opset", type=int, help="ONNX opset [dynamo: 20, torchscript: 17]."),
+    click.option("--batch", type=int, help="One static batch size (what DLA and many Jetson "
+                 "deployments need) instead of a dynamic batch."),
+    click.option("--min-batch", type=int, default=1, show_default=True,
+                 help="Smallest batch of the dynamic batch profile."),
+    click.option("--opt-batch", type=int, help="Batch TensorRT tunes for [8, within the profile]."),
+    click.option("--max-batch", type=int, default=32, show_default=True,
+                 help="Largest batch of the dynamic batch profile; build, bundle and every "
+                 "runtime follow this one profile."),
+    click.option("--input-size", type=int, help="Crop side in pixels the model takes [the card's: "
+                 "224 ImageNet, 32 CIFAR]."),
+    click.option("--resize", type=int, help="Short side before the center crop [the card's]."),
+    click.option("--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 [the card's]."),
+    click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225 [the card's]."),
+    click.option("--interpolation", type=click.Choice(["nearest", "nearest-exact", "bilinear", "bicubic"]),
+                 help="Resize interpolation [the card's]."),
+]
+
+
+def export_options(command):
+    """The options that say what to export and how: one set, shared by export and pipeline."""
+    for option in reversed(EXPORT_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _export_request(options: dict) -> dict:
+    """The shared export options, parsed: what `prepare_export` takes."""
+    return {**options, "mean": _float3(options["mean"], "--mean"),
+            "std": _float3(options["std"], "--std")}
+
+
+def _note(message: str) -> None:
+    err.print(f"[yellow]note:[/] {escape(message)}")
+
+
 @cli.command()
 @click.argument("source")
-@click.option("--weights", help="torchvision weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2), "
-              "'none' for a seeded random init, or a checkpoint path. Default: DEFAULT for "
-              "ImageNet models, none for CIFAR models.")
-@click.option("--arch", help="Architecture of a plain state-dict checkpoint (e.g. resnet18).")
-@click.option("--num-classes", type=int, help="Class count; inferred from the checkpoint when left out.")
 @click.option("--out", type=click.Path(path_type=Path), help="Work directory [artifacts/<name>].")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo",
-              show_default=True, help="torchscript gives opset 17 for TensorRT 8.5/8.6 (JetPack 5/6.0).")
-@click.option("--opset", type=int, help="ONNX opset [dynamo: 20, torchscript: 17].")
-@click.option("--max-batch", type=int, default=64, show_default=True,
-              help="Largest batch the dynamic batch dimension allows.")
+@export_options
 @click.option("--force", is_flag=True, help="Export again even if model.onnx is up to date.")
-def export(source, weights, arch, num_classes, out, exporter, opset, max_batch, force) -> None:
+def export(source, out, force, **options) -> None:
     """Export a zoo model or a checkpoint to ONNX, then prove the file matches PyTorch.
 
-    SOURCE is a zoo name (see `resnet-edge models`) or a checkpoint path. The ONNX file gets a
-    dynamic batch dimension and the model card (arch, classes, preprocessing) in its metadata;
-    it is kept only if onnx.checker passes and ONNX Runtime matches PyTorch at two batch sizes
-    (max abs diff <= 1e-3, top-1 agreement 100%); otherwise exit 1 and no model.onnx.
+    SOURCE is a zoo name (see `resnet-edge models`) or a checkpoint path. The ONNX file gets the
+    batch profile (dynamic min..max, or one static --batch) and the model card (arch, classes,
+    preprocessing) in its metadata; it is kept only if onnx.checker passes and ONNX Runtime
+    matches PyTorch at two batch sizes (max abs diff <= 1e-3, top-1 agreement 100%); otherwise
+    exit 1 and no model.onnx.
 
     \b
     Examples:
       resnet-edge export resnet50                                   # IMAGENET1K_V2 weights
       resnet-edge export resnet50 --weights IMAGENET1K_V1 --out artifacts/r50v1
       resnet-edge export resnet18 --weights none                    # offline, random init
-      resnet-edge export path/to/model.pth --arch resnet18 --num-classes 10
+      resnet-edge export resnet18 --weights-dir /mnt/weights        # offline, real weights
+      resnet-edge export path/to/model.pth --arch resnet18 --num-classes 10 --input-size 64
       resnet-edge export resnet50 --exporter torchscript            # opset 17 for JetPack 5
+      resnet-edge export resnet18 --batch 1                         # static batch, e.g. for DLA
     """
-    from .export import ExportOptions, export_model
-    from .zoo import VARIANTS, load_model
+    from .export import export_model, prepare_export
 
-    options = ExportOptions(exporter, opset, max_batch).resolved()
-    if weights is None and source in VARIANTS:
-        weights = "DEFAULT" if VARIANTS[source].family == "imagenet" else "none"
     out = out or _default_out(source)
     start = time.perf_counter()
     with _steps() as step:
         step(f"loading {source}")
-        model, card = load_model(source, weights=weights, arch=arch, num_classes=num_classes)
+        model, card, options = prepare_export(source, _export_request(options), notice=_note)
         result = export_model(model, card, out, options, force=force, step=step)
     if result.skipped:
         stdout.print(f"{result.path} is up to date (same weights and options); --force to redo")
@@ -168,9 +219,11 @@ def export(source, weights, arch, num_classes, out, exporter, opset, max_batch, 
     stdout.print(table)
     size = result.path.stat().st_size / 1e6
     s = result.seconds
-    stdout.print(f"wrote {result.path} ({size:.1f} MB, opset {options.opset}) in "
-              f"{time.perf_counter() - start:.1f} s (export {s['export']:.1f} s, "
-              f"checks {s['checks']:.1f} s)")
+    batch = (f"static batch {options.batch}" if options.batch else
+             f"batch {options.min_batch}..{options.max_batch}, opt {options.opt_batch}")
+    stdout.print(f"wrote {result.path} ({size:.1f} MB, opset {options.opset}, {batch}, "
+                 f"{card.preprocess.input_size} px) in {time.perf_counter() - start:.1f} s "
+                 f"(export {s['export']:.1f} s, checks {s['checks']:.1f} s)")
 
 
 # ---- train / eval --------------------------------------------------------------------------
@@ -253,7 +306,7 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
     Example:
       resnet-edge eval runs/resnet20-digits/model.pt --data digits:test
     """
-    from .data import check_classes, open_data
+    from .data import match_classes, open_data
     from .train import evaluate, resolve_device
     from .zoo import load_checkpoint
 
@@ -261,7 +314,7 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     if not source.has_labels:
         raise BadInput(f"{data_spec} has no labels, so accuracy cannot be measured")
-    check_classes(source, card.num_classes, f"{checkpoint} ({card.arch})")
+    match_classes(source, card.num_classes, card.class_names, f"{checkpoint} ({card.arch})")
     device = resolve_device(device)
     acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size, device=device)
     result = {"checkpoint": str(checkpoint), "data": data_spec, "images": acc.images,
@@ -284,6 +337,19 @@ def _writable(*paths: Path | None) -> None:
         if path.is_dir():
             raise BadInput(f"{path} is a folder; give a file name for the report")
         ensure_writable_dir(path.parent)
+
+
+def _sizes(value: str | None, option: str) -> list[int] | None:
+    """A comma list of batch sizes, or None for the model's own profile."""
+    if value is None:
+        return None
+    try:
+        sizes = [int(b) for b in _csv(value)]
+    except ValueError:
+        raise BadInput(f"{option} takes whole numbers, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise BadInput(f"{option} must list batch sizes of at least 1")
+    return sizes
 
 
 def _csv(value: str) -> list[str]:
@@ -312,7 +378,7 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--limit", type=int, help="Use the first N images only.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
 @click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, help="[32, within the model's batch profile]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML file: [fp16] max_accuracy_drop_pt = 0.2, etc.")
@@ -379,7 +445,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma list of batch sizes.")
+@click.option("--batch-sizes", help="Comma list of batch sizes [the model's min, opt and max batch].")
 @click.option("--iterations", type=int, default=100, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
 @click.option("--backends", help="Comma list of torch, ort, trt [all that can run here].")
@@ -399,12 +465,9 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     from .runtime.backends import CPU_FP16
     from .runtime.bench import run_bench
 
-    try:
-        sizes = [int(b) for b in _csv(batch_sizes)]
-    except ValueError:
-        raise BadInput(f"--batch-sizes takes whole numbers, got {batch_sizes!r}") from None
-    if not sizes or min(sizes) < 1 or iterations < 1 or warmup < 0:
-        raise BadInput("--batch-sizes and --iterations must be at least 1, --warmup at least 0")
+    sizes = _sizes(batch_sizes, "--batch-sizes")
+    if iterations < 1 or warmup < 0:
+        raise BadInput("--iterations must be at least 1, --warmup at least 0")
     _writable(json_path)
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
@@ -526,9 +589,6 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
-@click.option("--max-batch", type=int, default=32, show_default=True)
-@click.option("--opt-batch", type=int, default=8, show_default=True,
-              help="Batch the kernels are tuned for; with --dla-core, the engine's one batch size.")
 @click.option("--workspace", type=int, default=2048, show_default=True, help="Workspace limit, MiB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path),
               help="TensorRT's timing cache to load and update [timing.cache beside the engine, "
@@ -550,9 +610,12 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
 @click.option("--int8-float", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
               help="Strongly typed int8: float parts in fp16 (model.int8-fp16.onnx, auto) or fp32 "
               "(model.int8.onnx).")
-def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_timing_cache, dla_core,
-          gpu_fallback, version_compatible, hardware_compatible, int8_source, typing, int8_float) -> None:
+def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core, gpu_fallback,
+          version_compatible, hardware_compatible, int8_source, typing, int8_float) -> None:
     """Build a TensorRT engine into engines/<gpu>-trt<version>/model.<precision>.engine.
+
+    The engine's batch profile is the one the model was exported with (export --batch, or
+    --min-batch/--opt-batch/--max-batch); a DLA engine takes its one opt batch size.
 
     Which ONNX file and which flags are used depends on the TensorRT version found here:
     8.5/8.6 use builder flags (FP16/INT8), 11.x is strongly typed (fp16 from model.fp16.onnx,
@@ -563,17 +626,16 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_
 
     \b
     Examples:
-      resnet-edge build artifacts/resnet50 --precision fp16 --max-batch 32 --opt-batch 8
+      resnet-edge build artifacts/resnet50 --precision fp16
       resnet-edge build artifacts/resnet50 --precision int8 --timing-cache ~/.cache/resnet-edge/orin.cache
       resnet-edge build artifacts/resnet50 --precision int8 --dla-core 0 --gpu-fallback     # Jetson
     """
     from .artifacts import WorkDir
     from .calibration import INT8_NAME, quantization_info
+    from .export import export_profile
     from .runtime import trt_engine
     from .runtime.backends import remake_command
 
-    if max_batch < 1 or opt_batch < 1 or opt_batch > max_batch:
-        raise BadInput(f"need 1 <= --opt-batch ({opt_batch}) <= --max-batch ({max_batch})")
     if workspace < 1:
         raise BadInput(f"--workspace must be at least 1 MiB, got {workspace}")
     if gpu_fallback and dla_core is None:
@@ -603,11 +665,13 @@ def build(workdir, precision, max_batch, opt_batch, workspace, timing_cache, no_
                        f"which TensorRT cannot build; run `resnet-edge calibrate {workdir} --recipe "
                        "tensorrt` (or build with --int8-source cache)")
     del options["dla"]
+    profile = export_profile(workdir)
     with _steps() as step:
         step(f"building the {precision} engine with TensorRT {trt.__version__}")
         try:
             engine = trt_engine.build_engine(
-                workdir, precision, max_batch=max_batch, opt_batch=opt_batch, workspace_mib=workspace,
+                workdir, precision, max_batch=profile["max"], opt_batch=profile["opt"],
+                min_batch=profile["min"], workspace_mib=workspace,
                 timing_cache=None if no_timing_cache else (str(timing_cache) if timing_cache else "auto"),
                 dla_core=dla_core, gpu_fallback=gpu_fallback,
                 warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}"), **options)
@@ -654,13 +718,11 @@ def keygen(out, force) -> None:
 @click.option("--data", "data_spec", default="digits:test", show_default=True,
               help="Where the golden inputs come from (labelled, preprocessed by the model card).")
 @click.option("--golden", type=int, default=100, show_default=True, help="Golden images.")
-@click.option("--max-batch", type=int, default=32, show_default=True, help="Engine profile max batch.")
-@click.option("--opt-batch", type=int, default=8, show_default=True)
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates carried in the bundle [parity defaults].")
 @click.option("--sign", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Ed25519 private key (NAME.key from `resnet-edge keygen`) to sign manifest.json.")
-def bundle(workdir, target, out, data_spec, golden, max_batch, opt_batch, thresholds, sign) -> None:
+def bundle(workdir, target, out, data_spec, golden, thresholds, sign) -> None:
     """Pack a device bundle: ONNX files, calibration cache, golden I/O, gates, build and verify
     scripts, and manifest.json with the sha256 of every file (signed with --sign).
 
@@ -678,7 +740,6 @@ def bundle(workdir, target, out, data_spec, golden, max_batch, opt_batch, thresh
 
     with _steps() as step:
         result = make_bundle(workdir, target, out, eval_spec=data_spec, golden=golden,
-                             max_batch=max_batch, opt_batch=opt_batch,
                              thresholds=load_thresholds(thresholds), sign=sign, step=step)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {escape(note)}")
@@ -763,28 +824,29 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
 @cli.command()
 @click.argument("source")
 @click.option("--out", type=click.Path(path_type=Path), help="Work directory [artifacts/<name>].")
-@click.option("--data-calib", default="digits:train", show_default=True, help="Calibration data spec.")
+@click.option("--data-calib", default="digits:train", show_default=True,
+              help="Calibration data spec (images:PATH takes a plain folder of images).")
 @click.option("--data-eval", default="digits:test", show_default=True,
               help="Evaluation data spec (parity and the bundle's golden inputs).")
 @click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
               default="jetpack6", show_default=True, help="Bundle target; jetpack5 exports opset 17.")
-@click.option("--weights", help="For a zoo name: torchvision weights, none, or a checkpoint.")
-@click.option("--arch", help="Architecture of a plain state-dict checkpoint.")
-@click.option("--num-classes", type=int)
+@export_options
 @click.option("--samples", type=int, default=512, show_default=True, help="Calibration images.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
-              show_default=True)
-@click.option("--recipe", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True)
+              show_default=True, help="How calibration turns activations into int8 ranges.")
+@click.option("--recipe", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="tensorrt: Q/DQ for TensorRT; cpu: uint8 for ONNX Runtime's CPU kernels.")
 @click.option("--limit", type=int, help="Evaluate parity on the first N images only.")
-@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--bench-batch-sizes", default="1,8", show_default=True,
-              help="Comma list of batch sizes for the bench step.")
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML gates for parity and the bundle [parity defaults].")
+@click.option("--bench-batch-sizes",
+              help="Comma list of batch sizes for the bench step [the model's min and opt batch].")
 @click.option("--bench-iterations", type=int, default=20, show_default=True,
               help="Timed iterations per backend and batch size in the bench step.")
 @click.option("--no-bench", is_flag=True, help="Leave the bench step out.")
 @click.option("--force", is_flag=True, help="Run every step even if its inputs are unchanged.")
-def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_classes, samples, method,
-             recipe, limit, thresholds, bench_batch_sizes, bench_iterations, no_bench, force) -> None:
+def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe, limit, thresholds,
+             bench_batch_sizes, bench_iterations, no_bench, force, **options) -> None:
     """export -> calibrate -> build (where TensorRT is) -> parity -> bench -> bundle, in one go.
 
     Each step is skipped when its inputs (hashes and options in manifest.json) are unchanged.
@@ -794,7 +856,7 @@ def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_clas
     \b
     Examples:
       resnet-edge pipeline runs/resnet20-digits/model.pt --out artifacts/resnet20
-      resnet-edge pipeline resnet50 --data-calib imagefolder:/data/calib --data-eval imagefolder:/data/val \\
+      resnet-edge pipeline resnet50 --data-calib images:/data/calib --data-eval imagefolder:/data/val \\
           --limit 5000 --out artifacts/resnet50
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -802,18 +864,12 @@ def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_clas
     from .errors import GateFailed
     from .parity.gates import load_thresholds
     from .pipeline import STEPS, PipelineConfig, run_pipeline
-    from .zoo import VARIANTS
 
-    if weights is None and source in VARIANTS:
-        weights = "DEFAULT" if VARIANTS[source].family == "imagenet" else "none"
-    try:
-        sizes = tuple(int(b) for b in _csv(bench_batch_sizes))
-    except ValueError:
-        raise BadInput(f"--bench-batch-sizes takes whole numbers, got {bench_batch_sizes!r}") from None
-    if not sizes or min(sizes) < 1 or bench_iterations < 1:
-        raise BadInput("--bench-batch-sizes and --bench-iterations must be at least 1")
+    sizes = _sizes(bench_batch_sizes, "--bench-batch-sizes")
+    if bench_iterations < 1:
+        raise BadInput("--bench-iterations must be at least 1")
     config = PipelineConfig(source, out or _default_out(source), data_calib, data_eval, target,
-                            weights, arch, num_classes, samples, method, recipe, limit,
+                            _export_request(options), samples, method, recipe, limit,
                             batch_sizes=sizes, bench_iterations=bench_iterations,
                             bench=not no_bench, force=force)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -822,8 +878,7 @@ def pipeline(source, out, data_calib, data_eval, target, weights, arch, num_clas
 
         def step(name, message):
             bar.update(task, completed=STEPS.index(name), description=f"{name}: {message}")
-        result = run_pipeline(config, load_thresholds(thresholds), step=step,
-                              notice=lambda message: err.print(f"[yellow]note:[/] {escape(message)}"))
+        result = run_pipeline(config, load_thresholds(thresholds), step=step, notice=_note)
     if result.parity:
         _print_parity(result.parity)
     table = Table(title=f"pipeline: {config.out}")

@@ -123,10 +123,11 @@ class Preprocess:
 #   digits[:train|val|test]   scikit-learn's bundled 8x8 digits (offline default)
 #   cifar10[:train|test]      torchvision CIFAR-10, downloaded to the data cache on first use
 #   imagefolder:PATH          one sub-folder per class
+#   images:PATH               images without labels, flat or nested (calibration, latency)
 #   npy:PATH[,LABELS]         N x C x H x W float32, already preprocessed; optional labels .npy
 #   random:N                  seeded noise, no labels (latency and smoke tests only)
 
-SPEC_SYNTAX = ("digits[:train|val|test], cifar10[:train|test], imagefolder:PATH, "
+SPEC_SYNTAX = ("digits[:train|val|test], cifar10[:train|test], imagefolder:PATH, images:PATH, "
                "npy:PATH[,LABELS.npy], random:N")
 DIGITS_SPLITS = {"train": (0, 1200), "val": (1200, 1400), "test": (1400, 1797)}
 SPLIT_SEED = 0
@@ -224,6 +225,8 @@ def open_data(spec: str, *, input_shape: tuple[int, int, int] | None = None,
         return _cifar10(spec, arg or "test", download)
     if kind == "imagefolder" and arg:
         return _imagefolder(spec, Path(arg).expanduser())
+    if kind == "images" and arg:
+        return _images(spec, Path(arg).expanduser())
     if kind == "npy" and arg:
         return _npy(spec, arg, input_shape)
     if kind == "random" and arg:
@@ -266,28 +269,49 @@ def _cifar10(spec: str, split: str, download: bool) -> Source:
     return CifarSource(spec, dataset)
 
 
-def _imagefolder(spec: str, root: Path) -> Source:
+def _scan_images(folder: Path) -> tuple[list[Path], int]:
+    """(images under `folder`, at any depth, in a fixed order; files skipped as not images)."""
     from PIL import Image, UnidentifiedImageError
+    files, skipped = [], 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        try:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise UnidentifiedImageError
+            with Image.open(path) as img:
+                img.verify()
+        except Image.DecompressionBombError as exc:  # refused loudly, never skipped quietly
+            raise BadInput(f"{path} is refused: {first_line(exc)}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            skipped += 1
+            continue
+        files.append(path)
+    return files, skipped
+
+
+def _images(spec: str, root: Path) -> Source:
+    """A folder of images without labels, flat or nested: calibration and latency data."""
+    if not root.is_dir():
+        raise BadInput(f"image folder {root} not found; give a folder of images")
+    files, skipped = _scan_images(root)
+    if not files:
+        raise BadInput(f"{root} holds no images ({skipped} other files); give a folder of "
+                       ".jpg/.png images, at any depth")
+    summary = f"{len(files)} images without labels" + (f", {skipped} non-image files skipped" if skipped else "")
+    return FileSource(spec, files, None, None, summary)
+
+
+def _imagefolder(spec: str, root: Path) -> Source:
     if not root.is_dir():
         raise BadInput(f"image folder {root} not found; give a folder with one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files, labels, skipped = [], [], 0
     for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if not path.is_file():
-                continue
-            try:
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    raise UnidentifiedImageError
-                with Image.open(path) as img:
-                    img.verify()
-            except Image.DecompressionBombError as exc:  # refused loudly, never skipped quietly
-                raise BadInput(f"{path} is refused: {first_line(exc)}") from None
-            except (UnidentifiedImageError, OSError, SyntaxError):
-                skipped += 1
-                continue
-            files.append(path)
-            labels.append(label)
+        found, skipped_here = _scan_images(root / name)
+        files += found
+        labels += [label] * len(found)
+        skipped += skipped_here
     if not files:
         raise BadInput(f"image folder {root} has no images in class sub-folders "
                        f"({len(classes)} sub-folders, {skipped} non-image files); expected "
@@ -319,7 +343,6 @@ def _npy(spec: str, arg: str, input_shape) -> Source:
             index = start + int(np.flatnonzero(~finite)[0])
             raise BadInput(f"{image_path} image {index} holds NaN or inf values; every input must "
                            "be finite")
-    names = None
     if labels is not None:
         if labels.shape != (len(images),):
             raise BadInput(f"{label_path} has shape {labels.shape}; expected ({len(images)},) labels")
@@ -331,9 +354,9 @@ def _npy(spec: str, arg: str, input_shape) -> Source:
             raise BadInput(f"{label_path} label {index} is {labels[index]}; labels are class "
                            "indices from 0")
         labels = labels.astype(np.int64)
-        names = [str(c) for c in range(int(labels.max()) + 1)]
     images = np.array(images)  # out of the memory map, writable
-    return TensorSource(spec, torch.from_numpy(images), labels, names,
+    # labels are class indices: any subset of the model's classes (match_classes checks them)
+    return TensorSource(spec, torch.from_numpy(images), labels, None,
                         preprocessed=True, summary=f"{len(images)} preprocessed arrays")
 
 
@@ -390,8 +413,37 @@ def batches(source: Source, preprocess: Preprocess, batch_size: int, *,
         persistent_workers=workers > 0)
 
 
+def match_classes(source: Source, num_classes: int, class_names: list[str] | None = None,
+                  what: str = "the model") -> None:
+    """Make evaluation labels the model's class indices. The data may hold a subset of the
+    model's classes: class folders named as the model's classes (or as class indices) map by
+    name, folders as many as the model's classes map in order, index labels are kept; anything
+    else is refused. Reports say when accuracy is over a subset."""
+    if not source.has_labels:
+        return
+    names = source.class_names
+    if names:
+        if class_names and set(names) <= set(class_names):
+            mapping = [class_names.index(n) for n in names]
+        elif all(n.isdigit() and int(n) < num_classes for n in names):
+            mapping = [int(n) for n in names]
+        elif len(names) == num_classes:
+            mapping = list(range(num_classes))
+        else:
+            raise BadInput(f"{source.spec} has {len(names)} classes ({', '.join(names[:3])}"
+                           f"{', ...' if len(names) > 3 else ''}) that match neither the class "
+                           f"names of {what} nor its {num_classes} class indices; name the class "
+                           "folders as the model's classes")
+        source.labels = np.asarray(mapping, dtype=np.int64)[source.labels]
+        source.class_names = None  # labels are the model's class indices from here on
+    labels = np.asarray(source.labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise BadInput(f"{source.spec} has labels outside 0..{num_classes - 1}, the classes of "
+                       f"{what}")
+
+
 def check_classes(source: Source, num_classes: int, what: str = "the model") -> None:
-    """Labels must index the model's classes: whole numbers in [0, num_classes)."""
+    """Training: the data's classes are the model's classes, all of them, in order."""
     if not source.has_labels:
         return
     if source.num_classes is not None and source.num_classes != num_classes:

@@ -11,13 +11,12 @@ from typing import Callable
 from .artifacts import WorkDir, sha256_file, write_json_atomic
 from .calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME, RANGES_NAME, calibrate
 from .errors import BadInput
-from .export import FP16_NAME, ONNX_NAME, ExportOptions, export_model
+from .export import FP16_NAME, ONNX_NAME, export_model, export_profile, prepare_export
 from .parity import report as reports
 from .parity.gates import Thresholds
 from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
 from .runtime import trt_engine
 from .runtime.bench import run_bench
-from .zoo import load_model
 
 STEPS = ("export", "calibrate", "build", "parity", "bench", "bundle")
 
@@ -48,14 +47,12 @@ class PipelineConfig:
     data_calib: str = "digits:train"
     data_eval: str = "digits:test"
     target: str = "jetpack6"
-    weights: str | None = None
-    arch: str | None = None
-    num_classes: int | None = None
+    export: dict = field(default_factory=dict)  # the options export takes (prepare_export)
     samples: int = 512
     method: str = "entropy"
     recipe: str = "tensorrt"
     limit: int | None = None
-    batch_sizes: tuple[int, ...] = (1, 8)
+    batch_sizes: list[int] | None = None  # [the model's min and opt batch]
     bench_iterations: int = 20
     bench: bool = True
     golden: int = 100
@@ -65,6 +62,8 @@ class PipelineConfig:
 def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                  step: Callable[[str, str], None] = lambda name, message: None,
                  notice: Callable[[str], None] = lambda message: None) -> PipelineResult:
+    """The steps in order; export options come from `config.export`, and jetpack5 exports with
+    TorchScript (opset 17) unless an exporter is given."""
     from .deploy import TARGETS, make_bundle
     if config.target not in TARGETS:
         raise BadInput(f"unknown --target {config.target!r}; use {', '.join(TARGETS)}")
@@ -90,16 +89,16 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     # export: its own manifest entry already skips an unchanged export
     start = time.perf_counter()
     step("export", "loading the model")
-    model, card = load_model(config.source, weights=config.weights, arch=config.arch,
-                             num_classes=config.num_classes)
     exporter = "torchscript" if TARGETS[config.target]["max_opset"] < 18 else "dynamo"
-    exported = export_model(model, card, out, ExportOptions(exporter=exporter), force=config.force,
+    model, card, options = prepare_export(config.source, config.export, default_exporter=exporter,
+                                          notice=notice)
+    exported = export_model(model, card, out, options, force=config.force,
                             step=lambda m: step("export", m))
     result.steps.append(StepResult("export", "skipped" if exported.skipped else "ran",
                                    time.perf_counter() - start,
                                    "up to date" if exported.skipped else
-                                   f"opset {ExportOptions(exporter=exporter).resolved().opset}, "
-                                   f"checks {'pass' if all(c.passed for c in exported.checks) else 'FAIL'}"))
+                                   f"opset {options.opset}, checks "
+                                   f"{'pass' if all(c.passed for c in exported.checks) else 'FAIL'}"))
 
     def model_hashes() -> dict[str, str]:
         return {f: sha256_file(out / f) for f in (ONNX_NAME, FP16_NAME, INT8_NAME, INT8_FP16_NAME, CACHE_NAME)
@@ -168,14 +167,16 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
 
     def do_bench() -> str:
         pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], list(PRECISIONS))]
-        bench = run_bench(out, pairs, list(config.batch_sizes), iterations=config.bench_iterations,
+        profile = export_profile(out)
+        sizes = config.batch_sizes or sorted({profile["min"], profile["opt"]})
+        bench = run_bench(out, pairs, sizes, iterations=config.bench_iterations,
                           warmup=3, step=lambda m: step("bench", m), notice=notice)
         write_json_atomic(reports_dir / "bench.json", bench)
         best = min(bench["results"], key=lambda r: r["host_to_host"]["p50_ms"] / r["host_to_host"]["batch_size"])
         return (f"{len(bench['results'])} measurements; fastest per image: {best['device']} "
                 f"({best['host_to_host']['images_per_s']:.0f} img/s at batch {best['host_to_host']['batch_size']})")
     if config.bench:
-        run("bench", {**model_hashes(), "batch_sizes": list(config.batch_sizes),
+        run("bench", {**model_hashes(), "batch_sizes": config.batch_sizes,
                       "iterations": config.bench_iterations}, ["reports/bench.json"], do_bench)
     else:
         result.steps.append(StepResult("bench", "skipped", 0.0, "--no-bench"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import pickle
 import urllib.error
 from dataclasses import dataclass, field
@@ -189,11 +190,15 @@ def looks_like_path(source: str) -> bool:
 
 
 def load_model(source: str, *, weights: str | None = None, arch: str | None = None,
-               num_classes: int | None = None) -> tuple[nn.Module, ModelCard]:
+               num_classes: int | None = None, preprocess: dict[str, Any] | None = None,
+               weights_dir: str | os.PathLike | None = None) -> tuple[nn.Module, ModelCard]:
     """A model in eval mode and its card, from a zoo name (+ weights) or a checkpoint path.
 
     `weights` is a torchvision enum name (DEFAULT, IMAGENET1K_V1, ...), "none" for a seeded
     random init, or a checkpoint path; with a checkpoint as `source` it must be left out.
+    `preprocess` overrides fields of the card's Preprocess (input_size, resize, mean, std,
+    interpolation), checked like any card; `weights_dir` (or $RESNET_EDGE_WEIGHTS) holds
+    torchvision weight files for machines without a network.
     """
     if num_classes is not None and num_classes < 1:
         raise BadInput(f"--num-classes must be at least 1, got {num_classes}")
@@ -203,11 +208,16 @@ def load_model(source: str, *, weights: str | None = None, arch: str | None = No
         v = variant(source)
         if arch is not None and arch != v.name:
             raise BadInput(f"--arch {arch} contradicts the model name {v.name}; drop --arch")
-        model, card = _from_zoo(v, weights or "none", num_classes)
+        model, card = _from_zoo(v, weights or "none", num_classes,
+                                weights_dir or os.environ.get("RESNET_EDGE_WEIGHTS"))
+    if preprocess:
+        merged = {**card.preprocess.to_dict(), **preprocess}
+        card.preprocess = Preprocess.from_dict(merged, "the preprocessing options")
     return model.eval(), card
 
 
-def _from_zoo(v: Variant, weights: str, num_classes: int | None) -> tuple[nn.Module, ModelCard]:
+def _from_zoo(v: Variant, weights: str, num_classes: int | None,
+              weights_dir=None) -> tuple[nn.Module, ModelCard]:
     if weights.lower() == "none":
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_INIT_SEED)
@@ -221,15 +231,34 @@ def _from_zoo(v: Variant, weights: str, num_classes: int | None) -> tuple[nn.Mod
     if num_classes is not None and num_classes != classes:
         raise BadInput(f"{v.name} {enum_member.name} weights have {classes} classes, not "
                        f"{num_classes}; fine-tune with `resnet-edge train --pretrained` instead")
-    state = download_state_dict(v, enum_member)
+    if weights_dir:
+        cached = weights_file(weights_dir, v, enum_member)
+        state, _ = read_checkpoint(cached)
+    else:
+        state = download_state_dict(v, enum_member)
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum_member.url)
     model = v.build(classes)
-    model.load_state_dict(state)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum_member.url)
+    load_state_strict(model, state, f"{v.name} {enum_member.name}", cached)
     card = ModelCard(v.name, classes, Preprocess.from_torchvision(enum_member.transforms()),
                      class_names=list(enum_member.meta["categories"]),
                      weights=f"torchvision:{enum_member}",
                      weights_sha256=sha256_file(cached) if cached.exists() else None)
     return model, card
+
+
+def weights_file(weights_dir, v: Variant, enum_member) -> Path:
+    """torchvision's file for `enum_member` in `weights_dir`, named as torchvision names it and
+    checked against the sha256 prefix torchvision publishes in that name (resnet18-f37072fd.pth)."""
+    name = os.path.basename(enum_member.url)
+    path = Path(weights_dir).expanduser() / name
+    if not path.is_file():
+        raise BadInput(f"{path} not found: --weights-dir holds torchvision weight files under "
+                       f"their own names ({name} for {v.name} {enum_member.name})")
+    prefix = re.search(r"-([0-9a-f]{8,})\.", name)
+    if prefix and not sha256_file(path).startswith(prefix.group(1)):
+        raise BadInput(f"{path} does not match the sha256 prefix {prefix.group(1)} in its name: "
+                       "damaged or another file; download it again")
+    return path
 
 
 def download_state_dict(v: Variant, enum_member) -> dict[str, torch.Tensor]:

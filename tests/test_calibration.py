@@ -163,7 +163,6 @@ def test_calibrating_on_the_parity_split_warns(digits_workdir, tmp_path):
     (["calibrate", "{work}", "--exclude", "node_does_not_exist", "--samples", "64"], 2,
      "names no Conv/Gemm layer 'node_does_not_exist'"),
     (["calibrate", "{empty}"], 2, "has no model.onnx"),
-    (["build", "{work}", "--opt-batch", "64", "--max-batch", "8"], 2, "--opt-batch (64) <= --max-batch (8)"),
     (["build", "{work}", "--gpu-fallback"], 2, "--gpu-fallback goes with --dla-core"),
 ])
 def test_calibrate_and_build_bad_usage(args, code, message, run_cli, digits_workdir, tmp_path):

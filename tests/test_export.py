@@ -46,7 +46,10 @@ def test_metadata_and_manifest_round_trip(tmp_path):
     entry = manifest["files"]["model.onnx"]
     from resnet_edge.artifacts import sha256_file
     assert entry["sha256"] == sha256_file(result.path)
-    assert entry["options"] == {"exporter": "dynamo", "opset": 20, "max_batch": 16}
+    assert entry["options"] == {"exporter": "dynamo", "opset": 20, "max_batch": 16,
+                                "min_batch": 1, "opt_batch": 8, "batch": None}
+    from resnet_edge.export import export_profile
+    assert export_profile(tmp_path) == {"min": 1, "opt": 8, "max": 16, "static": False}
     assert "torch" in manifest["versions"] and "onnxruntime" in manifest["versions"]
 
 

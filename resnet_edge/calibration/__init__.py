@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..artifacts import WorkDir, atomic_path, write_bytes_atomic
-from ..data import batches, check_classes, open_data
+from ..data import RandomSource, batches, match_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card, write_fp16
 from ..export.metadata import load_onnx
@@ -88,11 +88,15 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
             raise BadInput(f"--exclude names no Conv/Gemm layer {unknown[0]!r}; "
                            "see the names in the --sensitivity ranking")
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
-    check_classes(source, card.num_classes, f"the model ({card.arch})")
+    match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     notes = []
     if overlaps(data_spec, eval_spec):
         notes.append(f"calibration data {data_spec} is the split parity evaluates on ({eval_spec}); "
                      "accuracy measured there will be optimistic")
+    if isinstance(source, RandomSource):
+        notes.append(f"{data_spec} is random noise: its ranges say nothing about real images, "
+                     "so this int8 model will lose accuracy on them; calibrate on images the "
+                     "model will see (images:PATH takes a plain folder)")
     if samples > len(source):
         notes.append(f"{data_spec} has {len(source)} images, fewer than --samples {samples}")
 

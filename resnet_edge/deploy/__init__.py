@@ -18,9 +18,9 @@ from .. import __version__
 from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
 from ..calibration import CACHE_NAME, INT8_NAME, quantization_info
 from ..calibration.dataset import balanced_indices
-from ..data import batches, check_classes, open_data
+from ..data import batches, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
-from ..export import FP16_NAME, ONNX_NAME
+from ..export import FP16_NAME, ONNX_NAME, export_profile
 from ..export.metadata import load_onnx
 from ..parity.gates import Thresholds, load_thresholds
 from ..parity.run import open_workdir
@@ -101,15 +101,14 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
 
 
 def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None, *,
-                eval_spec: str = "digits:test", golden: int = 100, max_batch: int = 32,
-                opt_batch: int = 8, thresholds: dict[str, Thresholds] | None = None,
+                eval_spec: str = "digits:test", golden: int = 100,
+                thresholds: dict[str, Thresholds] | None = None,
                 sign: str | Path | None = None, step=lambda m: None) -> BundleResult:
+    """The bundle's batch profile is the model's, from its export record."""
     if target not in TARGETS:
         raise BadInput(f"unknown --target {target!r}; use {', '.join(TARGETS)}")
     if golden < 1:
         raise BadInput(f"--golden must be at least 1, got {golden}")
-    if max_batch < 1 or not 1 <= opt_batch <= max_batch:
-        raise BadInput(f"need 1 <= --opt-batch ({opt_batch}) <= --max-batch ({max_batch})")
     if sign is not None:  # a bad key fails before any work
         try:
             signing.sign(b"", sign)
@@ -117,6 +116,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
     workdir = Path(workdir)
     card, model = open_workdir(workdir)
+    profile = export_profile(workdir)
     spec = TARGETS[target]
     files, precisions, notes = bundle_files(workdir, target)
     for name in files:
@@ -129,7 +129,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     ensure_writable_dir(out.parent)
 
     source = open_data(eval_spec, input_shape=card.preprocess.input_shape)
-    check_classes(source, card.num_classes, f"the model ({card.arch})")
+    match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / root_name
         (stage / "golden").mkdir(parents=True)
@@ -173,8 +173,9 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         info = {"schema": "resnet-edge.bundle/2", "target": target, "about": spec["about"],
                 "tensorrt": spec["tensorrt"], "cuda_python": spec["cuda_python"],
                 "arch": card.arch, "num_classes": card.num_classes, "input_name": "input",
-                "input_shape": list(card.preprocess.input_shape), "max_batch": max_batch,
-                "opt_batch": opt_batch, "precisions": precisions,
+                "input_shape": list(card.preprocess.input_shape), "min_batch": profile["min"],
+                "opt_batch": profile["opt"], "max_batch": profile["max"],
+                "static_batch": profile["static"], "precisions": precisions,
                 "int8_recipe": "tensorrt" if "int8" in precisions else None,
                 "golden_data": eval_spec, "resnet_edge": __version__, "left_out": notes,
                 "made_from": {name: sha256_file(workdir / name) for name in files},

@@ -107,10 +107,13 @@ def read_info(folder: Path, manifest: dict) -> dict:
     if (not isinstance(precisions, list) or not precisions or len(set(precisions)) != len(precisions)
             or not set(precisions) <= set(PRECISIONS)):
         problems.append(f"precisions {precisions!r} (use a list of {', '.join(PRECISIONS)})")
+    info.setdefault("min_batch", 1)  # bundles before batch profiles
     if not _count(info.get("max_batch"), 1, LIMITS["max_batch"]):
         problems.append(f"max_batch {info.get('max_batch')!r} (1..{LIMITS['max_batch']})")
-    elif not _count(info.get("opt_batch"), 1, info["max_batch"]):
-        problems.append(f"opt_batch {info.get('opt_batch')!r} (1..max_batch)")
+    elif not _count(info.get("min_batch"), 1, info["max_batch"]):
+        problems.append(f"min_batch {info.get('min_batch')!r} (1..max_batch)")
+    elif not _count(info.get("opt_batch"), info["min_batch"], info["max_batch"]):
+        problems.append(f"opt_batch {info.get('opt_batch')!r} (min_batch..max_batch)")
     shape = info.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3 and shape[0] in (1, 3)
             and all(_count(d, 1, LIMITS["side"]) for d in shape)):
@@ -210,10 +213,11 @@ class OrtRunner:
         # The tensorrt recipe's Q/DQ runs as written: TensorRT's numerics, not ORT-CPU's kernels.
         self.session = ort.make_session(path, providers, disable_qdq_fusion=precision == "int8")
         self.input_name = self.session.get_inputs()[0].name
+        self.batch_range = (bundle.info["min_batch"], bundle.info["max_batch"])
         self.label = f"onnxruntime {precision} ({path.name}, {self.session.get_providers()[0]})"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        return ort.run_batch(self.session, self.input_name, batch, self.batch_range)
 
     def close(self) -> None:
         pass
@@ -237,7 +241,9 @@ class TrtRunner:
             try:
                 engine = trt_engine.build_engine(bundle.folder, precision, out_dir=engine.parent,
                                                  max_batch=bundle.info["max_batch"],
-                                                 opt_batch=bundle.info["opt_batch"], cuda_python=wanted)
+                                                 opt_batch=bundle.info["opt_batch"],
+                                                 min_batch=bundle.info["min_batch"],
+                                                 cuda_python=wanted)
             except ValueError as exc:  # what this TensorRT or GPU cannot build
                 raise BundleError(str(exc)) from None
         meta = trt_engine.read_engine_meta(engine)

@@ -15,9 +15,9 @@ from onnxconverter_common import float16
 from torch import nn
 
 from ..artifacts import WorkDir, ensure_writable_dir, write_bytes_atomic
-from ..errors import GateFailed
+from ..errors import BadInput, GateFailed
 from ..zoo import ModelCard, save_checkpoint
-from .checks import BatchCheck, check_batch, compare_with_onnxruntime, run_checker
+from .checks import BatchCheck, check_sizes, compare_with_onnxruntime, run_checker
 from .metadata import load_onnx, read_card, write_metadata
 from .torch_to_onnx import ExportOptions, export_onnx
 
@@ -82,6 +82,57 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
     return result
 
 
+def prepare_export(source: str, request: dict, *, default_exporter: str = "dynamo",
+                   notice: Callable[[str], None] = lambda message: None):
+    """(model, card, ExportOptions) from the export options `export` and `pipeline` share:
+    weights, weights_dir, arch, num_classes, exporter, opset, the batch profile and the
+    preprocessing overrides. A plain state dict that says nothing of its preprocessing gets a
+    `notice` that the architecture's default is used."""
+    from ..zoo import VARIANTS, load_model
+    options = ExportOptions(request.get("exporter") or default_exporter, request.get("opset"),
+                            request.get("max_batch", 32), request.get("min_batch", 1),
+                            request.get("opt_batch"), request.get("batch")).resolved()
+    overrides = {key: request[key] for key in ("input_size", "resize", "mean", "std", "interpolation")
+                 if request.get(key) is not None}
+    if "input_size" in overrides and "resize" not in overrides:
+        overrides["resize"] = overrides["input_size"]  # a new size with no resize: no crop
+    weights = request.get("weights")
+    if weights is None and source in VARIANTS:
+        weights = "DEFAULT" if VARIANTS[source].family == "imagenet" else "none"
+    model, card = load_model(source, weights=weights, arch=request.get("arch"),
+                             num_classes=request.get("num_classes"), preprocess=overrides,
+                             weights_dir=request.get("weights_dir"))
+    if card.weights.startswith("checkpoint:") and not overrides:
+        p = card.preprocess
+        notice(f"{source} has no model card, so it gets {card.arch}'s default preprocessing "
+               f"({p.input_size} px crop of {p.resize}, mean {list(p.mean)}, std {list(p.std)}); "
+               "give --input-size, --resize, --mean and --std if it was trained otherwise")
+    return model, card, options
+
+
+def export_profile(workdir: str | Path) -> dict:
+    """The batch profile model.onnx was exported with ({"min", "opt", "max", "static"}), from
+    the work dir's record of it: the one record build, bundle and every runtime follow."""
+    options = WorkDir(workdir).manifest["files"].get(ONNX_NAME, {}).get("options") or {}
+    known = {k: options[k] for k in ("exporter", "opset", "max_batch", "min_batch", "opt_batch",
+                                     "batch") if k in options}
+    try:
+        return ExportOptions(**known).resolved().profile
+    except (TypeError, BadInput):
+        raise BadInput(f"{Path(workdir) / 'manifest.json'} records no usable batch profile for "
+                       f"{ONNX_NAME}; export it again") from None
+
+
+def check_batch_sizes(profile: dict, sizes, what: str) -> None:
+    """Refuse, in one line, batch sizes the exported model cannot take."""
+    outside = [s for s in sizes if not profile["min"] <= s <= profile["max"]]
+    if outside:
+        allowed = (f"only {profile['max']} (a static export)" if profile["static"] else
+                   f"{profile['min']}..{profile['max']}")
+        raise BadInput(f"{what} {outside[0]} is outside the model's batch profile: it takes "
+                       f"{allowed}; export with --batch or --min-batch/--max-batch to change it")
+
+
 def _export_checked(model, card, workdir: WorkDir, options: ExportOptions,
                     step) -> tuple[ExportResult, onnx.ModelProto]:
     seconds = {}
@@ -96,7 +147,7 @@ def _export_checked(model, card, workdir: WorkDir, options: ExportOptions,
     start = time.perf_counter()
     run_checker(data)
     checks = compare_with_onnxruntime(model, data, card.preprocess.input_shape,
-                                      check_batch(options.max_batch))
+                                      check_sizes(options.profile))
     seconds["checks"] = time.perf_counter() - start
     failed = [c for c in checks if not c.passed]
     if failed:
@@ -130,4 +181,5 @@ def write_fp16(model: onnx.ModelProto, dst: Path) -> str:
 
 
 __all__ = ["ExportOptions", "ExportResult", "export_model", "export_onnx", "read_card",
+           "export_profile", "check_batch_sizes", "prepare_export",
            "write_fp16", "ONNX_NAME", "FP16_NAME", "CHECKPOINT_NAME"]

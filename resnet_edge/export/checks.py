@@ -43,9 +43,10 @@ def run_checker(model: onnx.ModelProto | bytes | str | os.PathLike, *, full: boo
 
 
 def compare_with_onnxruntime(model: nn.Module, onnx_model: bytes | str | os.PathLike,
-                             input_shape: tuple[int, int, int], batch: int = 5,
+                             input_shape: tuple[int, int, int], sizes: tuple[int, int] = (1, 5),
                              seed: int = 0) -> list[BatchCheck]:
-    """ONNX Runtime at batch 1 and `batch` against one PyTorch pass at `batch`."""
+    """ONNX Runtime at both `sizes` against one PyTorch pass at the larger one."""
+    batch = max(sizes)
     session = make_session(onnx_model)
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
@@ -54,7 +55,7 @@ def compare_with_onnxruntime(model: nn.Module, onnx_model: bytes | str | os.Path
         raise GateFailed(f"PyTorch itself gives NaN or inf logits for seeded inputs at batch "
                          f"{batch}: the model is broken, so model.onnx was not written")
     results = []
-    for size in sorted({1, batch}):
+    for size in sorted(set(sizes)):
         cand = session.run(None, {INPUT_NAME: x[:size].numpy()})[0]
         cmp = LogitComparison()
         cmp.update(ref[:size], cand)
@@ -62,8 +63,9 @@ def compare_with_onnxruntime(model: nn.Module, onnx_model: bytes | str | os.Path
     return results
 
 
-def check_batch(max_batch: int) -> int:
-    return min(5, max_batch)
+def check_sizes(profile: dict) -> tuple[int, int]:
+    """(smallest, larger) batch to check: the profile's min, and up to 5 within it."""
+    return profile["min"], max(profile["min"], min(5, profile["max"]))
 
 
-__all__ = ["BatchCheck", "run_checker", "compare_with_onnxruntime", "check_batch"]
+__all__ = ["BatchCheck", "run_checker", "compare_with_onnxruntime", "check_sizes"]

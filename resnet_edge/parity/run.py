@@ -13,9 +13,9 @@ import numpy as np
 
 from .. import __version__
 from ..artifacts import WorkDir
-from ..data import batches, check_classes, open_data
+from ..data import batches, match_classes, open_data
 from ..errors import BadInput, GateFailed
-from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card
+from ..export import CHECKPOINT_NAME, ONNX_NAME, check_batch_sizes, export_profile, read_card
 from ..runtime.backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
                                 open_backend)
 from ..runtime.latency import LatencyStats, describe_machine
@@ -24,6 +24,7 @@ from .gates import Thresholds, evaluate_gates, for_precision
 from .metrics import Accuracy, LogitComparison
 
 SCHEMA = "resnet-edge.parity/1"
+DEFAULT_BATCH = 32
 # What each backend can run; torch int8 is not a thing this tool makes.
 # int8-fp16: the int8 model with fp16 float parts, which strongly typed TensorRT builds from;
 # TensorRT's own int8 engine is built from whichever int8 file its build plan picks.
@@ -73,16 +74,20 @@ def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, st
 
 
 def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], precisions: list[str],
-               thresholds: dict[str, Thresholds], limit: int | None = None, batch_size: int = 32,
-               device: str = "auto", explicit: bool = False, cpu_fp16: bool = False,
+               thresholds: dict[str, Thresholds], limit: int | None = None,
+               batch_size: int | None = None, device: str = "auto", explicit: bool = False,
+               cpu_fp16: bool = False,
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    if batch_size < 1:
-        raise BadInput(f"--batch-size must be at least 1, got {batch_size}")
+    """`batch_size` defaults to 32 within the model's batch profile (its one size if static)."""
     if limit is not None and limit < 1:
         raise BadInput(f"--limit must be at least 1, got {limit}")
     card, model = open_workdir(workdir)
+    profile = export_profile(workdir)
+    if batch_size is None:
+        batch_size = max(profile["min"], min(DEFAULT_BATCH, profile["max"]))
+    check_batch_sizes(profile, [batch_size], "--batch-size")
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
-    check_classes(source, card.num_classes, f"the model ({card.arch})")
+    match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     n = len(source) if limit is None else min(limit, len(source))
     pairs = candidates(backends, precisions)
 
@@ -92,7 +97,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         row = _Row(name, precision)
         try:
             row.runner = open_backend(name, precision, workdir, model=model, device=device,
-                                      cpu_fp16=cpu_fp16)
+                                      cpu_fp16=cpu_fp16,
+                                      batch_range=(profile["min"], profile["max"]))
         except BackendUnavailable as exc:
             row.reason = str(exc)
         rows.append(row)
@@ -126,6 +132,11 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         r.close()
 
     ref_acc = _accuracy(ref_accuracy) if labelled else None
+    present = int(len(np.unique(source.labels[:n]))) if labelled else None
+    note = ("no labels: accuracy was not measured" if not labelled else
+            f"labels cover {present} of the model's {card.num_classes} classes: accuracy is over "
+            "those images, and the model may still answer with the others"
+            if present < card.num_classes else "")
     report_rows = []
     for row in rows:
         entry = {"backend": row.backend, "precision": row.precision}
@@ -160,7 +171,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                                                if r.runner is not None]),
         "model": card.to_dict(),
         "data": {"spec": data_spec, "images": n, "labelled": labelled, "batch_size": batch_size,
-                 "accuracy_note": "" if labelled else "no labels: accuracy was not measured"},
+                 "classes_present": present, "accuracy_note": note},
         "machine": describe_machine(),
         "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
         "reference": {"backend": REFERENCE[0], "precision": REFERENCE[1], "device": reference.label,

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..artifacts import WorkDir
 from ..errors import BadInput, MissingBackend, first_line
-from .ort import import_ort, make_session
+from .ort import BatchOutOfRange, import_ort, make_session, run_batch
 from .trt_engine import INT8_FP16_FILE, ONNX_FILES
 
 ORT_FILES = {**ONNX_FILES, "int8-fp16": INT8_FP16_FILE}
@@ -96,7 +96,8 @@ class OrtBackend(Backend):
     name = "ort"
 
     def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32",
-                 providers: tuple[str, ...] | None = None, *, disable_qdq_fusion: bool = False):
+                 providers: tuple[str, ...] | None = None, *, disable_qdq_fusion: bool = False,
+                 batch_range: tuple[int, int] | None = None):
         ort = import_ort()
         if not Path(onnx_path).exists():
             made_by = ("calibrate --recipe tensorrt" if precision == "int8-fp16" else
@@ -109,7 +110,7 @@ class OrtBackend(Backend):
         if not chosen:
             raise BackendUnavailable(f"none of {', '.join(wanted)} is available in this onnxruntime "
                                      f"(it has {', '.join(available)})")
-        self.precision, self.path = precision, Path(onnx_path)
+        self.precision, self.path, self.batch_range = precision, Path(onnx_path), batch_range
         try:
             self.session = make_session(onnx_path, chosen, disable_qdq_fusion=disable_qdq_fusion)
         except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
@@ -132,7 +133,9 @@ class OrtBackend(Backend):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
-            return self.session.run([self.output_name], {self.input_name: batch})[0]
+            return run_batch(self.session, self.input_name, batch, self.batch_range)
+        except BatchOutOfRange as exc:
+            raise BadInput(f"{self.path}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 (a model with a fixed batch, renamed input...)
             raise BadInput(f"ONNX Runtime refused a batch of shape {tuple(batch.shape)} for "
                            f"{self.path}: {first_line(exc)}") from None
@@ -228,7 +231,7 @@ CPU_FP16 = ("torch fp16 runs on a GPU unless asked for: CPUs have no fast fp16 k
 
 def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
                  model: nn.Module | None = None, device: str = "auto",
-                 cpu_fp16: bool = False) -> Backend:
+                 cpu_fp16: bool = False, batch_range: tuple[int, int] | None = None) -> Backend:
     """The backend `name` at `precision` for the model in `workdir`, or BackendUnavailable.
     torch fp16 on a CPU only with `cpu_fp16` (the user named it)."""
     cuda = torch.cuda.is_available()
@@ -245,7 +248,8 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
         if path.exists():  # a stale or half-written file is refused, not compared
             WorkDir(workdir).vouch(path.name, remake_command(workdir, path.name))
         as_written = precision.startswith("int8") and path.exists() and _recipe(path) == "tensorrt"
-        backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written)
+        backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written,
+                             batch_range=batch_range)
         if as_written and backend.device == "cpu":
             # ORT-CPU's fused int8 kernels are not what TensorRT runs; Q/DQ as written is.
             backend.note = "Q/DQ as written"

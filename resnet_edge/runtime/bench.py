@@ -15,22 +15,29 @@ SCHEMA = "resnet-edge.bench/1"
 LONG_BENCH_S = 30.0
 
 
-def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int], *,
+def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int] | None, *,
               iterations: int, warmup: int, device: str = "auto", cpu_fp16: bool = False,
               step: Callable[[str], None] = lambda m: None,
               notice: Callable[[str], None] = lambda m: None) -> dict:
     """Latency of every backend x batch size. One probe run of each comes first, so a long
-    bench says how long before it starts (`notice`, when it is over LONG_BENCH_S)."""
+    bench says how long before it starts (`notice`, when it is over LONG_BENCH_S). Batch sizes
+    default to the model's profile (min, opt, max) and must lie inside it."""
+    from ..export import check_batch_sizes, export_profile
     from ..parity.run import open_workdir  # parity imports runtime; keep the cycle lazy
     card, model = open_workdir(workdir)
+    profile = export_profile(workdir)
+    if batch_sizes is None:
+        batch_sizes = sorted({profile["min"], profile["opt"], profile["max"]})
+    check_batch_sizes(profile, batch_sizes, "--batch-sizes")
     rng = np.random.default_rng(0)
     inputs = {size: rng.standard_normal((size, *card.preprocess.input_shape), dtype=np.float32)
               for size in batch_sizes}
     opened, skipped = [], []
     for name, precision in pairs:
         try:
-            opened.append((name, precision, open_backend(name, precision, workdir, model=model,
-                                                         device=device, cpu_fp16=cpu_fp16)))
+            opened.append((name, precision, open_backend(
+                name, precision, workdir, model=model, device=device, cpu_fp16=cpu_fp16,
+                batch_range=(profile["min"], profile["max"]))))
         except BackendUnavailable as exc:
             skipped.append({"backend": name, "precision": precision, "reason": str(exc)})
     estimate = 0.0

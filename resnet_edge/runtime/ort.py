@@ -21,6 +21,26 @@ def import_ort():
     return onnxruntime
 
 
+class BatchOutOfRange(ValueError):
+    """A batch larger than the model's profile allows."""
+
+
+def run_batch(session, input_name: str, batch, batch_range: tuple[int, int] | None = None):
+    """One session run within the model's batch profile (min, max): a batch below min (a static
+    model, the last short batch) is padded with zeros and its extra rows dropped; one above max
+    is refused."""
+    import numpy as np
+    rows = len(batch)
+    if batch_range is not None:
+        low, high = batch_range
+        if rows > high:
+            raise BatchOutOfRange(f"a batch of {rows} is outside the model's batch profile "
+                                  f"{low}..{high} (set at export: --batch, --min-batch, --max-batch)")
+        if rows < low:
+            batch = np.concatenate([batch, np.zeros((low - rows, *batch.shape[1:]), batch.dtype)])
+    return session.run(None, {input_name: batch})[0][:rows]
+
+
 def make_session(path: str | os.PathLike | bytes, providers: Sequence[str] = ("CPUExecutionProvider",),
                  *, threads: int | None = None, disable_qdq_fusion: bool = False):
     """An InferenceSession set for speed: all graph optimizations, one thread per core.

@@ -214,10 +214,12 @@ def build_plan(tensorrt_version: str, precision: str, *, int8_source: str = "aut
                      cache, dla, version_compatible, hardware_compatible, trtexec)
 
 
-def batch_profile(plan: BuildPlan, max_batch: int, opt_batch: int) -> tuple[int, int, int]:
-    """(min, opt, max) batch: 1..max tuned for opt, or opt alone where shapes must be static."""
-    opt = min(opt_batch, max_batch)
-    return (opt, opt, opt) if plan.static_batch else (1, opt, max_batch)
+def batch_profile(plan: BuildPlan, max_batch: int, opt_batch: int,
+                  min_batch: int = 1) -> tuple[int, int, int]:
+    """(min, opt, max) batch: the model's min..max tuned for opt, or opt alone where shapes
+    must be static (DLA)."""
+    opt = max(min_batch, min(opt_batch, max_batch))
+    return (opt, opt, opt) if plan.static_batch else (min_batch, opt, max_batch)
 
 
 def trtexec_command(plan: BuildPlan, *, engine: str, input_name: str, input_shape,
@@ -482,7 +484,8 @@ def _use_timing_cache(config, path: Path | None, warn) -> None:
 
 
 def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str | os.PathLike | None = None,
-                 max_batch: int = 32, opt_batch: int = 8, workspace_mib: int = 2048,
+                 max_batch: int = 32, opt_batch: int = 8, min_batch: int = 1,
+                 workspace_mib: int = 2048,
                  timing_cache: str | os.PathLike | None = "auto", dla_core: int | None = None,
                  gpu_fallback: bool = False, version_compatible: bool = False,
                  hardware_compatible: bool = False, int8_source: str = "auto",
@@ -528,7 +531,7 @@ def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str |
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     inp = network.get_input(0)
     chw = tuple(inp.shape)[1:]
-    low, opt, high = batch_profile(plan, max_batch, opt_batch)
+    low, opt, high = batch_profile(plan, max_batch, opt_batch, min_batch)
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, (low, *chw), (opt, *chw), (high, *chw))
     config.add_optimization_profile(profile)
@@ -660,6 +663,7 @@ def main(argv=None) -> int:
     info = bundle_info(args.bundle)
     max_batch = args.max_batch or info.get("max_batch", 32)
     opt_batch = args.opt_batch or min(info.get("opt_batch", 8), max_batch)
+    min_batch = info.get("min_batch", 1)
     devices = args.device_dir or device_dir(args.bundle)
     cuda_python = info.get("cuda_python")
     try:
@@ -684,7 +688,7 @@ def main(argv=None) -> int:
         options = dict(int8_source=args.int8_source, typing=args.typing, int8_float=args.int8_float)
         if args.command == "build":
             engine = build_engine(args.bundle, args.precision, max_batch=max_batch, opt_batch=opt_batch,
-                                  workspace_mib=args.workspace,
+                                  min_batch=min_batch, workspace_mib=args.workspace,
                                   timing_cache=args.timing_cache or "auto",
                                   dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
                                   cuda_python=cuda_python,
@@ -697,7 +701,7 @@ def main(argv=None) -> int:
         plan = build_plan(version, args.precision, dla=args.dla_core is not None, **options)
         engine = Path(args.engine) if args.engine else engine_path(
             devices, args.gpu or current_gpu(import_cudart(cuda_python))[0], version, args.precision)
-        profile = batch_profile(plan, max_batch, opt_batch)
+        profile = batch_profile(plan, max_batch, opt_batch, min_batch)
         if args.command == "record":  # after trtexec built args.engine on this device
             gpu, capability = current_gpu(import_cudart(cuda_python))
             write_engine_meta(engine, plan, args.bundle / plan.onnx_file, gpu=gpu,

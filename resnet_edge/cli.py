@@ -283,7 +283,7 @@ def train(arch, dataset, out, epochs, batch_size, lr, momentum, weight_decay, sc
         def on_epoch(row):
             err.print(f"epoch {row['epoch']:3d}  loss {row['loss']:.3f}  train {row['train_top1']:.1%}"
                       f"  val {row['val_top1']:.1%}  {row['images_per_s']:.0f} img/s")
-        result = run_training(config, on_epoch=on_epoch, progress=progress)
+        result = run_training(config, on_epoch=on_epoch, progress=progress, notice=_note)
     if not result.is_main:
         return
     m = result.card.metrics
@@ -514,6 +514,66 @@ def _print_bench(result: dict) -> None:
     stdout.print(table)
     for s in result["skipped"]:
         stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp16", "int8", "int8-fp16"]), default="fp16",
+              show_default=True, help="Which of the work dir's models to compare with fp32.")
+@click.option("--candidate", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Compare this ONNX file instead (a conversion of the same model).")
+@click.option("--data", "data_spec", default="digits:test", show_default=True,
+              help="Images to run (data spec).")
+@click.option("--images", type=int, default=8, show_default=True, help="How many images.")
+@click.option("--tolerance", type=float,
+              help="Relative (L2) error a layer may reach [fp16 0.01, int8 0.1].")
+@click.option("--all", "show_all", is_flag=True,
+              help="List every layer, not only where the error grows.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every layer as JSON.")
+def debug(workdir, precision, candidate, data_spec, images, tolerance, show_all, json_path) -> None:
+    """Find the layer where fp16 or int8 goes wrong: run the fp32 model and the candidate with
+    every intermediate tensor exposed, compare them layer by layer (named after the PyTorch
+    modules) and report the error growth and the first layer past the tolerance.
+
+    \b
+    Examples:
+      resnet-edge debug artifacts/resnet20 --precision int8
+      resnet-edge debug artifacts/resnet50 --precision fp16 --data imagefolder:/data/val --json debug.json
+      resnet-edge debug artifacts/resnet50 --candidate suspicious.fp16.onnx
+    """
+    from .artifacts import write_json_atomic
+    from .parity.debug import debug_layers
+
+    _writable(json_path)
+    with _steps() as step:
+        step(f"running fp32 and {precision} with every layer exposed")
+        result = debug_layers(workdir, precision, data_spec, images=images, tolerance=tolerance,
+                              candidate=candidate)
+    first = result["first_exceeding"]
+    table = Table(title=f"{result['model']['arch']}: {precision} vs fp32, layer by layer "
+                        f"({result['images']} images of {data_spec}; tolerance {result['tolerance']:g})")
+    for col in ("#", "module", "op", "tensor", "rel error", "max abs", "cosine", "growth"):
+        table.add_column(col, justify="left" if col in ("module", "op", "tensor") else "right")
+    worst = -1.0
+    for row in result["layers"]:
+        rising = row["rel_error"] > worst
+        worst = max(worst, row["rel_error"])
+        if not (show_all or rising or row is first or (first and row["index"] == first["index"])):
+            continue
+        style = "red" if row["exceeds"] else ""
+        table.add_row(str(row["index"]), row["module"], row["op"], row["tensor"],
+                      f"[{style}]{row['rel_error']:.2e}[/]" if style else f"{row['rel_error']:.2e}",
+                      f"{row['max_abs']:.2e}", f"{row['cosine']:.5f}", f"{row['growth']:.1f}x")
+    stdout.print(table)
+    if first:
+        stdout.print(f"first layer past the tolerance: #{first['index']} {first['module']} "
+                     f"({first['op']}, tensor {first['tensor']}): relative error "
+                     f"{first['rel_error']:.3g} > {result['tolerance']:g}")
+    else:
+        stdout.print(f"every layer within the tolerance {result['tolerance']:g}")
+    if json_path:
+        write_json_atomic(json_path, result)
+        stdout.print(f"wrote {json_path}")
 
 
 # ---- calibrate / build ---------------------------------------------------------------------

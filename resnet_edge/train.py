@@ -164,8 +164,14 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row: None,
-          progress: Callable[[int, int, dict], None] = lambda done, total, stats: None) -> TrainResult:
-    """Train `config.arch` on `config.dataset`; writes model.pt, last.pt and history.json."""
+          progress: Callable[[int, int, dict], None] = lambda done, total, stats: None,
+          notice: Callable[[str], None] = lambda message: None) -> TrainResult:
+    """Train `config.arch` on `config.dataset`; writes model.pt, last.pt and history.json.
+
+    Resuming continues the saved schedule. Extending a finished schedule (more --epochs than
+    it planned) is a warm restart: the added epochs run their own schedule from a tenth of
+    --lr down to 0; extending an unfinished one recomputes it over the new length. Either way
+    `notice` says what the learning rate will do before the first step."""
     config = config.validated()
     v = variant(config.arch)
     splits = open_splits(config.dataset, v.default_preprocess.input_shape)
@@ -203,16 +209,24 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     steps_per_epoch = math.ceil(len(splits.train_indices) / config.batch_size /
                                 (dist.get_world_size() if distributed else 1))
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    schedule = {"epochs": config.epochs, "start_epoch": 0, "peak": 1.0, "schedule": config.schedule}
+    if resume_state is not None:
+        schedule = _continued_schedule(resume_state, config, notice)
+    segment = (config.epochs - schedule["start_epoch"]) * steps_per_epoch
+    first_step = schedule["start_epoch"] * steps_per_epoch
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch) if first_step == 0 else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, config.schedule))
+        optimizer, lambda s: schedule["peak"] * lr_factor(max(0, s - first_step), segment,
+                                                          warmup_steps, schedule["schedule"]))
     augment = augmentation(preprocess, splits.train.mirror_ok)
 
     history, best, start_epoch = [], -1.0, 0
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
+        scheduler.base_lrs = [config.lr for _ in optimizer.param_groups]  # --lr is the peak
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = config.lr * factor(scheduler.last_epoch)  # the next step's, as said
         torch.set_rng_state(resume_state["rng"])
         history = resume_state["history"]
         best = max((row["val_top1"] for row in history), default=-1.0)
@@ -244,7 +258,7 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
                 save_checkpoint(out / "model.pt", model, card)
             save_checkpoint(out / "last.pt", model, card, optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), rng=torch.get_rng_state(),
-                            history=history)
+                            history=history, schedule=schedule)
             write_json_atomic(out / "history.json", {"config": _plain_config(config),
                                                      "epochs": history})
             on_epoch(row)
@@ -311,6 +325,33 @@ def _initial_model(v, num_classes: int, pretrained: str | None):
     model.load_state_dict({**model.state_dict(), **state})  # everything but the new head
     return (model, Preprocess.from_torchvision(weights.transforms()),
             f"torchvision:{weights} (fine-tuned, new {num_classes}-class head)")
+
+
+RESTART_FRACTION = 0.1  # a warm restart's peak, as a fraction of --lr
+
+
+def _continued_schedule(state: dict, config: TrainConfig, notice) -> dict:
+    """How the learning rate goes on from a resumed run (see `train`)."""
+    done = len(state["history"])
+    # last.pt files from before schedules were recorded: taken as the same plan continued
+    saved = state.get("schedule") or {"epochs": config.epochs, "start_epoch": 0, "peak": 1.0,
+                                      "schedule": config.schedule}
+    if config.epochs <= done:
+        raise BadInput(f"the resumed run has already trained {done} epochs; ask for more with "
+                       f"--epochs (more than {done})")
+    if config.epochs == saved["epochs"]:
+        return saved
+    if done >= saved["epochs"]:
+        peak = RESTART_FRACTION
+        notice(f"the resumed run finished its {saved['epochs']}-epoch {saved['schedule']} schedule; "
+               f"epochs {done + 1}-{config.epochs} restart the learning rate at "
+               f"{config.lr * peak:.3g} (a tenth of --lr {config.lr:g}) and take it down to 0 "
+               f"on a {config.schedule} schedule (a warm restart)")
+        return {"epochs": config.epochs, "start_epoch": done, "peak": peak, "schedule": config.schedule}
+    notice(f"the resumed run stopped at epoch {done} of {saved['epochs']}; its {saved['schedule']} "
+           f"schedule is stretched over {config.epochs} epochs, so the learning rate goes on from "
+           "where that longer schedule is at epoch " f"{done + 1}")
+    return {**saved, "epochs": config.epochs}
 
 
 def _read_resume(path: Path, arch: str) -> dict:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from resnet_edge.data import batches, open_data
+from resnet_edge.errors import BadInput
 from resnet_edge.export import export_model, read_card
 from resnet_edge.train import TrainConfig, train
 from resnet_edge.zoo import load_model, read_checkpoint
@@ -39,6 +40,23 @@ def test_resume_continues_the_run(tmp_path):
     train(TrainConfig("resnet20", "digits", tmp_path, epochs=1))
     resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=2, resume=tmp_path / "last.pt"))
     assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def _lrs(history):
+    return [row["lr"] for row in history]
+
+
+def test_extending_a_finished_schedule_is_a_warm_restart_that_says_so(tmp_path):
+    first = train(TrainConfig("resnet20", "digits", tmp_path, epochs=2, batch_size=256))
+    assert first.history[-1]["lr"] < 0.02  # the cosine ran down
+    notes = []
+    resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, batch_size=256,
+                                resume=tmp_path / "last.pt"), notice=notes.append)
+    assert len(notes) == 1 and "warm restart" in notes[0] and "restart the learning rate at 0.01" in notes[0]
+    added = resumed.history[2:]
+    assert added[0]["lr"] <= 0.01 + 1e-9 and added[0]["lr"] > added[1]["lr"]  # down from 0.01
+    with pytest.raises(BadInput, match="already trained 4 epochs"):
+        train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, resume=tmp_path / "last.pt"))
 
 
 def test_preprocess_round_trips_checkpoint_and_onnx_and_ort_agrees(trained_digits, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from ..artifacts import WorkDir, atomic_path, write_bytes_atomic
 from ..data import RandomSource, batches, match_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card, write_fp16
-from ..export.metadata import load_onnx
+from ..export.metadata import load_onnx, module_of
 from ..export.metadata import read_props
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
@@ -83,10 +82,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     input_name = next(i.name for i in fp32_model.graph.input if i.name not in weights)
     layers = conv_layers(fp32_model)
     if exclude and exclude != "auto":
-        unknown = sorted({n.strip() for n in exclude.split(",") if n.strip()} - set(layers))
-        if unknown:
-            raise BadInput(f"--exclude names no Conv/Gemm layer {unknown[0]!r}; "
-                           "see the names in the --sensitivity ranking")
+        exclude = ",".join(layer_names(exclude, layers))
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     notes = []
@@ -237,6 +233,20 @@ class _Evaluator:
                 "drop_pt": (self.fp32_top1 - top1) * 100}
 
 
+def layer_names(names: str, layers: dict[str, str]) -> list[str]:
+    """ONNX node names for a comma list of node names or module names (conv1, layer1.0.conv2,
+    fc) as the sensitivity ranking shows them."""
+    found = []
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        matches = [name] if name in layers else [n for n, module in layers.items() if module == name]
+        if not matches:
+            raise BadInput(f"--exclude names no Conv/Gemm layer {name!r}: give a module name "
+                           f"({', '.join(list(filter(None, layers.values()))[:3])}, ...) or a node "
+                           "name as the --sensitivity ranking shows them")
+        found += [m for m in matches if m not in found]
+    return found
+
+
 def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> list[str]:
     if not exclude:
         return []
@@ -261,17 +271,7 @@ def conv_layers(model: onnx.ModelProto | str | Path) -> dict[str, str]:
     """Conv/Gemm node name -> the PyTorch module it came from (where the exporter says)."""
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(model)
-    return {n.name: _module_of(n) for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
-
-
-def _module_of(node: onnx.NodeProto) -> str:
-    """'layer1.1.conv1' for a Conv the exporter fused with layer1.1.bn1, '' if unknown."""
-    scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
-    if not scopes:
-        return ""
-    names = json.loads(scopes.replace("'", '"'))
-    module = names[-2] if len(names) > 1 else names[-1]
-    return re.sub(r"downsample\.1$", "downsample.0", re.sub(r"bn(\d)$", r"conv\1", module))
+    return {n.name: module_of(n) for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
 
 
 def cache_ranges(ranges: dict[str, tuple[float, float]], model: onnx.ModelProto,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import onnx
 
@@ -27,6 +28,21 @@ def load_onnx(path: str | os.PathLike, *, weights: bool = True) -> onnx.ModelPro
     except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not a model
         raise BadInput(f"{path} is not a readable ONNX file ({first_line(exc)}); export it "
                        "again") from None
+
+
+def module_of(node: onnx.NodeProto) -> str:
+    """The PyTorch module an ONNX node came from ('layer1.1.conv1' for a Conv the exporter
+    fused with layer1.1.bn1), from the dynamo exporter's name scopes or a TorchScript node
+    name (/layer1/layer1.1/conv1/Conv); '' if neither says."""
+    scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        names = json.loads(scopes.replace("'", '"'))
+        module = names[-2] if len(names) > 1 else names[-1]
+    elif node.name.startswith("/") and node.name.count("/") > 1:
+        module = node.name.strip("/").split("/")[-2]
+    else:
+        return ""
+    return re.sub(r"downsample\.1$", "downsample.0", re.sub(r"bn(\d)$", r"conv\1", module))
 
 
 def write_metadata(model: onnx.ModelProto, card: ModelCard, export_options: dict) -> None:

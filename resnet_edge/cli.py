@@ -527,10 +527,14 @@ def _print_bench(result: dict) -> None:
 @click.option("--images", type=int, default=8, show_default=True, help="How many images.")
 @click.option("--tolerance", type=float,
               help="Relative (L2) error a layer may reach [fp16 0.01, int8 0.1].")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime (Q/DQ as written); trt: a TensorRT debug engine with every "
+              "compared tensor marked as an output (needs TensorRT and a GPU).")
 @click.option("--all", "show_all", is_flag=True,
               help="List every layer, not only where the error grows.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every layer as JSON.")
-def debug(workdir, precision, candidate, data_spec, images, tolerance, show_all, json_path) -> None:
+def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, show_all,
+          json_path) -> None:
     """Find the layer where fp16 or int8 goes wrong: run the fp32 model and the candidate with
     every intermediate tensor exposed, compare them layer by layer (named after the PyTorch
     modules) and report the error growth and the first layer past the tolerance.
@@ -540,6 +544,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, show_all,
       resnet-edge debug artifacts/resnet20 --precision int8
       resnet-edge debug artifacts/resnet50 --precision fp16 --data imagefolder:/data/val --json debug.json
       resnet-edge debug artifacts/resnet50 --candidate suspicious.fp16.onnx
+      resnet-edge debug artifacts/resnet50 --precision int8 --backend trt    # on a GPU with TensorRT
     """
     from .artifacts import write_json_atomic
     from .parity.debug import debug_layers
@@ -548,7 +553,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, show_all,
     with _steps() as step:
         step(f"running fp32 and {precision} with every layer exposed")
         result = debug_layers(workdir, precision, data_spec, images=images, tolerance=tolerance,
-                              candidate=candidate)
+                              candidate=candidate, backend=backend)
     first = result["first_exceeding"]
     table = Table(title=f"{result['model']['arch']}: {precision} vs fp32, layer by layer "
                         f"({result['images']} images of {data_spec}; tolerance {result['tolerance']:g})")

@@ -318,3 +318,18 @@ def test_every_trtexec_option_is_one_that_release_parses(version):
         assert ("--skipInference" in line) == (version != "8.5.3")  # build only, no benchmark
         assert ("--buildOnly" in line) == (version == "8.5.3")
         assert ("--noTF32" in line) == (plan.precision == "fp32")
+
+
+# ---- debug: every compared tensor marked as an output ----------------------------------------
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.1.0"])
+def test_debug_marks_every_compared_tensor_on_a_debug_engine(version, standin, calibrated_workdir):
+    from resnet_edge.parity.debug import debug_layers
+    s = standin(version)
+    report = debug_layers(calibrated_workdir, "int8", "digits:test", images=4, backend="trt")
+    marked = [args[0].name for args in s.calls.args_of("INetworkDefinition.mark_output")]
+    assert marked and len(set(marked)) == len(marked)
+    assert {row["tensor"] for row in report["layers"]} == {*marked, "logits"}  # each came back
+    assert report["backend"] == "trt" and report["candidate"].startswith(f"tensorrt {version} int8")
+    assert not (calibrated_workdir / "engines").exists() or not any(
+        p.name == "model.int8.engine" for p in (calibrated_workdir / "engines").rglob("*"))

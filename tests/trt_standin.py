@@ -228,7 +228,7 @@ class _Builder:
 
     def create_network(self, flags=0):
         return self._ctx.new("INetworkDefinition", _flags=int(flags), _inputs=[], _outputs=[],
-                             _qdq=False)
+                             _layers=[], _qdq=False)
 
     def create_builder_config(self):
         ctx = self._ctx
@@ -257,6 +257,22 @@ class _INetworkDefinition:
 
     num_inputs = property(lambda self: len(self._inputs))
     num_outputs = property(lambda self: len(self._outputs))
+    num_layers = property(lambda self: len(self._layers))
+
+    def get_layer(self, index):
+        return self._layers[index]
+
+    def mark_output(self, tensor):
+        if tensor not in self._outputs:
+            self._outputs.append(tensor)
+
+
+class _ILayer:
+    name = property(lambda self: self._name)
+    num_outputs = property(lambda self: len(self._layer_outputs))
+
+    def get_output(self, index):
+        return self._layer_outputs[index]
 
 
 class _ITensor:
@@ -292,6 +308,12 @@ class _OnnxParser:
                            _dtype=ctx.enum("DataType", dtypes.get(t.elem_type, "FLOAT")))
         network._inputs = [tensor(i) for i in graph.input if i.name not in weights]
         network._outputs = [tensor(o) for o in graph.output]
+        known = {v.name: v for v in graph.value_info}
+        for node in graph.node:  # one layer per node; its outputs typed where the file says
+            outputs = [tensor(known[o]) if o in known else
+                       ctx.new("ITensor", _name=o, _shape=(), _dtype=ctx.enum("DataType", "FLOAT"))
+                       for o in node.output]
+            network._layers.append(ctx.new("ILayer", _name=node.name, _layer_outputs=outputs))
         network._qdq = any(n.op_type == "QuantizeLinear" for n in graph.node)
         return True
 
@@ -475,6 +497,7 @@ def _build(ctx: _Context, network, config):
     engine = {"tensorrt": ctx.version, "capability": ctx.device.capability,
               "input": {"name": inp.name, "shape": list(inp.shape)},
               "output": {"name": out.name, "classes": out.shape[-1]},
+              "marked": [{"name": t.name, "shape": list(t.shape)} for t in network._outputs[1:]],
               "profile": [list(s) for s in profile], "dla_core": dla_core,
               "flags": sorted(config._flags), "strongly_typed": strongly,
               "version_compatible": "VERSION_COMPATIBLE" in config._flags,
@@ -516,12 +539,16 @@ class _Runtime:
         return ctx.new("ICudaEngine", _meta=meta)
 
 
+def _io_names(meta) -> list[str]:
+    return [meta["input"]["name"], meta["output"]["name"], *(m["name"] for m in meta["marked"])]
+
+
 class _ICudaEngine:
-    num_io_tensors = property(lambda self: 2)
+    num_io_tensors = property(lambda self: len(_io_names(self._meta)))
     num_optimization_profiles = property(lambda self: 1)
 
     def get_tensor_name(self, index):
-        return [self._meta["input"]["name"], self._meta["output"]["name"]][index]
+        return _io_names(self._meta)[index]
 
     def get_tensor_mode(self, name):
         mode = "INPUT" if name == self._meta["input"]["name"] else "OUTPUT"
@@ -533,6 +560,9 @@ class _ICudaEngine:
     def get_tensor_shape(self, name):
         if name == self._meta["input"]["name"]:
             return tuple(self._meta["input"]["shape"])
+        marked = {m["name"]: m["shape"] for m in self._meta["marked"]}
+        if name in marked:
+            return tuple(marked[name])
         return (-1, self._meta["output"]["classes"])
 
     def get_tensor_profile_shape(self, name, profile_index):
@@ -565,6 +595,9 @@ class _IExecutionContext:
         inp = self._shapes.get(meta["input"]["name"])
         if name == meta["input"]["name"]:
             return inp or tuple(meta["input"]["shape"])
+        marked = {m["name"]: m["shape"] for m in meta["marked"]}
+        if name in marked:
+            return tuple(d if d != -1 else (inp[0] if inp else -1) for d in marked[name])
         return ((inp[0] if inp else -1), meta["output"]["classes"])
 
     def set_tensor_address(self, name, address):
@@ -583,7 +616,7 @@ class _IExecutionContext:
             raise RuntimeError(f"0x{stream_handle:x} is not a live CUDA stream")
         name_in, name_out = meta["input"]["name"], meta["output"]["name"]
         shape = self._shapes.get(name_in)
-        if shape is None or name_in not in self._addresses or name_out not in self._addresses:
+        if shape is None or any(n not in self._addresses for n in _io_names(meta)):
             ctx.calls.add("execution error", "input shape or tensor addresses not set")
             return False
         count = int(np.prod(shape))
@@ -591,6 +624,11 @@ class _IExecutionContext:
                           dtype=np.float32).reshape(shape)
         y = standin_logits(x, meta["output"]["classes"])
         ctx.device.buffer(self._addresses[name_out], y.nbytes)[:] = y.tobytes()
+        for index, marked in enumerate(meta["marked"]):  # each marked tensor: a fixed pattern
+            out_shape = self.get_tensor_shape(marked["name"])
+            values = np.broadcast_to(standin_logits(x, 1).reshape(-1, *[1] * (len(out_shape) - 1))
+                                     + index, out_shape).astype(np.float32)
+            ctx.device.buffer(self._addresses[marked["name"]], values.nbytes)[:] = values.tobytes()
         return True
 
 
@@ -601,7 +639,7 @@ class _Calibrator:
 
 
 BEHAVIOUR = {"Logger": _Logger, "Builder": _Builder, "INetworkDefinition": _INetworkDefinition,
-             "ITensor": _ITensor, "OnnxParser": _OnnxParser, "ParserError": _ParserError,
+             "ITensor": _ITensor, "ILayer": _ILayer, "OnnxParser": _OnnxParser, "ParserError": _ParserError,
              "IOptimizationProfile": _IOptimizationProfile, "IBuilderConfig": _IBuilderConfig,
              "IHostMemory": _IHostMemory, "ITimingCache": _ITimingCache, "Runtime": _Runtime,
              "ICudaEngine": _ICudaEngine, "IExecutionContext": _IExecutionContext}

@@ -19,8 +19,8 @@ from onnx import helper
 
 from ..artifacts import WorkDir
 from ..data import batches, open_data
-from ..errors import BadInput
-from ..export import ONNX_NAME, read_card
+from ..errors import BadInput, MissingBackend
+from ..export import ONNX_NAME, export_profile, read_card
 from ..export.metadata import load_onnx, module_of
 from ..runtime.backends import ORT_FILES, remake_command
 from ..runtime.ort import make_session
@@ -53,10 +53,17 @@ def exposed(model: onnx.ModelProto, names: list[str]) -> bytes:
 
 def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images: int = 8,
                  tolerance: float | None = None, candidate: str | Path | None = None,
-                 disable_qdq_fusion: bool = True) -> dict:
-    """Per-layer error of `precision` (or the `candidate` file) against the fp32 model."""
+                 backend: str = "ort") -> dict:
+    """Per-layer error of `precision` (or the `candidate` file) against the fp32 model, run by
+    ONNX Runtime, or by a TensorRT debug engine with every compared tensor marked as an output
+    (`backend="trt"`, built from the ONNX file this TensorRT's build plan picks)."""
     if precision not in TOLERANCE:
         raise BadInput(f"debug compares fp16, int8 or int8-fp16 with fp32; got {precision!r}")
+    if backend not in ("ort", "trt"):
+        raise BadInput(f"unknown --backend {backend!r}; use ort or trt")
+    if backend == "trt" and (candidate is not None or precision == "int8-fp16"):
+        raise BadInput("with --backend trt, debug builds from the ONNX file TensorRT's build plan "
+                       "picks: use --precision fp16 or int8 and no --candidate")
     if images < 1:
         raise BadInput(f"--images must be at least 1, got {images}")
     tolerance = TOLERANCE[precision] if tolerance is None else tolerance
@@ -65,6 +72,14 @@ def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images:
     workdir = Path(workdir)
     wd = WorkDir(workdir)
     wd.vouch(ONNX_NAME, remake_command(workdir, ONNX_NAME))
+    engine_plan = None
+    if backend == "trt":
+        from ..runtime import trt_engine
+        try:
+            engine_plan = trt_engine.build_plan(trt_engine.import_trt().__version__, precision)
+        except trt_engine.EngineError as exc:
+            raise MissingBackend(str(exc)) from None
+        candidate = wd.vouch(engine_plan.onnx_file, remake_command(workdir, engine_plan.onnx_file))
     if candidate is None:
         name = ORT_FILES[precision]
         if not wd.file(name).exists():
@@ -83,16 +98,25 @@ def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images:
     names = [out for out, _ in compared]
 
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
-    x = next(iter(batches(source, card.preprocess, min(images, len(source)))))[0].numpy()
+    profile = export_profile(workdir)  # one batch within the model's profile
+    rows = min(max(images, profile["min"]), profile["max"], len(source))
+    x = next(iter(batches(source, card.preprocess, rows)))[0].numpy()
+    if len(x) < profile["min"]:
+        raise BadInput(f"{data_spec} has {len(x)} images, fewer than the model's batch {profile['min']}")
     input_name = next(i.name for i in reference.graph.input
                       if i.name not in {t.name for t in reference.graph.initializer})
     fp32 = make_session(exposed(reference, names))
-    cand = make_session(exposed(other, names), disable_qdq_fusion=disable_qdq_fusion)
     ref_out = dict(zip([o.name for o in fp32.get_outputs()], fp32.run(None, {input_name: x})))
-    cand_out = dict(zip([o.name for o in cand.get_outputs()], cand.run(None, {input_name: x})))
+    if engine_plan is not None:
+        cand_out, candidate = _engine_outputs(workdir, precision, names, x)
+    else:  # Q/DQ as written: the numerics TensorRT will see, as parity runs them
+        cand = make_session(exposed(other, names), disable_qdq_fusion=True)
+        cand_out = dict(zip([o.name for o in cand.get_outputs()], cand.run(None, {input_name: x})))
 
     rows, worst, first = [], 0.0, None
     for index, (name, node) in enumerate(compared):
+        if name not in cand_out:  # TensorRT may not expose a tensor it had to fold away
+            continue
         a = np.asarray(ref_out[name], dtype=np.float64).ravel()
         b = np.asarray(cand_out[name], dtype=np.float64).ravel()
         if a.shape != b.shape:
@@ -108,11 +132,33 @@ def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images:
         if exceeds and first is None:
             first = rows[-1]
         worst = max(worst, rel)
-    return {"schema": SCHEMA, "workdir": str(workdir), "precision": precision,
+    return {"schema": SCHEMA, "workdir": str(workdir), "precision": precision, "backend": backend,
             "candidate": str(candidate), "data": data_spec, "images": int(len(x)),
             "tolerance": tolerance, "layers": [asdict(r) for r in rows],
             "first_exceeding": asdict(first) if first else None,
             "model": card.to_dict()}
+
+
+def _engine_outputs(workdir: Path, precision: str, names: list[str], x: np.ndarray):
+    """Every tensor in `names` that a TensorRT debug engine exposes, on `x`."""
+    import tempfile
+
+    from ..runtime import trt_engine
+    profile = export_profile(workdir)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = trt_engine.build_engine(workdir, precision, out_dir=tmp, max_batch=profile["max"],
+                                             opt_batch=len(x), min_batch=profile["min"],
+                                             timing_cache=None, mark_outputs=names)
+            runner = trt_engine.TrtRunner(engine)
+            try:
+                outputs = runner.run_all(x)
+            finally:
+                runner.close()
+            meta = trt_engine.read_engine_meta(engine)
+    except trt_engine.EngineError as exc:
+        raise MissingBackend(str(exc)) from None
+    return outputs, f"tensorrt {meta['tensorrt']} {precision} debug engine ({meta['gpu']})"
 
 
 __all__ = ["debug_layers", "TOLERANCE", "SCHEMA"]

@@ -391,18 +391,22 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == mode.INPUT)
-        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == mode.OUTPUT)
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == mode.OUTPUT]
+        # the model's own output (logits); a debug engine marks intermediate tensors too
+        self.output_name = meta.get("output_name") if meta.get("output_name") in outputs else outputs[0]
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
-        self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in outputs}
         low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(low[0]), int(high[0])
         self.max_shape = tuple(int(d) for d in high)
         self._set_shape(self.max_shape)
-        max_out = tuple(self.context.get_tensor_shape(self.output_name))
         self.d_input = _check(cudart, cudart.cudaMalloc(int(np.prod(self.max_shape)) * self.input_dtype.itemsize))
-        self.d_output = _check(cudart, cudart.cudaMalloc(int(np.prod(max_out)) * self.output_dtype.itemsize))
         self.context.set_tensor_address(self.input_name, int(self.d_input))
-        self.context.set_tensor_address(self.output_name, int(self.d_output))
+        self.d_outputs = {}
+        for name in outputs:
+            size = int(np.prod(tuple(self.context.get_tensor_shape(name)))) * self.dtypes[name].itemsize
+            self.d_outputs[name] = _check(cudart, cudart.cudaMalloc(size))
+            self.context.set_tensor_address(name, int(self.d_outputs[name]))
         self._rows = 0
 
     def _set_shape(self, shape) -> None:
@@ -428,26 +432,37 @@ class TrtRunner:
         if not self.context.execute_async_v3(stream_handle=self.stream_handle):
             raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log)")
 
-    def fetch(self) -> np.ndarray:
-        out = np.empty(tuple(self.context.get_tensor_shape(self.output_name)), self.output_dtype)
+    def fetch(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Outputs as float32 host arrays, the batch's own rows only."""
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(self._cudart, self._cudart.cudaMemcpyAsync(out, self.d_output, out.nbytes, kind, self.stream))
+        found = {}
+        for name in names or [self.output_name]:
+            out = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
+            _check(self._cudart, self._cudart.cudaMemcpyAsync(out, self.d_outputs[name], out.nbytes,
+                                                              kind, self.stream))
+            found[name] = out
         self.synchronize()
-        return out[:self._rows].astype(np.float32, copy=False)
+        return {n: a[:self._rows].astype(np.float32, copy=False) for n, a in found.items()}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.stage(batch)
         self.execute()
-        return self.fetch()
+        return self.fetch()[self.output_name]
+
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output the engine has: with a debug engine, each marked layer output."""
+        self.stage(batch)
+        self.execute()
+        return self.fetch(list(self.d_outputs))
 
     def synchronize(self) -> None:
         _check(self._cudart, self._cudart.cudaStreamSynchronize(self.stream))
 
     def close(self) -> None:
-        for ptr in (getattr(self, "d_input", None), getattr(self, "d_output", None)):
+        for ptr in (getattr(self, "d_input", None), *getattr(self, "d_outputs", {}).values()):
             if ptr is not None:
                 self._cudart.cudaFree(ptr)
-        self.d_input = self.d_output = None
+        self.d_input, self.d_outputs = None, {}
         if getattr(self, "stream", None) is not None:
             self._cudart.cudaStreamDestroy(self.stream)
             self.stream = None
@@ -490,11 +505,13 @@ def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str |
                  gpu_fallback: bool = False, version_compatible: bool = False,
                  hardware_compatible: bool = False, int8_source: str = "auto",
                  typing: str = "auto", int8_float: str = "auto", cuda_python: str | None = None,
-                 warn=_warn) -> Path:
+                 mark_outputs: list[str] | None = None, warn=_warn) -> Path:
     """Parse the plan's ONNX file, build, write <engine> and its JSON record; return the path.
 
     `out_dir` defaults to engines/<gpu>-trt<version>/ under `model_dir`; the timing cache
-    ("auto") lives there too, so it is keyed by GPU and TensorRT version. ValueError for usage
+    ("auto") lives there too, so it is keyed by GPU and TensorRT version. `mark_outputs` makes a
+    debug engine: those tensors become outputs too (as Polygraphy marks them), which keeps
+    TensorRT from fusing them away. ValueError for usage
     this TensorRT or GPU cannot honour; EngineError when the build itself fails. Follows NVIDIA's
     samples/python/introductory_parser_samples and common.py.
     """
@@ -527,6 +544,15 @@ def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str |
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    output_name = network.get_output(0).name
+    if mark_outputs:
+        wanted = set(mark_outputs)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            for j in range(layer.num_outputs):
+                tensor = layer.get_output(j)
+                if tensor.name in wanted and tensor.name != output_name:
+                    network.mark_output(tensor)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     inp = network.get_input(0)
@@ -572,7 +598,8 @@ def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str |
         except (OSError, RuntimeError) as exc:
             warn(f"timing cache not saved to {cache_path} ({exc}); the engine is fine")
     write_engine_meta(engine, plan, onnx_path, gpu=gpu, capability=capability, builder="python",
-                      input_name=inp.name, input_shape=list(chw),
+                      input_name=inp.name, input_shape=list(chw), output_name=output_name,
+                      marked_outputs=len(mark_outputs or []),
                       profile={"min": low, "opt": opt, "max": high},
                       workspace_mib=workspace_mib, dla_core=dla_core, gpu_fallback=gpu_fallback,
                       version_compatible=version_compatible,

@@ -57,3 +57,9 @@ def test_implicit_int8_from_cache_on_tensorrt_10_or_older(trt_workdir):
     runner = trt_engine.TrtRunner(engine)
     x = np.zeros((2, 3, 32, 32), np.float32)
     assert runner.run(x).shape == (2, 10)
+
+
+def test_debug_engine_layers_stay_close_to_fp32(trt_workdir):
+    from resnet_edge.parity.debug import debug_layers
+    report = debug_layers(trt_workdir, "fp16", "digits:test", images=4, backend="trt")
+    assert report["layers"] and report["first_exceeding"] is None, report["first_exceeding"]

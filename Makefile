@@ -22,7 +22,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all demo export calibrate engines clean
+.PHONY: venv test test-all test-browser demo export calibrate engines clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -37,12 +37,18 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
 
+# The HTML report in a real browser: Debian's chromium package, headless (needs root for apt;
+# the default `make test` skips these, with the reason, where chromium is missing).
+test-browser: venv
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	$(BIN)/python -m pytest -q -m browser
+
 # The whole flow offline on the embedded digits data: train -> export -> calibrate -> (build) ->
 # parity -> bench -> bundle, then check the bundle as a Jetson would (ONNX Runtime here).
 DEMO_RUN  := runs/demo-resnet20
 DEMO_WORK := artifacts/demo-resnet20
 demo: venv
-	$(BIN)/resnet-edge train resnet20 --dataset digits --out $(DEMO_RUN)
+	$(BIN)/resnet-edge train resnet20 --data digits --out $(DEMO_RUN) --plot
 	$(BIN)/resnet-edge pipeline $(DEMO_RUN)/model.pt --data-calib digits:train --data-eval digits:test \
 		--target jetpack6 --out $(DEMO_WORK)
 	$(BIN)/resnet-edge verify $(DEMO_WORK)/demo-resnet20-jetpack6.tar.gz --iterations 5

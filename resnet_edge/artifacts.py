@@ -47,9 +47,11 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise BadInput(disk_problem(final, exc) or f"cannot write {final}: {exc.strerror}") from None
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are ordinary files
     try:
         yield tmp_path
+        # mkstemp makes 0600, and so do libraries that write atomically themselves (replacing
+        # tmp_path with their own temporary file); artifacts are ordinary files
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, final)
     except Exception as exc:
         # a library that ran out of disk rarely says so (torch.onnx: "unexpected pos")

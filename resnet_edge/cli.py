@@ -1,33 +1,38 @@
-"""The `resnet-edge` command line: parses options, calls the library, prints, sets exit codes."""
+"""The `resnet-edge` command line: parses options, calls the library, prints, sets exit codes.
+
+One vocabulary across commands: `--data` is the data a command reads (pipeline and calibrate
+name both with `--data-calib` / `--data-eval`), `--out` a directory, `--json FILE` the
+machine-readable result (`-` for standard output), `--backends`/`--precisions` comma lists of
+torch, ort, trt and fp32, fp16, int8, int8-fp16 (`--backend`/`--precision` where a command takes
+one), and `--debug`, `--quiet`, `--verbose` work before or after the command name. Every command
+ends by listing the files it wrote.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
 import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import console
+from .console import emit_json, err, note, stdout, warn, wrote
 from .errors import BadInput, MissingBackend, one_line, translate
 
-def _console(stderr: bool = False) -> Console:
-    """A terminal gets rich's own layout; a pipe or CI log gets lines that are never wrapped."""
-    probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, soft_wrap=True,
-                                                   width=max(probe.width, 160))
-
-
-stdout = _console()
-err = _console(stderr=True)
+GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 
 
 class _Group(click.Group):
-    """Turns the library's errors into one line on stderr and the exit code DESIGN.md gives."""
+    """Turns the library's errors into one line on stderr and the exit code DESIGN.md gives,
+    and takes the global flags wherever they stand on the line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags = [a for a in args if a in GLOBAL_FLAGS]
+        rest = [a for a in args if a not in GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + rest)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -48,8 +53,10 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
                                            "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--quiet", is_flag=True, help="Print results and errors only: no progress, no notes.")
+@click.option("--verbose", is_flag=True, help="Let the libraries' own logs through too.")
 @click.version_option(package_name="resnet-edge")
-def cli(debug: bool) -> None:
+def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     """Ship ResNet classifiers to NVIDIA GPUs and Jetsons, with parity you can gate CI on.
 
     \b
@@ -57,61 +64,54 @@ def cli(debug: bool) -> None:
       resnet-edge models                      # what can be built, by name
       resnet-edge export resnet50             # torchvision weights -> artifacts/resnet50/model.onnx
       resnet-edge export runs/r20/model.pt    # your checkpoint; arch and classes from its card
+      resnet-edge pipeline resnet50 --data-calib images:/data/calib --data-eval imagefolder:/data/val
 
     Exit codes: 0 ok, 1 a parity/accuracy gate failed, 2 bad usage or input, 3 a backend or
     dependency is missing.
     """
+    if quiet and verbose:
+        raise BadInput("--quiet and --verbose contradict each other; drop one")
+    console.configure(quiet=quiet, verbose=verbose)
 
 
-@contextlib.contextmanager
-def _steps():
-    """A spinner whose text each step of a long command updates."""
-    if not err.is_terminal:  # logs and pipes get the results, not spinner frames
-        yield lambda message: None
-        return
-    with err.status("starting") as status:
-        yield lambda message: status.update(message)
+def _json_target(ctx, param, value: Path | None) -> Path | None:
+    if value is not None and str(value) == "-":
+        console.json_owns_stdout()
+    return value
 
 
-# ---- models --------------------------------------------------------------------------------
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def models(as_json: bool) -> None:
-    """List the ResNet variants this tool builds, with their weights and input sizes.
-
-    \b
-    Example:
-      resnet-edge models --json | jq '.[].name'
-    """
-    from .zoo import VARIANTS, parameter_count
-
-    rows = [{"name": v.name, "family": v.family, "input_size": v.default_preprocess.input_size,
-             "resize": v.default_preprocess.resize, "default_classes": v.default_classes,
-             "parameters": parameter_count(v), "weights": v.weight_names}
-            for v in VARIANTS.values()]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title="ResNet zoo", caption="weights: torchvision names; every model also "
-                  "takes 'none' (random init) or a checkpoint. Parameters at the default class count.")
-    for col in ("name", "family", "input", "params", "weights"):
-        table.add_column(col, justify="right" if col == "params" else "left")
-    for r in rows:
-        table.add_row(r["name"], r["family"], f'{r["input_size"]} (resize {r["resize"]})',
-                      f'{r["parameters"] / 1e6:.2f}M', " ".join(r["weights"]) or "-")
-    stdout.print(table)
+JSON_OPTION = click.option("--json", "json_path", type=click.Path(path_type=Path),
+                           callback=_json_target,
+                           help="Write the result as JSON to FILE (- for standard output, with "
+                                "everything else on standard error).")
 
 
-# ---- export --------------------------------------------------------------------------------
+def _writable(*paths: Path | None) -> None:
+    """Output paths are checked before the work, so a bad one costs nothing (exit 2)."""
+    from .artifacts import ensure_writable_dir
+    for path in paths:
+        if path is None or str(path) == "-":
+            continue
+        if path.is_dir():
+            raise BadInput(f"{path} is a folder; give a file name")
+        ensure_writable_dir(path.parent)
 
-def _default_out(source: str) -> Path:
-    path = Path(source)
-    if path.suffix:  # a checkpoint: name the work dir after its run folder when it is model.pt
-        name = path.parent.name if path.stem in {"model", "best", "last"} and path.parent.name else path.stem
-    else:
-        name = source
-    return Path("artifacts") / name
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _sizes(value: str | None, option: str) -> list[int] | None:
+    """A comma list of batch sizes, or None for the model's own profile."""
+    if value is None:
+        return None
+    try:
+        sizes = [int(b) for b in _csv(value)]
+    except ValueError:
+        raise BadInput(f"{option} takes whole numbers, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise BadInput(f"{option} must list batch sizes of at least 1")
+    return sizes
 
 
 def _float3(value: str | None, option: str):
@@ -125,6 +125,45 @@ def _float3(value: str | None, option: str):
         raise BadInput(f"{option} takes three numbers, one per RGB channel (e.g. 0.5,0.5,0.5), "
                        f"got {value!r}")
     return numbers
+
+
+# ---- models --------------------------------------------------------------------------------
+
+@cli.command()
+@JSON_OPTION
+def models(json_path) -> None:
+    """List the ResNet variants this tool builds, with their weights and input sizes.
+
+    \b
+    Example:
+      resnet-edge models --json - | jq '.[].name'
+    """
+    from .zoo import VARIANTS, parameter_count
+
+    rows = [{"name": v.name, "family": v.family, "input_size": v.default_preprocess.input_size,
+             "resize": v.default_preprocess.resize, "default_classes": v.default_classes,
+             "parameters": parameter_count(v), "weights": v.weight_names}
+            for v in VARIANTS.values()]
+    table = Table(title="ResNet zoo", caption="weights: torchvision names; every model also "
+                  "takes 'none' (random init) or a checkpoint. Parameters at the default class count.")
+    for col in ("name", "family", "input", "params", "weights"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for r in rows:
+        table.add_row(r["name"], r["family"], f'{r["input_size"]} (resize {r["resize"]})',
+                      f'{r["parameters"] / 1e6:.2f}M', " ".join(r["weights"]) or "-")
+    stdout.print(table)
+    emit_json(rows, json_path)
+
+
+# ---- export --------------------------------------------------------------------------------
+
+def _default_out(source: str) -> Path:
+    path = Path(source)
+    if path.suffix:  # a checkpoint: name the work dir after its run folder when it is model.pt
+        name = path.parent.name if path.stem in {"model", "best", "last"} and path.parent.name else path.stem
+    else:
+        name = source
+    return Path("artifacts") / name
 
 
 EXPORT_OPTIONS = [
@@ -171,16 +210,13 @@ def _export_request(options: dict) -> dict:
             "std": _float3(options["std"], "--std")}
 
 
-def _note(message: str) -> None:
-    err.print(f"[yellow]note:[/] {escape(message)}")
-
-
 @cli.command()
 @click.argument("source")
 @click.option("--out", type=click.Path(path_type=Path), help="Work directory [artifacts/<name>].")
 @export_options
 @click.option("--force", is_flag=True, help="Export again even if model.onnx is up to date.")
-def export(source, out, force, **options) -> None:
+@JSON_OPTION
+def export(source, out, force, json_path, **options) -> None:
     """Export a zoo model or a checkpoint to ONNX, then prove the file matches PyTorch.
 
     SOURCE is a zoo name (see `resnet-edge models`) or a checkpoint path. The ONNX file gets the
@@ -199,162 +235,150 @@ def export(source, out, force, **options) -> None:
       resnet-edge export resnet50 --exporter torchscript            # opset 17 for JetPack 5
       resnet-edge export resnet18 --batch 1                         # static batch, e.g. for DLA
     """
-    from .export import export_model, prepare_export
+    from .export import CHECKPOINT_NAME, FP16_NAME, export_model, prepare_export
 
+    _writable(json_path)
     out = out or _default_out(source)
     start = time.perf_counter()
-    with _steps() as step:
+    with console.steps() as step:
         step(f"loading {source}")
-        model, card, options = prepare_export(source, _export_request(options), notice=_note)
+        model, card, options = prepare_export(source, _export_request(options), notice=note)
         result = export_model(model, card, out, options, force=force, step=step)
-    if result.skipped:
-        stdout.print(f"{result.path} is up to date (same weights and options); --force to redo")
-        return
-    table = Table(title=f"{card.arch}: ONNX Runtime (CPU) vs PyTorch, seeded inputs")
-    for col in ("batch", "max abs diff", "top-1 agreement", "result"):
-        table.add_column(col, justify="right")
-    for c in result.checks:
-        table.add_row(str(c.batch), f"{c.max_abs_diff:.2e}", f"{c.top1_agreement:.1%}",
-                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
-    stdout.print(table)
-    size = result.path.stat().st_size / 1e6
-    s = result.seconds
     batch = (f"static batch {options.batch}" if options.batch else
              f"batch {options.min_batch}..{options.max_batch}, opt {options.opt_batch}")
-    stdout.print(f"wrote {result.path} ({size:.1f} MB, opset {options.opset}, {batch}, "
-                 f"{card.preprocess.input_size} px) in {time.perf_counter() - start:.1f} s "
-                 f"(export {s['export']:.1f} s, checks {s['checks']:.1f} s)")
+    summary = {"path": str(result.path), "skipped": result.skipped, "opset": options.opset,
+               "profile": options.profile, "input_size": card.preprocess.input_size,
+               "checks": [vars(c) | {"passed": c.passed} for c in result.checks],
+               "seconds": result.seconds}
+    if result.skipped:
+        stdout.print(f"{result.path} is up to date (same weights and options); --force to redo")
+    else:
+        table = Table(title=f"{card.arch}: ONNX Runtime (CPU) vs PyTorch, seeded inputs")
+        for col in ("batch", "max abs diff", "top-1 agreement", "result"):
+            table.add_column(col, justify="right")
+        for c in result.checks:
+            table.add_row(str(c.batch), f"{c.max_abs_diff:.2e}", f"{c.top1_agreement:.1%}",
+                          "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+        stdout.print(table)
+        s = result.seconds
+        stdout.print(f"exported {card.arch} (opset {options.opset}, {batch}, "
+                     f"{card.preprocess.input_size} px) in {time.perf_counter() - start:.1f} s "
+                     f"(export {s['export']:.1f} s, checks {s['checks']:.1f} s)")
+        wrote(result.path, out / FP16_NAME, out / CHECKPOINT_NAME, out / "manifest.json")
+    emit_json(summary, json_path)
 
 
 # ---- train / eval --------------------------------------------------------------------------
 
 @cli.command()
 @click.argument("arch")
-@click.option("--dataset", default="digits", show_default=True,
-              help="Data spec: digits (offline), cifar10, imagefolder:PATH (uses PATH/train and "
-              "PATH/val when present), npy:PATH,LABELS.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<arch>-<dataset>].")
+@click.option("--data", "data_spec", default="digits", show_default=True,
+              help="Training data spec: digits (offline), cifar10, imagefolder:PATH (uses "
+              "PATH/train and PATH/val when present), npy:PATH,LABELS.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<arch>-<data>].")
 @click.option("--epochs", type=int, help="Epochs [digits 30, cifar10 30, imagefolder 10].")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Images per SGD step.")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Peak SGD learning rate.")
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, help="[5e-4 for inputs <= 64 px, else 1e-4]")
-@click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, help="L2 penalty [5e-4 for inputs <= 64 px, else 1e-4].")
+@click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True,
+              help="Learning rate: cosine to 0, or x0.1 at 50% and 75% of the epochs.")
 @click.option("--warmup-epochs", type=float, help="Linear warm-up [5 when batch > 256, else 0].")
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+              help="Cross-entropy label smoothing.")
 @click.option("--pretrained", help="Fine-tune torchvision weights (e.g. IMAGENET1K_V2) with a new head.")
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False),
+              envvar="RESNET_EDGE_WEIGHTS", help="Folder of torchvision weight files for "
+              "--pretrained without a network [$RESNET_EDGE_WEIGHTS].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same run.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to run [auto: cuda when torch sees a GPU].")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue from a run's last.pt.")
-@click.option("--plot", is_flag=True, help="Also write training.png (loss, accuracy, gradient norms).")
+@click.option("--plot", is_flag=True, help="Also write training.png (accuracy, loss, learning rate).")
 @click.option("--workers", type=int, help="Data loader processes [4 for image folders, else 0].")
-def train(arch, dataset, out, epochs, batch_size, lr, momentum, weight_decay, schedule,
-          warmup_epochs, label_smoothing, pretrained, seed, device, resume, plot, workers) -> None:
+@JSON_OPTION
+def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, schedule,
+          warmup_epochs, label_smoothing, pretrained, weights_dir, seed, device, resume, plot,
+          workers, json_path) -> None:
     """Train a ResNet with the ResNet paper's recipe (SGD, momentum 0.9, cosine or step LR).
 
     Writes model.pt (the best epoch by validation accuracy, with the model card and measured
-    val/test accuracy), last.pt (for --resume) and history.json (loss, accuracy, images/s and
-    the gradient L2 norm of each stage per epoch). Launch with torchrun for multi-GPU.
+    val/test accuracy), last.pt (for --resume) and history.json (loss, accuracy, learning rate,
+    images/s and the gradient L2 norm of each stage per epoch). Launch with torchrun for
+    multi-GPU.
 
     \b
     Examples:
-      resnet-edge train resnet20 --dataset digits --out runs/resnet20-digits      # offline, ~2 min
-      resnet-edge train resnet18 --dataset cifar10 --epochs 30 --out runs/r18-c10
-      resnet-edge train resnet50 --dataset imagefolder:/data/flowers --pretrained IMAGENET1K_V2 --epochs 5
-      torchrun --nproc-per-node 4 -m resnet_edge.cli train resnet50 --dataset imagefolder:/data/in1k
+      resnet-edge train resnet20 --data digits --out runs/resnet20-digits      # offline, ~2 min
+      resnet-edge train resnet18 --data cifar10 --epochs 30 --out runs/r18-c10
+      resnet-edge train resnet50 --data imagefolder:/data/flowers --pretrained IMAGENET1K_V2 --epochs 5
+      torchrun --nproc-per-node 4 -m resnet_edge.cli train resnet50 --data imagefolder:/data/in1k
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .train import TrainConfig, train as run_training
 
-    out = out or Path("runs") / f"{arch}-{dataset.partition(':')[0]}"
-    config = TrainConfig(arch, dataset, out, epochs, batch_size, lr, momentum, weight_decay,
+    _writable(json_path)
+    out = out or Path("runs") / f"{arch}-{data_spec.partition(':')[0]}"
+    config = TrainConfig(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay,
                          schedule, warmup_epochs, label_smoothing, pretrained, seed, device,
-                         resume, plot, workers)
-    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1%} "
-                          "{task.fields[images_per_s]:.0f} img/s"), TimeElapsedColumn()]
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("train", total=1, epoch=0, loss=0.0, acc=0.0, images_per_s=0.0)
-
+                         resume, plot, workers, weights_dir)
+    with console.Progress("train", "batches") as bar:
         def progress(done, total, stats):
-            bar.update(task, completed=done, total=total, **stats)
+            bar.update(done, total, f"loss {stats['loss']:.3f}, acc {stats['acc']:.1%}")
 
         def on_epoch(row):
-            err.print(f"epoch {row['epoch']:3d}  loss {row['loss']:.3f}  train {row['train_top1']:.1%}"
-                      f"  val {row['val_top1']:.1%}  {row['images_per_s']:.0f} img/s")
-        result = run_training(config, on_epoch=on_epoch, progress=progress, notice=_note)
+            if not console.Settings.quiet:
+                err.print(f"epoch {row['epoch']:3d}  loss {row['loss']:.3f}  train "
+                          f"{row['train_top1']:.1%}  val {row['val_top1']:.1%}  lr {row['lr']:.4g}  "
+                          f"{row['images_per_s']:.0f} img/s", highlight=False)
+        result = run_training(config, on_epoch=on_epoch, progress=progress, notice=note)
     if not result.is_main:
         return
     m = result.card.metrics
     test = f", test top-1 {m['test_top1']:.2%} top-5 {m['test_top5']:.2%}" if "test_top1" in m else ""
     stdout.print(f"best epoch {m['best_epoch']}: val top-1 {m['val_top1']:.2%}{test}; "
-                 f"{result.seconds:.0f} s training; wrote {result.model_path}")
+                 f"{result.seconds:.0f} s training")
+    wrote(result.model_path, out / "last.pt", out / "history.json", out / "training.png")
+    emit_json({"model": str(result.model_path), "metrics": m, "seconds": result.seconds,
+               "epochs": len(result.history)}, json_path)
 
 
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--data", "data_spec", default="digits:test", show_default=True, help="Data spec.")
+@click.option("--data", "data_spec", default="digits:test", show_default=True,
+              help="Evaluation data spec (labelled; a subset of the model's classes is fine).")
 @click.option("--arch", help="Architecture, for a plain state-dict checkpoint.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def eval_(checkpoint, data_spec, arch, batch_size, device, as_json) -> None:
+@click.option("--batch-size", type=int, help="Images per batch [32].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to run [auto: cuda when torch sees a GPU].")
+@JSON_OPTION
+def eval_(checkpoint, data_spec, arch, batch_size, device, json_path) -> None:
     """Top-1 / top-5 accuracy of a checkpoint in PyTorch, through the model card's Preprocess.
 
     \b
     Example:
-      resnet-edge eval runs/resnet20-digits/model.pt --data digits:test
+      resnet-edge eval runs/resnet20-digits/model.pt --data digits:test --json -
     """
     from .data import match_classes, open_data
     from .train import evaluate, resolve_device
     from .zoo import load_checkpoint
 
+    _writable(json_path)
     model, card = load_checkpoint(checkpoint, arch=arch)
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     if not source.has_labels:
         raise BadInput(f"{data_spec} has no labels, so accuracy cannot be measured")
     match_classes(source, card.num_classes, card.class_names, f"{checkpoint} ({card.arch})")
     device = resolve_device(device)
-    acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size, device=device)
+    acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size or 32,
+                   device=device)
     result = {"checkpoint": str(checkpoint), "data": data_spec, "images": acc.images,
               "top1": acc.top1, "top5": acc.top5, "device": device}
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        stdout.print(f"{card.arch} on {data_spec} ({acc.images} images, {device}): "
-                     f"top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}")
+    stdout.print(f"{card.arch} on {data_spec} ({acc.images} images, {device}): "
+                 f"top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}")
+    emit_json(result, json_path)
 
 
-# ---- parity / bench ------------------------------------------------------------------------
-
-def _writable(*paths: Path | None) -> None:
-    """Report paths are checked before the work, so a bad one costs nothing (exit 2)."""
-    from .artifacts import ensure_writable_dir
-    for path in paths:
-        if path is None:
-            continue
-        if path.is_dir():
-            raise BadInput(f"{path} is a folder; give a file name for the report")
-        ensure_writable_dir(path.parent)
-
-
-def _sizes(value: str | None, option: str) -> list[int] | None:
-    """A comma list of batch sizes, or None for the model's own profile."""
-    if value is None:
-        return None
-    try:
-        sizes = [int(b) for b in _csv(value)]
-    except ValueError:
-        raise BadInput(f"{option} takes whole numbers, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise BadInput(f"{option} must list batch sizes of at least 1")
-    return sizes
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
+# ---- parity / bench / debug ----------------------------------------------------------------
 
 def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
     overrides: dict[str, dict[str, float]] = {}
@@ -371,6 +395,13 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
     return overrides
 
 
+def _failed_gates(rows: list[dict]) -> str:
+    """'ort fp32 max_abs 7.6e-06 > 1e-09 (fail)': each failing gate, measured against its threshold."""
+    from .parity.gates import describe
+    return ", ".join(f"{row['backend']} {row['precision']} {describe(g)}"
+                     for row in rows for g in row["gates"] if g["passed"] is False)
+
+
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--data", "data_spec", default="digits:test", show_default=True,
@@ -378,25 +409,30 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--limit", type=int, help="Use the first N images only.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
 @click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
-@click.option("--batch-size", type=int, help="[32, within the model's batch profile]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=int, help="Images per batch [32, within the model's batch profile].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where torch and ONNX Runtime run [auto: cuda when there is a GPU].")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML file: [fp16] max_accuracy_drop_pt = 0.2, etc.")
 @click.option("--gate", "gates", multiple=True, metavar="PREC.NAME=VALUE",
               help="Override one threshold, e.g. --gate int8.max_accuracy_drop_pt=0.5 (repeatable).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
+@JSON_OPTION
 @click.option("--markdown", type=click.Path(path_type=Path), help="Write Markdown (+ a PNG plot beside it).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML, one case per gate.")
+@click.option("--html", type=click.Path(path_type=Path),
+              help="Write one self-contained HTML page: table, plots, disagreeing images.")
 def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
-           json_path, markdown, junit) -> None:
+           json_path, markdown, junit, html) -> None:
     """Run one evaluation set through PyTorch fp32 (the reference) and every other backend x
     precision; compare logits, agreement and accuracy; gate; report.
 
     \b
-    Gates (defaults; override with --thresholds FILE or --gate):
-      fp32: top-1 agreement 100%, max abs logit diff <= 1e-3
-      fp16: top-1 agreement >= 99.5%, accuracy drop <= 0.1 pt
-      int8: accuracy drop <= 1 pt and >= 99% of the reference accuracy
+    Gates (fractions; defaults, override with --thresholds FILE or --gate):
+      every row: no NaN or inf logits
+      fp32: top-1 agreement 1.0, max abs logit diff <= 1e-3
+      fp16: top-1 agreement >= 0.995, accuracy drop <= 0.1 pt
+      int8: top-1 agreement >= 0.95, cosine >= 0.99, accuracy drop <= 1 pt, >= 0.99 of the
+            reference accuracy
 
     Exit 0 when every gate holds, 1 when one fails, 2 on bad usage, 3 when a backend or
     precision named explicitly with --backends/--precisions cannot run here.
@@ -406,37 +442,33 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
       resnet-edge parity artifacts/resnet20 --data digits:test
       resnet-edge parity artifacts/resnet50 --data imagefolder:/data/imagenet/val --limit 5000 \\
           --backends torch,ort,trt --precisions fp32,fp16,int8 \\
-          --json out/parity.json --markdown out/parity.md --junit out/junit.xml
+          --json out/parity.json --markdown out/parity.md --junit out/junit.xml --html out/parity.html
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .errors import GateFailed
     from .parity import report as reports
     from .parity.gates import load_thresholds
     from .parity.run import PRECISIONS, run_parity
 
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
-    _writable(json_path, markdown, junit)
+    _writable(json_path, markdown, junit, html)
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
-    with Progress(TextColumn("parity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("parity", total=None)
+    with console.Progress("parity", "images") as bar:
         result = run_parity(workdir, data_spec,
                             backends=_csv(backends or "torch,ort,trt"),
                             precisions=_csv(precisions) if precisions else list(PRECISIONS),
                             thresholds=table_of_gates, limit=limit, batch_size=batch_size,
                             device=device, explicit=explicit, cpu_fp16=cpu_fp16,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+                            progress=bar.update, keep_disagreements=html is not None)
     _print_parity(result)
-    for path, writer in ((json_path, reports.write_json), (markdown, reports.write_markdown),
-                         (junit, reports.write_junit)):
+    for path, writer in ((markdown, reports.write_markdown), (junit, reports.write_junit),
+                         (html, reports.write_html)):
         if path:
-            writer(result, path)
-            stdout.print(f"wrote {path}")
+            wrote(path, *writer(result, path))
+    emit_json(reports.public(result), json_path)
     summary = result["summary"]
     if summary["failed_gates"]:
-        raise GateFailed(f"parity gates failed: {', '.join(summary['failed_gates'])}")
+        raise GateFailed(f"parity gates failed: {_failed_gates(result['candidates'])}")
     if summary["explicit_backends_missing"]:
         raise MissingBackend("asked for but cannot run here: "
                              + "; ".join(f"{r['backend']} {r['precision']} ({r['reason']})"
@@ -446,22 +478,25 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", help="Comma list of batch sizes [the model's min, opt and max batch].")
-@click.option("--iterations", type=int, default=100, show_default=True)
-@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--iterations", type=int, default=100, show_default=True,
+              help="Timed iterations per backend and batch size.")
+@click.option("--warmup", type=int, default=10, show_default=True,
+              help="Untimed iterations first, per backend and batch size.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all that can run here].")
 @click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write results as JSON.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where torch and ONNX Runtime run [auto: cuda when there is a GPU].")
+@JSON_OPTION
 def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, json_path) -> None:
     """Latency per backend x precision x batch size: warm-up, then timed iterations with the
-    device synchronized. Reports mean, p50, p90, p99, std and images/s host to host, and
-    device compute alone where the backend allows it (GPU backends).
+    device synchronized. Reports mean, p50, p90, p99, std and images/s (from the p50) host to
+    host, and device compute alone where the backend allows it (GPU backends). A bench
+    expected to take over 30 s says how long before it starts.
 
     \b
     Example:
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
-    from .artifacts import write_json_atomic
     from .runtime.backends import CPU_FP16
     from .runtime.bench import run_bench
 
@@ -471,14 +506,11 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     _writable(json_path)
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
-    with _steps() as step:
+    with console.steps() as step:
         result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
-                           warmup=warmup, device=device, cpu_fp16=cpu_fp16, step=step,
-                           notice=lambda message: err.print(f"[yellow]note:[/] {escape(message)}"))
+                           warmup=warmup, device=device, cpu_fp16=cpu_fp16, step=step, notice=note)
     _print_bench(result)
-    if json_path:
-        write_json_atomic(json_path, result)
-        stdout.print(f"wrote {json_path}")
+    emit_json(result, json_path)
     asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16]
     if explicit and asked:
         raise MissingBackend("asked for but cannot run here: " + "; ".join(
@@ -527,12 +559,13 @@ def _print_bench(result: dict) -> None:
 @click.option("--images", type=int, default=8, show_default=True, help="How many images.")
 @click.option("--tolerance", type=float,
               help="Relative (L2) error a layer may reach [fp16 0.01, int8 0.1].")
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
-              help="ort: ONNX Runtime (Q/DQ as written); trt: a TensorRT debug engine with every "
-              "compared tensor marked as an output (needs TensorRT and a GPU).")
+@click.option("--backend", type=click.Choice(["auto", "trt", "ort"]), default="auto", show_default=True,
+              help="trt: a TensorRT debug engine with every compared tensor marked as an output "
+              "(needs TensorRT and a GPU); ort: ONNX Runtime (Q/DQ as written); auto: trt where "
+              "TensorRT is, else ort.")
 @click.option("--all", "show_all", is_flag=True,
               help="List every layer, not only where the error grows.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every layer as JSON.")
+@JSON_OPTION
 def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, show_all,
           json_path) -> None:
     """Find the layer where fp16 or int8 goes wrong: run the fp32 model and the candidate with
@@ -546,11 +579,10 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
       resnet-edge debug artifacts/resnet50 --candidate suspicious.fp16.onnx
       resnet-edge debug artifacts/resnet50 --precision int8 --backend trt    # on a GPU with TensorRT
     """
-    from .artifacts import write_json_atomic
     from .parity.debug import debug_layers
 
     _writable(json_path)
-    with _steps() as step:
+    with console.steps() as step:
         step(f"running fp32 and {precision} with every layer exposed")
         result = debug_layers(workdir, precision, data_spec, images=images, tolerance=tolerance,
                               candidate=candidate, backend=backend)
@@ -563,7 +595,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
     for row in result["layers"]:
         rising = row["rel_error"] > worst
         worst = max(worst, row["rel_error"])
-        if not (show_all or rising or row is first or (first and row["index"] == first["index"])):
+        if not (show_all or rising or (first and row["index"] == first["index"])):
             continue
         style = "red" if row["exceeds"] else ""
         table.add_row(str(row["index"]), row["module"], row["op"], row["tensor"],
@@ -576,61 +608,66 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
                      f"{first['rel_error']:.3g} > {result['tolerance']:g}")
     else:
         stdout.print(f"every layer within the tolerance {result['tolerance']:g}")
-    if json_path:
-        write_json_atomic(json_path, result)
-        stdout.print(f"wrote {json_path}")
+    if backend == "auto" and result["backend"] == "ort":
+        note("ONNX Runtime compared the layers (TensorRT is not here, or cannot build this "
+             "comparison); where TensorRT is, --backend trt shows what an engine computes")
+    emit_json(result, json_path)
 
 
 # ---- calibrate / build ---------------------------------------------------------------------
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
-@click.option("--data", "data_spec", default="digits:train", show_default=True,
-              help="Calibration data spec; keep it apart from what parity evaluates on.")
+@click.option("--data", "--data-calib", "data_spec", default="digits:train", show_default=True,
+              help="Calibration data spec (images:PATH takes a plain folder); keep it apart from "
+              "what parity evaluates on.")
 @click.option("--samples", type=int, default=512, show_default=True,
               help="Images, drawn deterministically and class-balanced (NVIDIA advises ~500 for CNNs).")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
-              show_default=True)
+              show_default=True, help="How calibration turns activations into int8 ranges.")
 @click.option("--recipe", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="tensorrt: symmetric int8, Q/DQ placed for TensorRT fusion; cpu: u8 activations "
               "for ONNX Runtime's fast CPU kernels.")
 @click.option("--sensitivity", is_flag=True, help="Rank layers by the accuracy drop each causes alone.")
 @click.option("--exclude", help="'auto' (leave the most sensitive layers in float until the int8 "
-              "gate holds) or a comma list of layer names.")
+              "gate holds) or a comma list of module names (layer1.0.conv1, fc) or ONNX node names.")
 @click.option("--holdout", type=int, help="Unused calibration-source images for a quick int8 "
               "check afterwards [0; 500 with --sensitivity or --exclude auto]; `parity` is the "
               "full check.")
-@click.option("--eval-data", default="digits:test", show_default=True,
-              help="What parity will evaluate on; calibration on the same split is warned about.")
+@click.option("--data-eval", default="digits:test", show_default=True,
+              help="What parity will evaluate on; calibrating on the same split is warned about.")
 @click.option("--tensorrt-version", default="10.3.0", show_default=True,
-              help="TensorRT version named in calibration.cache's header (JetPack 6: 10.3, JetPack 5: 8.5.2).")
+              help="TensorRT version named in calibration.cache's header (JetPack 6: 10.3, JetPack 5: "
+              "8.5.2); builds re-head a copy for the TensorRT they find.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates used by --exclude auto.")
-def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, eval_data,
-              tensorrt_version, thresholds) -> None:
+@JSON_OPTION
+def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, data_eval,
+              tensorrt_version, thresholds, json_path) -> None:
     """Make model.int8.onnx (Q/DQ) and calibration.cache from real calibration data.
 
-    Calibration runs once over every tensor through the model's own Preprocess; the ranges feed
-    the Q/DQ model, TensorRT's calibration cache (implicit INT8 on TensorRT <= 10, e.g.
-    `trtexec --int8 --calib=calibration.cache` on a Jetson) and the sensitivity analysis.
+    Calibration runs once over every tensor int8 needs through the model's own Preprocess; the
+    ranges feed the Q/DQ models, TensorRT's calibration cache (implicit INT8 on TensorRT <= 10,
+    e.g. `trtexec --int8 --calib=calibration.cache` on a Jetson) and the sensitivity analysis.
 
     \b
     Examples:
-      resnet-edge calibrate artifacts/resnet50 --data imagefolder:/data/imagenet/train --samples 512 --method entropy
+      resnet-edge calibrate artifacts/resnet50 --data images:/data/calib --samples 512 --method entropy
       resnet-edge calibrate artifacts/resnet20 --data digits:train --method percentile --sensitivity
       resnet-edge calibrate artifacts/resnet20 --exclude auto          # keep sensitive layers in float
     """
+    from .calibration import CACHE_NAME, INT8_FP16_NAME, RANGES_NAME
     from .calibration import calibrate as run_calibration
     from .parity.gates import load_thresholds
 
-    with _steps() as step:
+    _writable(json_path)
+    with console.steps() as step:
         result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe=recipe,
                                  sensitivity=sensitivity, exclude=exclude, holdout=holdout,
-                                 eval_spec=eval_data,
-                                 tensorrt_version=tensorrt_version,
+                                 eval_spec=data_eval, tensorrt_version=tensorrt_version,
                                  thresholds=load_thresholds(thresholds), step=step)
-    for note in result.warnings:
-        err.print(f"[yellow]warning:[/] {escape(note)}")
+    for message in result.warnings:
+        warn(message)
     counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
     stdout.print(f"calibration: {result.samples} images from {data_spec} ({method}); per class: {counts}")
     if result.sensitivity:
@@ -648,12 +685,18 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
         what = "top-1" if h["labelled"] else "top-1 agreement with fp32"
         stdout.print(f"held-out check on {h['images']} unused images ({what}): fp32 {h['fp32_top1']:.2%}, "
                      f"int8 {h['int8_top1']:.2%} ({h['drop_pt']:+.2f} pt)")
-    stdout.print(f"wrote {result.path} ({recipe} recipe) and {result.path.parent / 'calibration.cache'}")
+    folder = result.path.parent
+    wrote(folder / RANGES_NAME, result.path, folder / INT8_FP16_NAME if recipe == "tensorrt" else None,
+          folder / CACHE_NAME, folder / "manifest.json")
+    emit_json({"int8": str(result.path), "recipe": recipe, "method": method, "samples": result.samples,
+               "per_class": result.per_class, "excluded": result.excluded, "holdout": result.holdout,
+               "sensitivity": result.sensitivity, "warnings": result.warnings}, json_path)
 
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
+              help="The engine's precision; the ONNX file and flags follow from it and the TensorRT here.")
 @click.option("--workspace", type=int, default=2048, show_default=True, help="Workspace limit, MiB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path),
               help="TensorRT's timing cache to load and update [timing.cache beside the engine, "
@@ -675,8 +718,9 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
 @click.option("--int8-float", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
               help="Strongly typed int8: float parts in fp16 (model.int8-fp16.onnx, auto) or fp32 "
               "(model.int8.onnx).")
+@JSON_OPTION
 def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core, gpu_fallback,
-          version_compatible, hardware_compatible, int8_source, typing, int8_float) -> None:
+          version_compatible, hardware_compatible, int8_source, typing, int8_float, json_path) -> None:
     """Build a TensorRT engine into engines/<gpu>-trt<version>/model.<precision>.engine.
 
     The engine's batch profile is the one the model was exported with (export --batch, or
@@ -696,7 +740,8 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
       resnet-edge build artifacts/resnet50 --precision int8 --dla-core 0 --gpu-fallback     # Jetson
     """
     from .artifacts import WorkDir
-    from .calibration import INT8_NAME, quantization_info
+    from .calibration import INT8_NAME
+    from .export.metadata import quantization_info
     from .export import export_profile
     from .runtime import trt_engine
     from .runtime.backends import remake_command
@@ -709,6 +754,7 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
         raise BadInput("--timing-cache and --no-timing-cache contradict each other; drop one")
     if not (workdir / "model.onnx").exists():
         raise BadInput(f"{workdir} has no model.onnx; run `resnet-edge export ... --out {workdir}` first")
+    _writable(json_path)
     options = dict(int8_source=int8_source, typing=typing, dla=dla_core is not None,
                    version_compatible=version_compatible, hardware_compatible=hardware_compatible,
                    int8_float=int8_float)
@@ -731,32 +777,33 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
                        "tensorrt` (or build with --int8-source cache)")
     del options["dla"]
     profile = export_profile(workdir)
-    with _steps() as step:
+    with console.steps() as step:
         step(f"building the {precision} engine with TensorRT {trt.__version__}")
         try:
             engine = trt_engine.build_engine(
                 workdir, precision, max_batch=profile["max"], opt_batch=profile["opt"],
                 min_batch=profile["min"], workspace_mib=workspace,
                 timing_cache=None if no_timing_cache else (str(timing_cache) if timing_cache else "auto"),
-                dla_core=dla_core, gpu_fallback=gpu_fallback,
-                warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}"), **options)
+                dla_core=dla_core, gpu_fallback=gpu_fallback, warn=warn, **options)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         except trt_engine.EngineError as exc:
             raise MissingBackend(str(exc)) from None
     meta = trt_engine.read_engine_meta(engine)
-    stdout.print(f"wrote {engine} ({engine.stat().st_size / 1e6:.1f} MB) in {meta['build_seconds']:.1f} s "
-                 f"for {meta['gpu']} (sm {meta['compute_capability']}), TensorRT {meta['tensorrt']}, "
-                 f"from {meta['onnx']}")
+    stdout.print(f"built in {meta['build_seconds']:.1f} s for {meta['gpu']} (sm "
+                 f"{meta['compute_capability']}), TensorRT {meta['tensorrt']}, from {meta['onnx']}")
+    wrote(engine, engine.with_suffix(trt_engine.ENGINE_JSON_SUFFIX), meta.get("timing_cache"))
+    emit_json(meta, json_path)
 
 
 # ---- bundle / verify / pipeline ------------------------------------------------------------
 
 @cli.command()
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="PATH/NAME: writes NAME.key (private, mode 0600) and NAME.pub.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for NAME.key (private, mode 0600) and NAME.pub.")
+@click.option("--name", default="signing", show_default=True, help="File name of the key pair.")
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
-def keygen(out, force) -> None:
+def keygen(out, name, force) -> None:
     """Make an Ed25519 key pair for signing bundles.
 
     Keep NAME.key secret (a CI secret); give NAME.pub to whoever verifies. A public key is never
@@ -764,22 +811,30 @@ def keygen(out, force) -> None:
 
     \b
     Example:
-      resnet-edge keygen --out keys/ci && resnet-edge bundle artifacts/r50 --sign keys/ci.key
+      resnet-edge keygen --out keys --name ci && resnet-edge bundle artifacts/r50 --sign keys/ci.key
     """
     from .deploy import signing
     try:
-        private, public, key_id = signing.keygen(out, force=force)
+        if not name or name != Path(name).name or name.startswith("."):
+            raise BadInput(f"--name takes a plain file name, got {name!r}")
+        from .artifacts import ensure_writable_dir
+        private, public, key_id = signing.keygen(ensure_writable_dir(out) / name, force=force)
     except signing.SignatureError as exc:
         raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
-    stdout.print(f"wrote {private} (private, 0600) and {public}; key id {key_id}")
+    stdout.print(f"key id {key_id}; {private} is private (mode 0600)")
+    wrote(private, public)
+
+
+TARGETS_HELP = ("jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3, x86-trt10, "
+                "x86-trt11.")
 
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
-              default="jetpack6", show_default=True,
-              help="jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3, x86-trt10/11.")
-@click.option("--out", type=click.Path(path_type=Path), help="[<workdir>/<name>-<target>.tar.gz]")
+              default="jetpack6", show_default=True, help=TARGETS_HELP)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for <workdir name>-<target>.tar.gz [the work directory].")
 @click.option("--data", "data_spec", default="digits:test", show_default=True,
               help="Where the golden inputs come from (labelled, preprocessed by the model card).")
 @click.option("--golden", type=int, default=100, show_default=True, help="Golden images.")
@@ -787,7 +842,8 @@ def keygen(out, force) -> None:
               help="TOML gates carried in the bundle [parity defaults].")
 @click.option("--sign", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Ed25519 private key (NAME.key from `resnet-edge keygen`) to sign manifest.json.")
-def bundle(workdir, target, out, data_spec, golden, thresholds, sign) -> None:
+@JSON_OPTION
+def bundle(workdir, target, out, data_spec, golden, thresholds, sign, json_path) -> None:
     """Pack a device bundle: ONNX files, calibration cache, golden I/O, gates, build and verify
     scripts, and manifest.json with the sha256 of every file (signed with --sign).
 
@@ -797,38 +853,43 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign) -> None:
 
     \b
     Examples:
-      resnet-edge bundle artifacts/resnet50 --target jetpack6 --out resnet50-jetpack6.tar.gz
+      resnet-edge bundle artifacts/resnet50 --target jetpack6 --out dist/
       resnet-edge bundle artifacts/resnet50 --sign keys/ci.key      # verify with --key keys/ci.pub
     """
     from .deploy import make_bundle
     from .parity.gates import load_thresholds
 
-    with _steps() as step:
-        result = make_bundle(workdir, target, out, eval_spec=data_spec, golden=golden,
+    _writable(json_path)
+    path = (out or workdir) / f"{workdir.name}-{target}.tar.gz"
+    with console.steps() as step:
+        result = make_bundle(workdir, target, path, eval_spec=data_spec, golden=golden,
                              thresholds=load_thresholds(thresholds), sign=sign, step=step)
-    for note in result.notes:
-        err.print(f"[yellow]warning:[/] {escape(note)}")
-    path = result.path
-    signed = f", signed by key {result.key_id}" if result.key_id else ", unsigned"
-    stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {target}: "
-                 f"{', '.join(result.precisions)}{signed}")
+    for message in result.notes:
+        warn(message)
+    signed = f"signed by key {result.key_id}" if result.key_id else "unsigned"
+    stdout.print(f"bundle for {target}: {', '.join(result.precisions)}; {signed}")
     stdout.print(f"manifest.json sha256 {result.manifest_sha256}")
+    wrote(result.path)
+    emit_json({"path": str(result.path), "target": target, "precisions": result.precisions,
+               "manifest_sha256": result.manifest_sha256, "key_id": result.key_id,
+               "notes": result.notes}, json_path)
 
 
 @cli.command()
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, exists=True))
 @click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="The signer's public key (NAME.pub): refuse a bundle it did not sign.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Repeatable [every precision in the bundle].")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
-              show_default=True)
+@click.option("--precisions", help="Comma list of fp32, fp16, int8 [every precision in the bundle].")
+@click.option("--backend", type=click.Choice(["auto", "trt", "ort"]), default="auto", show_default=True,
+              help="trt (TensorRT engines), ort (ONNX Runtime on the ONNX files), or auto: trt "
+              "where TensorRT is, else ort.")
 @click.option("--require-tensorrt", is_flag=True, help="Exit 3 instead of falling back to ONNX Runtime.")
-@click.option("--iterations", type=int, default=20, show_default=True, help="Latency iterations.")
+@click.option("--iterations", type=int, default=100, show_default=True,
+              help="Timed iterations per precision.")
 @click.option("--device-dir", type=click.Path(path_type=Path),
               help="Where engines are built and looked for [<bundle>.device beside a folder; a "
               "temporary folder for an archive].")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+@JSON_OPTION
 def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, device_dir,
            json_path) -> None:
     """Check a bundle from anywhere: safe extraction, every file against manifest.json, the
@@ -842,23 +903,26 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
     """
     import tempfile
 
-    from .artifacts import write_json_atomic
     from .deploy.archive import BundleError, safe_extract
-    from .deploy.verify_bundle import integrity_lines
+    from .deploy.verify_bundle import integrity_lines, verdict_line
     from .deploy.verify_bundle import verify as verify_bundle
     from .errors import GateFailed
     from .runtime.trt_engine import EngineError
 
     _writable(json_path)
-    with tempfile.TemporaryDirectory() as tmp, _steps() as step:
+    if bundle_path.is_dir() and (bundle_path / "manifest.json").is_file() and not (
+            bundle_path / "bundle.json").is_file():
+        raise BadInput(f"{bundle_path} is a work directory, not a bundle; make one with "
+                       f"`resnet-edge bundle {bundle_path}` and verify that")
+    with tempfile.TemporaryDirectory() as tmp, console.steps() as step:
         try:
             root = bundle_path
             if bundle_path.is_file():
                 step(f"extracting {bundle_path}")
                 root = safe_extract(bundle_path, Path(tmp) / "bundle")
             step("verifying")
-            report = verify_bundle(root, precisions=list(precisions) or None, backend=backend,
-                                   build=True, iterations=iterations, key=key,
+            report = verify_bundle(root, precisions=_csv(precisions) if precisions else None,
+                                   backend=backend, build=True, iterations=iterations, key=key,
                                    device_dir=device_dir or (Path(tmp) / "device" if bundle_path.is_file() else None),
                                    require_tensorrt=require_tensorrt)
         except BundleError as exc:
@@ -869,21 +933,24 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
                         f"{report['golden_images']} golden images")
     for col in ("backend", "max abs", "top-1 agree", "top-1", "p50 ms", "gates"):
         table.add_column(col, justify="left" if col in ("backend", "gates") else "right")
+    from .parity.gates import describe
     for row in report["results"]:
-        bad = [g["gate"] for g in row["gates"] if g["passed"] is False]
+        bad = [describe(g) for g in row["gates"] if g["passed"] is False]
         table.add_row(row["backend"], f"{row['metrics']['max_abs']:.2e}",
                       f"{row['metrics']['top1_agreement']:.2%}",
                       f"{row['accuracy']['top1']:.2%}" if row["accuracy"] else "-",
                       f"{row['latency']['host_to_host']['p50_ms']:.2f}",
-                      "[red]FAIL: " + ", ".join(bad) + "[/]" if bad else "[green]pass[/]")
+                      "[red]FAIL: " + escape(", ".join(bad)) + "[/]" if bad else "[green]pass[/]")
     stdout.print(table)
     for line in integrity_lines(report):
-        stdout.print(escape(line))
-    if json_path:
-        write_json_atomic(json_path, report)
-        stdout.print(f"wrote {json_path}")
+        if line.startswith("warning: "):
+            warn(line.removeprefix("warning: "))
+        else:
+            stdout.print(escape(line))
+    stdout.print(verdict_line(report))
+    emit_json(report, json_path)
     if report["failed_gates"]:
-        raise GateFailed(f"bundle gates failed: {', '.join(report['failed_gates'])}")
+        raise GateFailed(f"bundle gates failed: {_failed_gates([dict(r, backend=r['backend'].split()[0]) for r in report['results']])}")
 
 
 @cli.command()
@@ -894,7 +961,7 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
 @click.option("--data-eval", default="digits:test", show_default=True,
               help="Evaluation data spec (parity and the bundle's golden inputs).")
 @click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
-              default="jetpack6", show_default=True, help="Bundle target; jetpack5 exports opset 17.")
+              default="jetpack6", show_default=True, help=TARGETS_HELP)
 @export_options
 @click.option("--samples", type=int, default=512, show_default=True, help="Calibration images.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
@@ -904,19 +971,22 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
 @click.option("--limit", type=int, help="Evaluate parity on the first N images only.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates for parity and the bundle [parity defaults].")
+@click.option("--golden", type=int, default=100, show_default=True, help="Golden images in the bundle.")
 @click.option("--bench-batch-sizes",
               help="Comma list of batch sizes for the bench step [the model's min and opt batch].")
 @click.option("--bench-iterations", type=int, default=20, show_default=True,
               help="Timed iterations per backend and batch size in the bench step.")
 @click.option("--no-bench", is_flag=True, help="Leave the bench step out.")
 @click.option("--force", is_flag=True, help="Run every step even if its inputs are unchanged.")
+@JSON_OPTION
 def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe, limit, thresholds,
-             bench_batch_sizes, bench_iterations, no_bench, force, **options) -> None:
+             golden, bench_batch_sizes, bench_iterations, no_bench, force, json_path, **options) -> None:
     """export -> calibrate -> build (where TensorRT is) -> parity -> bench -> bundle, in one go.
 
     Each step is skipped when its inputs (hashes and options in manifest.json) are unchanged.
-    Reports go to <out>/reports/ (parity.json, parity.md + png, junit.xml, bench.json); the
-    bundle to <out>/<name>-<target>.tar.gz. Exit 1 when a parity gate fails (nothing bundled).
+    Reports go to <out>/reports/ (parity.json, parity.md + png, parity.html, junit.xml,
+    bench.json); the bundle to <out>/<name>-<target>.tar.gz. Exit 1 when a parity gate fails
+    (nothing bundled).
 
     \b
     Examples:
@@ -924,8 +994,6 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
       resnet-edge pipeline resnet50 --data-calib images:/data/calib --data-eval imagefolder:/data/val \\
           --limit 5000 --out artifacts/resnet50
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .errors import GateFailed
     from .parity.gates import load_thresholds
     from .pipeline import STEPS, PipelineConfig, run_pipeline
@@ -933,17 +1001,15 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
     sizes = _sizes(bench_batch_sizes, "--bench-batch-sizes")
     if bench_iterations < 1:
         raise BadInput("--bench-iterations must be at least 1")
+    _writable(json_path)
     config = PipelineConfig(source, out or _default_out(source), data_calib, data_eval, target,
                             _export_request(options), samples, method, recipe, limit,
                             batch_sizes=sizes, bench_iterations=bench_iterations,
-                            bench=not no_bench, force=force)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("pipeline", total=len(STEPS))
-
+                            bench=not no_bench, golden=golden, force=force)
+    with console.Progress("pipeline", "steps") as bar:
         def step(name, message):
-            bar.update(task, completed=STEPS.index(name), description=f"{name}: {message}")
-        result = run_pipeline(config, load_thresholds(thresholds), step=step, notice=_note)
+            bar.update(STEPS.index(name), len(STEPS), f"{name}: {message}")
+        result = run_pipeline(config, load_thresholds(thresholds), step=step, notice=note)
     if result.parity:
         _print_parity(result.parity)
     table = Table(title=f"pipeline: {config.out}")
@@ -953,8 +1019,11 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
     for s in result.steps:
         table.add_row(s.step, f"[{colors[s.status]}]{s.status}[/]", f"{s.seconds:.1f}", escape(s.detail))
     stdout.print(table)
-    if result.bundle:
-        stdout.print(f"bundle: {result.bundle}")
+    if not result.written:
+        stdout.print("wrote nothing: every step was up to date")
+    wrote(*result.written)
+    emit_json({"out": str(config.out), "bundle": str(result.bundle) if result.bundle else None,
+               "steps": [vars(s) for s in result.steps]}, json_path)
     if result.failed:
         raise GateFailed("pipeline stopped: " + "; ".join(s.detail for s in result.steps if s.status == "failed"))
 

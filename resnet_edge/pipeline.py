@@ -11,7 +11,8 @@ from typing import Callable
 from .artifacts import WorkDir, sha256_file, write_json_atomic
 from .calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME, RANGES_NAME, calibrate
 from .errors import BadInput
-from .export import FP16_NAME, ONNX_NAME, export_model, export_profile, prepare_export
+from .export import (CHECKPOINT_NAME, FP16_NAME, ONNX_NAME, export_model, export_profile,
+                     prepare_export)
 from .parity import report as reports
 from .parity.gates import Thresholds
 from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
@@ -19,6 +20,9 @@ from .runtime import trt_engine
 from .runtime.bench import run_bench
 
 STEPS = ("export", "calibrate", "build", "parity", "bench", "bundle")
+PARITY_REPORTS = {"parity.json": reports.write_json, "parity.md": reports.write_markdown,
+                  "junit.xml": reports.write_junit, "parity.html": reports.write_html}
+PARITY_FILES = ("parity.json", "parity.md", "parity.png", "junit.xml", "parity.html")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class PipelineResult:
     steps: list[StepResult] = field(default_factory=list)
     parity: dict | None = None
     bundle: Path | None = None
+    written: list[Path] = field(default_factory=list)  # by this run, in order; skipped steps write nothing
 
     @property
     def failed(self) -> bool:
@@ -84,6 +89,8 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         status = "failed" if detail.startswith("FAIL") else "ran"
         if status == "ran" and key is not None:
             WorkDir(out).record_step(name, key, outputs)
+        if status != "skipped":
+            result.written += [out / n for n in outputs if (out / n).is_file()]
         result.steps.append(StepResult(name, status, time.perf_counter() - start, detail))
 
     # export: its own manifest entry already skips an unchanged export
@@ -99,6 +106,9 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                                    "up to date" if exported.skipped else
                                    f"opset {options.opset}, checks "
                                    f"{'pass' if all(c.passed for c in exported.checks) else 'FAIL'}"))
+    if not exported.skipped:
+        result.written += [p for p in (out / ONNX_NAME, out / FP16_NAME, out / CHECKPOINT_NAME)
+                           if p.is_file()]
 
     def model_hashes() -> dict[str, str]:
         return {f: sha256_file(out / f) for f in (ONNX_NAME, FP16_NAME, INT8_NAME, INT8_FP16_NAME, CACHE_NAME)
@@ -131,7 +141,11 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
             if engine.exists() and trt_engine.read_engine_meta(engine).get("onnx_sha256") == sha256_file(source):
                 continue  # built from this very ONNX file already
             step("build", f"{precision} engine")
-            built.append(trt_engine.build_engine(out, precision).name)
+            profile = export_profile(out)  # the batch range this export was made for
+            made = trt_engine.build_engine(out, precision, min_batch=profile["min"],
+                                           opt_batch=profile["opt"], max_batch=profile["max"])
+            built.append(made.name)
+            result.written += [made, made.with_suffix(trt_engine.ENGINE_JSON_SUFFIX)]
         detail = f"TensorRT {trt.__version__}: {', '.join(built)}" if built else "up to date"
         result.steps.append(StepResult("build", "ran" if built else "skipped",
                                        time.perf_counter() - start, "; ".join([detail, *notes])))
@@ -141,19 +155,19 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     def do_parity() -> str:
         report = run_parity(out, config.data_eval, backends=["torch", "ort", "trt"],
                             precisions=list(PRECISIONS), thresholds=thresholds,
-                            limit=config.limit, progress=lambda d, t: step("parity", f"{d}/{t} images"))
+                            limit=config.limit, keep_disagreements=True,
+                            progress=lambda d, t: step("parity", f"{d}/{t} images"))
         reports_dir.mkdir(exist_ok=True)
-        reports.write_json(report, reports_dir / "parity.json")
-        reports.write_markdown(report, reports_dir / "parity.md")
-        reports.write_junit(report, reports_dir / "junit.xml")
-        result.parity = report
+        for name, writer in PARITY_REPORTS.items():
+            writer(report, reports_dir / name)
+        result.parity = reports.public(report)
         ran = sum(r["status"] == "ran" for r in report["candidates"])
         failed = report["summary"]["failed_gates"]
         return (f"FAIL: {', '.join(failed)}" if failed else
                 f"pass: {ran} candidates vs torch fp32, {len(report['candidates']) - ran} skipped")
     parity_key = {**model_hashes(), "data": config.data_eval, "limit": config.limit,
                   "thresholds": {p: vars(t) for p, t in thresholds.items()}}
-    run("parity", parity_key, ["reports/parity.json"], do_parity)
+    run("parity", parity_key, [f"reports/{name}" for name in PARITY_FILES], do_parity)
     if result.parity is None and (reports_dir / "parity.json").exists():
         result.parity = reports.load(reports_dir / "parity.json")
     bundle_name = f"{out.name}-{config.target}.tar.gz"

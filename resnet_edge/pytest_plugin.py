@@ -1,71 +1,135 @@
-"""pytest plugin: the parity gates as one pytest test per backend x precision x gate.
+"""pytest plugin: the parity gates as pytest tests, one per backend x precision x gate.
 
 Registered through the `pytest11` entry point, inert unless --parity-workdir is given:
 
     pytest --parity-workdir artifacts/resnet50 --parity-data imagefolder:/data/val --parity-limit 2000
 
-Backends that cannot run here become skipped tests carrying the reason.
+The tests are known from the options and the thresholds alone, so `--collect-only` runs
+nothing; the parity pass runs once, when the first gate test runs, and every test reads it.
+Node ids read `resnet-edge-parity::ort-fp16::top1_agreement_pct` (JUnit: classname
+`resnet-edge-parity.ort-fp16`, name `top1_agreement_pct`); pick some with
+`-k "ort-fp16 and max_abs"`. A backend that cannot run here skips its tests with the reason.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+ROOT = "resnet-edge-parity"
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("resnet-edge", "resnet-edge parity gates")
     group.addoption("--parity-workdir", help="Work directory made by `resnet-edge export`.")
-    group.addoption("--parity-data", default="digits:test", help="Evaluation data spec.")
-    group.addoption("--parity-backends", default="torch,ort,trt")
-    group.addoption("--parity-precisions", default="fp32,fp16,int8,int8-fp16")
+    group.addoption("--parity-data", default="digits:test", help="Evaluation data spec [digits:test].")
+    group.addoption("--parity-backends", default="torch,ort,trt",
+                    help="Comma list of torch, ort, trt [all].")
+    group.addoption("--parity-precisions", default="fp32,fp16,int8,int8-fp16",
+                    help="Comma list of fp32, fp16, int8, int8-fp16 [all].")
     group.addoption("--parity-limit", type=int, help="Use the first N images only.")
-    group.addoption("--parity-batch-size", type=int, default=32)
+    group.addoption("--parity-batch-size", type=int,
+                    help="Images per batch [32, within the model's batch profile].")
     group.addoption("--parity-thresholds", help="TOML file overriding the default gates.")
 
 
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+class ParityRun:
+    """The one parity pass all gate tests share, run on first use; an error in it is raised
+    again by every test that reads it, so each says why."""
+
+    def __init__(self, config: pytest.Config, thresholds):
+        self.config, self.thresholds = config, thresholds
+        self._report: dict | None = None
+        self._error: BaseException | None = None
+
+    def row(self, backend: str, precision: str) -> dict:
+        if self._report is None and self._error is None:
+            from .parity.run import run_parity
+            opt = self.config.getoption
+            try:
+                self._report = run_parity(
+                    opt("parity_workdir"), opt("parity_data"),
+                    backends=_csv(opt("parity_backends")), precisions=_csv(opt("parity_precisions")),
+                    thresholds=self.thresholds, limit=opt("parity_limit"),
+                    batch_size=opt("parity_batch_size"))
+            except Exception as exc:  # noqa: BLE001 (re-raised in every gate test)
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return next(r for r in self._report["candidates"]
+                    if (r["backend"], r["precision"]) == (backend, precision))
+
+
+class GateFailure(AssertionError):
+    pass
+
+
 class ParityGate(pytest.Item):
-    def __init__(self, *, row: dict, gate: dict | None, **kwargs):
+    def __init__(self, *, run: ParityRun, backend: str, precision: str, **kwargs):
         super().__init__(**kwargs)
-        self.row, self.gate = row, gate
+        self.run, self.backend, self.precision = run, backend, precision
 
     def runtest(self):
-        if self.row["status"] == "skipped":
-            pytest.skip(self.row["reason"])
-        if self.gate["passed"] is None:
-            pytest.skip(self.gate["note"])
-        if not self.gate["passed"]:
-            raise AssertionError(f"{self.row['device']}: {self.gate['gate']} = {self.gate['value']!r}, "
-                                 f"threshold {self.gate['threshold']!r}")
+        from .parity.gates import describe
+        row = self.run.row(self.backend, self.precision)
+        if row["status"] == "skipped":
+            pytest.skip(row["reason"])
+        gate = next(g for g in row["gates"] if g["gate"] == self.name)
+        if gate["passed"] is None:
+            pytest.skip(gate["note"])
+        if not gate["passed"]:
+            raise GateFailure(f"{row['device']}: {describe(gate)}")
 
     def repr_failure(self, excinfo):
-        if isinstance(excinfo.value, AssertionError):
+        if isinstance(excinfo.value, GateFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, None, self.name
+        return self.path, None, f"{self.backend} {self.precision} {self.name}"
 
 
-class ParityCollector(pytest.Collector):
+class CandidateGates(pytest.Collector):
+    def __init__(self, *, run: ParityRun, backend: str, precision: str, **kwargs):
+        super().__init__(**kwargs)
+        self.run, self.backend, self.precision = run, backend, precision
+
     def collect(self):
+        from .parity.gates import for_precision, gate_names
+        for gate in gate_names(for_precision(self.run.thresholds, self.precision)):
+            yield ParityGate.from_parent(self, name=gate, run=self.run, backend=self.backend,
+                                         precision=self.precision)
+
+
+class ParityGates(pytest.Collector):
+    def collect(self):
+        from .errors import BadInput
         from .parity.gates import load_thresholds
-        from .parity.run import run_parity
+        from .parity.run import candidates
         opt = self.config.getoption
-        report = run_parity(opt("parity_workdir"), opt("parity_data"),
-                            backends=opt("parity_backends").split(","),
-                            precisions=opt("parity_precisions").split(","),
-                            thresholds=load_thresholds(opt("parity_thresholds")),
-                            limit=opt("parity_limit"), batch_size=opt("parity_batch_size"))
-        for row in report["candidates"]:
-            prefix = f"{row['backend']}-{row['precision']}"
-            if row["status"] == "skipped":
-                yield ParityGate.from_parent(self, name=f"{prefix}-available", row=row, gate=None)
-            for gate in row["gates"]:
-                yield ParityGate.from_parent(self, name=f"{prefix}-{gate['gate']}", row=row, gate=gate)
+        try:  # bad options are one line, as on the command line, not a traceback
+            run = ParityRun(self.config, load_thresholds(opt("parity_thresholds")))
+            pairs = candidates(_csv(opt("parity_backends")), _csv(opt("parity_precisions")))
+        except BadInput as exc:
+            raise self.CollectError(str(exc)) from None
+        for backend, precision in pairs:
+            yield CandidateGates.from_parent(self, name=f"{backend}-{precision}", run=run,
+                                             backend=backend, precision=precision)
 
 
-def pytest_collection_modifyitems(session, config, items):
-    workdir = config.getoption("parity_workdir")
-    if workdir:
-        collector = ParityCollector.from_parent(session, name=f"parity[{workdir}]")
-        items.extend(collector.collect())
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The gates join the session's own collection, so counts, -k, -m, --collect-only and
+    --deselect treat them like any other test."""
+    outcome = yield
+    workdir = collector.config.getoption("parity_workdir")
+    if workdir and isinstance(collector, pytest.Session):
+        report = outcome.get_result()
+        if report.passed:
+            report.result.append(ParityGates.from_parent(collector, name=ROOT, nodeid=ROOT,
+                                                         path=Path(workdir).resolve()))

@@ -21,8 +21,8 @@ from torchvision.transforms import v2
 from .artifacts import ensure_writable_dir, write_json_atomic
 from .data import Preprocess, Source, batches, check_classes, open_data
 from .errors import BadInput
-from .parity.metrics import Accuracy
-from .zoo import (ModelCard, download_state_dict, load_state_strict, read_checkpoint,
+from .metrics import Accuracy
+from .zoo import (ModelCard, load_state_strict, read_checkpoint, torchvision_state,
                   save_checkpoint, variant)
 
 DEFAULT_EPOCHS = {"digits": 30, "cifar10": 30, "imagefolder": 10}
@@ -48,6 +48,7 @@ class TrainConfig:
     resume: Path | None = None
     plot: bool = False
     workers: int | None = None
+    weights_dir: Path | None = None  # torchvision files for --pretrained, offline
 
     def validated(self) -> "TrainConfig":
         kind = self.dataset.partition(":")[0]
@@ -178,7 +179,9 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
     num_classes = splits.train.num_classes
     resume_state = _read_resume(config.resume, v.name) if config.resume else None
 
-    model, preprocess, weights = _initial_model(v, num_classes, config.pretrained)
+    model, preprocess, start = _initial_model(v, num_classes, config.pretrained, config.weights_dir)
+    # what the checkpoint's card says it is: trained here, from where it started
+    weights = f"trained with resnet-edge on {config.dataset} from {start}"
     if resume_state is not None:
         card = ModelCard.from_dict(resume_state["card"])
         check_classes(splits.train, card.num_classes, f"the resumed {card.arch} model")
@@ -276,7 +279,7 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
                                                  "epochs": history, "final": card.metrics,
                                                  "train_seconds": seconds})
         if config.plot:
-            plot_history(history, out / "training.png")
+            plot_history(history, out / "training.png", f"{config.arch} on {config.dataset}")
     if distributed:
         dist.destroy_process_group()
     return TrainResult(out / "model.pt", card, history, seconds, is_main=rank == 0)
@@ -314,14 +317,15 @@ def _train_one_epoch(net, model, loader, optimizer, scheduler, criterion, device
             "seconds": elapsed, "grad_norm": {k: v / max(steps, 1) for k, v in norms_sum.items()}}
 
 
-def _initial_model(v, num_classes: int, pretrained: str | None):
+def _initial_model(v, num_classes: int, pretrained: str | None, weights_dir=None):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = v.build(num_classes)
     if not pretrained:
-        return model, v.default_preprocess, "none (random init, seed 0)"
+        return model, v.default_preprocess, "random init (seed 0)"
     weights = v.resolve_weights(pretrained)
-    state = {k: t for k, t in download_state_dict(v, weights).items() if not k.startswith("fc.")}
+    full, _ = torchvision_state(v, weights, weights_dir, instead="training without --pretrained")
+    state = {k: t for k, t in full.items() if not k.startswith("fc.")}
     model.load_state_dict({**model.state_dict(), **state})  # everything but the new head
     return (model, Preprocess.from_torchvision(weights.transforms()),
             f"torchvision:{weights} (fine-tuned, new {num_classes}-class head)")
@@ -379,25 +383,39 @@ def _plain_config(config: TrainConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
 
 
-def plot_history(history: list[dict], path: Path) -> None:
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    """Loss, accuracy (%), learning rate and per-stage gradient norms by epoch, the best
+    validation epoch marked in each: the epoch model.pt holds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .artifacts import atomic_path
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc, ax_grad) = plt.subplots(1, 3, figsize=(15, 4))
-    ax_loss.plot(epochs, [row["loss"] for row in history])
-    ax_loss.set(title="training loss", xlabel="epoch")
-    ax_acc.plot(epochs, [row["train_top1"] for row in history], label="train")
-    ax_acc.plot(epochs, [row["val_top1"] for row in history], label="val")
-    ax_acc.set(title="top-1 accuracy", xlabel="epoch")
-    ax_acc.legend()
+    best = max(history, key=lambda row: (row["val_top1"], row["epoch"]))  # ties: the later one
+    fig, ((ax_acc, ax_loss), (ax_lr, ax_grad)) = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    fig.suptitle(f"{title}: best validation top-1 {best['val_top1']:.2%} at epoch {best['epoch']} "
+                 "(saved as model.pt)", fontweight="bold")
+    ax_acc.plot(epochs, [row["train_top1"] * 100 for row in history], marker=".", label="train")
+    ax_acc.plot(epochs, [row["val_top1"] * 100 for row in history], marker=".", label="validation")
+    ax_acc.scatter([best["epoch"]], [best["val_top1"] * 100], s=120, facecolors="none",
+                   edgecolors="#cf222e", linewidths=2, zorder=3, label="best (model.pt)")
+    ax_acc.set(title="top-1 accuracy", ylabel="top-1 (%)")
+    ax_acc.legend(loc="lower right")
+    ax_loss.plot(epochs, [row["loss"] for row in history], marker=".")
+    ax_loss.set(title="training loss", ylabel="cross-entropy (mean per image)")
+    ax_lr.plot(epochs, [row["lr"] for row in history], marker=".")
+    ax_lr.set(title="learning rate", ylabel="learning rate at the end of the epoch", xlabel="epoch")
     for stage in history[0]["grad_norm"]:
         ax_grad.plot(epochs, [row["grad_norm"].get(stage, float("nan")) for row in history],
                      label=stage)
-    ax_grad.set(title="gradient L2 norm per stage (mean per step)", xlabel="epoch", yscale="log")
-    ax_grad.legend()
+    ax_grad.set(title="gradient L2 norm per stage", ylabel="L2 norm (mean per step, log scale)",
+                xlabel="epoch", yscale="log")
+    ax_grad.legend(fontsize=8)
+    ax_lr.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # shared x
+    for ax in (ax_acc, ax_loss, ax_lr, ax_grad):
+        ax.axvline(best["epoch"], color="#cf222e", lw=1, ls="--", alpha=0.6)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -208,8 +208,7 @@ def load_model(source: str, *, weights: str | None = None, arch: str | None = No
         v = variant(source)
         if arch is not None and arch != v.name:
             raise BadInput(f"--arch {arch} contradicts the model name {v.name}; drop --arch")
-        model, card = _from_zoo(v, weights or "none", num_classes,
-                                weights_dir or os.environ.get("RESNET_EDGE_WEIGHTS"))
+        model, card = _from_zoo(v, weights or "none", num_classes, weights_dir)
     if preprocess:
         merged = {**card.preprocess.to_dict(), **preprocess}
         card.preprocess = Preprocess.from_dict(merged, "the preprocessing options")
@@ -231,12 +230,8 @@ def _from_zoo(v: Variant, weights: str, num_classes: int | None,
     if num_classes is not None and num_classes != classes:
         raise BadInput(f"{v.name} {enum_member.name} weights have {classes} classes, not "
                        f"{num_classes}; fine-tune with `resnet-edge train --pretrained` instead")
-    if weights_dir:
-        cached = weights_file(weights_dir, v, enum_member)
-        state, _ = read_checkpoint(cached)
-    else:
-        state = download_state_dict(v, enum_member)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum_member.url)
+    state, cached = torchvision_state(v, enum_member, weights_dir,
+                                      instead="--weights none (WEIGHTS=none), a checkpoint path")
     model = v.build(classes)
     load_state_strict(model, state, f"{v.name} {enum_member.name}", cached)
     card = ModelCard(v.name, classes, Preprocess.from_torchvision(enum_member.transforms()),
@@ -261,14 +256,22 @@ def weights_file(weights_dir, v: Variant, enum_member) -> Path:
     return path
 
 
-def download_state_dict(v: Variant, enum_member) -> dict[str, torch.Tensor]:
+def torchvision_state(v: Variant, enum_member, weights_dir=None, *,
+                      instead: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """(state dict, file) of torchvision weights: from `weights_dir` when given (or
+    $RESNET_EDGE_WEIGHTS), else downloaded into torch's cache. Offline, one line says what else
+    the command can take (`instead`)."""
+    weights_dir = weights_dir or os.environ.get("RESNET_EDGE_WEIGHTS")
+    if weights_dir:
+        path = weights_file(weights_dir, v, enum_member)
+        return read_checkpoint(path)[0], path
+    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum_member.url)
     try:
-        return enum_member.get_state_dict(progress=True, check_hash=True)
+        return enum_member.get_state_dict(progress=True, check_hash=True), target
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum_member.url)
         raise BadInput(f"cannot download {v.name} {enum_member.name} weights ({exc}): no network? "
-                       f"Use --weights none (WEIGHTS=none), a checkpoint path, or place "
-                       f"{os.path.basename(enum_member.url)} at {target}") from None
+                       f"Use {instead}, a folder of torchvision weight files (--weights-dir), or "
+                       f"place {os.path.basename(enum_member.url)} at {target}") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:

@@ -5,6 +5,7 @@ import pickle
 import pytest
 import torch
 
+from cli_output import one_line_error
 from resnet_edge import zoo
 
 
@@ -61,12 +62,7 @@ def test_bad_input_exits_2_with_one_line(files, run_cli, args, message, monkeypa
     args = [a.format(d=files) for a in args]
     if "--out" not in args:
         args += ["--out", str(out)]
-    result = run_cli(*args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0]
-    assert "Traceback" not in result.output
+    one_line_error(run_cli(*args), 2, message)
     assert not list(files.rglob("model.onnx"))
 
 

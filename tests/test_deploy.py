@@ -20,6 +20,7 @@ from resnet_edge.deploy import make_bundle, safe_extract
 from resnet_edge.deploy.archive import BundleError
 from resnet_edge.errors import BadInput
 from resnet_edge.runtime.trt_engine import build_plan, cache_header, trtexec_command
+from cli_output import problem_lines
 from trt_standin import write_site
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -146,10 +147,12 @@ def test_a_cpu_recipe_int8_model_never_reaches_a_bundle(digits_workdir, tmp_path
     work = tmp_path / "work"
     shutil.copytree(digits_workdir, work)
     calibrate(work, "digits:train", samples=64, method="minmax", recipe="cpu", holdout=20)
-    result = run_cli("bundle", work, "--golden", "8", "--out", tmp_path / "b.tar.gz")
+    result = run_cli("bundle", work, "--golden", "8", "--out", tmp_path / "dist")
     assert result.exit_code == 0, result.output
     assert "int8 left out" in result.stderr and "--recipe tensorrt" in result.stderr
-    root = _extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    made = tmp_path / "dist" / "work-jetpack6.tar.gz"  # <work dir name>-<target>
+    assert f"wrote {made} (" in result.stdout
+    root = _extract(made, tmp_path / "x")
     info = json.loads((root / "bundle.json").read_text())
     assert info["precisions"] == ["fp32", "fp16"] and not (root / "model.int8.onnx").exists()
 
@@ -162,7 +165,7 @@ def test_build_refuses_a_cpu_recipe_int8_model(digits_workdir, tmp_path, run_cli
     StandIn("10.3.0").install(monkeypatch)
     result = run_cli("build", work, "--precision", "int8")
     assert result.exit_code == 2 and "--recipe cpu" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (work / "engines").exists()
+    assert len(problem_lines(result.stderr)) == 1 and not (work / "engines").exists()
 
 
 def test_jetpack5_needs_opset_17(digits_workdir, tmp_path):
@@ -176,9 +179,11 @@ def test_jetpack5_needs_opset_17(digits_workdir, tmp_path):
 def test_verify_passes_with_onnxruntime_and_says_no_engine_was_tested(bundle, run_cli, tmp_path):
     result = run_cli("verify", bundle, "--iterations", "2", "--json", tmp_path / "v.json")
     assert result.exit_code == 0, result.output
-    assert "no engine was tested" in result.stdout and "signature: none" in result.stdout
+    assert "warning: ONNX Runtime ran the bundle's ONNX files instead of TensorRT" in result.stderr
+    assert "signature: none" in result.stdout
+    assert "PASS (ONNX Runtime only: no engine tested)" in result.stdout
     report = json.loads((tmp_path / "v.json").read_text())
-    assert report["backend"] == "onnxruntime" and report["golden_images"] == 40
+    assert report["backend"] == "ort" and report["golden_images"] == 40
     assert not report["engine_tested"] and report["integrity"]["signed"] is False
     assert [r["precision"] for r in report["results"]] == ["fp32", "fp16", "int8"]
     assert all(g["passed"] for r in report["results"] for g in r["gates"] if g["passed"] is not None)
@@ -218,7 +223,8 @@ def test_verify_py_runs_standalone_without_torch_and_writes_beside_the_bundle(bu
     result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "torch loaded: False resnet_edge loaded: False" in result.stdout
-    assert "PASS" in result.stdout and "no engine was tested" in result.stdout
+    assert "so no engine was tested" in result.stdout
+    assert "PASS (ONNX Runtime only: no engine tested)" in result.stdout
     report = json.loads((tmp_path / f"{root.name}.device" / "verify.json").read_text())
     assert report["device"]["onnxruntime"] and report["passed"]
     assert _tree(root) == before  # the device wrote nothing into the bundle
@@ -242,12 +248,13 @@ def test_a_trusted_verify_py_checks_another_bundle_archive(signed, bundle, tmp_p
 # ---- signatures --------------------------------------------------------------------------------
 
 def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path, run_cli):
-    result = run_cli("keygen", "--out", tmp_path / "ci")
+    result = run_cli("keygen", "--out", tmp_path / "keys", "--name", "ci")
     assert result.exit_code == 0, result.output
-    assert stat.S_IMODE((tmp_path / "ci.key").stat().st_mode) == 0o600
-    assert (tmp_path / "ci.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
-    again = run_cli("keygen", "--out", tmp_path / "ci")
-    assert again.exit_code == 2 and "exists" in again.stderr
+    assert stat.S_IMODE((tmp_path / "keys" / "ci.key").stat().st_mode) == 0o600
+    assert (tmp_path / "keys" / "ci.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    again = run_cli("keygen", "--out", tmp_path / "keys", "--name", "ci")
+    assert again.exit_code == 2 and "choose another --name, or pass --force" in again.stderr
+    assert run_cli("keygen", "--out", tmp_path, "--name", "../ci").exit_code == 2
 
 
 def test_signed_bundle_verifies_with_its_key_and_prints_the_digest(signed, run_cli, keys):
@@ -260,15 +267,15 @@ def test_signed_bundle_verifies_with_its_key_and_prints_the_digest(signed, run_c
 
 
 def test_bundle_prints_the_manifest_digest_and_refuses_a_bad_key(calibrated_workdir, tmp_path, run_cli, keys):
-    result = run_cli("bundle", calibrated_workdir, "--golden", "8", "--out", tmp_path / "b.tar.gz",
+    result = run_cli("bundle", calibrated_workdir, "--golden", "8", "--out", tmp_path / "b",
                      "--sign", keys["ci"][0])
     assert result.exit_code == 0, result.output
-    root = _extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    root = _extract(tmp_path / "b" / f"{calibrated_workdir.name}-jetpack6.tar.gz", tmp_path / "x")
     digest = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
     assert f"manifest.json sha256 {digest}" in result.stdout and keys["ci"][2] in result.stdout
-    bad = run_cli("bundle", calibrated_workdir, "--out", tmp_path / "c.tar.gz", "--sign", keys["ci"][1])
+    bad = run_cli("bundle", calibrated_workdir, "--out", tmp_path / "c", "--sign", keys["ci"][1])
     assert bad.exit_code == 2 and "not a PEM private key" in bad.stderr
-    assert not (tmp_path / "c.tar.gz").exists()
+    assert not list((tmp_path / "c").glob("*.tar.gz"))
 
 
 def _rehashed(signed, tmp_path, change):
@@ -378,7 +385,7 @@ def _refused(evil, tmp_path, run_cli, message):
     assert not os.path.exists("/tmp/absolute-escape.txt")
     result = run_cli("verify", evil)
     assert result.exit_code == 2 and message in result.stderr, result.output
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(problem_lines(result.stderr)) == 1
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
@@ -499,7 +506,7 @@ def test_declarations_are_checked_before_use(name, change, message, bundle, tmp_
     root = _declared(bundle, tmp_path, name, change)
     result = run_cli("verify", root)
     assert result.exit_code == 2 and message in result.stderr, result.output
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(problem_lines(result.stderr)) == 1
 
 
 # ---- on a device: build_engine.sh and verify.py against stand-ins --------------------------------
@@ -559,7 +566,7 @@ def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines
     root = _extract(bundle, tmp_path / "b")
     before = _tree(root)
     env = _device_env(tmp_path, "10.3.0")
-    run = subprocess.run([sys.executable, "verify.py", "--precision", "fp16", "--iterations", "2"],
+    run = subprocess.run([sys.executable, "verify.py", "--precisions", "fp16", "--iterations", "2"],
                          cwd=root, env=env, capture_output=True, text=True)
     # the stand-in engine computes no ResNet, so the gates fail; what matters is where it ran
     assert run.returncode == 1, run.stderr
@@ -571,7 +578,7 @@ def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines
     record = engine.with_suffix(".json")
     meta = json.loads(record.read_text())
     record.write_text(json.dumps({**meta, "onnx_sha256": "0" * 64}))
-    run = subprocess.run([sys.executable, "verify.py", "--precision", "fp16"], cwd=root, env=env,
+    run = subprocess.run([sys.executable, "verify.py", "--precisions", "fp16"], cwd=root, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 2 and "was not built from this bundle's model.onnx" in run.stderr
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_output import one_line_error
 from resnet_edge import zoo
 from resnet_edge.calibration import calibrate
 from resnet_edge.errors import BadInput
@@ -22,11 +23,6 @@ from resnet_edge.export import export_model
 from resnet_edge.export.metadata import CARD_KEY, load_onnx, read_card
 
 
-def _one_line(result, code, message):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 def _strict(path):
@@ -50,7 +46,7 @@ def _checkpoint(path, **edits):
 def test_a_nan_weight_is_refused_at_load(tmp_path, run_cli):
     ckpt = _checkpoint(tmp_path / "nan.pt", **{"fc.bias": lambda t: t.__setitem__(3, float("nan"))})
     result = run_cli("export", ckpt, "--out", tmp_path / "out")
-    _one_line(result, 2, "holds 1 NaN or inf values in fc.bias")
+    one_line_error(result, 2, "holds 1 NaN or inf values in fc.bias")
     assert not (tmp_path / "out" / "model.onnx").exists()
 
 
@@ -62,7 +58,7 @@ def test_logits_that_overflow_fail_their_row_and_reports_stay_json(tmp_path, run
     result = run_cli("parity", tmp_path / "w", "--backends", "torch", "--precisions", "fp16",
                      "--limit", "40", "--json", out / "p.json", "--markdown", out / "p.md",
                      "--junit", out / "j.xml")
-    _one_line(result, 1, "parity gates failed: torch fp16 finite_logits")
+    one_line_error(result, 1, "parity gates failed: torch fp16 finite_logits")
     report = _strict(out / "p.json")
     row = report["candidates"][0]
     assert row["metrics"]["nonfinite"] == 40 and row["metrics"]["max_abs"] is None
@@ -76,7 +72,7 @@ def test_a_model_whose_reference_is_not_finite_exports_nothing(tmp_path, run_cli
     ckpt = _checkpoint(tmp_path / "inf.pt", **{"fc.bias": lambda t: t.__setitem__(0, 3e38),
                                                "fc.weight": lambda t: t.fill_(3e38)})
     result = run_cli("export", ckpt, "--out", tmp_path / "w")
-    _one_line(result, 1, "PyTorch itself gives NaN or inf logits")
+    one_line_error(result, 1, "PyTorch itself gives NaN or inf logits")
     assert not (tmp_path / "w" / "model.onnx").exists()
 
 
@@ -85,7 +81,7 @@ def test_non_finite_input_data_is_refused_naming_file_and_image(digits_workdir, 
     x[3, 1, 2, 2] = np.nan
     np.save(tmp_path / "x.npy", x)
     result = run_cli("parity", digits_workdir, "--data", f"npy:{tmp_path / 'x.npy'}")
-    _one_line(result, 2, f"{tmp_path / 'x.npy'} image 3 holds NaN or inf values")
+    one_line_error(result, 2, f"{tmp_path / 'x.npy'} image 3 holds NaN or inf values")
 
 
 # ---- stale and half-written artifacts ---------------------------------------------------------
@@ -102,13 +98,13 @@ def two_models(calibrated_workdir, tmp_path):
 
 def test_stale_int8_is_refused_by_every_consumer(two_models, run_cli, tmp_path, monkeypatch):
     stale = "model.int8.onnx is stale: it was made from an earlier model.onnx; remake it with `resnet-edge calibrate"
-    _one_line(run_cli("parity", two_models, "--precisions", "int8", "--backends", "ort"), 2, stale)
+    one_line_error(run_cli("parity", two_models, "--precisions", "int8", "--backends", "ort"), 2, stale)
     result = run_cli("bundle", two_models, "--out", tmp_path / "b.tar.gz")
-    _one_line(result, 2, "is stale: it was made from an earlier model.onnx")
+    one_line_error(result, 2, "is stale: it was made from an earlier model.onnx")
     assert not (tmp_path / "b.tar.gz").exists()
     from trt_standin import StandIn
     StandIn("10.3.0").install(monkeypatch)
-    _one_line(run_cli("build", two_models, "--precision", "int8"), 2, "is stale")
+    one_line_error(run_cli("build", two_models, "--precision", "int8"), 2, "is stale")
     assert not (two_models / "engines").exists()
 
 
@@ -118,7 +114,7 @@ def test_int8_gates_hold_on_unlabelled_data(calibrated_workdir):
     report = run_parity(calibrated_workdir, "random:32", backends=["ort"], precisions=["int8"],
                         thresholds=load_thresholds())
     gates = {g["gate"]: g for g in report["candidates"][0]["gates"]}
-    assert gates["top1_agreement"]["passed"] is not None and gates["cosine"]["passed"] is not None
+    assert gates["top1_agreement_pct"]["passed"] is not None and gates["cosine"]["passed"] is not None
     assert gates["accuracy_drop_pt"]["status"] == "not measured"
 
 
@@ -134,9 +130,9 @@ def test_an_interrupted_calibration_is_never_trusted(calibrated_workdir, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         calibrate(work, "digits:train", samples=64, method="entropy", holdout=20, step=kill)
     result = run_cli("parity", work, "--backends", "ort", "--precisions", "int8")
-    _one_line(result, 2, "model.int8.onnx was not made by a completed resnet-edge run")
+    one_line_error(result, 2, "model.int8.onnx was not made by a completed resnet-edge run")
     result = run_cli("bundle", work, "--out", tmp_path / "b.tar.gz")
-    _one_line(result, 2, "was not made by a completed resnet-edge run")
+    one_line_error(result, 2, "was not made by a completed resnet-edge run")
     again = calibrate(work, "digits:train", samples=64, method="entropy", holdout=20)
     assert again.path.exists() and not leftover.exists()  # the next run sweeps the leftover
     assert run_cli("parity", work, "--backends", "ort", "--precisions", "int8").exit_code == 0
@@ -148,7 +144,7 @@ def test_a_damaged_calibration_cache_is_not_bundled(calibrated_workdir, tmp_path
     cache = work / "calibration.cache"
     cache.write_text(cache.read_text()[:40])  # half-written
     result = run_cli("bundle", work, "--out", tmp_path / "b.tar.gz")
-    _one_line(result, 2, "calibration.cache changed after resnet-edge wrote it")
+    one_line_error(result, 2, "calibration.cache changed after resnet-edge wrote it")
     assert not (tmp_path / "b.tar.gz").exists()
 
 
@@ -160,7 +156,7 @@ def test_pipeline_remakes_stale_steps_and_never_leaves_an_old_bundle(trained_dig
     assert bundle.exists()
     (out / "calibration.cache").write_text("TRT-100300-EntropyCalibration2\n")  # damaged
     strict = tmp_path / "strict.toml"
-    strict.write_text("[fp16]\nmin_top1_agreement = 0.995\n[int8]\nmin_cosine = 0.9\n")
+    strict.write_text("[fp16]\nmin_top1_agreement_pct = 99.5\n[int8]\nmin_cosine = 0.9\n")
     second = run_cli(*args, "--thresholds", strict)
     assert second.exit_code == 0, second.output
     steps = {line.split("│")[1].strip(): line.split("│")[2].strip()
@@ -195,7 +191,7 @@ def test_a_malformed_card_in_a_checkpoint_exits_2(change, message, tmp_path, run
     change(data)
     torch.save({"format": zoo.CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "card": data},
                tmp_path / "bad.pt")
-    _one_line(run_cli("export", tmp_path / "bad.pt", "--out", tmp_path / "o"), 2, message)
+    one_line_error(run_cli("export", tmp_path / "bad.pt", "--out", tmp_path / "o"), 2, message)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
@@ -221,7 +217,7 @@ def test_garbage_onnx_and_manifests_say_what_they_are(tmp_path, digits_workdir, 
         work = tmp_path / f"w{len(content)}"
         shutil.copytree(digits_workdir, work)
         (work / "manifest.json").write_bytes(content)
-        _one_line(run_cli("parity", work), 2, message)
+        one_line_error(run_cli("parity", work), 2, message)
 
 
 def test_onnxruntime_refusing_a_batch_names_the_file(tmp_path):
@@ -262,7 +258,7 @@ def test_a_truncated_image_decoded_in_a_worker_is_named(trained_digits, tmp_path
     cut = tmp_path / "data" / "3" / "cut.jpg"
     cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
     result = run_cli("eval", trained_digits.model_path, "--data", f"imagefolder:{tmp_path / 'data'}")
-    _one_line(result, 2, f"{cut} cannot be decoded")
+    one_line_error(result, 2, f"{cut} cannot be decoded")
 
 
 def test_a_decompression_bomb_image_is_refused_by_name(trained_digits, tmp_path, run_cli):
@@ -270,7 +266,7 @@ def test_a_decompression_bomb_image_is_refused_by_name(trained_digits, tmp_path,
     bomb = tmp_path / "data" / "4" / "bomb.png"
     bomb.write_bytes(_png_header(40000, 40000))  # 1.6 gigapixels declared in 100 bytes
     result = run_cli("eval", trained_digits.model_path, "--data", f"imagefolder:{tmp_path / 'data'}")
-    _one_line(result, 2, f"{bomb} is refused")
+    one_line_error(result, 2, f"{bomb} is refused")
 
 
 @pytest.mark.parametrize("code,message", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
@@ -283,7 +279,7 @@ def test_full_or_read_only_disks_are_said_as_such(code, message, tmp_path, run_c
             raise OSError(code, "simulated", str(tmp_path / "o" / "model.onnx"))
         return real(*args, **kwargs)
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    _one_line(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, message)
+    one_line_error(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, message)
     assert not (tmp_path / "o" / "model.onnx").exists()
 
 
@@ -294,7 +290,7 @@ def test_a_library_that_hides_a_full_disk_is_still_said_as_such(tmp_path, run_cl
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 2048 vs 1974")
     monkeypatch.setattr(zoo.torch, "save", unexpected_pos)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(1 << 30, 1 << 30, 0))
-    _one_line(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, "no space left on the device")
+    one_line_error(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, "no space left on the device")
     assert not (tmp_path / "o" / "model.pt").exists() and not list((tmp_path / "o").glob(".*.tmp"))
 
 
@@ -308,32 +304,34 @@ def test_labels_must_be_class_indices(labels, message, tmp_path, digits_workdir,
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 32, 32), np.float32))
     np.save(tmp_path / "y.npy", labels)
     spec = f"npy:{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
-    _one_line(run_cli("parity", digits_workdir, "--data", spec), 2, message)
+    one_line_error(run_cli("parity", digits_workdir, "--data", spec), 2, message)
 
 
 def test_an_empty_npy_exits_2(tmp_path, digits_workdir, run_cli):
     np.save(tmp_path / "x.npy", np.zeros((0, 3, 32, 32), np.float32))
-    _one_line(run_cli("parity", digits_workdir, "--data", f"npy:{tmp_path / 'x.npy'}"), 2, "holds no images")
+    one_line_error(run_cli("parity", digits_workdir, "--data", f"npy:{tmp_path / 'x.npy'}"), 2, "holds no images")
 
 
 @pytest.mark.parametrize("toml,message", [
     ("[int8]\nmax_accuracy_drop_pt = -1\n", "outside 0..100"),
     ("[int8]\nmax_accuracy_drop_pt = nan\n", "outside 0..100"),
-    ("[fp16]\nmin_top1_agreement = \"0.99\"\n", "must be a number"),
-    ("[fp16]\nmin_top1_agreement = [0.99]\n", "must be a number"),
-    ("[fp16]\nmin_top1_agreement = 99.5\n", "outside 0..1"),
+    ("[fp16]\nmin_top1_agreement_pct = \"99\"\n", "must be a number"),
+    ("[fp16]\nmin_top1_agreement_pct = [99]\n", "must be a number"),
+    ("[fp16]\nmin_top1_agreement_pct = 995\n", "outside 0..100"),
+    # the old fraction-valued name is refused, never read as 0.995 %
+    ("[fp16]\nmin_top1_agreement = 0.995\n", "unknown key 'min_top1_agreement'"),
 ])
 def test_thresholds_are_checked_before_any_work(toml, message, tmp_path, digits_workdir, run_cli):
     (tmp_path / "t.toml").write_text(toml)
-    _one_line(run_cli("parity", digits_workdir, "--thresholds", tmp_path / "t.toml"), 2, message)
+    one_line_error(run_cli("parity", digits_workdir, "--thresholds", tmp_path / "t.toml"), 2, message)
     (tmp_path / "latin1.toml").write_bytes("[int8]\n# caf\xe9\n".encode("latin-1"))
-    _one_line(run_cli("parity", digits_workdir, "--thresholds", tmp_path / "latin1.toml"), 2,
+    one_line_error(run_cli("parity", digits_workdir, "--thresholds", tmp_path / "latin1.toml"), 2,
               "cannot read thresholds")
-    _one_line(run_cli("parity", digits_workdir, "--gate", "int8.max_abs=nan"), 2, "outside 0..inf")
+    one_line_error(run_cli("parity", digits_workdir, "--gate", "int8.max_abs=nan"), 2, "outside 0..inf")
 
 
 def test_report_paths_are_checked_before_the_work(digits_workdir, tmp_path, run_cli):
     (tmp_path / "a_file").write_text("")
-    _one_line(run_cli("parity", digits_workdir, "--json", tmp_path / "a_file" / "p.json"), 2,
+    one_line_error(run_cli("parity", digits_workdir, "--json", tmp_path / "a_file" / "p.json"), 2,
               "is not writable")
-    _one_line(run_cli("verify", digits_workdir, "--json", tmp_path), 2, "is a folder")
+    one_line_error(run_cli("verify", digits_workdir, "--json", tmp_path), 2, "is a folder")

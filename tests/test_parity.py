@@ -7,14 +7,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cli_output import problem_lines
+from resnet_edge.metrics import Accuracy, LogitComparison
 from resnet_edge.parity.gates import DEFAULTS, load_thresholds
-from resnet_edge.parity.metrics import Accuracy, LogitComparison
 from resnet_edge.parity.run import run_parity
 
 TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "machine", "thresholds",
             "reference", "candidates", "summary"}
 ROW_KEYS = {"backend", "precision", "status", "reason", "device", "metrics", "accuracy",
-            "latency", "gates"}
+            "latency", "gates", "error_histogram", "disagreements"}
 
 
 def test_streaming_metrics_equal_whole_set_numbers():
@@ -86,7 +87,7 @@ def test_a_hand_edited_model_is_refused_not_compared(digits_workdir, run_cli, tm
     result = run_cli("parity", bad, "--backends", "ort", "--precisions", "fp32")
     assert result.exit_code == 2
     assert "model.onnx changed after resnet-edge wrote it" in result.stderr
-    assert "resnet-edge export" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "resnet-edge export" in result.stderr and len(problem_lines(result.stderr)) == 1
 
 
 def test_gate_really_fails_and_says_measured_vs_threshold(digits_workdir, run_cli, tmp_path):
@@ -135,10 +136,10 @@ def test_unlabelled_data_says_accuracy_not_measured(digits_workdir):
 def test_thresholds_layering_and_errors(tmp_path):
     toml = tmp_path / "t.toml"
     toml.write_text("[int8]\nmax_accuracy_drop_pt = 0.5\n")
-    table = load_thresholds(toml, {"fp16": {"min_top1_agreement": 0.9}})
+    table = load_thresholds(toml, {"fp16": {"min_top1_agreement_pct": 90}})
     assert table["int8"].max_accuracy_drop_pt == 0.5
-    assert table["int8"].min_relative_accuracy == DEFAULTS["int8"].min_relative_accuracy
-    assert table["fp16"].min_top1_agreement == 0.9
+    assert table["int8"].min_relative_accuracy_pct == DEFAULTS["int8"].min_relative_accuracy_pct
+    assert table["fp16"].min_top1_agreement_pct == 90
     toml.write_text("[int8]\nmax_drop = 0.5\n")
     from resnet_edge.errors import BadInput
     with pytest.raises(BadInput, match="unknown key 'max_drop'"):
@@ -177,8 +178,30 @@ def test_bench_reports_latency_statistics(digits_workdir, run_cli, tmp_path):
 
 
 def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
-    result = pytester.runpytest_subprocess(
-        f"--parity-workdir={digits_workdir}",  # the pytest11 entry point loads the plugin
-        "--parity-backends=ort", "--parity-precisions=fp32,int8", "-v")
-    result.assert_outcomes(passed=3, skipped=1)  # finite_logits, top1_agreement, max_abs
-    result.stdout.fnmatch_lines(["*ort-fp32-max_abs PASSED*", "*ort-int8-available SKIPPED*"])
+    args = (f"--parity-workdir={digits_workdir}",  # the pytest11 entry point loads the plugin
+            "--parity-backends=ort,trt", "--parity-precisions=fp32,fp16")
+    # known from the options and thresholds alone: collecting opens nothing, so a work
+    # directory that is not there yet still lists (running would say it is missing)
+    listed = pytester.runpytest_subprocess("--parity-workdir=not-made-yet", *args[1:],
+                                           "--collect-only", "-q")
+    listed.stdout.fnmatch_lines(["resnet-edge-parity::ort-fp32::finite_logits",
+                                 "resnet-edge-parity::ort-fp16::accuracy_drop_pt",
+                                 "resnet-edge-parity::trt-fp16::top1_agreement_pct", "12 tests collected*"])
+
+    result = pytester.runpytest_subprocess(*args, "-v", "--junitxml=junit.xml")
+    # fp32: finite_logits, top1_agreement_pct, max_abs; fp16: finite_logits,
+    # top1_agreement_pct, accuracy_drop_pt; TensorRT is absent here: its 6 skip with the reason
+    result.assert_outcomes(passed=6, skipped=6)
+    result.stdout.fnmatch_lines(["*collected 12 items", "*ort-fp32::max_abs PASSED*",
+                                 "*trt-fp16::accuracy_drop_pt SKIPPED*"])
+    cases = list(ET.parse(pytester.path / "junit.xml").getroot().iter("testcase"))
+    names = {(c.get("classname"), c.get("name")) for c in cases}
+    assert all("TensorRT is not installed" in c.find("skipped").get("message")
+               for c in cases if c.get("classname").startswith("resnet-edge-parity.trt"))
+    assert ("resnet-edge-parity.ort-fp16", "accuracy_drop_pt") in names and len(names) == 12
+
+    one = pytester.runpytest_subprocess(*args, "-k", "ort-fp16 and accuracy_drop_pt", "-q")
+    one.assert_outcomes(passed=1, deselected=11)
+    bad = pytester.runpytest_subprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=tvm")
+    bad.stdout.fnmatch_lines(["*unknown backend 'tvm'*"])
+    assert "Traceback" not in bad.stdout.str()

@@ -12,6 +12,7 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
+from cli_output import one_line_error
 from resnet_edge.calibration import calibrate
 from resnet_edge.deploy import make_bundle, safe_extract
 from resnet_edge.errors import BadInput
@@ -21,10 +22,6 @@ from resnet_edge.parity.run import run_parity
 from resnet_edge.zoo import load_model
 
 
-def _one_line(result, code, message):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
 
 
 def _photos(folder, count, nested=False):
@@ -79,7 +76,7 @@ def test_a_5_of_10_class_evaluation_set_is_accepted_and_said(digits_workdir, tmp
         for i in np.flatnonzero(digits.labels == label)[:3]:
             img = (digits.images[i][0].numpy() * 255).astype(np.uint8)
             Image.fromarray(img).resize((32, 32)).save(folder / str(label) / f"{i}.png")
-    result = run_cli("eval", digits_workdir / "model.pt", "--data", f"imagefolder:{folder}", "--json")
+    result = run_cli("eval", digits_workdir / "model.pt", "--data", f"imagefolder:{folder}", "--json", "-")
     assert result.exit_code == 0, result.output and json.loads(result.stdout)["images"] == 6
 
 
@@ -127,9 +124,9 @@ def test_a_static_batch_1_export_refuses_batch_2_in_every_runtime(static_batch1,
                                                                   monkeypatch):
     dims = onnx.load(str(static_batch1 / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_value == 1  # static in the file itself
-    _one_line(run_cli("parity", static_batch1, "--batch-size", "2"), 2,
+    one_line_error(run_cli("parity", static_batch1, "--batch-size", "2"), 2,
               "--batch-size 2 is outside the model's batch profile: it takes only 1")
-    _one_line(run_cli("bench", static_batch1, "--batch-sizes", "1,2"), 2, "--batch-sizes 2 is outside")
+    one_line_error(run_cli("bench", static_batch1, "--batch-sizes", "1,2"), 2, "--batch-sizes 2 is outside")
     ok = run_cli("parity", static_batch1, "--backends", "ort", "--precisions", "fp32,fp16", "--limit", "5")
     assert ok.exit_code == 0, ok.output  # the default batch follows the profile
     from resnet_edge.runtime.backends import OrtBackend
@@ -147,7 +144,7 @@ def test_a_static_batch_1_export_refuses_batch_2_in_every_runtime(static_batch1,
     made = make_bundle(static_batch1, "jetpack6", tmp_path / "b.tar.gz", golden=3)
     info = json.loads((safe_extract(made.path, tmp_path / "x") / "bundle.json").read_text())
     assert (info["min_batch"], info["opt_batch"], info["max_batch"], info["static_batch"]) == (1, 1, 1, True)
-    verified = run_cli("verify", made.path, "--iterations", "2", "--backend", "onnxruntime")
+    verified = run_cli("verify", made.path, "--iterations", "2", "--backend", "ort")
     assert verified.exit_code == 0, verified.output  # golden inputs run one by one
 
 
@@ -189,9 +186,9 @@ def test_weights_come_from_a_folder_checked_against_torchvision_hashes(tmp_path,
     model, _ = load_model("resnet18", weights="none")
     missing = run_cli("export", "resnet18", "--weights", "IMAGENET1K_V1", "--weights-dir", tmp_path,
                       "--out", tmp_path / "o")
-    _one_line(missing, 2, "resnet18-f37072fd.pth not found: --weights-dir holds torchvision weight files")
+    one_line_error(missing, 2, "resnet18-f37072fd.pth not found: --weights-dir holds torchvision weight files")
     torch.save(model.state_dict(), tmp_path / "resnet18-f37072fd.pth")  # right name, wrong bytes
-    _one_line(run_cli("export", "resnet18", "--weights", "IMAGENET1K_V1", "--weights-dir", tmp_path,
+    one_line_error(run_cli("export", "resnet18", "--weights", "IMAGENET1K_V1", "--weights-dir", tmp_path,
                       "--out", tmp_path / "o"), 2, "does not match the sha256 prefix f37072fd")
     digest = hashlib.sha256((tmp_path / "resnet18-f37072fd.pth").read_bytes()).hexdigest()[:8]
     (tmp_path / "resnet18-f37072fd.pth").rename(tmp_path / f"resnet18-{digest}.pth")

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
+from cli_output import problem_lines
 from resnet_edge.runtime import trt_engine
 from trt_standin import FAMILIES, CUDART_NAMES, Device, StandIn, standin_logits, surface
 
@@ -251,7 +252,7 @@ def test_cli_refuses_compatibility_flags_with_exit_2(standin, calibrated_workdir
     standin("8.5.3")
     result = run_cli("build", calibrated_workdir, "--version-compatible")
     assert result.exit_code == 2 and "needs TensorRT 8.6 or newer" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(problem_lines(result.stderr)) == 1
 
 
 # ---- cuda-python --------------------------------------------------------------------------------

@@ -18,8 +18,7 @@ from ..artifacts import WorkDir, atomic_path, write_bytes_atomic
 from ..data import RandomSource, batches, match_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card, write_fp16
-from ..export.metadata import load_onnx, module_of
-from ..export.metadata import read_props
+from ..export.metadata import QUANT_KEY, load_onnx, module_of
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
 from ..runtime.ort import make_session
@@ -32,7 +31,6 @@ INT8_NAME = "model.int8.onnx"
 INT8_FP16_NAME = INT8_FP16_FILE
 RANGES_NAME = "calibration.ranges.json"
 CACHE_NAME = "calibration.cache"
-QUANT_KEY = "resnet_edge.quantization"
 EVAL_DEFAULT = "digits:test"
 ANALYSIS_HOLDOUT = 500  # held-out images for --sensitivity and --exclude auto
 
@@ -46,11 +44,6 @@ class CalibrationResult:
     holdout: dict | None = None
     sensitivity: list[dict] | None = None
     excluded: list[str] = field(default_factory=list)
-
-
-def quantization_info(onnx_path) -> dict:
-    raw = read_props(onnx_path).get(QUANT_KEY)
-    return json.loads(raw) if raw else {}
 
 
 def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAMPLES,
@@ -260,9 +253,9 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
         step(f"checking the int8 gate with {len(excluded)} layer(s) left in float")
         top1 = evaluate.top1(excluded)
         drop = (evaluate.fp32_top1 - top1) * 100
-        rel = top1 / evaluate.fp32_top1 if evaluate.fp32_top1 else 1.0
+        rel = top1 / evaluate.fp32_top1 * 100 if evaluate.fp32_top1 else 100.0
         if ((gate.max_accuracy_drop_pt is None or drop <= gate.max_accuracy_drop_pt)
-                and (gate.min_relative_accuracy is None or rel >= gate.min_relative_accuracy)):
+                and (gate.min_relative_accuracy_pct is None or rel >= gate.min_relative_accuracy_pct)):
             return excluded
     return excluded
 

@@ -16,14 +16,13 @@ import numpy as np
 
 from .. import __version__
 from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
-from ..calibration import CACHE_NAME, INT8_NAME, quantization_info
+from ..calibration import CACHE_NAME, INT8_NAME
 from ..calibration.dataset import balanced_indices
 from ..data import batches, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
-from ..export import FP16_NAME, ONNX_NAME, export_profile
-from ..export.metadata import load_onnx
+from ..export import FP16_NAME, ONNX_NAME, export_profile, open_workdir
+from ..export.metadata import load_onnx, quantization_info
 from ..parity.gates import Thresholds, load_thresholds
-from ..parity.run import open_workdir
 from ..runtime import trt_engine
 from ..runtime.backends import TorchBackend, remake_command
 from . import signing
@@ -46,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 RUNTIME = HERE.parent / "runtime"
 PARITY = HERE.parent / "parity"
 LIB = {"trt_engine.py": RUNTIME / "trt_engine.py", "timing.py": RUNTIME / "timing.py",
-       "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": PARITY / "metrics.py",
+       "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": HERE.parent / "metrics.py",
        "archive.py": HERE / "archive.py", "signing.py": HERE / "signing.py",
        "strictjson.py": HERE.parent / "strictjson.py"}
 

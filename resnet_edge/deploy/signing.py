@@ -55,7 +55,7 @@ def keygen(out: str | os.PathLike, *, force: bool = False) -> tuple[Path, Path, 
     private_path, public_path = out.with_name(out.name + ".key"), out.with_name(out.name + ".pub")
     for path in (private_path, public_path):
         if path.exists() and not force:
-            raise SignatureError(f"{path} exists; keep it, choose another --out, or pass --force")
+            raise SignatureError(f"{path} exists; keep it, choose another --name, or pass --force")
     if not out.parent.is_dir():
         raise SignatureError(f"folder {out.parent} does not exist; create it first")
     private = ed25519.Ed25519PrivateKey.generate()

@@ -36,7 +36,8 @@ import numpy as np
 
 try:  # inside the resnet_edge package
     from .. import strictjson
-    from ..parity import gates, metrics
+    from .. import metrics
+    from ..parity import gates
     from ..runtime import ort, timing, trt_engine
     from . import archive, signing
 except ImportError:  # as verify.py in an extracted bundle
@@ -263,25 +264,32 @@ class TrtRunner:
         self.runner.close()
 
 
+BACKENDS = ("auto", "trt", "ort")  # the names parity and bench use too
+
+
 def choose_backend(requested: str, require_tensorrt: bool = False) -> str:
+    """'trt' or 'ort'. auto takes TensorRT where it imports and falls back to ONNX Runtime,
+    which checks the ONNX files but tests no engine; --require-tensorrt forbids that."""
+    if requested not in BACKENDS:
+        raise BundleError(f"unknown backend {requested!r}; use {', '.join(BACKENDS)}")
     have_trt = importlib.util.find_spec("tensorrt") is not None
     have_ort = importlib.util.find_spec("onnxruntime") is not None
-    if (requested == "tensorrt" or require_tensorrt) and not have_trt:
+    if (requested == "trt" or require_tensorrt) and not have_trt:
         raise BundleError("TensorRT is not importable here (JetPack ships it; x86: pip install "
                           "tensorrt), so no engine can be tested", 3)
-    if requested == "onnxruntime" and not have_ort:
+    if requested == "ort" and not have_ort:
         raise BundleError("onnxruntime is not installed (pip install onnxruntime)", 3)
     if requested != "auto":
         return requested
     if have_trt:
-        return "tensorrt"
+        return "trt"
     if have_ort:
-        return "onnxruntime"
+        return "ort"
     raise BundleError("neither TensorRT nor onnxruntime is available here", 3)
 
 
 def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = "auto",
-           build: bool = True, iterations: int = 50, key: Path | None = None,
+           build: bool = True, iterations: int = 100, key: Path | None = None,
            device_dir: Path | None = None, require_tensorrt: bool = False) -> dict:
     """Run the bundle's checks; the report's "exit_code" is what the command exits with."""
     if iterations < 1:
@@ -303,7 +311,7 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
     rows = []
     batch = min(info["max_batch"], len(bundle.inputs))
     for precision in wanted:
-        runner = (TrtRunner(bundle, precision, build, devices) if chosen == "tensorrt"
+        runner = (TrtRunner(bundle, precision, build, devices) if chosen == "trt"
                   else OrtRunner(bundle, precision))
         comparison, accuracy = metrics.LogitComparison(), metrics.Accuracy()
         for start in range(0, len(bundle.inputs), batch):
@@ -324,8 +332,8 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
                      "accuracy": acc, "latency": latency,
                      "gates": [dict(vars(g), status=g.status) for g in results]})
     failed = [f"{r['precision']} {g['gate']}" for r in rows for g in r["gates"] if g["passed"] is False]
-    return {"schema": "resnet-edge.verify/2", "bundle": info, "backend": chosen,
-            "engine_tested": chosen == "tensorrt",
+    return {"schema": "resnet-edge.verify/3", "bundle": info, "backend": chosen,
+            "engine_tested": chosen == "trt",
             "integrity": {"manifest_sha256": bundle.manifest_sha256,
                           "files": len(bundle.manifest["files"]), **bundle.signature},
             "device": device_info(), "device_dir": str(devices),
@@ -349,9 +357,18 @@ def integrity_lines(report: dict) -> list[str]:
         lines.append("signature: none; the bundle is unsigned, so compare the manifest sha256 above "
                      "with the one `resnet-edge bundle` printed")
     if not report["engine_tested"]:
-        lines.append("note: TensorRT is not available here, so ONNX Runtime checked the ONNX files "
-                     "and no engine was tested")
+        lines.append(FALLBACK)
     return lines
+
+
+FALLBACK = ("warning: ONNX Runtime ran the bundle's ONNX files instead of TensorRT, so no engine "
+            "was tested: this checks the files and the model, not what the device will run "
+            "(run where TensorRT is, or pass --require-tensorrt to make this an error)")
+
+
+def verdict_line(report: dict) -> str:
+    result = "PASS" if report["passed"] else "FAIL"
+    return result if report["engine_tested"] else f"{result} (ONNX Runtime only: no engine tested)"
 
 
 def _write_report(report: dict, path: Path) -> None:
@@ -367,13 +384,16 @@ def main(argv=None) -> int:
                         help="bundle folder or .tar.gz [the folder this script is in]")
     parser.add_argument("--key", type=Path, help="the signer's public key (NAME.pub): refuse a bundle "
                         "it did not sign")
-    parser.add_argument("--precision", action="append", choices=list(PRECISIONS),
-                        help="repeatable [every precision in the bundle]")
-    parser.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto")
+    parser.add_argument("--precisions", help="comma list of " + ", ".join(PRECISIONS)
+                        + " [every precision in the bundle]")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="trt (TensorRT engines), ort (ONNX Runtime on the ONNX files), or "
+                        "auto: trt where TensorRT is, else ort with a warning [auto]")
     parser.add_argument("--require-tensorrt", action="store_true",
                         help="exit 3 instead of falling back to ONNX Runtime")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building a missing engine")
-    parser.add_argument("--iterations", type=int, default=50, help="latency iterations")
+    parser.add_argument("--iterations", type=int, default=100,
+                        help="timed iterations per precision [100]")
     parser.add_argument("--device-dir", type=Path, help="engines and reports [<bundle>.device]")
     parser.add_argument("--json", type=Path, help="[<device dir>/verify.json]")
     args = parser.parse_args(argv)
@@ -384,7 +404,8 @@ def main(argv=None) -> int:
                 folder = archive.safe_extract(folder, tmp)
             devices = args.device_dir or trt_engine.device_dir(
                 args.bundle if args.bundle.is_dir() else Path(str(args.bundle).removesuffix(".tar.gz")))
-            report = verify(folder, precisions=args.precision, backend=args.backend,
+            wanted = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
+            report = verify(folder, precisions=wanted, backend=args.backend,
                             build=not args.no_build, iterations=args.iterations, key=args.key,
                             device_dir=devices, require_tensorrt=args.require_tensorrt)
     except BundleError as exc:
@@ -401,13 +422,11 @@ def main(argv=None) -> int:
         lat = row["latency"]["host_to_host"]
         acc = f", top-1 {row['accuracy']['top1']:.2%}" if row["accuracy"] else ""
         bad = [g for g in row["gates"] if g["passed"] is False]
-        verdict = ("FAIL: " + ", ".join(f"{g['gate']} {g['value']:.4g} vs {g['threshold']:.4g}"
-                                        if g["value"] is not None else g["gate"] for g in bad)
-                   if bad else "pass")
+        verdict = "FAIL: " + ", ".join(gates.describe(g) for g in bad) if bad else "pass"
         print(f"{row['backend']}: max abs {row['metrics']['max_abs']:.3g}, top-1 agreement "
               f"{row['metrics']['top1_agreement']:.2%}{acc}, p50 {lat['p50_ms']:.2f} ms "
               f"(batch {lat['batch_size']}): {verdict}")
-    print(f"{'PASS' if report['passed'] else 'FAIL'}; wrote {out}")
+    print(f"{verdict_line(report)}; wrote {out}")
     return report["exit_code"]
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..artifacts import WorkDir, ensure_writable_dir, write_bytes_atomic
 from ..errors import BadInput, GateFailed
-from ..zoo import ModelCard, save_checkpoint
+from ..zoo import ModelCard, load_checkpoint, save_checkpoint
 from .checks import BatchCheck, check_sizes, compare_with_onnxruntime, run_checker
 from .metadata import load_onnx, read_card, write_metadata
 from .torch_to_onnx import ExportOptions, export_onnx
@@ -123,6 +123,24 @@ def export_profile(workdir: str | Path) -> dict:
                        f"{ONNX_NAME}; export it again") from None
 
 
+def open_workdir(workdir: str | Path):
+    """(card, torch model) from a work directory that `export` made, or a clear error."""
+    workdir = Path(workdir)
+    onnx_path = workdir / ONNX_NAME
+    if not onnx_path.exists():
+        raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
+    if not (workdir / CHECKPOINT_NAME).exists():
+        raise BadInput(f"{workdir} has no {CHECKPOINT_NAME} for the PyTorch reference; re-run export")
+    wd = WorkDir(workdir)
+    for name in (ONNX_NAME, CHECKPOINT_NAME):  # the reference and the ONNX must be one export
+        wd.vouch(name, f"resnet-edge export <model or checkpoint> --out {workdir} --force")
+    card = read_card(onnx_path)
+    if card is None:
+        raise BadInput(f"{onnx_path} carries no resnet-edge model card; export it with resnet-edge")
+    model, _ = load_checkpoint(workdir / CHECKPOINT_NAME)
+    return card, model
+
+
 def check_batch_sizes(profile: dict, sizes, what: str) -> None:
     """Refuse, in one line, batch sizes the exported model cannot take."""
     outside = [s for s in sizes if not profile["min"] <= s <= profile["max"]]
@@ -180,6 +198,6 @@ def write_fp16(model: onnx.ModelProto, dst: Path) -> str:
     return write_bytes_atomic(dst, proto.SerializeToString())
 
 
-__all__ = ["ExportOptions", "ExportResult", "export_model", "export_onnx", "read_card",
+__all__ = ["open_workdir", "ExportOptions", "ExportResult", "export_model", "export_onnx", "read_card",
            "export_profile", "check_batch_sizes", "prepare_export",
            "write_fp16", "ONNX_NAME", "FP16_NAME", "CHECKPOINT_NAME"]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import GateFailed
-from ..parity.metrics import LogitComparison
+from ..metrics import LogitComparison
 from ..runtime.ort import make_session
 from .torch_to_onnx import INPUT_NAME
 

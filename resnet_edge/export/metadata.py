@@ -15,6 +15,7 @@ from ..zoo import ModelCard
 
 CARD_KEY = "resnet_edge.card"
 EXPORT_KEY = "resnet_edge.export"
+QUANT_KEY = "resnet_edge.quantization"
 
 
 def load_onnx(path: str | os.PathLike, *, weights: bool = True) -> onnx.ModelProto:
@@ -70,6 +71,12 @@ def _json_prop(model, key: str, what: str):
     except json.JSONDecodeError:
         where = model if not isinstance(model, onnx.ModelProto) else "the ONNX model"
         raise BadInput(f"{where}: its {what} metadata is not JSON; export it again") from None
+
+
+def quantization_info(onnx_path) -> dict:
+    """What `calibrate` recorded in an int8 model (recipe, method, samples), or {}."""
+    raw = read_props(onnx_path).get(QUANT_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def read_card(model: onnx.ModelProto | str | os.PathLike) -> ModelCard | None:

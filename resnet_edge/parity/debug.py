@@ -53,14 +53,20 @@ def exposed(model: onnx.ModelProto, names: list[str]) -> bytes:
 
 def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images: int = 8,
                  tolerance: float | None = None, candidate: str | Path | None = None,
-                 backend: str = "ort") -> dict:
+                 backend: str = "auto") -> dict:
     """Per-layer error of `precision` (or the `candidate` file) against the fp32 model, run by
     ONNX Runtime, or by a TensorRT debug engine with every compared tensor marked as an output
-    (`backend="trt"`, built from the ONNX file this TensorRT's build plan picks)."""
+    (`backend="trt"`, built from the ONNX file this TensorRT's build plan picks). auto takes
+    trt where TensorRT imports and the comparison is one it can build, else ort; the report's
+    "backend" says which ran."""
     if precision not in TOLERANCE:
         raise BadInput(f"debug compares fp16, int8 or int8-fp16 with fp32; got {precision!r}")
-    if backend not in ("ort", "trt"):
-        raise BadInput(f"unknown --backend {backend!r}; use ort or trt")
+    if backend not in ("auto", "ort", "trt"):
+        raise BadInput(f"unknown --backend {backend!r}; use auto, trt or ort")
+    if backend == "auto":
+        import importlib.util
+        buildable = candidate is None and precision != "int8-fp16"
+        backend = "trt" if buildable and importlib.util.find_spec("tensorrt") else "ort"
     if backend == "trt" and (candidate is not None or precision == "int8-fp16"):
         raise BadInput("with --backend trt, debug builds from the ONNX file TensorRT's build plan "
                        "picks: use --precision fp16 or int8 and no --candidate")

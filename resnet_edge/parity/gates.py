@@ -15,23 +15,24 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Thresholds:
-    """None disables a gate. Agreement and accuracy are fractions; drops are in points."""
+    """None disables a gate. The unit is in the name: _pct a percentage (99.5 means 99.5 %),
+    _pt percentage points; cosine and max_abs have none."""
 
-    min_top1_agreement: float | None = None
+    min_top1_agreement_pct: float | None = None
     min_cosine: float | None = None  # mean cosine similarity of logits: a scale-free error bound
     max_abs: float | None = None
     max_accuracy_drop_pt: float | None = None
-    min_relative_accuracy: float | None = None
+    min_relative_accuracy_pct: float | None = None
 
 
 DEFAULTS = {
-    "fp32": Thresholds(min_top1_agreement=1.0, max_abs=1e-3),
-    "fp16": Thresholds(min_top1_agreement=0.995, max_accuracy_drop_pt=0.1),
+    "fp32": Thresholds(min_top1_agreement_pct=100.0, max_abs=1e-3),
+    "fp16": Thresholds(min_top1_agreement_pct=99.5, max_accuracy_drop_pt=0.1),
     # agreement and cosine gate int8 on unlabelled data too; measured (README) on the digits
     # ResNet-20 and a ResNet-18: 100% agreement and cosine >= 0.9998 for every calibration
     # method, with room for 1000-class models where near-ties flip
-    "int8": Thresholds(min_top1_agreement=0.95, min_cosine=0.99, max_accuracy_drop_pt=1.0,
-                       min_relative_accuracy=0.99),
+    "int8": Thresholds(min_top1_agreement_pct=95.0, min_cosine=0.99, max_accuracy_drop_pt=1.0,
+                       min_relative_accuracy_pct=99.0),
 }
 
 
@@ -54,9 +55,10 @@ class GateResult:
         return {True: "pass", False: "fail", None: "not measured"}[self.passed]
 
 
-# the range each threshold must lie in (agreement and relative accuracy are fractions)
-RANGES = {"min_top1_agreement": (0.0, 1.0), "min_cosine": (-1.0, 1.0), "max_abs": (0.0, math.inf),
-          "max_accuracy_drop_pt": (0.0, 100.0), "min_relative_accuracy": (0.0, 1.0)}
+# the range each threshold must lie in
+RANGES = {"min_top1_agreement_pct": (0.0, 100.0), "min_cosine": (-1.0, 1.0),
+          "max_abs": (0.0, math.inf), "max_accuracy_drop_pt": (0.0, 100.0),
+          "min_relative_accuracy_pct": (0.0, 100.0)}
 SECTIONS = ("fp32", "fp16", "int8", "int8-fp16")
 
 
@@ -116,15 +118,28 @@ def load_thresholds(toml_path: str | Path | None = None,
         raise BadInput(str(exc)) from None
 
 
+# each threshold and the gate it sets, in the order evaluate_gates reports them
+GATE_OF = {"min_top1_agreement_pct": "top1_agreement_pct", "min_cosine": "cosine",
+           "max_abs": "max_abs", "max_accuracy_drop_pt": "accuracy_drop_pt",
+           "min_relative_accuracy_pct": "relative_accuracy_pct"}
+
+
+def gate_names(t: Thresholds) -> list[str]:
+    """The gates `t` sets, known before anything runs: finite_logits always, then each set one."""
+    return ["finite_logits", *(gate for field, gate in GATE_OF.items()
+                               if getattr(t, field) is not None)]
+
+
 def evaluate_gates(t: Thresholds, comparison: dict, accuracy: dict | None,
                    reference_accuracy: dict | None) -> list[GateResult]:
     """Every gate of `t` on one candidate; non-finite logits always fail, whatever `t` says."""
     bad = comparison.get("nonfinite", 0)
     results = [GateResult("finite_logits", bad, 0, bad == 0,
                           f"{bad} NaN or inf logits" if bad else "")]
-    if t.min_top1_agreement is not None:
-        v = comparison["top1_agreement"]
-        results.append(GateResult("top1_agreement", v, t.min_top1_agreement, v >= t.min_top1_agreement))
+    if t.min_top1_agreement_pct is not None:
+        v = comparison["top1_agreement"] * 100
+        results.append(GateResult("top1_agreement_pct", v, t.min_top1_agreement_pct,
+                                  v >= t.min_top1_agreement_pct - 1e-9))
     if t.min_cosine is not None:
         v = comparison["cosine"]
         results.append(GateResult("cosine", v, t.min_cosine, v >= t.min_cosine))
@@ -137,10 +152,22 @@ def evaluate_gates(t: Thresholds, comparison: dict, accuracy: dict | None,
         results.append(GateResult("accuracy_drop_pt", drop, t.max_accuracy_drop_pt,
                                   drop <= t.max_accuracy_drop_pt + 1e-9 if measured else None,
                                   "" if measured else "no labels: accuracy not measured"))
-    if t.min_relative_accuracy is not None:
-        rel = (accuracy["top1"] / reference_accuracy["top1"] if measured and reference_accuracy["top1"]
-               else None)
-        results.append(GateResult("relative_accuracy", rel, t.min_relative_accuracy,
-                                  rel >= t.min_relative_accuracy - 1e-12 if rel is not None else None,
+    if t.min_relative_accuracy_pct is not None:
+        rel = (accuracy["top1"] / reference_accuracy["top1"] * 100
+               if measured and reference_accuracy["top1"] else None)
+        results.append(GateResult("relative_accuracy_pct", rel, t.min_relative_accuracy_pct,
+                                  rel >= t.min_relative_accuracy_pct - 1e-9 if rel is not None else None,
                                   "" if rel is not None else "no labels: accuracy not measured"))
     return results
+
+
+def describe(gate: dict) -> str:
+    """One gate result as a person reads it: 'top1_agreement_pct 99.37 < 99.5 (fail)'."""
+    if gate["passed"] is None:
+        return f"{gate['gate']} not measured ({gate.get('note') or 'no labels'})"
+    if gate["gate"] == "finite_logits":
+        return f"finite_logits: {gate['value']} NaN or inf logits ({gate['status']})"
+    low_is_bad = gate["gate"].startswith(("top1", "cosine", "relative"))
+    held = gate["passed"]
+    sign = (">=" if held else "<") if low_is_bad else ("<=" if held else ">")
+    return f"{gate['gate']} {gate['value']:.4g} {sign} {gate['threshold']:.4g} ({gate['status']})"

@@ -1,6 +1,9 @@
-"""Parity reports: a rich table for the terminal, JSON for machines, Markdown (+ PNG plot) for
-humans, JUnit XML (one test case per backend x precision x gate) for CI systems. Every format
-lists the skipped backends with their reasons."""
+"""Parity reports: a rich table for the terminal, JSON for machines, Markdown (+ PNG summary)
+and one self-contained HTML page for people, JUnit XML (one test case per backend x precision x
+gate) for CI systems. Every format lists the skipped backends with their reasons.
+
+Each writer takes (report, path) and returns the other files it wrote beside `path`.
+Keys starting with "_" (the HTML page's thumbnails) stay in memory and never reach a file."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from xml.etree import ElementTree as ET
 
 from rich.table import Table
 
-from ..artifacts import atomic_path, write_json_atomic, write_text_atomic
+from ..artifacts import write_bytes_atomic, write_json_atomic, write_text_atomic
+from . import plots
+from .gates import describe
 
 
 def _pct(v):
@@ -19,13 +24,19 @@ def _pct(v):
 
 
 def _gates_text(row) -> str:
+    """'pass', or 'FAIL: ' and each failing gate with its measured value and threshold."""
     if row["status"] == "skipped":
         return "skipped"
-    bad = [g["gate"] for g in row["gates"] if g["passed"] is False]
+    bad = [describe(g).removesuffix(" (fail)") for g in row["gates"] if g["passed"] is False]
     unmeasured = [g["gate"] for g in row["gates"] if g["passed"] is None]
     if bad:
         return "FAIL: " + ", ".join(bad)
     return "pass" + (f" ({', '.join(unmeasured)} not measured)" if unmeasured else "")
+
+
+def public(report: dict) -> dict:
+    """The report as files and --json carry it: without the in-memory "_" keys."""
+    return {k: v for k, v in report.items() if not k.startswith("_")}
 
 
 def table(report: dict) -> Table:
@@ -53,11 +64,12 @@ def table(report: dict) -> Table:
     return t
 
 
-def write_json(report: dict, path: str | os.PathLike) -> None:
-    write_json_atomic(path, report)
+def write_json(report: dict, path: str | os.PathLike) -> list[Path]:
+    write_json_atomic(path, public(report))
+    return []
 
 
-def write_junit(report: dict, path: str | os.PathLike) -> None:
+def write_junit(report: dict, path: str | os.PathLike) -> list[Path]:
     cases = []
     for row in report["candidates"]:
         classname = f"resnet_edge.parity.{row['backend']}.{row['precision']}"
@@ -68,7 +80,7 @@ def write_junit(report: dict, path: str | os.PathLike) -> None:
             continue
         for g in row["gates"]:
             case = ET.Element("testcase", classname=classname, name=g["gate"], time="0")
-            detail = f"{g['gate']} = {g['value']!r}, threshold {g['threshold']!r}"
+            detail = describe(g)
             if g["passed"] is False:
                 ET.SubElement(case, "failure", message=detail, type="ParityGateFailed").text = detail
             elif g["passed"] is None:
@@ -83,21 +95,22 @@ def write_junit(report: dict, path: str | os.PathLike) -> None:
     root.append(suite)
     ET.indent(root)
     write_text_atomic(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
+    return []
 
 
-def write_markdown(report: dict, path: str | os.PathLike) -> Path | None:
-    """Markdown report; the latency-vs-accuracy plot goes beside it as <name>.png."""
+def write_markdown(report: dict, path: str | os.PathLike) -> list[Path]:
+    """Markdown report; the summary picture goes beside it as <name>.png."""
     path = Path(path)
-    plot = plot_latency_accuracy(report, path.with_suffix(".png"))
+    picture = path.with_suffix(".png")
+    write_bytes_atomic(picture, plots.summary(report))
     ref, data, machine = report["reference"], report["data"], report["machine"]
-    lines = [f"# Parity: {report['model']['arch']}", "",
+    lines = [f"# Parity: {plots.title(report)}", "",
              f"- data: `{data['spec']}`, {data['images']} images, batch {data['batch_size']}"
-             + ("" if data["labelled"] else f" ({data['accuracy_note']})"),
+             + (f" ({data['accuracy_note']})" if data["accuracy_note"] else ""),
              f"- reference: {ref['device']}"
              + (f", top-1 {ref['accuracy']['top1']:.2%}, top-5 {ref['accuracy']['top5']:.2%}"
                 if ref["accuracy"] else ""),
-             f"- machine: {machine['cpu']} ({machine['cores']} cores)"
-             + (f", {machine['gpu']} (driver {machine['driver']})" if machine.get("gpu") else ", no GPU"),
+             f"- machine: {_machine_line(machine)}",
              f"- result: **{'PASS' if report['summary']['passed'] else 'FAIL'}**", "",
              "| backend | max abs | p99 abs | cosine | top-1 agreement | top-1 | drop (pt) | ms/batch p50 | gates |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -109,42 +122,26 @@ def write_markdown(report: dict, path: str | os.PathLike) -> Path | None:
         lines.append(f"| {row['device']} | {m['max_abs']:.2e} | {m['p99_abs']:.2e} | {m['cosine']:.6f} "
                      f"| {_pct(m['top1_agreement'])} | {_pct(a and a['top1'])} "
                      f"| {'-' if not a else format(a['drop_pt'], '+.2f')} "
-                     f"| {lat['p50_ms']:.2f} | {_gates_text(row)} |")
-    if plot:
-        lines += ["", f"![latency vs accuracy]({plot.name})"]
+                     f"| {_ms(lat)} | {_gates_text(row)} |")
+    lines += ["", f"![parity summary]({picture.name})"]
     write_text_atomic(path, "\n".join(lines) + "\n")
-    return plot
+    return [picture]
 
 
-def plot_latency_accuracy(report: dict, path: Path) -> Path | None:
-    """Latency (per batch, from the evaluation pass) against top-1, or agreement without labels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _ms(latency: dict | None) -> str:
+    return f"{latency['p50_ms']:.2f}" if latency else "-"
 
-    ref = report["reference"]
-    points = [(ref["device"], ref["latency"], ref["accuracy"]["top1"] if ref["accuracy"] else 1.0)]
-    for row in report["candidates"]:
-        if row["status"] == "ran":
-            y = row["accuracy"]["top1"] if row["accuracy"] else row["metrics"]["top1_agreement"]
-            points.append((row["device"], row["latency"], y))
-    points = [(label, lat["p50_ms"], y) for label, lat, y in points if lat]
-    if not points:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, x, y in points:
-        ax.scatter([x], [y * 100])
-        ax.annotate(label, (x, y * 100), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    measured = report["reference"]["latency"]["batch_size"] if report["reference"]["latency"] else "?"
-    ax.set_xlabel(f"latency per batch of {measured}, p50 (ms)")
-    ax.set_ylabel("top-1 (%)" if report["data"]["labelled"] else "top-1 agreement with reference (%)")
-    ax.set_title(f"{report['model']['arch']} on {report['data']['spec']}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+
+def _machine_line(machine: dict) -> str:
+    gpu = (f"{machine['gpu']} (driver {machine['driver']})" if machine.get("gpu") else "no GPU")
+    return f"{machine['cpu']} ({machine['cores']} cores), {gpu}, {machine['platform']}"
+
+
+def write_html(report: dict, path: str | os.PathLike) -> list[Path]:
+    """One self-contained page (pictures inline), viewable offline."""
+    from .html import page
+    write_text_atomic(path, page(report))
+    return []
 
 
 def load(path: str | os.PathLike) -> dict:

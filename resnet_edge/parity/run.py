@@ -12,19 +12,19 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
-from ..artifacts import WorkDir
 from ..data import batches, match_classes, open_data
 from ..errors import BadInput, GateFailed
-from ..export import CHECKPOINT_NAME, ONNX_NAME, check_batch_sizes, export_profile, read_card
+from ..export import check_batch_sizes, export_profile, open_workdir
 from ..runtime.backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
                                 open_backend)
 from ..runtime.latency import LatencyStats, describe_machine
-from ..zoo import load_checkpoint
 from .gates import Thresholds, evaluate_gates, for_precision
-from .metrics import Accuracy, LogitComparison
+from ..metrics import Accuracy, LogitComparison
 
 SCHEMA = "resnet-edge.parity/1"
 DEFAULT_BATCH = 32
+KEEP_DISAGREEMENTS = 12  # per candidate, for the HTML report's thumbnails
+THUMBNAIL_PX = 96
 # What each backend can run; torch int8 is not a thing this tool makes.
 # int8-fp16: the int8 model with fp16 float parts, which strongly typed TensorRT builds from;
 # TensorRT's own int8 engine is built from whichever int8 file its build plan picks.
@@ -42,24 +42,7 @@ class _Row:
     comparison: LogitComparison = field(default_factory=LogitComparison)
     accuracy: Accuracy = field(default_factory=Accuracy)
     seconds: list[float] = field(default_factory=list)
-
-
-def open_workdir(workdir: str | Path):
-    """(card, torch model) from a work directory that `export` made, or a clear error."""
-    workdir = Path(workdir)
-    onnx_path = workdir / ONNX_NAME
-    if not onnx_path.exists():
-        raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
-    if not (workdir / CHECKPOINT_NAME).exists():
-        raise BadInput(f"{workdir} has no {CHECKPOINT_NAME} for the PyTorch reference; re-run export")
-    wd = WorkDir(workdir)
-    for name in (ONNX_NAME, CHECKPOINT_NAME):  # the reference and the ONNX must be one export
-        wd.vouch(name, f"resnet-edge export <model or checkpoint> --out {workdir} --force")
-    card = read_card(onnx_path)
-    if card is None:
-        raise BadInput(f"{onnx_path} carries no resnet-edge model card; export it with resnet-edge")
-    model, _ = load_checkpoint(workdir / CHECKPOINT_NAME)
-    return card, model
+    disagreements: list[dict] = field(default_factory=list)
 
 
 def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
@@ -76,9 +59,13 @@ def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, st
 def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], precisions: list[str],
                thresholds: dict[str, Thresholds], limit: int | None = None,
                batch_size: int | None = None, device: str = "auto", explicit: bool = False,
-               cpu_fp16: bool = False,
+               cpu_fp16: bool = False, keep_disagreements: bool = False,
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """`batch_size` defaults to 32 within the model's batch profile (its one size if static)."""
+    """`batch_size` defaults to 32 within the model's batch profile (its one size if static).
+
+    With `keep_disagreements`, the first images where each candidate's top-1 differs from the
+    reference's are kept as small PNGs in report["_thumbnails"] (index -> PNG bytes), for the
+    HTML report; keys starting with "_" never go into the JSON."""
     if limit is not None and limit < 1:
         raise BadInput(f"--limit must be at least 1, got {limit}")
     card, model = open_workdir(workdir)
@@ -105,6 +92,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
     ran = [r for r in rows if r.runner is not None]
 
     ref_accuracy, ref_seconds, sizes = Accuracy(), [], []
+    thumbnails: dict[int, bytes] = {}
     labelled = source.has_labels
     done = 0
     for x, y in batches(source, card.preprocess, batch_size, indices=range(n)):
@@ -126,6 +114,9 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
             row.comparison.update(ref, out)
             if labelled:
                 row.accuracy.update(out, labels)
+            if keep_disagreements:
+                _keep_disagreements(row, ref, out, labels if labelled else None, done, thumbnails,
+                                    batch, card.preprocess)
         done += len(batch)
         progress(done, n)
     for r in [reference, *(r.runner for r in ran)]:
@@ -142,7 +133,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         entry = {"backend": row.backend, "precision": row.precision}
         if row.runner is None:
             entry.update(status="skipped", reason=row.reason, device=None, metrics=None,
-                         accuracy=None, latency=None, gates=[])
+                         accuracy=None, latency=None, gates=[], error_histogram=None,
+                         disagreements=None)
         else:
             comparison = row.comparison.summary()
             accuracy = _accuracy(row.accuracy) if labelled else None
@@ -152,7 +144,12 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                                    ref_acc)
             entry.update(status="ran", reason="", device=row.runner.label, metrics=comparison,
                          accuracy=accuracy, latency=_pass_latency(sizes, row.seconds),
-                         gates=[g.__dict__ | {"status": g.status} for g in gates])
+                         gates=[g.__dict__ | {"status": g.status} for g in gates],
+                         error_histogram=row.comparison.error_histogram())
+            if accuracy:
+                accuracy["per_class"] = row.accuracy.per_class()
+            # the first images where top-1 differs from the reference's (None: not collected)
+            entry["disagreements"] = row.disagreements if keep_disagreements else None
         report_rows.append(entry)
 
     failed = [f"{r['backend']} {r['precision']} {g['gate']}" for r in report_rows
@@ -161,7 +158,9 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
     # what was skipped by a default (torch fp16 on a CPU) was not asked for by name
     asked = [m for m, r in zip(missing, [r for r in report_rows if r["status"] == "skipped"])
              if r["reason"] != CPU_FP16]
-    return {
+    if ref_acc:
+        ref_acc["per_class"] = ref_accuracy.per_class()
+    report = {
         "schema": SCHEMA,
         "tool": {"name": "resnet-edge", "version": __version__},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -180,6 +179,45 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,
                     "explicit_backends_missing": asked if explicit else []},
     }
+    if keep_disagreements:
+        report["_thumbnails"] = thumbnails
+    return report
+
+
+def _keep_disagreements(row: _Row, ref: np.ndarray, out: np.ndarray, labels, offset: int,
+                        thumbnails: dict[int, bytes], batch: np.ndarray, preprocess) -> None:
+    """Note the images where the candidate's top-1 is not the reference's (a NaN row counts),
+    up to KEEP_DISAGREEMENTS, and make a thumbnail of each image once."""
+    room = KEEP_DISAGREEMENTS - len(row.disagreements)
+    if room <= 0:
+        return
+    good = np.isfinite(out).reshape(len(out), -1).all(axis=1)
+    differ = np.flatnonzero((out.argmax(axis=1) != ref.argmax(axis=1)) | ~good)[:room]
+    for i in differ:
+        index = offset + int(i)
+        row.disagreements.append({
+            "image": index, "label": None if labels is None else int(labels[i]),
+            "reference": int(ref[i].argmax()),
+            "candidate": int(out[i].argmax()) if good[i] else None})
+        if index not in thumbnails:
+            thumbnails[index] = _thumbnail(batch[i], preprocess)
+
+
+def _thumbnail(chw: np.ndarray, preprocess) -> bytes:
+    """The model's input, un-normalized back to an RGB picture, as a PNG."""
+    import io
+
+    from PIL import Image
+    mean = np.asarray(preprocess.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(preprocess.std, dtype=np.float32)[:, None, None]
+    rgb = np.clip((chw * std + mean) * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    image = Image.fromarray(rgb)
+    scale = THUMBNAIL_PX / max(image.size)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.NEAREST if scale > 1 else Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _accuracy(acc: Accuracy) -> dict:
@@ -198,4 +236,4 @@ def _pass_latency(sizes: list[int], seconds: list[float]) -> dict | None:
     return stats
 
 
-__all__ = ["run_parity", "candidates", "open_workdir", "SCHEMA", "PRECISIONS"]
+__all__ = ["run_parity", "candidates", "SCHEMA", "PRECISIONS"]

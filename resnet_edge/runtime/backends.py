@@ -18,6 +18,7 @@ from torch import nn
 
 from ..artifacts import WorkDir
 from ..errors import BadInput, MissingBackend, first_line
+from ..export.metadata import quantization_info
 from .ort import BatchOutOfRange, import_ort, make_session, run_batch
 from .trt_engine import INT8_FP16_FILE, ONNX_FILES
 
@@ -221,7 +222,6 @@ def remake_command(workdir, name: str) -> str:
 
 
 def _recipe(int8_path: Path) -> str:
-    from ..calibration import quantization_info
     return quantization_info(int8_path).get("recipe", "")
 
 

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..export import check_batch_sizes, export_profile, open_workdir
 from .backends import BackendUnavailable, artifact_hashes, open_backend
 from .latency import describe_machine, measure
 
@@ -22,8 +23,6 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     """Latency of every backend x batch size. One probe run of each comes first, so a long
     bench says how long before it starts (`notice`, when it is over LONG_BENCH_S). Batch sizes
     default to the model's profile (min, opt, max) and must lie inside it."""
-    from ..export import check_batch_sizes, export_profile
-    from ..parity.run import open_workdir  # parity imports runtime; keep the cycle lazy
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)
     if batch_sizes is None:

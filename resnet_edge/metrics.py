@@ -77,6 +77,17 @@ class LogitComparison:
     def top5_agreement(self) -> float:
         return self._top5_agree / max(self.images, 1)
 
+    def error_histogram(self) -> dict:
+        """Images counted by their largest logit error, in bins a fifth of a decade wide from
+        1e-9 to 1e4 (exact matches and NaN/inf counted apart): the shape a log-scale plot
+        needs, small enough for the JSON report."""
+        errors = np.concatenate(self._per_image_max) if self._per_image_max else np.zeros(0)
+        finite = errors[np.isfinite(errors)]
+        edges = np.logspace(-9, 4, 66)
+        counts, _ = np.histogram(np.clip(finite[finite > 0], edges[0], edges[-1]), bins=edges)
+        return {"edges": edges.tolist(), "counts": counts.tolist(),
+                "exact": int((finite == 0).sum()), "nonfinite": int(errors.size - finite.size)}
+
     def summary(self) -> dict[str, float]:
         return {"images": self.images, "nonfinite": self.nonfinite, "max_abs": self.max_abs,
                 "mean_abs": self.mean_abs,
@@ -91,6 +102,8 @@ class Accuracy:
     images: int = 0
     _top1: int = 0
     _top5: int = 0
+    _class_images: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _class_top1: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         logits = np.asarray(logits)
@@ -98,9 +111,18 @@ class Accuracy:
         good = np.isfinite(logits).reshape(len(logits), -1).all(axis=1)  # NaN rows are wrong
         k = min(5, logits.shape[1])
         topk = np.argsort(-logits, axis=1)[:, :k]
-        self._top1 += int(((topk[:, 0] == labels) & good).sum())
+        right = (topk[:, 0] == labels) & good
+        self._top1 += int(right.sum())
         self._top5 += int(((topk == labels[:, None]).any(axis=1) & good).sum())
         self.images += len(labels)
+        size = max(logits.shape[1], len(self._class_images), int(labels.max(initial=-1)) + 1)
+        self._class_images = _grow(self._class_images, size) + np.bincount(labels, minlength=size)
+        self._class_top1 = _grow(self._class_top1, size) + np.bincount(labels[right], minlength=size)
+
+    def per_class(self) -> list[float | None]:
+        """Top-1 of each class, None for a class with no images."""
+        return [None if n == 0 else int(c) / int(n)
+                for c, n in zip(self._class_top1, self._class_images)]
 
     @property
     def top1(self) -> float:
@@ -109,3 +131,7 @@ class Accuracy:
     @property
     def top5(self) -> float:
         return self._top5 / max(self.images, 1)
+
+
+def _grow(counts: np.ndarray, size: int) -> np.ndarray:
+    return np.pad(counts, (0, size - len(counts)))

@@ -1,0 +1,145 @@
+"""What the command line prints, the same way in every command.
+
+On a terminal: rich tables, a spinner and progress bars. Off a terminal (CI logs, pipes): the
+same tables at full width, never cut short, and progress as timestamped lines with a rate and
+an estimate of the time left, at most every PROGRESS_EVERY_S seconds. `--quiet` keeps results
+and errors only; `--verbose` lets the libraries' own logs through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.markup import escape
+
+from . import quiet as library_logs
+from . import strictjson
+
+PROGRESS_EVERY_S = 10.0
+LOG_WIDTH = 1000  # off a terminal: wide enough that no table is ever cut
+
+
+class Settings:
+    quiet = False
+    verbose = False
+
+
+def _console(stderr: bool = False) -> Console:
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, soft_wrap=True, width=LOG_WIDTH)
+
+
+stdout = _console()
+err = _console(stderr=True)
+
+
+def json_owns_stdout() -> None:
+    """`--json -`: standard output carries the JSON alone, so tables and notes move to stderr."""
+    stdout.file = sys.stderr
+
+
+def configure(*, quiet: bool = False, verbose: bool = False) -> None:
+    Settings.quiet, Settings.verbose = quiet, verbose
+    stdout.file = None  # back to standard output, whatever an earlier `--json -` did
+    library_logs.Settings.verbose = verbose
+
+
+def note(message: str) -> None:
+    if not Settings.quiet:
+        err.print(f"[yellow]note:[/] {escape(message)}")
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def _log(message: str, started: float) -> None:
+    err.print(f"[{time.perf_counter() - started:7.1f} s] {escape(message)}", highlight=False)
+
+
+@contextlib.contextmanager
+def steps() -> Iterator[Callable[[str], None]]:
+    """A callback naming each step of a long command: a spinner on a terminal, a timestamped
+    line per step in a log."""
+    started = time.perf_counter()
+    if Settings.quiet:
+        yield lambda message: None
+    elif err.is_terminal:
+        with err.status("starting") as status:
+            yield lambda message: status.update(message)
+    else:
+        yield lambda message: _log(message, started)
+
+
+class Progress:
+    """done/total updates: a bar on a terminal, and off it a line at most every
+    PROGRESS_EVERY_S seconds (and at the end) with the rate and the time left."""
+
+    def __init__(self, label: str, unit: str):
+        self.label, self.unit = label, unit
+        self.started = self.round_started = self.last = time.perf_counter()
+        self.done = 0
+        self._bar = None
+
+    def __enter__(self) -> "Progress":
+        if err.is_terminal and not Settings.quiet:
+            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import Progress as Bar
+            self._bar = Bar(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, done: int, total: int | None = None, detail: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
+            return
+        now = time.perf_counter()
+        if done < self.done:  # a new round (the next epoch): its rate starts afresh
+            self.round_started = now
+        self.done = done
+        if Settings.quiet or (now - self.last < PROGRESS_EVERY_S and done != total):
+            return
+        self.last = now
+        elapsed = now - self.round_started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f", about {(total - done) / rate:.0f} s left" if total and rate and done < total else ""
+        extra = f", {detail}" if detail else ""
+        _log(f"{self.label}: {done}/{total if total else '?'} {self.unit}, "
+             f"{rate:.1f} {self.unit}/s{left}{extra}", self.started)
+
+
+def wrote(*paths: Path | str | None) -> None:
+    """One line per file a command wrote, with its size: the last thing a command says."""
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_file():
+            size = path.stat().st_size
+            human = (f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+                     if size >= 1e3 else f"{size} B")
+            stdout.print(f"wrote {escape(str(path))} ({human})", highlight=False)
+
+
+def emit_json(data, path: Path | None) -> None:
+    """--json FILE, the one convention: FILE gets strict JSON; `-` means standard output."""
+    if path is None:
+        return
+    if str(path) == "-":
+        sys.stdout.write(strictjson.dumps(data, indent=2) + "\n")
+        return
+    from .artifacts import write_json_atomic
+    write_json_atomic(path, data)
+    wrote(path)

@@ -1,0 +1,95 @@
+"""Every import in the package, lazy ones inside functions included, runs down the layers below:
+a shared piece lives under all of its users, so nothing needs an import hidden from a cycle."""
+
+import ast
+from pathlib import Path
+
+import resnet_edge
+
+PACKAGE = Path(resnet_edge.__file__).parent
+
+# lowest first; a module may import from its own layer or any layer before it
+LAYERS = [
+    ["resnet_edge", "errors", "strictjson", "quiet", "metrics", "parity.gates",
+     "deploy.archive", "deploy.signing"],
+    ["artifacts", "data", "console"],
+    ["zoo"],
+    ["runtime.ort", "runtime.trt_engine", "runtime.timing", "runtime.latency"],
+    ["export"],
+    ["runtime.backends", "runtime.bench", "calibration", "train"],
+    ["parity"],
+    ["deploy"],
+    ["pipeline"],
+    ["cli", "pytest_plugin"],
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of the most specific entry naming the module or a package above it."""
+    best, depth = None, -1
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and name.count(".") > depth:
+                best, depth = index, name.count(".")
+    assert best is not None, f"{module} is in no layer; add it to LAYERS"
+    return best
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or "resnet_edge"
+
+
+def is_module(name: str) -> bool:
+    path = PACKAGE.joinpath(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def imports_in(source: str, here: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, module) for every resnet_edge import in `source`, wherever it sits."""
+    package = [] if here == "resnet_edge" else here.split(".")
+    if not is_package:
+        package = package[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package[:len(package) - (node.level - 1)]
+        elif (node.module or "").split(".")[0] == "resnet_edge":
+            base = []
+            node.module = node.module.removeprefix("resnet_edge").lstrip(".") or None
+        else:
+            continue
+        target = ".".join(base + ([node.module] if node.module else []))
+        # from . import a, b: each name that is a module counts as that module
+        found += [(node.lineno, f"{target}.{a.name}".lstrip(".")) for a in node.names
+                  if is_module(f"{target}.{a.name}".lstrip("."))] or [(node.lineno, target or "resnet_edge")]
+    return found
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    return imports_in(path.read_text(), module_name(path), path.name == "__init__.py")
+
+
+def test_no_import_runs_upward():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = module_name(path)
+        for line, target in imports_of(path):
+            if layer_of(target) > layer_of(here):
+                upward.append(f"{path.relative_to(PACKAGE)}:{line} {here} imports {target}")
+    assert not upward, "imports running upward:\n" + "\n".join(upward)
+
+
+def test_layer_check_sees_lazy_imports():
+    """The walk must find an import inside a function body, or the check above proves nothing."""
+    found = {target for _, target in imports_of(PACKAGE / "runtime" / "bench.py")}
+    assert {"export", "runtime.backends"} <= found
+    lazy = "def f():\n    from ..parity.run import run_parity\n"
+    assert imports_in(lazy, "runtime.bench", False) == [(2, "parity.run")]
+    assert layer_of("parity.run") > layer_of("runtime.bench")
+    assert imports_in("from .. import metrics\n", "deploy.verify_bundle", False) == [(1, "metrics")]
+    assert imports_in("from resnet_edge.parity import gates\n", "cli", False) == [(1, "parity.gates")]

@@ -1,0 +1,128 @@
+"""The HTML parity report: self-contained, and rendered by a real browser (headless Chromium,
+Debian's `chromium` package; `make test-browser` installs it and runs these)."""
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_edge.parity import plots
+from resnet_edge.parity import report as reports
+from resnet_edge.parity.gates import load_thresholds
+from resnet_edge.parity.run import KEEP_DISAGREEMENTS, run_parity
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (make test-browser installs "
+                             "Debian's chromium package and runs these)")
+
+
+@pytest.fixture(scope="module")
+def failing_report(calibrated_workdir, tmp_path_factory):
+    """Seeded noise five times the spread of normalized images, far outside the ranges int8
+    was calibrated on: int8 disagrees with fp32 and its gates fail; fp32 and fp16 pass."""
+    noise = tmp_path_factory.mktemp("noise") / "x.npy"
+    np.save(noise, np.random.default_rng(0).normal(0, 5, (64, 3, 32, 32)).astype(np.float32))
+    return run_parity(calibrated_workdir, f"npy:{noise}", backends=["ort", "trt"],
+                      precisions=["fp32", "fp16", "int8"], thresholds=load_thresholds(),
+                      keep_disagreements=True)
+
+
+@pytest.fixture(scope="module")
+def labelled_report(calibrated_workdir):
+    return run_parity(calibrated_workdir, "digits:test", backends=["ort"], precisions=["fp16", "int8"],
+                      thresholds=load_thresholds(), keep_disagreements=True, limit=128)
+
+
+def test_report_keeps_disagreeing_images_for_the_page_only(failing_report, tmp_path):
+    int8 = next(r for r in failing_report["candidates"] if r["precision"] == "int8")
+    assert not failing_report["summary"]["passed"] and int8["metrics"]["top1_agreement"] < 0.95
+    assert all(r["status"] == "skipped" or plots.verdict(r) == "pass"
+               for r in failing_report["candidates"] if r["precision"] != "int8")
+    shown = int8["disagreements"]
+    assert 0 < len(shown) <= KEEP_DISAGREEMENTS
+    assert all(d["reference"] != d["candidate"] and d["label"] is None for d in shown)
+    thumbnails = failing_report["_thumbnails"]
+    assert {d["image"] for d in shown} <= set(thumbnails)
+    assert Image.open(io.BytesIO(thumbnails[shown[0]["image"]])).size == (96, 96)
+    reports.write_json(failing_report, tmp_path / "p.json")
+    assert "_thumbnails" not in (tmp_path / "p.json").read_text()
+
+
+def test_page_is_self_contained(failing_report, tmp_path):
+    path = tmp_path / "parity.html"
+    assert reports.write_html(failing_report, path) == []
+    page = path.read_text()
+    assert "<script" not in page and not re.search(r"(src|href)=['\"]?(https?:|//|file:)", page)
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    int8 = next(r for r in failing_report["candidates"] if r["precision"] == "int8")
+    assert len(images) >= 2 + len(int8["disagreements"])  # summary, distribution, thumbnails
+    for data in images:
+        Image.open(io.BytesIO(base64.b64decode(data))).verify()
+    for row in failing_report["candidates"]:
+        if row["status"] == "skipped":
+            assert row["reason"].replace("'", "&#x27;") in page
+
+
+def test_per_class_change_is_drawn_when_labels_are_there(labelled_report, tmp_path):
+    per_class = labelled_report["reference"]["accuracy"]["per_class"]
+    assert len(per_class) == 10 and all(0 <= v <= 1 for v in per_class if v is not None)
+    picture, note = plots.class_changes(labelled_report)
+    changed = any(
+        abs(c - r) > 0 for row in labelled_report["candidates"]
+        for c, r in zip(row["accuracy"]["per_class"], per_class) if c is not None and r is not None)
+    assert (picture is not None) == changed and "classes" in note
+    histogram = labelled_report["candidates"][0]["error_histogram"]
+    assert sum(histogram["counts"]) + histogram["exact"] + histogram["nonfinite"] == 128
+
+
+def _render(path, tmp_path):
+    shot = tmp_path / "shot.png"
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run(common + ["--window-size=1280,2400", f"--screenshot={shot}", path.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    dom = subprocess.run(common + ["--dump-dom", path.as_uri()], check=True, capture_output=True,
+                         text=True, timeout=120).stdout
+    return Image.open(shot).convert("RGB"), dom
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_chromium_renders_the_failing_report(failing_report, tmp_path):
+    path = tmp_path / "parity.html"
+    reports.write_html(failing_report, path)
+    shot, dom = _render(path, tmp_path)
+    pixels = np.asarray(shot)
+    assert shot.size == (1280, 2400)
+    # not blank: many colours, and the red FAIL badge and green pass tags are drawn
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
+    red = ((pixels[..., 0] > 180) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)).sum()
+    green = ((pixels[..., 1] > 100) & (pixels[..., 0] < 60) & (pixels[..., 2] < 90)).sum()
+    assert red > 200 and green > 200
+    # the numbers a reader looks for are text in the page, not only pixels in a picture
+    assert re.search(r"id=\"verdict\"[^>]*>FAIL<", dom)
+    for row in failing_report["candidates"]:
+        if row["status"] == "ran":
+            assert f"{row['metrics']['top1_agreement']:.2%}" in dom
+            assert f"id=\"row-{row['backend']}-{row['precision']}\"" in dom
+    assert "TensorRT is not installed" in dom and "top1_agreement_pct" in dom
+    int8 = next(r for r in failing_report["candidates"] if r["precision"] == "int8")
+    assert dom.count("<figure>") >= len(int8["disagreements"])
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_chromium_renders_the_labelled_report(labelled_report, tmp_path):
+    path = tmp_path / "parity.html"
+    reports.write_html(labelled_report, path)
+    shot, dom = _render(path, tmp_path)
+    assert len(np.unique(np.asarray(shot).reshape(-1, 3), axis=0)) > 500
+    top1 = labelled_report["reference"]["accuracy"]["top1"]
+    assert re.search(rf"id=\"reference-top1\">{re.escape(f'{top1:.2%}')}<", dom)
+    assert "Per-class accuracy change" in dom and "Machine and versions" in dom

@@ -151,9 +151,18 @@ def test_a_damaged_calibration_cache_is_not_bundled(calibrated_workdir, tmp_path
 def test_pipeline_remakes_stale_steps_and_never_leaves_an_old_bundle(trained_digits, run_cli, tmp_path):
     out = tmp_path / "pipe"
     args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64")
-    assert run_cli(*args).exit_code == 0
+    first = run_cli(*args)
+    assert first.exit_code == 0, first.output
     bundle = out / "pipe-jetpack6.tar.gz"
-    assert bundle.exists()
+    listed = {line.split(" (")[0].removeprefix("wrote ") for line in first.stdout.splitlines()
+              if line.startswith("wrote ")}
+    assert {str(out / n) for n in ("model.onnx", "model.int8.onnx", "reports/parity.html",
+                                   "reports/parity.png", "reports/bench.json")} | {str(bundle)} <= listed
+    report = json.loads((out / "reports" / "parity.json").read_text())
+    # a trained checkpoint's card says where its weights came from, in every report
+    assert report["model"]["weights"].startswith("trained with resnet-edge on digits")
+    idle = run_cli(*args)
+    assert idle.exit_code == 0 and "wrote nothing: every step was up to date" in idle.stdout
     (out / "calibration.cache").write_text("TRT-100300-EntropyCalibration2\n")  # damaged
     strict = tmp_path / "strict.toml"
     strict.write_text("[fp16]\nmin_top1_agreement_pct = 99.5\n[int8]\nmin_cosine = 0.9\n")

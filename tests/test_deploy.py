@@ -570,7 +570,7 @@ def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines
                          cwd=root, env=env, capture_output=True, text=True)
     # the stand-in engine computes no ResNet, so the gates fail; what matters is where it ran
     assert run.returncode == 1, run.stderr
-    assert "tensorrt 10.3.0 fp16 (Orin)" in run.stdout and "no engine was tested" not in run.stdout
+    assert "trt fp16 (TensorRT 10.3.0, Orin)" in run.stdout and "no engine was tested" not in run.stdout
     device = tmp_path / "b" / f"{root.name}.device"
     engine = device / "engines" / "orin-trt10.3" / "model.fp16.engine"
     assert engine.exists() and (device / "verify.json").exists()

@@ -81,7 +81,10 @@ def test_per_class_change_is_drawn_when_labels_are_there(labelled_report, tmp_pa
     assert sum(histogram["counts"]) + histogram["exact"] + histogram["nonfinite"] == 128
 
 
-def _render(path, tmp_path):
+def _render(report, tmp_path):
+    """The report's page as headless Chromium draws it (a screenshot) and its DOM."""
+    path = tmp_path / "parity.html"
+    reports.write_html(report, path)
     shot = tmp_path / "shot.png"
     common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
               "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
@@ -95,9 +98,7 @@ def _render(path, tmp_path):
 @pytest.mark.browser
 @needs_chromium
 def test_chromium_renders_the_failing_report(failing_report, tmp_path):
-    path = tmp_path / "parity.html"
-    reports.write_html(failing_report, path)
-    shot, dom = _render(path, tmp_path)
+    shot, dom = _render(failing_report, tmp_path)
     pixels = np.asarray(shot)
     assert shot.size == (1280, 2400)
     # not blank: many colours, and the red FAIL badge and green pass tags are drawn
@@ -119,9 +120,7 @@ def test_chromium_renders_the_failing_report(failing_report, tmp_path):
 @pytest.mark.browser
 @needs_chromium
 def test_chromium_renders_the_labelled_report(labelled_report, tmp_path):
-    path = tmp_path / "parity.html"
-    reports.write_html(labelled_report, path)
-    shot, dom = _render(path, tmp_path)
+    shot, dom = _render(labelled_report, tmp_path)
     assert len(np.unique(np.asarray(shot).reshape(-1, 3), axis=0)) > 500
     top1 = labelled_report["reference"]["accuracy"]["top1"]
     assert re.search(rf"id=\"reference-top1\">{re.escape(f'{top1:.2%}')}<", dom)

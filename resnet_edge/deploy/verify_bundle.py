@@ -215,7 +215,8 @@ class OrtRunner:
         self.session = ort.make_session(path, providers, disable_qdq_fusion=precision == "int8")
         self.input_name = self.session.get_inputs()[0].name
         self.batch_range = (bundle.info["min_batch"], bundle.info["max_batch"])
-        self.label = f"onnxruntime {precision} ({path.name}, {self.session.get_providers()[0]})"
+        provider = self.session.get_providers()[0].removesuffix("ExecutionProvider")
+        self.label = f"ort {precision} ({path.name}, {provider})"  # parity's names
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return ort.run_batch(self.session, self.input_name, batch, self.batch_range)
@@ -253,7 +254,7 @@ class TrtRunner:
             raise BundleError(f"{engine} was not built from this bundle's {meta.get('onnx')} (its "
                               f"record names another file); rebuild it: ./build_engine.sh {precision}")
         self.runner = trt_engine.TrtRunner(engine, cuda_python=wanted)
-        self.label = f"tensorrt {trt.__version__} {precision} ({gpu})"
+        self.label = f"trt {precision} (TensorRT {trt.__version__}, {gpu})"
         self.stage, self.execute = self.runner.stage, self.runner.execute
         self.synchronize = self.runner.synchronize
 

@@ -44,7 +44,8 @@ test-browser: venv
 	$(BIN)/python -m pytest -q -m browser
 
 # The whole flow offline on the embedded digits data: train -> export -> calibrate -> (build) ->
-# parity -> bench -> bundle, then check the bundle as a Jetson would (ONNX Runtime here).
+# parity -> bench -> bundle, then check the bundle as a Jetson would (ONNX Runtime here), and
+# the serving bundles: a Triton model repository, and DeepStream configs for a folded export.
 DEMO_RUN  := runs/demo-resnet20
 DEMO_WORK := artifacts/demo-resnet20
 demo: venv
@@ -52,6 +53,10 @@ demo: venv
 	$(BIN)/resnet-edge pipeline $(DEMO_RUN)/model.pt --data-calib digits:train --data-eval digits:test \
 		--target jetpack6 --out $(DEMO_WORK)
 	$(BIN)/resnet-edge verify $(DEMO_WORK)/demo-resnet20-jetpack6.tar.gz --iterations 5
+	$(BIN)/resnet-edge bundle $(DEMO_WORK) --target triton --out $(DEMO_WORK)
+	$(BIN)/resnet-edge export $(DEMO_RUN)/model.pt --fold-normalization --out $(DEMO_WORK)-folded
+	$(BIN)/resnet-edge calibrate $(DEMO_WORK)-folded
+	$(BIN)/resnet-edge bundle $(DEMO_WORK)-folded --target deepstream --out $(DEMO_WORK)
 
 export: venv
 	$(BIN)/resnet-edge export $(MODEL) --weights $(WEIGHTS) --out $(OUT)

@@ -194,6 +194,10 @@ EXPORT_OPTIONS = [
     click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225 [the card's]."),
     click.option("--interpolation", type=click.Choice(["nearest", "nearest-exact", "bilinear", "bicubic"]),
                  help="Resize interpolation [the card's]."),
+    click.option("--fold-normalization", is_flag=True,
+                 help="Move mean and std into the graph, so the model takes RGB in 0..255: what "
+                 "DeepStream's nvinfer feeds (one scale for every channel) needs for a "
+                 "per-channel std."),
 ]
 
 
@@ -825,13 +829,16 @@ def keygen(out, name, force) -> None:
     wrote(private, public)
 
 
+TARGET_NAMES = ["jetpack5", "jetpack6", "x86-trt10", "x86-trt11", "triton", "deepstream"]
 TARGETS_HELP = ("jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3, x86-trt10, "
-                "x86-trt11.")
+                "x86-trt11; triton = a Triton model repository too; deepstream = JetPack 6 plus "
+                "nvinfer and deepstream-app configs (needs one std for all channels, or "
+                "export --fold-normalization).")
 
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
+@click.option("--target", type=click.Choice(TARGET_NAMES),
               default="jetpack6", show_default=True, help=TARGETS_HELP)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Directory for <workdir name>-<target>.tar.gz [the work directory].")
@@ -842,8 +849,12 @@ TARGETS_HELP = ("jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3
               help="TOML gates carried in the bundle [parity defaults].")
 @click.option("--sign", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Ed25519 private key (NAME.key from `resnet-edge keygen`) to sign manifest.json.")
+@click.option("--triton-accelerator", type=click.Choice(["none", "fp16", "int8"]), default="none",
+              show_default=True, help="With --target triton: run the ONNX model through ONNX "
+              "Runtime's TensorRT execution accelerator in fp16 or int8 (the int8 Q/DQ model).")
 @JSON_OPTION
-def bundle(workdir, target, out, data_spec, golden, thresholds, sign, json_path) -> None:
+def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_accelerator,
+           json_path) -> None:
     """Pack a device bundle: ONNX files, calibration cache, golden I/O, gates, build and verify
     scripts, and manifest.json with the sha256 of every file (signed with --sign).
 
@@ -855,6 +866,8 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, json_path)
     Examples:
       resnet-edge bundle artifacts/resnet50 --target jetpack6 --out dist/
       resnet-edge bundle artifacts/resnet50 --sign keys/ci.key      # verify with --key keys/ci.pub
+      resnet-edge bundle artifacts/resnet50 --target triton --triton-accelerator fp16
+      resnet-edge bundle artifacts/resnet50-folded --target deepstream
     """
     from .deploy import make_bundle
     from .parity.gates import load_thresholds
@@ -863,7 +876,8 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, json_path)
     path = (out or workdir) / f"{workdir.name}-{target}.tar.gz"
     with console.steps() as step:
         result = make_bundle(workdir, target, path, eval_spec=data_spec, golden=golden,
-                             thresholds=load_thresholds(thresholds), sign=sign, step=step)
+                             thresholds=load_thresholds(thresholds), sign=sign,
+                             accelerator=triton_accelerator, step=step)
     for message in result.notes:
         warn(message)
     signed = f"signed by key {result.key_id}" if result.key_id else "unsigned"
@@ -960,7 +974,7 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
               help="Calibration data spec (images:PATH takes a plain folder of images).")
 @click.option("--data-eval", default="digits:test", show_default=True,
               help="Evaluation data spec (parity and the bundle's golden inputs).")
-@click.option("--target", type=click.Choice(["jetpack5", "jetpack6", "x86-trt10", "x86-trt11"]),
+@click.option("--target", type=click.Choice(TARGET_NAMES),
               default="jetpack6", show_default=True, help=TARGETS_HELP)
 @export_options
 @click.option("--samples", type=int, default=512, show_default=True, help="Calibration images.")

@@ -27,7 +27,7 @@ from .data import CIFAR_MEAN, CIFAR_STD, Preprocess
 from .errors import BadInput, first_line
 
 CHECKPOINT_FORMAT = "resnet-edge.checkpoint/1"
-CARD_OPTIONAL = ("class_names", "weights", "weights_sha256", "metrics")
+CARD_OPTIONAL = ("class_names", "weights", "weights_sha256", "metrics", "folded_normalization")
 MAX_CLASSES = 100_000
 RANDOM_INIT_SEED = 0
 
@@ -142,12 +142,15 @@ class ModelCard:
     weights: str = "none"
     weights_sha256: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # {"mean", "std"}: the normalization moved into the graph by `export --fold-normalization`;
+    # `preprocess` then says what the folded model takes (RGB in 0..255)
+    folded_normalization: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, "num_classes": self.num_classes,
                 "preprocess": self.preprocess.to_dict(), "class_names": self.class_names,
                 "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "metrics": self.metrics}
+                "metrics": self.metrics, "folded_normalization": self.folded_normalization}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "the model card") -> "ModelCard":
@@ -175,12 +178,71 @@ class ModelCard:
             problem = "weights_sha256 must be 64 hex digits"
         elif not isinstance(data.get("metrics") or {}, dict):
             problem = "metrics must be a JSON object"
+        elif data.get("folded_normalization") is not None:
+            problem = _folded_problem(data["folded_normalization"], data["preprocess"])
         if problem:
             raise BadInput(f"{where}: {problem}")
         return cls(arch=arch, num_classes=classes,
                    preprocess=Preprocess.from_dict(data["preprocess"], where),
                    class_names=names, weights=data.get("weights", "none"),
-                   weights_sha256=data.get("weights_sha256"), metrics=data.get("metrics") or {})
+                   weights_sha256=data.get("weights_sha256"), metrics=data.get("metrics") or {},
+                   folded_normalization=data.get("folded_normalization"))
+
+
+def _folded_problem(folded: Any, preprocess: Any) -> str | None:
+    if not (isinstance(folded, dict) and set(folded) == {"mean", "std"}):
+        return "folded_normalization must have exactly mean and std"
+    for key in ("mean", "std"):
+        if not isinstance(folded[key], list) or len(folded[key]) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1000
+                and v == v for v in folded[key]):
+            return f"folded_normalization {key} must be 3 finite numbers"
+    if not all(v > 0 for v in folded["std"]):
+        return "folded_normalization std must be positive"
+    if not isinstance(preprocess, dict) or [list(preprocess.get(k) or []) for k in ("mean", "std")] != [
+            list(RAW_PIXELS.mean), list(RAW_PIXELS.std)]:
+        return "a folded model takes RGB in 0..255: its preprocess mean must be 0 and std 1/255"
+    return None
+
+
+# ---- normalization in the graph -------------------------------------------------------------
+
+RAW_PIXELS = Preprocess(224, 224, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)  # x * 255: 0..255
+
+
+class FoldedNormalization(nn.Module):
+    """`model` behind torchvision's Normalize, for inputs in 0..255: y = x * a + b per channel,
+    a = 1 / (255 std), b = -mean / std. What nvinfer (one scale for every channel) cannot do
+    for a per-channel std, the graph does."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        # not saved in the state dict: the card's folded_normalization rebuilds them
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)
+
+
+def fold_normalization(model: nn.Module, card: ModelCard) -> tuple[nn.Module, ModelCard]:
+    """The model with its normalization in the graph, taking RGB in 0..255, and its card."""
+    if card.folded_normalization is not None:
+        raise BadInput("this model's normalization is already in its graph; drop "
+                       "--fold-normalization")
+    p = card.preprocess
+    folded = ModelCard(**{**card.__dict__, "folded_normalization": {"mean": list(p.mean),
+                                                                    "std": list(p.std)},
+                          "preprocess": Preprocess(**{**p.to_dict(), "mean": RAW_PIXELS.mean,
+                                                      "std": RAW_PIXELS.std})})
+    return FoldedNormalization(model, p.mean, p.std).eval(), folded
+
+
+def _unfolded(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, FoldedNormalization) else model
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -210,6 +272,9 @@ def load_model(source: str, *, weights: str | None = None, arch: str | None = No
             raise BadInput(f"--arch {arch} contradicts the model name {v.name}; drop --arch")
         model, card = _from_zoo(v, weights or "none", num_classes, weights_dir)
     if preprocess:
+        if card.folded_normalization is not None and {"mean", "std"} & set(preprocess):
+            raise BadInput(f"{source} has its normalization in the graph (it takes RGB in "
+                           "0..255), so --mean and --std do not apply; drop them")
         merged = {**card.preprocess.to_dict(), **preprocess}
         card.preprocess = Preprocess.from_dict(merged, "the preprocessing options")
     return model.eval(), card
@@ -343,6 +408,9 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None,
     card.weights_sha256 = sha256_file(path)
     model = variant(card.arch).build(card.num_classes)
     load_state_strict(model, state, f"{card.arch} with {card.num_classes} classes", path)
+    if card.folded_normalization is not None:
+        model = FoldedNormalization(model, card.folded_normalization["mean"],
+                                    card.folded_normalization["std"])
     return model, card
 
 
@@ -364,8 +432,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], what: st
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, card: ModelCard,
                     **extra: Any) -> None:
-    """This tool's checkpoint: state dict + card (+ extra plain data), loadable weights_only."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """This tool's checkpoint: state dict + card (+ extra plain data), loadable weights_only.
+    A folded model saves the ResNet's own weights; its card rebuilds the folding."""
+    state = {k: v.detach().cpu() for k, v in _unfolded(model).state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, "state_dict": state, "card": card.to_dict(),
                     **extra}, tmp)

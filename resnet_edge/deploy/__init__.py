@@ -25,7 +25,7 @@ from ..export.metadata import load_onnx, quantization_info
 from ..parity.gates import Thresholds, load_thresholds
 from ..runtime import trt_engine
 from ..runtime.backends import TorchBackend, remake_command
-from . import signing
+from . import serving, signing
 from .archive import BundleError, manifest_digest, safe_extract, write_archive
 
 # cuda_python: the cuda-python that drives each target's CUDA (cuda-python N.x needs a CUDA N
@@ -40,6 +40,14 @@ TARGETS = {
                   "cuda_python": ">=12,<13", "jetson": False},
     "x86-trt11": {"tensorrt": "11.4.0", "max_opset": 20, "about": "x86 with TensorRT 11.x",
                   "cuda_python": None, "jetson": False},
+    # serving targets: the same bundle, plus what the server reads. Triton's containers ship
+    # TensorRT 10.x; a plan must be built by the TensorRT of the server that loads it.
+    "triton": {"tensorrt": "10.13.0", "max_opset": 20, "cuda_python": ">=12,<13", "jetson": False,
+               "about": "NVIDIA Triton Inference Server (onnxruntime backend; a TensorRT plan "
+                        "built inside the server's container)", "serve": "triton"},
+    "deepstream": {"tensorrt": "10.3.0", "max_opset": 20, "cuda_python": ">=12.6.1,<13",
+                   "jetson": True, "about": "DeepStream 7.1 on JetPack 6.1/6.2 (TensorRT 10.3)",
+                   "serve": "deepstream"},
 }
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE.parent / "runtime"
@@ -47,6 +55,7 @@ PARITY = HERE.parent / "parity"
 LIB = {"trt_engine.py": RUNTIME / "trt_engine.py", "timing.py": RUNTIME / "timing.py",
        "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": HERE.parent / "metrics.py",
        "archive.py": HERE / "archive.py", "signing.py": HERE / "signing.py",
+       "serving.py": HERE / "serving.py",
        "strictjson.py": HERE.parent / "strictjson.py"}
 
 
@@ -102,10 +111,17 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
 def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None, *,
                 eval_spec: str = "digits:test", golden: int = 100,
                 thresholds: dict[str, Thresholds] | None = None,
-                sign: str | Path | None = None, step=lambda m: None) -> BundleResult:
-    """The bundle's batch profile is the model's, from its export record."""
+                sign: str | Path | None = None, accelerator: str = "none",
+                step=lambda m: None) -> BundleResult:
+    """The bundle's batch profile is the model's, from its export record. `accelerator`
+    (triton only): ONNX Runtime's TensorRT execution accelerator in fp16 or int8."""
     if target not in TARGETS:
         raise BadInput(f"unknown --target {target!r}; use {', '.join(TARGETS)}")
+    if accelerator not in serving.ACCELERATORS:
+        raise BadInput(f"unknown --triton-accelerator {accelerator!r}; use "
+                       f"{', '.join(serving.ACCELERATORS)}")
+    if accelerator != "none" and TARGETS[target].get("serve") != "triton":
+        raise BadInput("--triton-accelerator goes with --target triton")
     if golden < 1:
         raise BadInput(f"--golden must be at least 1, got {golden}")
     if sign is not None:  # a bad key fails before any work
@@ -123,6 +139,14 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             raise BadInput(f"{target} ({spec['about']}) reads ONNX opset <= {spec['max_opset']}, but "
                            f"{name} is opset {opset_of(workdir / name)}; export with --exporter "
                            "torchscript (opset 17) into a new work dir, calibrate it, and bundle that")
+    if spec.get("serve") == "deepstream":  # said before any work: nvinfer's one scale
+        try:
+            serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
+        except ValueError as exc:
+            raise BadInput(f"{workdir}: {exc}") from None
+    if accelerator == "int8" and "int8" not in precisions:
+        raise BadInput(f"--triton-accelerator int8 needs the int8 model; run `resnet-edge "
+                       f"calibrate {workdir}` first")
     out = Path(out) if out else workdir / f"{workdir.name}-{target}.tar.gz"
     root_name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     ensure_writable_dir(out.parent)
@@ -167,6 +191,11 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         names = card.class_names or [str(i) for i in range(card.num_classes)]
         (stage / "labels.txt").write_text("\n".join(names) + "\n")
         (stage / "preprocess.json").write_text(json.dumps(card.preprocess.to_dict(), indent=2) + "\n")
+        serve = None
+        if spec.get("serve") == "triton":
+            serve = _triton(stage, workdir, card, profile, names, accelerator)
+        elif spec.get("serve") == "deepstream":
+            serve = _deepstream(stage, root_name, card, profile, names, precisions, spec, files)
         gates = thresholds or load_thresholds()
         (stage / "thresholds.json").write_text(json.dumps({p: vars(t) for p, t in gates.items()}, indent=2) + "\n")
         info = {"schema": "resnet-edge.bundle/2", "target": target, "about": spec["about"],
@@ -177,11 +206,13 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "static_batch": profile["static"], "precisions": precisions,
                 "int8_recipe": "tensorrt" if "int8" in precisions else None,
                 "golden_data": eval_spec, "resnet_edge": __version__, "left_out": notes,
+                "serve": serve,
                 "made_from": {name: sha256_file(workdir / name) for name in files},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_plans": {p: vars(trt_engine.build_plan(spec["tensorrt"], p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
-        (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files))
+        (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files)
+                                         + _serving_readme(root_name, serve))
         manifest = {"schema": "resnet-edge.manifest/1", "files": {
             p.relative_to(stage).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(stage.rglob("*")) if p.is_file()}}
@@ -193,6 +224,66 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             write_archive(stage, tmp_tar, root_name, manifest_bytes, signature)
     key = signing.read_signature(signature)["key_id"] if signature else None
     return BundleResult(out, manifest_digest(manifest_bytes), key, precisions, notes)
+
+
+def _triton(stage: Path, workdir: Path, card, profile: dict, names: list[str],
+            accelerator: str) -> dict:
+    """triton/<name>: the onnxruntime model, servable as it is; triton-plan/: the config of
+    <name>_trt, whose model.plan build_engine.sh builds and installs beside the bundle."""
+    name = serving.model_name(workdir.name)
+    graph = load_onnx(workdir / ONNX_NAME, weights=False).graph
+    weights = {i.name for i in graph.initializer}
+    tensor_in = next(i for i in graph.input if i.name not in weights)
+    tensor_out = graph.output[0]
+
+    def dims(value):
+        return [d.dim_value for d in value.type.tensor_type.shape.dim][1:]
+    shapes = dict(input_name=tensor_in.name, input_dims=dims(tensor_in), output_name=tensor_out.name,
+                  output_dims=dims(tensor_out), profile=profile)
+    model_file = INT8_NAME if accelerator == "int8" else ONNX_NAME
+    repo = stage / serving.TRITON_DIR / name
+    (repo / "1").mkdir(parents=True)
+    shutil.copy2(workdir / model_file, repo / "1" / "model.onnx")
+    (repo / "config.pbtxt").write_text(serving.triton_config(name, "onnxruntime_onnx",
+                                                             accelerator=accelerator, **shapes))
+    plan = stage / serving.TRITON_PLAN_DIR
+    plan.mkdir()
+    (plan / "config.pbtxt").write_text(serving.triton_config(f"{name}_trt", "tensorrt_plan", **shapes))
+    (plan / "model.json").write_text(json.dumps({"name": f"{name}_trt"}) + "\n")
+    for folder in (repo, plan):
+        (folder / "labels.txt").write_text("\n".join(names) + "\n")
+    return {"server": "triton", "model": name, "plan_model": f"{name}_trt", "model_file": model_file,
+            "accelerator": accelerator}
+
+
+def _deepstream(stage: Path, root: str, card, profile: dict, names: list[str],
+                precisions: list[str], spec: dict, files: list[str]) -> dict:
+    """deepstream/: an nvinfer config per precision (engine from build_engine.sh, at a fixed
+    name beside the bundle), the label file and a deepstream-app config around fp16."""
+    folder = stage / serving.DEEPSTREAM_DIR
+    folder.mkdir()
+    (folder / "labels.txt").write_text(serving.nvinfer_labels(names))
+    batch = profile["min"]  # one stream; a static profile's one size
+    configs = {}
+    for precision in precisions:
+        plan = trt_engine.build_plan(spec["tensorrt"], precision)
+        name = f"config_infer_{precision}.txt"
+        (folder / name).write_text(serving.nvinfer_config(
+            preprocess=card.preprocess.to_dict(), num_classes=card.num_classes,
+            precision=precision, batch_size=batch,
+            engine=f"../../{root}.device/{serving.DEEPSTREAM_DIR}/model.{precision}.engine",
+            onnx=f"../{plan.onnx_file}",
+            calibration=f"../{CACHE_NAME}" if plan.calibration_cache and CACHE_NAME in files else None,
+            labels="labels.txt"))
+        configs[precision] = f"{serving.DEEPSTREAM_DIR}/{name}"
+    main = "fp16" if "fp16" in configs else precisions[0]
+    (folder / "deepstream_app_config.txt").write_text(serving.deepstream_app_config(
+        f"config_infer_{main}.txt", batch, card.preprocess.input_size))
+    scale, offsets = serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
+    return {"server": "deepstream", "nvinfer_configs": configs,
+            "app_config": f"{serving.DEEPSTREAM_DIR}/deepstream_app_config.txt",
+            "net_scale_factor": scale, "offsets": offsets,
+            "folded_normalization": card.folded_normalization is not None}
 
 
 def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str]) -> str:
@@ -243,6 +334,41 @@ Files: model*.onnx (the ONNX files this TensorRT needs), calibration.cache (wher
 reads it), labels.txt, preprocess.json, golden/ (preprocessed inputs, labels, PyTorch fp32
 outputs), thresholds.json, bundle.json, manifest.json (sha256 of every file), lib/ (the runtime
 code verify.py shares with resnet-edge).
+"""
+
+
+def _serving_readme(root: str, serve: dict | None) -> str:
+    if serve is None:
+        return ""
+    if serve["server"] == "triton":
+        return f"""
+## Triton
+
+`triton/` is a model repository: `{serve['model']}` runs `{serve['model_file']}` on Triton's
+onnxruntime backend as it is. For a TensorRT plan, build it inside the Triton container you
+serve with (a plan is tied to that TensorRT and GPU); build_engine.sh then installs it as
+`{serve['plan_model']}` in `{root}.device/triton/`:
+
+```
+docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tritonserver:<yy.mm>-py3 ./build_engine.sh fp16
+tritonserver --model-repository $PWD/triton --model-repository $PWD/../{root}.device/triton
+```
+"""
+    return f"""
+## DeepStream
+
+`deepstream/` holds an nvinfer classifier config per precision (`config_infer_<precision>.txt`)
+and `deepstream_app_config.txt` around the fp16 one. Preprocessing comes from the model card:
+net-scale-factor {serve['net_scale_factor']!r}, offsets {serve['offsets']!r} (RGB, 0..255).
+Build the engine first; build_engine.sh copies it to the name the configs load:
+
+```
+./build_engine.sh fp16           # -> ../{root}.device/deepstream/model.fp16.engine
+cd deepstream && deepstream-app -c deepstream_app_config.txt
+```
+
+nvinfer scales each frame (or object) to the model's input size without a center crop; crop
+upstream when frames differ from what the model was trained on.
 """
 
 

@@ -4,7 +4,8 @@
 # Uses trtexec (JetPack: /usr/src/tensorrt/bin) with the flags the installed TensorRT needs, as
 # printed by lib/trt_engine.py (the same build plan resnet-edge uses); without trtexec it builds
 # with TensorRT's Python API. Engines, caches and their records go to <bundle>.device/ beside
-# the bundle (or $RESNET_EDGE_DEVICE_DIR), never into the bundle itself.
+# the bundle (or $RESNET_EDGE_DEVICE_DIR), never into the bundle itself; a Triton or DeepStream
+# bundle's engine is also copied to where that server's config looks for it.
 # TRT_VERSION (and ENGINE or GPU_NAME) override what is detected, for dry runs without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,19 +25,23 @@ fi
 
 if [ -z "$trtexec_bin" ]; then
   echo "trtexec not found; building with TensorRT's Python API" >&2
-  exec python3 lib/trt_engine.py build "$precision" --bundle . "$@"
-fi
-
-plan="$(python3 lib/trt_engine.py plan "$precision" --bundle . --tensorrt-version "$TRT_VERSION" \
-        ${ENGINE:+--engine "$ENGINE"} ${GPU_NAME:+--gpu "$GPU_NAME"} "$@")" || exit $?
-mapfile -t cmd <<< "$plan"
-engine="$(printf '%s\n' "${cmd[@]}" | sed -n 's/^--saveEngine=//p')"
-mkdir -p "$(dirname "$engine")"
-cmd[0]="$trtexec_bin"
-echo "+ ${cmd[*]}" >&2
-"${cmd[@]}"
-# Record what the engine was built for, so verify.py can refuse it elsewhere with "rebuild".
-if python3 -c 'import tensorrt' 2>/dev/null; then
-  python3 lib/trt_engine.py record "$precision" --bundle . --engine "$engine" "$@"
+  engine="$(python3 lib/trt_engine.py build "$precision" --bundle . "$@")"
+else
+  plan="$(python3 lib/trt_engine.py plan "$precision" --bundle . --tensorrt-version "$TRT_VERSION" \
+          ${ENGINE:+--engine "$ENGINE"} ${GPU_NAME:+--gpu "$GPU_NAME"} "$@")" || exit $?
+  mapfile -t cmd <<< "$plan"
+  engine="$(printf '%s\n' "${cmd[@]}" | sed -n 's/^--saveEngine=//p')"
+  mkdir -p "$(dirname "$engine")"
+  cmd[0]="$trtexec_bin"
+  echo "+ ${cmd[*]}" >&2
+  "${cmd[@]}"
+  # Record what the engine was built for, so verify.py can refuse it elsewhere with "rebuild".
+  if python3 -c 'import tensorrt' 2>/dev/null; then
+    python3 lib/trt_engine.py record "$precision" --bundle . --engine "$engine" "$@"
+  fi
 fi
 echo "built $engine"
+# Triton and DeepStream bundles: the engine goes where the server's config looks for it.
+if [ -d triton-plan ] || [ -d deepstream ]; then
+  python3 lib/serving.py --bundle . --engine "$engine" --precision "$precision"
+fi

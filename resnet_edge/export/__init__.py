@@ -85,8 +85,8 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
 def prepare_export(source: str, request: dict, *, default_exporter: str = "dynamo",
                    notice: Callable[[str], None] = lambda message: None):
     """(model, card, ExportOptions) from the export options `export` and `pipeline` share:
-    weights, weights_dir, arch, num_classes, exporter, opset, the batch profile and the
-    preprocessing overrides. A plain state dict that says nothing of its preprocessing gets a
+    weights, weights_dir, arch, num_classes, exporter, opset, the batch profile, the
+    preprocessing overrides and fold_normalization (mean and std into the graph). A plain state dict that says nothing of its preprocessing gets a
     `notice` that the architecture's default is used."""
     from ..zoo import VARIANTS, load_model
     options = ExportOptions(request.get("exporter") or default_exporter, request.get("opset"),
@@ -102,6 +102,9 @@ def prepare_export(source: str, request: dict, *, default_exporter: str = "dynam
     model, card = load_model(source, weights=weights, arch=request.get("arch"),
                              num_classes=request.get("num_classes"), preprocess=overrides,
                              weights_dir=request.get("weights_dir"))
+    if request.get("fold_normalization"):
+        from ..zoo import fold_normalization
+        model, card = fold_normalization(model, card)
     if card.weights.startswith("checkpoint:") and not overrides:
         p = card.preprocess
         notice(f"{source} has no model card, so it gets {card.arch}'s default preprocessing "

@@ -1,0 +1,175 @@
+"""Serving configurations from the model card and the batch profile: a Triton model repository
+and a DeepStream nvinfer classifier. Getting preprocessing and batch settings right there is
+where deployments quietly lose accuracy, so both are written from the one card, never by hand.
+
+Standard library only: bundles carry this file in lib/, and build_engine.sh runs it on the
+device to put a freshly built engine where Triton or DeepStream looks for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+TRITON_DIR = "triton"            # in the bundle: the onnxruntime model, ready to serve
+TRITON_PLAN_DIR = "triton-plan"  # in the bundle: config of the TensorRT plan model, no plan yet
+DEEPSTREAM_DIR = "deepstream"
+ACCELERATORS = ("none", "fp16", "int8")
+NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
+
+
+def model_name(name: str) -> str:
+    """A Triton model name (a folder name) from a work directory's name."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")
+    return cleaned or "model"
+
+
+# ---- Triton ---------------------------------------------------------------------------------
+
+def triton_config(name: str, platform: str, *, input_name: str, input_dims: list[int],
+                  output_name: str, output_dims: list[int], profile: dict,
+                  accelerator: str = "none") -> str:
+    """config.pbtxt (protobuf text format of Triton's ModelConfig). A dynamic batch profile
+    becomes max_batch_size and dynamic batching preferring the opt batch; a static one is
+    max_batch_size 0 with the batch in the dims, as Triton requires."""
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"unknown accelerator {accelerator!r}; use {', '.join(ACCELERATORS)}")
+    static = profile["static"]
+    batch = [] if not static else [profile["max"]]
+    lines = [f'name: "{name}"', f'platform: "{platform}"',
+             f"max_batch_size: {0 if static else profile['max']}",
+             "input [", "  {", f'    name: "{input_name}"', "    data_type: TYPE_FP32",
+             f"    dims: {_dims(batch + input_dims)}", "  }", "]",
+             "output [", "  {", f'    name: "{output_name}"', "    data_type: TYPE_FP32",
+             f"    dims: {_dims(batch + output_dims)}",
+             '    label_filename: "labels.txt"', "  }", "]"]
+    if not static:
+        lines += ["dynamic_batching {", f"  preferred_batch_size: [ {profile['opt']} ]",
+                  "  max_queue_delay_microseconds: 100", "}"]
+    if accelerator != "none":
+        # ONNX Runtime's TensorRT execution provider, as Triton's onnxruntime backend names it
+        lines += ["optimization {", "  execution_accelerators {",
+                  "    gpu_execution_accelerator : [ {", '      name : "tensorrt"',
+                  f'      parameters {{ key: "precision_mode" value: "{accelerator.upper()}" }}',
+                  '      parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
+                  "    } ]", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _dims(dims: list[int]) -> str:
+    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+
+
+def install_plan(bundle: Path, engine: Path, device: Path) -> Path:
+    """Put `engine` into <device>/triton/<name>_trt/1/model.plan beside the bundle's config, so
+    `tritonserver --model-repository <bundle>/triton --model-repository <device>/triton`
+    serves both models."""
+    info = json.loads((bundle / TRITON_PLAN_DIR / "model.json").read_text())
+    target = device / TRITON_DIR / info["name"]
+    (target / "1").mkdir(parents=True, exist_ok=True)
+    for name in ("config.pbtxt", "labels.txt"):
+        shutil.copyfile(bundle / TRITON_PLAN_DIR / name, target / name)
+    shutil.copyfile(engine, target / "1" / "model.plan")
+    return target / "1" / "model.plan"
+
+
+# ---- DeepStream -----------------------------------------------------------------------------
+
+def nvinfer_scaling(mean, std) -> tuple[float, list[float]]:
+    """(net-scale-factor, offsets) with which nvinfer's y = net-scale-factor * (x - offsets) on
+    RGB pixels in 0..255 equals the model's (x / 255 - mean) / std. nvinfer has one scale for
+    every channel, so a per-channel std cannot be said: ValueError, and the answer is to fold
+    the normalization into the graph."""
+    if max(std) - min(std) > 1e-9 * max(std):
+        raise ValueError(f"std {list(std)} differs per channel, and nvinfer applies one scale to "
+                         "all channels; export with --fold-normalization (the model then takes "
+                         "RGB in 0..255) and bundle that")
+    return 1.0 / (255.0 * std[0]), [255.0 * m for m in mean]
+
+
+def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_size: int,
+                   engine: str, onnx: str, calibration: str | None, labels: str) -> str:
+    """A primary classifier's [property] group; paths are relative to the config's folder."""
+    scale, offsets = nvinfer_scaling(preprocess["mean"], preprocess["std"])
+    size = preprocess["input_size"]
+    lines = [
+        "# Written by resnet-edge from the model card: do not edit the preprocessing by hand.",
+        "# nvinfer computes y = net-scale-factor * (x - offsets) on RGB pixels in 0..255, which is",
+        "# the model's own normalization. It scales the whole frame to the input size, with no",
+        "# center crop: crop upstream (nvvideoconvert src-crop, nvdspreprocess ROIs) when frames",
+        "# are not what the model was trained on.",
+        "# The model outputs logits (no softmax): the label attached is the top-1 class, and its",
+        "# reported probability is that logit.",
+        "[property]", "gpu-id=0",
+        f"net-scale-factor={scale!r}", f"offsets={';'.join(repr(o) for o in offsets)}",
+        "model-color-format=0",
+        f"onnx-file={onnx}", f"model-engine-file={engine}",
+        *([f"int8-calib-file={calibration}"] if calibration else []),
+        f"labelfile-path={labels}", f"batch-size={batch_size}",
+        f"network-mode={NETWORK_MODE[precision]}",
+        "network-type=1", "process-mode=1", "gie-unique-id=1",
+        f"infer-dims=3;{size};{size}", "maintain-aspect-ratio=0",
+        f"scaling-filter={1 if preprocess['interpolation'] != 'nearest' else 0}",
+        "output-blob-names=logits", "classifier-async-mode=0",
+        "classifier-threshold=-1000000000", "",
+        f"# {num_classes} classes, labels in {labels}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def nvinfer_labels(names: list[str]) -> str:
+    """A classifier's label file: one line per output layer, the classes separated by ';'."""
+    return ";".join(n.replace(";", ",") for n in names) + "\n"
+
+
+def deepstream_app_config(infer_config: str, batch_size: int, size: int) -> str:
+    """The smallest deepstream-app configuration around the classifier: one file source, the
+    classifier as primary GIE, on-screen labels off, a fakesink (swap the [sink0] type for a
+    display)."""
+    return "\n".join([
+        "# deepstream-app -c deepstream_app_config.txt (set [source0] uri to your video first)",
+        "[application]", "enable-perf-measurement=1", "perf-measurement-interval-sec=5", "",
+        "[source0]", "enable=1", "type=3", "uri=file:///opt/nvidia/deepstream/deepstream/samples/streams/sample_720p.mp4",
+        "num-sources=1", "gpu-id=0", "",
+        "[streammux]", "gpu-id=0", f"batch-size={batch_size}", "batched-push-timeout=40000",
+        f"width={max(size, 640)}", f"height={max(size, 480)}", "live-source=0", "",
+        "[primary-gie]", "enable=1", "gpu-id=0", f"batch-size={batch_size}", "gie-unique-id=1",
+        f"config-file={infer_config}", "",
+        "[osd]", "enable=0", "",
+        "[sink0]", "enable=1", "type=1", "sync=0", "",
+        "[tests]", "file-loop=0", ""])
+
+
+def install_engine(bundle: Path, engine: Path, precision: str, device: Path) -> Path:
+    """Copy `engine` to the fixed name the bundle's nvinfer configs name for `precision`."""
+    target = device / DEEPSTREAM_DIR / f"model.{precision}.engine"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(engine, target)
+    return target
+
+
+def main(argv=None) -> int:
+    try:  # as lib/serving.py in a bundle
+        import trt_engine
+    except ImportError:
+        from ..runtime import trt_engine
+    parser = argparse.ArgumentParser(description="Put a built engine where Triton or DeepStream "
+                                     "looks for it (run by build_engine.sh).")
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--engine", type=Path, required=True)
+    parser.add_argument("--precision", required=True, choices=sorted(NETWORK_MODE))
+    args = parser.parse_args(argv)
+    bundle, device = args.bundle.resolve(), trt_engine.device_dir(args.bundle)
+    if (bundle / TRITON_PLAN_DIR / "model.json").is_file():
+        print(f"Triton: {install_plan(bundle, args.engine, device)}")
+    if (bundle / DEEPSTREAM_DIR).is_dir():
+        print(f"DeepStream: {install_engine(bundle, args.engine, args.precision, device)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Triton and DeepStream bundles: configs read back with the servers' own schema and rules,
+cross-checked against the ONNX file, and preprocessing as nvinfer does it compared with the
+model card's on real photographs."""
+
+import configparser
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from cli_output import one_line_error
+from resnet_edge.calibration import calibrate
+from resnet_edge.deploy import TARGETS, make_bundle, safe_extract
+from resnet_edge.deploy.serving import nvinfer_scaling
+from resnet_edge.export import export_model, prepare_export
+from resnet_edge.export.metadata import read_card
+from resnet_edge.parity.gates import load_thresholds
+from resnet_edge.parity.run import run_parity
+
+text_format = pytest.importorskip("google.protobuf.text_format")
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2",
+    reason="Triton's ModelConfig schema comes with tritonclient[grpc] (the dev extra)")
+
+
+def _export(source, out, **request):
+    model, card, options = prepare_export(source, request)
+    export_model(model, card, out, options)
+    return out
+
+
+@pytest.fixture(scope="module")
+def folded_digits(trained_digits, tmp_path_factory):
+    """The trained digits ResNet-20 with its normalization folded in, calibrated."""
+    out = _export(str(trained_digits.model_path), tmp_path_factory.mktemp("fold") / "digits-folded",
+                  fold_normalization=True)
+    calibrate(out, "digits:train", samples=64, method="minmax")
+    return out
+
+
+@pytest.fixture(scope="module")
+def resnet18_folded(tmp_path_factory):
+    """A ResNet-18 (random init, 10 classes) at 64 px, one static batch, folded."""
+    return _export("resnet18", tmp_path_factory.mktemp("r18") / "r18-folded", weights="none",
+                   num_classes=10, input_size=64, batch=1, fold_normalization=True)
+
+
+@pytest.fixture(scope="module")
+def equal_std(tmp_path_factory):
+    """Not folded, but one std for every channel: nvinfer can say this one as it is."""
+    return _export("resnet20", tmp_path_factory.mktemp("eq") / "r20-equal-std", weights="none",
+                   mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+
+
+def _bundle(workdir, target, tmp_path, **kwargs):
+    made = make_bundle(workdir, target, tmp_path / f"{workdir.name}-{target}.tar.gz", golden=16,
+                       **kwargs)
+    return safe_extract(made.path, tmp_path / "x")
+
+
+def _parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _onnx_io(path):
+    graph = onnx.load(path).graph
+    weights = {i.name for i in graph.initializer}
+    tensor_in = next(i for i in graph.input if i.name not in weights)
+
+    def dims(value):
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+    return tensor_in.name, dims(tensor_in), graph.output[0].name, dims(graph.output[0])
+
+
+# ---- Triton ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accelerator", ["none", "fp16", "int8"])
+def test_triton_repository_parses_with_tritons_schema_and_matches_the_onnx(
+        accelerator, calibrated_workdir, tmp_path):
+    root = _bundle(calibrated_workdir, "triton", tmp_path, accelerator=accelerator)
+    name = calibrated_workdir.name
+    model_dir = root / "triton" / name
+    config = _parse(model_dir / "config.pbtxt")
+    model_file = "model.int8.onnx" if accelerator == "int8" else "model.onnx"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == (calibrated_workdir / model_file).read_bytes()
+    input_name, input_dims, output_name, output_dims = _onnx_io(model_dir / "1" / "model.onnx")
+    assert input_dims[0] == -1 and output_dims[0] == -1  # a dynamic batch: Triton batches it
+    assert config.name == name and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 32 and list(config.dynamic_batching.preferred_batch_size) == [8]
+    (inp,), (out,) = config.input, config.output
+    assert (inp.name, list(inp.dims), inp.data_type) == (input_name, input_dims[1:], model_config_pb2.TYPE_FP32)
+    assert (out.name, list(out.dims)) == (output_name, output_dims[1:]) == ("logits", [10])
+    labels = (model_dir / out.label_filename).read_text().splitlines()
+    assert labels == read_card(calibrated_workdir / "model.onnx").class_names
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    if accelerator == "none":
+        assert not accelerators
+    else:
+        (trt,) = accelerators
+        assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == accelerator.upper()
+
+    plan = _parse(root / "triton-plan" / "config.pbtxt")
+    assert plan.name == f"{name}_trt" and plan.platform == "tensorrt_plan"
+    assert (list(plan.input), list(plan.output)) == (list(config.input), list(config.output))
+
+
+def test_a_static_batch_is_max_batch_size_0_with_the_batch_in_the_dims(resnet18_folded, tmp_path):
+    root = _bundle(resnet18_folded, "triton", tmp_path)
+    model_dir = root / "triton" / resnet18_folded.name
+    config = _parse(model_dir / "config.pbtxt")
+    _, input_dims, _, output_dims = _onnx_io(model_dir / "1" / "model.onnx")
+    assert input_dims == [1, 3, 64, 64] and output_dims == [1, 10]
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert list(config.input[0].dims) == input_dims and list(config.output[0].dims) == output_dims
+
+
+def test_build_engine_sh_installs_the_plan_and_the_deepstream_engine(calibrated_workdir,
+                                                                     folded_digits, tmp_path):
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "trtexec").write_text(  # writes the engine it is told to, as trtexec would
+        '#!/bin/sh\nfor a in "$@"; do case "$a" in --saveEngine=*) printf plan > "${a#--saveEngine=}";; esac; done\n')
+    (stub / "trtexec").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub}:{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+           "TRT_VERSION": "10.3.0", "GPU_NAME": "Orin"}
+    env.pop("RESNET_EDGE_DEVICE_DIR", None)
+    triton = _bundle(calibrated_workdir, "triton", tmp_path / "t")
+    run = subprocess.run(["bash", "build_engine.sh", "fp16"], cwd=triton, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    served = tmp_path / "t" / "x" / f"{triton.name}.device" / "triton" / f"{calibrated_workdir.name}_trt"
+    assert (served / "1" / "model.plan").read_text() == "plan"
+    assert _parse(served / "config.pbtxt").platform == "tensorrt_plan"
+    assert (served / "labels.txt").read_text() == (triton / "labels.txt").read_text()
+
+    deepstream = _bundle(folded_digits, "deepstream", tmp_path / "d")
+    run = subprocess.run(["bash", "build_engine.sh", "int8"], cwd=deepstream, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    config = _nvinfer(deepstream / "deepstream" / "config_infer_int8.txt")
+    engine = (deepstream / "deepstream" / config["model-engine-file"]).resolve()
+    assert engine.read_text() == "plan" and engine.is_relative_to(tmp_path / "d" / "x" / f"{deepstream.name}.device")
+
+
+# ---- DeepStream -----------------------------------------------------------------------------
+
+def _nvinfer(path):
+    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",))
+    parser.read_string(path.read_text())
+    return parser["property"]
+
+
+def _frames(size):
+    """The two photographs scikit-learn ships, center-cropped square and scaled to the model's
+    input size upstream, as a DeepStream pipeline would crop before nvinfer scales."""
+    frames = []
+    for image in load_sample_images().images:
+        h, w, _ = image.shape
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = Image.fromarray(image[top:top + side, left:left + side])
+        frames.append(np.asarray(square.resize((size, size), Image.BILINEAR)))
+    return frames
+
+
+@pytest.mark.parametrize("which", ["folded_digits", "resnet18_folded", "equal_std"])
+def test_nvinfer_preprocessing_equals_the_model_cards(which, request, tmp_path):
+    workdir = request.getfixturevalue(which)
+    root = _bundle(workdir, "deepstream", tmp_path)
+    card = read_card(workdir / "model.onnx")
+    folder = root / "deepstream"
+    configs = sorted(folder.glob("config_infer_*.txt"))
+    assert {c.name for c in configs} >= {"config_infer_fp32.txt", "config_infer_fp16.txt"}
+    session = ort.InferenceSession(str(workdir / "model.onnx"), providers=["CPUExecutionProvider"])
+    for path in configs:
+        config = _nvinfer(path)
+        precision = path.stem.removeprefix("config_infer_")
+        assert config["network-type"] == "1" and config["model-color-format"] == "0"
+        assert config["network-mode"] == {"fp32": "0", "int8": "1", "fp16": "2"}[precision]
+        assert config["infer-dims"] == f"3;{card.preprocess.input_size};{card.preprocess.input_size}"
+        assert (folder / config["onnx-file"]).is_file() and config["output-blob-names"] == "logits"
+        assert (folder / config["labelfile-path"]).read_text().strip().split(";") == (
+            card.class_names or [str(i) for i in range(card.num_classes)])
+        assert int(config["batch-size"]) == 1
+        scale = float(config["net-scale-factor"])
+        offsets = np.array([float(v) for v in config["offsets"].split(";")], np.float32)
+        for frame in _frames(card.preprocess.input_size):
+            # nvinfer's documented preprocessing, y = net-scale-factor * (x - offsets), per channel
+            nvinfer = (scale * (frame.astype(np.float32) - offsets)).transpose(2, 0, 1)
+            ours = card.preprocess.transform()(Image.fromarray(frame)).numpy()
+            assert np.abs(nvinfer - ours).max() < 1e-3 * max(1.0, np.abs(ours).max())
+            logits = [session.run(None, {"input": x[None]})[0] for x in (nvinfer, ours)]
+            assert np.abs(logits[0] - logits[1]).max() < 1e-3 and logits[0].argmax() == logits[1].argmax()
+    app = configparser.ConfigParser(interpolation=None)
+    app.read_string((folder / "deepstream_app_config.txt").read_text())
+    assert (folder / app["primary-gie"]["config-file"]).is_file()
+    assert app["primary-gie"]["batch-size"] == app["streammux"]["batch-size"] == "1"
+
+
+def test_a_per_channel_std_is_refused_for_deepstream_and_folding_fixes_it(digits_workdir, run_cli,
+                                                                          tmp_path):
+    one_line_error(run_cli("bundle", digits_workdir, "--target", "deepstream", "--out", tmp_path),
+                   2, "differs per channel, and nvinfer applies one scale to all channels; export "
+                      "with --fold-normalization")
+    assert not list(tmp_path.glob("*.tar.gz"))
+    card = read_card(digits_workdir / "model.onnx")
+    with pytest.raises(ValueError):
+        nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
+
+
+def test_folded_and_unfolded_models_agree(digits_workdir, folded_digits):
+    """Same weights, normalization in or out of the graph: each fed by its own card, the two
+    ONNX files give the same logits on real photographs, and parity passes on the folded one."""
+    cards = [read_card(w / "model.onnx") for w in (digits_workdir, folded_digits)]
+    assert cards[1].folded_normalization == {"mean": list(cards[0].preprocess.mean),
+                                             "std": list(cards[0].preprocess.std)}
+    assert cards[1].preprocess.mean == (0.0, 0.0, 0.0) and cards[1].preprocess.resize == cards[0].preprocess.resize
+    sessions = [ort.InferenceSession(str(w / "model.onnx"), providers=["CPUExecutionProvider"])
+                for w in (digits_workdir, folded_digits)]
+    for frame in _frames(32):
+        logits = [s.run(None, {"input": c.preprocess.transform()(Image.fromarray(frame)).numpy()[None]})[0]
+                  for s, c in zip(sessions, cards)]
+        assert np.abs(logits[0] - logits[1]).max() < 1e-4 and logits[0].argmax() == logits[1].argmax()
+    report = run_parity(folded_digits, "digits:test", backends=["ort"], precisions=["fp32", "int8"],
+                        thresholds=load_thresholds(), limit=128)
+    assert report["summary"]["passed"], report["summary"]
+    assert report["model"]["folded_normalization"] is not None
+
+
+def test_folding_twice_or_renormalizing_a_folded_model_is_refused(folded_digits, run_cli, tmp_path):
+    one_line_error(run_cli("export", folded_digits / "model.pt", "--fold-normalization", "--out",
+                           tmp_path / "again"), 2, "already in its graph")
+    one_line_error(run_cli("export", folded_digits / "model.pt", "--mean", "0.5,0.5,0.5", "--out",
+                           tmp_path / "again"), 2, "--mean and --std do not apply")
+
+
+def test_serving_bundles_verify_like_any_other(folded_digits, calibrated_workdir, run_cli, tmp_path):
+    for workdir, target in ((calibrated_workdir, "triton"), (folded_digits, "deepstream")):
+        made = make_bundle(workdir, target, tmp_path / f"{target}.tar.gz", golden=16)
+        result = run_cli("verify", made.path, "--iterations", "2")
+        assert result.exit_code == 0, result.output
+        assert "files match manifest.json" in result.stdout and "PASS" in result.stdout
+
+
+def test_the_cli_offers_every_target():
+    from resnet_edge.cli import TARGET_NAMES
+    assert TARGET_NAMES == list(TARGETS)

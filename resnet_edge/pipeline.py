@@ -99,6 +99,12 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     exporter = "torchscript" if TARGETS[config.target]["max_opset"] < 18 else "dynamo"
     model, card, options = prepare_export(config.source, config.export, default_exporter=exporter,
                                           notice=notice)
+    if TARGETS[config.target].get("serve") == "deepstream":  # refused now, not after every step
+        from .deploy.serving import nvinfer_scaling
+        try:
+            nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     exported = export_model(model, card, out, options, force=config.force,
                             step=lambda m: step("export", m))
     result.steps.append(StepResult("export", "skipped" if exported.skipped else "ran",

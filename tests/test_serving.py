@@ -209,6 +209,10 @@ def test_a_per_channel_std_is_refused_for_deepstream_and_folding_fixes_it(digits
                    2, "differs per channel, and nvinfer applies one scale to all channels; export "
                       "with --fold-normalization")
     assert not list(tmp_path.glob("*.tar.gz"))
+    # the pipeline says so before its first step, not after calibrating and evaluating
+    one_line_error(run_cli("pipeline", digits_workdir / "model.pt", "--target", "deepstream",
+                           "--out", tmp_path / "p"), 2, "--fold-normalization")
+    assert not (tmp_path / "p").exists()
     card = read_card(digits_workdir / "model.onnx")
     with pytest.raises(ValueError):
         nvinfer_scaling(card.preprocess.mean, card.preprocess.std)

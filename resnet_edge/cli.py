@@ -660,7 +660,6 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
       resnet-edge calibrate artifacts/resnet20 --data digits:train --method percentile --sensitivity
       resnet-edge calibrate artifacts/resnet20 --exclude auto          # keep sensitive layers in float
     """
-    from .calibration import CACHE_NAME, INT8_FP16_NAME, RANGES_NAME
     from .calibration import calibrate as run_calibration
     from .parity.gates import load_thresholds
 
@@ -689,9 +688,7 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
         what = "top-1" if h["labelled"] else "top-1 agreement with fp32"
         stdout.print(f"held-out check on {h['images']} unused images ({what}): fp32 {h['fp32_top1']:.2%}, "
                      f"int8 {h['int8_top1']:.2%} ({h['drop_pt']:+.2f} pt)")
-    folder = result.path.parent
-    wrote(folder / RANGES_NAME, result.path, folder / INT8_FP16_NAME if recipe == "tensorrt" else None,
-          folder / CACHE_NAME, folder / "manifest.json")
+    wrote(*result.written)
     emit_json({"int8": str(result.path), "recipe": recipe, "method": method, "samples": result.samples,
                "per_class": result.per_class, "excluded": result.excluded, "holdout": result.holdout,
                "sensitivity": result.sensitivity, "warnings": result.warnings}, json_path)

@@ -127,8 +127,13 @@ def test_sensitivity_ranks_every_layer_and_exclusions_stay_float(digits_workdir,
     assert len(result.sensitivity) == 22 and result.sensitivity[0]["module"]
     drops = [(r["drop_pt"], r["logit_rmse"]) for r in result.sensitivity]
     assert drops == sorted(drops, reverse=True)
+    saved = json.loads((work / "calibration.sensitivity.json").read_text())  # kept, not only printed
+    assert saved["layers"] == result.sensitivity and saved["held_out_images"] == 100
+    assert work / "calibration.sensitivity.json" in result.written
     worst = result.sensitivity[0]["layer"]
     again = calibrate(work, "digits:train", samples=256, method="minmax", exclude=worst, holdout=100)
+    # the ranges were up to date, so this run did not write them again, and does not say it did
+    assert work / "calibration.ranges.json" not in again.written and again.path in again.written
     model = onnx.load(str(again.path))
     node = next(n for n in model.graph.node if n.name == worst)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..artifacts import WorkDir, atomic_path, write_bytes_atomic
+from ..artifacts import WorkDir, atomic_path, write_bytes_atomic, write_json_atomic
 from ..data import RandomSource, batches, match_classes, open_data
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card, write_fp16
@@ -30,6 +30,7 @@ from .trt_cache import write_cache
 INT8_NAME = "model.int8.onnx"
 INT8_FP16_NAME = INT8_FP16_FILE
 RANGES_NAME = "calibration.ranges.json"
+SENSITIVITY_NAME = "calibration.sensitivity.json"  # the --sensitivity ranking, for later reading
 CACHE_NAME = "calibration.cache"
 EVAL_DEFAULT = "digits:test"
 ANALYSIS_HOLDOUT = 500  # held-out images for --sensitivity and --exclude auto
@@ -44,6 +45,7 @@ class CalibrationResult:
     holdout: dict | None = None
     sensitivity: list[dict] | None = None
     excluded: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # by this run, in the order written
 
 
 def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAMPLES,
@@ -95,6 +97,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     options = {"method": method, "samples": len(inputs), "data": data_spec}
     outputs = [RANGES_NAME, INT8_NAME, *([INT8_FP16_NAME] if recipe == "tensorrt" else []), CACHE_NAME]
     wd.begin("calibrate", outputs)
+    written = []
     if recipe != "tensorrt":  # an fp16-float int8 model from an earlier recipe is not this one's
         wd.file(INT8_FP16_NAME).unlink(missing_ok=True)
     # onnxruntime.quantization logs advice on the root logger for every call, and the entropy
@@ -111,12 +114,18 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
             with atomic_path(ranges_path) as tmp:
                 compute_ranges(source_model, inputs, method, tmp, scratch, input_name, recipe)
             wd.record(RANGES_NAME, inputs=range_inputs, options=options)
+            written.append(ranges_path)
         ranges = load_ranges(ranges_path)
 
         held = _holdout(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
         evaluate = _Evaluator(source_model, held, recipe, Path(scratch), ranges_path, method, layers,
                               ranges)
         ranking = evaluate.sensitivity(step) if sensitivity or exclude == "auto" else None
+        if ranking is not None:
+            write_json_atomic(wd.file(SENSITIVITY_NAME), {
+                "method": method, "samples": len(inputs), "held_out_images": len(held.inputs),
+                "fp32_top1": evaluate.fp32_top1, "layers": ranking})
+            written.append(wd.file(SENSITIVITY_NAME))
         excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
 
         step(f"writing {INT8_NAME} ({recipe} recipe)")
@@ -145,8 +154,9 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                     remake=f"resnet-edge calibrate {workdir}")
         # the held-out check scores the very model just written, not a second quantization
         holdout_result = evaluate.score(wd.file(INT8_NAME)) if held is not None else None
+    written += [wd.file(n) for n in outputs if n != RANGES_NAME] + [wd.file("manifest.json")]
     return CalibrationResult(wd.file(INT8_NAME), per_class, len(inputs), notes, holdout_result,
-                             ranking, excluded)
+                             ranking, excluded, written)
 
 
 @dataclass

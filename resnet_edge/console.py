@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from . import quiet as library_logs
 from . import strictjson
+from .artifacts import write_json_atomic
 
 PROGRESS_EVERY_S = 10.0
 LOG_WIDTH = 1000  # off a terminal: wide enough that no table is ever cut
@@ -140,6 +141,5 @@ def emit_json(data, path: Path | None) -> None:
     if str(path) == "-":
         sys.stdout.write(strictjson.dumps(data, indent=2) + "\n")
         return
-    from .artifacts import write_json_atomic
     write_json_atomic(path, data)
     wrote(path)

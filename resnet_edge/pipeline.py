@@ -138,6 +138,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         trt = trt_engine.import_trt()
         gpu, _ = trt_engine.current_gpu()
         built, notes = [], []
+        profile = export_profile(out)  # the batch range this export was made for
         for precision in ("fp16", "int8"):
             engine = trt_engine.engine_path(out, gpu, trt.__version__, precision)
             source = out / trt_engine.build_plan(trt.__version__, precision).onnx_file
@@ -147,7 +148,6 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
             if engine.exists() and trt_engine.read_engine_meta(engine).get("onnx_sha256") == sha256_file(source):
                 continue  # built from this very ONNX file already
             step("build", f"{precision} engine")
-            profile = export_profile(out)  # the batch range this export was made for
             made = trt_engine.build_engine(out, precision, min_batch=profile["min"],
                                            opt_batch=profile["opt"], max_batch=profile["max"])
             built.append(made.name)

@@ -190,6 +190,14 @@ CARD_CASES = [
     (lambda c: c.pop("num_classes"), "misses 'num_classes'"),
     (lambda c: c.update(arch="resnet9000"), "arch 'resnet9000' is not a known ResNet"),
     (lambda c: c.update(class_names=["a"]), "class_names must be 10 strings"),
+    (lambda c: c.update(folded_normalization={"mean": [0, 0, 0]}), "must have exactly mean and std"),
+    (lambda c: c.update(folded_normalization={"mean": [0, 0, float("nan")], "std": [1, 1, 1]}),
+     "folded_normalization mean must be 3 finite numbers"),
+    (lambda c: c.update(folded_normalization={"mean": [0, 0, 0], "std": [1, 0, 1]}),
+     "folded_normalization std must be positive"),
+    # folded, yet the card still normalizes: the model would be normalized twice
+    (lambda c: c.update(folded_normalization={"mean": [0.5] * 3, "std": [0.25] * 3}),
+     "a folded model takes RGB in 0..255"),
 ]
 
 

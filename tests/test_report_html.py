@@ -125,3 +125,17 @@ def test_chromium_renders_the_labelled_report(labelled_report, tmp_path):
     top1 = labelled_report["reference"]["accuracy"]["top1"]
     assert re.search(rf"id=\"reference-top1\">{re.escape(f'{top1:.2%}')}<", dom)
     assert "Per-class accuracy change" in dom and "Machine and versions" in dom
+
+
+def test_dollars_in_paths_and_class_names_print_as_text(labelled_report):
+    """A data spec or class name with `$` in it is not a formula (matplotlib's mathtext would
+    garble one and fail on an unbalanced one)."""
+    from resnet_edge.parity import plots
+    report = {**labelled_report, "data": {**labelled_report["data"], "spec": "imagefolder:/d/$x_{$/val"},
+              "model": {**labelled_report["model"], "class_names": [f"$c_{{{i}$" for i in range(10)]}}
+    report["candidates"] = [dict(r) for r in report["candidates"]]
+    report["candidates"][0]["accuracy"] = {**report["candidates"][0]["accuracy"],
+                                           "per_class": [0.0] * 10}  # every class changed
+    for picture in (plots.summary(report), plots.error_distributions(report),
+                    plots.class_changes(report)[0]):
+        Image.open(io.BytesIO(picture)).verify()

@@ -3,6 +3,7 @@ cross-checked against the ONNX file, and preprocessing as nvinfer does it compar
 model card's on real photographs."""
 
 import configparser
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from sklearn.datasets import load_sample_images
 from cli_output import one_line_error
 from resnet_edge.calibration import calibrate
 from resnet_edge.deploy import TARGETS, make_bundle, safe_extract
-from resnet_edge.deploy.serving import nvinfer_scaling
+from resnet_edge.deploy.serving import install_plan, nvinfer_scaling
 from resnet_edge.export import export_model, prepare_export
 from resnet_edge.export.metadata import read_card
 from resnet_edge.parity.gates import load_thresholds
@@ -255,3 +256,14 @@ def test_serving_bundles_verify_like_any_other(folded_digits, calibrated_workdir
 def test_the_cli_offers_every_target():
     from resnet_edge.cli import TARGET_NAMES
     assert TARGET_NAMES == list(TARGETS)
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "/tmp/abs", "", 7])
+def test_a_plan_model_name_that_is_a_path_is_refused(name, tmp_path):
+    bundle = tmp_path / "b"
+    (bundle / "triton-plan").mkdir(parents=True)
+    (bundle / "triton-plan" / "model.json").write_text(f'{{"name": {json.dumps(name)}}}')
+    (tmp_path / "model.engine").write_text("plan")
+    with pytest.raises(ValueError, match="not a plain folder name"):
+        install_plan(bundle, tmp_path / "model.engine", tmp_path / "device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "model.engine"]

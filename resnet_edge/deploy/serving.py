@@ -68,8 +68,11 @@ def install_plan(bundle: Path, engine: Path, device: Path) -> Path:
     """Put `engine` into <device>/triton/<name>_trt/1/model.plan beside the bundle's config, so
     `tritonserver --model-repository <bundle>/triton --model-repository <device>/triton`
     serves both models."""
-    info = json.loads((bundle / TRITON_PLAN_DIR / "model.json").read_text())
-    target = device / TRITON_DIR / info["name"]
+    name = json.loads((bundle / TRITON_PLAN_DIR / "model.json").read_text()).get("name")
+    if not isinstance(name, str) or name != model_name(name):
+        raise ValueError(f"{TRITON_PLAN_DIR}/model.json names the model {name!r}, which is not a "
+                         "plain folder name; the bundle is damaged")
+    target = device / TRITON_DIR / name
     (target / "1").mkdir(parents=True, exist_ok=True)
     for name in ("config.pbtxt", "labels.txt"):
         shutil.copyfile(bundle / TRITON_PLAN_DIR / name, target / name)
@@ -165,7 +168,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     bundle, device = args.bundle.resolve(), trt_engine.device_dir(args.bundle)
     if (bundle / TRITON_PLAN_DIR / "model.json").is_file():
-        print(f"Triton: {install_plan(bundle, args.engine, device)}")
+        try:
+            print(f"Triton: {install_plan(bundle, args.engine, device)}")
+        except (ValueError, OSError) as exc:  # JSONDecodeError is a ValueError
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if (bundle / DEEPSTREAM_DIR).is_dir():
         print(f"DeepStream: {install_engine(bundle, args.engine, args.precision, device)}")
     return 0

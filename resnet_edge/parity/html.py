@@ -8,6 +8,7 @@ from html import escape
 
 from . import plots
 from .gates import describe
+from .report import percent
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #24292f;
@@ -78,10 +79,6 @@ def _img(png: bytes, alt: str) -> str:
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
 def _candidates(report: dict) -> str:
     rows = ["<table id='candidates'><tr><th>backend</th><th>device</th><th>result</th>"
             "<th>max abs</th><th>p99 abs</th><th>cosine</th><th>top-1 agreement</th>"
@@ -100,8 +97,8 @@ def _candidates(report: dict) -> str:
             f"<td><span class='tag {verdict.lower()}'>{verdict}</span></td>"
             f"<td class='num'>{m['max_abs']:.2e}</td><td class='num'>{m['p99_abs']:.2e}</td>"
             f"<td class='num'>{m['cosine']:.6f}</td>"
-            f"<td class='num' data-metric='top1_agreement'>{_pct(m['top1_agreement'])}</td>"
-            f"<td class='num'>{_pct(a and a['top1'])}</td>"
+            f"<td class='num' data-metric='top1_agreement'>{percent(m['top1_agreement'])}</td>"
+            f"<td class='num'>{percent(a and a['top1'])}</td>"
             f"<td class='num'>{'-' if not a else format(a['drop_pt'], '+.2f')}</td>"
             f"<td class='num'>{'-' if not lat else format(lat['p50_ms'], '.2f')}</td>"
             f"<td><ul class='gates'>{gates}</ul></td></tr>")

@@ -7,6 +7,7 @@ are colour and word both, so a failing run never looks like a passing one in gre
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -32,6 +33,16 @@ def _pyplot():
     return plt
 
 
+def _literal(draw):
+    """Draw with mathtext off: data specs, paths and class names are text, and a `$` in one
+    must print as `$`, not start a formula (or fail on an unbalanced one)."""
+    @functools.wraps(draw)
+    def literal(*args, **kwargs):
+        with _pyplot().rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return literal
+
+
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -53,6 +64,7 @@ def title(report: dict) -> str:
     return f"{report['model']['arch']} on {data['spec']} ({data['images']} images): {result}"
 
 
+@_literal
 def summary(report: dict) -> bytes:
     """Left: top-1 (or agreement, without labels) against latency per batch, one marker per
     backend, pass/fail in colour and legend. Right: the largest logit error of every
@@ -138,6 +150,7 @@ def _short(reason: str) -> str:
     return reason if len(reason) <= 60 else reason[:57] + "..."
 
 
+@_literal
 def error_distributions(report: dict) -> bytes | None:
     """Share of images by their largest logit error, one line per candidate, log-scale x."""
     rows = [r for r in report["candidates"] if r["status"] == "ran" and r.get("error_histogram")]
@@ -169,6 +182,7 @@ def error_distributions(report: dict) -> bytes | None:
     return _png(fig)
 
 
+@_literal
 def class_changes(report: dict) -> tuple[bytes | None, str]:
     """Per-class top-1 of each candidate minus the reference's, in points, and a sentence on
     what is shown (all classes, or the ones that changed most)."""

@@ -19,7 +19,7 @@ from . import plots
 from .gates import describe
 
 
-def _pct(v):
+def percent(v) -> str:
     return "-" if v is None else f"{v:.2%}"
 
 
@@ -58,7 +58,7 @@ def table(report: dict) -> Table:
         m, a, lat = row["metrics"], row["accuracy"], row["latency"]
         gates = _gates_text(row)
         style = "red" if gates.startswith("FAIL") else "green"
-        t.add_row(row["device"], f"{m['max_abs']:.2e}", _pct(m["top1_agreement"]), _pct(a and a["top1"]),
+        t.add_row(row["device"], f"{m['max_abs']:.2e}", percent(m["top1_agreement"]), percent(a and a["top1"]),
                   "-" if not a else f"{a['drop_pt']:+.2f}", f"{lat['p50_ms']:.2f}" if lat else "-",
                   f"[{style}]{gates}[/]")
     return t
@@ -120,7 +120,7 @@ def write_markdown(report: dict, path: str | os.PathLike) -> list[Path]:
             continue
         m, a, lat = row["metrics"], row["accuracy"], row["latency"]
         lines.append(f"| {row['device']} | {m['max_abs']:.2e} | {m['p99_abs']:.2e} | {m['cosine']:.6f} "
-                     f"| {_pct(m['top1_agreement'])} | {_pct(a and a['top1'])} "
+                     f"| {percent(m['top1_agreement'])} | {percent(a and a['top1'])} "
                      f"| {'-' if not a else format(a['drop_pt'], '+.2f')} "
                      f"| {_ms(lat)} | {_gates_text(row)} |")
     lines += ["", f"![parity summary]({picture.name})"]

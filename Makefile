@@ -22,7 +22,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all test-browser demo export calibrate engines clean
+.PHONY: venv test test-all test-browser test-data demo export calibrate engines clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -36,6 +36,12 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
+
+# The trained checkpoint the tests build on, committed so every machine tests the same model
+# (training differs with thread count and instruction set); remake it after changing training.
+test-data: venv
+	$(BIN)/resnet-edge train resnet20 --data digits --epochs 10 --seed 0 --out runs/test-data
+	cp runs/test-data/model.pt tests/data/resnet20-digits.pt
 
 # The HTML report in a real browser: Debian's chromium package, headless (needs root for apt;
 # the default `make test` skips these, with the reason, where chromium is missing).

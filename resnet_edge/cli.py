@@ -420,23 +420,27 @@ def _failed_gates(rows: list[dict]) -> str:
               help="TOML file: [fp16] max_accuracy_drop_pt = 0.2, etc.")
 @click.option("--gate", "gates", multiple=True, metavar="PREC.NAME=VALUE",
               help="Override one threshold, e.g. --gate int8.max_accuracy_drop_pt=0.5 (repeatable).")
+@click.option("--agreement", type=click.Choice(["raw", "decisive"]), default="raw", show_default=True,
+              help="How the top-1 agreement gate counts: raw (every image), or decisive (images "
+              "whose reference margin clears twice the row's own p99 logit error, judged by the "
+              "95 % Wilson lower bound): a near-tie then cannot fail a correct model.")
 @JSON_OPTION
 @click.option("--markdown", type=click.Path(path_type=Path), help="Write Markdown (+ a PNG plot beside it).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML, one case per gate.")
 @click.option("--html", type=click.Path(path_type=Path),
               help="Write one self-contained HTML page: table, plots, disagreeing images.")
 def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
-           json_path, markdown, junit, html) -> None:
+           agreement, json_path, markdown, junit, html) -> None:
     """Run one evaluation set through PyTorch fp32 (the reference) and every other backend x
     precision; compare logits, agreement and accuracy; gate; report.
 
     \b
-    Gates (fractions; defaults, override with --thresholds FILE or --gate):
+    Gates (percent and points, as their names say; override with --thresholds FILE or --gate):
       every row: no NaN or inf logits
-      fp32: top-1 agreement 1.0, max abs logit diff <= 1e-3
-      fp16: top-1 agreement >= 0.995, accuracy drop <= 0.1 pt
-      int8: top-1 agreement >= 0.95, cosine >= 0.99, accuracy drop <= 1 pt, >= 0.99 of the
-            reference accuracy
+      fp32: min_top1_agreement_pct 100, max_abs 1e-3
+      fp16: min_top1_agreement_pct 99.5, max_accuracy_drop_pt 0.1
+      int8: min_top1_agreement_pct 95, min_cosine 0.99, max_accuracy_drop_pt 1,
+            min_relative_accuracy_pct 99
 
     Exit 0 when every gate holds, 1 when one fails, 2 on bad usage, 3 when a backend or
     precision named explicitly with --backends/--precisions cannot run here.
@@ -463,7 +467,8 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
                             precisions=_csv(precisions) if precisions else list(PRECISIONS),
                             thresholds=table_of_gates, limit=limit, batch_size=batch_size,
                             device=device, explicit=explicit, cpu_fp16=cpu_fp16,
-                            progress=bar.update, keep_disagreements=html is not None)
+                            progress=bar.update, keep_disagreements=html is not None,
+                            agreement=agreement)
     _print_parity(result)
     for path, writer in ((markdown, reports.write_markdown), (junit, reports.write_junit),
                          (html, reports.write_html)):
@@ -942,13 +947,14 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
             raise MissingBackend(str(exc)) from None
     table = Table(title=f"{report['bundle']['arch']} bundle for {report['bundle']['about']}: "
                         f"{report['golden_images']} golden images")
-    for col in ("backend", "max abs", "top-1 agree", "top-1", "p50 ms", "gates"):
+    for col in ("backend", "max abs", "top-1 agree", "near-ties", "top-1", "p50 ms", "gates"):
         table.add_column(col, justify="left" if col in ("backend", "gates") else "right")
     from .parity.gates import describe
     for row in report["results"]:
         bad = [describe(g) for g in row["gates"] if g["passed"] is False]
         table.add_row(row["backend"], f"{row['metrics']['max_abs']:.2e}",
-                      f"{row['metrics']['top1_agreement']:.2%}",
+                      _decisive(row["metrics"]["decisive"]),
+                      str(row["metrics"]["decisive"]["near_ties"]),
                       f"{row['accuracy']['top1']:.2%}" if row["accuracy"] else "-",
                       f"{row['latency']['host_to_host']['p50_ms']:.2f}",
                       "[red]FAIL: " + escape(", ".join(bad)) + "[/]" if bad else "[green]pass[/]")
@@ -962,6 +968,11 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
     emit_json(report, json_path)
     if report["failed_gates"]:
         raise GateFailed(f"bundle gates failed: {_failed_gates([dict(r, backend=r['backend'].split()[0]) for r in report['results']])}")
+
+
+def _decisive(decisive: dict) -> str:
+    """Agreement on the images a correct model cannot flip, with what that shows at least."""
+    return f"{decisive['agree']}/{decisive['images']} (>= {decisive['lower_bound']:.1%})"
 
 
 @cli.command()

@@ -7,9 +7,32 @@ its error infinite; it never disappears the way Python's max() drops NaN.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+NEAR_TIE_FACTOR = 2  # a reference margin under twice a candidate's p99 logit error can flip
+Z_95 = 1.6449  # one-sided 95 %: the bound below which the true agreement lies 1 time in 20
+
+
+def wilson_lower(successes: int, n: int, z: float = Z_95) -> float:
+    """Wilson score lower bound of a binomial proportion: what agreement on n images shows
+    at least, rather than what it happened to be."""
+    if n == 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n))
+
+
+def top1_margin(logits: np.ndarray) -> np.ndarray:
+    """Per row, how far the top-1 logit is ahead of the runner-up."""
+    if logits.shape[1] < 2:
+        return np.full(len(logits), np.inf)
+    top2 = np.partition(logits, -2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
 
 
 @dataclass
@@ -25,6 +48,8 @@ class LogitComparison:
     _top1_agree: int = 0
     _top5_agree: int = 0
     _per_image_max: list[np.ndarray] = field(default_factory=list)
+    _margins: list[np.ndarray] = field(default_factory=list)  # reference top-1 margin per image
+    _agrees: list[np.ndarray] = field(default_factory=list)  # top-1 agreement per image
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
         ref = np.asarray(ref, dtype=np.float64)
@@ -47,7 +72,10 @@ class LogitComparison:
             cosine = (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)
         self._cos_sum += float(np.where(good, cosine, -1.0).sum())
         ref_top1 = ref.argmax(axis=1)
-        self._top1_agree += int(((cand.argmax(axis=1) == ref_top1) & good).sum())
+        agrees = (cand.argmax(axis=1) == ref_top1) & good
+        self._top1_agree += int(agrees.sum())
+        self._agrees.append(agrees)
+        self._margins.append(top1_margin(ref))
         k = min(5, ref.shape[1])
         cand_topk = np.argsort(-cand, axis=1)[:, :k]
         # top-5 agreement: the reference's top-1 class is among the candidate's top 5.
@@ -88,11 +116,28 @@ class LogitComparison:
         return {"edges": edges.tolist(), "counts": counts.tolist(),
                 "exact": int((finite == 0).sum()), "nonfinite": int(errors.size - finite.size)}
 
-    def summary(self) -> dict[str, float]:
-        return {"images": self.images, "nonfinite": self.nonfinite, "max_abs": self.max_abs,
-                "mean_abs": self.mean_abs,
-                "p99_abs": self.p99_abs, "cosine": self.cosine,
-                "top1_agreement": self.top1_agreement, "top5_agreement": self.top5_agreement}
+    def decisive(self, near_tie: float) -> dict:
+        """Top-1 agreement on the images whose reference margin clears `near_tie` (a bound on
+        the candidate's logit error): a near-tie flips under any correct model with that much
+        error, so it says nothing about the model. Carries the Wilson lower bound."""
+        margins = np.concatenate(self._margins) if self._margins else np.zeros(0)
+        agrees = np.concatenate(self._agrees) if self._agrees else np.zeros(0, bool)
+        keep = margins > near_tie if math.isfinite(near_tie) else np.zeros(len(margins), bool)
+        n, k = int(keep.sum()), int(agrees[keep].sum())
+        return {"near_tie_margin": near_tie, "near_ties": int(len(margins) - n),
+                "images": n, "agree": k, "agreement": k / n if n else None,
+                "lower_bound": wilson_lower(k, n)}
+
+    def summary(self, near_tie: float | None = None) -> dict:
+        """The comparison's numbers; with `near_tie`, also the decisive agreement, which the
+        top-1 agreement gate then judges instead of the raw ratio."""
+        out = {"images": self.images, "nonfinite": self.nonfinite, "max_abs": self.max_abs,
+               "mean_abs": self.mean_abs,
+               "p99_abs": self.p99_abs, "cosine": self.cosine,
+               "top1_agreement": self.top1_agreement, "top5_agreement": self.top5_agreement}
+        if near_tie is not None:
+            out["decisive"] = self.decisive(near_tie)
+        return out
 
 
 @dataclass

@@ -101,8 +101,14 @@ def test_int8_keeps_digits_accuracy(calibrated, recipe):
         model = onnx.load(str(work / "model.int8-fp16.onnx"))
         scales = {i.name: i.data_type for i in model.graph.initializer if i.name.endswith("_scale")}
         assert scales and set(scales.values()) == {onnx.TensorProto.FLOAT16}
+        assert row["int8_path"] == {"path": "Q/DQ as written", "integer_ops": {}}
     else:
         assert fp16_float["status"] == "skipped" and "--recipe tensorrt" in fp16_float["reason"]
+        # ORT fused it into integer kernels, and they agree with the exact arithmetic
+        path = row["int8_path"]
+        assert path["path"] == "fused integer kernels" and path["integer_ops"]["QLinearConv"] == 21
+        assert path["fused_vs_as_written"]["top1_agreement"] >= 0.99, path
+    assert report["machine"]["int8_arithmetic"]  # which CPU arithmetic made these numbers
 
 
 def test_calibration_cache_parses_back_to_the_same_scales(calibrated):
@@ -184,3 +190,50 @@ def test_calibrate_and_build_bad_usage(args, code, message, run_cli, digits_work
 def test_build_without_tensorrt_exits_3(run_cli, digits_workdir):
     result = run_cli("build", digits_workdir, "--precision", "fp16")
     assert result.exit_code == 3 and "TensorRT is not installed" in result.stderr
+
+
+def _u8_activations(model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every Conv's u8 input, read from the model run with Q/DQ as written (exact arithmetic)."""
+    from onnx import TensorProto, helper
+    from u8s8_emulation import quantized_convs
+    from resnet_edge.runtime.ort import make_session
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = sorted({x for _, x, _, _ in quantized_convs(model)})
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.UINT8, None) for n in names)
+    session = make_session(probe.SerializeToString(), disable_qdq_fusion=True)
+    return dict(zip(names, session.run(names, {"input": inputs})))
+
+
+def test_cpu_recipe_cannot_saturate_avx2_pair_sums(calibrated, tmp_path):
+    """The cpu recipe's 7-bit weights keep every u8 x s8 pair sum inside int16, so a CPU
+    without VNNI computes what a VNNI or ARM CPU does; the same model with 8-bit weights is
+    refused by the same emulation (the known-bad case that made this the default)."""
+    from onnxruntime import quantization as q
+    from u8s8_emulation import INT16, quantized_convs, saturated_outputs
+    from resnet_edge.data import batches
+    from resnet_edge.export import read_card
+    work, result = calibrated["cpu"]
+    model = onnx.load(str(result.path))
+    info = json.loads({p.key: p.value for p in model.metadata_props}["resnet_edge.quantization"])
+    assert info["weight_bits"] == 7
+    convs = quantized_convs(model)
+    assert len(convs) == 21
+    # the proof: no pair of products can leave int16, whatever the u8 activations are
+    for node, _, weights, _ in convs:
+        assert weights.dtype == np.int8 and np.abs(weights.astype(int)).max() <= 64, node.name
+        assert 2 * 255 * int(np.abs(weights.astype(int)).max()) <= INT16[1]
+    card = read_card(work / "model.onnx")
+    images = next(iter(batches(open_data("digits:test"), card.preprocess, 16)))[0].numpy()
+    seven = saturated_outputs(model, _u8_activations(model, images))
+    assert max(seven.values()) == 0.0, seven
+    # the same calibration with 8-bit weights (onnxruntime.quantization's default)
+    eight_path = tmp_path / "eight.onnx"
+    q.quantize_static(str(work / "model.onnx"), str(eight_path), calibration_data_reader=None,
+                      calibration_cache_path=str(work / "calibration.ranges.json"),
+                      quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+    eight = onnx.load(str(eight_path))
+    wrong = saturated_outputs(eight, _u8_activations(eight, images))
+    stem = quantized_convs(eight)[0][0].name
+    assert wrong[stem] > 0.01, wrong  # the 3-channel stem saturates most

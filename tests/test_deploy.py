@@ -38,13 +38,13 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(calibrated_workdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "r20-jetpack6.tar.gz"
-    return make_bundle(calibrated_workdir, "jetpack6", out, golden=40).path
+    return make_bundle(calibrated_workdir, "jetpack6", out, golden=64).path
 
 
 @pytest.fixture(scope="module")
 def signed(calibrated_workdir, tmp_path_factory, keys):
     out = tmp_path_factory.mktemp("signed") / "r20-jetpack6.tar.gz"
-    return make_bundle(calibrated_workdir, "jetpack6", out, golden=40, sign=keys["ci"][0])
+    return make_bundle(calibrated_workdir, "jetpack6", out, golden=64, sign=keys["ci"][0])
 
 
 def _extract(bundle, tmp_path):

@@ -12,10 +12,10 @@ from resnet_edge.metrics import Accuracy, LogitComparison
 from resnet_edge.parity.gates import DEFAULTS, load_thresholds
 from resnet_edge.parity.run import run_parity
 
-TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "machine", "thresholds",
+TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "agreement", "machine", "thresholds",
             "reference", "candidates", "summary"}
 ROW_KEYS = {"backend", "precision", "status", "reason", "device", "metrics", "accuracy",
-            "latency", "gates", "error_histogram", "disagreements"}
+            "latency", "gates", "error_histogram", "disagreements", "int8_path"}
 
 
 def test_streaming_metrics_equal_whole_set_numbers():

@@ -94,10 +94,10 @@ def test_a_64px_model_goes_through_export_calibrate_parity_and_bundle(trained_di
     assert parity.exit_code == 0, parity.output
     rows = json.loads((tmp_path / "p.json").read_text())["candidates"]
     assert {r["precision"] for r in rows if r["status"] == "ran"} == {"fp32", "fp16", "int8", "int8-fp16"}
-    made = make_bundle(out, "jetpack6", tmp_path / "b.tar.gz", golden=8)
+    made = make_bundle(out, "jetpack6", tmp_path / "b.tar.gz", golden=64)
     root = safe_extract(made.path, tmp_path / "x")
     assert json.loads((root / "bundle.json").read_text())["input_shape"] == [3, 64, 64]
-    assert np.load(root / "golden" / "inputs.npy").shape == (8, 3, 64, 64)
+    assert np.load(root / "golden" / "inputs.npy").shape == (64, 3, 64, 64)
     assert run_cli("verify", made.path, "--iterations", "2").exit_code == 0
 
 
@@ -141,7 +141,7 @@ def test_a_static_batch_1_export_refuses_batch_2_in_every_runtime(static_batch1,
     assert runner.run(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)
     with pytest.raises(trt_engine.EngineError, match="batch 2 exceeds the engine's max batch 1"):
         runner.run(np.zeros((2, 3, 32, 32), np.float32))
-    made = make_bundle(static_batch1, "jetpack6", tmp_path / "b.tar.gz", golden=3)
+    made = make_bundle(static_batch1, "jetpack6", tmp_path / "b.tar.gz", golden=64)
     info = json.loads((safe_extract(made.path, tmp_path / "x") / "bundle.json").read_text())
     assert (info["min_batch"], info["opt_batch"], info["max_batch"], info["static_batch"]) == (1, 1, 1, True)
     verified = run_cli("verify", made.path, "--iterations", "2", "--backend", "ort")

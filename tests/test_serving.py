@@ -247,7 +247,7 @@ def test_folding_twice_or_renormalizing_a_folded_model_is_refused(folded_digits,
 
 def test_serving_bundles_verify_like_any_other(folded_digits, calibrated_workdir, run_cli, tmp_path):
     for workdir, target in ((calibrated_workdir, "triton"), (folded_digits, "deepstream")):
-        made = make_bundle(workdir, target, tmp_path / f"{target}.tar.gz", golden=16)
+        made = make_bundle(workdir, target, tmp_path / f"{target}.tar.gz", golden=64)
         result = run_cli("verify", made.path, "--iterations", "2")
         assert result.exit_code == 0, result.output
         assert "files match manifest.json" in result.stdout and "PASS" in result.stdout

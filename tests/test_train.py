@@ -9,18 +9,20 @@ import torch
 from cli_output import problem_lines
 from resnet_edge.data import batches, open_data
 from resnet_edge.errors import BadInput
+from resnet_edge.metrics import LogitComparison
 from resnet_edge.export import export_model, read_card
 from resnet_edge.train import TrainConfig, train
 from resnet_edge.zoo import load_model, read_checkpoint
 
 
-def test_trained_checkpoint_has_card_metrics_and_history(trained_digits):
-    run = trained_digits.model_path.parent
-    _, card = read_checkpoint(trained_digits.model_path)
+def test_trained_checkpoint_has_card_metrics_and_history(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig("resnet20", "digits", run, epochs=2, seed=0))
+    _, card = read_checkpoint(run / "model.pt")
     assert card["class_names"] == [str(i) for i in range(10)]
     assert {"val_top1", "test_top1", "test_top5", "best_epoch"} <= set(card["metrics"])
     history = json.loads((run / "history.json").read_text())
-    assert len(history["epochs"]) == 10
+    assert len(history["epochs"]) == 2
     first = history["epochs"][0]
     assert set(first["grad_norm"]) == {"stem", "layer1", "layer2", "layer3", "fc"}
     assert all(v > 0 for v in first["grad_norm"].values())
@@ -65,14 +67,19 @@ def test_preprocess_round_trips_checkpoint_and_onnx_and_ort_agrees(trained_digit
     result = export_model(model, card, tmp_path)
     assert read_card(result.path).preprocess == card.preprocess == trained_digits.card.preprocess
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    torch_top1, ort_top1, n = 0, 0, 0
+    torch_top1, n = 0, 0
+    comparison = LogitComparison()
     for x, y in batches(open_data("digits:test"), read_card(result.path).preprocess, 128):
         with torch.inference_mode():
-            torch_top1 += int((model(x).argmax(1) == y).sum())
-        ort_top1 += int((session.run(None, {"input": x.numpy()})[0].argmax(1) == y.numpy()).sum())
+            logits = model(x).numpy()
+        torch_top1 += int((logits.argmax(1) == y.numpy()).sum())
+        comparison.update(logits, session.run(None, {"input": x.numpy()})[0])
         n += len(y)
-    assert n == 397 and ort_top1 == torch_top1
-    assert torch_top1 / n == pytest.approx(card.metrics["test_top1"])
+    # ORT and torch add in other orders on other CPUs: only a near-tie may differ
+    decisive = comparison.decisive(near_tie=1e-4)
+    assert n == 397 and decisive["agree"] == decisive["images"] >= 390, decisive
+    # the card's accuracy was measured on the machine that trained: one image is 0.25 points
+    assert torch_top1 / n == pytest.approx(card.metrics["test_top1"], abs=2 / n)
 
 
 def test_cli_eval_and_plot(trained_digits, run_cli, tmp_path):
@@ -80,7 +87,7 @@ def test_cli_eval_and_plot(trained_digits, run_cli, tmp_path):
     assert result.exit_code == 0, result.output
     measured = json.loads(result.stdout)
     assert measured["images"] == 397
-    assert measured["top1"] == pytest.approx(trained_digits.card.metrics["test_top1"])
+    assert measured["top1"] == pytest.approx(trained_digits.card.metrics["test_top1"], abs=2 / 397)
     out = tmp_path / "plot"
     assert run_cli("train", "resnet20", "--epochs", "1", "--out", out, "--plot").exit_code == 0
     assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
@@ -107,7 +114,7 @@ def test_train_on_an_image_folder(tmp_path, run_cli):
     (["train", "resnet20", "--data", "digits:test"], "not a split"),
     (["train", "resnet20", "--data", "imagefolder:/no/such/dir"], "not found"),
     (["train", "resnet20", "--data", "random:10"], "has no labels"),
-    (["train", "resnet32", "--resume", "{ckpt_dir}/last.pt"], "is a resnet20 run, not resnet32"),
+    (["train", "resnet32", "--resume", "{ckpt}"], "is a resnet20 run, not resnet32"),
     (["eval", "{ckpt}", "--data", "cifar10:val"], "cifar10 has no split 'val'"),
     (["eval", "{ckpt}", "--data", "imagefolder:{folder}"], "has 2 classes (x, y) that match neither"),
     pytest.param(["eval", "{ckpt}", "--device", "cuda"], "no CUDA GPU is visible",

@@ -24,7 +24,7 @@ from ..quiet import quiet
 from ..runtime.ort import make_session
 from ..runtime.trt_engine import INT8_FP16_FILE
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
-from .qdq import METHODS, RECIPES, compute_ranges, load_ranges, quantize
+from .qdq import CPU_WEIGHT_BITS, METHODS, RECIPES, compute_ranges, load_ranges, quantize
 from .trt_cache import write_cache
 
 INT8_NAME = "model.int8.onnx"
@@ -132,7 +132,8 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         model = quantize(source_model, Path(scratch) / INT8_NAME, recipe=recipe, method=method,
                          ranges_path=ranges_path, nodes_to_exclude=excluded, ranges=ranges)
         info = {"recipe": recipe, "method": method, "samples": len(inputs), "data": data_spec,
-                "calibration_sha256": data_hash, "excluded": excluded}
+                "calibration_sha256": data_hash, "excluded": excluded,
+                "weight_bits": CPU_WEIGHT_BITS if recipe == "cpu" else 8}
         model.metadata_props.add(key=QUANT_KEY, value=json.dumps(info))
         onnx.checker.check_model(model)
         wd.remember(INT8_NAME, write_bytes_atomic(wd.file(INT8_NAME), model.SerializeToString()))

@@ -5,7 +5,11 @@
   each residual Add, nothing between a Conv and its Add, so TensorRT fuses Conv+Add+ReLU
   (placement per NVIDIA's Q/DQ guidance for ResNets; see shared/reference/tensorrt-api.md).
 - `cpu`: uint8 asymmetric activations with int8 per-channel weights, which ORT's CPU provider
-  fuses into QLinearConv & co.: the fast int8 model for ONNX Runtime on CPUs.
+  fuses into QLinearConv & co.: the fast int8 model for ONNX Runtime on CPUs. Weights use 7 bits
+  (-64..64): on x86 without VNNI, ORT's U8S8 kernels sum pairs of u8 x s8 products in int16
+  with VPMADDUBSW, which saturates (ONNX Runtime's quantization docs: "hence reduce_range").
+  255 x 64 x 2 = 32,640 cannot overflow, so the model computes the same on every CPU family;
+  a model file is built once and runs elsewhere, so the choice cannot follow the calibrating CPU.
 
 Calibration runs once over every tensor and its ranges are kept (calibration.ranges.json);
 quantizing, sensitivity and the TensorRT cache all reuse those ranges.
@@ -25,6 +29,7 @@ from ..runtime.ort import import_ort
 from .trt_cache import scale_from_range
 
 RECIPES = ("tensorrt", "cpu")
+CPU_WEIGHT_BITS = 7  # see the module docstring: no int16 pair sum can saturate
 METHODS = ("minmax", "entropy", "percentile")
 MIN_ORT = (1, 27)  # quantize_static(calibration_cache_path=...) arrived in onnxruntime 1.27
 
@@ -128,7 +133,7 @@ def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recip
         return model
     if recipe == "cpu":
         q.quantize_static(str(onnx_path), str(out_path), activation_type=q.QuantType.QUInt8,
-                          weight_type=q.QuantType.QInt8, **common)
+                          weight_type=q.QuantType.QInt8, reduce_range=True, **common)
         return onnx.load(str(out_path))
     raise ValueError(recipe)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import platform
 import shutil
 import subprocess
@@ -38,11 +39,12 @@ try:  # inside the resnet_edge package
     from .. import strictjson
     from .. import metrics
     from ..parity import gates
-    from ..runtime import ort, timing, trt_engine
+    from ..runtime import cpu, ort, timing, trt_engine
     from . import archive, signing
 except ImportError:  # as verify.py in an extracted bundle
     sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
     import archive
+    import cpu
     import gates
     import metrics
     import ort
@@ -127,6 +129,11 @@ def read_info(folder: Path, manifest: dict) -> dict:
     if cuda_python is not None and not (isinstance(cuda_python, str) and len(cuda_python) < 40
                                         and all(c in "<>=.,0123456789" for c in cuda_python)):
         problems.append(f"cuda_python {cuda_python!r}")
+    near_tie = info.setdefault("near_tie", {})  # bundles before near-ties: exact ties only
+    if not (isinstance(near_tie, dict) and all(
+            p in PRECISIONS and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and v >= 0 for p, v in near_tie.items())):
+        problems.append(f"near_tie {near_tie!r} (precision: a finite margin >= 0)")
     try:
         trt_engine.build_plan(str(info.get("tensorrt")), "fp32")
     except ValueError:
@@ -323,7 +330,9 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
                 accuracy.update(out, bundle.labels[start:start + batch])
         acc = ({"top1": accuracy.top1, "top5": accuracy.top5, "images": accuracy.images,
                 "drop_pt": (ref_acc["top1"] - accuracy.top1) * 100} if ref_acc else None)
-        summary = comparison.summary()
+        # near-ties (reference margin within the error bundle measured for this precision)
+        # are set aside: they flip under any correct model, so they cannot fail one
+        summary = comparison.summary(near_tie=float(info["near_tie"].get(precision, 0.0)))
         results = gates.evaluate_gates(gates.for_precision(bundle.thresholds, precision), summary,
                                        acc, ref_acc)
         latency = timing.measure(runner, np.ascontiguousarray(bundle.inputs[:batch]),
@@ -337,7 +346,7 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
             "engine_tested": chosen == "trt",
             "integrity": {"manifest_sha256": bundle.manifest_sha256,
                           "files": len(bundle.manifest["files"]), **bundle.signature},
-            "device": device_info(), "device_dir": str(devices),
+            "device": device_info(), "cpu": cpu.cpu_features(), "device_dir": str(devices),
             "golden_images": int(len(bundle.inputs)), "reference_accuracy": ref_acc,
             "results": rows, "failed_gates": failed, "passed": not failed,
             "exit_code": 1 if failed else 0,
@@ -424,9 +433,11 @@ def main(argv=None) -> int:
         acc = f", top-1 {row['accuracy']['top1']:.2%}" if row["accuracy"] else ""
         bad = [g for g in row["gates"] if g["passed"] is False]
         verdict = "FAIL: " + ", ".join(gates.describe(g) for g in bad) if bad else "pass"
+        decisive = row["metrics"]["decisive"]
         print(f"{row['backend']}: max abs {row['metrics']['max_abs']:.3g}, top-1 agreement "
-              f"{row['metrics']['top1_agreement']:.2%}{acc}, p50 {lat['p50_ms']:.2f} ms "
-              f"(batch {lat['batch_size']}): {verdict}")
+              f"{decisive['agree']}/{decisive['images']} decisive images (95 % lower bound "
+              f"{decisive['lower_bound']:.2%}; {decisive['near_ties']} near-ties set aside){acc}, "
+              f"p50 {lat['p50_ms']:.2f} ms (batch {lat['batch_size']}): {verdict}")
     print(f"{verdict_line(report)}; wrote {out}")
     return report["exit_code"]
 

@@ -137,9 +137,7 @@ def evaluate_gates(t: Thresholds, comparison: dict, accuracy: dict | None,
     results = [GateResult("finite_logits", bad, 0, bad == 0,
                           f"{bad} NaN or inf logits" if bad else "")]
     if t.min_top1_agreement_pct is not None:
-        v = comparison["top1_agreement"] * 100
-        results.append(GateResult("top1_agreement_pct", v, t.min_top1_agreement_pct,
-                                  v >= t.min_top1_agreement_pct - 1e-9))
+        results.append(_agreement_gate(t.min_top1_agreement_pct, comparison))
     if t.min_cosine is not None:
         v = comparison["cosine"]
         results.append(GateResult("cosine", v, t.min_cosine, v >= t.min_cosine))
@@ -161,6 +159,28 @@ def evaluate_gates(t: Thresholds, comparison: dict, accuracy: dict | None,
     return results
 
 
+MIN_DECISIVE = 30  # a perfect score on fewer images proves too little to pass on its own
+
+
+def _agreement_gate(threshold: float, comparison: dict) -> GateResult:
+    """Raw top-1 agreement, or, where the comparison set near-ties aside (its "decisive"
+    entry), the Wilson 95 % lower bound of agreement on the decisive images. A bound below
+    100 % can never reach a 100 % (or 99.5 % on 100 images) threshold, so a perfect score on
+    at least MIN_DECISIVE decisive images passes too: no sample of that size can show more."""
+    decisive = comparison.get("decisive")
+    if decisive is None:
+        v = comparison["top1_agreement"] * 100
+        return GateResult("top1_agreement_pct", v, threshold, v >= threshold - 1e-9)
+    n, k = decisive["images"], decisive["agree"]
+    v = decisive["lower_bound"] * 100
+    perfect = k == n >= MIN_DECISIVE
+    note = (f"{k} of {n} decisive images agree, {decisive['near_ties']} near-ties set aside "
+            f"(reference margin <= {decisive['near_tie_margin']:.3g}); value is the 95 % lower bound")
+    if n < MIN_DECISIVE:
+        note += f"; fewer than {MIN_DECISIVE} decisive images: add golden images"
+    return GateResult("top1_agreement_pct", v, threshold, perfect or v >= threshold - 1e-9, note)
+
+
 def describe(gate: dict) -> str:
     """One gate result as a person reads it: 'top1_agreement_pct 99.37 < 99.5 (fail)'."""
     if gate["passed"] is None:
@@ -170,4 +190,5 @@ def describe(gate: dict) -> str:
     low_is_bad = gate["gate"].startswith(("top1", "cosine", "relative"))
     held = gate["passed"]
     sign = (">=" if held else "<") if low_is_bad else ("<=" if held else ">")
-    return f"{gate['gate']} {gate['value']:.4g} {sign} {gate['threshold']:.4g} ({gate['status']})"
+    line = f"{gate['gate']} {gate['value']:.4g} {sign} {gate['threshold']:.4g} ({gate['status']})"
+    return f"{line}: {gate['note']}" if gate.get("note") and not held else line

@@ -158,11 +158,27 @@ def _thresholds(report: dict) -> str:
             "<p class='muted'>_pct: percent; _pt: percentage points; unset gates are off</p>")
 
 
+def _int8_path(path: dict) -> str:
+    """How ONNX Runtime ran an int8 model, and for fused kernels how far they are from the
+    same model's exact arithmetic (a saturating kernel shows as disagreement here)."""
+    ops = ", ".join(f"{k} x{v}" for k, v in (path.get("integer_ops") or {}).items())
+    text = path["path"] + (f" ({ops})" if ops else "")
+    fused = path.get("fused_vs_as_written")
+    if fused:
+        text += (f"; fused vs Q/DQ as written: top-1 agreement {percent(fused['top1_agreement'])}, "
+                 f"max abs {fused['max_abs']:.2e}")
+    return text
+
+
 def _machine(report: dict) -> str:
     machine = report["machine"]
     facts = {"CPU": f"{machine['cpu']} ({machine['cores']} cores)",
              "GPU": (f"{machine['gpu']} (driver {machine.get('driver')})" if machine.get("gpu")
                      else "none"),
+             "CPU int8 features": ", ".join(machine.get("cpu_features") or []) or "none listed",
+             "CPU int8 arithmetic": machine.get("int8_arithmetic", "not recorded"),
+             **{f"int8 path: {r['backend']} {r['precision']}": _int8_path(r["int8_path"])
+                for r in report["candidates"] if r.get("int8_path")},
              "platform": machine["platform"], **machine.get("versions", {})}
     hashes = report.get("artifacts") or {}
     body = "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(str(v))}</dd>" for k, v in facts.items())

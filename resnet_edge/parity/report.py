@@ -134,7 +134,8 @@ def _ms(latency: dict | None) -> str:
 
 def _machine_line(machine: dict) -> str:
     gpu = (f"{machine['gpu']} (driver {machine['driver']})" if machine.get("gpu") else "no GPU")
-    return f"{machine['cpu']} ({machine['cores']} cores), {gpu}, {machine['platform']}"
+    arithmetic = f", int8 arithmetic {machine['int8_arithmetic']}" if machine.get("int8_arithmetic") else ""
+    return f"{machine['cpu']} ({machine['cores']} cores{arithmetic}), {gpu}, {machine['platform']}"
 
 
 def write_html(report: dict, path: str | os.PathLike) -> list[Path]:

@@ -19,7 +19,7 @@ from ..runtime.backends import (CPU_FP16, Backend, BackendUnavailable, artifact_
                                 open_backend)
 from ..runtime.latency import LatencyStats, describe_machine
 from .gates import Thresholds, evaluate_gates, for_precision
-from ..metrics import Accuracy, LogitComparison
+from ..metrics import NEAR_TIE_FACTOR, Accuracy, LogitComparison
 
 SCHEMA = "resnet-edge.parity/1"
 DEFAULT_BATCH = 32
@@ -31,6 +31,7 @@ THUMBNAIL_PX = 96
 PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
 SUPPORTED = {"torch": ("fp32", "fp16"), "ort": PRECISIONS, "trt": ("fp32", "fp16", "int8")}
 REFERENCE = ("torch", "fp32")
+AGREEMENT = ("raw", "decisive")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class _Row:
     accuracy: Accuracy = field(default_factory=Accuracy)
     seconds: list[float] = field(default_factory=list)
     disagreements: list[dict] = field(default_factory=list)
+    # ORT-CPU's fused int8 kernels against the same model's Q/DQ as written (cpu recipe)
+    fusion: LogitComparison | None = None
 
 
 def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
@@ -60,6 +63,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                thresholds: dict[str, Thresholds], limit: int | None = None,
                batch_size: int | None = None, device: str = "auto", explicit: bool = False,
                cpu_fp16: bool = False, keep_disagreements: bool = False,
+               agreement: str = "raw",
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """`batch_size` defaults to 32 within the model's batch profile (its one size if static).
 
@@ -84,7 +88,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         row = _Row(name, precision)
         try:
             row.runner = open_backend(name, precision, workdir, model=model, device=device,
-                                      cpu_fp16=cpu_fp16,
+                                      cpu_fp16=cpu_fp16, with_unfused=True,
                                       batch_range=(profile["min"], profile["max"]))
         except BackendUnavailable as exc:
             row.reason = str(exc)
@@ -112,6 +116,10 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
             out = row.runner.run(batch)
             row.seconds.append(time.perf_counter() - start)
             row.comparison.update(ref, out)
+            unfused = getattr(row.runner, "unfused", None)
+            if unfused is not None:
+                row.fusion = row.fusion or LogitComparison()
+                row.fusion.update(unfused.run(batch), out)
             if labelled:
                 row.accuracy.update(out, labels)
             if keep_disagreements:
@@ -119,7 +127,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                                     batch, card.preprocess)
         done += len(batch)
         progress(done, n)
-    for r in [reference, *(r.runner for r in ran)]:
+    for r in [reference, *(r.runner for r in ran),
+              *(r.runner.unfused for r in ran if getattr(r.runner, "unfused", None))]:
         r.close()
 
     ref_acc = _accuracy(ref_accuracy) if labelled else None
@@ -134,9 +143,10 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         if row.runner is None:
             entry.update(status="skipped", reason=row.reason, device=None, metrics=None,
                          accuracy=None, latency=None, gates=[], error_histogram=None,
-                         disagreements=None)
+                         disagreements=None, int8_path=None)
         else:
-            comparison = row.comparison.summary()
+            comparison = row.comparison.summary(
+                near_tie=NEAR_TIE_FACTOR * row.comparison.p99_abs if agreement == "decisive" else None)
             accuracy = _accuracy(row.accuracy) if labelled else None
             if accuracy:
                 accuracy["drop_pt"] = (ref_acc["top1"] - accuracy["top1"]) * 100
@@ -148,6 +158,11 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                          error_histogram=row.comparison.error_histogram())
             if accuracy:
                 accuracy["per_class"] = row.accuracy.per_class()
+            entry["int8_path"] = getattr(row.runner, "int8_path", None)
+            if row.fusion is not None:  # a saturating kernel shows here as disagreement
+                fusion = row.fusion.summary()
+                entry["int8_path"] = {**entry["int8_path"], "fused_vs_as_written": {
+                    k: fusion[k] for k in ("top1_agreement", "max_abs", "p99_abs")}}
             # the first images where top-1 differs from the reference's (None: not collected)
             entry["disagreements"] = row.disagreements if keep_disagreements else None
         report_rows.append(entry)
@@ -171,6 +186,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
         "model": card.to_dict(),
         "data": {"spec": data_spec, "images": n, "labelled": labelled, "batch_size": batch_size,
                  "classes_present": present, "accuracy_note": note},
+        "agreement": agreement,
         "machine": describe_machine(),
         "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
         "reference": {"backend": REFERENCE[0], "precision": REFERENCE[1], "device": reference.label,

@@ -19,7 +19,7 @@ from torch import nn
 from ..artifacts import WorkDir
 from ..errors import BadInput, MissingBackend, first_line
 from ..export.metadata import quantization_info
-from .ort import BatchOutOfRange, import_ort, make_session, run_batch
+from .ort import BatchOutOfRange, import_ort, int8_path, make_session, run_batch
 from .trt_engine import INT8_FP16_FILE, ONNX_FILES
 
 ORT_FILES = {**ONNX_FILES, "int8-fp16": INT8_FP16_FILE}
@@ -126,6 +126,8 @@ class OrtBackend(Backend):
             self.binding = self.session.io_binding()
 
     note = ""
+    int8_path: dict | None = None  # how ORT-CPU ran an int8 model (ort.int8_path)
+    unfused: "OrtBackend | None" = None  # the same model with Q/DQ as written, to compare
 
     @property
     def label(self) -> str:
@@ -231,9 +233,11 @@ CPU_FP16 = ("torch fp16 runs on a GPU unless asked for: CPUs have no fast fp16 k
 
 def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
                  model: nn.Module | None = None, device: str = "auto",
-                 cpu_fp16: bool = False, batch_range: tuple[int, int] | None = None) -> Backend:
+                 cpu_fp16: bool = False, batch_range: tuple[int, int] | None = None,
+                 with_unfused: bool = False) -> Backend:
     """The backend `name` at `precision` for the model in `workdir`, or BackendUnavailable.
-    torch fp16 on a CPU only with `cpu_fp16` (the user named it)."""
+    torch fp16 on a CPU only with `cpu_fp16` (the user named it). `with_unfused`: an int8
+    model that ORT-CPU fuses gets the same model with Q/DQ as written beside it (.unfused)."""
     cuda = torch.cuda.is_available()
     if name == "torch":
         if model is None:
@@ -250,9 +254,13 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
         as_written = precision.startswith("int8") and path.exists() and _recipe(path) == "tensorrt"
         backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written,
                              batch_range=batch_range)
-        if as_written and backend.device == "cpu":
+        if precision.startswith("int8") and backend.device == "cpu":
             # ORT-CPU's fused int8 kernels are not what TensorRT runs; Q/DQ as written is.
-            backend.note = "Q/DQ as written"
+            backend.int8_path = int8_path(path, disable_qdq_fusion=as_written)
+            backend.note = backend.int8_path["path"]
+            if with_unfused and not as_written:  # exact arithmetic beside it: saturation shows
+                backend.unfused = OrtBackend(path, precision, providers, disable_qdq_fusion=True,
+                                             batch_range=batch_range)
         return backend
     if name == "trt":
         return TensorRTBackend(workdir, precision)

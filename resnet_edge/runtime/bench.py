@@ -56,7 +56,8 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
         for size in batch_sizes:
             step(f"{backend.label} batch {size}")
             m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
-            results.append({"backend": name, "precision": precision, "device": backend.label, **m})
+            results.append({"backend": name, "precision": precision, "device": backend.label,
+                            "int8_path": getattr(backend, "int8_path", None), **m})
         backend.close()
     ran = list(dict.fromkeys((r["backend"], r["precision"]) for r in results))
     return {"schema": SCHEMA, "model": card.to_dict(), "artifacts": artifact_hashes(workdir, ran),

@@ -8,14 +8,18 @@ import shutil
 import subprocess
 
 from ..artifacts import library_versions
+from .cpu import cpu_features
 from .timing import LatencyStats, measure
 
 __all__ = ["LatencyStats", "measure", "describe_machine"]
 
 
 def describe_machine() -> dict:
-    """CPU, cores, GPU and driver, OS and library versions, as reports record them."""
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+    """CPU (with its int8 features and arithmetic), cores, GPU and driver, OS and library versions, as reports record them."""
+    features = cpu_features()
+    info = {"cpu": features["model"] or platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "platform": platform.platform(),
+            "cpu_features": features["features"], "int8_arithmetic": features["int8_arithmetic"],
             "gpu": None, "driver": None, "versions": library_versions()}
     try:
         import torch
@@ -33,13 +37,3 @@ def describe_machine() -> dict:
             pass
     return info
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

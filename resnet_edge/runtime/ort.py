@@ -57,3 +57,35 @@ def make_session(path: str | os.PathLike | bytes, providers: Sequence[str] = ("C
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     model = path if isinstance(path, bytes) else os.fspath(path)  # bytes: a model not yet saved
     return ort.InferenceSession(model, sess_options=options, providers=list(providers))
+
+
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
+               "QLinearGlobalAveragePool", "QLinearAveragePool", "ConvInteger", "MatMulInteger")
+
+
+def int8_path(path: str | os.PathLike, *, disable_qdq_fusion: bool = False) -> dict:
+    """Which way ONNX Runtime's CPU provider runs an int8 model: fused into integer kernels
+    (counted by op type, read from the graph ORT optimized) or Q/DQ as written (float
+    arithmetic on dequantized values, what TensorRT's numerics follow)."""
+    if disable_qdq_fusion:
+        return {"path": "Q/DQ as written", "integer_ops": {}}
+    import tempfile
+    try:
+        import onnx
+    except ImportError:  # a device without the onnx package: say what is unknown
+        return {"path": "fused integer kernels (not counted: no onnx package)", "integer_ops": None}
+    ort = import_ort()
+    with tempfile.TemporaryDirectory() as scratch:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = os.path.join(scratch, "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type in INTEGER_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts:
+        return {"path": "Q/DQ as written (ONNX Runtime fused nothing)", "integer_ops": {}}
+    return {"path": "fused integer kernels", "integer_ops": dict(sorted(counts.items()))}

@@ -198,6 +198,9 @@ EXPORT_OPTIONS = [
                  help="Move mean and std into the graph, so the model takes RGB in 0..255: what "
                  "DeepStream's nvinfer feeds (one scale for every channel) needs for a "
                  "per-channel std."),
+    click.option("--softmax", is_flag=True,
+                 help="End the graph in a Softmax, so the model outputs probabilities: what "
+                 "DeepStream's nvinfer classifier reads (bundle --target deepstream needs it)."),
 ]
 
 

@@ -27,7 +27,9 @@ from .data import CIFAR_MEAN, CIFAR_STD, Preprocess
 from .errors import BadInput, first_line
 
 CHECKPOINT_FORMAT = "resnet-edge.checkpoint/1"
-CARD_OPTIONAL = ("class_names", "weights", "weights_sha256", "metrics", "folded_normalization")
+CARD_OPTIONAL = ("class_names", "weights", "weights_sha256", "metrics", "folded_normalization",
+                 "output")
+OUTPUTS = ("logits", "probabilities")
 MAX_CLASSES = 100_000
 RANDOM_INIT_SEED = 0
 
@@ -145,12 +147,16 @@ class ModelCard:
     # {"mean", "std"}: the normalization moved into the graph by `export --fold-normalization`;
     # `preprocess` then says what the folded model takes (RGB in 0..255)
     folded_normalization: dict[str, list[float]] | None = None
+    # "probabilities": a Softmax ends the graph (`export --softmax`), what nvinfer's classifier
+    # parser reads; every backend, gate and golden output then compares probabilities
+    output: str = "logits"
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, "num_classes": self.num_classes,
                 "preprocess": self.preprocess.to_dict(), "class_names": self.class_names,
                 "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "metrics": self.metrics, "folded_normalization": self.folded_normalization}
+                "metrics": self.metrics, "folded_normalization": self.folded_normalization,
+                "output": self.output}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "the model card") -> "ModelCard":
@@ -178,6 +184,8 @@ class ModelCard:
             problem = "weights_sha256 must be 64 hex digits"
         elif not isinstance(data.get("metrics") or {}, dict):
             problem = "metrics must be a JSON object"
+        elif data.get("output", "logits") not in OUTPUTS:
+            problem = f"output {data.get('output')!r} is not one of {', '.join(OUTPUTS)}"
         elif data.get("folded_normalization") is not None:
             problem = _folded_problem(data["folded_normalization"], data["preprocess"])
         if problem:
@@ -186,7 +194,8 @@ class ModelCard:
                    preprocess=Preprocess.from_dict(data["preprocess"], where),
                    class_names=names, weights=data.get("weights", "none"),
                    weights_sha256=data.get("weights_sha256"), metrics=data.get("metrics") or {},
-                   folded_normalization=data.get("folded_normalization"))
+                   folded_normalization=data.get("folded_normalization"),
+                   output=data.get("output", "logits"))
 
 
 def _folded_problem(folded: Any, preprocess: Any) -> str | None:
@@ -241,8 +250,37 @@ def fold_normalization(model: nn.Module, card: ModelCard) -> tuple[nn.Module, Mo
     return FoldedNormalization(model, p.mean, p.std).eval(), folded
 
 
+class Probabilities(nn.Module):
+    """`model` with a Softmax over its classes: the output nvinfer's classifier reads."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def add_softmax(model: nn.Module, card: ModelCard) -> tuple[nn.Module, ModelCard]:
+    """The model ending in a Softmax, and its card saying so."""
+    if card.output == "probabilities":
+        raise BadInput("this model already ends in a Softmax; drop --softmax")
+    return Probabilities(model).eval(), ModelCard(**{**card.__dict__, "output": "probabilities"})
+
+
+def with_head(model: nn.Module, card: ModelCard) -> nn.Module:
+    """The bare ResNet wrapped as its card says: normalization folded in, a Softmax at the end."""
+    if card.folded_normalization is not None:
+        model = FoldedNormalization(model, card.folded_normalization["mean"],
+                                    card.folded_normalization["std"])
+    return Probabilities(model) if card.output == "probabilities" else model
+
+
 def _unfolded(model: nn.Module) -> nn.Module:
-    return model.model if isinstance(model, FoldedNormalization) else model
+    """The bare ResNet inside whatever with_head wrapped around it."""
+    while isinstance(model, (FoldedNormalization, Probabilities)):
+        model = model.model
+    return model
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -408,10 +446,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None,
     card.weights_sha256 = sha256_file(path)
     model = variant(card.arch).build(card.num_classes)
     load_state_strict(model, state, f"{card.arch} with {card.num_classes} classes", path)
-    if card.folded_normalization is not None:
-        model = FoldedNormalization(model, card.folded_normalization["mean"],
-                                    card.folded_normalization["std"])
-    return model, card
+    return with_head(model, card), card
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:

@@ -83,7 +83,7 @@ def test_trtexec_line_follows_the_plan():
     plan = build_plan("8.5.2", "int8", dla=True)
     line = trtexec_command(plan, engine="model.int8.engine", input_name="input",
                            input_shape=(3, 224, 224), profile=batch_profile(plan, 32, 8),
-                           workspace_mib=2048, timing_cache="timing.cache",
+                           workspace_mib=2048, static_model=False, timing_cache="timing.cache",
                            calibration_cache="engines/orin-trt8.5/calibration.cache",
                            dla_core=0, gpu_fallback=True)
     assert line == ["trtexec", "--onnx=model.onnx", "--saveEngine=model.int8.engine",
@@ -94,7 +94,7 @@ def test_trtexec_line_follows_the_plan():
                     "--timingCacheFile=timing.cache", "--useDLACore=0", "--allowGPUFallback"]
     with pytest.raises(ValueError, match="headed for this TensorRT"):
         trtexec_command(plan, engine="e", input_name="input", input_shape=(3, 8, 8),
-                        profile=(8, 8, 8), workspace_mib=1)
+                        profile=(8, 8, 8), workspace_mib=1, static_model=False)
 
 
 def test_compatibility_flags_reach_trtexec():

@@ -183,7 +183,7 @@ def test_verify_passes_with_onnxruntime_and_says_no_engine_was_tested(bundle, ru
     assert "signature: none" in result.stdout
     assert "PASS (ONNX Runtime only: no engine tested)" in result.stdout
     report = json.loads((tmp_path / "v.json").read_text())
-    assert report["backend"] == "ort" and report["golden_images"] == 40
+    assert report["backend"] == "ort" and report["golden_images"] == 64
     assert not report["engine_tested"] and report["integrity"]["signed"] is False
     assert [r["precision"] for r in report["results"]] == ["fp32", "fp16", "int8"]
     assert all(g["passed"] for r in report["results"] for g in r["gates"] if g["passed"] is not None)
@@ -497,8 +497,8 @@ def _declared(bundle, tmp_path, name, change):
     ("golden/inputs.npy", lambda p: np.save(p, np.zeros((0, 3, 32, 32), np.float32)), "with N >= 1"),
     ("golden/reference.npy", lambda p: np.save(p, np.array([{"evil": 1}], dtype=object), allow_pickle=True),
      "not a plain numeric .npy"),
-    ("golden/reference.npy", lambda p: np.save(p, np.full((40, 10), np.nan, np.float32)), "non-finite"),
-    ("golden/labels.npy", lambda p: np.save(p, np.full(40, 11)), "integer labels in [0, 10)"),
+    ("golden/reference.npy", lambda p: np.save(p, np.full((64, 10), np.nan, np.float32)), "non-finite"),
+    ("golden/labels.npy", lambda p: np.save(p, np.full(64, 11)), "integer labels in [0, 10)"),
     ("thresholds.json", lambda p: p.write_text(json.dumps({"fp32": {"max_abs": -1}, "fp16": {},
                                                            "int8": {}})), "outside"),
 ])
@@ -534,6 +534,7 @@ def test_build_engine_sh_runs_trtexec_with_the_build_plan_flags(bundle, tmp_path
         calib = engine.parent / "calibration.cache"
         expected = trtexec_command(plan, engine=str(engine), input_name="input",
                                    input_shape=(3, 32, 32), profile=(1, 8, 32), workspace_mib=2048,
+                                   static_model=False,
                                    timing_cache=str(engine.parent / "timing.cache"),
                                    calibration_cache=str(calib) if plan.calibration_cache else None)
         assert args_file.read_text().splitlines() == expected[1:]

@@ -86,7 +86,8 @@ def prepare_export(source: str, request: dict, *, default_exporter: str = "dynam
                    notice: Callable[[str], None] = lambda message: None):
     """(model, card, ExportOptions) from the export options `export` and `pipeline` share:
     weights, weights_dir, arch, num_classes, exporter, opset, the batch profile, the
-    preprocessing overrides and fold_normalization (mean and std into the graph). A plain state dict that says nothing of its preprocessing gets a
+    preprocessing overrides, fold_normalization (mean and std into the graph) and softmax
+    (a Softmax at the end). A plain state dict that says nothing of its preprocessing gets a
     `notice` that the architecture's default is used."""
     from ..zoo import VARIANTS, load_model
     options = ExportOptions(request.get("exporter") or default_exporter, request.get("opset"),
@@ -105,6 +106,9 @@ def prepare_export(source: str, request: dict, *, default_exporter: str = "dynam
     if request.get("fold_normalization"):
         from ..zoo import fold_normalization
         model, card = fold_normalization(model, card)
+    if request.get("softmax"):
+        from ..zoo import add_softmax
+        model, card = add_softmax(model, card)
     if card.weights.startswith("checkpoint:") and not overrides:
         p = card.preprocess
         notice(f"{source} has no model card, so it gets {card.arch}'s default preprocessing "

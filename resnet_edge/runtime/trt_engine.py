@@ -223,16 +223,20 @@ def batch_profile(plan: BuildPlan, max_batch: int, opt_batch: int,
 
 
 def trtexec_command(plan: BuildPlan, *, engine: str, input_name: str, input_shape,
-                    profile: tuple[int, int, int], workspace_mib: int,
+                    profile: tuple[int, int, int], workspace_mib: int, static_model: bool,
                     timing_cache: str | None = None, calibration_cache: str | None = None,
                     dla_core: int | None = None, gpu_fallback: bool = False) -> list[str]:
-    """The trtexec line for the same plan, as build_engine.sh runs it on a device."""
+    """The trtexec line for the same plan, as build_engine.sh runs it on a device.
+
+    A model exported with a static batch gets no shape options: every trtexec from 8.5 on
+    refuses them ("Static model does not take explicit shapes", sampleEngines.cpp)."""
     dims = "x".join(str(d) for d in input_shape)
     low, opt, high = profile
-    args = ["trtexec", f"--onnx={plan.onnx_file}", f"--saveEngine={engine}",
-            f"--minShapes={input_name}:{low}x{dims}", f"--optShapes={input_name}:{opt}x{dims}",
-            f"--maxShapes={input_name}:{high}x{dims}", f"--memPoolSize=workspace:{workspace_mib}",
-            *plan.trtexec_flags]
+    shapes = [] if static_model else [
+        f"--minShapes={input_name}:{low}x{dims}", f"--optShapes={input_name}:{opt}x{dims}",
+        f"--maxShapes={input_name}:{high}x{dims}"]
+    args = ["trtexec", f"--onnx={plan.onnx_file}", f"--saveEngine={engine}", *shapes,
+            f"--memPoolSize=workspace:{workspace_mib}", *plan.trtexec_flags]
     if plan.calibration_cache:
         if not calibration_cache:
             raise ValueError("this plan reads calibration.cache: pass the copy headed for this TensorRT")
@@ -750,6 +754,7 @@ def main(argv=None) -> int:
         line = trtexec_command(plan, engine=str(engine), input_name=info.get("input_name", "input"),
                                input_shape=info.get("input_shape", (3, 224, 224)), profile=profile,
                                workspace_mib=args.workspace,
+                               static_model=bool(info.get("static_batch", False)),
                                timing_cache=args.timing_cache or str(engine.parent / TIMING_CACHE_FILE),
                                calibration_cache=str(calibration) if calibration else None,
                                dla_core=args.dla_core, gpu_fallback=args.gpu_fallback)

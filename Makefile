@@ -60,7 +60,7 @@ demo: venv
 		--target jetpack6 --out $(DEMO_WORK)
 	$(BIN)/resnet-edge verify $(DEMO_WORK)/demo-resnet20-jetpack6.tar.gz --iterations 5
 	$(BIN)/resnet-edge bundle $(DEMO_WORK) --target triton --out $(DEMO_WORK)
-	$(BIN)/resnet-edge export $(DEMO_RUN)/model.pt --fold-normalization --out $(DEMO_WORK)-folded
+	$(BIN)/resnet-edge export $(DEMO_RUN)/model.pt --fold-normalization --softmax --out $(DEMO_WORK)-folded
 	$(BIN)/resnet-edge calibrate $(DEMO_WORK)-folded
 	$(BIN)/resnet-edge bundle $(DEMO_WORK)-folded --target deepstream --out $(DEMO_WORK)
 

@@ -857,9 +857,12 @@ TARGETS_HELP = ("jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3
 @click.option("--triton-accelerator", type=click.Choice(["none", "fp16", "int8"]), default="none",
               show_default=True, help="With --target triton: run the ONNX model through ONNX "
               "Runtime's TensorRT execution accelerator in fp16 or int8 (the int8 Q/DQ model).")
+@click.option("--classifier-threshold", type=float, default=0.0, show_default=True,
+              help="With --target deepstream: nvinfer attaches a label only when its probability "
+              "is above this (0 labels every frame with its top-1 class).")
 @JSON_OPTION
 def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_accelerator,
-           json_path) -> None:
+           classifier_threshold, json_path) -> None:
     """Pack a device bundle: ONNX files, calibration cache, golden I/O, gates, build and verify
     scripts, and manifest.json with the sha256 of every file (signed with --sign).
 
@@ -872,7 +875,8 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_acc
       resnet-edge bundle artifacts/resnet50 --target jetpack6 --out dist/
       resnet-edge bundle artifacts/resnet50 --sign keys/ci.key      # verify with --key keys/ci.pub
       resnet-edge bundle artifacts/resnet50 --target triton --triton-accelerator fp16
-      resnet-edge bundle artifacts/resnet50-folded --target deepstream
+      resnet-edge export resnet50 --fold-normalization --softmax --out artifacts/resnet50-ds
+      resnet-edge bundle artifacts/resnet50-ds --target deepstream --classifier-threshold 0.5
     """
     from .deploy import make_bundle
     from .parity.gates import load_thresholds
@@ -882,7 +886,8 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_acc
     with console.steps() as step:
         result = make_bundle(workdir, target, path, eval_spec=data_spec, golden=golden,
                              thresholds=load_thresholds(thresholds), sign=sign,
-                             accelerator=triton_accelerator, step=step)
+                             accelerator=triton_accelerator,
+                             classifier_threshold=classifier_threshold, step=step)
     for message in result.notes:
         warn(message)
     signed = f"signed by key {result.key_id}" if result.key_id else "unsigned"

@@ -69,7 +69,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                  notice: Callable[[str], None] = lambda message: None) -> PipelineResult:
     """The steps in order; export options come from `config.export`, and jetpack5 exports with
     TorchScript (opset 17) unless an exporter is given."""
-    from .deploy import TARGETS, make_bundle
+    from .deploy import TARGETS, check_for_deepstream, make_bundle
     if config.target not in TARGETS:
         raise BadInput(f"unknown --target {config.target!r}; use {', '.join(TARGETS)}")
     out = Path(config.out)
@@ -100,11 +100,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     model, card, options = prepare_export(config.source, config.export, default_exporter=exporter,
                                           notice=notice)
     if TARGETS[config.target].get("serve") == "deepstream":  # refused now, not after every step
-        from .deploy.serving import nvinfer_scaling
-        try:
-            nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
+        check_for_deepstream(card, config.source)
     exported = export_model(model, card, out, options, force=config.force,
                             step=lambda m: step("export", m))
     result.steps.append(StepResult("export", "skipped" if exported.skipped else "ran",

@@ -16,6 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from cli_output import one_line_error
+from oracles import nvinfer as nvinfer_rules
 from resnet_edge.calibration import calibrate
 from resnet_edge.deploy import TARGETS, make_bundle, safe_extract
 from resnet_edge.deploy.serving import install_plan, nvinfer_scaling
@@ -38,25 +39,26 @@ def _export(source, out, **request):
 
 @pytest.fixture(scope="module")
 def folded_digits(trained_digits, tmp_path_factory):
-    """The trained digits ResNet-20 with its normalization folded in, calibrated."""
+    """The trained digits ResNet-20 with its normalization folded in and a Softmax at the end
+    (what nvinfer reads), calibrated."""
     out = _export(str(trained_digits.model_path), tmp_path_factory.mktemp("fold") / "digits-folded",
-                  fold_normalization=True)
+                  fold_normalization=True, softmax=True)
     calibrate(out, "digits:train", samples=64, method="minmax")
     return out
 
 
 @pytest.fixture(scope="module")
 def resnet18_folded(tmp_path_factory):
-    """A ResNet-18 (random init, 10 classes) at 64 px, one static batch, folded."""
+    """A ResNet-18 (random init, 10 classes) at 64 px, one static batch, folded, Softmax."""
     return _export("resnet18", tmp_path_factory.mktemp("r18") / "r18-folded", weights="none",
-                   num_classes=10, input_size=64, batch=1, fold_normalization=True)
+                   num_classes=10, input_size=64, batch=1, fold_normalization=True, softmax=True)
 
 
 @pytest.fixture(scope="module")
 def equal_std(tmp_path_factory):
     """Not folded, but one std for every channel: nvinfer can say this one as it is."""
     return _export("resnet20", tmp_path_factory.mktemp("eq") / "r20-equal-std", weights="none",
-                   mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+                   mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], softmax=True)
 
 
 def _bundle(workdir, target, tmp_path, **kwargs):
@@ -179,16 +181,23 @@ def test_nvinfer_preprocessing_equals_the_model_cards(which, request, tmp_path):
     configs = sorted(folder.glob("config_infer_*.txt"))
     assert {c.name for c in configs} >= {"config_infer_fp32.txt", "config_infer_fp16.txt"}
     session = ort.InferenceSession(str(workdir / "model.onnx"), providers=["CPUExecutionProvider"])
+    profile = json.loads((root / "bundle.json").read_text())
     for path in configs:
         config = _nvinfer(path)
-        precision = path.stem.removeprefix("config_infer_")
+        assert not nvinfer_rules.check(path.read_text()), nvinfer_rules.check(path.read_text())
+        precision, _, dla = path.stem.removeprefix("config_infer_").partition("_")
+        assert (config.get("use-dla-core"), config.get("enable-dla")) == (("0", "1") if dla else (None, None))
         assert config["network-type"] == "1" and config["model-color-format"] == "0"
         assert config["network-mode"] == {"fp32": "0", "int8": "1", "fp16": "2"}[precision]
         assert config["infer-dims"] == f"3;{card.preprocess.input_size};{card.preprocess.input_size}"
         assert (folder / config["onnx-file"]).is_file() and config["output-blob-names"] == "logits"
         assert (folder / config["labelfile-path"]).read_text().strip().split(";") == (
             card.class_names or [str(i) for i in range(card.num_classes)])
-        assert int(config["batch-size"]) == 1
+        # the batch the engines are tuned for, and the name nvinfer would give the engine
+        assert int(config["batch-size"]) == profile["opt_batch"]
+        assert config["model-engine-file"].endswith("/" + nvinfer_rules.engine_name(
+            config["onnx-file"].removeprefix("../"), profile["opt_batch"],
+            int(config["network-mode"]), dla_core=int(dla.removeprefix("dla")) if dla else None))
         scale = float(config["net-scale-factor"])
         offsets = np.array([float(v) for v in config["offsets"].split(";")], np.float32)
         for frame in _frames(card.preprocess.input_size):
@@ -201,7 +210,7 @@ def test_nvinfer_preprocessing_equals_the_model_cards(which, request, tmp_path):
     app = configparser.ConfigParser(interpolation=None)
     app.read_string((folder / "deepstream_app_config.txt").read_text())
     assert (folder / app["primary-gie"]["config-file"]).is_file()
-    assert app["primary-gie"]["batch-size"] == app["streammux"]["batch-size"] == "1"
+    assert app["primary-gie"]["batch-size"] == app["streammux"]["batch-size"] == str(profile["opt_batch"])
 
 
 def test_a_per_channel_std_is_refused_for_deepstream_and_folding_fixes_it(digits_workdir, run_cli,
@@ -221,7 +230,8 @@ def test_a_per_channel_std_is_refused_for_deepstream_and_folding_fixes_it(digits
 
 def test_folded_and_unfolded_models_agree(digits_workdir, folded_digits):
     """Same weights, normalization in or out of the graph: each fed by its own card, the two
-    ONNX files give the same logits on real photographs, and parity passes on the folded one."""
+    ONNX files give the same answers on real photographs (the folded one, with its Softmax,
+    as probabilities), and parity passes on the folded one."""
     cards = [read_card(w / "model.onnx") for w in (digits_workdir, folded_digits)]
     assert cards[1].folded_normalization == {"mean": list(cards[0].preprocess.mean),
                                              "std": list(cards[0].preprocess.std)}
@@ -231,7 +241,8 @@ def test_folded_and_unfolded_models_agree(digits_workdir, folded_digits):
     for frame in _frames(32):
         logits = [s.run(None, {"input": c.preprocess.transform()(Image.fromarray(frame)).numpy()[None]})[0]
                   for s, c in zip(sessions, cards)]
-        assert np.abs(logits[0] - logits[1]).max() < 1e-4 and logits[0].argmax() == logits[1].argmax()
+        probabilities = np.exp(logits[0]) / np.exp(logits[0]).sum()
+        assert np.abs(probabilities - logits[1]).max() < 1e-5 and logits[0].argmax() == logits[1].argmax()
     report = run_parity(folded_digits, "digits:test", backends=["ort"], precisions=["fp32", "int8"],
                         thresholds=load_thresholds(), limit=128)
     assert report["summary"]["passed"], report["summary"]
@@ -267,3 +278,75 @@ def test_a_plan_model_name_that_is_a_path_is_refused(name, tmp_path):
     with pytest.raises(ValueError, match="not a plain folder name"):
         install_plan(bundle, tmp_path / "model.engine", tmp_path / "device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "model.engine"]
+
+
+# ---- nvinfer's own rules (tests/oracles/nvinfer.py) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def deepstream_bundle(folded_digits, tmp_path_factory):
+    made = make_bundle(folded_digits, "deepstream", tmp_path_factory.mktemp("ds") / "ds.tar.gz", golden=64)
+    return safe_extract(made.path, tmp_path_factory.mktemp("dsx"))
+
+
+@pytest.mark.parametrize("change,message", [
+    # what bundle wrote before: nvinfer refused to start on it
+    (("classifier-threshold=0.0", "classifier-threshold=-1000000000"),
+     "Negative value specified for classifier-threshold"),
+    (("network-mode=1", "network-mode=3"), "Invalid value for 'network-mode':'3'"),
+    (("batch-size=8", "batch-size=0"), "batch-size(0) should be in the range [1,1024]"),
+    (("batch-size=8", "batch-size=1.5"), "cannot be interpreted as a number"),
+    (("infer-dims=3;32;32", "infer-dims=3;32"), "Should be 3 as [c;h;w] order"),
+    (("scaling-filter=1", "scaling-filter=9"), "Invalid value for 'scaling-filter':'9'"),
+])
+def test_the_nvinfer_oracle_refuses_what_nvinfer_refuses(change, message, deepstream_bundle):
+    text = (deepstream_bundle / "deepstream" / "config_infer_int8.txt").read_text()
+    assert change[0] in text and not nvinfer_rules.check(text)
+    found = nvinfer_rules.check(text.replace(change[0], change[1]))
+    assert [f.kind for f in found] == ["error"] and message in found[0].message, found
+    assert "gstnvinfer_property_parser.cpp:" in found[0].source
+
+
+def test_int8_configs_keep_int8_when_nvinfer_builds_the_engine_itself(deepstream_bundle):
+    """Without int8-calib-file nvinfer turns INT8 into FP16; every int8 config names the cache."""
+    for path in (deepstream_bundle / "deepstream").glob("config_infer_int8*.txt"):
+        config = _nvinfer(path)
+        assert (path.parent / config["int8-calib-file"]).is_file()
+        without = "".join(line for line in path.read_text().splitlines(keepends=True)
+                          if not line.startswith("int8-calib-file"))
+        assert [f.message for f in nvinfer_rules.check(without)] == [
+            "INT8 calibration file not specified. Trying FP16 mode."]
+
+
+def test_nvinfer_labels_every_frame_from_probabilities_but_not_from_logits(deepstream_bundle):
+    """nvinfer's default classifier keeps a class only above 0 and the threshold: a frame whose
+    logits are all <= 0 got no label; the Softmax output always names the top-1 class."""
+    assert nvinfer_rules.classifier_label([-0.5, -2.0, -1.0], threshold=0.0) is None
+    golden = np.load(deepstream_bundle / "golden" / "inputs.npy")
+    session = ort.InferenceSession(str(deepstream_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {"input": golden})[0]
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    threshold = float(_nvinfer(deepstream_bundle / "deepstream" / "config_infer_fp16.txt")["classifier-threshold"])
+    labels = [nvinfer_rules.classifier_label(p, threshold) for p in probabilities]
+    assert labels == list(probabilities.argmax(axis=1))
+
+
+def test_verify_accepts_the_engine_nvinfer_builds_beside_the_onnx_and_nothing_else(deepstream_bundle,
+                                                                                   run_cli, tmp_path):
+    import shutil
+    root = tmp_path / deepstream_bundle.name
+    shutil.copytree(deepstream_bundle, root)
+    config = _nvinfer(root / "deepstream" / "config_infer_fp16.txt")
+    onnx_file = config["onnx-file"].removeprefix("../")
+    built = root / nvinfer_rules.engine_name(onnx_file, int(config["batch-size"]), 2)
+    built.write_bytes(b"engine nvinfer built")
+    result = run_cli("verify", root, "--iterations", "2", "--precisions", "fp32")
+    assert result.exit_code == 0, result.output
+    built.rename(root / nvinfer_rules.engine_name("other.onnx", 8, 2))  # not a model of the bundle
+    one_line_error(run_cli("verify", root, "--iterations", "2"), 2, "is not in manifest.json")
+
+
+def test_a_logits_model_is_refused_for_deepstream(calibrated_workdir, run_cli, tmp_path):
+    equal = _export("resnet20", tmp_path / "eq", weights="none", mean=[0.5] * 3, std=[0.25] * 3)
+    one_line_error(run_cli("bundle", equal, "--target", "deepstream", "--out", tmp_path), 2,
+                   "the model outputs logits")
+    assert not list(tmp_path.glob("*.tar.gz"))

@@ -111,11 +111,25 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
     return files, precisions, notes
 
 
+def check_for_deepstream(card, where: str) -> None:
+    """What nvinfer needs of a model, or BadInput saying how to export one that has it: one
+    scale for every channel, and probabilities (a Softmax in the graph)."""
+    try:
+        serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
+    except ValueError as exc:
+        raise BadInput(f"{where}: {exc}") from None
+    if card.output != "probabilities":
+        raise BadInput(f"{where}: the model outputs logits, and nvinfer's classifier keeps only a "
+                       "class whose output is above 0 and classifier-threshold; export with "
+                       "--softmax (with --fold-normalization for a per-channel std) into a new "
+                       "work dir and bundle that")
+
+
 def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None, *,
                 eval_spec: str = "digits:test", golden: int = 100,
                 thresholds: dict[str, Thresholds] | None = None,
                 sign: str | Path | None = None, accelerator: str = "none",
-                step=lambda m: None) -> BundleResult:
+                classifier_threshold: float = 0.0, step=lambda m: None) -> BundleResult:
     """The bundle's batch profile is the model's, from its export record. `accelerator`
     (triton only): ONNX Runtime's TensorRT execution accelerator in fp16 or int8."""
     if target not in TARGETS:
@@ -145,11 +159,11 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             raise BadInput(f"{target} ({spec['about']}) reads ONNX opset <= {spec['max_opset']}, but "
                            f"{name} is opset {opset_of(workdir / name)}; export with --exporter "
                            "torchscript (opset 17) into a new work dir, calibrate it, and bundle that")
-    if spec.get("serve") == "deepstream":  # said before any work: nvinfer's one scale
-        try:
-            serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
-        except ValueError as exc:
-            raise BadInput(f"{workdir}: {exc}") from None
+    if spec.get("serve") == "deepstream":  # said before any work: what nvinfer can read
+        check_for_deepstream(card, str(workdir))
+        if not 0.0 <= classifier_threshold <= 1.0:
+            raise BadInput(f"--classifier-threshold {classifier_threshold} is not a probability "
+                           "in 0..1")
     if accelerator == "int8" and "int8" not in precisions:
         raise BadInput(f"--triton-accelerator int8 needs the int8 model; run `resnet-edge "
                        f"calibrate {workdir}` first")
@@ -205,7 +219,8 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         if spec.get("serve") == "triton":
             serve = _triton(stage, workdir, card, profile, names, accelerator)
         elif spec.get("serve") == "deepstream":
-            serve = _deepstream(stage, root_name, card, profile, names, precisions, spec, files)
+            serve = _deepstream(stage, root_name, card, profile, names, precisions, spec, files,
+                                classifier_threshold, load_onnx(workdir / ONNX_NAME, weights=False).graph.output[0].name)
         gates = thresholds or load_thresholds()
         (stage / "thresholds.json").write_text(json.dumps({p: vars(t) for p, t in gates.items()}, indent=2) + "\n")
         info = {"schema": "resnet-edge.bundle/2", "target": target, "about": spec["about"],
@@ -291,32 +306,41 @@ def _triton(stage: Path, workdir: Path, card, profile: dict, names: list[str],
 
 
 def _deepstream(stage: Path, root: str, card, profile: dict, names: list[str],
-                precisions: list[str], spec: dict, files: list[str]) -> dict:
-    """deepstream/: an nvinfer config per precision (engine from build_engine.sh, at a fixed
-    name beside the bundle), the label file and a deepstream-app config around fp16."""
+                precisions: list[str], spec: dict, files: list[str], threshold: float,
+                output_name: str) -> dict:
+    """deepstream/: an nvinfer config per precision (and per precision on DLA core 0 on a
+    Jetson), the label file and a deepstream-app config around fp16. nvinfer runs the batch
+    the engines are tuned for (the profile's opt; a static profile's one size), and each
+    config's model-engine-file is where build_engine.sh puts that engine, under the name
+    nvinfer itself would give it."""
     folder = stage / serving.DEEPSTREAM_DIR
     folder.mkdir()
     (folder / "labels.txt").write_text(serving.nvinfer_labels(names))
-    batch = profile["min"]  # one stream; a static profile's one size
+    batch = profile["opt"]
     configs = {}
     for precision in precisions:
-        plan = trt_engine.build_plan(spec["tensorrt"], precision)
-        name = f"config_infer_{precision}.txt"
-        (folder / name).write_text(serving.nvinfer_config(
-            preprocess=card.preprocess.to_dict(), num_classes=card.num_classes,
-            precision=precision, batch_size=batch,
-            engine=f"../../{root}.device/{serving.DEEPSTREAM_DIR}/model.{precision}.engine",
-            onnx=f"../{plan.onnx_file}",
-            calibration=f"../{CACHE_NAME}" if plan.calibration_cache and CACHE_NAME in files else None,
-            labels="labels.txt"))
-        configs[precision] = f"{serving.DEEPSTREAM_DIR}/{name}"
+        for dla_core in (None, 0) if spec["jetson"] and precision != "fp32" else (None,):
+            plan = trt_engine.build_plan(spec["tensorrt"], precision, dla=dla_core is not None)
+            name = serving.nvinfer_config_name(precision, dla_core)
+            engine = serving.nvinfer_engine_name(plan.onnx_file, batch, precision, dla_core)
+            (folder / name).write_text(serving.nvinfer_config(
+                preprocess=card.preprocess.to_dict(), num_classes=card.num_classes,
+                precision=precision, batch_size=batch,
+                engine=f"../../{root}.device/{serving.DEEPSTREAM_DIR}/{engine}",
+                onnx=f"../{plan.onnx_file}",
+                calibration=f"../{CACHE_NAME}" if precision == "int8" and CACHE_NAME in files else None,
+                labels="labels.txt", output_name=output_name, threshold=threshold,
+                dla_core=dla_core))
+            configs[precision if dla_core is None else f"{precision}-dla{dla_core}"] = \
+                f"{serving.DEEPSTREAM_DIR}/{name}"
     main = "fp16" if "fp16" in configs else precisions[0]
     (folder / "deepstream_app_config.txt").write_text(serving.deepstream_app_config(
-        f"config_infer_{main}.txt", batch, card.preprocess.input_size))
+        serving.nvinfer_config_name(main), batch, card.preprocess.input_size))
     scale, offsets = serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
     return {"server": "deepstream", "nvinfer_configs": configs,
             "app_config": f"{serving.DEEPSTREAM_DIR}/deepstream_app_config.txt",
-            "net_scale_factor": scale, "offsets": offsets,
+            "net_scale_factor": scale, "offsets": offsets, "batch_size": batch,
+            "classifier_threshold": threshold,
             "folded_normalization": card.folded_normalization is not None}
 
 

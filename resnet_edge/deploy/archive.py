@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -119,7 +120,7 @@ def check_folder(bundle: Path) -> tuple[dict, bytes]:
                 continue
             if not stat.S_ISREG(mode):
                 raise BundleError(f"bundle entry {rel} is a special file; refusing the bundle")
-            if rel not in files and rel not in (MANIFEST, SIGNATURE):
+            if rel not in files and rel not in (MANIFEST, SIGNATURE) and not _nvinfer_engine(rel, files):
                 raise BundleError(f"bundle file {rel} is not in {MANIFEST}; remove it or re-copy "
                                   "the bundle")
     for name, entry in sorted(files.items()):
@@ -130,6 +131,17 @@ def check_folder(bundle: Path) -> tuple[dict, bytes]:
             raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST} "
                               "(damaged or modified); re-copy the bundle")
     return manifest, data
+
+
+# nvinfer, building an engine itself, writes <onnx-file>_b<batch>_<gpuN|dlaN>_<mode>.engine
+# beside the ONNX (DeepStream nvdsinfer_model_builder.cpp): in a DeepStream bundle that file is
+# the device's own, made from a listed model; it is never read as part of the bundle.
+NVINFER_ENGINE = re.compile(r"(?P<onnx>[A-Za-z0-9_.-]+\.onnx)_b\d{1,4}_(?:gpu|dla)\d{1,2}_(?:fp32|fp16|int8)\.engine")
+
+
+def _nvinfer_engine(rel: str, files: dict) -> bool:
+    match = NVINFER_ENGINE.fullmatch(rel)
+    return bool(match and match["onnx"] in files and any(n.startswith("deepstream/") for n in files))
 
 
 def _read_small(path: Path, limit: int, what: str) -> bytes:

@@ -94,19 +94,44 @@ def nvinfer_scaling(mean, std) -> tuple[float, list[float]]:
     return 1.0 / (255.0 * std[0]), [255.0 * m for m in mean]
 
 
+# The card's resize interpolation -> nvinfer's scaling-filter (NvBufSurfTransform_Inter:
+# 0 Nearest, 1 Bilinear, 2 Algo1 = GPU cubic / VIC 5-tap); nearest-exact samples pixel centres
+# as nearest does on the GPU.
+SCALING_FILTER = {"nearest": 0, "nearest-exact": 0, "bilinear": 1, "bicubic": 2}
+
+
+def nvinfer_engine_name(onnx_file: str, batch_size: int, precision: str,
+                        dla_core: int | None = None) -> str:
+    """The name nvinfer gives an engine it builds from `onnx_file` (nvdsinfer_model_builder.cpp:
+    <model>_b<batch>_<gpu0|dlaN>_<mode>.engine); ours carry the same name."""
+    device = "gpu0" if dla_core is None else f"dla{dla_core}"
+    return f"{onnx_file}_b{batch_size}_{device}_{precision}.engine"
+
+
 def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_size: int,
-                   engine: str, onnx: str, calibration: str | None, labels: str) -> str:
-    """A primary classifier's [property] group; paths are relative to the config's folder."""
+                   engine: str, onnx: str, calibration: str | None, labels: str,
+                   output_name: str, threshold: float, dla_core: int | None = None) -> str:
+    """A primary classifier's [property] group; paths are relative to the config's folder.
+
+    The model ends in a Softmax (export --softmax): nvinfer's default classifier parser keeps
+    the class whose output is above both classifier-threshold and every other class, starting
+    from 0, so it needs probabilities. int8 names the calibration cache too: with no
+    int8-calib-file nvinfer turns INT8 into FP16 when it builds the engine itself, and a Q/DQ
+    model ignores the cache's scales anyway."""
     scale, offsets = nvinfer_scaling(preprocess["mean"], preprocess["std"])
     size = preprocess["input_size"]
+    interpolation = preprocess["interpolation"]
     lines = [
         "# Written by resnet-edge from the model card: do not edit the preprocessing by hand.",
         "# nvinfer computes y = net-scale-factor * (x - offsets) on RGB pixels in 0..255, which is",
         "# the model's own normalization. It scales the whole frame to the input size, with no",
-        "# center crop: crop upstream (nvvideoconvert src-crop, nvdspreprocess ROIs) when frames",
-        "# are not what the model was trained on.",
-        "# The model outputs logits (no softmax): the label attached is the top-1 class, and its",
-        "# reported probability is that logit.",
+        f"# center crop (the model was trained on a {size} px center crop of a {preprocess['resize']} px",
+        "# resize): crop upstream (nvvideoconvert src-crop, nvdspreprocess ROIs) when frames are",
+        "# not what the model was trained on; maintain-aspect-ratio=1 pads instead of stretching.",
+        f"# scaling-filter {SCALING_FILTER[interpolation]} is nvinfer's match for the card's "
+        f"'{interpolation}' resize.",
+        "# The model outputs probabilities (Softmax in the graph): a label is attached when its",
+        f"# probability is above classifier-threshold ({threshold:g}).",
         "[property]", "gpu-id=0",
         f"net-scale-factor={scale!r}", f"offsets={';'.join(repr(o) for o in offsets)}",
         "model-color-format=0",
@@ -114,11 +139,12 @@ def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_
         *([f"int8-calib-file={calibration}"] if calibration else []),
         f"labelfile-path={labels}", f"batch-size={batch_size}",
         f"network-mode={NETWORK_MODE[precision]}",
+        *(["enable-dla=1", f"use-dla-core={dla_core}"] if dla_core is not None else []),
         "network-type=1", "process-mode=1", "gie-unique-id=1",
         f"infer-dims=3;{size};{size}", "maintain-aspect-ratio=0",
-        f"scaling-filter={1 if preprocess['interpolation'] != 'nearest' else 0}",
-        "output-blob-names=logits", "classifier-async-mode=0",
-        "classifier-threshold=-1000000000", "",
+        f"scaling-filter={SCALING_FILTER[interpolation]}",
+        f"output-blob-names={output_name}", "classifier-async-mode=0",
+        f"classifier-threshold={threshold!r}", "",
         f"# {num_classes} classes, labels in {labels}",
     ]
     return "\n".join(lines) + "\n"
@@ -147,9 +173,24 @@ def deepstream_app_config(infer_config: str, batch_size: int, size: int) -> str:
         "[tests]", "file-loop=0", ""])
 
 
-def install_engine(bundle: Path, engine: Path, precision: str, device: Path) -> Path:
-    """Copy `engine` to the fixed name the bundle's nvinfer configs name for `precision`."""
-    target = device / DEEPSTREAM_DIR / f"model.{precision}.engine"
+def nvinfer_config_name(precision: str, dla_core: int | None = None) -> str:
+    return f"config_infer_{precision}{'' if dla_core is None else f'_dla{dla_core}'}.txt"
+
+
+def install_engine(bundle: Path, engine: Path, precision: str, dla_core: int | None) -> Path | None:
+    """Copy `engine` to the model-engine-file of the bundle's nvinfer config for `precision`
+    (on `dla_core`), which lies in the device folder beside the bundle; None when the bundle
+    has no config for that engine."""
+    config = bundle / DEEPSTREAM_DIR / nvinfer_config_name(precision, dla_core)
+    if not config.is_file():
+        return None
+    values = dict(line.split("=", 1) for line in config.read_text().splitlines()
+                  if "=" in line and not line.startswith("#"))
+    target = (config.parent / values["model-engine-file"]).resolve()
+    allowed = (bundle.parent / f"{bundle.name}.device" / DEEPSTREAM_DIR).resolve()
+    if target.parent != allowed:
+        raise ValueError(f"{config.name} names model-engine-file {values['model-engine-file']}, "
+                         f"outside {allowed}; the bundle is damaged")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(engine, target)
     return target
@@ -174,7 +215,18 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if (bundle / DEEPSTREAM_DIR).is_dir():
-        print(f"DeepStream: {install_engine(bundle, args.engine, args.precision, device)}")
+        try:
+            try:
+                dla_core = trt_engine.read_engine_meta(args.engine).get("dla_core")
+            except trt_engine.EngineError:  # trtexec built it where Python has no TensorRT
+                dla_core = None
+            installed = install_engine(bundle, args.engine, args.precision, dla_core)
+        except (ValueError, OSError, trt_engine.EngineError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"DeepStream: {installed}" if installed else
+              f"DeepStream: no nvinfer config uses a {args.precision} engine on DLA core "
+              f"{dla_core}; the bundle's configs are for the GPU and DLA core 0")
     return 0
 
 

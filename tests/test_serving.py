@@ -17,6 +17,7 @@ from sklearn.datasets import load_sample_images
 
 from cli_output import one_line_error
 from oracles import nvinfer as nvinfer_rules
+from oracles import triton as triton_rules
 from resnet_edge.calibration import calibrate
 from resnet_edge.deploy import TARGETS, make_bundle, safe_extract
 from resnet_edge.deploy.serving import install_plan, nvinfer_scaling
@@ -107,6 +108,13 @@ def test_triton_repository_parses_with_tritons_schema_and_matches_the_onnx(
     else:
         (trt,) = accelerators
         assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == accelerator.upper()
+        # one TensorRT profile over the batch profile and a kept engine: no rebuild per batch
+        # size or per model load
+        assert [trt.parameters[f"trt_profile_{k}_shapes"] for k in ("min", "opt", "max")] == [
+            f"{input_name}:{b}x{'x'.join(map(str, input_dims[1:]))}" for b in (1, 8, 32)]
+        assert trt.parameters["trt_engine_cache_enable"] == "true"
+        assert trt.parameters["trt_engine_cache_path"] == f"/w/{root.name}.device/triton-trt-cache/{name}"
+    assert not triton_rules.check(config, onnx.load(str(model_dir / "1" / "model.onnx")))
 
     plan = _parse(root / "triton-plan" / "config.pbtxt")
     assert plan.name == f"{name}_trt" and plan.platform == "tensorrt_plan"
@@ -121,6 +129,60 @@ def test_a_static_batch_is_max_batch_size_0_with_the_batch_in_the_dims(resnet18_
     assert input_dims == [1, 3, 64, 64] and output_dims == [1, 10]
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert list(config.input[0].dims) == input_dims and list(config.output[0].dims) == output_dims
+    assert not triton_rules.check(config, onnx.load(str(model_dir / "1" / "model.onnx")))
+    assert not triton_rules.check(_parse(root / "triton-plan" / "config.pbtxt"))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.dynamic_batching.preferred_batch_size.append(64),
+     "preferred size must be <= max batch size"),
+    (lambda c: c.dynamic_batching.preferred_batch_size.append(0), "preferred size must be positive"),
+    (lambda c: c.input[0].dims.__setitem__(0, 0), "dimension must be integer >= 1, or -1"),
+    (lambda c: c.input[0].dims.__setitem__(1, 31), "configuration expects dims"),
+    (lambda c: c.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters.__setitem__(
+        "trt_fp16_enable", "1"), "unknown parameter 'trt_fp16_enable'"),
+    (lambda c: c.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters.__setitem__(
+        "precision_mode", "HALF"), "unsupported precision mode 'HALF'"),
+    (lambda c: setattr(c, "platform", "onnx"), "unexpected platform type 'onnx'"),
+])
+def test_the_triton_oracle_refuses_what_triton_refuses(change, message, calibrated_workdir, tmp_path):
+    root = _bundle(calibrated_workdir, "triton", tmp_path, accelerator="fp16")
+    model_dir = root / "triton" / calibrated_workdir.name
+    config, model = _parse(model_dir / "config.pbtxt"), onnx.load(str(model_dir / "1" / "model.onnx"))
+    assert not triton_rules.check(config, model)
+    change(config)
+    found = triton_rules.check(config, model)
+    assert any(message in f.message for f in found), found
+    assert all(".cc:" in f.source for f in found)
+
+
+def test_a_static_onnx_with_a_batching_config_is_refused(resnet18_folded, tmp_path):
+    root = _bundle(resnet18_folded, "triton", tmp_path)
+    model_dir = root / "triton" / resnet18_folded.name
+    config = _parse(model_dir / "config.pbtxt")
+    config.max_batch_size = 8
+    found = triton_rules.check(config, onnx.load(str(model_dir / "1" / "model.onnx")))
+    assert "does not support batching while non-zero max_batch_size" in found[0].message
+
+
+def test_a_plan_from_another_tensorrt_is_refused_before_triton_sees_it(tmp_path):
+    from resnet_edge.deploy.serving import plan_mismatch, server_tensorrt
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    for name in ("libnvinfer.so.10", "libnvinfer.so.10.8.0", "libnvinfer_plugin.so.10.8.0"):
+        (libs / name).write_bytes(b"")
+    assert server_tensorrt([libs]) == "10.8.0" and server_tensorrt([tmp_path / "none"]) is None
+    assert plan_mismatch("10.8.0", "10.8.0") is None and plan_mismatch("10.8.0", None) is None
+    assert "pip install 'tensorrt==10.8.0'" in plan_mismatch("10.13.3", "10.8.0")
+    bundle = tmp_path / "b"
+    (bundle / "triton-plan").mkdir(parents=True)
+    (bundle / "triton-plan" / "model.json").write_text('{"name": "m_trt"}')
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"plan")
+    engine.with_suffix(".json").write_text('{"tensorrt": "10.13.3"}')
+    with pytest.raises(ValueError, match="built with TensorRT 10.13.3, but this machine's server loads"):
+        install_plan(bundle, engine, tmp_path / "device", server="10.8.0")
+    assert not (tmp_path / "device").exists()
 
 
 def test_build_engine_sh_installs_the_plan_and_the_deepstream_engine(calibrated_workdir,

@@ -252,6 +252,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     return BundleResult(out, manifest_digest(manifest_bytes), key, precisions, notes)
 
 
+TRITON_MOUNT = "/w"  # where README's docker lines mount the folder holding the bundle
 MIN_GOLDEN = 64  # 64 of 64 agreeing shows >= 96 % at 95 % confidence
 
 
@@ -293,8 +294,11 @@ def _triton(stage: Path, workdir: Path, card, profile: dict, names: list[str],
     repo = stage / serving.TRITON_DIR / name
     (repo / "1").mkdir(parents=True)
     shutil.copy2(workdir / model_file, repo / "1" / "model.onnx")
+    # outside the bundle (whose every file is listed), beside it as the README mounts it
+    cache = f"{TRITON_MOUNT}/{stage.name}.device/triton-trt-cache/{name}"
     (repo / "config.pbtxt").write_text(serving.triton_config(name, "onnxruntime_onnx",
-                                                             accelerator=accelerator, **shapes))
+                                                             accelerator=accelerator,
+                                                             engine_cache=cache, **shapes))
     plan = stage / serving.TRITON_PLAN_DIR
     plan.mkdir()
     (plan / "config.pbtxt").write_text(serving.triton_config(f"{name}_trt", "tensorrt_plan", **shapes))
@@ -403,14 +407,20 @@ def _serving_readme(root: str, serve: dict | None) -> str:
 ## Triton
 
 `triton/` is a model repository: `{serve['model']}` runs `{serve['model_file']}` on Triton's
-onnxruntime backend as it is. For a TensorRT plan, build it inside the Triton container you
-serve with (a plan is tied to that TensorRT and GPU); build_engine.sh then installs it as
-`{serve['plan_model']}` in `{root}.device/triton/`:
+onnxruntime backend as it is. For a TensorRT plan, build it inside the very Triton image you
+serve with: a plan loads only on the TensorRT that built it. build_engine.sh then installs it as
+`{serve['plan_model']}` in `{root}.device/triton/`, and refuses a plan whose TensorRT is not
+the image's own libnvinfer (a pip-installed Python tensorrt of another version):
 
 ```
-docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tritonserver:<yy.mm>-py3 ./build_engine.sh fp16
-tritonserver --model-repository $PWD/triton --model-repository $PWD/../{root}.device/triton
+TAG=<yy.mm>   # one Triton release for building and for serving
+docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tritonserver:$TAG-py3 ./build_engine.sh fp16
+docker run --gpus all --rm -p 8000:8000 -v $PWD/..:/w nvcr.io/nvidia/tritonserver:$TAG-py3 \\
+    tritonserver --model-repository /w/{root}/triton --model-repository /w/{root}.device/triton
 ```
+
+With an accelerator, ONNX Runtime keeps its TensorRT engines in
+`/w/{root}.device/triton-trt-cache/` (mounted as above), so a model load reuses them.
 """
     return f"""
 ## DeepStream

@@ -32,10 +32,11 @@ def model_name(name: str) -> str:
 
 def triton_config(name: str, platform: str, *, input_name: str, input_dims: list[int],
                   output_name: str, output_dims: list[int], profile: dict,
-                  accelerator: str = "none") -> str:
+                  accelerator: str = "none", engine_cache: str = "") -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig). A dynamic batch profile
     becomes max_batch_size and dynamic batching preferring the opt batch; a static one is
-    max_batch_size 0 with the batch in the dims, as Triton requires."""
+    max_batch_size 0 with the batch in the dims, as Triton requires. With an accelerator,
+    `engine_cache` is where ONNX Runtime keeps the TensorRT engines it builds."""
     if accelerator not in ACCELERATORS:
         raise ValueError(f"unknown accelerator {accelerator!r}; use {', '.join(ACCELERATORS)}")
     static = profile["static"]
@@ -52,10 +53,18 @@ def triton_config(name: str, platform: str, *, input_name: str, input_dims: list
                   "  max_queue_delay_microseconds: 100", "}"]
     if accelerator != "none":
         # ONNX Runtime's TensorRT execution provider, as Triton's onnxruntime backend names it
+        # (src/onnxruntime.cc): one optimization profile over the batch profile, so batches
+        # that dynamic batching forms never rebuild the engine, and an engine cache, so a model
+        # load reuses the engine built before
+        params = {"precision_mode": accelerator.upper(), "max_workspace_size_bytes": "1073741824",
+                  "trt_engine_cache_enable": "true", "trt_engine_cache_path": engine_cache}
+        if not static:
+            shape = "x".join(str(d) for d in input_dims)
+            params.update({f"trt_profile_{which}_shapes": f"{input_name}:{profile[key]}x{shape}"
+                           for which, key in (("min", "min"), ("opt", "opt"), ("max", "max"))})
         lines += ["optimization {", "  execution_accelerators {",
                   "    gpu_execution_accelerator : [ {", '      name : "tensorrt"',
-                  f'      parameters {{ key: "precision_mode" value: "{accelerator.upper()}" }}',
-                  '      parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
+                  *(f'      parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items()),
                   "    } ]", "  }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -64,10 +73,47 @@ def _dims(dims: list[int]) -> str:
     return "[ " + ", ".join(str(d) for d in dims) + " ]"
 
 
-def install_plan(bundle: Path, engine: Path, device: Path) -> Path:
+# where a tritonserver image (and a TensorRT install) keeps libnvinfer.so.<major>.<minor>.<patch>
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/tensorrt/lib",
+            "/usr/lib64")
+
+
+def server_tensorrt(lib_dirs=LIB_DIRS) -> str | None:
+    """The TensorRT version of the libnvinfer this machine's server loads, or None if none."""
+    found = []
+    for folder in lib_dirs:
+        for path in Path(folder).glob("libnvinfer.so.*.*.*"):
+            match = re.fullmatch(r"libnvinfer\.so\.(\d+\.\d+\.\d+)", path.name)
+            if match:
+                found.append(tuple(int(p) for p in match[1].split(".")))
+    return ".".join(map(str, max(found))) if found else None
+
+
+def plan_mismatch(plan_tensorrt: str | None, server: str | None) -> str | None:
+    """Why Triton would refuse a plan: it runs only on the TensorRT (major.minor.patch) that
+    built it, and a pip-installed Python tensorrt may not be the server's."""
+    if not plan_tensorrt or not server:
+        return None
+    if plan_tensorrt.split(".")[:3] == server.split(".")[:3]:
+        return None
+    return (f"the plan was built with TensorRT {plan_tensorrt}, but this machine's server loads "
+            f"TensorRT {server} (libnvinfer), which refuses it; build inside the tritonserver "
+            f"image you serve with, with its own TensorRT (pip install 'tensorrt=={server}' "
+            "if its Python lacks it)")
+
+
+def install_plan(bundle: Path, engine: Path, device: Path, server: str | None = None) -> Path:
     """Put `engine` into <device>/triton/<name>_trt/1/model.plan beside the bundle's config, so
     `tritonserver --model-repository <bundle>/triton --model-repository <device>/triton`
-    serves both models."""
+    serves both models; refused when `server` (the TensorRT the server loads) did not build
+    it."""
+    try:
+        built = json.loads(engine.with_suffix(".json").read_text()).get("tensorrt")
+    except (OSError, ValueError):
+        built = None
+    problem = plan_mismatch(built, server)
+    if problem:
+        raise ValueError(problem)
     name = json.loads((bundle / TRITON_PLAN_DIR / "model.json").read_text()).get("name")
     if not isinstance(name, str) or name != model_name(name):
         raise ValueError(f"{TRITON_PLAN_DIR}/model.json names the model {name!r}, which is not a "
@@ -210,7 +256,7 @@ def main(argv=None) -> int:
     bundle, device = args.bundle.resolve(), trt_engine.device_dir(args.bundle)
     if (bundle / TRITON_PLAN_DIR / "model.json").is_file():
         try:
-            print(f"Triton: {install_plan(bundle, args.engine, device)}")
+            print(f"Triton: {install_plan(bundle, args.engine, device, server_tensorrt())}")
         except (ValueError, OSError) as exc:  # JSONDecodeError is a ValueError
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -750,7 +750,7 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
     """
     from .artifacts import WorkDir
     from .calibration import INT8_NAME
-    from .export.metadata import quantization_info
+    from .export.metadata import opset_of, quantization_info
     from .export import export_profile
     from .runtime import trt_engine
     from .runtime.backends import remake_command
@@ -784,6 +784,11 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
         raise BadInput(f"{int8_file} was calibrated with --recipe cpu (uint8, asymmetric), "
                        f"which TensorRT cannot build; run `resnet-edge calibrate {workdir} --recipe "
                        "tensorrt` (or build with --int8-source cache)")
+    if (workdir / plan.onnx_file).exists():
+        problem = trt_engine.opset_problem(plan.onnx_file, opset_of(workdir / plan.onnx_file),
+                                           trt.__version__)
+        if problem:
+            raise BadInput(problem)
     del options["dla"]
     profile = export_profile(workdir)
     with console.steps() as step:

@@ -119,3 +119,32 @@ def test_a_bundle_built_on_another_family_says_so(target, here, says):
     assert (note is not None) == says
     if says:
         assert note.count("\n") == 0 and target in note and here in note
+
+
+@pytest.mark.parametrize("version,newest", [("8.5.2", 17), ("8.6.2", 17), ("10.3.0", 20),
+                                            ("10.13.0", 20), ("10.16.0", 24), ("11.1.0", 24)])
+def test_the_parser_opset_each_tensorrt_reads(version, newest):
+    from resnet_edge.runtime.trt_engine import max_onnx_opset, opset_problem
+    assert max_onnx_opset(version) == newest
+    assert opset_problem("model.onnx", newest, version) is None
+    assert f"reads opset <= {newest}" in opset_problem("model.onnx", newest + 1, version)
+
+
+def test_the_tensorrt_extra_serves_exactly_the_x86_targets():
+    """pip install 'resnet-edge[tensorrt]' is for x86 (JetPack ships TensorRT): its cuda-python
+    range is the x86 targets' together (x86-trt11: a CUDA 12 or 13 driver) and nothing more."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from resnet_edge.deploy import TARGETS
+    extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    spec = next(Requirement(r).specifier for r in extra["project"]["optional-dependencies"]["tensorrt"]
+                if r.startswith("cuda-python"))
+    x86 = [t for t in TARGETS.values() if not t["jetson"]]
+    for target in x86:
+        wanted = Requirement(f"cuda-python{target['cuda_python'] or '>=12,<14'}").specifier
+        for candidate in ("11.8.0", "12.0.0", "12.6.1", "12.9.0", "13.0.1", "13.2.0", "14.0.0"):
+            if wanted.contains(candidate):
+                assert spec.contains(candidate), (target, candidate)
+    assert not spec.contains("11.8.0") and not spec.contains("14.0.0")

@@ -519,9 +519,20 @@ def test_build_engine_sh_runs_trtexec_with_the_build_plan_flags(bundle, tmp_path
     (stub / "trtexec").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$TRTEXEC_ARGS"\n')
     (stub / "trtexec").chmod(0o755)
     python_dir = os.path.dirname(sys.executable)
-    # a JetPack 6 bundle (cache headed for 10.3) on JetPack 5, JetPack 6.0 (8.6.2), 6.1 and x86 11
-    for version, precision, extra in [("8.5.2", "int8", ["--int8-source", "cache"]),
-                                      ("8.6.2", "int8", ["--int8-source", "cache"]),
+    # a JetPack 6 bundle (opset 20) on JetPack 5 and 6.0 (TensorRT 8.5/8.6 parse opset <= 17):
+    # refused before trtexec runs, in one line
+    for version in ("8.5.2", "8.6.2"):
+        env = {**os.environ, "PATH": f"{stub}:{python_dir}:/usr/bin:/bin", "TRT_VERSION": version,
+               "ENGINE": str(tmp_path / "never.engine"), "TRTEXEC_ARGS": str(tmp_path / "never")}
+        run = subprocess.run(["bash", str(root / "build_engine.sh"), "int8", "--int8-source", "cache"],
+                             env=env, capture_output=True, text=True)
+        assert run.returncode == 2 and not (tmp_path / "never").exists(), run.stderr
+        assert [line for line in run.stderr.splitlines() if line.startswith("error:")] == [
+            f"error: model.onnx is ONNX opset 20, and TensorRT {version} reads opset <= 17; bundle "
+            "for this device's TensorRT (JetPack 5 and 6.0: --target jetpack5, from an export with "
+            "--exporter torchscript, opset 17)"]
+    # on JetPack 6.1 (10.3, the cache headed for it) and x86 TensorRT 11
+    for version, precision, extra in [("10.3.0", "int8", ["--int8-source", "cache"]),
                                       ("10.3.0", "fp16", []), ("11.4.0", "int8", [])]:
         args_file = tmp_path / f"args-{version}-{precision}"
         engine = tmp_path / "device" / version / "model.engine"

@@ -21,7 +21,7 @@ from ..calibration.dataset import balanced_indices
 from ..data import batches, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import FP16_NAME, ONNX_NAME, export_profile, open_workdir
-from ..export.metadata import load_onnx, quantization_info
+from ..export.metadata import load_onnx, opset_of, quantization_info
 from ..parity.gates import Thresholds, load_thresholds
 from .. import metrics
 from ..runtime import ort, trt_engine
@@ -69,11 +69,6 @@ class BundleResult:
     key_id: str | None = None
     precisions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def opset_of(path: Path) -> int:
-    model = load_onnx(path, weights=False)
-    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list[str]]:
@@ -231,6 +226,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "static_batch": profile["static"], "precisions": precisions,
                 "int8_recipe": "tensorrt" if "int8" in precisions else None,
                 "golden_data": eval_spec, "near_tie": near_tie,
+                "opsets": {n: opset_of(workdir / n) for n in files if n.endswith(".onnx")},
                 "resnet_edge": __version__, "left_out": notes,
                 "serve": serve,
                 "made_from": {name: sha256_file(workdir / name) for name in files},

@@ -129,6 +129,10 @@ def read_info(folder: Path, manifest: dict) -> dict:
     if cuda_python is not None and not (isinstance(cuda_python, str) and len(cuda_python) < 40
                                         and all(c in "<>=.,0123456789" for c in cuda_python)):
         problems.append(f"cuda_python {cuda_python!r}")
+    opsets = info.setdefault("opsets", {})  # bundles before opsets: the parser will say
+    if not (isinstance(opsets, dict) and all(isinstance(k, str) and _count(v, 1, 1000)
+                                             for k, v in opsets.items())):
+        problems.append(f"opsets {opsets!r} (file: opset)")
     near_tie = info.setdefault("near_tie", {})  # bundles before near-ties: exact ties only
     if not (isinstance(near_tie, dict) and all(
             p in PRECISIONS and isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -247,6 +251,11 @@ class TrtRunner:
             note = trt_engine.family_note(bundle.info["tensorrt"], trt.__version__)
             if note:
                 print(note, file=sys.stderr)
+            plan = trt_engine.build_plan(trt.__version__, precision)
+            problem = trt_engine.opset_problem(plan.onnx_file, bundle.info["opsets"].get(plan.onnx_file),
+                                               trt.__version__)
+            if problem:
+                raise BundleError(problem)
             try:
                 engine = trt_engine.build_engine(bundle.folder, precision, out_dir=engine.parent,
                                                  max_batch=bundle.info["max_batch"],

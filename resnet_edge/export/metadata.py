@@ -87,3 +87,9 @@ def read_card(model: onnx.ModelProto | str | os.PathLike) -> ModelCard | None:
 
 def read_export_options(model: onnx.ModelProto | str | os.PathLike) -> dict:
     return _json_prop(model, EXPORT_KEY, "export options") or {}
+
+
+def opset_of(path: str | os.PathLike) -> int:
+    """The default-domain ONNX opset a model file declares."""
+    model = load_onnx(path, weights=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

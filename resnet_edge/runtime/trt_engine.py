@@ -55,6 +55,25 @@ def family(version: str) -> str:
     return f"{v[0]}.x"
 
 
+def max_onnx_opset(tensorrt_version: str) -> int:
+    """The newest ONNX opset the release's parser reads (onnx/onnx-tensorrt docs/operators.md:
+    8.5 and 8.6 "up to Opset 17", 10.0 "opset 9 to opset 20", 10.15 "opset 9 to opset 24")."""
+    v = version_tuple(tensorrt_version)
+    if v[0] < 10:
+        return 17
+    return 24 if v[:2] >= (10, 15) else 20
+
+
+def opset_problem(onnx_file: str, opset: int | None, tensorrt_version: str) -> str | None:
+    """One line, said before a build, when this TensorRT's parser cannot read the file."""
+    newest = max_onnx_opset(tensorrt_version)
+    if opset is None or opset <= newest:
+        return None
+    return (f"{onnx_file} is ONNX opset {opset}, and TensorRT {tensorrt_version} reads opset "
+            f"<= {newest}; bundle for this device's TensorRT (JetPack 5 and 6.0: --target "
+            "jetpack5, from an export with --exporter torchscript, opset 17)")
+
+
 def family_note(target_tensorrt: str | None, here: str) -> str | None:
     """One line when a bundle meant for one TensorRT family is built on another."""
     if not target_tensorrt or family(target_tensorrt) == family(here):
@@ -717,6 +736,12 @@ def main(argv=None) -> int:
             if note:
                 print(note, file=sys.stderr)
         options = dict(int8_source=args.int8_source, typing=args.typing, int8_float=args.int8_float)
+        if args.command in ("plan", "build"):  # before any work: can this parser read it?
+            plan = build_plan(version, args.precision, dla=args.dla_core is not None, **options)
+            problem = opset_problem(plan.onnx_file, (info.get("opsets") or {}).get(plan.onnx_file),
+                                    version)
+            if problem:
+                raise ValueError(problem)
         if args.command == "build":
             engine = build_engine(args.bundle, args.precision, max_batch=max_batch, opt_batch=opt_batch,
                                   min_batch=min_batch, workspace_mib=args.workspace,

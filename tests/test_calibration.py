@@ -237,3 +237,19 @@ def test_cpu_recipe_cannot_saturate_avx2_pair_sums(calibrated, tmp_path):
     wrong = saturated_outputs(eight, _u8_activations(eight, images))
     stem = quantized_convs(eight)[0][0].name
     assert wrong[stem] > 0.01, wrong  # the 3-channel stem saturates most
+
+
+def test_calibration_cache_has_a_scale_for_every_tensor_tensorrt_can_run_in_int8(calibrated):
+    """TensorRT's own calibrators write a scale for every activation; a tensor without one
+    (a residual Add, the pooling, the flatten) keeps its layer out of int8."""
+    work, _ = calibrated["tensorrt"]
+    _, scales = read_cache(work / "calibration.cache")
+    model = onnx.load(str(work / "model.onnx"))
+    int8_able = ("Conv", "Relu", "Add", "MaxPool", "GlobalAveragePool", "AveragePool",
+                 "ReduceMean", "Flatten", "Reshape", "Gemm")
+    tensors = {o for n in model.graph.node if n.op_type in int8_able for o in n.output}
+    kinds = {n.op_type for n in model.graph.node if n.op_type in int8_able}
+    assert {"Conv", "Relu", "Add", "ReduceMean", "Reshape"} <= kinds  # the dynamo export's pooling
+    missing = sorted(tensors - set(scales))
+    assert not missing, missing
+    assert "input" in scales

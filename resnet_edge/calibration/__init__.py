@@ -108,11 +108,11 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         shutil.copyfile(fp32, source_model)
         ranges_path = wd.file(RANGES_NAME)
         range_inputs = {ONNX_NAME: wd.sha256(ONNX_NAME), "calibration_sha256": data_hash,
-                        "tensors": "Conv/Gemm" if recipe == "tensorrt" else "all"}
+                        "tensors": "all"}
         if not wd.is_fresh(RANGES_NAME, range_inputs, options):
             step(f"calibrating every tensor ({method}, {len(inputs)} images)")
             with atomic_path(ranges_path) as tmp:
-                compute_ranges(source_model, inputs, method, tmp, scratch, input_name, recipe)
+                compute_ranges(source_model, inputs, method, tmp, scratch, input_name)
             wd.record(RANGES_NAME, inputs=range_inputs, options=options)
             written.append(ranges_path)
         ranges = load_ranges(ranges_path)

@@ -76,20 +76,19 @@ def _method(name: str):
 
 def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str,
                    ranges_path: str | os.PathLike, scratch: str | os.PathLike,
-                   input_name: str = "input", recipe: str = "tensorrt") -> dict[str, tuple[float, float]]:
-    """Calibrate, once, every tensor int8 needs and save ORT's range cache to `ranges_path`.
+                   input_name: str = "input") -> dict[str, tuple[float, float]]:
+    """Calibrate, once, every activation tensor and save ORT's range cache to `ranges_path`.
 
-    The tensorrt recipe needs what Conv and Gemm read and write: that is every tensor a fused
-    ResNet layer has in TensorRT (a residual Add's identity input is a block input or a
-    downsample Conv output) and all the Q/DQ model quantizes; the cpu recipe quantizes more op
-    types, so it calibrates every tensor.
+    Every one: the Q/DQ models quantize what Conv and Gemm read and write (and the cpu recipe
+    more op types), and calibration.cache, like the caches TensorRT's own calibrators write,
+    needs a scale for every tensor TensorRT may run in int8 (residual Add, pooling and flatten
+    outputs too), or TensorRT keeps those layers in higher precision.
     """
     _quantization()
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     # histogram methods: symmetric ranges, as TensorRT's int8 (zero point 0) needs
     extra = {"symmetric": True} if method != "minmax" else {}
-    calibrator = create_calibrator(Path(onnx_path),
-                                   ["Conv", "Gemm"] if recipe == "tensorrt" else None,
+    calibrator = create_calibrator(Path(onnx_path), None,
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
     # in chunks: the calibrator keeps every calibrated tensor of what it is given in memory

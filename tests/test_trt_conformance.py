@@ -291,36 +291,6 @@ def test_stream_handle_is_the_native_int(cuda_python, driver, standin, calibrate
         _run(engine)
 
 
-# ---- trtexec ------------------------------------------------------------------------------------
-
-def _trtexec_lines(version):
-    for precision in ("fp32", "fp16", "int8"):
-        for kwargs in (dict(), dict(int8_source="cache", typing="weak"), dict(dla=True),
-                       dict(version_compatible=True, hardware_compatible=True)):
-            try:
-                plan = trt_engine.build_plan(version, precision, **kwargs)
-            except ValueError:
-                continue
-            yield plan, trt_engine.trtexec_command(
-                plan, engine="e.engine", input_name="input", input_shape=(3, 224, 224),
-                profile=trt_engine.batch_profile(plan, 32, 8), workspace_mib=1024,
-                timing_cache="t.cache", calibration_cache="c.cache",
-                dla_core=0 if kwargs.get("dla") else None, gpu_fallback=bool(kwargs.get("dla")))
-
-
-@pytest.mark.parametrize("version", FAMILIES)
-def test_every_trtexec_option_is_one_that_release_parses(version):
-    parsed = set(surface(version)["trtexec_flags"])
-    lines = list(_trtexec_lines(version))
-    assert len(lines) >= 4
-    for plan, line in lines:
-        unknown = [arg for arg in line[1:] if arg.split("=", 1)[0] not in parsed]
-        assert not unknown, (plan, unknown)
-        assert ("--skipInference" in line) == (version != "8.5.3")  # build only, no benchmark
-        assert ("--buildOnly" in line) == (version == "8.5.3")
-        assert ("--noTF32" in line) == (plan.precision == "fp32")
-
-
 # ---- debug: every compared tensor marked as an output ----------------------------------------
 
 @pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.1.0"])
@@ -334,3 +304,61 @@ def test_debug_marks_every_compared_tensor_on_a_debug_engine(version, standin, c
     assert report["backend"] == "trt" and report["candidate"].startswith(f"tensorrt {version} int8")
     assert not (calibrated_workdir / "engines").exists() or not any(
         p.name == "model.int8.engine" for p in (calibrated_workdir / "engines").rglob("*"))
+
+
+# ---- the stand-ins bind arguments as pybind11 does -------------------------------------------
+
+def _objects(trt):
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    return builder, builder.create_builder_config(), builder.create_optimization_profile(), trt.Runtime(logger)
+
+
+# each a call the project once made with its own idea of a name or a type; the binding's own
+# keyword (or type) is what works on a device
+KEYWORDS = [
+    ("set_shape", lambda trt, c, p, r: p.set_shape(name="input", min=(1, 3), opt=(1, 3), max=(1, 3)),
+     lambda trt, c, p, r: p.set_shape(input="input", min=(1, 3), opt=(1, 3), max=(1, 3))),
+    ("create_timing_cache", lambda trt, c, p, r: c.create_timing_cache(blob=b""),
+     lambda trt, c, p, r: c.create_timing_cache(serialized_timing_cache=b"")),
+    ("set_memory_pool_limit",
+     lambda trt, c, p, r: c.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, size=1),
+     lambda trt, c, p, r: c.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, pool_size=1)),
+    ("deserialize_cuda_engine", lambda trt, c, p, r: r.deserialize_cuda_engine(data=b""),
+     lambda trt, c, p, r: r.deserialize_cuda_engine(serialized_engine=b"")),
+]
+
+
+@pytest.mark.parametrize("version", FAMILIES)
+@pytest.mark.parametrize("what,wrong,right", KEYWORDS, ids=[k[0] for k in KEYWORDS])
+def test_a_keyword_the_binding_does_not_name_is_a_type_error(version, what, wrong, right, standin):
+    trt = standin(version).trt
+    _, config, profile, runtime = _objects(trt)
+    with pytest.raises(TypeError, match="incompatible function arguments.*unexpected keyword"):
+        wrong(trt, config, profile, runtime)
+    right(trt, config, profile, runtime)
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "10.16.0"])
+@pytest.mark.parametrize("bad", [
+    lambda trt, c, r: setattr(c, "profiling_verbosity", 2),  # an int where an enum is required
+    lambda trt, c, r: c.set_tactic_sources("cudnn"),  # a str where a bit mask (int) is required
+    lambda trt, c, r: setattr(c, "builder_optimization_level", "five"),
+    lambda trt, c, r: setattr(r, "DLA_core", "1"),
+    lambda trt, c, r: setattr(c, "DLA_core", 1.7),
+    lambda trt, c, r: c.set_flag(5),  # BuilderFlag.FP16 as its number
+    lambda trt, c, r: c.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE),  # no pool_size
+], ids=["verbosity-int", "tactics-str", "level-str", "runtime-dla-str", "config-dla-float",
+        "flag-int", "missing-argument"])
+def test_a_value_pybind11_cannot_convert_is_a_type_error(version, bad, standin):
+    trt = standin(version).trt
+    builder, config, _, runtime = _objects(trt)
+    with pytest.raises(TypeError):
+        bad(trt, config, runtime)
+
+
+def test_a_read_only_property_cannot_be_written(standin):
+    trt = standin("10.3.0").trt
+    _, config, _, _ = _objects(trt)
+    with pytest.raises(AttributeError, match="read-only.*pyCore.cpp"):
+        config.num_optimization_profiles = 4

@@ -16,13 +16,14 @@ STUB = Path(__file__).parent / "oracles" / "trtexec_stub.py"
 
 @pytest.fixture(scope="module")
 def static_batch_bundle(trained_digits, tmp_path_factory):
-    """`export --batch 4` (what the CLI recommends for DLA and Jetson), bundled, extracted."""
+    """`export --batch 4 --exporter torchscript` (a static batch, as the CLI recommends for DLA
+    and Jetson; opset 17, which every TensorRT family parses), bundled, extracted."""
     from resnet_edge.deploy import make_bundle, safe_extract
     from resnet_edge.export import ExportOptions, export_model
     from resnet_edge.zoo import load_model
     base = tmp_path_factory.mktemp("static")
     model, card = load_model(str(trained_digits.model_path))
-    export_model(model, card, base / "b4", ExportOptions(batch=4))
+    export_model(model, card, base / "b4", ExportOptions(exporter="torchscript", batch=4))
     made = make_bundle(base / "b4", "jetpack6", base / "b4.tar.gz", golden=8)
     return safe_extract(made.path, base / "x")
 SHAPES = ["--minShapes=input:1x3x32x32", "--optShapes=input:8x3x32x32", "--maxShapes=input:32x3x32x32"]
@@ -75,6 +76,9 @@ def test_every_line_the_build_plan_writes_passes_trtexec(release, static_model):
             dla_core=0 if kwargs.get("dla") else None, gpu_fallback=bool(kwargs.get("dla")))
         found = check(release, line, static_model=static_model, qdq="int8" in plan.onnx_file)
         assert not found, (plan, line, found)
+        assert ("--skipInference" in line) == (release != "8.5.3")  # build only, no benchmark
+        assert ("--buildOnly" in line) == (release == "8.5.3")
+        assert ("--noTF32" in line) == (plan.precision == "fp32")
         lines += 1
     assert lines >= 4
 

@@ -3,9 +3,13 @@ from NVIDIA's own API surface of each TensorRT release (tests/tensorrt_api_surfa
 shared/reference/tensorrt-api-surface/: every class and enum of the bindings with the names each
 defines, extracted from NVIDIA/TensorRT at the commit named in each file).
 
-What they check: names and version gating, nothing more. A release's stand-in has exactly the
+What they check: names, signatures and version gating. A release's stand-in has exactly the
 classes, enum values, methods and properties that release's bindings define; touching anything
-else raises the AttributeError a device would raise, and every call and property write is
+else raises the AttributeError a device would raise. Every call is bound to the release's
+pybind11 signatures (`signatures` in the surface file: parameter names, order, defaults, types,
+overloads) as pybind11 binds it, so a wrong keyword, a missing argument, a plain int where an
+enum is required or a str where an int is required is the TypeError a device would raise, and a
+write to a read-only property or of the wrong type fails too. Every call and property write is
 recorded so a test can say what each release received. A handful of rules NVIDIA documents are
 enforced so the project's decisions are exercised end to end:
 
@@ -141,10 +145,12 @@ class _Member:
 
         def call(*args, **kwargs):
             obj._ctx.calls.add(f"{self.cls}.{self.name}", *args, **kwargs)
+            _bind(obj._ctx, f"{self.cls}.{self.name}", args, kwargs)
         return call
 
     def __set__(self, obj, value):
         obj._ctx.calls.add(f"{self.cls}.{self.name}=", value)
+        _check_write(obj._ctx, f"{self.cls}.{self.name}", value)
         obj._values[self.name] = value
 
 
@@ -165,9 +171,112 @@ class _Base:
         object.__setattr__(self, name, value)
 
 
+# ---- pybind11's argument rules, from each release's `signatures` ---------------------------
+
+def _accepts(kind: str, value, ctx: "_Context", cpp_type: str = "") -> bool:
+    """Whether pybind11 would convert `value` for a parameter of `kind` (the surface's
+    vocabulary): no implicit int -> enum, no str or float -> int, a pointer parameter takes
+    None (nullptr)."""
+    if value is None:
+        return "*" in cpp_type or kind in ("any", "pointer(int)")
+    if kind == "any":
+        return True
+    if kind in ("int", "pointer(int)"):
+        return isinstance(value, (int, np.integer)) and not isinstance(value, EnumValue)
+    if kind == "float":
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, EnumValue)
+    if kind == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "Dims":
+        return isinstance(value, (tuple, list)) and all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in value)
+    if kind == "bytes/buffer":
+        try:
+            memoryview(value)
+        except TypeError:
+            return hasattr(value, "__bytes__") and isinstance(value, _Base)  # IHostMemory
+        return True
+    if kind == "list":
+        return isinstance(value, (list, tuple))
+    if kind == "callable":
+        return callable(value)
+    if kind.startswith("enum:"):
+        found = getattr(ctx.module, kind[5:], None)
+        if found is None and kind[5:] == "Severity":
+            found = ctx.module.Logger.Severity
+        return found is not None and isinstance(value, found)
+    if kind.startswith("class:"):
+        wanted = kind[6:]
+        found = getattr(ctx.module, wanted, None)
+        if found is None or isinstance(value, found):
+            return True
+        # the bindings' class hierarchy, which the surface does not list
+        is_a = _SUBCLASSES.get(wanted, lambda n: False)
+        return any(is_a(getattr(c, "_cls", "")) for c in type(value).__mro__)
+    return True
+
+
+_SUBCLASSES = {"IInt8Calibrator": lambda n: "Calibrator" in n, "ILayer": lambda n: n.endswith("Layer"),
+               "ILogger": lambda n: n == "Logger"}
+
+
+def _bind(ctx: "_Context", what: str, args: tuple, kwargs: dict) -> None:
+    """Raise TypeError as pybind11 does when no overload of `what` takes these arguments: a
+    keyword the binding does not name, a missing argument without a default, a value of the
+    wrong type."""
+    sig = ctx.signatures.get(what)
+    if sig is None or sig.get("property") or sig.get("unresolved") or sig.get("arity_mismatch"):
+        return
+    problems = []
+    for overload in [sig, *sig.get("overloads", [])]:
+        params = overload.get("params", [])
+        named = {p["name"]: i for i, p in enumerate(params) if p.get("name")}
+        if len(args) > len(params):
+            problems.append(f"takes {len(params)} arguments, {len(args)} given")
+            continue
+        bound = dict(enumerate(args))
+        unknown = [k for k in kwargs if k not in named]
+        if unknown:
+            problems.append(f"unexpected keyword {unknown[0]!r}")
+            continue
+        bound.update({named[k]: v for k, v in kwargs.items()})
+        missing = [p.get("name") or f"arg{i}" for i, p in enumerate(params)
+                   if i not in bound and "default" not in p]
+        wrong = [f"{p.get('name') or f'arg{i}'}: {p['type']} got {type(bound[i]).__name__}"
+                 for i, p in enumerate(params) if i in bound
+                 and not _accepts(p["type"], bound[i], ctx, p.get("cpp_type", ""))]
+        if not missing and not wrong:
+            return
+        problems.append(f"missing {missing[0]}" if missing else wrong[0])
+    raise TypeError(f"{what}(): incompatible function arguments ({'; '.join(problems)}); "
+                    f"see {sig.get('source')}")
+
+
+def _check_write(ctx: "_Context", what: str, value) -> None:
+    """A property write as pybind11 takes it: not to a read-only property, and only a value
+    its setter's type converts."""
+    sig = ctx.signatures.get(what)
+    if sig is None or not sig.get("property"):
+        return
+    if sig.get("readonly"):
+        raise AttributeError(f"{what} is read-only ({sig.get('source')})")
+    if not _accepts(sig["type"], value, ctx, sig.get("cpp_type", "")):
+        raise TypeError(f"{what}: incompatible value {value!r} for {sig['type']} "
+                        f"({sig.get('source')})")
+
+
 def _recorded(cls: str, name: str, fn):
     def method(self, *args, **kwargs):
         self._ctx.calls.add(f"{cls}.{name}", *args, **kwargs)
+        _bind(self._ctx, f"{cls}.{name}", args, kwargs)
+        params = self._ctx.signatures.get(f"{cls}.{name}", {}).get("params") or []
+        # the behaviour below takes NVIDIA's parameter order; keywords arrive as positions
+        order = {p["name"]: i for i, p in enumerate(params) if p.get("name")}
+        if kwargs and all(k in order for k in kwargs):
+            merged = dict(enumerate(args)) | {order[k]: v for k, v in kwargs.items()}
+            return fn(self, *(merged[i] for i in sorted(merged)))
         return fn(self, *args, **kwargs)
     method.__name__ = name
     return method
@@ -178,6 +287,7 @@ def _recorded_property(cls: str, name: str, prop: property) -> property:
         self._ctx.calls.add(f"{cls}.{name}=", value)
         if prop.fset is None:
             raise AttributeError(f"'tensorrt.{cls}' property '{name}' is read-only")
+        _check_write(self._ctx, f"{cls}.{name}", value)
         prop.fset(self, value)
     return property(prop.fget, setter)
 
@@ -185,6 +295,7 @@ def _recorded_property(cls: str, name: str, prop: property) -> property:
 class _Context:
     def __init__(self, version: str, device: Device, calls: Calls):
         self.version, self.device, self.calls = version, device, calls
+        self.signatures = surface(version).get("signatures", {})
         self.major = int(version.split(".")[0])
         self.module: types.ModuleType | None = None
 
@@ -332,8 +443,8 @@ class _ParserError:
 
 
 class _IOptimizationProfile:
-    def set_shape(self, name, min, opt, max):  # noqa: A002 (TensorRT's own argument names)
-        self._shapes[name] = (_dims(min), _dims(opt), _dims(max))
+    def set_shape(self, input, min, opt, max):  # noqa: A002 (TensorRT's own argument names)
+        self._shapes[input] = (_dims(min), _dims(opt), _dims(max))
 
     def get_shape(self, name):
         return list(self._shapes.get(name, ()))
@@ -345,9 +456,9 @@ def _profile_valid(profile) -> bool:
 
 
 class _IBuilderConfig:
-    def set_memory_pool_limit(self, pool, size):
+    def set_memory_pool_limit(self, pool, pool_size):
         self._ctx.check_enum(pool, "MemoryPoolType")
-        self._pools[pool.name] = int(size)
+        self._pools[pool.name] = int(pool_size)
 
     def add_optimization_profile(self, profile):
         if not _profile_valid(profile):
@@ -355,8 +466,8 @@ class _IBuilderConfig:
         self._profiles.append(profile)
         return len(self._profiles) - 1
 
-    def create_timing_cache(self, blob):
-        data = bytes(blob)
+    def create_timing_cache(self, serialized_timing_cache):
+        data = bytes(serialized_timing_cache)
         ctx = self._ctx
         made_by = None
         if data.startswith(TIMING_MAGIC):
@@ -518,9 +629,9 @@ class _Runtime:
     engine_host_code_allowed = property(lambda self: self._values.get("engine_host_code_allowed",
                                                                       False), _set_host_code)
 
-    def deserialize_cuda_engine(self, data):
+    def deserialize_cuda_engine(self, serialized_engine):
         ctx = self._ctx
-        blob = bytes(data)
+        blob = bytes(serialized_engine)
         if not blob.startswith(ENGINE_MAGIC):
             ctx.calls.add("deserialize error", "not an engine")
             return None
@@ -600,10 +711,8 @@ class _IExecutionContext:
             return tuple(d if d != -1 else (inp[0] if inp else -1) for d in marked[name])
         return ((inp[0] if inp else -1), meta["output"]["classes"])
 
-    def set_tensor_address(self, name, address):
-        if not isinstance(address, int):
-            raise TypeError(f"set_tensor_address takes an int address, got {type(address).__name__}")
-        self._addresses[name] = address
+    def set_tensor_address(self, name, memory):
+        self._addresses[name] = int(memory)
         return True
 
     def execute_async_v3(self, stream_handle):
@@ -673,6 +782,8 @@ def _make_class(ctx: _Context, name: str, names: list[str]) -> type:
     def __init__(self, *args, **kwargs):
         object.__setattr__(self, "_values", {})
         ctx.calls.add(f"{name}()", *args, **kwargs)
+        if impl is not _Calibrator:
+            _bind(ctx, f"{name}.__init__", args, kwargs)
         if init is not None:
             init(self, *args, **kwargs)
     attrs["__init__"] = __init__

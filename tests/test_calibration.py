@@ -192,25 +192,12 @@ def test_build_without_tensorrt_exits_3(run_cli, digits_workdir):
     assert result.exit_code == 3 and "TensorRT is not installed" in result.stderr
 
 
-def _u8_activations(model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """Every Conv's u8 input, read from the model run with Q/DQ as written (exact arithmetic)."""
-    from onnx import TensorProto, helper
-    from u8s8_emulation import quantized_convs
-    from resnet_edge.runtime.ort import make_session
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = sorted({x for _, x, _, _ in quantized_convs(model)})
-    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.UINT8, None) for n in names)
-    session = make_session(probe.SerializeToString(), disable_qdq_fusion=True)
-    return dict(zip(names, session.run(names, {"input": inputs})))
-
-
 def test_cpu_recipe_cannot_saturate_avx2_pair_sums(calibrated, tmp_path):
     """The cpu recipe's 7-bit weights keep every u8 x s8 pair sum inside int16, so a CPU
     without VNNI computes what a VNNI or ARM CPU does; the same model with 8-bit weights is
     refused by the same emulation (the known-bad case that made this the default)."""
     from onnxruntime import quantization as q
-    from u8s8_emulation import INT16, quantized_convs, saturated_outputs
+    from u8s8_emulation import INT16, quantized_convs, saturated_outputs, u8_activations
     from resnet_edge.data import batches
     from resnet_edge.export import read_card
     work, result = calibrated["cpu"]
@@ -225,7 +212,7 @@ def test_cpu_recipe_cannot_saturate_avx2_pair_sums(calibrated, tmp_path):
         assert 2 * 255 * int(np.abs(weights.astype(int)).max()) <= INT16[1]
     card = read_card(work / "model.onnx")
     images = next(iter(batches(open_data("digits:test"), card.preprocess, 16)))[0].numpy()
-    seven = saturated_outputs(model, _u8_activations(model, images))
+    seven = saturated_outputs(model, u8_activations(model, images))
     assert max(seven.values()) == 0.0, seven
     # the same calibration with 8-bit weights (onnxruntime.quantization's default)
     eight_path = tmp_path / "eight.onnx"
@@ -234,7 +221,7 @@ def test_cpu_recipe_cannot_saturate_avx2_pair_sums(calibrated, tmp_path):
                       quant_format=q.QuantFormat.QDQ, per_channel=True,
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
     eight = onnx.load(str(eight_path))
-    wrong = saturated_outputs(eight, _u8_activations(eight, images))
+    wrong = saturated_outputs(eight, u8_activations(eight, images))
     stem = quantized_convs(eight)[0][0].name
     assert wrong[stem] > 0.01, wrong  # the 3-channel stem saturates most
 

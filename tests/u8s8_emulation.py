@@ -86,3 +86,16 @@ def saturated_outputs(model: onnx.ModelProto, activations: dict[str, np.ndarray]
         exact, saturating = pair_sums(cols, weights.transpose(0, 2, 3, 1).reshape(len(weights), -1))
         wrong[node.name] = float((exact != saturating).mean())
     return wrong
+
+
+def u8_activations(model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every Conv's u8 input, read from the model run with Q/DQ as written (exact arithmetic)."""
+    from onnx import TensorProto, helper
+
+    from resnet_edge.runtime.ort import make_session
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = sorted({x for _, x, _, _ in quantized_convs(model)})
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.UINT8, None) for n in names)
+    session = make_session(probe.SerializeToString(), disable_qdq_fusion=True)
+    return dict(zip(names, session.run(names, {"input": inputs})))

@@ -303,10 +303,12 @@ def export(source, out, force, json_path, **options) -> None:
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue from a run's last.pt.")
 @click.option("--plot", is_flag=True, help="Also write training.png (accuracy, loss, learning rate).")
 @click.option("--workers", type=int, help="Data loader processes [4 for image folders, else 0].")
+@click.option("--limit", type=int, help="Train on the first N training images only (a quick "
+              "run-through of the flow; validation and test stay whole).")
 @JSON_OPTION
 def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, schedule,
           warmup_epochs, label_smoothing, pretrained, weights_dir, seed, device, resume, plot,
-          workers, json_path) -> None:
+          workers, limit, json_path) -> None:
     """Train a ResNet with the ResNet paper's recipe (SGD, momentum 0.9, cosine or step LR).
 
     Writes model.pt (the best epoch by validation accuracy, with the model card and measured
@@ -327,7 +329,7 @@ def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, 
     out = out or Path("runs") / f"{arch}-{data_spec.partition(':')[0]}"
     config = TrainConfig(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay,
                          schedule, warmup_epochs, label_smoothing, pretrained, seed, device,
-                         resume, plot, workers, weights_dir)
+                         resume, plot, workers, weights_dir, limit)
     with console.Progress("train", "batches") as bar:
         def progress(done, total, stats):
             bar.update(done, total, f"loss {stats['loss']:.3f}, acc {stats['acc']:.1%}")

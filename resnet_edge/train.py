@@ -49,6 +49,7 @@ class TrainConfig:
     plot: bool = False
     workers: int | None = None
     weights_dir: Path | None = None  # torchvision files for --pretrained, offline
+    limit: int | None = None  # train on the first N training images: a quick run-through
 
     def validated(self) -> "TrainConfig":
         kind = self.dataset.partition(":")[0]
@@ -57,6 +58,8 @@ class TrainConfig:
             raise BadInput(f"--epochs must be at least 1, got {epochs}")
         if self.batch_size < 1:
             raise BadInput(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise BadInput(f"--limit must be at least 1, got {self.limit}")
         if self.lr <= 0:
             raise BadInput(f"--lr must be positive, got {self.lr}")
         if self.schedule not in ("cosine", "step"):
@@ -176,6 +179,8 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
     config = config.validated()
     v = variant(config.arch)
     splits = open_splits(config.dataset, v.default_preprocess.input_shape)
+    if config.limit is not None:
+        splits.train_indices = splits.train_indices[:config.limit]
     num_classes = splits.train.num_classes
     resume_state = _read_resume(config.resume, v.name) if config.resume else None
 

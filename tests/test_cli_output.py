@@ -71,7 +71,8 @@ def test_export_and_calibrate_list_every_file_they_write(trained_digits, tmp_pat
 
 def test_train_lists_checkpoints_history_and_plot(tmp_path):
     out = tmp_path / "run"
-    result = run("train", "resnet20", "--data", "digits", "--epochs", "1", "--plot", "--out", out)
+    result = run("train", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "192", "--plot",
+                 "--out", out)
     assert result.exit_code == 0, result.output
     assert written(result) == {out / n for n in ("model.pt", "last.pt", "history.json", "training.png")}
     assert any("epoch   1" in line for line in result.stdout.splitlines() + result.stderr.splitlines())

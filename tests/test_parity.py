@@ -182,13 +182,13 @@ def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
             "--parity-backends=ort,trt", "--parity-precisions=fp32,fp16")
     # known from the options and thresholds alone: collecting opens nothing, so a work
     # directory that is not there yet still lists (running would say it is missing)
-    listed = pytester.runpytest_subprocess("--parity-workdir=not-made-yet", *args[1:],
+    listed = pytester.runpytest_inprocess("--parity-workdir=not-made-yet", *args[1:],
                                            "--collect-only", "-q")
     listed.stdout.fnmatch_lines(["resnet-edge-parity::ort-fp32::finite_logits",
                                  "resnet-edge-parity::ort-fp16::accuracy_drop_pt",
                                  "resnet-edge-parity::trt-fp16::top1_agreement_pct", "12 tests collected*"])
 
-    result = pytester.runpytest_subprocess(*args, "-v", "--junitxml=junit.xml")
+    result = pytester.runpytest_inprocess(*args, "-v", "--junitxml=junit.xml")
     # fp32: finite_logits, top1_agreement_pct, max_abs; fp16: finite_logits,
     # top1_agreement_pct, accuracy_drop_pt; TensorRT is absent here: its 6 skip with the reason
     result.assert_outcomes(passed=6, skipped=6)
@@ -200,8 +200,8 @@ def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
                for c in cases if c.get("classname").startswith("resnet-edge-parity.trt"))
     assert ("resnet-edge-parity.ort-fp16", "accuracy_drop_pt") in names and len(names) == 12
 
-    one = pytester.runpytest_subprocess(*args, "-k", "ort-fp16 and accuracy_drop_pt", "-q")
+    one = pytester.runpytest_inprocess(*args, "-k", "ort-fp16 and accuracy_drop_pt", "-q")
     one.assert_outcomes(passed=1, deselected=11)
-    bad = pytester.runpytest_subprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=tvm")
+    bad = pytester.runpytest_inprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=tvm")
     bad.stdout.fnmatch_lines(["*unknown backend 'tvm'*"])
     assert "Traceback" not in bad.stdout.str()

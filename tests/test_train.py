@@ -15,34 +15,37 @@ from resnet_edge.train import TrainConfig, train
 from resnet_edge.zoo import load_model, read_checkpoint
 
 
-def test_trained_checkpoint_has_card_metrics_and_history(tmp_path):
-    run = tmp_path / "run"
-    train(TrainConfig("resnet20", "digits", run, epochs=2, seed=0))
-    _, card = read_checkpoint(run / "model.pt")
-    assert card["class_names"] == [str(i) for i in range(10)]
-    assert {"val_top1", "test_top1", "test_top5", "best_epoch"} <= set(card["metrics"])
-    history = json.loads((run / "history.json").read_text())
-    assert len(history["epochs"]) == 2
-    first = history["epochs"][0]
-    assert set(first["grad_norm"]) == {"stem", "layer1", "layer2", "layer3", "fc"}
-    assert all(v > 0 for v in first["grad_norm"].values())
-    assert history["epochs"][-1]["loss"] < history["epochs"][0]["loss"]  # it learns
-    assert (run / "last.pt").exists()
+SMOKE = 192  # training images per epoch in the tests of training mechanics: what they test
+# (seeding, resume, schedules, the files a run writes) does not need the whole split
 
 
 def test_same_seed_same_run(tmp_path):
-    a = train(TrainConfig("resnet20", "digits", tmp_path / "a", epochs=1, seed=3))
-    b = train(TrainConfig("resnet20", "digits", tmp_path / "b", epochs=1, seed=3))
-    c = train(TrainConfig("resnet20", "digits", tmp_path / "c", epochs=1, seed=4))
+    a = train(TrainConfig("resnet20", "digits", tmp_path / "a", epochs=1, seed=3, limit=SMOKE))
+    b = train(TrainConfig("resnet20", "digits", tmp_path / "b", epochs=1, seed=3, limit=SMOKE))
+    c = train(TrainConfig("resnet20", "digits", tmp_path / "c", epochs=1, seed=4, limit=SMOKE))
     assert a.history[0]["loss"] == b.history[0]["loss"]
     assert a.card.metrics["test_top1"] == b.card.metrics["test_top1"]
     assert a.history[0]["loss"] != c.history[0]["loss"]
 
 
-def test_resume_continues_the_run(tmp_path):
-    train(TrainConfig("resnet20", "digits", tmp_path, epochs=1))
-    resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=2, resume=tmp_path / "last.pt"))
+def test_resume_continues_the_run_and_writes_card_metrics_and_history(tmp_path):
+    steps = []
+    train(TrainConfig("resnet20", "digits", tmp_path, epochs=1, limit=SMOKE, batch_size=64),
+          progress=lambda done, total, stats: steps.append(total))
+    assert set(steps) == {SMOKE // 64}  # --limit: the first SMOKE images, in batches of 64
+    resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=2, limit=SMOKE, batch_size=64,
+                                resume=tmp_path / "last.pt"))
     assert [row["epoch"] for row in resumed.history] == [1, 2]
+    _, card = read_checkpoint(tmp_path / "model.pt")
+    assert card["class_names"] == [str(i) for i in range(10)]
+    assert {"val_top1", "test_top1", "test_top5", "best_epoch"} <= set(card["metrics"])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["epochs"]) == 2
+    first = history["epochs"][0]
+    assert set(first["grad_norm"]) == {"stem", "layer1", "layer2", "layer3", "fc"}
+    assert all(v > 0 for v in first["grad_norm"].values())
+    assert history["epochs"][-1]["loss"] < history["epochs"][0]["loss"]  # it learns
+    assert (tmp_path / "last.pt").exists()
 
 
 def _lrs(history):
@@ -50,16 +53,16 @@ def _lrs(history):
 
 
 def test_extending_a_finished_schedule_is_a_warm_restart_that_says_so(tmp_path):
-    first = train(TrainConfig("resnet20", "digits", tmp_path, epochs=2, batch_size=256))
+    first = train(TrainConfig("resnet20", "digits", tmp_path, epochs=2, batch_size=64, limit=SMOKE))
     assert first.history[-1]["lr"] < 0.02  # the cosine ran down
     notes = []
-    resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, batch_size=256,
+    resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, batch_size=64, limit=SMOKE,
                                 resume=tmp_path / "last.pt"), notice=notes.append)
     assert len(notes) == 1 and "warm restart" in notes[0] and "restart the learning rate at 0.01" in notes[0]
     added = resumed.history[2:]
     assert added[0]["lr"] <= 0.01 + 1e-9 and added[0]["lr"] > added[1]["lr"]  # down from 0.01
     with pytest.raises(BadInput, match="already trained 4 epochs"):
-        train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, resume=tmp_path / "last.pt"))
+        train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, limit=SMOKE, resume=tmp_path / "last.pt"))
 
 
 def test_preprocess_round_trips_checkpoint_and_onnx_and_ort_agrees(trained_digits, tmp_path):
@@ -89,7 +92,7 @@ def test_cli_eval_and_plot(trained_digits, run_cli, tmp_path):
     assert measured["images"] == 397
     assert measured["top1"] == pytest.approx(trained_digits.card.metrics["test_top1"], abs=2 / 397)
     out = tmp_path / "plot"
-    assert run_cli("train", "resnet20", "--epochs", "1", "--out", out, "--plot").exit_code == 0
+    assert run_cli("train", "resnet20", "--epochs", "1", "--limit", SMOKE, "--out", out, "--plot").exit_code == 0
     assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -528,9 +528,9 @@ def test_build_engine_sh_runs_trtexec_with_the_build_plan_flags(bundle, tmp_path
                              env=env, capture_output=True, text=True)
         assert run.returncode == 2 and not (tmp_path / "never").exists(), run.stderr
         assert [line for line in run.stderr.splitlines() if line.startswith("error:")] == [
-            f"error: model.onnx is ONNX opset 20, and TensorRT {version} reads opset <= 17; bundle "
-            "for this device's TensorRT (JetPack 5 and 6.0: --target jetpack5, from an export with "
-            "--exporter torchscript, opset 17)"]
+            f"error: model.onnx is ONNX opset 20, and TensorRT {version} reads opset <= 17; export "
+            "with --exporter torchscript (opset 17) and bundle that (JetPack 5: --target jetpack5; "
+            "JetPack 6.0: --target jetpack6)"]
     # on JetPack 6.1 (10.3, the cache headed for it) and x86 TensorRT 11
     for version, precision, extra in [("10.3.0", "int8", ["--int8-source", "cache"]),
                                       ("10.3.0", "fp16", []), ("11.4.0", "int8", [])]:

@@ -121,8 +121,19 @@ def test_triton_repository_parses_with_tritons_schema_and_matches_the_onnx(
     assert (list(plan.input), list(plan.output)) == (list(config.input), list(config.output))
 
 
-def test_a_static_batch_is_max_batch_size_0_with_the_batch_in_the_dims(resnet18_folded, tmp_path):
-    root = _bundle(resnet18_folded, "triton", tmp_path)
+@pytest.fixture(scope="module")
+def triton_static(resnet18_folded, tmp_path_factory):
+    return _bundle(resnet18_folded, "triton", tmp_path_factory.mktemp("triton-static"))
+
+
+@pytest.fixture(scope="module")
+def triton_fp16(calibrated_workdir, tmp_path_factory):
+    return (_bundle(calibrated_workdir, "triton", tmp_path_factory.mktemp("triton-fp16"), accelerator="fp16"),
+            calibrated_workdir.name)
+
+
+def test_a_static_batch_is_max_batch_size_0_with_the_batch_in_the_dims(resnet18_folded, triton_static):
+    root = triton_static
     model_dir = root / "triton" / resnet18_folded.name
     config = _parse(model_dir / "config.pbtxt")
     _, input_dims, _, output_dims = _onnx_io(model_dir / "1" / "model.onnx")
@@ -145,9 +156,9 @@ def test_a_static_batch_is_max_batch_size_0_with_the_batch_in_the_dims(resnet18_
         "precision_mode", "HALF"), "unsupported precision mode 'HALF'"),
     (lambda c: setattr(c, "platform", "onnx"), "unexpected platform type 'onnx'"),
 ])
-def test_the_triton_oracle_refuses_what_triton_refuses(change, message, calibrated_workdir, tmp_path):
-    root = _bundle(calibrated_workdir, "triton", tmp_path, accelerator="fp16")
-    model_dir = root / "triton" / calibrated_workdir.name
+def test_the_triton_oracle_refuses_what_triton_refuses(change, message, triton_fp16):
+    root, name = triton_fp16
+    model_dir = root / "triton" / name
     config, model = _parse(model_dir / "config.pbtxt"), onnx.load(str(model_dir / "1" / "model.onnx"))
     assert not triton_rules.check(config, model)
     change(config)
@@ -156,8 +167,8 @@ def test_the_triton_oracle_refuses_what_triton_refuses(change, message, calibrat
     assert all(".cc:" in f.source for f in found)
 
 
-def test_a_static_onnx_with_a_batching_config_is_refused(resnet18_folded, tmp_path):
-    root = _bundle(resnet18_folded, "triton", tmp_path)
+def test_a_static_onnx_with_a_batching_config_is_refused(triton_static, resnet18_folded):
+    root = triton_static
     model_dir = root / "triton" / resnet18_folded.name
     config = _parse(model_dir / "config.pbtxt")
     config.max_batch_size = 8
@@ -407,8 +418,11 @@ def test_verify_accepts_the_engine_nvinfer_builds_beside_the_onnx_and_nothing_el
     one_line_error(run_cli("verify", root, "--iterations", "2"), 2, "is not in manifest.json")
 
 
-def test_a_logits_model_is_refused_for_deepstream(calibrated_workdir, run_cli, tmp_path):
-    equal = _export("resnet20", tmp_path / "eq", weights="none", mean=[0.5] * 3, std=[0.25] * 3)
-    one_line_error(run_cli("bundle", equal, "--target", "deepstream", "--out", tmp_path), 2,
-                   "the model outputs logits")
-    assert not list(tmp_path.glob("*.tar.gz"))
+def test_a_logits_model_is_refused_for_deepstream(equal_std):
+    import dataclasses
+    from resnet_edge.deploy import check_for_deepstream
+    from resnet_edge.errors import BadInput
+    card = read_card(equal_std / "model.onnx")
+    check_for_deepstream(card, "equal")  # one std, probabilities: what nvinfer reads
+    with pytest.raises(BadInput, match="the model outputs logits.*export with --softmax"):
+        check_for_deepstream(dataclasses.replace(card, output="logits"), "equal")

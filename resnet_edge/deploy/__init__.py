@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import __version__
 from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
-from ..calibration import CACHE_NAME, INT8_NAME
+from ..calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME
 from ..calibration.dataset import balanced_indices
 from ..data import batches, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
@@ -149,11 +149,16 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     if golden < MIN_GOLDEN:
         notes.append(f"--golden {golden} is under {MIN_GOLDEN}: verify gates agreement on its 95 % "
                      "lower bound, which so few images cannot lift near a 95 % threshold")
-    for name in files:
-        if name.endswith(".onnx") and opset_of(workdir / name) > spec["max_opset"]:
+    opsets = {name: opset_of(workdir / name) for name in files if name.endswith(".onnx")}
+    for name, opset in opsets.items():
+        if opset > spec["max_opset"]:
             raise BadInput(f"{target} ({spec['about']}) reads ONNX opset <= {spec['max_opset']}, but "
-                           f"{name} is opset {opset_of(workdir / name)}; export with --exporter "
+                           f"{name} is opset {opset}; export with --exporter "
                            "torchscript (opset 17) into a new work dir, calibrate it, and bundle that")
+    if opsets.get(INT8_FP16_NAME, 19) < 19:  # QuantizeLinear takes fp16 only from opset 19
+        notes.append(f"{INT8_FP16_NAME} is opset {opsets[INT8_FP16_NAME]}, so its Q/DQ stay in fp32 "
+                     "behind Casts, and whether TensorRT fuses across them is unverified; export "
+                     "at opset >= 19 (the default dynamo export is 20) for strongly typed int8")
     if spec.get("serve") == "deepstream":  # said before any work: what nvinfer can read
         check_for_deepstream(card, str(workdir))
         if not 0.0 <= classifier_threshold <= 1.0:
@@ -226,7 +231,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "static_batch": profile["static"], "precisions": precisions,
                 "int8_recipe": "tensorrt" if "int8" in precisions else None,
                 "golden_data": eval_spec, "near_tie": near_tie,
-                "opsets": {n: opset_of(workdir / n) for n in files if n.endswith(".onnx")},
+                "opsets": opsets,
                 "resnet_edge": __version__, "left_out": notes,
                 "serve": serve,
                 "made_from": {name: sha256_file(workdir / name) for name in files},

@@ -70,8 +70,8 @@ def opset_problem(onnx_file: str, opset: int | None, tensorrt_version: str) -> s
     if opset is None or opset <= newest:
         return None
     return (f"{onnx_file} is ONNX opset {opset}, and TensorRT {tensorrt_version} reads opset "
-            f"<= {newest}; bundle for this device's TensorRT (JetPack 5 and 6.0: --target "
-            "jetpack5, from an export with --exporter torchscript, opset 17)")
+            f"<= {newest}; export with --exporter torchscript (opset 17) and bundle that "
+            "(JetPack 5: --target jetpack5; JetPack 6.0: --target jetpack6)")
 
 
 def family_note(target_tensorrt: str | None, here: str) -> str | None:

@@ -754,7 +754,7 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
     from .calibration import INT8_NAME
     from .export.metadata import opset_of, quantization_info
     from .export import export_profile
-    from .runtime import trt_engine
+    from .runtime import trt_engine, trt_plan, trt_rules, trt_runner
     from .runtime.backends import remake_command
 
     if workspace < 1:
@@ -770,14 +770,14 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
                    version_compatible=version_compatible, hardware_compatible=hardware_compatible,
                    int8_float=int8_float)
     try:
-        trt = trt_engine.import_trt()
-        plan = trt_engine.build_plan(trt.__version__, precision, **options)
+        trt = trt_runner.import_trt()
+        plan = trt_plan.build_plan(trt.__version__, precision, **options)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    except trt_engine.EngineError as exc:
+    except trt_rules.EngineError as exc:
         raise MissingBackend(str(exc)) from None
     wd = WorkDir(workdir)
-    for name in (plan.onnx_file, *([trt_engine.CACHE_FILE] if plan.calibration_cache else [])):
+    for name in (plan.onnx_file, *([trt_rules.CACHE_FILE] if plan.calibration_cache else [])):
         if wd.file(name).exists():  # a stale or half-written input is refused before building
             wd.vouch(name, remake_command(workdir, name))
     int8_file = workdir / INT8_NAME
@@ -787,7 +787,7 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
                        f"which TensorRT cannot build; run `resnet-edge calibrate {workdir} --recipe "
                        "tensorrt` (or build with --int8-source cache)")
     if (workdir / plan.onnx_file).exists():
-        problem = trt_engine.opset_problem(plan.onnx_file, opset_of(workdir / plan.onnx_file),
+        problem = trt_rules.opset_problem(plan.onnx_file, opset_of(workdir / plan.onnx_file),
                                            trt.__version__)
         if problem:
             raise BadInput(problem)
@@ -803,12 +803,12 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
                 dla_core=dla_core, gpu_fallback=gpu_fallback, warn=warn, **options)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
-        except trt_engine.EngineError as exc:
+        except trt_rules.EngineError as exc:
             raise MissingBackend(str(exc)) from None
-    meta = trt_engine.read_engine_meta(engine)
+    meta = trt_rules.read_engine_meta(engine)
     stdout.print(f"built in {meta['build_seconds']:.1f} s for {meta['gpu']} (sm "
                  f"{meta['compute_capability']}), TensorRT {meta['tensorrt']}, from {meta['onnx']}")
-    wrote(engine, engine.with_suffix(trt_engine.ENGINE_JSON_SUFFIX), meta.get("timing_cache"))
+    wrote(engine, engine.with_suffix(trt_rules.ENGINE_JSON_SUFFIX), meta.get("timing_cache"))
     emit_json(meta, json_path)
 
 
@@ -938,7 +938,7 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
     from .deploy.verify_bundle import integrity_lines, verdict_line
     from .deploy.verify_bundle import verify as verify_bundle
     from .errors import GateFailed
-    from .runtime.trt_engine import EngineError
+    from .runtime.trt_rules import EngineError
 
     _writable(json_path)
     if bundle_path.is_dir() and (bundle_path / "manifest.json").is_file() and not (

@@ -16,7 +16,7 @@ from .export import (CHECKPOINT_NAME, FP16_NAME, ONNX_NAME, export_model, export
 from .parity import report as reports
 from .parity.gates import Thresholds
 from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
-from .runtime import trt_engine
+from .runtime import trt_engine, trt_plan, trt_rules, trt_runner
 from .runtime.bench import run_bench
 
 STEPS = ("export", "calibrate", "build", "parity", "bench", "bundle")
@@ -131,27 +131,27 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
 
     start = time.perf_counter()
     try:
-        trt = trt_engine.import_trt()
-        gpu, _ = trt_engine.current_gpu()
+        trt = trt_runner.import_trt()
+        gpu, _ = trt_runner.current_gpu()
         built, notes = [], []
         profile = export_profile(out)  # the batch range this export was made for
         for precision in ("fp16", "int8"):
-            engine = trt_engine.engine_path(out, gpu, trt.__version__, precision)
-            source = out / trt_engine.build_plan(trt.__version__, precision).onnx_file
+            engine = trt_rules.engine_path(out, gpu, trt.__version__, precision)
+            source = out / trt_plan.build_plan(trt.__version__, precision).onnx_file
             if precision == "int8" and config.recipe != "tensorrt":
                 notes.append(f"int8 not built: the {config.recipe} recipe is for ONNX Runtime")
                 continue
-            if engine.exists() and trt_engine.read_engine_meta(engine).get("onnx_sha256") == sha256_file(source):
+            if engine.exists() and trt_rules.read_engine_meta(engine).get("onnx_sha256") == sha256_file(source):
                 continue  # built from this very ONNX file already
             step("build", f"{precision} engine")
             made = trt_engine.build_engine(out, precision, min_batch=profile["min"],
                                            opt_batch=profile["opt"], max_batch=profile["max"])
             built.append(made.name)
-            result.written += [made, made.with_suffix(trt_engine.ENGINE_JSON_SUFFIX)]
+            result.written += [made, made.with_suffix(trt_rules.ENGINE_JSON_SUFFIX)]
         detail = f"TensorRT {trt.__version__}: {', '.join(built)}" if built else "up to date"
         result.steps.append(StepResult("build", "ran" if built else "skipped",
                                        time.perf_counter() - start, "; ".join([detail, *notes])))
-    except trt_engine.EngineError as exc:
+    except trt_rules.EngineError as exc:
         result.steps.append(StepResult("build", "unavailable", 0.0, str(exc)))
 
     def do_parity() -> str:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from resnet_edge.runtime.trt_engine import (batch_profile, build_plan, cache_header, family_note,
-                                            reheader_cache, trtexec_command)
+from resnet_edge.runtime.trt_plan import batch_profile, build_plan, trtexec_command
+from resnet_edge.runtime.trt_rules import cache_header, family_note, reheader_cache
 
 EB, ST = ("EXPLICIT_BATCH",), ("STRONGLY_TYPED",)
 BUILD_85, BUILD = ("--buildOnly",), ("--skipInference",)
@@ -124,7 +124,7 @@ def test_a_bundle_built_on_another_family_says_so(target, here, says):
 @pytest.mark.parametrize("version,newest", [("8.5.2", 17), ("8.6.2", 17), ("10.3.0", 20),
                                             ("10.13.0", 20), ("10.16.0", 24), ("11.1.0", 24)])
 def test_the_parser_opset_each_tensorrt_reads(version, newest):
-    from resnet_edge.runtime.trt_engine import max_onnx_opset, opset_problem
+    from resnet_edge.runtime.trt_rules import max_onnx_opset, opset_problem
     assert max_onnx_opset(version) == newest
     assert opset_problem("model.onnx", newest, version) is None
     assert f"reads opset <= {newest}" in opset_problem("model.onnx", newest + 1, version)

@@ -19,7 +19,8 @@ from resnet_edge.calibration import calibrate
 from resnet_edge.deploy import make_bundle, safe_extract
 from resnet_edge.deploy.archive import BundleError
 from resnet_edge.errors import BadInput
-from resnet_edge.runtime.trt_engine import build_plan, cache_header, trtexec_command
+from resnet_edge.runtime.trt_plan import build_plan, trtexec_command
+from resnet_edge.runtime.trt_rules import cache_header
 from cli_output import problem_lines
 from trt_standin import write_site
 

@@ -133,13 +133,13 @@ def test_a_static_batch_1_export_refuses_batch_2_in_every_runtime(static_batch1,
     with pytest.raises(BadInput, match="a batch of 2 is outside the model's batch profile 1..1"):
         OrtBackend(static_batch1 / "model.onnx", batch_range=(1, 1)).run(np.zeros((2, 3, 32, 32), np.float32))
     from trt_standin import StandIn
-    from resnet_edge.runtime import trt_engine
+    from resnet_edge.runtime import trt_engine, trt_rules, trt_runner
     StandIn("10.3.0").install(monkeypatch)
     engine = trt_engine.build_engine(static_batch1, "fp16", out_dir=tmp_path / "e", max_batch=1,
                                      opt_batch=1, min_batch=1)
-    runner = trt_engine.TrtRunner(engine)
+    runner = trt_runner.TrtRunner(engine)
     assert runner.run(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)
-    with pytest.raises(trt_engine.EngineError, match="batch 2 exceeds the engine's max batch 1"):
+    with pytest.raises(trt_rules.EngineError, match="batch 2 exceeds the engine's max batch 1"):
         runner.run(np.zeros((2, 3, 32, 32), np.float32))
     made = make_bundle(static_batch1, "jetpack6", tmp_path / "b.tar.gz", golden=64)
     info = json.loads((safe_extract(made.path, tmp_path / "x") / "bundle.json").read_text())

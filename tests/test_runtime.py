@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_edge.runtime import trt_engine
+from resnet_edge.runtime import trt_rules
 from resnet_edge.runtime.backends import BackendUnavailable, OrtBackend, TorchBackend, open_backend
 from resnet_edge.runtime.latency import measure
 
@@ -14,7 +14,7 @@ META = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
 
 
 def test_engine_paths_name_gpu_and_tensorrt_version(tmp_path):
-    path = trt_engine.engine_path(tmp_path, "NVIDIA H100 80GB HBM3", "10.13.0.35", "int8")
+    path = trt_rules.engine_path(tmp_path, "NVIDIA H100 80GB HBM3", "10.13.0.35", "int8")
     assert path == tmp_path / "engines" / "nvidia-h100-80gb-hbm3-trt10.13" / "model.int8.engine"
 
 
@@ -29,7 +29,7 @@ def test_engine_paths_name_gpu_and_tensorrt_version(tmp_path):
     ({**META, "hardware_compatibility": "ampere_plus"}, ("10.3.0", "Tesla T4", "7.5"), "Ampere+"),
 ])
 def test_engine_compatibility_rules(meta, here, reason):
-    got = trt_engine.incompatibility(meta, *here)
+    got = trt_rules.incompatibility(meta, *here)
     if reason is None:
         assert got is None
     else:

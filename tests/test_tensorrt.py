@@ -22,10 +22,10 @@ def trt_workdir(digits_workdir, tmp_path_factory):
 def test_build_run_and_compare_with_ort(trt_workdir, precision):
     from resnet_edge.parity.gates import load_thresholds
     from resnet_edge.parity.run import run_parity
-    from resnet_edge.runtime import trt_engine
+    from resnet_edge.runtime import trt_engine, trt_rules
 
     engine = trt_engine.build_engine(trt_workdir, precision, max_batch=32, opt_batch=8)
-    meta = trt_engine.read_engine_meta(engine)
+    meta = trt_rules.read_engine_meta(engine)
     assert meta["precision"] == precision and meta["onnx_sha256"]
     report = run_parity(trt_workdir, "digits:test", backends=["ort", "trt"], precisions=[precision],
                         thresholds=load_thresholds())
@@ -48,13 +48,13 @@ def test_engine_from_another_tensorrt_is_refused_with_rebuild(trt_workdir):
 
 
 def test_implicit_int8_from_cache_on_tensorrt_10_or_older(trt_workdir):
-    from resnet_edge.runtime import trt_engine
-    trt = trt_engine.import_trt()
-    if trt_engine.version_tuple(trt.__version__)[0] >= 11:
+    from resnet_edge.runtime import trt_engine, trt_rules, trt_runner
+    trt = trt_runner.import_trt()
+    if trt_rules.version_tuple(trt.__version__)[0] >= 11:
         pytest.skip("TensorRT 11 has no implicit INT8")
     engine = trt_engine.build_engine(trt_workdir, "int8", int8_source="cache", typing="weak",
                                      out_dir=trt_workdir / "cache-engine")
-    runner = trt_engine.TrtRunner(engine)
+    runner = trt_runner.TrtRunner(engine)
     x = np.zeros((2, 3, 32, 32), np.float32)
     assert runner.run(x).shape == (2, 10)
 

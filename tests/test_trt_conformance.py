@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cli_output import problem_lines
-from resnet_edge.runtime import trt_engine
+from resnet_edge.runtime import trt_engine, trt_plan, trt_rules, trt_runner
 from trt_standin import FAMILIES, CUDART_NAMES, Device, StandIn, standin_logits, surface
 
 MAJOR = {v: int(v.split(".")[0]) for v in FAMILIES}
@@ -34,7 +34,7 @@ def _batch(rows=3):
 
 
 def _run(engine, rows=3):
-    runner = trt_engine.TrtRunner(engine)
+    runner = trt_runner.TrtRunner(engine)
     try:
         x = _batch(rows)
         np.testing.assert_array_equal(runner.run(x), standin_logits(x, 10))
@@ -53,7 +53,7 @@ def _plans():
             for source in (("auto", "qdq", "cache") if precision == "int8" else ("auto",)):
                 for typing in ("auto", "weak", "strong"):
                     try:
-                        plan = trt_engine.build_plan(version, precision, int8_source=source, typing=typing)
+                        plan = trt_plan.build_plan(version, precision, int8_source=source, typing=typing)
                     except ValueError:
                         continue
                     yield pytest.param(version, precision, source, typing, plan,
@@ -111,7 +111,7 @@ def test_build_and_run_every_plan(version, precision, source, typing, plan, stan
     assert bool(calibrated) == plan.calibration_cache
     assert bool(s.calls.named("IBuilderConfig.set_calibration_profile")) == plan.calibration_cache
     assert not s.calls.named("calibration cache ignored")  # the cache's header named this version
-    meta = trt_engine.read_engine_meta(engine)
+    meta = trt_rules.read_engine_meta(engine)
     assert meta["onnx"] == plan.onnx_file and meta["tensorrt"] == version
     assert meta["profile"] == {"min": 1, "opt": 8, "max": 32} and meta["tf32"] == (precision != "fp32")
     _run(engine)
@@ -141,10 +141,10 @@ def test_strongly_typed_int8_builds_from_the_fp16_float_model(version, onnx_file
                                                               calibrated_workdir, tmp_path):
     standin(version)
     engine = trt_engine.build_engine(calibrated_workdir, "int8", out_dir=tmp_path)
-    assert trt_engine.read_engine_meta(engine)["onnx"] == onnx_file
+    assert trt_rules.read_engine_meta(engine)["onnx"] == onnx_file
     plain = trt_engine.build_engine(calibrated_workdir, "int8", out_dir=tmp_path / "fp32",
                                     int8_float="fp32")
-    assert trt_engine.read_engine_meta(plain)["onnx"] == "model.int8.onnx"
+    assert trt_rules.read_engine_meta(plain)["onnx"] == "model.int8.onnx"
 
 
 # ---- DLA ----------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def test_dla_engines_are_static_and_loaded_onto_their_core(version, precision, s
     engine = trt_engine.build_engine(calibrated_workdir, precision, out_dir=tmp_path, dla_core=1,
                                      gpu_fallback=True, opt_batch=4)
     assert not s.calls.named("build error"), s.calls.named("build error")
-    meta = trt_engine.read_engine_meta(engine)
+    meta = trt_rules.read_engine_meta(engine)
     assert meta["profile"] == {"min": 4, "opt": 4, "max": 4} and meta["dla_core"] == 1
     assert s.calls.args_of("IBuilderConfig.default_device_type=")[0][0].name == "DLA"
     assert s.calls.args_of("IBuilderConfig.DLA_core=") == [(1,)]
@@ -267,7 +267,7 @@ def test_cli_refuses_compatibility_flags_with_exit_2(standin, calibrated_workdir
     ("12.9.0", 13000, None, None),
 ])
 def test_cuda_python_must_match_the_driver(cuda_python, driver, wanted, problem):
-    found = trt_engine.cuda_python_problem(cuda_python, driver, wanted)
+    found = trt_rules.cuda_python_problem(cuda_python, driver, wanted)
     assert (found is None) if problem is None else (problem in found and "pip install" in found)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from oracles.trtexec import RELEASES, check
-from resnet_edge.runtime import trt_engine
+from resnet_edge.runtime import trt_plan
 
 STUB = Path(__file__).parent / "oracles" / "trtexec_stub.py"
 
@@ -59,7 +59,7 @@ def _plans(version):
         for kwargs in (dict(), dict(int8_source="cache", typing="weak"), dict(dla=True),
                        dict(version_compatible=True, hardware_compatible=True), dict(typing="weak")):
             try:
-                yield trt_engine.build_plan(version, precision, **kwargs), kwargs
+                yield trt_plan.build_plan(version, precision, **kwargs), kwargs
             except ValueError:
                 continue
 
@@ -69,9 +69,9 @@ def _plans(version):
 def test_every_line_the_build_plan_writes_passes_trtexec(release, static_model):
     lines = 0
     for plan, kwargs in _plans(release):
-        line = trt_engine.trtexec_command(
+        line = trt_plan.trtexec_command(
             plan, engine="e.engine", input_name="input", input_shape=(3, 224, 224),
-            profile=trt_engine.batch_profile(plan, 32, 8), workspace_mib=1024,
+            profile=trt_plan.batch_profile(plan, 32, 8), workspace_mib=1024,
             static_model=static_model, timing_cache="t.cache", calibration_cache="c.cache",
             dla_core=0 if kwargs.get("dla") else None, gpu_fallback=bool(kwargs.get("dla")))
         found = check(release, line, static_model=static_model, qdq="int8" in plan.onnx_file)

@@ -22,7 +22,7 @@ from ..export.metadata import QUANT_KEY, load_onnx, module_of
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
 from ..runtime.ort import make_session
-from ..runtime.trt_engine import INT8_FP16_FILE
+from ..runtime.trt_rules import INT8_FP16_FILE
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
 from .qdq import CPU_WEIGHT_BITS, METHODS, RECIPES, compute_ranges, load_ranges, quantize
 from .trt_cache import write_cache

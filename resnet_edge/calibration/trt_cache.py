@@ -12,7 +12,7 @@ import os
 import struct
 
 from ..artifacts import write_text_atomic
-from ..runtime.trt_engine import cache_header
+from ..runtime.trt_rules import cache_header
 
 ALGORITHM = "EntropyCalibration2"
 

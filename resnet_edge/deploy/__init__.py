@@ -24,7 +24,7 @@ from ..export import FP16_NAME, ONNX_NAME, export_profile, open_workdir
 from ..export.metadata import load_onnx, opset_of, quantization_info
 from ..parity.gates import Thresholds, load_thresholds
 from .. import metrics
-from ..runtime import ort, trt_engine
+from ..runtime import ort, trt_plan, trt_rules
 from ..runtime.backends import TorchBackend, remake_command
 from . import serving, signing
 from .archive import BundleError, manifest_digest, safe_extract, write_archive
@@ -54,8 +54,8 @@ TARGETS = {
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE.parent / "runtime"
 PARITY = HERE.parent / "parity"
-LIB = {"trt_engine.py": RUNTIME / "trt_engine.py", "timing.py": RUNTIME / "timing.py",
-       "cpu.py": RUNTIME / "cpu.py",
+LIB = {**{f"{name}.py": RUNTIME / f"{name}.py" for name in ("trt_engine", "trt_plan", "trt_rules",
+                                                            "trt_runner", "timing", "cpu")},
        "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": HERE.parent / "metrics.py",
        "archive.py": HERE / "archive.py", "signing.py": HERE / "signing.py",
        "serving.py": HERE / "serving.py",
@@ -89,7 +89,7 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
         precisions.append("fp16")
     if vouched(INT8_NAME):
         recipe = quantization_info(workdir / INT8_NAME).get("recipe")
-        int8_file = trt_engine.build_plan(spec["tensorrt"], "int8").onnx_file
+        int8_file = trt_plan.build_plan(spec["tensorrt"], "int8").onnx_file
         if recipe != "tensorrt":
             notes.append(f"int8 left out: {INT8_NAME} was calibrated with --recipe {recipe} "
                          "(uint8, asymmetric), which TensorRT cannot build; recalibrate with "
@@ -100,7 +100,7 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
         else:
             files += sorted({INT8_NAME, int8_file})
             precisions.append("int8")
-            cache_usable = trt_engine.version_tuple(spec["tensorrt"])[0] < 11
+            cache_usable = trt_rules.version_tuple(spec["tensorrt"])[0] < 11
             if cache_usable and vouched(CACHE_NAME):
                 files.append(CACHE_NAME)
     return files, precisions, notes
@@ -203,7 +203,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         for name in files:
             if name == CACHE_NAME:  # headed for the target's TensorRT; devices re-head it
                 text = (workdir / name).read_text()
-                (stage / name).write_text(trt_engine.reheader_cache(text, spec["tensorrt"]))
+                (stage / name).write_text(trt_rules.reheader_cache(text, spec["tensorrt"]))
             else:
                 shutil.copy2(workdir / name, stage / name)
         for name, src in LIB.items():
@@ -236,7 +236,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "serve": serve,
                 "made_from": {name: sha256_file(workdir / name) for name in files},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_plans": {p: vars(trt_engine.build_plan(spec["tensorrt"], p)) for p in precisions}}
+                "build_plans": {p: vars(trt_plan.build_plan(spec["tensorrt"], p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
         (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files)
                                          + _serving_readme(root_name, serve))
@@ -325,7 +325,7 @@ def _deepstream(stage: Path, root: str, card, profile: dict, names: list[str],
     configs = {}
     for precision in precisions:
         for dla_core in (None, 0) if spec["jetson"] and precision != "fp32" else (None,):
-            plan = trt_engine.build_plan(spec["tensorrt"], precision, dla=dla_core is not None)
+            plan = trt_plan.build_plan(spec["tensorrt"], precision, dla=dla_core is not None)
             name = serving.nvinfer_config_name(precision, dla_core)
             engine = serving.nvinfer_engine_name(plan.onnx_file, batch, precision, dla_core)
             (folder / name).write_text(serving.nvinfer_config(
@@ -358,7 +358,7 @@ def _readme(root: str, arch: str, target: str, precisions: list[str], files: lis
                "pip install 'cuda-python>=13,<14'   # CUDA 13 driver")
     cache = ""
     if CACHE_NAME in files:
-        weak = " --typing weak" if trt_engine.build_plan(spec["tensorrt"], "int8").strongly_typed else ""
+        weak = " --typing weak" if trt_plan.build_plan(spec["tensorrt"], "int8").strongly_typed else ""
         cache = (f"\nImplicit INT8 from calibration.cache instead of the Q/DQ model "
                  f"(TensorRT <= 10):\n\n```\n./build_engine.sh int8 --int8-source cache{weak}\n```\n")
     dla = ("\nOn the DLA (Xavier/Orin; fp16 or int8, one batch size, int8 from the cache):\n\n"

@@ -244,16 +244,16 @@ def install_engine(bundle: Path, engine: Path, precision: str, dla_core: int | N
 
 def main(argv=None) -> int:
     try:  # as lib/serving.py in a bundle
-        import trt_engine
+        import trt_rules
     except ImportError:
-        from ..runtime import trt_engine
+        from ..runtime import trt_rules
     parser = argparse.ArgumentParser(description="Put a built engine where Triton or DeepStream "
                                      "looks for it (run by build_engine.sh).")
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--engine", type=Path, required=True)
     parser.add_argument("--precision", required=True, choices=sorted(NETWORK_MODE))
     args = parser.parse_args(argv)
-    bundle, device = args.bundle.resolve(), trt_engine.device_dir(args.bundle)
+    bundle, device = args.bundle.resolve(), trt_rules.device_dir(args.bundle)
     if (bundle / TRITON_PLAN_DIR / "model.json").is_file():
         try:
             print(f"Triton: {install_plan(bundle, args.engine, device, server_tensorrt())}")
@@ -263,11 +263,11 @@ def main(argv=None) -> int:
     if (bundle / DEEPSTREAM_DIR).is_dir():
         try:
             try:
-                dla_core = trt_engine.read_engine_meta(args.engine).get("dla_core")
-            except trt_engine.EngineError:  # trtexec built it where Python has no TensorRT
+                dla_core = trt_rules.read_engine_meta(args.engine).get("dla_core")
+            except trt_rules.EngineError:  # trtexec built it where Python has no TensorRT
                 dla_core = None
             installed = install_engine(bundle, args.engine, args.precision, dla_core)
-        except (ValueError, OSError, trt_engine.EngineError) as exc:
+        except (ValueError, OSError, trt_rules.EngineError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"DeepStream: {installed}" if installed else

@@ -39,7 +39,7 @@ try:  # inside the resnet_edge package
     from .. import strictjson
     from .. import metrics
     from ..parity import gates
-    from ..runtime import cpu, ort, timing, trt_engine
+    from ..runtime import cpu, ort, timing, trt_engine, trt_plan, trt_rules, trt_runner
     from . import archive, signing
 except ImportError:  # as verify.py in an extracted bundle
     sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
@@ -52,6 +52,9 @@ except ImportError:  # as verify.py in an extracted bundle
     import strictjson
     import timing
     import trt_engine
+    import trt_plan
+    import trt_rules
+    import trt_runner
 
 BundleError = archive.BundleError
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -83,8 +86,8 @@ def onnx_file(info: dict, precision: str) -> str:
     """The ONNX file that stands for `precision`: for int8 the file the target's TensorRT builds
     from, so ONNX Runtime checks the very file the device will build."""
     if precision == "int8":
-        return trt_engine.build_plan(info["tensorrt"], "int8").onnx_file
-    return trt_engine.ONNX_FILES[precision]
+        return trt_plan.build_plan(info["tensorrt"], "int8").onnx_file
+    return trt_rules.ONNX_FILES[precision]
 
 
 def _json(folder: Path, name: str):
@@ -139,7 +142,7 @@ def read_info(folder: Path, manifest: dict) -> dict:
             and math.isfinite(v) and v >= 0 for p, v in near_tie.items())):
         problems.append(f"near_tie {near_tie!r} (precision: a finite margin >= 0)")
     try:
-        trt_engine.build_plan(str(info.get("tensorrt")), "fp32")
+        trt_plan.build_plan(str(info.get("tensorrt")), "fp32")
     except ValueError:
         problems.append(f"tensorrt {info.get('tensorrt')!r}")
     if problems:
@@ -241,19 +244,19 @@ class TrtRunner:
     separates_device_time = True
 
     def __init__(self, bundle: Bundle, precision: str, build: bool, devices: Path):
-        trt = trt_engine.import_trt()
+        trt = trt_runner.import_trt()
         wanted = bundle.info.get("cuda_python")
-        gpu, _ = trt_engine.current_gpu(trt_engine.import_cudart(wanted))
-        engine = trt_engine.engine_path(devices, gpu, trt.__version__, precision)
+        gpu, _ = trt_runner.current_gpu(trt_runner.import_cudart(wanted))
+        engine = trt_rules.engine_path(devices, gpu, trt.__version__, precision)
         if not engine.exists():
             if not build:
                 raise BundleError(f"no {precision} engine for {gpu} / TensorRT {trt.__version__} in "
                                   f"{engine.parent}; run ./build_engine.sh {precision}", code=3)
-            note = trt_engine.family_note(bundle.info["tensorrt"], trt.__version__)
+            note = trt_rules.family_note(bundle.info["tensorrt"], trt.__version__)
             if note:
                 print(note, file=sys.stderr)
-            plan = trt_engine.build_plan(trt.__version__, precision)
-            problem = trt_engine.opset_problem(plan.onnx_file, bundle.info["opsets"].get(plan.onnx_file),
+            plan = trt_plan.build_plan(trt.__version__, precision)
+            problem = trt_rules.opset_problem(plan.onnx_file, bundle.info["opsets"].get(plan.onnx_file),
                                                trt.__version__)
             if problem:
                 raise BundleError(problem)
@@ -265,12 +268,12 @@ class TrtRunner:
                                                  cuda_python=wanted)
             except ValueError as exc:  # what this TensorRT or GPU cannot build
                 raise BundleError(str(exc)) from None
-        meta = trt_engine.read_engine_meta(engine)
+        meta = trt_rules.read_engine_meta(engine)
         listed = bundle.manifest["files"].get(str(meta.get("onnx")), {}).get("sha256")
         if listed is None or meta.get("onnx_sha256") != listed:
             raise BundleError(f"{engine} was not built from this bundle's {meta.get('onnx')} (its "
                               f"record names another file); rebuild it: ./build_engine.sh {precision}")
-        self.runner = trt_engine.TrtRunner(engine, cuda_python=wanted)
+        self.runner = trt_runner.TrtRunner(engine, cuda_python=wanted)
         self.label = f"trt {precision} (TensorRT {trt.__version__}, {gpu})"
         self.stage, self.execute = self.runner.stage, self.runner.execute
         self.synchronize = self.runner.synchronize
@@ -319,7 +322,7 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
     unknown = sorted(set(wanted) - set(info["precisions"]))
     if unknown:
         raise BundleError(f"this bundle has no {unknown[0]} model; it has {', '.join(info['precisions'])}")
-    devices = Path(device_dir) if device_dir else trt_engine.device_dir(bundle.folder)
+    devices = Path(device_dir) if device_dir else trt_rules.device_dir(bundle.folder)
 
     ref_acc = None
     if bundle.labels is not None:
@@ -423,7 +426,7 @@ def main(argv=None) -> int:
             folder = args.bundle
             if folder.is_file():
                 folder = archive.safe_extract(folder, tmp)
-            devices = args.device_dir or trt_engine.device_dir(
+            devices = args.device_dir or trt_rules.device_dir(
                 args.bundle if args.bundle.is_dir() else Path(str(args.bundle).removesuffix(".tar.gz")))
             wanted = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
             report = verify(folder, precisions=wanted, backend=args.backend,
@@ -432,7 +435,7 @@ def main(argv=None) -> int:
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except trt_engine.EngineError as exc:
+    except trt_rules.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     out = args.json or Path(report["device_dir"]) / "verify.json"

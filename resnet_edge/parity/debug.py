@@ -80,10 +80,10 @@ def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images:
     wd.vouch(ONNX_NAME, remake_command(workdir, ONNX_NAME))
     engine_plan = None
     if backend == "trt":
-        from ..runtime import trt_engine
+        from ..runtime import trt_plan, trt_rules, trt_runner
         try:
-            engine_plan = trt_engine.build_plan(trt_engine.import_trt().__version__, precision)
-        except trt_engine.EngineError as exc:
+            engine_plan = trt_plan.build_plan(trt_runner.import_trt().__version__, precision)
+        except trt_rules.EngineError as exc:
             raise MissingBackend(str(exc)) from None
         candidate = wd.vouch(engine_plan.onnx_file, remake_command(workdir, engine_plan.onnx_file))
     if candidate is None:
@@ -149,20 +149,20 @@ def _engine_outputs(workdir: Path, precision: str, names: list[str], x: np.ndarr
     """Every tensor in `names` that a TensorRT debug engine exposes, on `x`."""
     import tempfile
 
-    from ..runtime import trt_engine
+    from ..runtime import trt_engine, trt_rules, trt_runner
     profile = export_profile(workdir)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             engine = trt_engine.build_engine(workdir, precision, out_dir=tmp, max_batch=profile["max"],
                                              opt_batch=len(x), min_batch=profile["min"],
                                              timing_cache=None, mark_outputs=names)
-            runner = trt_engine.TrtRunner(engine)
+            runner = trt_runner.TrtRunner(engine)
             try:
                 outputs = runner.run_all(x)
             finally:
                 runner.close()
-            meta = trt_engine.read_engine_meta(engine)
-    except trt_engine.EngineError as exc:
+            meta = trt_rules.read_engine_meta(engine)
+    except trt_rules.EngineError as exc:
         raise MissingBackend(str(exc)) from None
     return outputs, f"tensorrt {meta['tensorrt']} {precision} debug engine ({meta['gpu']})"
 

@@ -20,7 +20,7 @@ from ..artifacts import WorkDir
 from ..errors import BadInput, MissingBackend, first_line
 from ..export.metadata import quantization_info
 from .ort import BatchOutOfRange, import_ort, int8_path, make_session, run_batch
-from .trt_engine import INT8_FP16_FILE, ONNX_FILES
+from .trt_rules import INT8_FP16_FILE, ONNX_FILES
 
 ORT_FILES = {**ONNX_FILES, "int8-fp16": INT8_FP16_FILE}
 
@@ -169,23 +169,23 @@ class TensorRTBackend(Backend):
     separates_device_time = True
 
     def __init__(self, workdir: str | os.PathLike, precision: str = "fp32"):
-        from . import trt_engine
+        from . import trt_rules, trt_runner
         try:
-            trt = trt_engine.import_trt()
-            gpu, _ = trt_engine.current_gpu()
-            path = trt_engine.engine_path(workdir, gpu, trt.__version__, precision)
+            trt = trt_runner.import_trt()
+            gpu, _ = trt_runner.current_gpu()
+            path = trt_rules.engine_path(workdir, gpu, trt.__version__, precision)
             if not path.exists():
                 raise BackendUnavailable(f"engine not built for {gpu} / TensorRT {trt.__version__} "
                                          f"(run `resnet-edge build {workdir} --precision {precision}`)")
-            meta = trt_engine.read_engine_meta(path)
+            meta = trt_rules.read_engine_meta(path)
             source = str(meta.get("onnx"))
             wd = WorkDir(workdir)
             wd.vouch(source, remake_command(workdir, source))
             if meta.get("onnx_sha256") != wd.sha256(source):
                 raise BadInput(f"{path} is stale: it was built from an earlier {source}; rebuild it "
                                f"with `resnet-edge build {workdir} --precision {precision}`")
-            self.runner = trt_engine.TrtRunner(path)
-        except trt_engine.EngineError as exc:
+            self.runner = trt_runner.TrtRunner(path)
+        except trt_rules.EngineError as exc:
             raise BackendUnavailable(str(exc)) from None
         self.precision = precision
 

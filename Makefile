@@ -22,7 +22,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all test-browser test-data demo export calibrate engines clean
+.PHONY: venv test test-all test-browser test-avx2 test-data demo export calibrate engines clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -36,6 +36,13 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
+
+# The cpu int8 recipe on an AVX2-only CPU (no AVX-512, no VNNI), whatever this machine is: ONNX
+# Runtime under QEMU's user-mode Haswell picks its saturating VPMADDUBSW kernels (Debian's
+# qemu-user; needs root for apt; about a minute).
+test-avx2: venv
+	command -v qemu-x86_64 >/dev/null || { apt-get update -q && apt-get install -y -q qemu-user; }
+	$(BIN)/python -m pytest -q -m slow -k avx2
 
 # The trained checkpoint the tests build on, committed so every machine tests the same model
 # (training differs with thread count and instruction set); remake it after changing training.

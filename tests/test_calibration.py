@@ -240,3 +240,47 @@ def test_calibration_cache_has_a_scale_for_every_tensor_tensorrt_can_run_in_int8
     missing = sorted(tensors - set(scales))
     assert not missing, missing
     assert "input" in scales
+
+
+AVX2_SCRIPT = """
+import json, sys, numpy as np, onnxruntime as ort
+x, y = np.load(sys.argv[1]), np.load(sys.argv[2])
+top1 = {}
+for path in sys.argv[3:]:
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    top1[path] = float((session.run(None, {"input": x})[0].argmax(1) == y).mean())
+print(json.dumps(top1))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None,
+                    reason="needs qemu-x86_64 (make test-avx2 installs Debian's qemu-user)")
+def test_the_cpu_recipe_keeps_its_accuracy_on_an_avx2_only_cpu(calibrated, tmp_path):
+    """ONNX Runtime itself, under QEMU's user-mode emulation of a Haswell (AVX2, no AVX-512, no
+    VNNI), picks its VPMADDUBSW kernels whatever CPU runs the test: the AVX2 case for real."""
+    import subprocess
+    import sys
+    from onnxruntime import quantization as q
+    from resnet_edge.data import batches, open_data
+    from resnet_edge.export import read_card
+    work, result = calibrated["cpu"]
+    eight = tmp_path / "eight.onnx"  # the same calibration with onnxruntime's default 8 bits
+    q.quantize_static(str(work / "model.onnx"), str(eight), calibration_data_reader=None,
+                      calibration_cache_path=str(work / "calibration.ranges.json"),
+                      quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+    preprocess = read_card(work / "model.onnx").preprocess
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in batches(open_data("digits:test"), preprocess, 128)))
+    np.save(tmp_path / "x.npy", np.concatenate(xs))
+    np.save(tmp_path / "y.npy", np.concatenate(ys))
+    files = [str(work / "model.onnx"), str(result.path), str(eight)]
+    run = subprocess.run([shutil.which("qemu-x86_64"), "-cpu", "Haswell", sys.executable, "-c", AVX2_SCRIPT,
+                          str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), *files],
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-2000:]
+    import json
+    fp32, seven, eight_bit = (json.loads(run.stdout.strip().splitlines()[-1])[f] for f in files)
+    assert abs(fp32 - seven) * 100 <= 1.0, (fp32, seven)  # the int8 gate, with 7-bit weights
+    # the emulation really runs the saturating kernels: 8-bit weights lose accuracy there
+    assert (fp32 - eight_bit) * 100 > 1.0, (fp32, eight_bit)

@@ -101,12 +101,13 @@ def test_int8_keeps_digits_accuracy(calibrated, recipe):
         model = onnx.load(str(work / "model.int8-fp16.onnx"))
         scales = {i.name: i.data_type for i in model.graph.initializer if i.name.endswith("_scale")}
         assert scales and set(scales.values()) == {onnx.TensorProto.FLOAT16}
-        assert row["int8_path"] == {"path": "Q/DQ as written", "integer_ops": {}}
+        assert row["int8_path"] == {"path": "Q/DQ as written", "integer_ops": {}, "weight_bits": 8}
     else:
         assert fp16_float["status"] == "skipped" and "--recipe tensorrt" in fp16_float["reason"]
         # ORT fused it into integer kernels, and they agree with the exact arithmetic
         path = row["int8_path"]
         assert path["path"] == "fused integer kernels" and path["integer_ops"]["QLinearConv"] == 21
+        assert path["weight_bits"] == 7
         assert path["fused_vs_as_written"]["top1_agreement"] >= 0.99, path
     assert report["machine"]["int8_arithmetic"]  # which CPU arithmetic made these numbers
 

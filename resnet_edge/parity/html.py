@@ -163,6 +163,8 @@ def _int8_path(path: dict) -> str:
     same model's exact arithmetic (a saturating kernel shows as disagreement here)."""
     ops = ", ".join(f"{k} x{v}" for k, v in (path.get("integer_ops") or {}).items())
     text = path["path"] + (f" ({ops})" if ops else "")
+    if path.get("weight_bits"):
+        text += f", {path['weight_bits']}-bit weights"
     fused = path.get("fused_vs_as_written")
     if fused:
         text += (f"; fused vs Q/DQ as written: top-1 agreement {percent(fused['top1_agreement'])}, "

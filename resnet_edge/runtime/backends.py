@@ -256,7 +256,8 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
                              batch_range=batch_range)
         if precision.startswith("int8") and backend.device == "cpu":
             # ORT-CPU's fused int8 kernels are not what TensorRT runs; Q/DQ as written is.
-            backend.int8_path = int8_path(path, disable_qdq_fusion=as_written)
+            backend.int8_path = {**int8_path(path, disable_qdq_fusion=as_written),
+                                 "weight_bits": quantization_info(path).get("weight_bits")}
             backend.note = backend.int8_path["path"]
             if with_unfused and not as_written:  # exact arithmetic beside it: saturation shows
                 backend.unfused = OrtBackend(path, precision, providers, disable_qdq_fusion=True,

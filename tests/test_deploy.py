@@ -598,7 +598,8 @@ def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines
 
 def test_pipeline_skips_unchanged_steps(trained_digits, run_cli, tmp_path):
     out = tmp_path / "pipe"
-    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64")
+    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64",
+            "--bench-iterations", "2", "--golden", "64")
     first = run_cli(*args)
     assert first.exit_code == 0, first.output
     assert (out / "pipe-jetpack6.tar.gz").exists() and (out / "reports" / "junit.xml").exists()

@@ -21,7 +21,7 @@ def _ort_matches_torch(model, path, input_shape, batch):
     return np.abs(got - ref).max(), (got.argmax(1) == ref.argmax(1)).mean()
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow), "resnet20"])
 def test_export_passes_checker_and_matches_torch(tmp_path, name):
     model, card = zoo.load_model(name, weights="none")
     result = export_model(model, card, tmp_path)

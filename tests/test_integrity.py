@@ -150,7 +150,8 @@ def test_a_damaged_calibration_cache_is_not_bundled(calibrated_workdir, tmp_path
 
 def test_pipeline_remakes_stale_steps_and_never_leaves_an_old_bundle(trained_digits, run_cli, tmp_path):
     out = tmp_path / "pipe"
-    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64")
+    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64",
+            "--bench-iterations", "2", "--golden", "64")
     first = run_cli(*args)
     assert first.exit_code == 0, first.output
     bundle = out / "pipe-jetpack6.tar.gz"

@@ -285,3 +285,17 @@ def test_the_cpu_recipe_keeps_its_accuracy_on_an_avx2_only_cpu(calibrated, tmp_p
     assert abs(fp32 - seven) * 100 <= 1.0, (fp32, seven)  # the int8 gate, with 7-bit weights
     # the emulation really runs the saturating kernels: 8-bit weights lose accuracy there
     assert (fp32 - eight_bit) * 100 > 1.0, (fp32, eight_bit)
+
+
+FULL_COUNTS = [pytest.param(n, marks=pytest.mark.slow) for n in (31, 60, 100, 500)]
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("samples", [1, 33, *FULL_COUNTS])
+def test_any_sample_count_calibrates_with_every_method(method, samples, digits_workdir, tmp_path):
+    """ONNX Runtime's histogram collectors stack a call's batches into one array, so a short
+    last batch (any count that is not a multiple of the batch) used to end in a traceback."""
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    result = calibrate(work, "digits:train", samples=samples, method=method)
+    assert result.samples == samples and (work / "model.int8.onnx").exists()

@@ -92,9 +92,15 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
     # in chunks: the calibrator keeps every calibrated tensor of what it is given in memory
-    # before it updates its histograms, so chunks bound the peak whatever --samples is
+    # before it updates its histograms, so chunks bound the peak whatever --samples is; and the
+    # histogram collectors stack one call's batches into one array, so every call gets batches
+    # of one size (a short last batch goes alone)
     for start in range(0, len(inputs), COLLECT_CHUNK):
-        calibrator.collect_data(ArrayReader(inputs[start:start + COLLECT_CHUNK], input_name))
+        chunk = inputs[start:start + COLLECT_CHUNK]
+        whole = len(chunk) // READER_BATCH * READER_BATCH
+        for part in (chunk[:whole], chunk[whole:]):
+            if len(part):
+                calibrator.collect_data(ArrayReader(part, input_name))
     tensors = calibrator.compute_data()
     del calibrator
     save_tensors_data(tensors, ranges_path)

@@ -13,6 +13,7 @@ import tarfile
 import zlib
 
 import numpy as np
+import onnx
 import pytest
 
 from resnet_edge.calibration import calibrate
@@ -495,6 +496,14 @@ def _declared(bundle, tmp_path, name, change):
     ("bundle.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "precisions": ["int4"]})),
      "invalid precisions"),
     ("bundle.json", lambda p: p.write_text("[1, 2"), "is not JSON"),
+    ("bundle.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "near_tie": {"fp32": float("nan")}})),
+     "invalid near_tie"),
+    ("bundle.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "near_tie": {"fp16": -1}})),
+     "invalid near_tie"),
+    ("bundle.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "near_tie": {"int4": 0.1}})),
+     "invalid near_tie"),
+    ("bundle.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "opsets": {"model.onnx": "20"}})),
+     "invalid opsets"),
     ("golden/inputs.npy", lambda p: np.save(p, np.zeros((0, 3, 32, 32), np.float32)), "with N >= 1"),
     ("golden/reference.npy", lambda p: np.save(p, np.array([{"evil": 1}], dtype=object), allow_pickle=True),
      "not a plain numeric .npy"),
@@ -608,3 +617,24 @@ def test_pipeline_skips_unchanged_steps(trained_digits, run_cli, tmp_path):
     for step in ("export", "calibrate", "parity", "bench", "bundle"):
         assert any(line.split("│")[1:3] and step in line.split("│")[1] and "skipped" in line.split("│")[2]
                    for line in second.stdout.splitlines() if "│" in line), (step, second.stdout)
+
+
+def test_a_precision_that_gives_nan_on_the_golden_inputs_is_not_bundled(tmp_path):
+    """The near-tie margin is measured on the golden inputs: a file whose logits are not finite
+    there stops the bundle instead of recording an infinite margin."""
+    from onnx import TensorProto, helper
+    from resnet_edge.deploy import near_tie_margins
+    from resnet_edge.errors import GateFailed
+    graph = helper.make_graph([helper.make_node("Log", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 10])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "model.onnx"))
+    inputs = np.ones((4, 10), np.float32)
+    inputs[2, 3] = 0.0  # log(0) = -inf in one image
+    with pytest.raises(GateFailed, match="model.onnx gives 1 NaN or inf logits"):
+        near_tie_margins(tmp_path, "10.3.0", ["fp32"], inputs, np.zeros((4, 10), np.float32), (1, 4))
+    inputs[2, 3] = 1.0
+    assert near_tie_margins(tmp_path, "10.3.0", ["fp32"], inputs, np.zeros((4, 10), np.float32),
+                            (1, 4)) == {"fp32": 0.0}
+

@@ -273,6 +273,9 @@ def near_tie_margins(workdir: Path, tensorrt: str, precisions: list[str], inputs
         for start in range(0, len(inputs), step):
             comparison.update(reference[start:start + step],
                               ort.run_batch(session, input_name, inputs[start:start + step], batch_range))
+        if comparison.nonfinite:
+            raise GateFailed(f"{name} gives {comparison.nonfinite} NaN or inf logits on the golden "
+                             f"inputs: {precision} is broken, so nothing was bundled")
         margins[precision] = metrics.NEAR_TIE_FACTOR * comparison.p99_abs
     return margins
 

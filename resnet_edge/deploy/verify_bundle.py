@@ -227,7 +227,7 @@ class OrtRunner:
                      if p in onnxruntime.get_available_providers()]
         # The tensorrt recipe's Q/DQ runs as written: TensorRT's numerics, not ORT-CPU's kernels.
         self.session = ort.make_session(path, providers, disable_qdq_fusion=precision == "int8")
-        self.int8_path = ort.int8_path(path, disable_qdq_fusion=True) if precision == "int8" else None
+        self.int8_path = ort.int8_path(None) if precision == "int8" else None
         self.input_name = self.session.get_inputs()[0].name
         self.batch_range = (bundle.info["min_batch"], bundle.info["max_batch"])
         provider = self.session.get_providers()[0].removesuffix("ExecutionProvider")
@@ -242,6 +242,7 @@ class OrtRunner:
 
 class TrtRunner:
     separates_device_time = True
+    int8_path = None  # TensorRT's own kernels: ORT's int8 paths do not apply
 
     def __init__(self, bundle: Bundle, precision: str, build: bool, devices: Path):
         trt = trt_runner.import_trt()
@@ -352,7 +353,7 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
                                  iterations=iterations, warmup=min(10, iterations))
         runner.close()
         rows.append({"precision": precision, "backend": runner.label, "metrics": summary,
-                     "int8_path": getattr(runner, "int8_path", None),
+                     "int8_path": runner.int8_path,
                      "accuracy": acc, "latency": latency,
                      "gates": [dict(vars(g), status=g.status) for g in results]})
     failed = [f"{r['precision']} {g['gate']}" for r in rows for g in r["gates"] if g["passed"] is False]

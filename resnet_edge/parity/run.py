@@ -92,6 +92,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                                       batch_range=(profile["min"], profile["max"]))
         except BackendUnavailable as exc:
             row.reason = str(exc)
+        if row.runner is not None and row.runner.unfused is not None:
+            row.fusion = LogitComparison()
         rows.append(row)
     ran = [r for r in rows if r.runner is not None]
 
@@ -116,10 +118,8 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
             out = row.runner.run(batch)
             row.seconds.append(time.perf_counter() - start)
             row.comparison.update(ref, out)
-            unfused = getattr(row.runner, "unfused", None)
-            if unfused is not None:
-                row.fusion = row.fusion or LogitComparison()
-                row.fusion.update(unfused.run(batch), out)
+            if row.fusion is not None:
+                row.fusion.update(row.runner.unfused.run(batch), out)
             if labelled:
                 row.accuracy.update(out, labels)
             if keep_disagreements:
@@ -127,8 +127,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                                     batch, card.preprocess)
         done += len(batch)
         progress(done, n)
-    for r in [reference, *(r.runner for r in ran),
-              *(r.runner.unfused for r in ran if getattr(r.runner, "unfused", None))]:
+    for r in [reference, *(r.runner for r in ran), *(r.runner.unfused for r in ran if r.fusion)]:
         r.close()
 
     ref_acc = _accuracy(ref_accuracy) if labelled else None
@@ -158,7 +157,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
                          error_histogram=row.comparison.error_histogram())
             if accuracy:
                 accuracy["per_class"] = row.accuracy.per_class()
-            entry["int8_path"] = getattr(row.runner, "int8_path", None)
+            entry["int8_path"] = row.runner.int8_path
             if row.fusion is not None:  # a saturating kernel shows here as disagreement
                 fusion = row.fusion.summary()
                 entry["int8_path"] = {**entry["int8_path"], "fused_vs_as_written": {

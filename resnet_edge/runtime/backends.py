@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ class Backend:
     device = "cpu"
     # True where execute() times device compute without host transfers.
     separates_device_time = False
+    int8_path: dict | None = None  # how ORT-CPU ran an int8 model (ort.int8_path)
+    unfused: "Backend | None" = None  # the same int8 model with Q/DQ as written, to compare
 
     @property
     def label(self) -> str:
@@ -99,6 +102,8 @@ class OrtBackend(Backend):
     def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32",
                  providers: tuple[str, ...] | None = None, *, disable_qdq_fusion: bool = False,
                  batch_range: tuple[int, int] | None = None):
+        """An int8 model on the CPU provider also says how ORT ran it (`int8_path`), read
+        from the graph this very session optimized."""
         ort = import_ort()
         if not Path(onnx_path).exists():
             made_by = ("calibrate --recipe tensorrt" if precision == "int8-fp16" else
@@ -112,8 +117,15 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"none of {', '.join(wanted)} is available in this onnxruntime "
                                      f"(it has {', '.join(available)})")
         self.precision, self.path, self.batch_range = precision, Path(onnx_path), batch_range
+        report = precision.startswith("int8") and chosen[0] == "CPUExecutionProvider"
         try:
-            self.session = make_session(onnx_path, chosen, disable_qdq_fusion=disable_qdq_fusion)
+            with tempfile.TemporaryDirectory() as scratch:
+                optimized = Path(scratch) / "optimized.onnx" if report and not disable_qdq_fusion else None
+                self.session = make_session(onnx_path, chosen, disable_qdq_fusion=disable_qdq_fusion,
+                                            optimized_model=optimized)
+                if report:
+                    self.int8_path = {**int8_path(optimized),
+                                      "weight_bits": quantization_info(onnx_path).get("weight_bits")}
         except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
             raise BadInput(f"ONNX Runtime cannot load {onnx_path}: {first_line(exc)}") from None
         active = self.session.get_providers()
@@ -125,14 +137,11 @@ class OrtBackend(Backend):
             self.separates_device_time = True
             self.binding = self.session.io_binding()
 
-    note = ""
-    int8_path: dict | None = None  # how ORT-CPU ran an int8 model (ort.int8_path)
-    unfused: "OrtBackend | None" = None  # the same model with Q/DQ as written, to compare
-
     @property
     def label(self) -> str:
         where = self.provider.replace("ExecutionProvider", "")
-        return f"ort {self.precision} ({where}{', ' + self.note if self.note else ''})"
+        note = f", {self.int8_path['path']}" if self.int8_path else ""
+        return f"ort {self.precision} ({where}{note})"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -254,14 +263,11 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
         as_written = precision.startswith("int8") and path.exists() and _recipe(path) == "tensorrt"
         backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written,
                              batch_range=batch_range)
-        if precision.startswith("int8") and backend.device == "cpu":
-            # ORT-CPU's fused int8 kernels are not what TensorRT runs; Q/DQ as written is.
-            backend.int8_path = {**int8_path(path, disable_qdq_fusion=as_written),
-                                 "weight_bits": quantization_info(path).get("weight_bits")}
-            backend.note = backend.int8_path["path"]
-            if with_unfused and not as_written:  # exact arithmetic beside it: saturation shows
-                backend.unfused = OrtBackend(path, precision, providers, disable_qdq_fusion=True,
-                                             batch_range=batch_range)
+        # ORT-CPU's fused int8 kernels are not what TensorRT runs (Q/DQ as written is); beside
+        # the cpu recipe's fused kernels, the exact arithmetic, so a saturating kernel shows
+        if with_unfused and backend.int8_path and not as_written:
+            backend.unfused = OrtBackend(path, precision, providers, disable_qdq_fusion=True,
+                                         batch_range=batch_range)
         return backend
     if name == "trt":
         return TensorRTBackend(workdir, precision)

@@ -57,7 +57,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             step(f"{backend.label} batch {size}")
             m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
             results.append({"backend": name, "precision": precision, "device": backend.label,
-                            "int8_path": getattr(backend, "int8_path", None), **m})
+                            "int8_path": backend.int8_path, **m})
         backend.close()
     ran = list(dict.fromkeys((r["backend"], r["precision"]) for r in results))
     return {"schema": SCHEMA, "model": card.to_dict(), "artifacts": artifact_hashes(workdir, ran),

@@ -42,11 +42,13 @@ def run_batch(session, input_name: str, batch, batch_range: tuple[int, int] | No
 
 
 def make_session(path: str | os.PathLike | bytes, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 *, threads: int | None = None, disable_qdq_fusion: bool = False):
+                 *, threads: int | None = None, disable_qdq_fusion: bool = False,
+                 optimized_model: str | os.PathLike | None = None):
     """An InferenceSession set for speed: all graph optimizations, one thread per core.
 
     `disable_qdq_fusion` runs Q/DQ nodes as written instead of fusing them into ORT's CPU integer
     kernels: the numerics TensorRT will see, rather than ORT-CPU's own int8 kernels.
+    `optimized_model`: where ORT writes the graph it optimized (what int8_path reads).
     """
     ort = import_ort()
     options = ort.SessionOptions()
@@ -55,6 +57,8 @@ def make_session(path: str | os.PathLike | bytes, providers: Sequence[str] = ("C
     options.log_severity_level = 3
     if disable_qdq_fusion:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if optimized_model is not None:
+        options.optimized_model_filepath = os.fspath(optimized_model)
     model = path if isinstance(path, bytes) else os.fspath(path)  # bytes: a model not yet saved
     return ort.InferenceSession(model, sess_options=options, providers=list(providers))
 
@@ -63,25 +67,18 @@ INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMu
                "QLinearGlobalAveragePool", "QLinearAveragePool", "ConvInteger", "MatMulInteger")
 
 
-def int8_path(path: str | os.PathLike, *, disable_qdq_fusion: bool = False) -> dict:
-    """Which way ONNX Runtime's CPU provider runs an int8 model: fused into integer kernels
-    (counted by op type, read from the graph ORT optimized) or Q/DQ as written (float
-    arithmetic on dequantized values, what TensorRT's numerics follow)."""
-    if disable_qdq_fusion:
+def int8_path(optimized_model: str | os.PathLike | None) -> dict:
+    """Which way ONNX Runtime's CPU provider runs an int8 model, from the graph its session
+    optimized (make_session's `optimized_model`; None for a session with Q/DQ as written):
+    fused into integer kernels, counted by op type, or Q/DQ as written (float arithmetic on
+    dequantized values, what TensorRT's numerics follow)."""
+    if optimized_model is None:
         return {"path": "Q/DQ as written", "integer_ops": {}}
-    import tempfile
     try:
         import onnx
     except ImportError:  # a device without the onnx package: say what is unknown
         return {"path": "fused integer kernels (not counted: no onnx package)", "integer_ops": None}
-    ort = import_ort()
-    with tempfile.TemporaryDirectory() as scratch:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = os.path.join(scratch, "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    graph = onnx.load(os.fspath(optimized_model), load_external_data=False).graph
     counts: dict[str, int] = {}
     for node in graph.node:
         if node.op_type in INTEGER_OPS:

@@ -399,8 +399,23 @@ class _Prepared(torch.utils.data.Dataset):
 
 def batches(source: Source, preprocess: Preprocess, batch_size: int, *,
             indices=None, shuffle: bool = False, seed: int = 0, augment=None,
-            workers: int | None = None, sampler=None) -> torch.utils.data.DataLoader:
+            workers: int | None = None, sampler=None):
     """Preprocessed (inputs, labels) batches; labels are -1 where the source has none."""
+    loader = iter(_loader(source, preprocess, batch_size, indices=indices, shuffle=shuffle,
+                          seed=seed, augment=augment, workers=workers, sampler=sampler))
+    try:
+        yield from loader
+    except BaseException:
+        # The iterator shuts its workers down when it runs out, not when one of them fails; the
+        # garbage collector that ends it later closes its queues first, and each join then
+        # waits out a 5 s timeout (in-process callers: the Python API, the tests).
+        getattr(loader, "_shutdown_workers", lambda: None)()
+        raise
+
+
+def _loader(source: Source, preprocess: Preprocess, batch_size: int, *,
+            indices=None, shuffle: bool = False, seed: int = 0, augment=None,
+            workers: int | None = None, sampler=None) -> torch.utils.data.DataLoader:
     dataset = _Prepared(source, preprocess, augment)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))
@@ -409,8 +424,7 @@ def batches(source: Source, preprocess: Preprocess, batch_size: int, *,
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=workers,
-        generator=torch.Generator().manual_seed(seed) if shuffle and sampler is None else None,
-        persistent_workers=workers > 0)
+        generator=torch.Generator().manual_seed(seed) if shuffle and sampler is None else None)
 
 
 def match_classes(source: Source, num_classes: int, class_names: list[str] | None = None,

@@ -5,6 +5,7 @@ or stale artifact."""
 import errno
 import io
 import json
+import multiprocessing
 import shutil
 import struct
 import zlib
@@ -277,6 +278,8 @@ def test_a_truncated_image_decoded_in_a_worker_is_named(trained_digits, tmp_path
     cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
     result = run_cli("eval", trained_digits.model_path, "--data", f"imagefolder:{tmp_path / 'data'}")
     one_line_error(result, 2, f"{cut} cannot be decoded")
+    # and its loader's workers are gone at once, not left for the garbage collector to join
+    assert not multiprocessing.active_children()
 
 
 def test_a_decompression_bomb_image_is_refused_by_name(trained_digits, tmp_path, run_cli):

@@ -112,6 +112,23 @@ def test_int8_keeps_digits_accuracy(calibrated, recipe):
     assert report["machine"]["int8_arithmetic"]  # which CPU arithmetic made these numbers
 
 
+def test_an_opset_17_int8_model_with_fp16_float_parts_runs(trained_digits, tmp_path):
+    """Before opset 19 the Q/DQ pairs stay fp32 behind Casts; the TorchScript exporter types only
+    some intermediates, and without the rest ONNX Runtime refused the file ("Type parameter (T)
+    of Optype (Conv) bound to different types")."""
+    from resnet_edge.export import ExportOptions, export_model
+    from resnet_edge.zoo import load_model
+    export_model(*load_model(str(trained_digits.model_path)), tmp_path, ExportOptions(exporter="torchscript"))
+    calibrate(tmp_path, "digits:train", samples=64, method="minmax")
+    model = onnx.load(str(tmp_path / "model.int8-fp16.onnx"))
+    assert model.opset_import[0].version == 17
+    assert "Cast" in {n.op_type for n in model.graph.node}
+    report = run_parity(tmp_path, "digits:test", backends=["ort"], precisions=["int8-fp16"],
+                        thresholds=load_thresholds(), limit=128)
+    row = report["candidates"][0]
+    assert row["status"] == "ran" and all(g["passed"] for g in row["gates"]), row
+
+
 def test_calibration_cache_parses_back_to_the_same_scales(calibrated):
     work, _ = calibrated["tensorrt"]
     header, scales = read_cache(work / "calibration.cache")

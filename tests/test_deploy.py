@@ -605,20 +605,6 @@ def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines
     assert run.returncode == 2 and "was not built from this bundle's model.onnx" in run.stderr
 
 
-def test_pipeline_skips_unchanged_steps(trained_digits, run_cli, tmp_path):
-    out = tmp_path / "pipe"
-    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64",
-            "--bench-iterations", "2", "--golden", "64")
-    first = run_cli(*args)
-    assert first.exit_code == 0, first.output
-    assert (out / "pipe-jetpack6.tar.gz").exists() and (out / "reports" / "junit.xml").exists()
-    second = run_cli(*args)
-    assert second.exit_code == 0
-    for step in ("export", "calibrate", "parity", "bench", "bundle"):
-        assert any(line.split("│")[1:3] and step in line.split("│")[1] and "skipped" in line.split("│")[2]
-                   for line in second.stdout.splitlines() if "│" in line), (step, second.stdout)
-
-
 def test_a_precision_that_gives_nan_on_the_golden_inputs_is_not_bundled(tmp_path):
     """The near-tie margin is measured on the golden inputs: a file whose logits are not finite
     there stops the bundle instead of recording an infinite margin."""

@@ -20,7 +20,7 @@ from cli_output import one_line_error
 from resnet_edge import zoo
 from resnet_edge.calibration import calibrate
 from resnet_edge.errors import BadInput
-from resnet_edge.export import export_model
+from resnet_edge.export import ExportOptions, export_model
 from resnet_edge.export.metadata import CARD_KEY, load_onnx, read_card
 
 
@@ -54,7 +54,7 @@ def test_a_nan_weight_is_refused_at_load(tmp_path, run_cli):
 def test_logits_that_overflow_fail_their_row_and_reports_stay_json(tmp_path, run_cli):
     # finite in fp32, beyond fp16's 65504 in torch fp16: every fp16 logit of class 0 is inf
     ckpt = _checkpoint(tmp_path / "big.pt", **{"fc.bias": lambda t: t.__setitem__(0, 7e4)})
-    assert run_cli("export", ckpt, "--out", tmp_path / "w").exit_code == 0
+    assert run_cli("export", ckpt, "--out", tmp_path / "w", "--exporter", "torchscript").exit_code == 0
     out = tmp_path / "reports"
     result = run_cli("parity", tmp_path / "w", "--backends", "torch", "--precisions", "fp16",
                      "--limit", "40", "--json", out / "p.json", "--markdown", out / "p.md",
@@ -72,7 +72,7 @@ def test_logits_that_overflow_fail_their_row_and_reports_stay_json(tmp_path, run
 def test_a_model_whose_reference_is_not_finite_exports_nothing(tmp_path, run_cli):
     ckpt = _checkpoint(tmp_path / "inf.pt", **{"fc.bias": lambda t: t.__setitem__(0, 3e38),
                                                "fc.weight": lambda t: t.fill_(3e38)})
-    result = run_cli("export", ckpt, "--out", tmp_path / "w")
+    result = run_cli("export", ckpt, "--out", tmp_path / "w", "--exporter", "torchscript")
     one_line_error(result, 1, "PyTorch itself gives NaN or inf logits")
     assert not (tmp_path / "w" / "model.onnx").exists()
 
@@ -93,7 +93,7 @@ def two_models(calibrated_workdir, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(calibrated_workdir, work)
     other, card = zoo.load_model("resnet20")  # random init: not the trained digits model
-    export_model(other, card, work)
+    export_model(other, card, work, ExportOptions(exporter="torchscript"))
     return work
 
 
@@ -149,10 +149,10 @@ def test_a_damaged_calibration_cache_is_not_bundled(calibrated_workdir, tmp_path
     assert not (tmp_path / "b.tar.gz").exists()
 
 
-def test_pipeline_remakes_stale_steps_and_never_leaves_an_old_bundle(trained_digits, run_cli, tmp_path):
+def test_pipeline_skips_what_is_unchanged_remakes_stale_steps_and_never_leaves_an_old_bundle(trained_digits, run_cli, tmp_path):
     out = tmp_path / "pipe"
     args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "64", "--limit", "64",
-            "--bench-iterations", "2", "--golden", "64")
+            "--bench-iterations", "2", "--golden", "64", "--exporter", "torchscript")
     first = run_cli(*args)
     assert first.exit_code == 0, first.output
     bundle = out / "pipe-jetpack6.tar.gz"
@@ -163,8 +163,12 @@ def test_pipeline_remakes_stale_steps_and_never_leaves_an_old_bundle(trained_dig
     report = json.loads((out / "reports" / "parity.json").read_text())
     # a trained checkpoint's card says where its weights came from, in every report
     assert report["model"]["weights"].startswith("trained with resnet-edge on digits")
+    assert (out / "reports" / "junit.xml").exists()
     idle = run_cli(*args)
     assert idle.exit_code == 0 and "wrote nothing: every step was up to date" in idle.stdout
+    for step in ("export", "calibrate", "parity", "bench", "bundle"):
+        assert any(line.split("│")[1:3] and step in line.split("│")[1] and "skipped" in line.split("│")[2]
+                   for line in idle.stdout.splitlines() if "│" in line), (step, idle.stdout)
     (out / "calibration.cache").write_text("TRT-100300-EntropyCalibration2\n")  # damaged
     strict = tmp_path / "strict.toml"
     strict.write_text("[fp16]\nmin_top1_agreement_pct = 99.5\n[int8]\nmin_cosine = 0.9\n")
@@ -300,7 +304,7 @@ def test_full_or_read_only_disks_are_said_as_such(code, message, tmp_path, run_c
             raise OSError(code, "simulated", str(tmp_path / "o" / "model.onnx"))
         return real(*args, **kwargs)
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    one_line_error(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, message)
+    one_line_error(run_cli("export", "resnet20", "--out", tmp_path / "o", "--exporter", "torchscript"), 2, message)
     assert not (tmp_path / "o" / "model.onnx").exists()
 
 
@@ -311,7 +315,8 @@ def test_a_library_that_hides_a_full_disk_is_still_said_as_such(tmp_path, run_cl
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 2048 vs 1974")
     monkeypatch.setattr(zoo.torch, "save", unexpected_pos)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(1 << 30, 1 << 30, 0))
-    one_line_error(run_cli("export", "resnet20", "--out", tmp_path / "o"), 2, "no space left on the device")
+    one_line_error(run_cli("export", "resnet20", "--out", tmp_path / "o", "--exporter", "torchscript"), 2,
+                   "no space left on the device")
     assert not (tmp_path / "o" / "model.pt").exists() and not list((tmp_path / "o").glob(".*.tmp"))
 
 

@@ -38,16 +38,6 @@ def test_a_held_out_check_when_asked_scores_the_model_written(digits_workdir, tm
     assert result.holdout["images"] == 40 and result.holdout["int8_top1"] > 0.5
 
 
-def test_export_never_reads_back_what_it_wrote(tmp_path, monkeypatch):
-    model, card = load_model("resnet20")
-    reads = []
-    real = onnx.load
-    monkeypatch.setattr(onnx, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
-    result = export_model(model, card, tmp_path / "w")
-    assert not reads and result.path.exists() and (tmp_path / "w" / "model.fp16.onnx").exists()
-    assert {c.batch for c in result.checks} == {1, 5}  # both from one PyTorch pass
-
-
 def test_latency_is_labelled_with_the_batch_that_ran(digits_workdir):
     report = run_parity(digits_workdir, "digits:test", backends=["ort"], precisions=["fp32"],
                         thresholds=load_thresholds(), limit=16, batch_size=32)
@@ -69,7 +59,8 @@ def test_a_long_bench_says_how_long_before_it_starts(digits_workdir, monkeypatch
 
 def test_pipeline_takes_bench_options_and_can_leave_bench_out(trained_digits, run_cli, tmp_path):
     out = tmp_path / "pipe"
-    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "32", "--limit", "32")
+    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "32", "--limit", "32",
+            "--exporter", "torchscript")
     first = run_cli(*args, "--bench-batch-sizes", "2", "--bench-iterations", "3")
     assert first.exit_code == 0, first.output
     results = json.loads((out / "reports" / "bench.json").read_text())["results"]

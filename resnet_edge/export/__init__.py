@@ -195,12 +195,15 @@ def write_fp16(model: onnx.ModelProto, dst: Path) -> str:
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     blocked = float16.DEFAULT_OP_BLOCK_LIST + (
         ["QuantizeLinear", "DequantizeLinear"] if opset < 19 else [])
+    # dynamo writes every intermediate type, and shape inference would only serialize the model
+    # again to find them; TorchScript writes some, and the converter needs them all to put Casts
+    # between fp16 and the fp32 Q/DQ pairs
+    typed = {v.name for v in (*model.graph.value_info, *model.graph.output)}
+    all_typed = all(name in typed for node in model.graph.node for name in node.output if name)
     with warnings.catch_warnings():  # per-tensor notes about values clamped to the fp16 range
         warnings.simplefilter("ignore")
-        # the exporters write every intermediate type already: shape inference would only
-        # serialize the model again to find them
         proto = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked,
-                                                 disable_shape_infer=len(model.graph.value_info) > 0)
+                                                 disable_shape_infer=all_typed)
     run_checker(proto, full=False)  # a mechanical conversion of a model that passed the full check
     return write_bytes_atomic(dst, proto.SerializeToString())
 

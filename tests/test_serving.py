@@ -50,16 +50,18 @@ def folded_digits(trained_digits, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resnet18_folded(tmp_path_factory):
-    """A ResNet-18 (random init, 10 classes) at 64 px, one static batch, folded, Softmax."""
+    """A ResNet-18 (random init, 10 classes) at 64 px, one static batch, folded, Softmax
+    (TorchScript's exporter, so the serving configs are checked on both exporters' graphs)."""
     return _export("resnet18", tmp_path_factory.mktemp("r18") / "r18-folded", weights="none",
-                   num_classes=10, input_size=64, batch=1, fold_normalization=True, softmax=True)
+                   num_classes=10, input_size=64, batch=1, fold_normalization=True, softmax=True,
+                   exporter="torchscript")
 
 
 @pytest.fixture(scope="module")
 def equal_std(tmp_path_factory):
     """Not folded, but one std for every channel: nvinfer can say this one as it is."""
     return _export("resnet20", tmp_path_factory.mktemp("eq") / "r20-equal-std", weights="none",
-                   mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], softmax=True)
+                   mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], softmax=True, exporter="torchscript")
 
 
 def _bundle(workdir, target, tmp_path, **kwargs):

@@ -179,7 +179,7 @@ def test_bench_reports_latency_statistics(digits_workdir, run_cli, tmp_path):
 
 def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
     args = (f"--parity-workdir={digits_workdir}",  # the pytest11 entry point loads the plugin
-            "--parity-backends=ort,trt", "--parity-precisions=fp32,fp16")
+            "--parity-backends=ort,trt", "--parity-precisions=fp32,fp16", "--parity-limit=128")
     # known from the options and thresholds alone: collecting opens nothing, so a work
     # directory that is not there yet still lists (running would say it is missing)
     listed = pytester.runpytest_inprocess("--parity-workdir=not-made-yet", *args[1:],

@@ -37,7 +37,7 @@ def test_a_flat_unlabelled_folder_calibrates_a_1000_class_resnet18(tmp_path, run
     _photos(tmp_path / "calib", 6)
     model, card = load_model("resnet18", weights="none")
     assert card.num_classes == 1000
-    export_model(model, card, tmp_path / "r18", fp16=False)
+    export_model(model, card, tmp_path / "r18", ExportOptions(exporter="torchscript"), fp16=False)
     result = run_cli("calibrate", tmp_path / "r18", "--data", f"images:{tmp_path / 'calib'}",
                      "--samples", "6", "--method", "minmax")
     assert result.exit_code == 0, result.output
@@ -104,11 +104,12 @@ def test_a_64px_model_goes_through_export_calibrate_parity_and_bundle(trained_di
 def test_a_plain_state_dict_says_which_preprocessing_it_gets(tmp_path, run_cli):
     model, _ = load_model("resnet20")
     torch.save(model.state_dict(), tmp_path / "plain.pth")
-    result = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", tmp_path / "o")
+    result = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", tmp_path / "o",
+                     "--exporter", "torchscript")
     assert result.exit_code == 0, result.output
     assert "has no model card, so it gets resnet20's default preprocessing" in result.stderr
     quiet = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", tmp_path / "q",
-                    "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
+                    "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--exporter", "torchscript")
     assert quiet.exit_code == 0 and "default preprocessing" not in quiet.stderr
 
 
@@ -194,7 +195,8 @@ def test_weights_come_from_a_folder_checked_against_torchvision_hashes(tmp_path,
     (tmp_path / "resnet18-f37072fd.pth").rename(tmp_path / f"resnet18-{digest}.pth")
     monkeypatch.setattr(member.value, "url", f"https://download.pytorch.org/models/resnet18-{digest}.pth")
     monkeypatch.setenv("RESNET_EDGE_WEIGHTS", str(tmp_path))  # the environment variable works too
-    result = run_cli("export", "resnet18", "--weights", "IMAGENET1K_V1", "--out", tmp_path / "o")
+    result = run_cli("export", "resnet18", "--weights", "IMAGENET1K_V1", "--out", tmp_path / "o",
+                     "--exporter", "torchscript")
     assert result.exit_code == 0, result.output
     from resnet_edge.export import read_card
     card = read_card(tmp_path / "o" / "model.onnx")

@@ -50,12 +50,8 @@ def test_torch_fp16_backend_leaves_the_reference_model_in_fp32():
     assert next(model.parameters()).dtype == torch.float32
 
 
-def test_ort_backend_reports_its_provider(tmp_path):
-    from resnet_edge.export import export_model
-    from resnet_edge.zoo import load_model
-    model, card = load_model("resnet20")
-    export_model(model, card, tmp_path, fp16=False)
-    backend = OrtBackend(tmp_path / "model.onnx", providers=("CPUExecutionProvider",))
+def test_ort_backend_reports_its_provider(digits_workdir):
+    backend = OrtBackend(digits_workdir / "model.onnx", providers=("CPUExecutionProvider",))
     assert backend.label == "ort fp32 (CPU)" and backend.device == "cpu"
     stats = measure(backend, np.zeros((2, 3, 32, 32), np.float32), iterations=3, warmup=1)
     assert stats["host_to_host"]["iterations"] == 3 and stats["device_compute"] is None

@@ -10,7 +10,7 @@ from cli_output import problem_lines
 from resnet_edge.data import batches, open_data
 from resnet_edge.errors import BadInput
 from resnet_edge.metrics import LogitComparison
-from resnet_edge.export import export_model, read_card
+from resnet_edge.export import read_card
 from resnet_edge.train import TrainConfig, train
 from resnet_edge.zoo import load_model, read_checkpoint
 
@@ -65,14 +65,14 @@ def test_extending_a_finished_schedule_is_a_warm_restart_that_says_so(tmp_path):
         train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, limit=SMOKE, resume=tmp_path / "last.pt"))
 
 
-def test_preprocess_round_trips_checkpoint_and_onnx_and_ort_agrees(trained_digits, tmp_path):
+def test_preprocess_round_trips_checkpoint_and_onnx_and_ort_agrees(trained_digits, digits_workdir):
     model, card = load_model(str(trained_digits.model_path))
-    result = export_model(model, card, tmp_path)
-    assert read_card(result.path).preprocess == card.preprocess == trained_digits.card.preprocess
-    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    onnx_path = digits_workdir / "model.onnx"  # the same checkpoint, exported
+    assert read_card(onnx_path).preprocess == card.preprocess == trained_digits.card.preprocess
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     torch_top1, n = 0, 0
     comparison = LogitComparison()
-    for x, y in batches(open_data("digits:test"), read_card(result.path).preprocess, 128):
+    for x, y in batches(open_data("digits:test"), read_card(onnx_path).preprocess, 128):
         with torch.inference_mode():
             logits = model(x).numpy()
         torch_top1 += int((logits.argmax(1) == y.numpy()).sum())

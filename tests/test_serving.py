@@ -428,3 +428,82 @@ def test_a_logits_model_is_refused_for_deepstream(equal_std):
     check_for_deepstream(card, "equal")  # one std, probabilities: what nvinfer reads
     with pytest.raises(BadInput, match="the model outputs logits.*export with --softmax"):
         check_for_deepstream(dataclasses.replace(card, output="logits"), "equal")
+
+
+# ---- names that would rewrite a config (hostile inputs) -----------------------------------------
+
+def _named_workdir(tmp_path, trained_digits, class_names, name="work"):
+    """The trained digits model under other class names, exported (TorchScript: fast) with one
+    std for every channel and a Softmax, so that DeepStream takes it."""
+    from resnet_edge import zoo
+    model, card = zoo.load_model(str(trained_digits.model_path))
+    card.class_names = class_names
+    zoo.save_checkpoint(tmp_path / "named.pt", model, card)
+    return _export(str(tmp_path / "named.pt"), tmp_path / name, exporter="torchscript",
+                   mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], softmax=True)
+
+
+@pytest.mark.parametrize("target,bad,said", [
+    # a newline would give labels.txt 11 lines for 10 classes: every label after it shifts by one
+    ("triton", "four\nfive", "class 4 name 'four\\nfive' holds '\\n', and a label file holds one class per line"),
+    ("jetpack6", "tab\there", "class 4 name 'tab\\there' holds '\\t'"),
+    # nvinfer's label file is one line, split at ';'
+    ("deepstream", "4;5", "class 4 name '4;5' holds ';', and nvinfer's label file separates"),
+])
+def test_a_class_name_a_label_file_cannot_carry_is_refused(target, bad, said, trained_digits,
+                                                            tmp_path, run_cli):
+    names = [str(i) for i in range(10)]
+    names[4] = bad
+    work = _named_workdir(tmp_path, trained_digits, names)
+    out = tmp_path / "b.tar.gz"
+    one_line_error(run_cli("bundle", work, "--target", target, "--out", out), 2, said)
+    assert not out.exists()
+
+
+def test_a_semicolon_is_an_ordinary_character_outside_deepstream(trained_digits, tmp_path):
+    names = [f"class;{i}" for i in range(10)]
+    root = _bundle(_named_workdir(tmp_path, trained_digits, names), "triton", tmp_path)
+    repo = next((root / "triton").iterdir())
+    assert (repo / "labels.txt").read_text().splitlines() == names
+
+
+@pytest.mark.parametrize("name", [
+    # the bundle is named after the work dir, and nvinfer configs name it: through a newline,
+    # any key, and custom-lib-path makes DeepStream load a shared library
+    "w\ncustom-lib-path=x.so\n",
+    "w\nnetwork-mode=0",
+    "-rf",
+    "two words",
+])
+def test_a_work_dir_name_that_is_not_a_plain_file_name_makes_no_bundle(name, trained_digits, tmp_path,
+                                                                       run_cli):
+    work = _named_workdir(tmp_path, trained_digits, None, name=name)
+    result = run_cli("bundle", work, "--target", "deepstream", "--out", tmp_path)
+    one_line_error(result, 2, f"the bundle name {name + '-deepstream'!r} is not a plain file name")
+    assert not list(tmp_path.glob("*.tar.gz"))
+
+
+def test_tensor_names_are_escaped_in_config_pbtxt():
+    """An ONNX input name that closes its string and opens a tensor of its own stays one name
+    when Triton's parser reads the config back."""
+    from resnet_edge.deploy.serving import triton_config
+    hostile = 'x" dims: [ 1 ] } ] output [ { name: "evil\n\\é'
+    text = triton_config("m", "onnxruntime_onnx", input_name=hostile, input_dims=[3, 32, 32],
+                         output_name="logits", output_dims=[10],
+                         profile={"min": 1, "opt": 8, "max": 32, "static": False})
+    config = _parse_text(text)
+    assert [i.name for i in config.input] == [hostile] and [o.name for o in config.output] == ["logits"]
+    assert list(config.input[0].dims) == [3, 32, 32]
+    # the same name written as it was before: the parser takes a second output from it
+    naive = text.replace(serving_pbtxt(hostile), f'"{hostile}"')
+    with pytest.raises(text_format.ParseError):
+        _parse_text(naive)
+
+
+def _parse_text(text):
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def serving_pbtxt(value):
+    from resnet_edge.deploy.serving import _pbtxt
+    return _pbtxt(value)

@@ -169,6 +169,11 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                        f"calibrate {workdir}` first")
     out = Path(out) if out else workdir / f"{workdir.name}-{target}.tar.gz"
     root_name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    names = card.class_names or [str(i) for i in range(card.num_classes)]
+    output_name = load_onnx(workdir / ONNX_NAME, weights=False).graph.output[0].name
+    problems = serving.name_problems(root_name, names, spec.get("serve"), output_name)
+    if problems:
+        raise BadInput(problems[0])
     ensure_writable_dir(out.parent)
 
     source = open_data(eval_spec, input_shape=card.preprocess.input_shape)
@@ -212,7 +217,6 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         shutil.copy2(HERE / "build_engine.sh", stage / "build_engine.sh")
         os.chmod(stage / "verify.py", 0o755)
         os.chmod(stage / "build_engine.sh", 0o755)
-        names = card.class_names or [str(i) for i in range(card.num_classes)]
         (stage / "labels.txt").write_text("\n".join(names) + "\n")
         (stage / "preprocess.json").write_text(json.dumps(card.preprocess.to_dict(), indent=2) + "\n")
         serve = None
@@ -220,7 +224,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             serve = _triton(stage, workdir, card, profile, names, accelerator)
         elif spec.get("serve") == "deepstream":
             serve = _deepstream(stage, root_name, card, profile, names, precisions, spec, files,
-                                classifier_threshold, load_onnx(workdir / ONNX_NAME, weights=False).graph.output[0].name)
+                                classifier_threshold, output_name)
         gates = thresholds or load_thresholds()
         (stage / "thresholds.json").write_text(json.dumps({p: vars(t) for p, t in gates.items()}, indent=2) + "\n")
         info = {"schema": "resnet-edge.bundle/2", "target": target, "about": spec["about"],

@@ -22,6 +22,42 @@ ACCELERATORS = ("none", "fp16", "int8")
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
 
 
+# A bundle's name becomes its top folder, the <name>.device folder beside it and paths inside
+# nvinfer configs and README's shell lines: plain file-name characters only.
+BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _controls(value: str, also: str = "") -> list[str]:
+    return sorted({repr(c) for c in value if ord(c) < 32 or ord(c) == 127 or c in also})
+
+
+def name_problems(bundle: str, class_names: list[str], server: str | None,
+                  output_name: str) -> list[str]:
+    """What in these names a bundle's files cannot carry: label files are one class per line
+    (Triton, and labels.txt for every target) or one line split at ';' (nvinfer), and an
+    nvinfer config is GKeyFile lines, where a newline in a value starts a key of its own."""
+    problems = []
+    if not BUNDLE_NAME.fullmatch(bundle):
+        problems.append(f"the bundle name {bundle!r} is not a plain file name (letters, digits "
+                        "and . _ + -, a letter or digit first), and configs and shell lines name "
+                        "it; rename the work directory (bundles are named <work dir>-<target>)")
+    separators = ";" if server == "deepstream" else ""
+    for index, name in enumerate(class_names):
+        bad = _controls(name, separators)
+        if bad:
+            where = ("nvinfer's label file separates classes with ';'" if ";" in name and separators
+                     else "a label file holds one class per line")
+            problems.append(f"class {index} name {name!r} holds {', '.join(bad)}, and {where}; "
+                            "rename the class (its folder, or the card's class_names)")
+    if server == "deepstream":
+        bad = _controls(output_name, ";")
+        if bad or output_name != output_name.strip():
+            problems.append(f"the model's output name {output_name!r} cannot be an nvinfer "
+                            "output-blob-names value (no ';', control characters or edge spaces); "
+                            "re-export the model")
+    return problems
+
+
 def model_name(name: str) -> str:
     """A Triton model name (a folder name) from a work directory's name."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")
@@ -41,11 +77,11 @@ def triton_config(name: str, platform: str, *, input_name: str, input_dims: list
         raise ValueError(f"unknown accelerator {accelerator!r}; use {', '.join(ACCELERATORS)}")
     static = profile["static"]
     batch = [] if not static else [profile["max"]]
-    lines = [f'name: "{name}"', f'platform: "{platform}"',
+    lines = [f"name: {_pbtxt(name)}", f"platform: {_pbtxt(platform)}",
              f"max_batch_size: {0 if static else profile['max']}",
-             "input [", "  {", f'    name: "{input_name}"', "    data_type: TYPE_FP32",
+             "input [", "  {", f"    name: {_pbtxt(input_name)}", "    data_type: TYPE_FP32",
              f"    dims: {_dims(batch + input_dims)}", "  }", "]",
-             "output [", "  {", f'    name: "{output_name}"', "    data_type: TYPE_FP32",
+             "output [", "  {", f"    name: {_pbtxt(output_name)}", "    data_type: TYPE_FP32",
              f"    dims: {_dims(batch + output_dims)}",
              '    label_filename: "labels.txt"', "  }", "]"]
     if not static:
@@ -64,9 +100,26 @@ def triton_config(name: str, platform: str, *, input_name: str, input_dims: list
                            for which, key in (("min", "min"), ("opt", "opt"), ("max", "max"))})
         lines += ["optimization {", "  execution_accelerators {",
                   "    gpu_execution_accelerator : [ {", '      name : "tensorrt"',
-                  *(f'      parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items()),
+                  *(f"      parameters {{ key: {_pbtxt(k)} value: {_pbtxt(v)} }}"
+                    for k, v in params.items()),
                   "    } ]", "  }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def _pbtxt(value: str) -> str:
+    """A protobuf text-format string literal: the escapes text_format reads back (quote,
+    backslash, and octal for every byte outside printable ASCII), so a tensor name cannot close
+    its string and write fields of its own."""
+    out = []
+    for byte in value.encode("utf-8"):
+        char = chr(byte)
+        if char in ('"', "\\", "'"):
+            out.append("\\" + char)
+        elif 32 <= byte < 127:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
 
 
 def _dims(dims: list[int]) -> str:
@@ -197,8 +250,9 @@ def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_
 
 
 def nvinfer_labels(names: list[str]) -> str:
-    """A classifier's label file: one line per output layer, the classes separated by ';'."""
-    return ";".join(n.replace(";", ",") for n in names) + "\n"
+    """A classifier's label file: one line per output layer, the classes separated by ';'
+    (names holding either were refused by name_problems)."""
+    return ";".join(names) + "\n"
 
 
 def deepstream_app_config(infer_config: str, batch_size: int, size: int) -> str:

@@ -22,7 +22,7 @@ from resnet_edge.deploy.archive import BundleError
 from resnet_edge.errors import BadInput
 from resnet_edge.runtime.trt_plan import build_plan, trtexec_command
 from resnet_edge.runtime.trt_rules import cache_header
-from cli_output import problem_lines
+from cli_output import one_line_error, problem_lines
 from trt_standin import write_site
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -257,6 +257,23 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path, run_cli):
     again = run_cli("keygen", "--out", tmp_path / "keys", "--name", "ci")
     assert again.exit_code == 2 and "choose another --name, or pass --force" in again.stderr
     assert run_cli("keygen", "--out", tmp_path, "--name", "../ci").exit_code == 2
+
+
+@pytest.mark.parametrize("which", ["key", "pub"])
+@pytest.mark.parametrize("force", [False, True])
+def test_keygen_never_writes_through_a_symbolic_link(which, force, tmp_path, run_cli):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    victim, dangling = tmp_path / "victim.txt", tmp_path / "planted"
+    victim.write_text("precious\n")
+    for target in (dangling, victim):  # a link to nothing yet, and one to a file that exists
+        link = keys / f"ci.{which}"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        result = run_cli("keygen", "--out", keys, "--name", "ci", *(["--force"] if force else []))
+        one_line_error(result, 2, f"ci.{which} is a symbolic link; keys are written only as plain files")
+        assert not dangling.exists() and victim.read_text() == "precious\n"
+        assert link.is_symlink() and not (keys / f"ci.{'pub' if which == 'key' else 'key'}").exists()
 
 
 def test_signed_bundle_verifies_with_its_key_and_prints_the_digest(signed, run_cli, keys):

@@ -54,7 +54,10 @@ def keygen(out: str | os.PathLike, *, force: bool = False) -> tuple[Path, Path, 
     out = Path(out)
     private_path, public_path = out.with_name(out.name + ".key"), out.with_name(out.name + ".pub")
     for path in (private_path, public_path):
-        if path.exists() and not force:
+        if path.is_symlink():  # a link, dangling or not, would have the key written elsewhere
+            raise SignatureError(f"{path} is a symbolic link; keys are written only as plain "
+                                 "files: remove the link or choose another --name")
+        if os.path.lexists(path) and not force:
             raise SignatureError(f"{path} exists; keep it, choose another --name, or pass --force")
     if not out.parent.is_dir():
         raise SignatureError(f"folder {out.parent} does not exist; create it first")
@@ -63,12 +66,19 @@ def keygen(out: str | os.PathLike, *, force: bool = False) -> tuple[Path, Path, 
                                 serialization.NoEncryption())
     public = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    if force:
-        private_path.unlink(missing_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    public_path.write_bytes(public)
+    for path, data, mode in ((private_path, pem, 0o600), (public_path, public, 0o644)):
+        if force:
+            path.unlink(missing_ok=True)
+        # O_EXCL: a link planted since the check above is refused, not followed; the private
+        # key is 0600 from its first byte
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, mode)
+        except FileExistsError:
+            raise SignatureError(f"{path} appeared while the key was made; nothing was "
+                                 "written over it, run keygen again") from None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
     return private_path, public_path, key_id(private.public_key())
 
 

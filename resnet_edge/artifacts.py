@@ -154,7 +154,7 @@ class WorkDir:
         trusts; temporary files an earlier killed run left are removed."""
         if self.manifest.get("complete", {}).pop(step, None) is not None:
             self.save()
-        for name in writes:
+        for name in (*writes, MANIFEST):  # the manifest too: a kill can land on its rename
             for leftover in self.path.glob(f"{temp_prefix(name)}*.tmp"):
                 leftover.unlink(missing_ok=True)
 

@@ -641,3 +641,42 @@ def test_a_precision_that_gives_nan_on_the_golden_inputs_is_not_bundled(tmp_path
     assert near_tie_margins(tmp_path, "10.3.0", ["fp32"], inputs, np.zeros((4, 10), np.float32),
                             (1, 4)) == {"fp32": 0.0}
 
+
+
+# ---- reproducible bundles ---------------------------------------------------------------------
+
+def test_the_same_inputs_give_the_same_bundle_bytes(digits_workdir, tmp_path, monkeypatch):
+    """Two calibrations of the same model on the same images, each bundled (and one bundled
+    twice): one digest. Entries in calibration.cache and calibration.ranges.json came in the
+    calibrator's order of the moment, and the archive carried the clock and a temporary name."""
+    digests = []
+    for run in ("a", "b"):
+        work = tmp_path / run / "work"
+        shutil.copytree(digits_workdir, work)
+        calibrate(work, "digits:train", samples=32, method="minmax")
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764000000")  # the calibrations ran at other times
+        for again in range(2 if run == "a" else 1):
+            made = make_bundle(work, "jetpack6", tmp_path / run / f"{again}" / "work-jetpack6.tar.gz",
+                               golden=16)
+            digests.append(hashlib.sha256(made.path.read_bytes()).hexdigest())
+        monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert len(set(digests)) == 1, digests
+    info = json.loads(tarfile.open(made.path).extractfile("work-jetpack6/bundle.json").read())
+    assert info["created"] == "2025-11-24T16:00:00Z"
+    # the calibrator's order is fixed within one process (string hashing is seeded per process),
+    # so what makes two processes agree is that the entries are written sorted
+    ranges = list(json.loads((work / "calibration.ranges.json").read_text())["data"])
+    cached = [line.rpartition(":")[0] for line in (work / "calibration.cache").read_text().splitlines()[1:]]
+    assert ranges == sorted(ranges) and cached == sorted(cached) and len(cached) > 20
+
+
+def test_without_source_date_epoch_a_bundle_is_dated_by_its_newest_input(digits_workdir, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    first = make_bundle(work, "jetpack6", tmp_path / "1" / "w.tar.gz", golden=16)
+    second = make_bundle(work, "jetpack6", tmp_path / "2" / "w.tar.gz", golden=16)
+    assert first.path.read_bytes() == second.path.read_bytes()
+    records = json.loads((work / "manifest.json").read_text())["files"]
+    info = json.loads(tarfile.open(first.path).extractfile("w/bundle.json").read())
+    newest = max(records[n]["created"] for n in ("model.onnx", "model.fp16.onnx"))
+    assert info["created"] == newest.replace("+00:00", "Z")

@@ -139,6 +139,15 @@ def test_an_interrupted_calibration_is_never_trusted(calibrated_workdir, tmp_pat
     assert run_cli("parity", work, "--backends", "ort", "--precisions", "int8").exit_code == 0
 
 
+def test_a_manifest_left_half_renamed_by_a_kill_is_swept_by_the_next_step(digits_workdir, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    leftover = work / ".manifest.json.k1ll3d.tmp"  # SIGKILL between write and rename
+    leftover.write_text('{"half": ')
+    calibrate(work, "digits:train", samples=16, method="minmax")
+    assert not leftover.exists() and not list(work.glob(".*.tmp"))
+
+
 def test_a_damaged_calibration_cache_is_not_bundled(calibrated_workdir, tmp_path, run_cli):
     work = tmp_path / "work"
     shutil.copytree(calibrated_workdir, work)

@@ -85,7 +85,7 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     outputs too), or TensorRT keeps those layers in higher precision.
     """
     _quantization()
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
     # histogram methods: symmetric ranges, as TensorRT's int8 (zero point 0) needs
     extra = {"symmetric": True} if method != "minmax" else {}
     calibrator = create_calibrator(Path(onnx_path), None,
@@ -103,7 +103,10 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
                 calibrator.collect_data(ArrayReader(part, input_name))
     tensors = calibrator.compute_data()
     del calibrator
-    save_tensors_data(tensors, ranges_path)
+    # the calibrator's tensor order changes from run to run; sorted, the same inputs give the
+    # same bytes (and the same bundle digest)
+    save_tensors_data(TensorsData(tensors.calibration_method, dict(sorted(tensors.data.items()))),
+                      ranges_path)
     return load_ranges(ranges_path)
 
 

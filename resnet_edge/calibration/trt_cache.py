@@ -24,7 +24,7 @@ def scale_from_range(low: float, high: float) -> float:
 def write_cache(ranges: dict[str, tuple[float, float]], path: str | os.PathLike,
                 tensorrt_version: str = "10.3.0", algorithm: str = ALGORITHM) -> None:
     lines = [cache_header(tensorrt_version, algorithm)]
-    for name, (low, high) in ranges.items():
+    for name, (low, high) in sorted(ranges.items()):  # the same ranges, the same bytes
         bits = struct.unpack(">I", struct.pack(">f", scale_from_range(low, high)))[0]
         lines.append(f"{name}: {bits:08x}")
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -178,6 +178,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
 
     source = open_data(eval_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
+    created = creation_time(WorkDir(workdir), files)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / root_name
         (stage / "golden").mkdir(parents=True)
@@ -239,7 +240,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "resnet_edge": __version__, "left_out": notes,
                 "serve": serve,
                 "made_from": {name: sha256_file(workdir / name) for name in files},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
                 "build_plans": {p: vars(trt_plan.build_plan(spec["tensorrt"], p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
         (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files)
@@ -252,9 +253,30 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
 
         step(f"writing {out}")
         with atomic_path(out) as tmp_tar:
-            write_archive(stage, tmp_tar, root_name, manifest_bytes, signature)
+            write_archive(stage, tmp_tar, root_name, manifest_bytes, signature, created)
     key = signing.read_signature(signature)["key_id"] if signature else None
     return BundleResult(out, manifest_digest(manifest_bytes), key, precisions, notes)
+
+
+def creation_time(workdir: WorkDir, files: list[str]) -> int:
+    """The bundle's time, in seconds since the epoch: $SOURCE_DATE_EPOCH where set (the
+    reproducible-builds convention), else when the newest file it packs was made. Not the
+    clock: the same inputs give the same bytes, so a signed bundle can be rebuilt and compared."""
+    from datetime import datetime
+    if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
+        try:
+            return int(os.environ["SOURCE_DATE_EPOCH"])
+        except ValueError:
+            raise BadInput(f"SOURCE_DATE_EPOCH={os.environ['SOURCE_DATE_EPOCH']!r} is not a whole "
+                           "number of seconds since 1970") from None
+    times = []
+    for name in files:
+        made = workdir.manifest["files"].get(name, {}).get("created")
+        try:
+            times.append(int(datetime.fromisoformat(made).timestamp()))
+        except (TypeError, ValueError):
+            return int(time.time())  # a record without its time: now is all there is to say
+    return max(times, default=int(time.time()))
 
 
 TRITON_MOUNT = "/w"  # where README's docker lines mount the folder holding the bundle

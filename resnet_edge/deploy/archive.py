@@ -351,21 +351,23 @@ def _remove_tree(folder: Path) -> None:
 
 
 def write_archive(stage: Path, out: Path, root_name: str, manifest: bytes,
-                  signature: bytes | None) -> None:
+                  signature: bytes | None, mtime: int) -> None:
     """The archive safe_extract reads: the folder, manifest.json first, the signature, then
-    every listed file in sorted order; regular files only, owned by nobody in particular."""
+    every listed file in sorted order; regular files only, owned by nobody in particular, all
+    of time `mtime`, in a gzip stream with no name or time of its own: the same files give the
+    same bytes."""
+    import gzip
     import io
-    import time
-    now = int(time.time())
 
     def info(name: str, size: int = 0, mode: int = 0o644, kind=tarfile.REGTYPE) -> tarfile.TarInfo:
         member = tarfile.TarInfo(f"{root_name}/{name}" if name else root_name)
-        member.size, member.mode, member.type, member.mtime = size, mode, kind, now
+        member.size, member.mode, member.type, member.mtime = size, mode, kind, mtime
         member.uid = member.gid = 0
         member.uname = member.gname = ""
         return member
 
-    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(info("", mode=0o755, kind=tarfile.DIRTYPE))
         tar.addfile(info(MANIFEST, len(manifest)), io.BytesIO(manifest))
         if signature is not None:

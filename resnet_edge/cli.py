@@ -10,7 +10,9 @@ ends by listing the files it wrote.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -1066,7 +1068,16 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
 
 
 def main() -> None:
-    cli(prog_name="resnet-edge")
+    # Before ONNX Runtime and torch load: a run sends no ONNX Runtime telemetry (1.29+ sends it
+    # from Linux too, and keeps a session file in TMPDIR) unless ORT_DISABLE_TELEMETRY=0 asks
+    # for it, and TorchInductor's cache folder, which torch makes when exporting loads its
+    # compiler and leaves in TMPDIR, is a scratch one removed at exit unless one is named.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return cli(prog_name="resnet-edge")
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-inductor-") as scratch:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = scratch
+        return cli(prog_name="resnet-edge")
 
 
 if __name__ == "__main__":

@@ -222,8 +222,15 @@ def test_verify_py_runs_standalone_without_torch_and_writes_beside_the_bundle(bu
              "except SystemExit as e:\n    code = e.code\n"
              "print('torch loaded:', 'torch' in sys.modules, 'resnet_edge loaded:', 'resnet_edge' in sys.modules)\n"
              "sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True,
+                            env=env)
     assert result.returncode == 0, result.stderr
+    # ONNX Runtime's telemetry is off, so it kept no session file (.ses) in TMPDIR
+    assert not list(scratch.iterdir())
     assert "torch loaded: False resnet_edge loaded: False" in result.stdout
     assert "so no engine was tested" in result.stdout
     assert "PASS (ONNX Runtime only: no engine tested)" in result.stdout

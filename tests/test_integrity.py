@@ -6,9 +6,13 @@ import errno
 import io
 import json
 import multiprocessing
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -315,6 +319,21 @@ def test_full_or_read_only_disks_are_said_as_such(code, message, tmp_path, run_c
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     one_line_error(run_cli("export", "resnet20", "--out", tmp_path / "o", "--exporter", "torchscript"), 2, message)
     assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_a_run_leaves_nothing_in_tmpdir(tmp_path):
+    """ONNX Runtime (1.29+) kept a telemetry session file (.ses) there, and exporting left
+    TorchInductor's cache folder (torchinductor_<user>)."""
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    for name in ("ORT_DISABLE_TELEMETRY", "TORCHINDUCTOR_CACHE_DIR"):
+        env.pop(name, None)
+    run = subprocess.run([str(Path(sys.executable).parent / "resnet-edge"),
+                          "export", "resnet20", "--out", str(tmp_path / "w")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in scratch.iterdir()) == []
 
 
 def test_a_library_that_hides_a_full_disk_is_still_said_as_such(tmp_path, run_cli, monkeypatch):

@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -42,6 +43,9 @@ try:  # inside the resnet_edge package
     from ..runtime import cpu, ort, timing, trt_engine, trt_plan, trt_rules, trt_runner
     from . import archive, signing
 except ImportError:  # as verify.py in an extracted bundle
+    # before ONNX Runtime loads: it sends no telemetry from the device and keeps no session
+    # file in TMPDIR unless ORT_DISABLE_TELEMETRY=0 is set (ONNX Runtime 1.29+)
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
     import archive
     import cpu

@@ -88,10 +88,15 @@ JSON_OPTION = click.option("--json", "json_path", type=click.Path(path_type=Path
                                 "everything else on standard error).")
 
 
-def _writable(*paths: Path | None) -> None:
-    """Output paths are checked before the work, so a bad one costs nothing (exit 2)."""
+def _writable(json_path: Path | None, **files: Path | None) -> None:
+    """Output paths are checked before the work, so a bad one costs nothing (exit 2). Only
+    --json writes to standard output (-); report files named by option (`html=...`) may not."""
     from .artifacts import ensure_writable_dir
-    for path in paths:
+    for option, path in files.items():
+        if path is not None and str(path) == "-":
+            raise BadInput(f"--{option} - would write a file named '-': give --{option} a file "
+                           "name (only --json writes to standard output)")
+    for path in (json_path, *files.values()):
         if path is None or str(path) == "-":
             continue
         if path.is_dir():
@@ -465,7 +470,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from .parity.run import PRECISIONS, run_parity
 
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
-    _writable(json_path, markdown, junit, html)
+    _writable(json_path, markdown=markdown, junit=junit, html=html)
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
     with console.Progress("parity", "images") as bar:

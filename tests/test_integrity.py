@@ -389,3 +389,29 @@ def test_report_paths_are_checked_before_the_work(digits_workdir, tmp_path, run_
     one_line_error(run_cli("parity", digits_workdir, "--json", tmp_path / "a_file" / "p.json"), 2,
               "is not writable")
     one_line_error(run_cli("verify", digits_workdir, "--json", tmp_path), 2, "is a folder")
+
+
+@pytest.mark.parametrize("option", ["--html", "--markdown", "--junit"])
+def test_a_report_file_named_dash_is_refused_not_written(option, digits_workdir, tmp_path, run_cli,
+                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("parity", digits_workdir, "--backends", "ort", "--limit", "8", option, "-")
+    one_line_error(result, 2, f"{option} - would write a file named '-'")
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("command,said", [
+    (("bundle", "{work}", "--sign", "/dev/zero"), "/dev/zero is over 64 KiB, which no key file is"),
+    (("verify", "{bundle}", "--key", "/dev/zero"), "/dev/zero is over 64 KiB, which no key file is"),
+    (("parity", "{work}", "--thresholds", "/dev/zero"), "thresholds /dev/zero is over 1 MiB"),
+    (("bundle", "{work}", "--thresholds", "/dev/zero"), "thresholds /dev/zero is over 1 MiB"),
+])
+def test_an_endless_file_given_as_a_key_or_thresholds_is_refused(command, said, digits_workdir,
+                                                                  tmp_path, run_cli):
+    """/dev/zero read whole exhausted memory, then a MemoryError traceback (exit 1)."""
+    bundle = tmp_path / "b.tar.gz"
+    if "{bundle}" in command:
+        from resnet_edge.deploy import make_bundle
+        make_bundle(digits_workdir, "jetpack6", bundle, golden=8)
+    args = [a.format(work=digits_workdir, bundle=bundle) for a in command]
+    one_line_error(run_cli(*args), 2, said)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 ALGORITHM = "ed25519"
+MAX_KEY_BYTES = 64 << 10  # an Ed25519 PEM key is about 120 bytes
 INSTALL = "pip install cryptography (or apt install python3-cryptography)"
 
 
@@ -86,9 +87,13 @@ def _load(path, private: bool):
     serialization, ed25519, _ = _crypto()
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:  # bounded: /dev/zero is a path too
+            data = handle.read(MAX_KEY_BYTES + 1)
     except OSError as exc:
         raise SignatureError(f"cannot read key {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_BYTES:
+        raise SignatureError(f"{path} is over {MAX_KEY_BYTES >> 10} KiB, which no key file is; "
+                             "give NAME.key or NAME.pub from `resnet-edge keygen`")
     try:
         key = (serialization.load_pem_private_key(data, password=None) if private
                else serialization.load_pem_public_key(data))

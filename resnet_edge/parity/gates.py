@@ -95,6 +95,9 @@ def read_table(data) -> dict[str, Thresholds]:
     return check_layer(data, DEFAULTS, "thresholds.json")
 
 
+MAX_THRESHOLDS_BYTES = 1 << 20
+
+
 def load_thresholds(toml_path: str | Path | None = None,
                     overrides: dict[str, dict[str, float]] | None = None) -> dict[str, Thresholds]:
     """Defaults, then `[fp16] max_accuracy_drop_pt = 0.2`-style tables from TOML, then flags;
@@ -108,8 +111,12 @@ def load_thresholds(toml_path: str | Path | None = None,
     try:
         if toml_path:
             try:
-                text = Path(toml_path).read_bytes().decode("utf-8")
-                table = check_layer(tomllib.loads(text), table, str(toml_path))
+                with open(toml_path, "rb") as handle:  # bounded: /dev/zero is a path too
+                    raw = handle.read(MAX_THRESHOLDS_BYTES + 1)
+                if len(raw) > MAX_THRESHOLDS_BYTES:
+                    raise ValueError(f"thresholds {toml_path} is over "
+                                     f"{MAX_THRESHOLDS_BYTES >> 20} MiB, which no gate table is")
+                table = check_layer(tomllib.loads(raw.decode("utf-8")), table, str(toml_path))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ValueError(f"cannot read thresholds {toml_path}: "
                                  f"{getattr(exc, 'strerror', None) or exc}") from None

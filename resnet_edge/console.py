@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,6 +21,7 @@ from rich.markup import escape
 from . import quiet as library_logs
 from . import strictjson
 from .artifacts import write_json_atomic
+from .errors import DataWarning
 
 PROGRESS_EVERY_S = 10.0
 LOG_WIDTH = 1000  # off a terminal: wide enough that no table is ever cut
@@ -48,6 +50,18 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     Settings.quiet, Settings.verbose = quiet, verbose
     stdout.file = None  # back to standard output, whatever an earlier `--json -` did
     library_logs.Settings.verbose = verbose
+    warnings.simplefilter("always", DataWarning)  # each data spec says its own
+    if warnings.showwarning is not _show_warning:
+        _show_warning.library = warnings.showwarning
+        warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Our DataWarnings as `warning:` lines like any other; other warnings as Python shows them."""
+    if issubclass(category, DataWarning):
+        warn(str(message))
+    else:
+        _show_warning.library(message, category, filename, lineno, file, line)
 
 
 def note(message: str) -> None:

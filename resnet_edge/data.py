@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import urllib.error
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from .errors import BadInput, first_line
+from .errors import BadInput, DataWarning, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -269,10 +270,24 @@ def _cifar10(spec: str, split: str, download: bool) -> Source:
     return CifarSource(spec, dataset)
 
 
-def _scan_images(folder: Path) -> tuple[list[Path], int]:
+def _say_skipped(root: Path, skipped: list[Path], loose: int = 0) -> str:
+    """The summary's words for what was left out, also given as a DataWarning."""
+    def files(n: int) -> str:
+        return f"{n} file{'' if n == 1 else 's'}"
+    words = []
+    if skipped:
+        words.append(f"{files(len(skipped))} skipped as not images (first: {skipped[0]})")
+    if loose:
+        words.append(f"{files(loose)} beside the class folders ignored")
+    if words:
+        warnings.warn(f"{root}: {', '.join(words)}", DataWarning, stacklevel=3)
+    return "".join(f", {w}" for w in words)
+
+
+def _scan_images(folder: Path) -> tuple[list[Path], list[Path]]:
     """(images under `folder`, at any depth, in a fixed order; files skipped as not images)."""
     from PIL import Image, UnidentifiedImageError
-    files, skipped = [], 0
+    files, skipped = [], []
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
@@ -284,7 +299,7 @@ def _scan_images(folder: Path) -> tuple[list[Path], int]:
         except Image.DecompressionBombError as exc:  # refused loudly, never skipped quietly
             raise BadInput(f"{path} is refused: {first_line(exc)}") from None
         except (UnidentifiedImageError, OSError, SyntaxError):
-            skipped += 1
+            skipped.append(path)
             continue
         files.append(path)
     return files, skipped
@@ -296,9 +311,9 @@ def _images(spec: str, root: Path) -> Source:
         raise BadInput(f"image folder {root} not found; give a folder of images")
     files, skipped = _scan_images(root)
     if not files:
-        raise BadInput(f"{root} holds no images ({skipped} other files); give a folder of "
+        raise BadInput(f"{root} holds no images ({len(skipped)} other files); give a folder of "
                        ".jpg/.png images, at any depth")
-    summary = f"{len(files)} images without labels" + (f", {skipped} non-image files skipped" if skipped else "")
+    summary = f"{len(files)} images without labels" + _say_skipped(root, skipped)
     return FileSource(spec, files, None, None, summary)
 
 
@@ -306,7 +321,7 @@ def _imagefolder(spec: str, root: Path) -> Source:
     if not root.is_dir():
         raise BadInput(f"image folder {root} not found; give a folder with one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files, labels, skipped = [], [], 0
+    files, labels, skipped = [], [], []
     for label, name in enumerate(classes):
         found, skipped_here = _scan_images(root / name)
         files += found
@@ -314,11 +329,10 @@ def _imagefolder(spec: str, root: Path) -> Source:
         skipped += skipped_here
     if not files:
         raise BadInput(f"image folder {root} has no images in class sub-folders "
-                       f"({len(classes)} sub-folders, {skipped} non-image files); expected "
+                       f"({len(classes)} sub-folders, {len(skipped)} non-image files); expected "
                        f"{root}/<class>/<image>.jpg")
-    summary = f"{len(files)} images, {len(classes)} classes"
-    if skipped:
-        summary += f", {skipped} non-image files skipped"
+    loose = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    summary = f"{len(files)} images, {len(classes)} classes" + _say_skipped(root, skipped, loose)
     return FileSource(spec, files, np.asarray(labels, dtype=np.int64), classes, summary)
 
 

@@ -36,6 +36,11 @@ class MissingBackend(ResnetEdgeError):
     exit_code = 3
 
 
+class DataWarning(UserWarning):
+    """Data that was read with something left out (non-image files skipped): the CLI prints it
+    as a warning line, and a notebook shows it as any Python warning."""
+
+
 def first_line(exc: BaseException) -> str:
     """A library exception's first line, short enough for our one-line errors."""
     text = str(exc).strip().splitlines()

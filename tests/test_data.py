@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from resnet_edge.data import CIFAR_MEAN, CIFAR_STD, Preprocess, batches, check_classes, open_data
-from resnet_edge.errors import BadInput
+from resnet_edge.errors import BadInput, DataWarning
 
 PRE = Preprocess(input_size=32, resize=32, mean=CIFAR_MEAN, std=CIFAR_STD)
 
@@ -42,9 +42,12 @@ def _write_folder(root):
 
 def test_imagefolder_converts_modes_and_counts_skipped_files(tmp_path):
     _write_folder(tmp_path)
-    source = open_data(f"imagefolder:{tmp_path}")
+    (tmp_path / "README.txt").write_text("beside the class folders")
+    with pytest.warns(DataWarning) as said:
+        source = open_data(f"imagefolder:{tmp_path}")
     assert source.class_names == ["cat", "dog"] and len(source) == 4
-    assert "2 non-image files skipped" in source.summary
+    words = "2 files skipped as not images (first: " + str(tmp_path / "dog/broken.jpg") + "), 1 file beside"
+    assert words in source.summary and words in str(said[0].message)
     assert list(source.labels) == [0, 0, 1, 1]
     x, y = next(iter(batches(source, PRE, 8, workers=0)))
     assert x.shape == (4, 3, 32, 32) and torch.isfinite(x).all()

@@ -299,6 +299,17 @@ def test_a_truncated_image_decoded_in_a_worker_is_named(trained_digits, tmp_path
     assert not multiprocessing.active_children()
 
 
+def test_every_command_says_what_it_skipped_in_an_image_folder(trained_digits, tmp_path, run_cli):
+    _labelled_folder(tmp_path / "data")
+    (tmp_path / "data" / "3" / "notes.txt").write_text("not an image")
+    (tmp_path / "data" / "README.md").write_text("beside the classes")
+    result = run_cli("eval", trained_digits.model_path, "--data", f"imagefolder:{tmp_path / 'data'}")
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert said == [f"warning: {tmp_path / 'data'}: 1 file skipped as not images (first: "
+                    f"{tmp_path / 'data' / '3' / 'notes.txt'}), 1 file beside the class folders ignored"]
+
+
 def test_a_decompression_bomb_image_is_refused_by_name(trained_digits, tmp_path, run_cli):
     _labelled_folder(tmp_path / "data")
     bomb = tmp_path / "data" / "4" / "bomb.png"

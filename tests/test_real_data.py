@@ -46,7 +46,7 @@ def test_a_flat_unlabelled_folder_calibrates_a_1000_class_resnet18(tmp_path, run
     _photos(nested, 4, nested=True)
     from resnet_edge.data import open_data
     source = open_data(f"images:{nested}")
-    assert len(source) == 4 and not source.has_labels and "1 non-image files skipped" in source.summary
+    assert len(source) == 4 and not source.has_labels and "1 file skipped as not images" in source.summary
 
 
 def test_noise_calibration_is_warned_about(digits_workdir, tmp_path):

@@ -144,3 +144,22 @@ def test_dollars_in_paths_and_class_names_print_as_text(labelled_report):
     for picture in (plots.summary(report), plots.error_distributions(report),
                     plots.class_changes(report)[0]):
         Image.open(io.BytesIO(picture)).verify()
+
+
+def test_markdown_shows_specs_and_messages_as_text(labelled_report, tmp_path):
+    """A data spec or a skip reason is not markup: rendered as CommonMark (markdown-it, rich's
+    own Markdown parser), a spec holding HTML and a link stays text."""
+    from markdown_it import MarkdownIt
+    hostile = "imagefolder:/d/<img src=x onerror=alert(1)>/[click](javascript:alert(2))`|"
+    report = {**labelled_report, "data": {**labelled_report["data"], "spec": hostile}}
+    report["candidates"] = [*report["candidates"],
+                            {"backend": "trt", "precision": "fp16", "status": "skipped",
+                             "reason": "<script>alert(3)</script> | not installed"}]
+    path = tmp_path / "p.md"
+    reports.write_markdown(report, path)
+    html = MarkdownIt("commonmark").enable("table").render(path.read_text())
+    assert "<img" not in html.replace('<img src="p.png"', "") and "<script" not in html
+    assert "href=" not in html  # no link made from the spec
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;script&gt;alert(3)" in html
+    row = next(r for r in html.split("<tr>") if "trt fp16" in r)
+    assert row.count("<td") == 9 and "| not installed" in row  # the | stays in its cell

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import urllib.parse
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -98,32 +100,39 @@ def write_junit(report: dict, path: str | os.PathLike) -> list[Path]:
     return []
 
 
+def md(text) -> str:
+    """`text` as CommonMark shows it, literally: every ASCII punctuation character, which could
+    open markup, a link or raw HTML, backslash-escaped (CommonMark 0.31, section 2.4), and line
+    breaks as spaces. Data specs, paths and library messages are not ours to render."""
+    return re.sub(r"[!-/:-@\[-`{-~]", lambda m: "\\" + m[0], " ".join(str(text).split()))
+
+
 def write_markdown(report: dict, path: str | os.PathLike) -> list[Path]:
     """Markdown report; the summary picture goes beside it as <name>.png."""
     path = Path(path)
     picture = path.with_suffix(".png")
     write_bytes_atomic(picture, plots.summary(report))
     ref, data, machine = report["reference"], report["data"], report["machine"]
-    lines = [f"# Parity: {plots.title(report)}", "",
-             f"- data: `{data['spec']}`, {data['images']} images, batch {data['batch_size']}"
-             + (f" ({data['accuracy_note']})" if data["accuracy_note"] else ""),
-             f"- reference: {ref['device']}"
+    lines = [f"# Parity: {md(plots.title(report))}", "",
+             f"- data: {md(data['spec'])}, {data['images']} images, batch {data['batch_size']}"
+             + (f" ({md(data['accuracy_note'])})" if data["accuracy_note"] else ""),
+             f"- reference: {md(ref['device'])}"
              + (f", top-1 {ref['accuracy']['top1']:.2%}, top-5 {ref['accuracy']['top5']:.2%}"
                 if ref["accuracy"] else ""),
-             f"- machine: {_machine_line(machine)}",
+             f"- machine: {md(_machine_line(machine))}",
              f"- result: **{'PASS' if report['summary']['passed'] else 'FAIL'}**", "",
              "| backend | max abs | p99 abs | cosine | top-1 agreement | top-1 | drop (pt) | ms/batch p50 | gates |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in report["candidates"]:
         if row["status"] == "skipped":
-            lines.append(f"| {row['backend']} {row['precision']} | | | | | | | | skipped: {row['reason']} |")
+            lines.append(f"| {row['backend']} {row['precision']} | | | | | | | | skipped: {md(row['reason'])} |")
             continue
         m, a, lat = row["metrics"], row["accuracy"], row["latency"]
-        lines.append(f"| {row['device']} | {m['max_abs']:.2e} | {m['p99_abs']:.2e} | {m['cosine']:.6f} "
+        lines.append(f"| {md(row['device'])} | {m['max_abs']:.2e} | {m['p99_abs']:.2e} | {m['cosine']:.6f} "
                      f"| {percent(m['top1_agreement'])} | {percent(a and a['top1'])} "
                      f"| {'-' if not a else format(a['drop_pt'], '+.2f')} "
                      f"| {_ms(lat)} | {_gates_text(row)} |")
-    lines += ["", f"![parity summary]({picture.name})"]
+    lines += ["", f"![parity summary]({urllib.parse.quote(picture.name)})"]
     write_text_atomic(path, "\n".join(lines) + "\n")
     return [picture]
 

@@ -11,6 +11,7 @@ from cli_output import problem_lines
 from resnet_edge.metrics import Accuracy, LogitComparison
 from resnet_edge.parity.gates import DEFAULTS, load_thresholds
 from resnet_edge.parity.run import run_parity
+from resnet_edge.parity.report import md
 
 TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "agreement", "machine", "thresholds",
             "reference", "candidates", "summary"}
@@ -63,7 +64,7 @@ def test_cpu_parity_runs_every_cpu_backend_and_reports_skips(digits_workdir, run
     junit_skips = {c.get("classname"): c.find("skipped").get("message")
                    for c in junit.iter("testcase") if c.find("skipped") is not None}
     for (backend, precision), reason in skipped.items():
-        assert f"{backend} {precision} | | | | | | | | skipped: {reason}" in markdown
+        assert f"{backend} {precision} | | | | | | | | skipped: {md(reason)}" in markdown  # as text, escaped
         assert junit_skips[f"resnet_edge.parity.{backend}.{precision}"] == reason
         assert f"skipped {backend} {precision}" in result.stdout
     assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"

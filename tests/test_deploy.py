@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -687,3 +688,62 @@ def test_without_source_date_epoch_a_bundle_is_dated_by_its_newest_input(digits_
     info = json.loads(tarfile.open(first.path).extractfile("w/bundle.json").read())
     newest = max(records[n]["created"] for n in ("model.onnx", "model.fp16.onnx"))
     assert info["created"] == newest.replace("+00:00", "Z")
+
+
+# ---- ONNX external data -------------------------------------------------------------------------
+
+def _with_external_data(digits_workdir, tmp_path, location):
+    """The digits work dir with model.onnx's weights in a side file at `location` (relative to
+    the work dir, or absolute), and the work dir's records re-hashed as a forger would."""
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    before = hashlib.sha256((work / "model.onnx").read_bytes()).hexdigest()
+    model = onnx.load(str(work / "model.onnx"))
+    onnx.save(model, str(work / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin")
+    if location != "weights.bin":
+        target = Path(location) if Path(location).is_absolute() else work / location
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(work / "weights.bin", target)
+        model = onnx.load(str(work / "model.onnx"), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(model, str(work / "model.onnx"))
+    after = hashlib.sha256((work / "model.onnx").read_bytes()).hexdigest()
+    manifest = work / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(before, after))
+    return work
+
+
+def test_a_model_with_external_data_is_bundled_with_it(digits_workdir, tmp_path, run_cli):
+    work = _with_external_data(digits_workdir, tmp_path, "weights.bin")
+    made = make_bundle(work, "triton", tmp_path / "b.tar.gz", golden=64)
+    root = safe_extract(made.path, tmp_path / "x")
+    listed = json.loads((root / "manifest.json").read_text())["files"]
+    assert "weights.bin" in listed and (root / "weights.bin").stat().st_size > 1_000_000
+    repo = next((root / "triton").iterdir())
+    assert (repo / "1" / "weights.bin").exists()  # Triton's copy finds its weights beside it
+    assert run_cli("verify", made.path, "--iterations", "2").exit_code == 0
+
+
+@pytest.mark.parametrize("location,said", [
+    ("../outside.bin", "keeps weights in '../outside.bin', outside"),
+    ("{abs}", "outside"),
+    ("sub/../../outside.bin", "outside"),
+])
+def test_external_data_outside_the_work_dir_is_refused(location, said, digits_workdir, tmp_path, run_cli):
+    location = location.format(abs=tmp_path / "elsewhere" / "secret.bin")
+    work = _with_external_data(digits_workdir, tmp_path, location)
+    result = run_cli("bundle", work, "--out", tmp_path / "out")
+    one_line_error(result, 2, said)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_external_data_through_a_link_that_leaves_is_refused(digits_workdir, tmp_path, run_cli):
+    work = _with_external_data(digits_workdir, tmp_path, "weights.bin")
+    (tmp_path / "outside.bin").write_bytes((work / "weights.bin").read_bytes())
+    (work / "weights.bin").unlink()
+    (work / "weights.bin").symlink_to(tmp_path / "outside.bin")
+    one_line_error(run_cli("bundle", work), 2, "keeps weights in 'weights.bin', outside")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from .. import __version__
 from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
@@ -103,7 +104,29 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
             cache_usable = trt_rules.version_tuple(spec["tensorrt"])[0] < 11
             if cache_usable and vouched(CACHE_NAME):
                 files.append(CACHE_NAME)
-    return files, precisions, notes
+    sides = sorted({side for name in files if name.endswith(".onnx")
+                    for side in external_data_files(workdir, name)})
+    return files + sides, precisions, notes
+
+
+def external_data_files(workdir: Path, name: str) -> list[str]:
+    """The files `name` keeps its weights in (ONNX external data), relative to the work dir:
+    they travel with it. One outside the work dir (an absolute location, '..', a link that
+    leaves) is refused, never followed."""
+    graph = load_onnx(workdir / name, weights=False).graph
+    tensors = [*graph.initializer, *(a.t for node in graph.node for a in node.attribute if a.HasField("t"))]
+    locations = {entry.value for tensor in tensors if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    root = workdir.resolve()
+    for location in sorted(locations):
+        target = (workdir / location).resolve()
+        if Path(location).is_absolute() or ".." in Path(location).parts or not target.is_relative_to(root):
+            raise BadInput(f"{name} keeps weights in {location!r}, outside {workdir}; only files "
+                           "inside the work dir are bundled: export the model again")
+        if not target.is_file():
+            raise BadInput(f"{name} keeps weights in {location!r}, which {workdir} lacks; export "
+                           "the model again")
+    return sorted(Path(location).as_posix() for location in locations)
 
 
 def check_for_deepstream(card, where: str) -> None:
@@ -211,6 +234,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 text = (workdir / name).read_text()
                 (stage / name).write_text(trt_rules.reheader_cache(text, spec["tensorrt"]))
             else:
+                (stage / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(workdir / name, stage / name)
         for name, src in LIB.items():
             shutil.copy2(src, stage / "lib" / name)
@@ -269,9 +293,9 @@ def creation_time(workdir: WorkDir, files: list[str]) -> int:
         except ValueError:
             raise BadInput(f"SOURCE_DATE_EPOCH={os.environ['SOURCE_DATE_EPOCH']!r} is not a whole "
                            "number of seconds since 1970") from None
-    times = []
-    for name in files:
-        made = workdir.manifest["files"].get(name, {}).get("created")
+    times, records = [], workdir.manifest["files"]
+    for name in filter(records.__contains__, files):  # external data has its model's record
+        made = records[name].get("created")
         try:
             times.append(int(datetime.fromisoformat(made).timestamp()))
         except (TypeError, ValueError):
@@ -324,6 +348,9 @@ def _triton(stage: Path, workdir: Path, card, profile: dict, names: list[str],
     repo = stage / serving.TRITON_DIR / name
     (repo / "1").mkdir(parents=True)
     shutil.copy2(workdir / model_file, repo / "1" / "model.onnx")
+    for side in external_data_files(workdir, model_file):  # found beside the model, as written
+        (repo / "1" / side).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(workdir / side, repo / "1" / side)
     # outside the bundle (whose every file is listed), beside it as the README mounts it
     cache = f"{TRITON_MOUNT}/{stage.name}.device/triton-trt-cache/{name}"
     (repo / "config.pbtxt").write_text(serving.triton_config(name, "onnxruntime_onnx",

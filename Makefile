@@ -65,7 +65,7 @@ demo: venv
 	$(BIN)/resnet-edge train resnet20 --data digits --out $(DEMO_RUN) --plot
 	$(BIN)/resnet-edge pipeline $(DEMO_RUN)/model.pt --data-calib digits:train --data-eval digits:test \
 		--target jetpack6 --out $(DEMO_WORK)
-	$(BIN)/resnet-edge verify $(DEMO_WORK)/demo-resnet20-jetpack6.tar.gz --iterations 5
+	$(BIN)/resnet-edge verify $(DEMO_WORK)/demo-resnet20-jetpack6.tar.gz --iterations 5 --allow-unsigned
 	$(BIN)/resnet-edge bundle $(DEMO_WORK) --target triton --out $(DEMO_WORK)
 	$(BIN)/resnet-edge export $(DEMO_RUN)/model.pt --fold-normalization --softmax --out $(DEMO_WORK)-folded
 	$(BIN)/resnet-edge calibrate $(DEMO_WORK)-folded

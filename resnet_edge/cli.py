@@ -874,9 +874,11 @@ TARGETS_HELP = ("jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3
 @click.option("--classifier-threshold", type=float, default=0.0, show_default=True,
               help="With --target deepstream: nvinfer attaches a label only when its probability "
               "is above this (0 labels every frame with its top-1 class).")
+@click.option("--release", help="A release name (e.g. v9) signed with the bundle's name, target "
+              "and time; verify shows it.")
 @JSON_OPTION
 def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_accelerator,
-           classifier_threshold, json_path) -> None:
+           classifier_threshold, release, json_path) -> None:
     """Pack a device bundle: ONNX files, calibration cache, golden I/O, gates, build and verify
     scripts, and manifest.json with the sha256 of every file (signed with --sign).
 
@@ -901,7 +903,8 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_acc
         result = make_bundle(workdir, target, path, eval_spec=data_spec, golden=golden,
                              thresholds=load_thresholds(thresholds), sign=sign,
                              accelerator=triton_accelerator,
-                             classifier_threshold=classifier_threshold, step=step)
+                             classifier_threshold=classifier_threshold, release=release,
+                             step=step)
     for message in result.notes:
         warn(message)
     signed = f"signed by key {result.key_id}" if result.key_id else "unsigned"
@@ -916,7 +919,15 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_acc
 @cli.command()
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, exists=True))
 @click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="The signer's public key (NAME.pub): refuse a bundle it did not sign.")
+              envvar="RESNET_EDGE_VERIFY_KEY", show_envvar=True,
+              help="The signer's public key (NAME.pub): refuse a bundle it did not sign. Needed "
+              "unless --allow-unsigned.")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Without a key, check the files against manifest.json only: nothing is "
+              "authenticated (for demos).")
+@click.option("--min-created", metavar="DATE",
+              help="Refuse a bundle made before DATE (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ): no "
+              "older bundle replayed.")
 @click.option("--precisions", help="Comma list of fp32, fp16, int8 [every precision in the bundle].")
 @click.option("--backend", type=click.Choice(["auto", "trt", "ort"]), default="auto", show_default=True,
               help="trt (TensorRT engines), ort (ONNX Runtime on the ONNX files), or auto: trt "
@@ -928,16 +939,17 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_acc
               help="Where engines are built and looked for [<bundle>.device beside a folder; a "
               "temporary folder for an archive].")
 @JSON_OPTION
-def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, device_dir,
-           json_path) -> None:
-    """Check a bundle from anywhere: safe extraction, every file against manifest.json, the
-    signature (with --key), golden inputs through TensorRT (or ONNX Runtime where TensorRT is
-    absent), the parity gates, latency.
+def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, require_tensorrt,
+           iterations, device_dir, json_path) -> None:
+    """Check a bundle from anywhere: safe extraction, the signature and the bundle's signed
+    name, target, release and time, every file against manifest.json, golden inputs through
+    TensorRT (or ONNX Runtime where TensorRT is absent), the parity gates, latency.
 
     \b
     Examples:
-      resnet-edge verify resnet50-jetpack6.tar.gz
       resnet-edge verify resnet50-jetpack6.tar.gz --key keys/ci.pub
+      resnet-edge verify resnet50-jetpack6.tar.gz --key keys/ci.pub --min-created 2026-11-01
+      resnet-edge verify resnet50-jetpack6.tar.gz --allow-unsigned   # a demo: nothing authenticated
     """
     import tempfile
 
@@ -948,10 +960,18 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
     from .runtime.trt_rules import EngineError
 
     _writable(json_path)
+    from .deploy.archive import created_bound
+    from .deploy.verify_bundle import NEEDS_KEY
     if bundle_path.is_dir() and (bundle_path / "manifest.json").is_file() and not (
             bundle_path / "bundle.json").is_file():
         raise BadInput(f"{bundle_path} is a work directory, not a bundle; make one with "
                        f"`resnet-edge bundle {bundle_path}` and verify that")
+    if key is None and not allow_unsigned:
+        raise BadInput(NEEDS_KEY)
+    try:
+        min_created = created_bound(min_created) if min_created else None
+    except BundleError as exc:
+        raise BadInput(str(exc)) from None
     with tempfile.TemporaryDirectory() as tmp, console.steps() as step:
         try:
             root = bundle_path
@@ -961,6 +981,7 @@ def verify(bundle_path, key, precisions, backend, require_tensorrt, iterations, 
             step("verifying")
             report = verify_bundle(root, precisions=_csv(precisions) if precisions else None,
                                    backend=backend, build=True, iterations=iterations, key=key,
+                                   allow_unsigned=allow_unsigned, min_created=min_created,
                                    device_dir=device_dir or (Path(tmp) / "device" if bundle_path.is_file() else None),
                                    require_tensorrt=require_tensorrt)
         except BundleError as exc:

@@ -180,17 +180,17 @@ def test_jetpack5_needs_opset_17(digits_workdir, tmp_path):
 # ---- verify -------------------------------------------------------------------------------------
 
 def test_verify_passes_with_onnxruntime_and_says_no_engine_was_tested(bundle, run_cli, tmp_path):
-    result = run_cli("verify", bundle, "--iterations", "2", "--json", tmp_path / "v.json")
+    result = run_cli("verify", bundle, "--allow-unsigned", "--iterations", "2", "--json", tmp_path / "v.json")
     assert result.exit_code == 0, result.output
     assert "warning: ONNX Runtime ran the bundle's ONNX files instead of TensorRT" in result.stderr
-    assert "signature: none" in result.stdout
+    assert "NOT AUTHENTICATED (--allow-unsigned; unsigned)" in result.stderr
     assert "PASS (ONNX Runtime only: no engine tested)" in result.stdout
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["backend"] == "ort" and report["golden_images"] == 64
     assert not report["engine_tested"] and report["integrity"]["signed"] is False
     assert [r["precision"] for r in report["results"]] == ["fp32", "fp16", "int8"]
     assert all(g["passed"] for r in report["results"] for g in r["gates"] if g["passed"] is not None)
-    required = run_cli("verify", bundle, "--require-tensorrt")
+    required = run_cli("verify", bundle, "--allow-unsigned", "--require-tensorrt")
     assert required.exit_code == 3 and "no engine can be tested" in required.stderr
 
 
@@ -203,7 +203,7 @@ def test_one_flipped_byte_is_named(bundle, run_cli, tmp_path):
         data[len(data) // 2] ^= 0x01
         path.write_bytes(bytes(data))
         for target in (root, _pack(root, tmp_path / f"{path.name}.tar.gz")):  # folder and archive
-            result = run_cli("verify", target)
+            result = run_cli("verify", target, "--allow-unsigned")
             assert result.exit_code == 2, (victim, result.output)
             assert f"bundle file {victim} does not match its sha256" in result.stderr
 
@@ -211,14 +211,14 @@ def test_one_flipped_byte_is_named(bundle, run_cli, tmp_path):
 def test_missing_file_is_named(bundle, run_cli, tmp_path):
     root = _extract(bundle, tmp_path)
     (root / "calibration.cache").unlink()
-    result = run_cli("verify", root)
+    result = run_cli("verify", root, "--allow-unsigned")
     assert result.exit_code == 2 and "bundle file calibration.cache is missing" in result.stderr
 
 
 def test_verify_py_runs_standalone_without_torch_and_writes_beside_the_bundle(bundle, tmp_path):
     root = _extract(bundle, tmp_path)
     before = _tree(root)
-    probe = ("import runpy, sys; sys.argv = ['verify.py', '--iterations', '2'];\n"
+    probe = ("import runpy, sys; sys.argv = ['verify.py', '--iterations', '2', '--allow-unsigned'];\n"
              "try:\n    runpy.run_path('verify.py', run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\n"
              "print('torch loaded:', 'torch' in sys.modules, 'resnet_edge loaded:', 'resnet_edge' in sys.modules)\n"
@@ -238,7 +238,7 @@ def test_verify_py_runs_standalone_without_torch_and_writes_beside_the_bundle(bu
     report = json.loads((tmp_path / f"{root.name}.device" / "verify.json").read_text())
     assert report["device"]["onnxruntime"] and report["passed"]
     assert _tree(root) == before  # the device wrote nothing into the bundle
-    again = subprocess.run([sys.executable, "verify.py", "--iterations", "2"], cwd=root,
+    again = subprocess.run([sys.executable, "verify.py", "--iterations", "2", "--allow-unsigned"], cwd=root,
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr  # and so a second run still finds it intact
 
@@ -289,8 +289,62 @@ def test_signed_bundle_verifies_with_its_key_and_prints_the_digest(signed, run_c
     assert result.exit_code == 0, result.output
     assert f"signature: valid, made by key {keys['ci'][2]}" in result.stdout
     assert signed.manifest_sha256 in result.stdout and signed.key_id == keys["ci"][2]
-    unkeyed = run_cli("verify", signed.path, "--iterations", "2")
-    assert unkeyed.exit_code == 0 and "present" in unkeyed.stdout and "not checked" in unkeyed.stdout
+    # without a key nothing passes, unless asked for, and then it says nothing was authenticated
+    one_line_error(run_cli("verify", signed.path, "--iterations", "2"), 2,
+                   "verify needs the signer's public key")
+    unkeyed = run_cli("verify", signed.path, "--iterations", "2", "--allow-unsigned")
+    assert unkeyed.exit_code == 0, unkeyed.output
+    assert f"NOT AUTHENTICATED (--allow-unsigned; signed by key {keys['ci'][2]}, not checked)" in unkeyed.stderr
+
+
+def test_a_key_set_once_on_the_device_is_used(signed, run_cli, keys, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNET_EDGE_VERIFY_KEY", str(keys["ci"][1]))
+    result = run_cli("verify", signed.path, "--iterations", "2")
+    assert result.exit_code == 0 and "signature: valid" in result.stdout, result.output
+    root = _extract(signed.path, tmp_path)
+    env = {**os.environ, "RESNET_EDGE_VERIFY_KEY": str(keys["attacker"][1])}
+    run = subprocess.run([sys.executable, "verify.py", "--iterations", "2"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "signed by another key" in run.stderr
+
+
+def test_a_forged_unsigned_bundle_no_longer_passes_by_default(bundle, tmp_path, run_cli):
+    """The model swapped and manifest.json re-hashed: integrity holds, and before, so did verify."""
+    root = _extract(bundle, tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "model.onnx").write_bytes((root / "model.fp16.onnx").read_bytes())
+    manifest["files"]["model.onnx"] = {"sha256": hashlib.sha256((root / "model.onnx").read_bytes()).hexdigest(),
+                                       "bytes": (root / "model.onnx").stat().st_size}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(run_cli("verify", root), 2, "verify needs the signer's public key")
+    run = subprocess.run([sys.executable, "verify.py"], cwd=root, capture_output=True, text=True)
+    assert run.returncode == 2 and "verify needs the signer's public key" in run.stderr
+
+
+def test_the_signature_covers_the_bundles_name_target_release_and_time(calibrated_workdir, tmp_path,
+                                                                       run_cli, keys, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764000000")  # 2025-11-24T16:00:00Z
+    made = make_bundle(calibrated_workdir, "jetpack6", tmp_path / "r20-jetpack6.tar.gz", golden=64,
+                       sign=keys["ci"][0], release="v8")
+    key = ("--key", keys["ci"][1], "--iterations", "2")
+    result = run_cli("verify", made.path, *key, "--min-created", "2025-11-01")
+    assert result.exit_code == 0, result.output
+    assert "bundle: r20-jetpack6, target jetpack6, release v8, made 2025-11-24T16:00:00Z" in result.stdout
+    # repacked under another name: the signature still matches, the name it signed does not
+    root = _extract(made.path, tmp_path / "x")
+    renamed = root.rename(root.parent / "resnet50-v9-jetpack6")
+    repacked = tmp_path / "resnet50-v9-jetpack6.tar.gz"
+    from resnet_edge.deploy.archive import write_archive
+    write_archive(renamed, repacked, renamed.name, (renamed / "manifest.json").read_bytes(),
+                  (renamed / "manifest.sig").read_bytes(), 0)
+    one_line_error(run_cli("verify", repacked, *key), 2,
+                   "the bundle was made as 'r20-jetpack6' but is named 'resnet50-v9-jetpack6'")
+    # an older signed bundle replayed to a device that runs a newer one
+    one_line_error(run_cli("verify", made.path, *key, "--min-created", "2026-01-01"), 2,
+                   "the bundle was made 2025-11-24T16:00:00Z, before --min-created 2026-01-01T00:00:00Z")
+    one_line_error(run_cli("verify", made.path, *key, "--min-created", "last week"), 2,
+                   "--min-created 'last week' is not a date")
+    one_line_error(run_cli("bundle", calibrated_workdir, "--release", "v9\nx"), 2, "--release 'v9\\nx' is not a plain name")
 
 
 def test_bundle_prints_the_manifest_digest_and_refuses_a_bad_key(calibrated_workdir, tmp_path, run_cli, keys):
@@ -410,7 +464,7 @@ def _refused(evil, tmp_path, run_cli, message):
     assert _tree(tmp_path) == before  # target still empty, nothing beside it touched
     assert (sandbox / "outside").read_text() == "keep me\n"
     assert not os.path.exists("/tmp/absolute-escape.txt")
-    result = run_cli("verify", evil)
+    result = run_cli("verify", evil, "--allow-unsigned")
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(problem_lines(result.stderr)) == 1
 
@@ -499,11 +553,11 @@ def test_unlisted_files_in_a_folder_are_refused_everywhere(bundle, tmp_path, run
         root = _extract(bundle, tmp_path / planted.replace("/", "_"))
         (root / planted).parent.mkdir(parents=True, exist_ok=True)
         (root / planted).write_bytes(b"planted")
-        result = run_cli("verify", root)
+        result = run_cli("verify", root, "--allow-unsigned")
         assert result.exit_code == 2 and f"bundle file {planted} is not in manifest.json" in result.stderr
     root = _extract(bundle, tmp_path / "link")
     (root / "lib" / "link.py").symlink_to("/etc/passwd")
-    result = run_cli("verify", root)
+    result = run_cli("verify", root, "--allow-unsigned")
     assert result.exit_code == 2 and "is a link" in result.stderr
 
 
@@ -539,7 +593,7 @@ def _declared(bundle, tmp_path, name, change):
 ])
 def test_declarations_are_checked_before_use(name, change, message, bundle, tmp_path, run_cli):
     root = _declared(bundle, tmp_path, name, change)
-    result = run_cli("verify", root)
+    result = run_cli("verify", root, "--allow-unsigned")
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(problem_lines(result.stderr)) == 1
 
@@ -603,7 +657,7 @@ def _device_env(tmp_path, version, **site):
 def test_a_mismatched_cuda_python_exits_3_on_the_device(cuda_python, message, bundle, tmp_path):
     root = _extract(bundle, tmp_path / "b")
     env = _device_env(tmp_path, "10.3.0", cuda_python=cuda_python)
-    for command in (["bash", "build_engine.sh", "fp16"], [sys.executable, "verify.py"]):
+    for command in (["bash", "build_engine.sh", "fp16"], [sys.executable, "verify.py", "--allow-unsigned"]):
         run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         assert run.returncode == 3, (command, run.stdout, run.stderr)
         assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1
@@ -613,7 +667,8 @@ def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines
     root = _extract(bundle, tmp_path / "b")
     before = _tree(root)
     env = _device_env(tmp_path, "10.3.0")
-    run = subprocess.run([sys.executable, "verify.py", "--precisions", "fp16", "--iterations", "2"],
+    run = subprocess.run([sys.executable, "verify.py", "--precisions", "fp16", "--iterations", "2",
+                          "--allow-unsigned"],
                          cwd=root, env=env, capture_output=True, text=True)
     # the stand-in engine computes no ResNet, so the gates fail; what matters is where it ran
     assert run.returncode == 1, run.stderr
@@ -625,7 +680,8 @@ def test_verify_py_builds_into_the_device_folder_and_trusts_only_its_own_engines
     record = engine.with_suffix(".json")
     meta = json.loads(record.read_text())
     record.write_text(json.dumps({**meta, "onnx_sha256": "0" * 64}))
-    run = subprocess.run([sys.executable, "verify.py", "--precisions", "fp16"], cwd=root, env=env,
+    run = subprocess.run([sys.executable, "verify.py", "--precisions", "fp16", "--allow-unsigned"],
+                         cwd=root, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 2 and "was not built from this bundle's model.onnx" in run.stderr
 
@@ -725,7 +781,7 @@ def test_a_model_with_external_data_is_bundled_with_it(digits_workdir, tmp_path,
     assert "weights.bin" in listed and (root / "weights.bin").stat().st_size > 1_000_000
     repo = next((root / "triton").iterdir())
     assert (repo / "1" / "weights.bin").exists()  # Triton's copy finds its weights beside it
-    assert run_cli("verify", made.path, "--iterations", "2").exit_code == 0
+    assert run_cli("verify", made.path, "--allow-unsigned", "--iterations", "2").exit_code == 0
 
 
 @pytest.mark.parametrize("location,said", [

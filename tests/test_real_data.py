@@ -98,7 +98,7 @@ def test_a_64px_model_goes_through_export_calibrate_parity_and_bundle(trained_di
     root = safe_extract(made.path, tmp_path / "x")
     assert json.loads((root / "bundle.json").read_text())["input_shape"] == [3, 64, 64]
     assert np.load(root / "golden" / "inputs.npy").shape == (64, 3, 64, 64)
-    assert run_cli("verify", made.path, "--iterations", "2").exit_code == 0
+    assert run_cli("verify", made.path, "--allow-unsigned", "--iterations", "2").exit_code == 0
 
 
 def test_a_plain_state_dict_says_which_preprocessing_it_gets(tmp_path, run_cli):
@@ -145,7 +145,7 @@ def test_a_static_batch_1_export_refuses_batch_2_in_every_runtime(static_batch1,
     made = make_bundle(static_batch1, "jetpack6", tmp_path / "b.tar.gz", golden=64)
     info = json.loads((safe_extract(made.path, tmp_path / "x") / "bundle.json").read_text())
     assert (info["min_batch"], info["opt_batch"], info["max_batch"], info["static_batch"]) == (1, 1, 1, True)
-    verified = run_cli("verify", made.path, "--iterations", "2", "--backend", "ort")
+    verified = run_cli("verify", made.path, "--allow-unsigned", "--iterations", "2", "--backend", "ort")
     assert verified.exit_code == 0, verified.output  # golden inputs run one by one
 
 

@@ -334,7 +334,7 @@ def test_folding_twice_or_renormalizing_a_folded_model_is_refused(folded_digits,
 def test_serving_bundles_verify_like_any_other(folded_digits, calibrated_workdir, run_cli, tmp_path):
     for workdir, target in ((calibrated_workdir, "triton"), (folded_digits, "deepstream")):
         made = make_bundle(workdir, target, tmp_path / f"{target}.tar.gz", golden=64)
-        result = run_cli("verify", made.path, "--iterations", "2")
+        result = run_cli("verify", made.path, "--allow-unsigned", "--iterations", "2")
         assert result.exit_code == 0, result.output
         assert "files match manifest.json" in result.stdout and "PASS" in result.stdout
 
@@ -414,10 +414,10 @@ def test_verify_accepts_the_engine_nvinfer_builds_beside_the_onnx_and_nothing_el
     onnx_file = config["onnx-file"].removeprefix("../")
     built = root / nvinfer_rules.engine_name(onnx_file, int(config["batch-size"]), 2)
     built.write_bytes(b"engine nvinfer built")
-    result = run_cli("verify", root, "--iterations", "2", "--precisions", "fp32")
+    result = run_cli("verify", root, "--allow-unsigned", "--iterations", "2", "--precisions", "fp32")
     assert result.exit_code == 0, result.output
     built.rename(root / nvinfer_rules.engine_name("other.onnx", 8, 2))  # not a model of the bundle
-    one_line_error(run_cli("verify", root, "--iterations", "2"), 2, "is not in manifest.json")
+    one_line_error(run_cli("verify", root, "--allow-unsigned", "--iterations", "2"), 2, "is not in manifest.json")
 
 
 def test_a_logits_model_is_refused_for_deepstream(equal_std):

@@ -28,7 +28,7 @@ from .. import metrics
 from ..runtime import ort, trt_plan, trt_rules
 from ..runtime.backends import TorchBackend, remake_command
 from . import serving, signing
-from .archive import BundleError, manifest_digest, safe_extract, write_archive
+from .archive import IDENTITY, PLAIN_NAME, BundleError, manifest_digest, safe_extract, write_archive
 from .verify_bundle import onnx_file
 
 # cuda_python: the cuda-python that drives each target's CUDA (cuda-python N.x needs a CUDA N
@@ -147,9 +147,11 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 eval_spec: str = "digits:test", golden: int = 100,
                 thresholds: dict[str, Thresholds] | None = None,
                 sign: str | Path | None = None, accelerator: str = "none",
-                classifier_threshold: float = 0.0, step=lambda m: None) -> BundleResult:
+                classifier_threshold: float = 0.0, release: str | None = None,
+                step=lambda m: None) -> BundleResult:
     """The bundle's batch profile is the model's, from its export record. `accelerator`
-    (triton only): ONNX Runtime's TensorRT execution accelerator in fp16 or int8."""
+    (triton only): ONNX Runtime's TensorRT execution accelerator in fp16 or int8. `release`
+    (e.g. v9) goes with the bundle's name, target and time into the signed manifest."""
     if target not in TARGETS:
         raise BadInput(f"unknown --target {target!r}; use {', '.join(TARGETS)}")
     if accelerator not in serving.ACCELERATORS:
@@ -159,6 +161,9 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         raise BadInput("--triton-accelerator goes with --target triton")
     if golden < 1:
         raise BadInput(f"--golden must be at least 1, got {golden}")
+    if release is not None and not PLAIN_NAME.fullmatch(release):
+        raise BadInput(f"--release {release!r} is not a plain name (letters, digits and . _ + -, "
+                       "up to 128)")
     if sign is not None:  # a bad key fails before any work
         try:
             signing.sign(b"", sign)
@@ -269,7 +274,9 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
         (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files)
                                          + _serving_readme(root_name, serve))
-        manifest = {"schema": "resnet-edge.manifest/1", "files": {
+        manifest = {"schema": "resnet-edge.manifest/1", IDENTITY: {
+            "name": root_name, "target": target, "release": release,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))}, "files": {
             p.relative_to(stage).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(stage.rglob("*")) if p.is_file()}}
         manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()

@@ -59,6 +59,38 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+IDENTITY = "bundle"  # manifest.json's record of the bundle itself, signed with the files
+# a name that configs, shell lines and folder names carry as it is
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_CREATED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def read_identity(manifest: dict) -> dict | None:
+    """What the bundle says it is: {"name", "target", "release", "created"}, checked; None for
+    bundles made before bundles named themselves."""
+    identity = manifest.get(IDENTITY)
+    if identity is None:
+        return None
+    if not (isinstance(identity, dict) and set(identity) == {"name", "target", "release", "created"}
+            and isinstance(identity["name"], str) and PLAIN_NAME.fullmatch(identity["name"])
+            and isinstance(identity["target"], str) and PLAIN_NAME.fullmatch(identity["target"])
+            and (identity["release"] is None or (isinstance(identity["release"], str)
+                                                 and PLAIN_NAME.fullmatch(identity["release"])))
+            and isinstance(identity["created"], str) and _CREATED.fullmatch(identity["created"])):
+        raise BundleError(f"{MANIFEST} has a malformed '{IDENTITY}' record; the bundle is damaged "
+                          "or forged")
+    return identity
+
+
+def created_bound(text: str) -> str:
+    """--min-created as the bundle's own time format: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ."""
+    bound = f"{text}T00:00:00Z" if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text or "") else text
+    if not _CREATED.fullmatch(bound or ""):
+        raise BundleError(f"--min-created {text!r} is not a date (YYYY-MM-DD) or a UTC time "
+                          "(YYYY-MM-DDTHH:MM:SSZ)")
+    return bound
+
+
 def parse_manifest(data: bytes) -> dict:
     """manifest.json's bytes -> {"files": {path: {"sha256", "bytes"}}}, validated."""
     try:
@@ -83,6 +115,7 @@ def parse_manifest(data: bytes) -> dict:
     if total > MAX_TOTAL_BYTES:
         raise BundleError(f"{MANIFEST} declares {total >> 20} MiB of files (limit "
                           f"{MAX_TOTAL_BYTES >> 30} GiB); refusing it")
+    read_identity(manifest)
     names = set(files)
     for name in names:  # a file cannot also be a folder of another listed file
         for parent in PurePosixPath(name).parents:

@@ -22,9 +22,10 @@ ACCELERATORS = ("none", "fp16", "int8")
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
 
 
-# A bundle's name becomes its top folder, the <name>.device folder beside it and paths inside
-# nvinfer configs and README's shell lines: plain file-name characters only.
-BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+try:
+    from .archive import PLAIN_NAME
+except ImportError:  # as lib/serving.py in a bundle
+    from archive import PLAIN_NAME
 
 
 def _controls(value: str, also: str = "") -> list[str]:
@@ -37,7 +38,9 @@ def name_problems(bundle: str, class_names: list[str], server: str | None,
     (Triton, and labels.txt for every target) or one line split at ';' (nvinfer), and an
     nvinfer config is GKeyFile lines, where a newline in a value starts a key of its own."""
     problems = []
-    if not BUNDLE_NAME.fullmatch(bundle):
+    # the bundle's name becomes its top folder, the <name>.device folder beside it and paths
+    # inside nvinfer configs and README's shell lines
+    if not PLAIN_NAME.fullmatch(bundle):
         problems.append(f"the bundle name {bundle!r} is not a plain file name (letters, digits "
                         "and . _ + -, a letter or digit first), and configs and shell lines name "
                         "it; rename the work directory (bundles are named <work dir>-<target>)")

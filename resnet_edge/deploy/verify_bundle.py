@@ -68,7 +68,10 @@ LIMITS = {"max_batch": 4096, "side": 8192, "classes": 1_000_000, "golden": 100_0
 class Bundle:
     """A bundle folder whose files, declarations, signature and golden data have been checked."""
 
-    def __init__(self, folder: Path, key: Path | None = None):
+    def __init__(self, folder: Path, key: Path | None = None, *, allow_unsigned: bool = False,
+                 min_created: str | None = None):
+        if key is None and not allow_unsigned:
+            raise BundleError(NEEDS_KEY)
         self.folder = Path(folder)
         self.manifest, manifest_bytes = archive.check_folder(self.folder)
         self.manifest_sha256 = archive.manifest_digest(manifest_bytes)
@@ -78,12 +81,35 @@ class Bundle:
             self.signature = signing.check(manifest_bytes, signature, key)
         except signing.SignatureError as exc:
             raise BundleError(str(exc), exc.code) from None
+        self.identity = check_identity(self.manifest, self.folder.name, min_created)
         self.info = read_info(self.folder, self.manifest)
         try:
             self.thresholds = gates.read_table(_json(self.folder, "thresholds.json"))
         except ValueError as exc:
             raise BundleError(str(exc)) from None
         self.inputs, self.reference, self.labels = read_golden(self.folder, self.info)
+
+
+NEEDS_KEY = ("verify needs the signer's public key, so that a bundle anyone could have made or "
+             "changed does not pass: --key NAME.pub (or RESNET_EDGE_VERIFY_KEY=NAME.pub set once "
+             "on the device); --allow-unsigned checks the files against manifest.json only")
+
+
+def check_identity(manifest: dict, name: str, min_created: str | None) -> dict | None:
+    """The bundle's signed record of itself, held against its name and, with `min_created`, its
+    age: a signed bundle repacked under another name, or an older one replayed, is refused."""
+    identity = archive.read_identity(manifest)
+    if identity and identity["name"] != name:
+        raise BundleError(f"the bundle was made as {identity['name']!r} but is named {name!r}: "
+                          "renamed or repacked after it was made; verify it under its own name")
+    if min_created is not None:
+        if identity is None:
+            raise BundleError("the bundle records no creation time (made before bundles were "
+                              "dated), so --min-created cannot hold it; make it again")
+        if identity["created"] < min_created:
+            raise BundleError(f"the bundle was made {identity['created']}, before --min-created "
+                              f"{min_created}: an older bundle than this device runs")
+    return identity
 
 
 def onnx_file(info: dict, precision: str) -> str:
@@ -316,11 +342,14 @@ def choose_backend(requested: str, require_tensorrt: bool = False) -> str:
 
 def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = "auto",
            build: bool = True, iterations: int = 100, key: Path | None = None,
+           allow_unsigned: bool = False, min_created: str | None = None,
            device_dir: Path | None = None, require_tensorrt: bool = False) -> dict:
-    """Run the bundle's checks; the report's "exit_code" is what the command exits with."""
+    """Run the bundle's checks; the report's "exit_code" is what the command exits with.
+    Without `key` only `allow_unsigned` lets a bundle through, and then nothing is
+    authenticated; `min_created` refuses a bundle made before that time."""
     if iterations < 1:
         raise BundleError(f"--iterations must be at least 1, got {iterations}")
-    bundle = Bundle(Path(folder), key)
+    bundle = Bundle(Path(folder), key, allow_unsigned=allow_unsigned, min_created=min_created)
     info = bundle.info
     chosen = choose_backend(backend, require_tensorrt)
     wanted = precisions or info["precisions"]
@@ -364,7 +393,8 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
     return {"schema": "resnet-edge.verify/3", "bundle": info, "backend": chosen,
             "engine_tested": chosen == "trt",
             "integrity": {"manifest_sha256": bundle.manifest_sha256,
-                          "files": len(bundle.manifest["files"]), **bundle.signature},
+                          "files": len(bundle.manifest["files"]), **bundle.signature,
+                          "identity": bundle.identity},
             "device": device_info(), "cpu": cpu.cpu_features(), "device_dir": str(devices),
             "golden_images": int(len(bundle.inputs)), "reference_accuracy": ref_acc,
             "results": rows, "failed_gates": failed, "passed": not failed,
@@ -377,14 +407,18 @@ def integrity_lines(report: dict) -> list[str]:
     integrity = report["integrity"]
     digest = integrity["manifest_sha256"]
     lines = [f"integrity: all {integrity['files']} files match manifest.json (sha256 {digest})"]
+    identity = integrity.get("identity")
+    if identity:
+        lines.append(f"bundle: {identity['name']}, target {identity['target']}, release "
+                     f"{identity['release'] or '-'}, made {identity['created']}")
     if integrity["verified"]:
-        lines.append(f"signature: valid, made by key {integrity['key_id']}")
-    elif integrity["signed"]:
-        lines.append(f"signature: present (key {integrity['key_id']}) but not checked: pass --key "
-                     "with the signer's public key")
+        lines.append(f"signature: valid, made by key {integrity['key_id']}, over the files and the "
+                     "bundle line above")
     else:
-        lines.append("signature: none; the bundle is unsigned, so compare the manifest sha256 above "
-                     "with the one `resnet-edge bundle` printed")
+        held = f"signed by key {integrity['key_id']}, not checked" if integrity["signed"] else "unsigned"
+        lines.append(f"warning: NOT AUTHENTICATED (--allow-unsigned; {held}): anyone who could write "
+                     "this bundle could have made it; compare the manifest sha256 above with the "
+                     "one `resnet-edge bundle` printed, or verify with --key")
     if not report["engine_tested"]:
         lines.append(FALLBACK)
     return lines
@@ -411,8 +445,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Verify a resnet-edge bundle on this device.")
     parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent,
                         help="bundle folder or .tar.gz [the folder this script is in]")
-    parser.add_argument("--key", type=Path, help="the signer's public key (NAME.pub): refuse a bundle "
-                        "it did not sign")
+    parser.add_argument("--key", type=Path, default=os.environ.get("RESNET_EDGE_VERIFY_KEY") or None,
+                        help="the signer's public key (NAME.pub): refuse a bundle it did not sign "
+                        "[$RESNET_EDGE_VERIFY_KEY]")
+    parser.add_argument("--allow-unsigned", action="store_true",
+                        help="without a key, check the files against manifest.json only: nothing "
+                        "is authenticated (demos)")
+    parser.add_argument("--min-created", help="refuse a bundle made before this date "
+                        "(YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ): no older bundle replayed")
     parser.add_argument("--precisions", help="comma list of " + ", ".join(PRECISIONS)
                         + " [every precision in the bundle]")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -427,6 +467,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="[<device dir>/verify.json]")
     args = parser.parse_args(argv)
     try:
+        args.key = Path(args.key) if args.key else None
+        min_created = archive.created_bound(args.min_created) if args.min_created else None
         with tempfile.TemporaryDirectory() as tmp:
             folder = args.bundle
             if folder.is_file():
@@ -436,6 +478,7 @@ def main(argv=None) -> int:
             wanted = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
             report = verify(folder, precisions=wanted, backend=args.backend,
                             build=not args.no_build, iterations=args.iterations, key=args.key,
+                            allow_unsigned=args.allow_unsigned, min_created=min_created,
                             device_dir=devices, require_tensorrt=args.require_tensorrt)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)

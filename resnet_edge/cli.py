@@ -402,12 +402,13 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
         key, sep, value = pair.partition("=")
         precision, dot, name = key.partition(".")
         try:
-            number = float(value)
+            number = float(value.removesuffix("%"))
         except ValueError:
             number = None
         if not sep or not dot or number is None:
             raise BadInput(f"--gate {pair!r} should look like fp16.max_accuracy_drop_pt=0.2")
-        overrides.setdefault(precision, {})[name] = number
+        # "0.5%": a percentage gate below 1 % meant as such (see gates.check_layer)
+        overrides.setdefault(precision, {})[name] = value if value.endswith("%") else number
     return overrides
 
 

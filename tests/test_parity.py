@@ -147,11 +147,26 @@ def test_thresholds_layering_and_errors(tmp_path):
         load_thresholds(toml)
 
 
+def test_a_percentage_below_one_is_taken_when_written_as_one(tmp_path):
+    toml = tmp_path / "t.toml"
+    toml.write_text('[int8]\nmin_relative_accuracy_pct = "0.5%"\n[fp16]\nmin_top1_agreement_pct = 0.9\n')
+    from resnet_edge.errors import BadInput
+    with pytest.raises(BadInput, match=r"\[fp16\] min_top1_agreement_pct = 0.9 looks like a fraction"):
+        load_thresholds(toml)
+    toml.write_text('[int8]\nmin_relative_accuracy_pct = "0.5%"\n')
+    assert load_thresholds(toml)["int8"].min_relative_accuracy_pct == 0.5
+    assert load_thresholds(None, {"int8": {"min_top1_agreement_pct": "0.95%"}})["int8"].min_top1_agreement_pct == 0.95
+
+
 @pytest.mark.parametrize("args,message", [
     (["parity", "{nowhere}"], "has no model.onnx; run `resnet-edge export"),
     (["parity", "{work}", "--backends", "tflite"], "unknown backend 'tflite'"),
     (["parity", "{work}", "--gate", "fp16=3"], "should look like fp16.max_accuracy_drop_pt=0.2"),
     (["parity", "{work}", "--limit", "0"], "--limit must be at least 1"),
+    # a fraction where a percentage goes would all but switch the gate off
+    (["parity", "{work}", "--gate", "int8.min_top1_agreement_pct=0.95"],
+     "--gate: [int8] min_top1_agreement_pct = 0.95 looks like a fraction, but _pct gates are "
+     "percentages (95 means 95 %); write 95, or \"0.95%\" if 0.95 % is meant"),
     (["bench", "{work}", "--batch-sizes", "a,b"], "--batch-sizes takes whole numbers"),
 ])
 def test_parity_bad_usage(args, message, run_cli, digits_workdir, tmp_path):

@@ -62,9 +62,12 @@ RANGES = {"min_top1_agreement_pct": (0.0, 100.0), "min_cosine": (-1.0, 1.0),
 SECTIONS = ("fp32", "fp16", "int8", "int8-fp16")
 
 
-def check_layer(layer: dict, table: dict[str, Thresholds], where: str) -> dict[str, Thresholds]:
+def check_layer(layer: dict, table: dict[str, Thresholds], where: str,
+                user: bool = False) -> dict[str, Thresholds]:
     """`table` updated by one layer of `{section: {gate: value}}`, every value checked: a known
-    section and gate, a finite number in the gate's range (None disables a gate)."""
+    section and gate, a finite number in the gate's range (None disables a gate). From a
+    `user`, a percentage gate of 1 or less reads as a fraction written by mistake (0.95 for
+    95 %) and is refused, unless written "0.95%"."""
     table = dict(table)
     for section, values in layer.items():
         if section not in SECTIONS or not isinstance(values, dict):
@@ -75,6 +78,13 @@ def check_layer(layer: dict, table: dict[str, Thresholds], where: str) -> dict[s
                 raise ValueError(f"{where}: unknown key {name!r} in [{section}]; use "
                                  f"{', '.join(sorted(RANGES))}")
             low, high = RANGES[name]
+            meant = isinstance(value, str) and name.endswith("_pct") and value.endswith("%")
+            if meant:
+                try:
+                    value = float(value[:-1])
+                except ValueError:
+                    raise ValueError(f"{where}: [{section}] {name} must be a number, got "
+                                     f"{value!r}") from None
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"{where}: [{section}] {name} must be a number, got {value!r}")
@@ -82,6 +92,11 @@ def check_layer(layer: dict, table: dict[str, Thresholds], where: str) -> dict[s
                     raise ValueError(f"{where}: [{section}] {name} = {value} is outside "
                                      f"{low:g}..{high:g}")
                 value = float(value)
+                if user and name.endswith("_pct") and 0 < value <= 1 and not meant:
+                    raise ValueError(f"{where}: [{section}] {name} = {value:g} looks like a "
+                                     f"fraction, but _pct gates are percentages (95 means 95 %); "
+                                     f"write {value * 100:g}, or \"{value:g}%\" if {value:g} % "
+                                     "is meant")
             checked[name] = value
         base = table.get(section) or table[section.split("-")[0]]
         table[section] = replace(base, **checked)
@@ -116,11 +131,12 @@ def load_thresholds(toml_path: str | Path | None = None,
                 if len(raw) > MAX_THRESHOLDS_BYTES:
                     raise ValueError(f"thresholds {toml_path} is over "
                                      f"{MAX_THRESHOLDS_BYTES >> 20} MiB, which no gate table is")
-                table = check_layer(tomllib.loads(raw.decode("utf-8")), table, str(toml_path))
+                table = check_layer(tomllib.loads(raw.decode("utf-8")), table, str(toml_path),
+                                    user=True)
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ValueError(f"cannot read thresholds {toml_path}: "
                                  f"{getattr(exc, 'strerror', None) or exc}") from None
-        return check_layer(overrides or {}, table, "--gate")
+        return check_layer(overrides or {}, table, "--gate", user=True)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 

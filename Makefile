@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 MODEL   ?= resnet50
 WEIGHTS ?= DEFAULT
 OUT     ?= artifacts/$(MODEL)
-CALIB   ?= digits:train
+CALIB   ?=
 
 # GPU machines get onnxruntime-gpu (and TensorRT from PyPI on x86); Jetsons keep JetPack's
 # own TensorRT, which the venv sees through the system site-packages.
@@ -74,8 +74,9 @@ demo: venv
 export: venv
 	$(BIN)/resnet-edge export $(MODEL) --weights $(WEIGHTS) --out $(OUT)
 
+# CALIB=<data spec>: required unless the model was trained here on digits or cifar10
 calibrate: venv
-	$(BIN)/resnet-edge calibrate $(OUT) --data $(CALIB)
+	$(BIN)/resnet-edge calibrate $(OUT) $(if $(CALIB),--data $(CALIB))
 
 # fp16 and int8 engines for this machine's GPU; int8 needs `make calibrate` (or
 # `resnet-edge calibrate`) with real data for the model first.

@@ -360,8 +360,9 @@ def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, 
 
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--data", "data_spec", default="digits:test", show_default=True,
-              help="Evaluation data spec (labelled; a subset of the model's classes is fine).")
+@click.option("--data", "data_spec",
+              help="Evaluation data spec (labelled; a subset of the model's classes is fine) "
+              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
 @click.option("--arch", help="Architecture, for a plain state-dict checkpoint.")
 @click.option("--batch-size", type=int, help="Images per batch [32].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -374,12 +375,13 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, json_path) -> None:
     Example:
       resnet-edge eval runs/resnet20-digits/model.pt --data digits:test --json -
     """
-    from .data import match_classes, open_data
+    from .data import data_for, match_classes, open_data
     from .train import evaluate, resolve_device
     from .zoo import load_checkpoint
 
     _writable(json_path)
     model, card = load_checkpoint(checkpoint, arch=arch)
+    data_spec = data_for(card, "test", data_spec, "--data")
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     if not source.has_labels:
         raise BadInput(f"{data_spec} has no labels, so accuracy cannot be measured")
@@ -421,8 +423,9 @@ def _failed_gates(rows: list[dict]) -> str:
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
-@click.option("--data", "data_spec", default="digits:test", show_default=True,
-              help="Evaluation data spec (labels give accuracy; without them only agreement).")
+@click.option("--data", "data_spec",
+              help="Evaluation data spec (labels give accuracy; without them only agreement) "
+              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
 @click.option("--limit", type=int, help="Use the first N images only.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
 @click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
@@ -576,8 +579,7 @@ def _print_bench(result: dict) -> None:
               show_default=True, help="Which of the work dir's models to compare with fp32.")
 @click.option("--candidate", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Compare this ONNX file instead (a conversion of the same model).")
-@click.option("--data", "data_spec", default="digits:test", show_default=True,
-              help="Images to run (data spec).")
+@click.option("--data", "data_spec", help="Images to run (data spec) [the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
 @click.option("--images", type=int, default=8, show_default=True, help="How many images.")
 @click.option("--tolerance", type=float,
               help="Relative (L2) error a layer may reach [fp16 0.01, int8 0.1].")
@@ -640,9 +642,9 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path))
-@click.option("--data", "--data-calib", "data_spec", default="digits:train", show_default=True,
+@click.option("--data", "--data-calib", "data_spec",
               help="Calibration data spec (images:PATH takes a plain folder); keep it apart from "
-              "what parity evaluates on.")
+              "what parity evaluates on [the train split of the built-in dataset the model was trained on here; required for any other model].")
 @click.option("--samples", type=int, default=512, show_default=True,
               help="Images, drawn deterministically and class-balanced (NVIDIA advises ~500 for CNNs).")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
@@ -656,8 +658,9 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
 @click.option("--holdout", type=int, help="Unused calibration-source images for a quick int8 "
               "check afterwards [0; 500 with --sensitivity or --exclude auto]; `parity` is the "
               "full check.")
-@click.option("--data-eval", default="digits:test", show_default=True,
-              help="What parity will evaluate on; calibrating on the same split is warned about.")
+@click.option("--data-eval",
+              help="What parity will evaluate on; calibrating on the same split is warned about "
+              "[the test split of the built-in dataset the model was trained on].")
 @click.option("--tensorrt-version", default="10.3.0", show_default=True,
               help="TensorRT version named in calibration.cache's header (JetPack 6: 10.3, JetPack 5: "
               "8.5.2); builds re-head a copy for the TensorRT they find.")
@@ -862,8 +865,9 @@ TARGETS_HELP = ("jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3
               default="jetpack6", show_default=True, help=TARGETS_HELP)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Directory for <workdir name>-<target>.tar.gz [the work directory].")
-@click.option("--data", "data_spec", default="digits:test", show_default=True,
-              help="Where the golden inputs come from (labelled, preprocessed by the model card).")
+@click.option("--data", "data_spec",
+              help="Where the golden inputs come from (labelled, preprocessed by the model card) "
+              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
 @click.option("--golden", type=int, default=100, show_default=True, help="Golden images.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates carried in the bundle [parity defaults].")
@@ -1022,10 +1026,11 @@ def _decisive(decisive: dict) -> str:
 @cli.command()
 @click.argument("source")
 @click.option("--out", type=click.Path(path_type=Path), help="Work directory [artifacts/<name>].")
-@click.option("--data-calib", default="digits:train", show_default=True,
-              help="Calibration data spec (images:PATH takes a plain folder of images).")
-@click.option("--data-eval", default="digits:test", show_default=True,
-              help="Evaluation data spec (parity and the bundle's golden inputs).")
+@click.option("--data-calib",
+              help="Calibration data spec (images:PATH takes a plain folder of images) "
+              "[the train split of the built-in dataset the model was trained on here; required for any other model].")
+@click.option("--data-eval",
+              help="Evaluation data spec (parity and the bundle's golden inputs) [the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
 @click.option("--target", type=click.Choice(TARGET_NAMES),
               default="jetpack6", show_default=True, help=TARGETS_HELP)
 @export_options

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import urllib.error
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -214,6 +215,31 @@ class CifarSource(Source):
 
     def image(self, index: int):
         return self.dataset[index][0]
+
+
+BUILT_IN = ("digits", "cifar10")  # datasets with named splits a card can point back to
+EXAMPLE = {"train": "images:/data/calib", "test": "imagefolder:/data/val"}
+
+
+def trained_on(card) -> str | None:
+    """The built-in dataset the model was trained on here, as its card says, or None."""
+    match = re.fullmatch(rf"trained with resnet-edge on ({'|'.join(BUILT_IN)})(:\w+)? from .*",
+                         card.weights)
+    return match[1] if match else None
+
+
+def data_for(card, split: str, spec: str | None, option: str) -> str:
+    """`spec`, or, where none was given, the `split` of the built-in dataset the model was
+    trained on, as its card says. A model trained on anything else has no default, and its
+    data is required: never checked silently on data it was not made for."""
+    if spec:
+        return spec
+    dataset = trained_on(card)
+    if dataset:
+        return f"{dataset}:{split}"
+    raise BadInput(f"{option} is needed: {card.arch}'s card says its weights are "
+                   f"'{card.weights}', not a model trained here on {' or '.join(BUILT_IN)}, so "
+                   f"there is no data to default to; e.g. {option} {EXAMPLE[split]}")
 
 
 def open_data(spec: str, *, input_shape: tuple[int, int, int] | None = None,

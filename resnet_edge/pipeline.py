@@ -4,12 +4,13 @@ its inputs (file hashes and options, in manifest.json) are unchanged since it la
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from .artifacts import WorkDir, sha256_file, write_json_atomic
 from .calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME, RANGES_NAME, calibrate
+from .data import data_for
 from .errors import BadInput
 from .export import (CHECKPOINT_NAME, FP16_NAME, ONNX_NAME, export_model, export_profile,
                      prepare_export)
@@ -49,8 +50,8 @@ class PipelineResult:
 class PipelineConfig:
     source: str
     out: Path
-    data_calib: str = "digits:train"
-    data_eval: str = "digits:test"
+    data_calib: str | None = None  # [the built-in dataset the model was trained on, train split]
+    data_eval: str | None = None  # [its test split]
     target: str = "jetpack6"
     export: dict = field(default_factory=dict)  # the options export takes (prepare_export)
     samples: int = 512
@@ -101,6 +102,8 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                                           notice=notice)
     if TARGETS[config.target].get("serve") == "deepstream":  # refused now, not after every step
         check_for_deepstream(card, config.source)
+    config = replace(config, data_calib=data_for(card, "train", config.data_calib, "--data-calib"),
+                     data_eval=data_for(card, "test", config.data_eval, "--data-eval"))
     exported = export_model(model, card, out, options, force=config.force,
                             step=lambda m: step("export", m))
     result.steps.append(StepResult("export", "skipped" if exported.skipped else "ran",

@@ -23,7 +23,8 @@ ROOT = "resnet-edge-parity"
 def pytest_addoption(parser):
     group = parser.getgroup("resnet-edge", "resnet-edge parity gates")
     group.addoption("--parity-workdir", help="Work directory made by `resnet-edge export`.")
-    group.addoption("--parity-data", default="digits:test", help="Evaluation data spec [digits:test].")
+    group.addoption("--parity-data", help="Evaluation data spec [the test split of the built-in "
+                    "dataset the model was trained on; required for any other model].")
     group.addoption("--parity-backends", default="torch,ort,trt",
                     help="Comma list of torch, ort, trt [all].")
     group.addoption("--parity-precisions", default="fp32,fp16,int8,int8-fp16",

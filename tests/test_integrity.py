@@ -60,7 +60,7 @@ def test_logits_that_overflow_fail_their_row_and_reports_stay_json(tmp_path, run
     ckpt = _checkpoint(tmp_path / "big.pt", **{"fc.bias": lambda t: t.__setitem__(0, 7e4)})
     assert run_cli("export", ckpt, "--out", tmp_path / "w", "--exporter", "torchscript").exit_code == 0
     out = tmp_path / "reports"
-    result = run_cli("parity", tmp_path / "w", "--backends", "torch", "--precisions", "fp16",
+    result = run_cli("parity", tmp_path / "w", "--data", "digits:test", "--backends", "torch", "--precisions", "fp16",
                      "--limit", "40", "--json", out / "p.json", "--markdown", out / "p.md",
                      "--junit", out / "j.xml")
     one_line_error(result, 1, "parity gates failed: torch fp16 finite_logits")
@@ -103,8 +103,9 @@ def two_models(calibrated_workdir, tmp_path):
 
 def test_stale_int8_is_refused_by_every_consumer(two_models, run_cli, tmp_path, monkeypatch):
     stale = "model.int8.onnx is stale: it was made from an earlier model.onnx; remake it with `resnet-edge calibrate"
-    one_line_error(run_cli("parity", two_models, "--precisions", "int8", "--backends", "ort"), 2, stale)
-    result = run_cli("bundle", two_models, "--out", tmp_path / "b.tar.gz")
+    one_line_error(run_cli("parity", two_models, "--data", "digits:test", "--precisions", "int8",
+                           "--backends", "ort"), 2, stale)
+    result = run_cli("bundle", two_models, "--data", "digits:test", "--out", tmp_path / "b.tar.gz")
     one_line_error(result, 2, "is stale: it was made from an earlier model.onnx")
     assert not (tmp_path / "b.tar.gz").exists()
     from trt_standin import StandIn

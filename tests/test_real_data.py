@@ -201,3 +201,46 @@ def test_weights_come_from_a_folder_checked_against_torchvision_hashes(tmp_path,
     from resnet_edge.export import read_card
     card = read_card(tmp_path / "o" / "model.onnx")
     assert card.weights_sha256 == hashlib.sha256((tmp_path / f"resnet18-{digest}.pth").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def not_digits(tmp_path_factory):
+    """A model not trained here (random init stands for torchvision weights or a foreign
+    checkpoint): its card names no data of its own."""
+    model, card = load_model("resnet20")
+    out = tmp_path_factory.mktemp("foreign") / "w"
+    export_model(model, card, out, ExportOptions(exporter="torchscript"))
+    zoo_ckpt = out / "model.pt"
+    return out, zoo_ckpt
+
+
+@pytest.mark.parametrize("command,option", [
+    (("parity", "{work}"), "--data"),
+    (("calibrate", "{work}"), "--data"),
+    (("bundle", "{work}"), "--data"),
+    (("debug", "{work}", "--precision", "fp16"), "--data"),
+    (("eval", "{ckpt}"), "--data"),
+])
+def test_no_command_falls_back_to_digits_for_a_model_not_trained_on_it(command, option, not_digits,
+                                                                       run_cli):
+    """calibrate calibrated a 1000-class ResNet-18 on upscaled digits without a word, bundle
+    packed digits as its golden images, and verify then passed at 0 % top-1."""
+    work, ckpt = not_digits
+    before = sorted(p.name for p in work.iterdir())
+    result = run_cli(*[a.format(work=work, ckpt=ckpt) for a in command])
+    one_line_error(result, 2, f"{option} is needed: resnet20's card says its weights are "
+                              "'none (random init, seed 0)'")
+    assert f"e.g. {option} " in result.stderr
+    assert sorted(p.name for p in work.iterdir()) == before  # refused before any work
+
+
+def test_a_pipeline_for_a_foreign_model_asks_for_its_data_before_exporting(tmp_path, run_cli):
+    result = run_cli("pipeline", "resnet20", "--weights", "none", "--out", tmp_path / "p")
+    one_line_error(result, 2, "--data-calib is needed")
+    assert not (tmp_path / "p" / "model.onnx").exists()
+
+
+def test_a_model_trained_here_defaults_to_its_own_dataset(trained_digits, digits_workdir):
+    from resnet_edge.data import data_for
+    assert data_for(trained_digits.card, "train", None, "--data") == "digits:train"
+    assert data_for(trained_digits.card, "test", "npy:x.npy", "--data") == "npy:x.npy"

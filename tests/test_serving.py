@@ -65,6 +65,7 @@ def equal_std(tmp_path_factory):
 
 
 def _bundle(workdir, target, tmp_path, **kwargs):
+    kwargs.setdefault("eval_spec", "digits:test")  # random-init models have no data of their own
     made = make_bundle(workdir, target, tmp_path / f"{workdir.name}-{target}.tar.gz", golden=16,
                        **kwargs)
     return safe_extract(made.path, tmp_path / "x")

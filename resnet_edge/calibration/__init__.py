@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..artifacts import WorkDir, atomic_path, write_bytes_atomic, write_json_atomic
-from ..data import RandomSource, batches, match_classes, open_data
+from ..data import RandomSource, batches, data_for, match_classes, open_data, trained_on
 from ..errors import BadInput
 from ..export import ONNX_NAME, read_card, write_fp16
 from ..export.metadata import QUANT_KEY, load_onnx, module_of
@@ -32,7 +32,6 @@ INT8_FP16_NAME = INT8_FP16_FILE
 RANGES_NAME = "calibration.ranges.json"
 SENSITIVITY_NAME = "calibration.sensitivity.json"  # the --sensitivity ranking, for later reading
 CACHE_NAME = "calibration.cache"
-EVAL_DEFAULT = "digits:test"
 ANALYSIS_HOLDOUT = 500  # held-out images for --sensitivity and --exclude auto
 
 
@@ -50,7 +49,7 @@ class CalibrationResult:
 
 def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAMPLES,
               method: str = "entropy", recipe: str = "tensorrt", sensitivity: bool = False,
-              exclude: str | None = None, holdout: int | None = None, eval_spec: str = EVAL_DEFAULT,
+              exclude: str | None = None, holdout: int | None = None, eval_spec: str | None = None,
               tensorrt_version: str = "10.3.0", thresholds: dict[str, Thresholds] | None = None,
               step: Callable[[str], None] = lambda m: None) -> CalibrationResult:
     if samples < 1:
@@ -78,10 +77,13 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     layers = conv_layers(fp32_model)
     if exclude and exclude != "auto":
         exclude = ",".join(layer_names(exclude, layers))
+    data_spec = data_for(card, "train", data_spec, "--data")
+    if eval_spec is None and trained_on(card):
+        eval_spec = f"{trained_on(card)}:test"
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     notes = []
-    if overlaps(data_spec, eval_spec):
+    if eval_spec and overlaps(data_spec, eval_spec):
         notes.append(f"calibration data {data_spec} is the split parity evaluates on ({eval_spec}); "
                      "accuracy measured there will be optimistic")
     if isinstance(source, RandomSource):

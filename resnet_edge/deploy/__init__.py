@@ -19,7 +19,7 @@ from .. import __version__
 from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
 from ..calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME
 from ..calibration.dataset import balanced_indices
-from ..data import batches, match_classes, open_data
+from ..data import batches, data_for, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import FP16_NAME, ONNX_NAME, export_profile, open_workdir
 from ..export.metadata import load_onnx, opset_of, quantization_info
@@ -144,7 +144,7 @@ def check_for_deepstream(card, where: str) -> None:
 
 
 def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None, *,
-                eval_spec: str = "digits:test", golden: int = 100,
+                eval_spec: str | None = None, golden: int = 100,
                 thresholds: dict[str, Thresholds] | None = None,
                 sign: str | Path | None = None, accelerator: str = "none",
                 classifier_threshold: float = 0.0, release: str | None = None,
@@ -204,6 +204,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         raise BadInput(problems[0])
     ensure_writable_dir(out.parent)
 
+    eval_spec = data_for(card, "test", eval_spec, "--data")
     source = open_data(eval_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     created = creation_time(WorkDir(workdir), files)

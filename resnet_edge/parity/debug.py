@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from ..artifacts import WorkDir
-from ..data import batches, open_data
+from ..data import batches, data_for, open_data
 from ..errors import BadInput, MissingBackend
 from ..export import ONNX_NAME, export_profile, read_card
 from ..export.metadata import load_onnx, module_of
@@ -103,7 +103,7 @@ def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images:
                        "conversion of this model")
     names = [out for out, _ in compared]
 
-    source = open_data(data_spec, input_shape=card.preprocess.input_shape)
+    source = open_data(data_for(card, "test", data_spec, "--data"), input_shape=card.preprocess.input_shape)
     profile = export_profile(workdir)  # one batch within the model's profile
     rows = min(max(images, profile["min"]), profile["max"], len(source))
     x = next(iter(batches(source, card.preprocess, rows)))[0].numpy()

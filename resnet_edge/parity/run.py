@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
-from ..data import batches, match_classes, open_data
+from ..data import batches, data_for, match_classes, open_data
 from ..errors import BadInput, GateFailed
 from ..export import check_batch_sizes, export_profile, open_workdir
 from ..runtime.backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
@@ -59,7 +59,7 @@ def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, st
             if p in SUPPORTED[b] and (b, p) != REFERENCE]
 
 
-def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], precisions: list[str],
+def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str], precisions: list[str],
                thresholds: dict[str, Thresholds], limit: int | None = None,
                batch_size: int | None = None, device: str = "auto", explicit: bool = False,
                cpu_fp16: bool = False, keep_disagreements: bool = False,
@@ -77,6 +77,7 @@ def run_parity(workdir: str | Path, data_spec: str, *, backends: list[str], prec
     if batch_size is None:
         batch_size = max(profile["min"], min(DEFAULT_BATCH, profile["max"]))
     check_batch_sizes(profile, [batch_size], "--batch-size")
+    data_spec = data_for(card, "test", data_spec, "--data")
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     n = len(source) if limit is None else min(limit, len(source))

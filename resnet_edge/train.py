@@ -392,41 +392,39 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     """Loss, accuracy (%), learning rate and per-stage gradient norms by epoch, the best
     validation epoch marked in each: the epoch model.pt holds."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from .artifacts import atomic_path
-    # the title holds a data spec, maybe a path: a `$` in it is text, not a formula
-    with plt.rc_context({"text.parse_math": False}):
-        epochs = [row["epoch"] for row in history]
-        best = max(history, key=lambda row: (row["val_top1"], row["epoch"]))  # ties: the later one
-        fig, ((ax_acc, ax_loss), (ax_lr, ax_grad)) = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
-        fig.suptitle(f"{title}: best validation top-1 {best['val_top1']:.2%} at epoch {best['epoch']} "
-                     "(saved as model.pt)", fontweight="bold")
-        ax_acc.plot(epochs, [row["train_top1"] * 100 for row in history], marker=".", label="train")
-        ax_acc.plot(epochs, [row["val_top1"] * 100 for row in history], marker=".", label="validation")
-        ax_acc.scatter([best["epoch"]], [best["val_top1"] * 100], s=120, facecolors="none",
-                       edgecolors="#cf222e", linewidths=2, zorder=3, label="best (model.pt)")
-        ax_acc.set(title="top-1 accuracy", ylabel="top-1 (%)")
-        ax_acc.legend(loc="lower right")
-        ax_loss.plot(epochs, [row["loss"] for row in history], marker=".")
-        ax_loss.set(title="training loss", ylabel="cross-entropy (mean per image)")
-        ax_lr.plot(epochs, [row["lr"] for row in history], marker=".")
-        ax_lr.set(title="learning rate", ylabel="learning rate at the end of the epoch", xlabel="epoch")
-        for stage in history[0]["grad_norm"]:
-            ax_grad.plot(epochs, [row["grad_norm"].get(stage, float("nan")) for row in history],
-                         label=stage)
-        ax_grad.set(title="gradient L2 norm per stage", ylabel="L2 norm (mean per step, log scale)",
-                    xlabel="epoch", yscale="log")
-        ax_grad.legend(fontsize=8)
-        ax_lr.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # shared x
-        for ax in (ax_acc, ax_loss, ax_lr, ax_grad):
-            ax.axvline(best["epoch"], color="#cf222e", lw=1, ls="--", alpha=0.6)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+    from .pictures import literal, pyplot
+    plt = pyplot()
+    epochs = [row["epoch"] for row in history]
+    best = max(history, key=lambda row: (row["val_top1"], row["epoch"]))  # ties: the later one
+    fig, ((ax_acc, ax_loss), (ax_lr, ax_grad)) = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    fig.suptitle(f"{literal(title)}: best validation top-1 {best['val_top1']:.2%} at epoch {best['epoch']} "
+                 "(saved as model.pt)", fontweight="bold")
+    ax_acc.plot(epochs, [row["train_top1"] * 100 for row in history], marker=".", label="train")
+    ax_acc.plot(epochs, [row["val_top1"] * 100 for row in history], marker=".", label="validation")
+    ax_acc.scatter([best["epoch"]], [best["val_top1"] * 100], s=120, facecolors="none",
+                   edgecolors="#cf222e", linewidths=2, zorder=3, label="best (model.pt)")
+    ax_acc.set(title="top-1 accuracy", ylabel="top-1 (%)")
+    ax_acc.legend(loc="lower right")
+    ax_loss.plot(epochs, [row["loss"] for row in history], marker=".")
+    ax_loss.set(title="training loss", ylabel="cross-entropy (mean per image)")
+    ax_lr.plot(epochs, [row["lr"] for row in history], marker=".")
+    ax_lr.set(title="learning rate", ylabel="learning rate at the end of the epoch", xlabel="epoch")
+    for stage in history[0]["grad_norm"]:
+        ax_grad.plot(epochs, [row["grad_norm"].get(stage, float("nan")) for row in history],
+                     label=stage)
+    ax_grad.set(title="gradient L2 norm per stage", ylabel="L2 norm (mean per step, log scale)",
+                xlabel="epoch", yscale="log")
+    ax_grad.legend(fontsize=8)
+    ax_lr.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # shared x
+    for ax in (ax_acc, ax_loss, ax_lr, ax_grad):
+        ax.axvline(best["epoch"], color="#cf222e", lw=1, ls="--", alpha=0.6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "open_splits"]

@@ -12,7 +12,7 @@ PACKAGE = Path(resnet_edge.__file__).parent
 LAYERS = [
     ["resnet_edge", "errors", "strictjson", "quiet", "metrics", "parity.gates", "runtime.cpu",
      "deploy.archive", "deploy.signing"],
-    ["artifacts", "data", "console"],
+    ["artifacts", "data", "console", "pictures"],
     ["zoo"],
     ["runtime.ort", "runtime.trt_rules", "runtime.trt_plan", "runtime.trt_runner", "runtime.trt_engine",
      "runtime.timing", "runtime.latency"],

@@ -163,3 +163,37 @@ def test_markdown_shows_specs_and_messages_as_text(labelled_report, tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;script&gt;alert(3)" in html
     row = next(r for r in html.split("<tr>") if "trt fp16" in r)
     assert row.count("<td") == 9 and "| not installed" in row  # the | stays in its cell
+
+
+def test_every_picture_draws_log_ticks_as_powers_and_data_text_literally(labelled_report, tmp_path,
+                                                                         monkeypatch):
+    """Mathtext had been switched off for whole pictures to keep `$` in titles literal, and every
+    log axis then printed raw `$\\mathdefault{10^{-6}}$` labels that ran into one another."""
+    import matplotlib.figure
+    from resnet_edge.train import plot_history
+    drawn, ticks = [], []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        done = real(fig, *args, **kwargs)
+        drawn.append(fig)
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+                if scale == "log":
+                    ticks.append([(t.get_text(), t.get_window_extent(renderer).width)
+                                  for t in axis.get_ticklabels() if t.get_text() and t.get_visible()])
+        return done
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    report = {**labelled_report, "data": {**labelled_report["data"], "spec": "imagefolder:/d/$x_{$/val"}}
+    plots.summary(report), plots.error_distributions(report), plots.class_changes(report)
+    history = [{"epoch": e, "train_top1": 0.5, "val_top1": 0.5 + e / 10, "loss": 1 / e, "lr": 0.1 / e,
+                "grad_norm": {"stem": 10.0 ** -e, "fc": 10.0 ** e}} for e in (1, 2, 3)]
+    plot_history(history, tmp_path / "training.png", "resnet20 on imagefolder:/d/$a$b")
+    assert len(ticks) >= 3 and all(ticks)  # the summary's errors, the distributions, gradient norms
+    for axis in ticks:
+        for text, width in axis:  # 10 with a raised exponent is narrow; the raw string is not
+            assert width < 45, (text, width)
+    titles = [fig._suptitle.get_text() for fig in drawn if fig._suptitle is not None]
+    assert any(r"imagefolder:/d/\$x_{\$/val" in t for t in titles)
+    assert any(r"imagefolder:/d/\$a\$b" in t for t in titles)

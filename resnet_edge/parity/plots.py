@@ -7,10 +7,12 @@ are colour and word both, so a failing run never looks like a passing one in gre
 
 from __future__ import annotations
 
-import functools
 import io
 
 import numpy as np
+
+from ..pictures import literal
+from ..pictures import pyplot as _pyplot
 
 PASS, FAIL, REFERENCE, SKIPPED = "#1a7f37", "#cf222e", "#24292f", "#8c959f"
 MARKERS = "osD^vP<>Xhp*"
@@ -26,21 +28,6 @@ def verdict(row: dict) -> str:
     return "FAIL" if any(g["passed"] is False for g in row["gates"]) else "pass"
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _literal(draw):
-    """Draw with mathtext off: data specs, paths and class names are text, and a `$` in one
-    must print as `$`, not start a formula (or fail on an unbalanced one)."""
-    @functools.wraps(draw)
-    def literal(*args, **kwargs):
-        with _pyplot().rc_context({"text.parse_math": False}):
-            return draw(*args, **kwargs)
-    return literal
 
 
 def _png(fig) -> bytes:
@@ -64,7 +51,6 @@ def title(report: dict) -> str:
     return f"{report['model']['arch']} on {data['spec']} ({data['images']} images): {result}"
 
 
-@_literal
 def summary(report: dict) -> bytes:
     """Left: top-1 (or agreement, without labels) against latency per batch, one marker per
     backend, pass/fail in colour and legend. Right: the largest logit error of every
@@ -72,7 +58,7 @@ def summary(report: dict) -> bytes:
     plt = _pyplot()
     rows = report["candidates"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2), gridspec_kw={"width_ratios": [1, 1.1]})
-    fig.suptitle(title(report), color=PASS if report["summary"]["passed"] else FAIL,
+    fig.suptitle(literal(title(report)), color=PASS if report["summary"]["passed"] else FAIL,
                  fontweight="bold")
     _accuracy_latency(left, report)
     _logit_errors(right, rows)
@@ -122,7 +108,7 @@ def _logit_errors(ax, rows: list[dict]) -> None:
     ceiling = max(finite + [floor * 100]) * 10
     for row, at in zip(rows, y):
         if row["status"] == "skipped":
-            ax.text(floor, at, f"  skipped: {_short(row['reason'])}", va="center", fontsize=8,
+            ax.text(floor, at, f"  skipped: {literal(_short(row['reason']))}", va="center", fontsize=8,
                     color=SKIPPED)
             continue
         value = row["metrics"]["max_abs"]
@@ -150,7 +136,6 @@ def _short(reason: str) -> str:
     return reason if len(reason) <= 60 else reason[:57] + "..."
 
 
-@_literal
 def error_distributions(report: dict) -> bytes | None:
     """Share of images by their largest logit error, one line per candidate, log-scale x."""
     rows = [r for r in report["candidates"] if r["status"] == "ran" and r.get("error_histogram")]
@@ -182,7 +167,6 @@ def error_distributions(report: dict) -> bytes | None:
     return _png(fig)
 
 
-@_literal
 def class_changes(report: dict) -> tuple[bytes | None, str]:
     """Per-class top-1 of each candidate minus the reference's, in points, and a sentence on
     what is shown (all classes, or the ones that changed most)."""
@@ -205,7 +189,7 @@ def class_changes(report: dict) -> tuple[bytes | None, str]:
         order = present[np.argsort(-worst, kind="stable")[:MOST_CLASSES]]
         note = f"the {MOST_CLASSES} of {len(present)} classes that changed most"
     names = report["model"].get("class_names") or []
-    ticks = [names[c] if c < len(names) else str(c) for c in order]
+    ticks = [literal(names[c]) if c < len(names) else str(c) for c in order]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(7.0, 0.32 * len(order) * len(rows) + 2), 4.2))
     width = 0.8 / len(rows)

@@ -61,8 +61,7 @@ test-browser: venv
 # the serving bundles: a Triton model repository, and DeepStream configs for a folded export.
 DEMO_RUN  := runs/demo-resnet20
 DEMO_WORK := artifacts/demo-resnet20
-demo: venv
-	$(BIN)/resnet-edge train resnet20 --data digits --out $(DEMO_RUN) --plot
+demo: venv $(DEMO_RUN)/model.pt
 	$(BIN)/resnet-edge pipeline $(DEMO_RUN)/model.pt --data-calib digits:train --data-eval digits:test \
 		--target jetpack6 --out $(DEMO_WORK)
 	$(BIN)/resnet-edge verify $(DEMO_WORK)/demo-resnet20-jetpack6.tar.gz --iterations 5 --allow-unsigned
@@ -70,6 +69,10 @@ demo: venv
 	$(BIN)/resnet-edge export $(DEMO_RUN)/model.pt --fold-normalization --softmax --out $(DEMO_WORK)-folded
 	$(BIN)/resnet-edge calibrate $(DEMO_WORK)-folded
 	$(BIN)/resnet-edge bundle $(DEMO_WORK)-folded --target deepstream --out $(DEMO_WORK)
+
+# a finished training run is reused: `make clean` (or deleting it) trains again
+$(DEMO_RUN)/model.pt: | venv
+	$(BIN)/resnet-edge train resnet20 --data digits --out $(DEMO_RUN) --plot
 
 export: venv
 	$(BIN)/resnet-edge export $(MODEL) --weights $(WEIGHTS) --out $(OUT)

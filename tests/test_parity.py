@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from cli_output import problem_lines
+from cli_output import one_line_error, problem_lines
 from resnet_edge.metrics import Accuracy, LogitComparison
 from resnet_edge.parity.gates import DEFAULTS, load_thresholds
 from resnet_edge.parity.run import run_parity
@@ -221,3 +221,11 @@ def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
     bad = pytester.runpytest_inprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=tvm")
     bad.stdout.fnmatch_lines(["*unknown backend 'tvm'*"])
     assert "Traceback" not in bad.stdout.str()
+
+def test_a_precision_that_cannot_run_is_said_before_the_reference_pass(digits_workdir, tmp_path, run_cli):
+    """int8 before calibrating ran the whole reference pass, printed an empty table, then exited 3."""
+    result = run_cli("parity", digits_workdir, "--precisions", "int8", "--json", tmp_path / "p.json")
+    one_line_error(result, 3, "nothing asked for can run, so nothing was compared: ort int8 "
+                              "(model.int8.onnx not found (made by calibrate))")
+    assert "parity:" not in result.stderr and not result.stdout.strip()  # no pass, no table
+    assert not (tmp_path / "p.json").exists()

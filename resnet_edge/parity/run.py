@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import __version__
 from ..data import batches, data_for, match_classes, open_data
-from ..errors import BadInput, GateFailed
+from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import check_batch_sizes, export_profile, open_workdir
 from ..runtime.backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
                                 open_backend)
@@ -97,6 +97,9 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
             row.fusion = LogitComparison()
         rows.append(row)
     ran = [r for r in rows if r.runner is not None]
+    if explicit and not ran:  # said before the reference pass, not after it
+        raise MissingBackend("nothing asked for can run, so nothing was compared: "
+                             + "; ".join(f"{r.backend} {r.precision} ({r.reason})" for r in rows))
 
     ref_accuracy, ref_seconds, sizes = Accuracy(), [], []
     thumbnails: dict[int, bytes] = {}

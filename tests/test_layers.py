@@ -21,7 +21,7 @@ LAYERS = [
     ["parity"],
     ["deploy"],
     ["pipeline"],
-    ["cli", "pytest_plugin"],
+    ["cli", "pytest_plugin", "api"],
 ]
 
 

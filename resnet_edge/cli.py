@@ -76,6 +76,26 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     console.configure(quiet=quiet, verbose=verbose)
 
 
+def _workdir(ctx, param, value: Path) -> Path:
+    """A work directory, given as itself or as its model.onnx (what a Polygraphy user types).
+    Any other ONNX file has no PyTorch model, export record or batch profile beside it: said so,
+    with what its metadata holds and how to make a work directory from the model."""
+    if value.suffix != ".onnx" or not value.is_file():
+        return value
+    if value.name == "model.onnx" and (value.parent / "manifest.json").is_file():
+        return value.parent
+    from .export.metadata import read_card
+    try:
+        card = read_card(value)
+    except BadInput:
+        card = None
+    holds = (f"its metadata holds a resnet-edge card for {card.arch}, {card.num_classes} classes"
+             if card else "it carries no resnet-edge model card (preprocessing, classes)")
+    raise BadInput(f"{value} is an ONNX file outside a work directory ({holds}); commands compare "
+                   "a work directory's files with the PyTorch model they came from: run "
+                   "`resnet-edge export <checkpoint or zoo name> --out DIR` and give DIR")
+
+
 def _json_target(ctx, param, value: Path | None) -> Path | None:
     if value is not None and str(value) == "-":
         console.json_owns_stdout()
@@ -422,7 +442,7 @@ def _failed_gates(rows: list[dict]) -> str:
 
 
 @cli.command()
-@click.argument("workdir", type=click.Path(path_type=Path))
+@click.argument("workdir", type=click.Path(path_type=Path), callback=_workdir)
 @click.option("--data", "data_spec",
               help="Evaluation data spec (labels give accuracy; without them only agreement) "
               "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
@@ -501,7 +521,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 
 
 @cli.command()
-@click.argument("workdir", type=click.Path(path_type=Path))
+@click.argument("workdir", type=click.Path(path_type=Path), callback=_workdir)
 @click.option("--batch-sizes", help="Comma list of batch sizes [the model's min, opt and max batch].")
 @click.option("--iterations", type=int, default=100, show_default=True,
               help="Timed iterations per backend and batch size.")
@@ -574,7 +594,7 @@ def _print_bench(result: dict) -> None:
 
 
 @cli.command()
-@click.argument("workdir", type=click.Path(path_type=Path))
+@click.argument("workdir", type=click.Path(path_type=Path), callback=_workdir)
 @click.option("--precision", type=click.Choice(["fp16", "int8", "int8-fp16"]), default="fp16",
               show_default=True, help="Which of the work dir's models to compare with fp32.")
 @click.option("--candidate", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -641,7 +661,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
 # ---- calibrate / build ---------------------------------------------------------------------
 
 @cli.command()
-@click.argument("workdir", type=click.Path(path_type=Path))
+@click.argument("workdir", type=click.Path(path_type=Path), callback=_workdir)
 @click.option("--data", "--data-calib", "data_spec",
               help="Calibration data spec (images:PATH takes a plain folder); keep it apart from "
               "what parity evaluates on [the train split of the built-in dataset the model was trained on here; required for any other model].")
@@ -716,7 +736,7 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
 
 
 @cli.command()
-@click.argument("workdir", type=click.Path(path_type=Path))
+@click.argument("workdir", type=click.Path(path_type=Path), callback=_workdir)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
               help="The engine's precision; the ONNX file and flags follow from it and the TensorRT here.")
 @click.option("--workspace", type=int, default=2048, show_default=True, help="Workspace limit, MiB.")
@@ -860,7 +880,7 @@ TARGETS_HELP = ("jetpack5 = TensorRT 8.5 (opset <= 17), jetpack6 = TensorRT 10.3
 
 
 @cli.command()
-@click.argument("workdir", type=click.Path(path_type=Path))
+@click.argument("workdir", type=click.Path(path_type=Path), callback=_workdir)
 @click.option("--target", type=click.Choice(TARGET_NAMES),
               default="jetpack6", show_default=True, help=TARGETS_HELP)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),

@@ -229,3 +229,21 @@ def test_a_precision_that_cannot_run_is_said_before_the_reference_pass(digits_wo
                               "(model.int8.onnx not found (made by calibrate))")
     assert "parity:" not in result.stderr and not result.stdout.strip()  # no pass, no table
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_work_dirs_model_onnx_stands_for_its_work_dir(digits_workdir, tmp_path, run_cli):
+    """`parity model.onnx` answered "model.onnx has no model.onnx"."""
+    result = run_cli("parity", digits_workdir / "model.onnx", "--backends", "ort", "--precisions",
+                     "fp32", "--limit", "16")
+    assert result.exit_code == 0, result.output
+    import shutil
+    import onnx
+    shutil.copyfile(digits_workdir / "model.onnx", tmp_path / "resnet20.onnx")
+    one_line_error(run_cli("bench", tmp_path / "resnet20.onnx"), 2,
+                   "is an ONNX file outside a work directory (its metadata holds a resnet-edge card "
+                   "for resnet20, 10 classes)")
+    bare = onnx.load(str(tmp_path / "resnet20.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "foreign.onnx"))
+    one_line_error(run_cli("debug", tmp_path / "foreign.onnx"), 2,
+                   "it carries no resnet-edge model card (preprocessing, classes)")

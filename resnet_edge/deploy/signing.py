@@ -99,8 +99,9 @@ def _load(path, private: bool):
                else serialization.load_pem_public_key(data))
     except (ValueError, TypeError) as exc:
         kind = "private key (NAME.key)" if private else "public key (NAME.pub)"
-        raise SignatureError(f"{path} is not a PEM {kind} ({str(exc).splitlines()[0][:80]}); "
-                             "make one with `resnet-edge keygen`") from None
+        said = str(exc).split(". ")[0].rstrip(".")  # cryptography's first sentence, whole
+        raise SignatureError(f"{path} is not a PEM {kind} ({said}); make one with "
+                             "`resnet-edge keygen`") from None
     wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
     if not isinstance(key, wanted):
         raise SignatureError(f"{path} is not an Ed25519 key; make one with `resnet-edge keygen`")

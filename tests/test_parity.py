@@ -247,3 +247,10 @@ def test_a_work_dirs_model_onnx_stands_for_its_work_dir(digits_workdir, tmp_path
     onnx.save(bare, str(tmp_path / "foreign.onnx"))
     one_line_error(run_cli("debug", tmp_path / "foreign.onnx"), 2,
                    "it carries no resnet-edge model card (preprocessing, classes)")
+
+
+def test_cpu_latency_says_it_is_not_device_latency(digits_workdir, run_cli):
+    """On a CPU int8 can look twice as slow as fp32; the table says whose latency it is."""
+    result = run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32,int8",
+                     "--limit", "16")
+    assert "ms/batch: this CPU, not device latency" in result.stdout, result.output

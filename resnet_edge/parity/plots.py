@@ -92,7 +92,9 @@ def _accuracy_latency(ax, report: dict) -> None:
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
     batch = ref["latency"]["batch_size"] if ref["latency"] else "?"
-    ax.set_xlabel(f"latency per batch of {batch}, p50 (ms), from the evaluation pass")
+    where = ("" if report["machine"].get("gpu") else
+             "\non this machine's CPU: not what a GPU or Jetson runs (int8 and fp16 gain there)")
+    ax.set_xlabel(f"latency per batch of {batch}, p50 (ms), from the evaluation pass{where}")
     ax.set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with the reference (%)")
     ax.set_title("accuracy against latency", fontsize=10)
     ax.grid(alpha=0.3)

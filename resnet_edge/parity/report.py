@@ -48,7 +48,8 @@ def table(report: dict) -> Table:
     title = (f"{report['model']['arch']} parity on {data['spec']} ({data['images']} images); "
              f"reference {ref['device']}" + (f" top-1 {acc['top1']:.2%}" if acc else ""))
     skipped = sum(row["status"] == "skipped" for row in report["candidates"])
-    caption = "; ".join(filter(None, [data["accuracy_note"],
+    cpu_only = "" if report["machine"].get("gpu") else "ms/batch: this CPU, not device latency"
+    caption = "; ".join(filter(None, [data["accuracy_note"], cpu_only,
                                       f"{skipped} skipped (below)" if skipped else ""]))
     t = Table(title=title, caption=caption or None)
     # p99 abs and cosine are in the JSON and Markdown reports; the terminal keeps to what gates

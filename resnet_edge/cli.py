@@ -357,15 +357,24 @@ def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, 
     config = TrainConfig(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay,
                          schedule, warmup_epochs, label_smoothing, pretrained, seed, device,
                          resume, plot, workers, weights_dir, limit)
+    run = {"epochs": None, "first": None, "started": time.perf_counter()}
     with console.Progress("train", "batches") as bar:
         def progress(done, total, stats):
-            bar.update(done, total, f"loss {stats['loss']:.3f}, acc {stats['acc']:.1%}")
+            run["epochs"] = stats["epochs"]
+            run["first"] = run["first"] or stats["epoch"]
+            bar.update(done, total, f"epoch {stats['epoch']}/{stats['epochs']}, "
+                                    f"loss {stats['loss']:.3f}, acc {stats['acc']:.1%}")
 
         def on_epoch(row):
-            if not console.Settings.quiet:
-                err.print(f"epoch {row['epoch']:3d}  loss {row['loss']:.3f}  train "
-                          f"{row['train_top1']:.1%}  val {row['val_top1']:.1%}  lr {row['lr']:.4g}  "
-                          f"{row['images_per_s']:.0f} img/s", highlight=False)
+            if console.Settings.quiet:
+                return
+            # the whole run's time left, at the pace of the epochs this run has trained
+            done = row["epoch"] - (run["first"] or row["epoch"]) + 1
+            left = (time.perf_counter() - run["started"]) / done * (run["epochs"] - row["epoch"])
+            eta = f"  about {left / 60:.1f} min left" if row["epoch"] < run["epochs"] else ""
+            err.print(f"epoch {row['epoch']:3d}/{run['epochs']}  loss {row['loss']:.3f}  train "
+                      f"{row['train_top1']:.1%}  val {row['val_top1']:.1%}  lr {row['lr']:.4g}  "
+                      f"{row['images_per_s']:.0f} img/s{eta}", highlight=False)
         result = run_training(config, on_epoch=on_epoch, progress=progress, notice=note)
     if not result.is_main:
         return

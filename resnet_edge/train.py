@@ -251,7 +251,8 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
         loader = batches(splits.train, preprocess, config.batch_size, indices=splits.train_indices,
                          shuffle=True, seed=config.seed + epoch, augment=augment,
                          workers=config.workers, sampler=sampler)
-        report = ((lambda done, stats: progress(done, steps_per_epoch, {"epoch": epoch + 1, **stats}))
+        report = ((lambda done, stats: progress(done, steps_per_epoch,
+                                                {"epoch": epoch + 1, "epochs": config.epochs, **stats}))
                   if rank == 0 else (lambda done, stats: None))
         row = _train_one_epoch(net, model, loader, optimizer, scheduler, criterion, device, report)
         val = evaluate(model, splits.val, preprocess, indices=splits.val_indices, device=device,

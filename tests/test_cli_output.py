@@ -71,11 +71,15 @@ def test_export_and_calibrate_list_every_file_they_write(trained_digits, tmp_pat
 
 def test_train_lists_checkpoints_history_and_plot(tmp_path):
     out = tmp_path / "run"
-    result = run("train", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "192", "--plot",
+    result = run("train", "resnet20", "--data", "digits", "--epochs", "2", "--limit", "192", "--plot",
                  "--out", out)
     assert result.exit_code == 0, result.output
     assert written(result) == {out / n for n in ("model.pt", "last.pt", "history.json", "training.png")}
-    assert any("epoch   1" in line for line in result.stdout.splitlines() + result.stderr.splitlines())
+    # each epoch says which of how many, and the run's time left at the pace so far
+    epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs[0].startswith("epoch   1/2") and epochs[1].startswith("epoch   2/2")
+    assert re.search(r"about \d+\.\d min left$", epochs[0]) and "left" not in epochs[1]
+    assert re.search(r"train: \d+/\d+ batches, .*epoch [12]/2, loss", result.stderr)
 
 
 def test_parity_piped_is_whole_width_with_progress_and_reports(work, tmp_path):

@@ -1106,9 +1106,9 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
                             _export_request(options), samples, method, recipe, limit,
                             batch_sizes=sizes, bench_iterations=bench_iterations,
                             bench=not no_bench, golden=golden, force=force)
-    with console.Progress("pipeline", "steps") as bar:
-        def step(name, message):
-            bar.update(STEPS.index(name), len(STEPS), f"{name}: {message}")
+    with console.Progress("pipeline", "steps", rate=False) as bar:
+        def step(name, message):  # step k of n, and what that step is doing now
+            bar.update(STEPS.index(name) + 1, len(STEPS), f"{name}: {message}")
         result = run_pipeline(config, load_thresholds(thresholds), step=step, notice=note)
     if result.parity:
         _print_parity(result.parity)

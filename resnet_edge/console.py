@@ -95,8 +95,10 @@ class Progress:
     """done/total updates: a bar on a terminal, and off it a line at most every
     PROGRESS_EVERY_S seconds (and at the end) with the rate and the time left."""
 
-    def __init__(self, label: str, unit: str):
-        self.label, self.unit = label, unit
+    def __init__(self, label: str, unit: str, rate: bool = True):
+        """`rate`: say the rate and the time left; not for units as unlike as a pipeline's
+        steps, where one takes seconds and the next minutes."""
+        self.label, self.unit, self.rate = label, unit, rate
         self.started = self.round_started = self.last = time.perf_counter()
         self.done = 0
         self._bar = None
@@ -123,16 +125,17 @@ class Progress:
         now = time.perf_counter()
         if done < self.done:  # a new round (the next epoch): its rate starts afresh
             self.round_started = now
+        next_step = not self.rate and done != self.done  # without a rate, each step is news
         self.done = done
-        if Settings.quiet or (now - self.last < PROGRESS_EVERY_S and done != total):
+        if Settings.quiet or (now - self.last < PROGRESS_EVERY_S and done != total and not next_step):
             return
         self.last = now
         elapsed = now - self.round_started
         rate = done / elapsed if elapsed > 0 else 0.0
         left = f", about {(total - done) / rate:.0f} s left" if total and rate and done < total else ""
+        pace = f", {rate:.1f} {self.unit}/s{left}" if self.rate else ""
         extra = f", {detail}" if detail else ""
-        _log(f"{self.label}: {done}/{total if total else '?'} {self.unit}, "
-             f"{rate:.1f} {self.unit}/s{left}{extra}", self.started)
+        _log(f"{self.label}: {done}/{total if total else '?'} {self.unit}{pace}{extra}", self.started)
 
 
 def wrote(*paths: Path | str | None) -> None:

@@ -169,6 +169,9 @@ def test_pipeline_skips_what_is_unchanged_remakes_stale_steps_and_never_leaves_a
             "--bench-iterations", "2", "--golden", "64", "--exporter", "torchscript")
     first = run_cli(*args)
     assert first.exit_code == 0, first.output
+    # progress names each step, k of n, and no rate: steps are too unlike for one
+    assert "pipeline: 1/6 steps, export: " in first.stderr and "pipeline: 2/6 steps, calibrate: " in first.stderr
+    assert "steps/s" not in first.stderr
     bundle = out / "pipe-jetpack6.tar.gz"
     listed = {line.split(" (")[0].removeprefix("wrote ") for line in first.stdout.splitlines()
               if line.startswith("wrote ")}

@@ -14,6 +14,8 @@ from .latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
 LONG_BENCH_S = 30.0
+PROBE_RUNS = 5
+ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
 
 def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int] | None, *,
@@ -39,29 +41,48 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
                 batch_range=(profile["min"], profile["max"]))))
         except BackendUnavailable as exc:
             skipped.append({"backend": name, "precision": precision, "reason": str(exc)})
-    estimate = 0.0
+    # the cost of each measurement, from the fastest of PROBE_RUNS runs of it (sustained runs
+    # go at about that pace; one run alone misjudged a busy machine by half): what `notice`
+    # says before, and what the bench holds itself to as it goes, saying so when it is off
+    expected = {}
     for _, _, backend in opened:
         for size in batch_sizes:
             step(f"probing {backend.label} batch {size}")
-            start = time.perf_counter()
-            backend.run(inputs[size])
+            for _ in range(2):  # the first runs set up what later runs reuse
+                backend.run(inputs[size])
+            runs = []
+            for _ in range(PROBE_RUNS):
+                start = time.perf_counter()
+                backend.run(inputs[size])
+                runs.append(time.perf_counter() - start)
             passes = 2 if backend.separates_device_time else 1
-            estimate += (time.perf_counter() - start) * (warmup + iterations) * passes
+            expected[backend.label, size] = min(runs) * (warmup + iterations) * passes
+    estimate = sum(expected.values())
     if estimate > LONG_BENCH_S:
         notice(f"bench will take about {_duration(estimate)} ({len(opened)} backends x "
-               f"{len(batch_sizes)} batch sizes x {iterations} iterations, from one probe run "
-               "each); fewer --iterations or --batch-sizes make it shorter")
-    results = []
+               f"{len(batch_sizes)} batch sizes x {iterations} iterations, from {PROBE_RUNS} "
+               "probe runs each); fewer --iterations or --batch-sizes make it shorter")
+    results, spent, planned, warned = [], 0.0, 0.0, False
     for name, precision, backend in opened:
         for size in batch_sizes:
             step(f"{backend.label} batch {size}")
+            start = time.perf_counter()
             m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
+            spent += time.perf_counter() - start
+            planned += expected[backend.label, size]
             results.append({"backend": name, "precision": precision, "device": backend.label,
                             "int8_path": backend.int8_path, **m})
+            pace = spent / planned if planned else 1.0
+            left = (estimate - planned) * pace
+            if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK and left > 1:
+                warned = True  # said once: the machine is busier (or idler) than the probes saw
+                notice(f"bench is running at {pace:.1f}x its estimate: about {_duration(left)} "
+                       "left, not as first said")
         backend.close()
     ran = list(dict.fromkeys((r["backend"], r["precision"]) for r in results))
     return {"schema": SCHEMA, "model": card.to_dict(), "artifacts": artifact_hashes(workdir, ran),
-            "machine": describe_machine(), "estimated_seconds": round(estimate, 1),
+            "machine": describe_machine(), "estimated_seconds": round(estimate, 2),
+            "measured_seconds": round(spent, 2),
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped}
 
 

@@ -809,3 +809,11 @@ def test_external_data_through_a_link_that_leaves_is_refused(digits_workdir, tmp
     (work / "weights.bin").unlink()
     (work / "weights.bin").symlink_to(tmp_path / "outside.bin")
     one_line_error(run_cli("bundle", work), 2, "keeps weights in 'weights.bin', outside")
+
+
+def test_an_uncalibrated_work_dir_is_bundled_without_int8_and_says_so(digits_workdir, tmp_path, run_cli):
+    result = run_cli("bundle", digits_workdir, "--golden", "8", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "bundle for jetpack6: fp32, fp16;" in result.stdout
+    assert (f"warning: int8 left out: {digits_workdir} is not calibrated; run `resnet-edge calibrate "
+            f"{digits_workdir} --data <calibration images>` first") in result.stderr

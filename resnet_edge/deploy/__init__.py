@@ -88,7 +88,10 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
     if vouched(FP16_NAME):
         files.append(FP16_NAME)
         precisions.append("fp16")
-    if vouched(INT8_NAME):
+    if not wd.file(INT8_NAME).exists():
+        notes.append(f"int8 left out: {workdir} is not calibrated; run `resnet-edge calibrate "
+                     f"{workdir} --data <calibration images>` first to ship int8")
+    elif vouched(INT8_NAME):
         recipe = quantization_info(workdir / INT8_NAME).get("recipe")
         int8_file = trt_plan.build_plan(spec["tensorrt"], "int8").onnx_file
         if recipe != "tensorrt":

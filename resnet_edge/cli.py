@@ -22,7 +22,7 @@ from rich.table import Table
 
 from . import console
 from .console import emit_json, err, note, stdout, warn, wrote
-from .errors import BadInput, MissingBackend, one_line, translate
+from .errors import BadInput, GateFailed, MissingBackend, one_line, translate
 
 GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 
@@ -497,7 +497,6 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
           --backends torch,ort,trt --precisions fp32,fp16,int8 \\
           --json out/parity.json --markdown out/parity.md --junit out/junit.xml --html out/parity.html
     """
-    from .errors import GateFailed
     from .parity import report as reports
     from .parity.gates import load_thresholds
     from .parity.run import PRECISIONS, run_parity
@@ -540,8 +539,15 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where torch and ONNX Runtime run [auto: cuda when there is a GPU].")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="An earlier `bench --json` report (main's, say) of this model on this machine: "
+              "each latency is compared with it, noise and all; exit 1 on a regression.")
+@click.option("--max-latency-regression-pct", type=float, default=10.0, show_default=True,
+              help="With --baseline: a p50 this much slower fails, when the 95 % confidence "
+              "interval of the ratio lies wholly past it (inconclusive when it straddles).")
 @JSON_OPTION
-def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, json_path) -> None:
+def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, baseline,
+          max_latency_regression_pct, json_path) -> None:
     """Latency per backend x precision x batch size: warm-up, then timed iterations with the
     device synchronized. Reports mean, p50, p90, p99, std and images/s (from the p50) host to
     host, and device compute alone where the backend allows it (GPU backends). A bench
@@ -552,19 +558,29 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
     from .runtime.backends import CPU_FP16
-    from .runtime.bench import run_bench
+    from .runtime.bench import compare_to_baseline, read_baseline, run_bench
 
     sizes = _sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
+    if not 0 <= max_latency_regression_pct <= 1000:
+        raise BadInput("--max-latency-regression-pct must be 0..1000")
     _writable(json_path)
+    old = read_baseline(baseline) if baseline else None  # checked before the work
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
     with console.steps() as step:
         result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
                            warmup=warmup, device=device, cpu_fp16=cpu_fp16, step=step, notice=note)
+    if old is not None:
+        result["baseline"] = compare_to_baseline(result, old, str(baseline), max_latency_regression_pct)
     _print_bench(result)
     emit_json(result, json_path)
+    if result.get("baseline", {}).get("regressions"):
+        raise GateFailed("latency regression against the baseline: " + "; ".join(
+            f"{r['device']} batch {r['batch_size']} p50 x{r['ratio']:.2f} (95 % interval "
+            f"{r['low']:.2f}-{r['high']:.2f}, limit x{r['limit']:.2f})"
+            for r in result["baseline"]["regressions"]))
     asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16]
     if explicit and asked:
         raise MissingBackend("asked for but cannot run here: " + "; ".join(
@@ -600,6 +616,24 @@ def _print_bench(result: dict) -> None:
     stdout.print(table)
     for s in result["skipped"]:
         stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
+    compared = result.get("baseline")
+    if compared:
+        table = Table(title=f"against {compared['baseline']}: p50 ratio (new / baseline), 95 % "
+                            f"interval, gate x{1 + compared['max_regression_pct'] / 100:.2f}")
+        for col in ("backend", "batch", "p50 ratio", "interval", "verdict"):
+            table.add_column(col, justify="left" if col in ("backend", "verdict") else "right")
+        colors = {"pass": "green", "regression": "red", "inconclusive": "yellow", "no baseline": "cyan"}
+        for r in compared["rows"]:
+            measured = "ratio" in r
+            table.add_row(r["device"], str(r["batch_size"]), f"{r['ratio']:.3f}" if measured else "-",
+                          f"{r['low']:.3f}-{r['high']:.3f}" if measured else "-",
+                          f"[{colors[r['verdict']]}]{r['verdict']}[/]")
+        stdout.print(table)
+        if compared["differs"]:
+            note("the baseline differs in " + ", ".join(compared["differs"]))
+        if any(r["verdict"] == "inconclusive" for r in compared["rows"]):
+            note("inconclusive: the runs are too noisy to tell at this gate; more --iterations "
+                 "(in both runs) narrow the interval")
 
 
 @cli.command()
@@ -990,7 +1024,6 @@ def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, r
     from .deploy.archive import BundleError, safe_extract
     from .deploy.verify_bundle import integrity_lines, verdict_line
     from .deploy.verify_bundle import verify as verify_bundle
-    from .errors import GateFailed
     from .runtime.trt_rules import EngineError
 
     _writable(json_path)
@@ -1094,7 +1127,6 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
       resnet-edge pipeline resnet50 --data-calib images:/data/calib --data-eval imagefolder:/data/val \\
           --limit 5000 --out artifacts/resnet50
     """
-    from .errors import GateFailed
     from .parity.gates import load_thresholds
     from .pipeline import STEPS, PipelineConfig, run_pipeline
 

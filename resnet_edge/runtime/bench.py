@@ -8,12 +8,15 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import BadInput
 from ..export import check_batch_sizes, export_profile, open_workdir
+from . import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
 from .latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
 LONG_BENCH_S = 30.0
+MAX_BASELINE_BYTES = 64 << 20
 PROBE_RUNS = 5
 ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
@@ -88,3 +91,76 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+# what makes two latencies comparable: the same hardware, or there is nothing to compare; other
+# libraries are what a regression check is for, so they are said, not refused
+HARDWARE = ("cpu", "cores", "gpu")
+
+
+def read_baseline(path: str | Path) -> dict:
+    """A bench report to compare with, checked: JSON, this format, with latency samples."""
+    import json
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BASELINE_BYTES + 1)
+        if len(raw) > MAX_BASELINE_BYTES:
+            raise BadInput(f"baseline {path} is over {MAX_BASELINE_BYTES >> 20} MiB, which no bench report is")
+        report = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except OSError as exc:
+        raise BadInput(f"cannot read baseline {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadInput(f"baseline {path} is not JSON ({str(exc).splitlines()[0]}); give a "
+                       "`bench --json` report") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        found = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise BadInput(f"baseline {path} is not a {SCHEMA} report (it is {found!r}); give a "
+                       "`bench --json` report")
+    if not any(r.get("host_to_host", {}).get("samples_ms") for r in report.get("results", [])):
+        raise BadInput(f"baseline {path} holds no latency samples (made before bench kept them); "
+                       "run bench on the baseline again")
+    return report
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a report holds")
+
+
+def compare_to_baseline(result: dict, baseline: dict, where: str,
+                        max_regression_pct: float = regression.MAX_REGRESSION_PCT) -> dict:
+    """Each (backend, precision, batch) both reports measured, judged from their samples; a
+    baseline from other hardware, or of another model, is refused naming what differs."""
+    model, old_model = result["model"], baseline.get("model", {})
+    for key in ("arch", "num_classes"):
+        if model.get(key) != old_model.get(key):
+            raise BadInput(f"baseline {where} is of another model ({key} {old_model.get(key)!r}, "
+                           f"not {model.get(key)!r}); compare runs of one model")
+    machine, old_machine = result["machine"], baseline.get("machine", {})
+    for key in HARDWARE:
+        if machine.get(key) != old_machine.get(key):
+            raise BadInput(f"baseline {where} ran on other hardware ({key} {old_machine.get(key)!r}, "
+                           f"here {machine.get(key)!r}): latencies from different machines are not "
+                           "a regression check")
+    versions, old_versions = machine.get("versions", {}), old_machine.get("versions", {})
+    differs = [f"{name} {old_versions.get(name)} -> {versions.get(name)}"
+               for name in sorted(set(versions) | set(old_versions))
+               if versions.get(name) != old_versions.get(name)]
+    if result["artifacts"] != baseline.get("artifacts"):
+        differs.append("model files")
+    old_rows = {(r["backend"], r["precision"], r["host_to_host"]["batch_size"]): r
+                for r in baseline.get("results", [])}
+    rows = []
+    for row in result["results"]:
+        key = (row["backend"], row["precision"], row["host_to_host"]["batch_size"])
+        old = old_rows.get(key)
+        entry = {"backend": key[0], "precision": key[1], "batch_size": key[2], "device": row["device"]}
+        if old is None or not old["host_to_host"].get("samples_ms"):
+            rows.append({**entry, "verdict": "no baseline"})
+            continue
+        rows.append({**entry, **regression.judge(old["host_to_host"]["samples_ms"],
+                                                 row["host_to_host"]["samples_ms"],
+                                                 max_regression_pct)})
+    return {"baseline": where, "max_regression_pct": max_regression_pct, "differs": differs,
+            "rows": rows, "regressions": [r for r in rows if r["verdict"] == "regression"]}
+

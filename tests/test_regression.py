@@ -1,0 +1,99 @@
+"""The latency regression gate, on sample sets with known shifts and noise, and `bench
+--baseline` on real runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cli_output import one_line_error
+from resnet_edge.runtime import regression
+
+
+def _runs(rng, shift, noise, n=100):
+    """Two sets of latency samples (ms) with `noise` relative spread, the second `shift` slower."""
+    base = rng.lognormal(np.log(5.0), noise, n)
+    return base, rng.lognormal(np.log(5.0 * (1 + shift)), noise, n)
+
+
+@pytest.mark.parametrize("shift,noise,verdicts", [
+    (0.0, 0.05, {"pass"}),                  # identical distributions: never a false alarm here
+    (0.30, 0.05, {"regression"}),           # 30 % slower, quiet machine: caught every time
+    (-0.20, 0.05, {"pass"}),                # faster is never a regression
+])
+def test_the_gate_tells_shifts_from_noise(shift, noise, verdicts):
+    rng = np.random.default_rng(0)
+    seen = {regression.judge(*_runs(rng, shift, noise), max_regression_pct=10)["verdict"]
+            for _ in range(40)}
+    assert seen == verdicts, seen
+
+
+def test_a_noisy_machine_gets_inconclusive_not_a_guess():
+    """15 % slower where the spread is 60 %: a 95 % interval is wrong about 1 time in 20."""
+    rng = np.random.default_rng(0)
+    verdicts = [regression.judge(*_runs(rng, 0.15, 0.6))["verdict"] for _ in range(40)]
+    assert verdicts.count("inconclusive") >= 36 and verdicts.count("pass") <= 2, verdicts
+
+
+def test_the_false_alarm_rate_on_identical_noisy_runs_is_small():
+    rng = np.random.default_rng(1)
+    verdicts = [regression.judge(*_runs(rng, 0.0, 0.3))["verdict"] for _ in range(100)]
+    assert verdicts.count("regression") <= 2 and "pass" in verdicts
+
+
+@pytest.fixture(scope="module")
+def measured(digits_workdir, tmp_path_factory):
+    from click.testing import CliRunner
+    from resnet_edge.cli import cli
+    path = tmp_path_factory.mktemp("bench") / "main.json"
+    result = CliRunner().invoke(cli, ["bench", str(digits_workdir), "--backends", "ort", "--precisions",
+                                      "fp32", "--batch-sizes", "1,8", "--iterations", "60",
+                                      "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(path.read_text())
+
+
+def _baseline(report, tmp_path, scale=1.0, **machine):
+    changed = json.loads(json.dumps(report))
+    for row in changed["results"]:
+        row["host_to_host"]["samples_ms"] = [v * scale for v in row["host_to_host"]["samples_ms"]]
+    changed["machine"].update(machine)
+    path = tmp_path / f"baseline-{scale}.json"
+    path.write_text(json.dumps(changed))
+    return path
+
+
+def _bench(run_cli, workdir, baseline, *extra):
+    return run_cli("bench", workdir, "--backends", "ort", "--precisions", "fp32", "--batch-sizes", "1,8",
+                   "--iterations", "60", "--baseline", baseline, *extra)
+
+
+def test_a_slower_run_than_its_baseline_fails_and_a_faster_one_passes(measured, digits_workdir,
+                                                                      tmp_path, run_cli):
+    # main ran 4x faster than this run will: a regression whatever the machine's noise
+    slower = _bench(run_cli, digits_workdir, _baseline(measured, tmp_path, 0.25))
+    one_line_error(slower, 1, "latency regression against the baseline: ort fp32 (CPU) batch 1 p50 x")
+    assert "regression" in slower.stdout
+    faster = _bench(run_cli, digits_workdir, _baseline(measured, tmp_path, 4.0), "--json", tmp_path / "b.json")
+    assert faster.exit_code == 0, faster.output
+    compared = json.loads((tmp_path / "b.json").read_text())["baseline"]
+    assert {r["verdict"] for r in compared["rows"]} == {"pass"} and not compared["regressions"]
+
+
+@pytest.mark.parametrize("change,said", [
+    (lambda p: p.write_text("{not json"), "is not JSON"),
+    (lambda p: p.write_text('{"schema": "resnet-edge.parity/2"}'), "is not a resnet-edge.bench/1 report"),
+    (lambda p: p.write_text(json.dumps({"schema": "resnet-edge.bench/1", "results": [
+        {"host_to_host": {"p50_ms": 1.0}}]})), "holds no latency samples"),
+])
+def test_a_baseline_that_is_not_a_bench_report_is_refused_before_the_work(change, said, digits_workdir,
+                                                                          tmp_path, run_cli):
+    path = tmp_path / "old.json"
+    change(path)
+    one_line_error(_bench(run_cli, digits_workdir, path), 2, said)
+
+
+def test_a_baseline_from_other_hardware_is_refused_naming_it(measured, digits_workdir, tmp_path, run_cli):
+    path = _baseline(measured, tmp_path, 1.0, cpu="Some Other CPU")
+    one_line_error(_bench(run_cli, digits_workdir, path), 2,
+                   "ran on other hardware (cpu 'Some Other CPU', here")

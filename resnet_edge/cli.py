@@ -952,7 +952,8 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_acc
 
     \b
     Then on the Jetson, with JetPack's Python and TensorRT:
-      tar xf resnet50-jetpack6.tar.gz && cd resnet50-jetpack6 && ./build_engine.sh int8 && python3 verify.py
+      tar xf resnet50-jetpack6.tar.gz && cd resnet50-jetpack6 && ./build_engine.sh int8
+      python3 verify.py --key ci.pub   # or RESNET_EDGE_VERIFY_KEY=ci.pub, set once on the device
 
     \b
     Examples:

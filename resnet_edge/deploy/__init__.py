@@ -440,16 +440,21 @@ On the device, with {python}:
 ```
 {pip}
 ./build_engine.sh int8         # trtexec with the flags this TensorRT needs (or the Python builder)
-python3 verify.py              # every file against manifest.json, golden inputs vs PyTorch, gates, latency
+python3 verify.py --key ci.pub # the signature, every file against manifest.json, golden inputs vs PyTorch, gates, latency
 ```
+
+verify.py needs the signer's public key (`--key`, or RESNET_EDGE_VERIFY_KEY set once on the
+device); `--allow-unsigned` checks the files only and says that nothing was authenticated.
 {cache}{dla}
 Engines, caches and verify.json go to `{root}.device/` beside this folder (or
 $RESNET_EDGE_DEVICE_DIR), never into the bundle: every file here is listed in manifest.json, and
 verify.py refuses anything unlisted. An engine is loaded only when its record says it was built
 on this GPU and TensorRT from the ONNX file whose sha256 manifest.json holds.
 
-Signed bundles: `bundle --sign` adds manifest.sig. A verify.py inside a bundle cannot vouch for
-its own bundle, so check a new bundle with a copy you already trust, and your public key:
+Signed bundles: `bundle --sign` adds manifest.sig, over the files and this bundle's name,
+target, release and time. A verify.py inside a bundle cannot vouch for its own bundle, so check
+a new bundle with a copy you already trust, and your public key (`--min-created` refuses one
+older than the bundle the device runs):
 
 ```
 python3 /opt/trusted/verify.py --bundle {root}.tar.gz --key ci.pub    # or: resnet-edge verify ... --key ci.pub

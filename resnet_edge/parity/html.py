@@ -8,7 +8,7 @@ from html import escape
 
 from . import plots
 from .gates import describe
-from .report import percent
+from .plots import percent
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #24292f;

@@ -21,6 +21,11 @@ PALETTE = ("#0969da", "#8250df", "#bf8700", "#1b7c83", "#953800", "#4d2d00", "#6
 MOST_CLASSES = 30  # per-class chart: more classes than this show the ones that changed most
 
 
+def percent(v) -> str:
+    """A share (0..1) as the reports print it, "-" where it was not measured."""
+    return "-" if v is None else f"{v:.2%}"
+
+
 def verdict(row: dict) -> str:
     """'pass', 'FAIL' or 'skipped' for one candidate row."""
     if row["status"] == "skipped":

@@ -18,11 +18,8 @@ from rich.table import Table
 
 from ..artifacts import write_bytes_atomic, write_json_atomic, write_text_atomic
 from . import plots
+from .plots import percent
 from .gates import describe
-
-
-def percent(v) -> str:
-    return "-" if v is None else f"{v:.2%}"
 
 
 def _gates_text(row) -> str:

@@ -13,8 +13,8 @@ from resnet_edge.parity.gates import DEFAULTS, load_thresholds
 from resnet_edge.parity.run import run_parity
 from resnet_edge.parity.report import md
 
-TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "agreement", "machine", "thresholds",
-            "reference", "candidates", "summary"}
+TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "agreement", "units",
+            "machine", "thresholds", "reference", "candidates", "summary"}
 ROW_KEYS = {"backend", "precision", "status", "reason", "device", "metrics", "accuracy",
             "latency", "gates", "error_histogram", "disagreements", "int8_path"}
 
@@ -45,6 +45,11 @@ def test_cpu_parity_runs_every_cpu_backend_and_reports_skips(digits_workdir, run
     assert result.exit_code == 0, result.output
     report = json.loads((out / "p.json").read_text())
     assert set(report) == TOP_KEYS and report["schema"] == "resnet-edge.parity/1"
+    # shares are fractions, gates in their own unit, and the report says which is which
+    fp32 = next(r for r in report["candidates"] if (r["backend"], r["precision"]) == ("ort", "fp32"))
+    gate = next(g for g in fp32["gates"] if g["gate"] == "top1_agreement_pct")
+    assert gate["value"] == pytest.approx(fp32["metrics"]["top1_agreement"] * 100)
+    assert "fractions" in report["units"]["metrics"] and "_pct percent" in report["units"]["gates"]
     rows = {(r["backend"], r["precision"]): r for r in report["candidates"]}
     assert all(set(r) == ROW_KEYS for r in rows.values())
     ran = {k for k, r in rows.items() if r["status"] == "ran"}

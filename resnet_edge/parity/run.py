@@ -31,6 +31,14 @@ THUMBNAIL_PX = 96
 PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
 SUPPORTED = {"torch": ("fp32", "fp16"), "ort": PRECISIONS, "trt": ("fp32", "fp16", "int8")}
 REFERENCE = ("torch", "fp32")
+# what each kind of number in the report is in, said in the report itself: a share measured is a
+# fraction, a gate's value is in its gate's unit, so a reader never takes 0.95 for 95 %
+UNITS = {"metrics": "top1_agreement, top5_agreement and decisive lower_bound are fractions "
+                    "(0..1); max_abs, mean_abs and p99_abs logit units; cosine has none",
+         "accuracy": "top1, top5 and per_class are fractions (0..1); drop_pt percentage points",
+         "gates": "value and threshold in the gate's own unit, as its name says: _pct percent "
+                  "(99.5 means 99.5 %), _pt percentage points; cosine and max_abs none",
+         "latency": "milliseconds (_ms) and images per second"}
 AGREEMENT = ("raw", "decisive")
 
 
@@ -190,6 +198,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         "data": {"spec": data_spec, "images": n, "labelled": labelled, "batch_size": batch_size,
                  "classes_present": present, "accuracy_note": note},
         "agreement": agreement,
+        "units": UNITS,
         "machine": describe_machine(),
         "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
         "reference": {"backend": REFERENCE[0], "precision": REFERENCE[1], "device": reference.label,

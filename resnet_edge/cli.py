@@ -76,24 +76,28 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     console.configure(quiet=quiet, verbose=verbose)
 
 
+READS_BARE_ONNX = ("parity", "bench", "debug")
+
+
 def _workdir(ctx, param, value: Path) -> Path:
     """A work directory, given as itself or as its model.onnx (what a Polygraphy user types).
-    Any other ONNX file has no PyTorch model, export record or batch profile beside it: said so,
-    with what its metadata holds and how to make a work directory from the model."""
+    parity, bench and debug also take a bare ONNX file that resnet-edge exported (its card and
+    batch profile in its metadata), in a scratch work dir removed when the command ends, with
+    ONNX Runtime's fp32 run of the file as the reference; commands that write a work dir need one."""
     if value.suffix != ".onnx" or not value.is_file():
         return value
     if value.name == "model.onnx" and (value.parent / "manifest.json").is_file():
         return value.parent
-    from .export.metadata import read_card
-    try:
-        card = read_card(value)
-    except BadInput:
-        card = None
-    holds = (f"its metadata holds a resnet-edge card for {card.arch}, {card.num_classes} classes"
-             if card else "it carries no resnet-edge model card (preprocessing, classes)")
-    raise BadInput(f"{value} is an ONNX file outside a work directory ({holds}); commands compare "
-                   "a work directory's files with the PyTorch model they came from: run "
-                   "`resnet-edge export <checkpoint or zoo name> --out DIR` and give DIR")
+    if ctx.info_name not in READS_BARE_ONNX:
+        raise BadInput(f"{value} is an ONNX file outside a work directory, and {ctx.info_name} "
+                       "writes into one: run `resnet-edge export <checkpoint or zoo name> --out "
+                       "DIR` and give DIR")
+    import shutil
+    import tempfile
+    from .export import workdir_from_onnx
+    scratch = Path(tempfile.mkdtemp(prefix="resnet-edge-onnx-"))
+    ctx.call_on_close(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    return workdir_from_onnx(value, scratch)
 
 
 def _json_target(ctx, param, value: Path | None) -> Path | None:

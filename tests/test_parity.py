@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import shutil
 from xml.etree import ElementTree as ET
 
@@ -241,17 +242,34 @@ def test_a_work_dirs_model_onnx_stands_for_its_work_dir(digits_workdir, tmp_path
     result = run_cli("parity", digits_workdir / "model.onnx", "--backends", "ort", "--precisions",
                      "fp32", "--limit", "16")
     assert result.exit_code == 0, result.output
+
+
+def test_a_bare_onnx_file_is_compared_with_its_own_fp32_run(digits_workdir, tmp_path, run_cli):
+    """What a Polygraphy user has: one ONNX file, no work dir. Its card and batch profile come
+    from its metadata, ONNX Runtime's fp32 run of it is the reference (no PyTorch model came
+    with it), and nothing is left behind."""
     import shutil
+    import tempfile
     import onnx
     shutil.copyfile(digits_workdir / "model.onnx", tmp_path / "resnet20.onnx")
-    one_line_error(run_cli("bench", tmp_path / "resnet20.onnx"), 2,
-                   "is an ONNX file outside a work directory (its metadata holds a resnet-edge card "
-                   "for resnet20, 10 classes)")
+    before = set(Path(tempfile.gettempdir()).glob("resnet-edge-onnx-*"))
+    result = run_cli("parity", tmp_path / "resnet20.onnx", "--limit", "32", "--json", tmp_path / "p.json")
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert (report["reference"]["backend"], report["reference"]["precision"]) == ("ort", "fp32")
+    rows = {(r["backend"], r["precision"]): r for r in report["candidates"]}
+    assert rows[("ort", "fp16")]["status"] == "ran" and ("ort", "fp32") not in rows
+    assert "no PyTorch model" in rows[("torch", "fp16")]["reason"]
+    assert result.exit_code == 0, result.output
+    bench = run_cli("bench", tmp_path / "resnet20.onnx", "--iterations", "3", "--batch-sizes", "1")
+    assert bench.exit_code == 0 and "ort fp32 (CPU)" in bench.stdout, bench.output
+    assert set(Path(tempfile.gettempdir()).glob("resnet-edge-onnx-*")) == before
+    one_line_error(run_cli("calibrate", tmp_path / "resnet20.onnx"), 2,
+                   "is an ONNX file outside a work directory, and calibrate writes into one")
     bare = onnx.load(str(tmp_path / "resnet20.onnx"))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "foreign.onnx"))
     one_line_error(run_cli("debug", tmp_path / "foreign.onnx"), 2,
-                   "it carries no resnet-edge model card (preprocessing, classes)")
+                   "carries no resnet-edge model card (preprocessing, classes) in its metadata")
 
 
 def test_cpu_latency_says_it_is_not_device_latency(digits_workdir, run_cli):

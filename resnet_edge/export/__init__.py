@@ -18,7 +18,7 @@ from ..artifacts import WorkDir, ensure_writable_dir, write_bytes_atomic
 from ..errors import BadInput, GateFailed
 from ..zoo import ModelCard, load_checkpoint, save_checkpoint
 from .checks import BatchCheck, check_sizes, compare_with_onnxruntime, run_checker
-from .metadata import load_onnx, read_card, write_metadata
+from .metadata import load_onnx, read_card, read_export_options, write_metadata
 from .torch_to_onnx import ExportOptions, export_onnx
 
 ONNX_NAME = "model.onnx"
@@ -130,12 +130,48 @@ def export_profile(workdir: str | Path) -> dict:
                        f"{ONNX_NAME}; export it again") from None
 
 
+ONNX_FILE_KEY = "onnx_file"  # a work dir made from a bare ONNX file: no PyTorch model in it
+
+
+def workdir_from_onnx(onnx_file: str | Path, scratch: str | Path) -> Path:
+    """A work directory in `scratch` around a bare ONNX file that resnet-edge exported: its card
+    and batch profile from the file's metadata, model.fp16.onnx converted from it, and no
+    PyTorch model, so ONNX Runtime's fp32 run of the file is the reference. A file without a
+    card is refused saying what is missing and how to supply it."""
+    onnx_file, scratch = Path(onnx_file), Path(scratch)
+    proto = load_onnx(onnx_file)
+    card = read_card(proto)
+    options = read_export_options(proto)
+    if card is None or not options:
+        missing = "model card (preprocessing, classes)" if card is None else "batch profile"
+        raise BadInput(f"{onnx_file} carries no resnet-edge {missing} in its metadata, which says "
+                       "how to feed it: export the model with `resnet-edge export <checkpoint or "
+                       "zoo name> --out DIR` (with --mean/--std/--input-size for a plain state "
+                       "dict) and give DIR or DIR/model.onnx")
+    options = {k: v for k, v in options.items() if k != "resnet_edge"}
+    wd = WorkDir(scratch)
+    wd.begin("export", [ONNX_NAME, FP16_NAME])
+    wd.remember(ONNX_NAME, write_bytes_atomic(wd.file(ONNX_NAME), onnx_file.read_bytes()))
+    wd.remember(FP16_NAME, write_fp16(proto, wd.file(FP16_NAME)))
+    inputs = {ONNX_FILE_KEY: str(onnx_file)}
+    wd.record(ONNX_NAME, inputs=inputs, options=options)
+    wd.record(FP16_NAME, inputs=inputs, options={"keep_io_types": True})
+    wd.set(ONNX_FILE_KEY, str(onnx_file))
+    wd.complete("export", outputs=[ONNX_NAME, FP16_NAME], made_from=[],
+                remake=f"give {onnx_file} again")
+    return scratch
+
+
 def open_workdir(workdir: str | Path):
-    """(card, torch model) from a work directory that `export` made, or a clear error."""
+    """(card, torch model) from a work directory that `export` made, or a clear error; the
+    model is None in a work dir made from a bare ONNX file (workdir_from_onnx)."""
     workdir = Path(workdir)
     onnx_path = workdir / ONNX_NAME
     if not onnx_path.exists():
         raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
+    if WorkDir(workdir).manifest.get(ONNX_FILE_KEY):
+        WorkDir(workdir).vouch(ONNX_NAME, f"give {workdir} again")
+        return read_card(onnx_path), None
     if not (workdir / CHECKPOINT_NAME).exists():
         raise BadInput(f"{workdir} has no {CHECKPOINT_NAME} for the PyTorch reference; re-run export")
     wd = WorkDir(workdir)
@@ -208,6 +244,6 @@ def write_fp16(model: onnx.ModelProto, dst: Path) -> str:
     return write_bytes_atomic(dst, proto.SerializeToString())
 
 
-__all__ = ["open_workdir", "ExportOptions", "ExportResult", "export_model", "export_onnx", "read_card",
+__all__ = ["open_workdir", "workdir_from_onnx", "ExportOptions", "ExportResult", "export_model", "export_onnx", "read_card",
            "export_profile", "check_batch_sizes", "prepare_export",
            "write_fp16", "ONNX_NAME", "FP16_NAME", "CHECKPOINT_NAME"]

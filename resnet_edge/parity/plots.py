@@ -74,7 +74,7 @@ def summary(report: dict) -> bytes:
 def _accuracy_latency(ax, report: dict) -> None:
     labelled = report["data"]["labelled"]
     ref = report["reference"]
-    points = [("torch fp32 (reference)", ref["latency"],
+    points = [(f"{ref['backend']} {ref['precision']} (reference)", ref["latency"],
                ref["accuracy"]["top1"] * 100 if labelled else 100.0, REFERENCE)]
     for row in report["candidates"]:
         if row["status"] == "ran":

@@ -31,6 +31,7 @@ THUMBNAIL_PX = 96
 PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
 SUPPORTED = {"torch": ("fp32", "fp16"), "ort": PRECISIONS, "trt": ("fp32", "fp16", "int8")}
 REFERENCE = ("torch", "fp32")
+ONNX_REFERENCE = ("ort", "fp32")  # for a bare ONNX file, which brings no PyTorch model
 # what each kind of number in the report is in, said in the report itself: a share measured is a
 # fraction, a gate's value is in its gate's unit, so a reader never takes 0.95 for 95 %
 UNITS = {"metrics": "top1_agreement, top5_agreement and decisive lower_bound are fractions "
@@ -91,7 +92,10 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     n = len(source) if limit is None else min(limit, len(source))
     pairs = candidates(backends, precisions)
 
-    reference = open_backend(*REFERENCE, workdir, model=model, device=device)
+    # a bare ONNX file has no PyTorch model: ONNX Runtime's fp32 run of the file is the reference
+    reference_pair = REFERENCE if model is not None else ONNX_REFERENCE
+    pairs = [p for p in pairs if p != reference_pair]
+    reference = open_backend(*reference_pair, workdir, model=model, device=device)
     rows = []
     for name, precision in pairs:
         row = _Row(name, precision)
@@ -201,7 +205,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         "units": UNITS,
         "machine": describe_machine(),
         "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
-        "reference": {"backend": REFERENCE[0], "precision": REFERENCE[1], "device": reference.label,
+        "reference": {"backend": reference_pair[0], "precision": reference_pair[1], "device": reference.label,
                       "accuracy": ref_acc, "latency": _pass_latency(sizes, ref_seconds)},
         "candidates": report_rows,
         "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,

@@ -258,7 +258,7 @@ def test_a_bare_onnx_file_is_compared_with_its_own_fp32_run(digits_workdir, tmp_
     assert (report["reference"]["backend"], report["reference"]["precision"]) == ("ort", "fp32")
     rows = {(r["backend"], r["precision"]): r for r in report["candidates"]}
     assert rows[("ort", "fp16")]["status"] == "ran" and ("ort", "fp32") not in rows
-    assert "no PyTorch model" in rows[("torch", "fp16")]["reason"]
+    assert rows[("torch", "fp16")]["reason"] == f"{tmp_path / 'resnet20.onnx'} is a bare ONNX file: no PyTorch model came with it"
     assert result.exit_code == 0, result.output
     bench = run_cli("bench", tmp_path / "resnet20.onnx", "--iterations", "3", "--batch-sizes", "1")
     assert bench.exit_code == 0 and "ort fp32 (CPU)" in bench.stdout, bench.output

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..artifacts import WorkDir
 from ..errors import BadInput, MissingBackend, first_line
+from ..export import ONNX_FILE_KEY
 from ..export.metadata import quantization_info
 from .ort import BatchOutOfRange, import_ort, int8_path, make_session, run_batch
 from .trt_rules import INT8_FP16_FILE, ONNX_FILES
@@ -250,7 +251,9 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
     cuda = torch.cuda.is_available()
     if name == "torch":
         if model is None:
-            raise BackendUnavailable("no PyTorch model (model.pt) in the work directory")
+            bare = WorkDir(workdir).manifest.get(ONNX_FILE_KEY)
+            raise BackendUnavailable(f"{bare} is a bare ONNX file: no PyTorch model came with it"
+                                     if bare else "no PyTorch model (model.pt) in the work directory")
         where = "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu"
         if precision == "fp16" and where == "cpu" and not cpu_fp16:
             raise BackendUnavailable(CPU_FP16)

@@ -478,8 +478,14 @@ def _failed_gates(rows: list[dict]) -> str:
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML, one case per gate.")
 @click.option("--html", type=click.Path(path_type=Path),
               help="Write one self-contained HTML page: table, plots, disagreeing images.")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="An earlier `parity --json` report (main's, say) of this model on the same data: "
+              "each row's top-1 (agreement without labels) is compared with it; exit 1 on a drop "
+              "past --max-accuracy-drop-pt.")
+@click.option("--max-accuracy-drop-pt", type=float, default=0.5, show_default=True,
+              help="With --baseline: the most a row's top-1 may fall, in percentage points.")
 def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
-           agreement, json_path, markdown, junit, html) -> None:
+           agreement, json_path, markdown, junit, html, baseline, max_accuracy_drop_pt) -> None:
     """Run one evaluation set through PyTorch fp32 (the reference) and every other backend x
     precision; compare logits, agreement and accuracy; gate; report.
 
@@ -505,8 +511,12 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from .parity.gates import load_thresholds
     from .parity.run import PRECISIONS, run_parity
 
+    from .parity.baseline import compare, read_baseline
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     _writable(json_path, markdown=markdown, junit=junit, html=html)
+    if not 0 <= max_accuracy_drop_pt <= 100:
+        raise BadInput("--max-accuracy-drop-pt must be 0..100")
+    old = read_baseline(baseline) if baseline else None  # checked before the work
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
     with console.Progress("parity", "images") as bar:
@@ -517,6 +527,8 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
                             device=device, explicit=explicit, cpu_fp16=cpu_fp16,
                             progress=bar.update, keep_disagreements=html is not None,
                             agreement=agreement)
+    if old is not None:
+        result["baseline"] = compare(result, old, str(baseline), max_accuracy_drop_pt)
     _print_parity(result)
     for path, writer in ((markdown, reports.write_markdown), (junit, reports.write_junit),
                          (html, reports.write_html)):
@@ -526,6 +538,12 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     summary = result["summary"]
     if summary["failed_gates"]:
         raise GateFailed(f"parity gates failed: {_failed_gates(result['candidates'])}")
+    if result.get("baseline", {}).get("regressions"):
+        raise GateFailed("accuracy regression against the baseline: " + "; ".join(
+            f"{r['backend']} {r['precision']} "
+            + (f"top-1 {r['top1_change_pt']:+.2f} pt" if r["top1_change_pt"] is not None
+               else f"agreement {r['agreement_change_pt']:+.2f} pt")
+            + f" (limit -{max_accuracy_drop_pt:g})" for r in result["baseline"]["regressions"]))
     if summary["explicit_backends_missing"]:
         raise MissingBackend("asked for but cannot run here: "
                              + "; ".join(f"{r['backend']} {r['precision']} ({r['reason']})"
@@ -597,6 +615,19 @@ def _print_parity(report: dict) -> None:
     for row in report["candidates"]:
         if row["status"] == "skipped":
             stdout.print(f"[yellow]skipped[/] {row['backend']} {row['precision']}: {escape(row['reason'])}")
+    compared = report.get("baseline")
+    if compared:
+        table = Table(title=f"against {compared['baseline']}: change in points, gate "
+                            f"-{compared['max_accuracy_drop_pt']:g}")
+        for col in ("backend", "top-1", "agreement", "verdict"):
+            table.add_column(col, justify="left" if col in ("backend", "verdict") else "right")
+        colors = {"pass": "green", "regression": "red", "no baseline": "cyan"}
+        for r in compared["rows"]:
+            top1, agree = r.get("top1_change_pt"), r.get("agreement_change_pt")
+            table.add_row(f"{r['backend']} {r['precision']}", "-" if top1 is None else f"{top1:+.2f}",
+                          "-" if agree is None else f"{agree:+.2f}",
+                          f"[{colors[r['verdict']]}]{r['verdict']}[/]")
+        stdout.print(table)
 
 
 def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str, str]]:

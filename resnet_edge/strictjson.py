@@ -25,3 +25,30 @@ def plain(value):
 
 def dumps(value, **kwargs) -> str:
     return json.dumps(plain(value), allow_nan=False, **kwargs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a report holds")
+
+
+def read_report(path, schema: str, what: str, max_bytes: int = 256 << 20) -> dict:
+    """A report this tool wrote (`--json`), read back with its size bounded and its format
+    checked; ValueError says, in one line, why the file is not one."""
+    from pathlib import Path
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(raw) > max_bytes:
+        raise ValueError(f"{what} {path} is over {max_bytes >> 20} MiB, which no report is")
+    try:
+        report = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{what} {path} is not JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(report, dict) or report.get("schema") != schema:
+        found = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise ValueError(f"{what} {path} is not a {schema} report (it is {found!r})")
+    return report
+

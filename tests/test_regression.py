@@ -97,3 +97,54 @@ def test_a_baseline_from_other_hardware_is_refused_naming_it(measured, digits_wo
     path = _baseline(measured, tmp_path, 1.0, cpu="Some Other CPU")
     one_line_error(_bench(run_cli, digits_workdir, path), 2,
                    "ran on other hardware (cpu 'Some Other CPU', here")
+
+
+# ---- parity against a baseline ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def parity_main(calibrated_workdir, tmp_path_factory):
+    from click.testing import CliRunner
+    from resnet_edge.cli import cli
+    path = tmp_path_factory.mktemp("parity") / "main.json"
+    result = CliRunner().invoke(cli, ["parity", str(calibrated_workdir), "--backends", "ort",
+                                      "--precisions", "fp32,int8", "--limit", "128", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(path.read_text())
+
+
+def _parity_baseline(report, tmp_path, top1_shift=0.0, **data):
+    changed = json.loads(json.dumps(report))
+    for row in changed["candidates"]:
+        if row["status"] == "ran":
+            row["accuracy"]["top1"] += top1_shift
+    changed["data"].update(data)
+    path = tmp_path / "main.json"
+    path.write_text(json.dumps(changed))
+    return path
+
+
+def _parity(run_cli, workdir, baseline, *extra):
+    return run_cli("parity", workdir, "--backends", "ort", "--precisions", "fp32,int8", "--limit", "128",
+                   "--baseline", baseline, *extra)
+
+
+def test_a_row_whose_accuracy_fell_against_main_fails(parity_main, calibrated_workdir, tmp_path, run_cli):
+    # main was 2 points better on the same 128 images: this run's rows fell 2 points
+    fell = _parity(run_cli, calibrated_workdir, _parity_baseline(parity_main, tmp_path, 0.02))
+    one_line_error(fell, 1, "accuracy regression against the baseline: ort fp32 top-1 -2.00 pt (limit -0.5)")
+    same = _parity(run_cli, calibrated_workdir, _parity_baseline(parity_main, tmp_path), "--json",
+                   tmp_path / "p.json")
+    assert same.exit_code == 0, same.output
+    rows = json.loads((tmp_path / "p.json").read_text())["baseline"]["rows"]
+    assert {(r["backend"], r["precision"], r["verdict"]) for r in rows} == {("ort", "fp32", "pass"),
+                                                                          ("ort", "int8", "pass")}
+    assert all(r["top1_change_pt"] == 0.0 for r in rows)
+
+
+def test_a_parity_baseline_on_other_data_is_refused(parity_main, calibrated_workdir, tmp_path, run_cli):
+    other = _parity_baseline(parity_main, tmp_path, images=397)
+    one_line_error(_parity(run_cli, calibrated_workdir, other), 2,
+                   "evaluated 'digits:test' (397 images), this run 'digits:test' (128): different sets")
+    (tmp_path / "bench.json").write_text('{"schema": "resnet-edge.bench/1"}')
+    one_line_error(_parity(run_cli, calibrated_workdir, tmp_path / "bench.json"), 2,
+                   "is not a resnet-edge.parity/1 report (it is 'resnet-edge.bench/1'); give a `parity --json` report")

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import strictjson
 from ..errors import BadInput
 from ..export import check_batch_sizes, export_profile, open_workdir
 from . import regression
@@ -16,7 +17,6 @@ from .latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
 LONG_BENCH_S = 30.0
-MAX_BASELINE_BYTES = 64 << 20
 PROBE_RUNS = 5
 ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
@@ -100,31 +100,14 @@ HARDWARE = ("cpu", "cores", "gpu")
 
 def read_baseline(path: str | Path) -> dict:
     """A bench report to compare with, checked: JSON, this format, with latency samples."""
-    import json
-    path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_BASELINE_BYTES + 1)
-        if len(raw) > MAX_BASELINE_BYTES:
-            raise BadInput(f"baseline {path} is over {MAX_BASELINE_BYTES >> 20} MiB, which no bench report is")
-        report = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except OSError as exc:
-        raise BadInput(f"cannot read baseline {path}: {exc.strerror}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadInput(f"baseline {path} is not JSON ({str(exc).splitlines()[0]}); give a "
-                       "`bench --json` report") from None
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
-        found = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise BadInput(f"baseline {path} is not a {SCHEMA} report (it is {found!r}); give a "
-                       "`bench --json` report")
+        report = strictjson.read_report(path, SCHEMA, "baseline")
+    except ValueError as exc:
+        raise BadInput(f"{exc}; give a `bench --json` report") from None
     if not any(r.get("host_to_host", {}).get("samples_ms") for r in report.get("results", [])):
         raise BadInput(f"baseline {path} holds no latency samples (made before bench kept them); "
                        "run bench on the baseline again")
     return report
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number a report holds")
 
 
 def compare_to_baseline(result: dict, baseline: dict, where: str,

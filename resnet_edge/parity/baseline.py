@@ -1,0 +1,55 @@
+"""Is this parity run worse than an earlier one of the same model, on the same data? The
+question a pull request asks of main's report: per backend and precision, top-1 accuracy (with
+labels) and agreement with the reference, each as a change in points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import strictjson
+from ..errors import BadInput
+from .run import SCHEMA
+
+MAX_ACCURACY_DROP_PT = 0.5
+
+
+def read_baseline(path: str | Path) -> dict:
+    try:
+        return strictjson.read_report(path, SCHEMA, "baseline")
+    except ValueError as exc:
+        raise BadInput(f"{exc}; give a `parity --json` report") from None
+
+
+def compare(report: dict, baseline: dict, where: str,
+            max_drop_pt: float = MAX_ACCURACY_DROP_PT) -> dict:
+    """Each row both runs measured; refused when the two runs are of other models or other
+    evaluation sets, whose accuracies say nothing of each other."""
+    for key in ("arch", "num_classes"):
+        if report["model"].get(key) != baseline.get("model", {}).get(key):
+            raise BadInput(f"baseline {where} is of another model ({key} "
+                           f"{baseline.get('model', {}).get(key)!r}, not {report['model'].get(key)!r})")
+    data, old_data = report["data"], baseline.get("data", {})
+    if (data["spec"], data["images"]) != (old_data.get("spec"), old_data.get("images")):
+        raise BadInput(f"baseline {where} evaluated {old_data.get('spec')!r} ({old_data.get('images')} "
+                       f"images), this run {data['spec']!r} ({data['images']}): different sets are "
+                       "not a regression check; evaluate both on one set")
+    old_rows = {(r["backend"], r["precision"]): r for r in baseline.get("candidates", [])
+                if r.get("status") == "ran"}
+    rows = []
+    for row in report["candidates"]:
+        key = (row["backend"], row["precision"])
+        if row["status"] != "ran":
+            continue
+        old = old_rows.get(key)
+        entry = {"backend": key[0], "precision": key[1]}
+        if old is None:
+            rows.append({**entry, "verdict": "no baseline"})
+            continue
+        agreement = (row["metrics"]["top1_agreement"] - old["metrics"]["top1_agreement"]) * 100
+        top1 = ((row["accuracy"]["top1"] - old["accuracy"]["top1"]) * 100
+                if row["accuracy"] and old.get("accuracy") else None)
+        worse = top1 if top1 is not None else agreement
+        rows.append({**entry, "top1_change_pt": top1, "agreement_change_pt": agreement,
+                     "verdict": "regression" if worse < -max_drop_pt else "pass"})
+    return {"baseline": where, "max_accuracy_drop_pt": max_drop_pt, "rows": rows,
+            "regressions": [r for r in rows if r["verdict"] == "regression"]}

@@ -148,3 +148,25 @@ def test_a_parity_baseline_on_other_data_is_refused(parity_main, calibrated_work
     (tmp_path / "bench.json").write_text('{"schema": "resnet-edge.bench/1"}')
     one_line_error(_parity(run_cli, calibrated_workdir, tmp_path / "bench.json"), 2,
                    "is not a resnet-edge.parity/1 report (it is 'resnet-edge.bench/1'); give a `parity --json` report")
+
+
+def test_a_jetson_records_its_release_and_power_mode(tmp_path, monkeypatch):
+    from resnet_edge.runtime.latency import jetson_conditions
+    assert jetson_conditions(tmp_path) is None  # not a Jetson
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "nvpmodel").write_text("#!/bin/sh\necho 'NV Power Mode: MAXN'\necho 0\n")
+    (stub / "nvpmodel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
+    assert jetson_conditions(tmp_path) == {
+        "l4t": "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64",
+        "power_mode": "NV Power Mode: MAXN"}
+
+
+def test_a_baseline_from_another_power_mode_is_refused(measured, digits_workdir, tmp_path, run_cli):
+    path = _baseline(measured, tmp_path, 1.0, jetson={"l4t": "# R36", "power_mode": "NV Power Mode: 15W"})
+    one_line_error(_bench(run_cli, digits_workdir, path), 2,
+                   "ran on other hardware (jetson {'l4t': '# R36', 'power_mode': 'NV Power Mode: 15W'}, here None)")

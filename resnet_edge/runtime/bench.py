@@ -95,7 +95,7 @@ def _duration(seconds: float) -> str:
 
 # what makes two latencies comparable: the same hardware, or there is nothing to compare; other
 # libraries are what a regression check is for, so they are said, not refused
-HARDWARE = ("cpu", "cores", "gpu")
+HARDWARE = ("cpu", "cores", "gpu", "jetson")  # jetson: L4T release and power mode
 
 
 def read_baseline(path: str | Path) -> dict:

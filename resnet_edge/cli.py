@@ -609,6 +609,45 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
             f"{s['backend']} {s['precision']} ({s['reason']})" for s in asked))
 
 
+@cli.command(name="report")
+@click.argument("reports", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--html", type=click.Path(path_type=Path), help="Write the merged page (self-contained HTML).")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write the merged matrix as Markdown.")
+@JSON_OPTION
+def report_(reports, html, markdown, json_path) -> None:
+    """Merge parity and bench reports of one model from many runs (a CI matrix, a fleet of
+    devices) into one matrix: backend x precision (x batch for latency) by run, each run headed
+    by where it ran, baseline verdicts marked.
+
+    \b
+    Example:
+      resnet-edge report artifacts/*/parity.json artifacts/*/bench.json --html fleet.html
+    """
+    from .artifacts import write_text_atomic
+    from .parity import fleet
+
+    _writable(json_path, html=html, markdown=markdown)
+    runs = fleet.read_reports(list(reports))
+    keys, cells = fleet.matrix(runs)
+    table = Table(title=f"{runs[0][1]['model']['arch']}: {len(runs)} runs")
+    for col in ("kind", "backend", "batch"):
+        table.add_column(col)
+    for path, run in runs:
+        table.add_column(f"{path.name}\n{fleet.where(run)}")
+    for kind, backend, precision, batch in keys:
+        table.add_row(kind, f"{backend} {precision}", str(batch),
+                      *(escape(text) for text in cells[(kind, backend, precision, batch)]))
+    stdout.print(table)
+    if html:
+        write_text_atomic(html, fleet.page(runs, html))
+    if markdown:
+        write_text_atomic(markdown, fleet.markdown(runs))
+    wrote(html, markdown)
+    emit_json({"runs": [{"report": str(path), "where": fleet.where(run)} for path, run in runs],
+               "rows": [{"kind": k, "backend": b, "precision": p, "batch": n, "cells": cells[(k, b, p, n)]}
+                        for k, b, p, n in keys]}, json_path)
+
+
 def _print_parity(report: dict) -> None:
     from .parity import report as reports
     stdout.print(reports.table(report))

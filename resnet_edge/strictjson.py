@@ -31,9 +31,9 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number a report holds")
 
 
-def read_report(path, schema: str, what: str, max_bytes: int = 256 << 20) -> dict:
-    """A report this tool wrote (`--json`), read back with its size bounded and its format
-    checked; ValueError says, in one line, why the file is not one."""
+def read_report(path, schema: str | tuple[str, ...], what: str, max_bytes: int = 256 << 20) -> dict:
+    """A report this tool wrote (`--json`) in one of the `schema` formats, read back with its
+    size bounded and its format checked; ValueError says, in one line, why the file is not one."""
     from pathlib import Path
     path = Path(path)
     try:
@@ -47,8 +47,9 @@ def read_report(path, schema: str, what: str, max_bytes: int = 256 << 20) -> dic
         report = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"{what} {path} is not JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(report, dict) or report.get("schema") != schema:
+    schemas = (schema,) if isinstance(schema, str) else schema
+    if not isinstance(report, dict) or report.get("schema") not in schemas:
         found = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise ValueError(f"{what} {path} is not a {schema} report (it is {found!r})")
+        raise ValueError(f"{what} {path} is not a {' or '.join(schemas)} report (it is {found!r})")
     return report
 

@@ -2,6 +2,9 @@
 --baseline` on real runs."""
 
 import json
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -170,3 +173,57 @@ def test_a_baseline_from_another_power_mode_is_refused(measured, digits_workdir,
     path = _baseline(measured, tmp_path, 1.0, jetson={"l4t": "# R36", "power_mode": "NV Power Mode: 15W"})
     one_line_error(_bench(run_cli, digits_workdir, path), 2,
                    "ran on other hardware (jetson {'l4t': '# R36', 'power_mode': 'NV Power Mode: 15W'}, here None)")
+
+
+# ---- many runs on one page ----------------------------------------------------------------------
+
+@pytest.fixture
+def fleet(measured, parity_main, tmp_path):
+    """Two devices' bench reports (the second with its own baseline verdicts) and a parity run."""
+    jetson = json.loads(json.dumps(measured))
+    jetson["machine"].update(cpu="ARMv8 Processor rev 1 (v8l)", gpu="Orin",
+                             jetson={"l4t": "# R36", "power_mode": "NV Power Mode: MAXN"})
+    jetson["baseline"] = {"rows": [{"backend": "ort", "precision": "fp32", "batch_size": 8,
+                                    "verdict": "regression"}]}
+    paths = [tmp_path / "runs" / name for name in ("x86", "orin", "parity")]
+    for path, report in zip(paths, (measured, jetson, parity_main)):
+        path.mkdir(parents=True)
+        (path / "report.json").write_text(json.dumps(report))
+    return [p / "report.json" for p in paths]
+
+
+def test_runs_from_many_devices_merge_into_one_page(fleet, tmp_path, run_cli):
+    out = tmp_path / "site" / "fleet.html"
+    result = run_cli("report", *fleet, "--html", out, "--markdown", tmp_path / "fleet.md")
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "Orin, NV Power Mode: MAXN" in page and "href='../runs/orin/report.json'" in page
+    assert page.count("<th><a href=") == 3
+    assert "<td class='regression'>p50 " in page and "[regression]" in page  # its own verdict
+    assert re.search(r"top-1 \d+\.\d\d%, agreement \d+\.\d\d%", page)
+    assert "<script" not in page
+    markdown = (tmp_path / "fleet.md").read_text()
+    assert markdown.count("| latency | ort fp32 |") == 2 and "Orin\\, NV Power Mode\\: MAXN" in markdown
+
+
+def test_reports_of_another_model_are_not_merged(fleet, tmp_path, run_cli):
+    other = json.loads(fleet[0].read_text())
+    other["model"]["arch"] = "resnet50"
+    (tmp_path / "r50.json").write_text(json.dumps(other))
+    one_line_error(run_cli("report", fleet[0], tmp_path / "r50.json"), 2,
+                   "r50.json is of another model (arch 'resnet50'")
+    (tmp_path / "x.json").write_text("[1, 2]")
+    one_line_error(run_cli("report", tmp_path / "x.json"), 2,
+                   "is not a resnet-edge.parity/1 or resnet-edge.bench/1 report (it is 'list')")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed "
+                    "(make test-browser installs Debian's chromium package and runs these)")
+def test_chromium_renders_the_fleet_page(fleet, tmp_path, run_cli):
+    out = tmp_path / "fleet.html"
+    assert run_cli("report", *fleet, "--html", out).exit_code == 0
+    dom = subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", out.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r"<table id=\"fleet\">", dom) and dom.count("<th><a href=") == 3

@@ -580,7 +580,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
     from .runtime.backends import CPU_FP16
-    from .runtime.bench import compare_to_baseline, read_baseline, run_bench
+    from .runtime.bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
 
     sizes = _sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:
@@ -589,6 +589,15 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
         raise BadInput("--max-latency-regression-pct must be 0..1000")
     _writable(json_path)
     old = read_baseline(baseline) if baseline else None  # checked before the work
+    if old is not None:
+        if iterations < 2:
+            raise BadInput("--baseline compares latency samples: give --iterations 2 or more")
+        onnx_path = workdir / "model.onnx"
+        if onnx_path.is_file():  # another model or machine is refused before the bench, not after
+            from .export.metadata import read_card
+            from .runtime.latency import describe_machine
+            card = read_card(onnx_path)
+            refuse_incomparable(old, card.to_dict() if card else {}, describe_machine(), str(baseline))
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
     with console.steps() as step:

@@ -9,6 +9,7 @@ is a bug.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import shutil
@@ -39,6 +40,18 @@ class MissingBackend(ResnetEdgeError):
 class DataWarning(UserWarning):
     """Data that was read with something left out (non-image files skipped): the CLI prints it
     as a warning line, and a notebook shows it as any Python warning."""
+
+
+@contextlib.contextmanager
+def well_formed(path, what: str):
+    """Reading the fields of a report this tool wrote, given back as input (a baseline, a run to
+    merge): a missing field or a value of the wrong type or range is the file's fault, said in
+    one line naming it, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise BadInput(f"{what} {path} is not a well-formed report ({type(exc).__name__}: "
+                       f"{first_line(exc)}); give one resnet-edge wrote") from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -227,3 +227,48 @@ def test_chromium_renders_the_fleet_page(fleet, tmp_path, run_cli):
                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", out.as_uri()],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     assert re.search(r"<table id=\"fleet\">", dom) and dom.count("<th><a href=") == 3
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r: r["results"][0].__setitem__("host_to_host", "fast"),          # wrong type
+    lambda r: r["results"][0]["host_to_host"].__setitem__("samples_ms", ["a", "b"]),
+    lambda r: r["results"][0]["host_to_host"].__setitem__("samples_ms", [0.0, -1.0]),
+    lambda r: r["results"][0]["host_to_host"].__setitem__("samples_ms", [1.0]),   # too few
+    lambda r: r.__setitem__("machine", "a laptop"),
+    lambda r: r["results"][0].pop("backend"),                               # truncated row
+])
+def test_a_damaged_bench_baseline_is_one_line_not_a_traceback(damage, measured, digits_workdir,
+                                                              tmp_path, run_cli):
+    report = json.loads(json.dumps(measured))
+    damage(report)
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(report))
+    one_line_error(_bench(run_cli, digits_workdir, path), 2, f"baseline {path} is not a well-formed report")
+
+
+@pytest.mark.parametrize("damage,as_baseline", [
+    (lambda r: r["candidates"][0]["metrics"].__setitem__("top1_agreement", "high"), True),
+    (lambda r: r["candidates"][0].pop("backend"), True),
+    (lambda r: r["candidates"][0].__setitem__("precision", 16), False),  # a baseline: no such row
+    (lambda r: r.__setitem__("machine", None), False),                   # a baseline: not read
+])
+def test_a_damaged_report_given_back_is_one_line_not_a_traceback(damage, as_baseline, parity_main,
+                                                                 calibrated_workdir, tmp_path, run_cli):
+    report = json.loads(json.dumps(parity_main))
+    damage(report)
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(report))
+    one_line_error(run_cli("report", path), 2, f"report {path} is not a well-formed report")
+    if as_baseline:
+        one_line_error(_parity(run_cli, calibrated_workdir, path), 2,
+                       f"baseline {path} is not a well-formed report")
+
+
+def test_a_bench_baseline_from_other_hardware_is_refused_before_the_bench(measured, digits_workdir,
+                                                                          tmp_path, run_cli, monkeypatch):
+    from resnet_edge.runtime import bench
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("the bench ran"))
+    path = _baseline(measured, tmp_path, 1.0, cpu="Some Other CPU")
+    one_line_error(_bench(run_cli, digits_workdir, path), 2, "ran on other hardware")
+    one_line_error(_bench(run_cli, digits_workdir, _baseline(measured, tmp_path), "--iterations", "1"), 2,
+                   "--baseline compares latency samples: give --iterations 2 or more")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import strictjson
-from ..errors import BadInput
+from ..errors import BadInput, well_formed
 from .run import SCHEMA
 
 MAX_ACCURACY_DROP_PT = 0.5
@@ -24,6 +24,11 @@ def compare(report: dict, baseline: dict, where: str,
             max_drop_pt: float = MAX_ACCURACY_DROP_PT) -> dict:
     """Each row both runs measured; refused when the two runs are of other models or other
     evaluation sets, whose accuracies say nothing of each other."""
+    with well_formed(where, "baseline"):
+        return _compare(report, baseline, where, max_drop_pt)
+
+
+def _compare(report: dict, baseline: dict, where: str, max_drop_pt: float) -> dict:
     for key in ("arch", "num_classes"):
         if report["model"].get(key) != baseline.get("model", {}).get(key):
             raise BadInput(f"baseline {where} is of another model ({key} "

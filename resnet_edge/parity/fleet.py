@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 
 from .. import strictjson
-from ..errors import BadInput
+from ..errors import BadInput, well_formed
 from ..runtime.bench import SCHEMA as BENCH_SCHEMA
 from .html import STYLE
 from .plots import percent
@@ -29,11 +29,16 @@ def read_reports(paths: list[Path]) -> list[tuple[Path, dict]]:
         except ValueError as exc:
             raise BadInput(f"{exc}; give `parity --json` or `bench --json` reports") from None
     first_path, first = reports[0]
-    for path, report in reports[1:]:
+    for path, report in reports:
+        with well_formed(path, "report"):
+            where(report)
+            model, first_model = report["model"], first["model"]
+            if not isinstance(model["arch"], str):
+                raise TypeError(f"model arch {model['arch']!r} is not a name")
         for key in ("arch", "num_classes"):
-            if report.get("model", {}).get(key) != first.get("model", {}).get(key):
-                raise BadInput(f"{path} is of another model ({key} {report.get('model', {}).get(key)!r}, "
-                               f"{first_path} {first.get('model', {}).get(key)!r}); merge runs of one model")
+            if model.get(key) != first_model.get(key):
+                raise BadInput(f"{path} is of another model ({key} {model.get(key)!r}, "
+                               f"{first_path} {first_model.get(key)!r}); merge runs of one model")
     return reports
 
 
@@ -49,20 +54,33 @@ def matrix(reports: list[tuple[Path, dict]]) -> tuple[list[str], dict[tuple, lis
     """(row keys in order, {row key: one cell per report}); a row is ("accuracy", backend,
     precision, "") from parity or ("latency", backend, precision, batch) from bench."""
     cells: dict[tuple, list[str]] = {}
-    for column, (_, report) in enumerate(reports):
-        verdicts = {(r["backend"], r["precision"], r.get("batch_size", "")): r["verdict"]
-                    for r in report.get("baseline", {}).get("rows", [])}
-        for key, text in _cells(report):
-            mark = verdicts.get(key[1:])
-            row = cells.setdefault(key, [""] * len(reports))
-            row[column] = text + (f" [{mark}]" if mark and mark != "no baseline" else "")
+    for column, (path, report) in enumerate(reports):
+        with well_formed(path, "report"):
+            _column(cells, column, len(reports), report)
     return sorted(cells, key=lambda k: (k[0], k[1], k[2], str(k[3]))), cells
+
+
+def _column(cells: dict[tuple, list[str]], column: int, columns: int, report: dict) -> None:
+    verdicts = {(r["backend"], r["precision"], r.get("batch_size", "")): r["verdict"]
+                for r in report.get("baseline", {}).get("rows", [])}
+    for key, text in _cells(report):
+        mark = verdicts.get(key[1:])
+        row = cells.setdefault(key, [""] * columns)
+        row[column] = text + (f" [{mark}]" if mark and mark != "no baseline" else "")
+
+
+def _key(kind: str, row: dict, batch) -> tuple:
+    if not (isinstance(row["backend"], str) and isinstance(row["precision"], str)
+            and (batch == "" or (isinstance(batch, int) and not isinstance(batch, bool)))):
+        raise TypeError(f"row {row['backend']!r} {row['precision']!r} batch {batch!r} is not "
+                        "backend and precision names with a whole batch size")
+    return kind, row["backend"], row["precision"], batch
 
 
 def _cells(report: dict):
     if report["schema"] == PARITY_SCHEMA:
         for row in report["candidates"]:
-            key = ("accuracy", row["backend"], row["precision"], "")
+            key = _key("accuracy", row, "")
             if row["status"] != "ran":
                 yield key, "skipped"
                 continue
@@ -71,7 +89,7 @@ def _cells(report: dict):
     else:
         for row in report["results"]:
             host = row["host_to_host"]
-            yield (("latency", row["backend"], row["precision"], host["batch_size"]),
+            yield (_key("latency", row, host["batch_size"]),
                    f"p50 {host['p50_ms']:.2f} ms, {host['images_per_s']:.0f} img/s")
 
 

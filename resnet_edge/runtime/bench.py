@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from .. import strictjson
-from ..errors import BadInput
+from ..errors import BadInput, well_formed
 from ..export import check_batch_sizes, export_profile, open_workdir
 from . import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
@@ -104,27 +104,41 @@ def read_baseline(path: str | Path) -> dict:
         report = strictjson.read_report(path, SCHEMA, "baseline")
     except ValueError as exc:
         raise BadInput(f"{exc}; give a `bench --json` report") from None
-    if not any(r.get("host_to_host", {}).get("samples_ms") for r in report.get("results", [])):
+    with well_formed(path, "baseline"):
+        has_samples = any(r["host_to_host"].get("samples_ms") for r in report["results"])
+    if not has_samples:
         raise BadInput(f"baseline {path} holds no latency samples (made before bench kept them); "
                        "run bench on the baseline again")
     return report
+
+
+def refuse_incomparable(baseline: dict, model: dict, machine: dict, where: str) -> None:
+    """A baseline of another model, or from other hardware, refused naming what differs:
+    checked before a bench runs, from the model's card and this machine."""
+    with well_formed(where, "baseline"):
+        old_model, old_machine = baseline["model"], baseline["machine"]
+        for key in ("arch", "num_classes"):
+            if model.get(key) != old_model.get(key):
+                raise BadInput(f"baseline {where} is of another model ({key} {old_model.get(key)!r}, "
+                               f"not {model.get(key)!r}); compare runs of one model")
+        for key in HARDWARE:
+            if machine.get(key) != old_machine.get(key):
+                raise BadInput(f"baseline {where} ran on other hardware ({key} "
+                               f"{old_machine.get(key)!r}, here {machine.get(key)!r}): latencies "
+                               "from different machines are not a regression check")
 
 
 def compare_to_baseline(result: dict, baseline: dict, where: str,
                         max_regression_pct: float = regression.MAX_REGRESSION_PCT) -> dict:
     """Each (backend, precision, batch) both reports measured, judged from their samples; a
     baseline from other hardware, or of another model, is refused naming what differs."""
-    model, old_model = result["model"], baseline.get("model", {})
-    for key in ("arch", "num_classes"):
-        if model.get(key) != old_model.get(key):
-            raise BadInput(f"baseline {where} is of another model ({key} {old_model.get(key)!r}, "
-                           f"not {model.get(key)!r}); compare runs of one model")
-    machine, old_machine = result["machine"], baseline.get("machine", {})
-    for key in HARDWARE:
-        if machine.get(key) != old_machine.get(key):
-            raise BadInput(f"baseline {where} ran on other hardware ({key} {old_machine.get(key)!r}, "
-                           f"here {machine.get(key)!r}): latencies from different machines are not "
-                           "a regression check")
+    refuse_incomparable(baseline, result["model"], result["machine"], where)
+    with well_formed(where, "baseline"):
+        return _compare(result, baseline, where, max_regression_pct)
+
+
+def _compare(result: dict, baseline: dict, where: str, max_regression_pct: float) -> dict:
+    machine, old_machine = result["machine"], baseline["machine"]
     versions, old_versions = machine.get("versions", {}), old_machine.get("versions", {})
     differs = [f"{name} {old_versions.get(name)} -> {versions.get(name)}"
                for name in sorted(set(versions) | set(old_versions))

@@ -107,16 +107,24 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
             cache_usable = trt_rules.version_tuple(spec["tensorrt"])[0] < 11
             if cache_usable and vouched(CACHE_NAME):
                 files.append(CACHE_NAME)
-    sides = sorted({side for name in files if name.endswith(".onnx")
-                    for side in external_data_files(workdir, name)})
-    return files + sides, precisions, notes
+    return files, precisions, notes
 
 
-def external_data_files(workdir: Path, name: str) -> list[str]:
-    """The files `name` keeps its weights in (ONNX external data), relative to the work dir:
-    they travel with it. One outside the work dir (an absolute location, '..', a link that
-    leaves) is refused, never followed."""
-    graph = load_onnx(workdir / name, weights=False).graph
+def onnx_facts(workdir: Path, files: list[str]):
+    """One read of each ONNX file a bundle packs: {name: opset}, {name: the external-data files
+    it keeps weights in}, and model.onnx's graph (its tensor names and shapes)."""
+    opsets, sides, main = {}, {}, None
+    for name in (n for n in files if n.endswith(".onnx")):
+        model = load_onnx(workdir / name, weights=False)
+        opsets[name], sides[name] = opset_of(model), external_data_files(workdir, name, model.graph)
+        main = model.graph if name == ONNX_NAME else main
+    return opsets, sides, main
+
+
+def external_data_files(workdir: Path, name: str, graph) -> list[str]:
+    """The files `name` (whose `graph` this is) keeps its weights in (ONNX external data),
+    relative to the work dir: they travel with it. One outside the work dir (an absolute
+    location, '..', a link that leaves) is refused, never followed."""
     tensors = [*graph.initializer, *(a.t for node in graph.node for a in node.attribute if a.HasField("t"))]
     locations = {entry.value for tensor in tensors if tensor.data_location == onnx.TensorProto.EXTERNAL
                  for entry in tensor.external_data if entry.key == "location"}
@@ -180,7 +188,8 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     if golden < MIN_GOLDEN:
         notes.append(f"--golden {golden} is under {MIN_GOLDEN}: verify gates agreement on its 95 % "
                      "lower bound, which so few images cannot lift near a 95 % threshold")
-    opsets = {name: opset_of(workdir / name) for name in files if name.endswith(".onnx")}
+    opsets, sides, graph = onnx_facts(workdir, files)
+    files = files + sorted({side for found in sides.values() for side in found})
     for name, opset in opsets.items():
         if opset > spec["max_opset"]:
             raise BadInput(f"{target} ({spec['about']}) reads ONNX opset <= {spec['max_opset']}, but "
@@ -201,7 +210,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     out = Path(out) if out else workdir / f"{workdir.name}-{target}.tar.gz"
     root_name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     names = card.class_names or [str(i) for i in range(card.num_classes)]
-    output_name = load_onnx(workdir / ONNX_NAME, weights=False).graph.output[0].name
+    output_name = graph.output[0].name
     problems = serving.name_problems(root_name, names, spec.get("serve"), output_name)
     if problems:
         raise BadInput(problems[0])
@@ -211,6 +220,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     source = open_data(eval_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     created = creation_time(WorkDir(workdir), files)
+    created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / root_name
         (stage / "golden").mkdir(parents=True)
@@ -255,7 +265,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         (stage / "preprocess.json").write_text(json.dumps(card.preprocess.to_dict(), indent=2) + "\n")
         serve = None
         if spec.get("serve") == "triton":
-            serve = _triton(stage, workdir, card, profile, names, accelerator)
+            serve = _triton(stage, workdir, graph, sides, profile, names, accelerator)
         elif spec.get("serve") == "deepstream":
             serve = _deepstream(stage, root_name, card, profile, names, precisions, spec, files,
                                 classifier_threshold, output_name)
@@ -273,14 +283,14 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "resnet_edge": __version__, "left_out": notes,
                 "serve": serve,
                 "made_from": {name: sha256_file(workdir / name) for name in files},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+                "created": created_at,
                 "build_plans": {p: vars(trt_plan.build_plan(spec["tensorrt"], p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
         (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files)
                                          + _serving_readme(root_name, serve))
         manifest = {"schema": "resnet-edge.manifest/1", IDENTITY: {
             "name": root_name, "target": target, "release": release,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))}, "files": {
+            "created": created_at}, "files": {
             p.relative_to(stage).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(stage.rglob("*")) if p.is_file()}}
         manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -341,12 +351,12 @@ def near_tie_margins(workdir: Path, tensorrt: str, precisions: list[str], inputs
     return margins
 
 
-def _triton(stage: Path, workdir: Path, card, profile: dict, names: list[str],
-            accelerator: str) -> dict:
+def _triton(stage: Path, workdir: Path, graph, sides: dict[str, list[str]], profile: dict,
+            names: list[str], accelerator: str) -> dict:
     """triton/<name>: the onnxruntime model, servable as it is; triton-plan/: the config of
-    <name>_trt, whose model.plan build_engine.sh builds and installs beside the bundle."""
+    <name>_trt, whose model.plan build_engine.sh builds and installs beside the bundle.
+    `graph` is model.onnx's, `sides` each ONNX file's external-data files."""
     name = serving.model_name(workdir.name)
-    graph = load_onnx(workdir / ONNX_NAME, weights=False).graph
     weights = {i.name for i in graph.initializer}
     tensor_in = next(i for i in graph.input if i.name not in weights)
     tensor_out = graph.output[0]
@@ -359,7 +369,7 @@ def _triton(stage: Path, workdir: Path, card, profile: dict, names: list[str],
     repo = stage / serving.TRITON_DIR / name
     (repo / "1").mkdir(parents=True)
     shutil.copy2(workdir / model_file, repo / "1" / "model.onnx")
-    for side in external_data_files(workdir, model_file):  # found beside the model, as written
+    for side in sides[model_file]:  # found beside the model, as written
         (repo / "1" / side).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(workdir / side, repo / "1" / side)
     # outside the bundle (whose every file is listed), beside it as the README mounts it

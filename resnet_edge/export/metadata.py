@@ -89,7 +89,8 @@ def read_export_options(model: onnx.ModelProto | str | os.PathLike) -> dict:
     return _json_prop(model, EXPORT_KEY, "export options") or {}
 
 
-def opset_of(path: str | os.PathLike) -> int:
-    """The default-domain ONNX opset a model file declares."""
-    model = load_onnx(path, weights=False)
+def opset_of(model: onnx.ModelProto | str | os.PathLike) -> int:
+    """The default-domain ONNX opset a model (or model file) declares."""
+    if not isinstance(model, onnx.ModelProto):
+        model = load_onnx(model, weights=False)
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

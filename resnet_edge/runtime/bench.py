@@ -82,6 +82,10 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
                 notice(f"bench is running at {pace:.1f}x its estimate: about {_duration(left)} "
                        "left, not as first said")
         backend.close()
+    pace = spent / estimate if estimate else 1.0
+    if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK:
+        # too late to say while running (the rest was under a second): said now, as measured
+        notice(f"bench took {_duration(spent)}, {pace:.1f}x its estimate of {_duration(estimate)}")
     ran = list(dict.fromkeys((r["backend"], r["precision"]) for r in results))
     return {"schema": SCHEMA, "model": card.to_dict(), "artifacts": artifact_hashes(workdir, ran),
             "machine": describe_machine(), "estimated_seconds": round(estimate, 2),

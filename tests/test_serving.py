@@ -382,6 +382,11 @@ def test_the_nvinfer_oracle_refuses_what_nvinfer_refuses(change, message, deepst
     assert "gstnvinfer_property_parser.cpp:" in found[0].source
 
 
+def test_nvinfer_reads_one_output_layer_of_the_models_classes(deepstream_bundle, folded_digits):
+    names = read_card(folded_digits / "model.onnx").class_names or [str(i) for i in range(10)]
+    assert nvinfer_rules.labels((deepstream_bundle / "deepstream" / "labels.txt").read_text()) == [names]
+
+
 def test_int8_configs_keep_int8_when_nvinfer_builds_the_engine_itself(deepstream_bundle):
     """Without int8-calib-file nvinfer turns INT8 into FP16; every int8 config names the cache."""
     for path in (deepstream_bundle / "deepstream").glob("config_infer_int8*.txt"):
@@ -459,13 +464,18 @@ def test_a_class_name_a_label_file_cannot_carry_is_refused(target, bad, said, tr
     out = tmp_path / "b.tar.gz"
     one_line_error(run_cli("bundle", work, "--target", target, "--out", out), 2, said)
     assert not out.exists()
+    # what the servers' own readers would have made of the file as it used to be written
+    if target == "triton":
+        assert len(triton_rules.labels("\n".join(names) + "\n")) == 11  # a label per line
+    if target == "deepstream":
+        assert [len(layer) for layer in nvinfer_rules.labels(";".join(names) + "\n")] == [11]
 
 
 def test_a_semicolon_is_an_ordinary_character_outside_deepstream(trained_digits, tmp_path):
     names = [f"class;{i}" for i in range(10)]
     root = _bundle(_named_workdir(tmp_path, trained_digits, names), "triton", tmp_path)
     repo = next((root / "triton").iterdir())
-    assert (repo / "labels.txt").read_text().splitlines() == names
+    assert triton_rules.labels((repo / "labels.txt").read_text()) == names
 
 
 @pytest.mark.parametrize("name", [

@@ -170,3 +170,10 @@ def classifier_label(output, threshold: float) -> int | None:
         if value > threshold and value > best:
             best, label = value, index
     return label
+
+
+def labels(text: str) -> list[list[str]]:
+    """A label file as nvinfer reads it: one output layer per non-empty line, its classes split
+    at ';' (InferPostprocessor::parseLabelsFile, sources/libs/nvdsinfer/nvdsinfer_context_impl.cpp:
+    470 in 6.0, 472 in 6.3)."""
+    return [line.split(";") for line in text.split("\n") if line]

@@ -98,3 +98,10 @@ def check(config, onnx_model=None) -> list[Finding]:
                        f"{list(io.dims)} for '{io.name}' but the model has {model_dims}",
                        f"{ORT}:1767 (CompareDimsSupported)")
     return found
+
+
+def labels(text: str) -> list[str]:
+    """A label_filename file as Triton reads it: one label per line, every line (std::getline;
+    triton-inference-server/core src/label_provider.cc:70, LabelProvider::AddLabels)."""
+    import io
+    return [line.rstrip("\n") for line in io.StringIO(text, newline="\n")]

@@ -567,9 +567,13 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @click.option("--max-latency-regression-pct", type=float, default=10.0, show_default=True,
               help="With --baseline: a p50 this much slower fails, when the 95 % confidence "
               "interval of the ratio lies wholly past it (inconclusive when it straddles).")
+@click.option("--power", is_flag=True,
+              help="Also read power while each row runs: every rail tegrastats reports on a "
+              "Jetson (average mW and mJ per image), or nvidia-smi's board draw on an x86 GPU. "
+              "Where neither exists it says so in one line and the bench runs without it.")
 @JSON_OPTION
 def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, baseline,
-          max_latency_regression_pct, json_path) -> None:
+          max_latency_regression_pct, power, json_path) -> None:
     """Latency per backend x precision x batch size: warm-up, then timed iterations with the
     device synchronized. Reports mean, p50, p90, p99, std and images/s (from the p50) host to
     host, and device compute alone where the backend allows it (GPU backends). A bench
@@ -602,7 +606,8 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
     with console.steps() as step:
         result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
-                           warmup=warmup, device=device, cpu_fp16=cpu_fp16, step=step, notice=note)
+                           warmup=warmup, device=device, cpu_fp16=cpu_fp16, power=power,
+                           step=step, notice=note)
     if old is not None:
         result["baseline"] = compare_to_baseline(result, old, str(baseline), max_latency_regression_pct)
     _print_bench(result)
@@ -699,6 +704,8 @@ def _print_bench(result: dict) -> None:
     stdout.print(table)
     for s in result["skipped"]:
         stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
+    if result.get("power", {}).get("source"):
+        _print_power(result)
     compared = result.get("baseline")
     if compared:
         table = Table(title=f"against {compared['baseline']}: p50 ratio (new / baseline), 95 % "
@@ -717,6 +724,23 @@ def _print_bench(result: dict) -> None:
         if any(r["verdict"] == "inconclusive" for r in compared["rows"]):
             note("inconclusive: the runs are too noisy to tell at this gate; more --iterations "
                  "(in both runs) narrow the interval")
+
+
+def _print_power(result: dict) -> None:
+    power = result["power"]
+    table = Table(title=f"power from {power['source']}: {power['covers']}")
+    for col in ("backend", "batch", "readings", "rail", "average W", "mJ / image"):
+        table.add_column(col, justify="left" if col in ("backend", "rail") else "right")
+    for r in result["results"]:
+        p, batch = r["power"], str(r["host_to_host"]["batch_size"])
+        if "reason" in p:
+            table.add_row(r["device"], batch, str(p["samples"]), f"[yellow]{escape(p['reason'])}[/]", "-", "-")
+            continue
+        for rail, mw in p["rails_mw"].items():
+            name = f"{rail} (total)" if rail == p["total_rail"] else rail
+            table.add_row(r["device"], batch, str(p["samples"]), name, f"{mw / 1e3:.2f}",
+                          f"{p['mj_per_image'][rail]:.2f}")
+    stdout.print(table)
 
 
 @cli.command()

@@ -166,13 +166,24 @@ def test_a_jetson_records_its_release_and_power_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
     assert jetson_conditions(tmp_path) == {
         "l4t": "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64",
-        "power_mode": "NV Power Mode: MAXN"}
+        "power_mode": "NV Power Mode: MAXN", "clocks": None}  # no jetson_clocks here to ask
 
 
 def test_a_baseline_from_another_power_mode_is_refused(measured, digits_workdir, tmp_path, run_cli):
     path = _baseline(measured, tmp_path, 1.0, jetson={"l4t": "# R36", "power_mode": "NV Power Mode: 15W"})
     one_line_error(_bench(run_cli, digits_workdir, path), 2,
                    "ran on other hardware (jetson {'l4t': '# R36', 'power_mode': 'NV Power Mode: 15W'}, here None)")
+
+
+def test_a_jetson_baseline_with_other_clocks_is_refused_naming_them(measured, tmp_path):
+    from resnet_edge.errors import BadInput
+    from resnet_edge.runtime.bench import refuse_incomparable
+    orin = {"l4t": "# R36", "power_mode": "NV Power Mode: MAXN", "clocks": "locked"}
+    old = {"model": measured["model"], "machine": {**measured["machine"], "jetson": orin}}
+    here = {**measured["machine"], "jetson": {**orin, "clocks": "not locked"}}
+    with pytest.raises(BadInput, match=r"ran on other hardware \(jetson clocks 'locked', here 'not locked'\)"):
+        refuse_incomparable(old, measured["model"], here, "main.json")
+    refuse_incomparable(old, measured["model"], {**here, "jetson": orin}, "main.json")  # alike: no error
 
 
 # ---- many runs on one page ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +12,7 @@ import numpy as np
 from .. import strictjson
 from ..errors import BadInput, well_formed
 from ..export import check_batch_sizes, export_profile, open_workdir
+from . import power as energy
 from . import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
 from .latency import describe_machine, measure
@@ -23,11 +25,12 @@ ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
 def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int] | None, *,
               iterations: int, warmup: int, device: str = "auto", cpu_fp16: bool = False,
-              step: Callable[[str], None] = lambda m: None,
+              power: bool = False, step: Callable[[str], None] = lambda m: None,
               notice: Callable[[str], None] = lambda m: None) -> dict:
     """Latency of every backend x batch size. One probe run of each comes first, so a long
     bench says how long before it starts (`notice`, when it is over LONG_BENCH_S). Batch sizes
-    default to the model's profile (min, opt, max) and must lie inside it."""
+    default to the model's profile (min, opt, max) and must lie inside it. With `power`, each
+    row also gets the power read while it ran (tegrastats, or nvidia-smi), or why not."""
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)
     if batch_sizes is None:
@@ -65,23 +68,35 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
         notice(f"bench will take about {_duration(estimate)} ({len(opened)} backends x "
                f"{len(batch_sizes)} batch sizes x {iterations} iterations, from {PROBE_RUNS} "
                "probe runs each); fewer --iterations or --batch-sizes make it shorter")
+    source, power_note = None, None
+    if power:
+        try:
+            source = energy.find_source()
+        except energy.PowerUnavailable as exc:
+            power_note = {"reason": str(exc)}
+            notice(str(exc))
     results, spent, planned, warned = [], 0.0, 0.0, False
-    for name, precision, backend in opened:
-        for size in batch_sizes:
-            step(f"{backend.label} batch {size}")
-            start = time.perf_counter()
-            m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
-            spent += time.perf_counter() - start
-            planned += expected[backend.label, size]
-            results.append({"backend": name, "precision": precision, "device": backend.label,
-                            "int8_path": backend.int8_path, **m})
-            pace = spent / planned if planned else 1.0
-            left = (estimate - planned) * pace
-            if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK and left > 1:
-                warned = True  # said once: the machine is busier (or idler) than the probes saw
-                notice(f"bench is running at {pace:.1f}x its estimate: about {_duration(left)} "
-                       "left, not as first said")
-        backend.close()
+    with ExitStack() as stack:
+        sampler = stack.enter_context(energy.Sampler(source)) if source else None
+        for name, precision, backend in opened:
+            for size in batch_sizes:
+                step(f"{backend.label} batch {size}")
+                start, began = time.perf_counter(), time.monotonic()
+                m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
+                spent += time.perf_counter() - start
+                planned += expected[backend.label, size]
+                row = {"backend": name, "precision": precision, "device": backend.label,
+                       "int8_path": backend.int8_path, **m}
+                if sampler:
+                    row["power"] = _power(sampler, began, time.monotonic(), m["host_to_host"])
+                results.append(row)
+                pace = spent / planned if planned else 1.0
+                left = (estimate - planned) * pace
+                if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK and left > 1:
+                    warned = True  # said once: the machine is busier (or idler) than the probes saw
+                    notice(f"bench is running at {pace:.1f}x its estimate: about {_duration(left)} "
+                           "left, not as first said")
+            backend.close()
     pace = spent / estimate if estimate else 1.0
     if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK:
         # too late to say while running (the rest was under a second): said now, as measured
@@ -90,7 +105,20 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     return {"schema": SCHEMA, "model": card.to_dict(), "artifacts": artifact_hashes(workdir, ran),
             "machine": describe_machine(), "estimated_seconds": round(estimate, 2),
             "measured_seconds": round(spent, 2),
-            "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped}
+            "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped,
+            **({"power": power_note or {"source": source.name, "covers": source.says}} if power else {})}
+
+
+def _power(sampler: energy.Sampler, began: float, ended: float, host: dict) -> dict:
+    """The readings taken while one row ran (warm-up and timed loops: one workload), per image
+    at the host-to-host mean, since energy is spent through every iteration, not the median's."""
+    readings = sampler.between(began, ended)
+    summary = energy.summarize(sampler.source, readings, ended - began,
+                               host["mean_ms"] / 1e3 / host["batch_size"])
+    stopped = sampler.stopped()
+    if "reason" in summary and stopped:
+        summary["reason"] = stopped
+    return summary
 
 
 def _duration(seconds: float) -> str:
@@ -99,7 +127,7 @@ def _duration(seconds: float) -> str:
 
 # what makes two latencies comparable: the same hardware, or there is nothing to compare; other
 # libraries are what a regression check is for, so they are said, not refused
-HARDWARE = ("cpu", "cores", "gpu", "jetson")  # jetson: L4T release and power mode
+HARDWARE = ("cpu", "cores", "gpu", "jetson")  # jetson: L4T release, power mode, locked clocks
 
 
 def read_baseline(path: str | Path) -> dict:
@@ -126,10 +154,14 @@ def refuse_incomparable(baseline: dict, model: dict, machine: dict, where: str) 
                 raise BadInput(f"baseline {where} is of another model ({key} {old_model.get(key)!r}, "
                                f"not {model.get(key)!r}); compare runs of one model")
         for key in HARDWARE:
-            if machine.get(key) != old_machine.get(key):
-                raise BadInput(f"baseline {where} ran on other hardware ({key} "
-                               f"{old_machine.get(key)!r}, here {machine.get(key)!r}): latencies "
-                               "from different machines are not a regression check")
+            old, now = old_machine.get(key), machine.get(key)
+            if old == now:
+                continue
+            if isinstance(old, dict) and isinstance(now, dict):  # a Jetson's conditions, by name
+                key = next(f"{key} {k}" for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
+                old, now = old.get(key.split()[1]), now.get(key.split()[1])
+            raise BadInput(f"baseline {where} ran on other hardware ({key} {old!r}, here {now!r}): "
+                           "latencies from different machines are not a regression check")
 
 
 def compare_to_baseline(result: dict, baseline: dict, where: str,

@@ -1,0 +1,139 @@
+"""Power while bench runs: tegrastats on a Jetson, nvidia-smi's board reading on an x86 GPU.
+
+tegrastats prints a line per interval in which each power rail reads `NAME current/average`, in
+milliwatts ("VDD_IN 4542mW/4000mW" from JetPack 5 on; "POM_5V_IN 4520/4680", no unit, before).
+Only the current value is used: the average is tegrastats' own since it started, not over the
+loop that was timed. Every number here is a reading taken during that loop; a loop too short
+for enough readings gets a reason instead of a number.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+INTERVAL_MS = 100
+MIN_SAMPLES = 3
+# a rail reading: a name, then current/average with or without the mW unit, and nothing glued on
+# after (so "RAM 1282/62795MB" and "IRAM 0/252kB" are not rails)
+_RAIL = re.compile(r"(?<![@\w])([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?![\w/])")
+# the rail that is the whole module's input, where the board has one: VDD_IN (Orin Nano and NX,
+# Xavier NX, TX2), POM_5V_IN (Nano). AGX Orin and AGX Xavier report parts only, so no total
+INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
+NOT_CONNECTED = "NC"  # AGX Orin's monitor lists unused channels as "NC 0mW/0mW"
+
+
+class PowerUnavailable(RuntimeError):
+    """No power source on this machine; the message says which were looked for."""
+
+
+def parse_tegrastats(line: str) -> dict[str, int]:
+    """{rail: current milliwatts} from one tegrastats line; {} when it has no power rails."""
+    return {name: int(current) for name, current, _average in _RAIL.findall(line)
+            if name != NOT_CONNECTED}
+
+
+def parse_nvidia_smi(line: str) -> dict[str, int]:
+    """{"GPU board": milliwatts} from one line of `nvidia-smi --query-gpu=power.draw
+    --format=csv,noheader,nounits` (watts, or "[N/A]" where the GPU has no reading)."""
+    try:
+        watts = float(line.strip())
+    except ValueError:
+        return {}
+    return {"GPU board": round(watts * 1000)}
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    command: tuple[str, ...]
+    parse: Callable[[str], dict[str, int]]
+    total: str | None  # the rail that is the whole board or module, if one is
+    says: str  # what the readings cover, for the report
+
+
+TEGRASTATS = Source("tegrastats", ("tegrastats", "--interval", str(INTERVAL_MS)), parse_tegrastats,
+                    None, "the Jetson's power rails as tegrastats reads them")
+NVIDIA_SMI = Source("nvidia-smi", ("nvidia-smi", "--query-gpu=power.draw", "--format=csv,noheader,nounits",
+                                   "-i", "0", "-lms", str(INTERVAL_MS)), parse_nvidia_smi, "GPU board",
+                    "GPU 0's whole-board draw as nvidia-smi reads it (not the CPU's, nor the host's)")
+
+
+def find_source(which: Callable[[str], str | None] = shutil.which) -> Source:
+    """tegrastats where it exists (a Jetson), else nvidia-smi (an NVIDIA driver), else refused."""
+    for source in (TEGRASTATS, NVIDIA_SMI):
+        if which(source.command[0]):
+            return source
+    raise PowerUnavailable("no power source here: neither tegrastats (a Jetson) nor nvidia-smi "
+                           "(an NVIDIA GPU driver) is on PATH, so power was not measured")
+
+
+class Sampler:
+    """The source's command running in the background, each reading stamped as it arrives.
+    `between(start, end)` gives the readings of one timed stretch (time.monotonic)."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self._readings: list[tuple[float, dict[str, int]]] = []
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Sampler":
+        self._process = subprocess.Popen(self.source.command, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, bufsize=1)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            rails = self.source.parse(line)
+            if rails:
+                with self._lock:
+                    self._readings.append((time.monotonic(), rails))
+
+    def __exit__(self, *exc) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._thread.join(timeout=5)
+        self._process.stdout.close()
+        self._process.stderr.close()
+
+    def between(self, start: float, end: float) -> list[dict[str, int]]:
+        with self._lock:
+            return [rails for stamp, rails in self._readings if start <= stamp <= end]
+
+    def stopped(self) -> str | None:
+        """Why the source gave nothing, if it has ended: its exit code and first error line."""
+        if self._process is None or self._process.poll() is None:
+            return None
+        first = (self._process.stderr.readline() or "").strip()[:200]
+        return f"{self.source.name} ended (exit code {self._process.returncode}){': ' + first if first else ''}"
+
+
+def summarize(source: Source, readings: list[dict[str, int]], seconds: float,
+              seconds_per_image: float) -> dict:
+    """Average power per rail over one timed stretch and the energy each image took on it
+    (mW x s = mJ); with fewer than MIN_SAMPLES readings, the reason instead of numbers."""
+    entry = {"source": source.name, "covers": source.says, "interval_ms": INTERVAL_MS,
+             "samples": len(readings)}
+    if len(readings) < MIN_SAMPLES:
+        return {**entry, "reason": f"{len(readings)} readings in the {seconds:.2f} s this ran, "
+                                   f"fewer than {MIN_SAMPLES}: more --iterations make it longer"}
+    rails = sorted({name for rails in readings for name in rails})
+    average = {name: sum(r[name] for r in readings if name in r) / sum(name in r for r in readings)
+               for name in rails}
+    total = source.total or next((name for name in INPUT_RAILS if name in average), None)
+    return {**entry, "rails_mw": {k: round(v, 1) for k, v in average.items()},
+            "mj_per_image": {k: round(v * seconds_per_image, 4) for k, v in average.items()},
+            "total_rail": total}

@@ -1,0 +1,203 @@
+"""Power and clocks on a Jetson, read from what real devices print.
+
+Every tegrastats and jetson_clocks line below was printed by a device and published; each says
+where it comes from. The formats differ by release: JetPack 4 prints rails without a unit,
+JetPack 5 on AGX Orin adds unused "NC" channels and upper-case sensors, JetPack 6 lower-case
+sensors and GR3D as a list, and some boards have a whole-module input rail (VDD_IN) while
+AGX Orin reports parts only."""
+
+import json
+import re
+
+import pytest
+
+from cli_output import one_line_error
+from resnet_edge.runtime import power
+from resnet_edge.runtime.latency import clocks_locked, jetson_conditions
+
+# JetPack 5.1 (L4T R35), AGX Orin 64GB: catid/blog2022, content/posts/orin_opt.md ("AI on Jetson
+# Orin", 2023-04-23; it installs JetPack 5.1's PyTorch wheel, .../jp/v51/pytorch/...)
+JP5_AGX_ORIN = (
+    "04-24-2023 00:01:24 RAM 1282/62795MB (lfb 15152x4MB) SWAP 0/31398MB (cached 0MB) CPU [0%@729,"
+    "0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729] EMC_FREQ 0%@2133 "
+    "GR3D_FREQ 0%@0 GR3D2_FREQ 0%@0 VIC_FREQ 729 APE 174 CV0@-256C CPU@42.593C Tboard@32C "
+    "SOC2@39.343C Tdiode@33.25C SOC0@39.375C CV1@-256C GPU@-256C tj@42.593C SOC1@40.468C CV2@-256C "
+    "VDD_GPU_SOC 2399mW/2399mW VDD_CPU_CV 400mW/400mW VIN_SYS_5V0 4032mW/4032mW NC 0mW/0mW "
+    "VDDQ_VDD2_1V8AO 301mW/301mW NC 0mW/0mW")
+# JetPack 6.2.1 (L4T R36.4.4, /etc/nv_tegra_release "R36 (release), REVISION: 4.4"), AGX Orin:
+# lesomnus/tegra-exporter, stats/parse_test.go at 0070ae5, three consecutive seconds
+_JP6_CPU = ("CPU [14%@2188,5%@2112,8%@2035,14%@2201,46%@1267,47%@1267,2%@1267,10%@1267,4%@1036,"
+            "5%@1036,6%@1036,10%@1036]")
+JP6_AGX_ORIN = [
+    f"05-09-2026 18:42:0{second} RAM 18207/62841MB (lfb 466x4MB) SWAP 86/31420MB (cached 0MB) "
+    f"{_JP6_CPU} EMC_FREQ 3%@2133 GR3D_FREQ 0%@[0,0] NVENC 79%@166 NVDEC off NVJPG off NVJPG1 off "
+    "VIC 36%@115 OFA off NVDLA0 off NVDLA1 off PVA0_FREQ off APE 174 cpu@52.562C soc2@48.437C "
+    f"soc0@49.093C tj@52.562C soc1@49.656C VDD_GPU_SOC 2412mW/2412mW VDD_CPU_CV 1607mW/1607mW "
+    f"VIN_SYS_5V0 {vin}"
+    for second, vin in ((6, "4707mW/4707mW"), (7, "4607mW/4657mW"), (8, "4707mW/4674mW"))]
+# Orin Nano, which has the module's input rail: henrygd/beszel, agent/gpu_test.go at 04600d8,
+# case "orin nano" (printed 2025-06-18; the release is not stated there)
+ORIN_NANO = (
+    "06-18-2025 11:25:24 RAM 3452/7620MB (lfb 25x4MB) SWAP 1518/16384MB (cached 174MB) CPU [1%@1420,"
+    "2%@1420,0%@1420,2%@1420,2%@729,1%@729] GR3D_FREQ 0% cpu@50.031C soc2@49.031C soc0@50C "
+    "gpu@49.031C tj@50.25C soc1@50.25C VDD_IN 4824mW/4824mW VDD_CPU_GPU_CV 518mW/518mW "
+    "VDD_SOC 1475mW/1475mW")
+# JetPack 4 (TX2: VDD_SYS_* rails, no mW unit): the same beszel file, its "orin-style output" case
+JP4_TX2 = (
+    "RAM 3276/7859MB (lfb 5x4MB) SWAP 1626/12122MB (cached 181MB) CPU [44%@1421,49%@2031,67%@2034,"
+    "17%@1420,25%@1419,8%@1420] EMC_FREQ 1%@1866 GR3D_FREQ 0%@114 APE 150 MTS fg 1% bg 1% "
+    "PLL@42.5C MCPU@42.5C PMIC@50C Tboard@38C GPU@39.5C BCPU@42.5C thermal@41.3C Tdiode@39.25C "
+    "VDD_SYS_GPU 182/182 VDD_SYS_SOC 730/730 VDD_4V0_WIFI 0/0 VDD_IN 5297/5297 VDD_SYS_CPU 1917/1917 "
+    "VDD_SYS_DDR 1241/1241")
+# Jetson Thor, JetPack 7 (L4T R38.4.0): lesomnus/tegra-exporter, stats/parse_test.go at 0070ae5
+JP7_THOR = (
+    "05-17-2026 10:00:32 RAM 4208/125773MB (lfb 31x4MB) SWAP 0/2048MB (cached 0MB) CPU [1%@972,0%@972,"
+    "0%@972,0%@972,1%@972,0%@972,1%@972,1%@972,0%@972,0%@972,3%@972,0%@972,0%@972,1%@972] "
+    "EMC_FREQ 0%@665 GR3D_FREQ @[0,0,0] NVENC0_FREQ @0 NVENC1_FREQ @0 NVDEC0_FREQ @0 NVDEC1_FREQ @0 "
+    "NVJPG0_FREQ @0 VIC off OFA_FREQ @0 PVA0_FREQ off APE 300 cpu@34.468C tj@34.5C soc012@33.781C "
+    "soc345@34.5C VDD_GPU 0mW/0mW VDD_CPU_SOC_MSS 4165mW/4165mW VIN_SYS_5V0 4126mW/4126mW")
+
+# `jetson_clocks --show`, JetPack 5.1 AGX Orin, not locked: the catid post above
+SHOW_JP5_NOT_LOCKED = """SOC family:tegra234  Machine:Jetson AGX Orin
+Online CPUs: 0-11
+cpu0: Online=1 Governor=schedutil MinFreq=729600 MaxFreq=2201600 CurrentFreq=2201600 IdleStates: WFI=1 c7=1
+cpu1: Online=1 Governor=schedutil MinFreq=729600 MaxFreq=2201600 CurrentFreq=2201600 IdleStates: WFI=1 c7=1
+cpu10: Online=1 Governor=schedutil MinFreq=729600 MaxFreq=2201600 CurrentFreq=1113600 IdleStates: WFI=1 c7=1
+GPU MinFreq=306000000 MaxFreq=1300500000 CurrentFreq=306000000
+EMC MinFreq=204000000 MaxFreq=3199000000 CurrentFreq=2133000000 FreqOverride=0
+NV Power Mode: MAXN""".splitlines()
+# Jetson Nano (L4T R32.7.6), the same board before and after `sudo jetson_clocks`:
+# alefram/renee_perception, its Jetson performance-mode notes (2026-09-28)
+SHOW_NANO_NOT_LOCKED = """cpu0: Online=1 Governor=schedutil MinFreq=102000 MaxFreq=1479000 CurrentFreq=825600 IdleStates: WFI=1 c7=1
+GPU MinFreq=76800000 MaxFreq=921600000 CurrentFreq=76800000
+EMC MinFreq=204000000 MaxFreq=1600000000 CurrentFreq=1600000000 FreqOverride=0""".splitlines()
+SHOW_NANO_LOCKED = """cpu0: Online=1 Governor=schedutil MinFreq=1479000 MaxFreq=1479000 CurrentFreq=1479000 IdleStates: WFI=0 c7=0
+GPU MinFreq=921600000 MaxFreq=921600000 CurrentFreq=921600000
+EMC MinFreq=204000000 MaxFreq=1600000000 CurrentFreq=1600000000 FreqOverride=1""".splitlines()
+
+
+@pytest.mark.parametrize("line,rails", [
+    (JP5_AGX_ORIN, {"VDD_GPU_SOC": 2399, "VDD_CPU_CV": 400, "VIN_SYS_5V0": 4032, "VDDQ_VDD2_1V8AO": 301}),
+    (JP6_AGX_ORIN[1], {"VDD_GPU_SOC": 2412, "VDD_CPU_CV": 1607, "VIN_SYS_5V0": 4607}),
+    (ORIN_NANO, {"VDD_IN": 4824, "VDD_CPU_GPU_CV": 518, "VDD_SOC": 1475}),
+    (JP4_TX2, {"VDD_SYS_GPU": 182, "VDD_SYS_SOC": 730, "VDD_4V0_WIFI": 0, "VDD_IN": 5297,
+               "VDD_SYS_CPU": 1917, "VDD_SYS_DDR": 1241}),
+    (JP7_THOR, {"VDD_GPU": 0, "VDD_CPU_SOC_MSS": 4165, "VIN_SYS_5V0": 4126}),
+])
+def test_every_rail_reads_as_its_current_milliwatts(line, rails):
+    """The current value, not tegrastats' running average (4607, not 4657); RAM, SWAP, IRAM,
+    temperatures and unused NC channels are not rails."""
+    assert power.parse_tegrastats(line) == rails
+
+
+def test_what_is_not_a_rail_is_not_read():
+    assert power.parse_tegrastats("RAM 1180/3965MB (lfb 1x2MB) SWAP 149/1024MB (cached 7MB) "
+                                  "IRAM 0/252kB(lfb 252kB) CPU [30%@1036] GPU@59C") == {}
+    # a rail glued to something else is not a reading either
+    assert power.parse_tegrastats("VDD_IN 4542mW/4000mWx") == {}
+
+
+def test_a_timed_stretch_averages_its_readings_into_energy_per_image():
+    readings = [power.parse_tegrastats(line) for line in JP6_AGX_ORIN]
+    summary = power.summarize(power.TEGRASTATS, readings, 0.3, seconds_per_image=0.002)
+    assert summary["rails_mw"]["VIN_SYS_5V0"] == pytest.approx((4707 + 4607 + 4707) / 3, abs=0.05)
+    # mW x s = mJ: 4673.7 mW for 2 ms an image
+    assert summary["mj_per_image"]["VIN_SYS_5V0"] == pytest.approx(9.3473, abs=1e-4)
+    assert summary["total_rail"] is None  # AGX Orin has no whole-module rail: none is claimed
+    nano = power.summarize(power.TEGRASTATS, [power.parse_tegrastats(ORIN_NANO)] * 3, 0.3, 0.001)
+    assert nano["total_rail"] == "VDD_IN" and nano["mj_per_image"]["VDD_IN"] == pytest.approx(4.824)
+    short = power.summarize(power.TEGRASTATS, readings[:2], 0.15, 0.002)
+    assert "rails_mw" not in short and "2 readings in the 0.15 s" in short["reason"]
+
+
+def test_nvidia_smi_reads_watts_and_says_what_it_covers():
+    assert power.parse_nvidia_smi("71.23\n") == {"GPU board": 71230}
+    assert power.parse_nvidia_smi("[N/A]\n") == {}
+    assert power.NVIDIA_SMI.total == "GPU board" and "not the CPU's" in power.NVIDIA_SMI.says
+
+
+def test_the_source_is_whatever_this_machine_has():
+    have = lambda *names: (lambda tool: f"/usr/bin/{tool}" if tool in names else None)  # noqa: E731
+    assert power.find_source(have("tegrastats", "nvidia-smi")) is power.TEGRASTATS
+    assert power.find_source(have("nvidia-smi")) is power.NVIDIA_SMI
+    with pytest.raises(power.PowerUnavailable, match="neither tegrastats .* nor nvidia-smi"):
+        power.find_source(have())
+
+
+@pytest.mark.parametrize("show,locked", [
+    (SHOW_NANO_LOCKED, True),
+    (SHOW_NANO_NOT_LOCKED, False),
+    (SHOW_JP5_NOT_LOCKED, False),
+    (["Please run as root"], None),  # jetson_clocks without root shows nothing to judge
+])
+def test_locked_clocks_are_told_by_jetson_stats_rule(show, locked):
+    assert clocks_locked(show) is locked
+
+
+def _stub(directory, name, body):
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+def test_a_jetson_records_whether_its_clocks_are_locked(tmp_path, monkeypatch):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "nv_tegra_release").write_text("# R35 (release), REVISION: 2.1\n")
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    _stub(stub, "jetson_clocks", "cat <<'EOF'\n" + "\n".join(SHOW_NANO_LOCKED) + "\nEOF\n")
+    monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
+    assert jetson_conditions(tmp_path)["clocks"] == "locked"
+    _stub(stub, "jetson_clocks", "echo 'Please run as root'; exit 1\n")
+    assert jetson_conditions(tmp_path)["clocks"] is None
+
+
+@pytest.fixture
+def tegrastats_here(tmp_path, monkeypatch):
+    """A `tegrastats` that prints the JetPack 6 lines above every 50 ms, as the device would."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    lines = "".join(f"  echo '{line}'; sleep 0.05\n" for line in JP6_AGX_ORIN)
+    _stub(stub, "tegrastats", f"while :; do\n{lines}done\n")
+    monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
+
+
+def test_bench_reads_power_while_each_row_runs(tegrastats_here, digits_workdir, tmp_path, run_cli):
+    result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
+                     "--batch-sizes", "8", "--iterations", "150", "--power", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["power"]["source"] == "tegrastats"
+    row = report["results"][0]
+    reading = row["power"]
+    assert reading["samples"] >= power.MIN_SAMPLES, reading
+    assert 4607 <= reading["rails_mw"]["VIN_SYS_5V0"] <= 4707
+    per_image_s = row["host_to_host"]["mean_ms"] / 1e3 / 8
+    assert reading["mj_per_image"]["VDD_GPU_SOC"] == pytest.approx(2412 * per_image_s, rel=1e-3)
+    assert re.search(r"power from tegrastats", result.stdout) and "VIN_SYS_5V0" in result.stdout
+
+
+def test_bench_power_without_a_source_says_so_in_one_line_and_runs(digits_workdir, tmp_path,
+                                                                   monkeypatch, run_cli):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither tegrastats nor nvidia-smi
+    result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
+                     "--batch-sizes", "1", "--iterations", "3", "--power", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "power" in line]
+    assert len(said) == 1 and "neither tegrastats (a Jetson) nor nvidia-smi" in said[0]
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert "neither tegrastats" in report["power"]["reason"] and "power" not in report["results"][0]
+
+
+def test_a_tegrastats_that_dies_says_why(tmp_path, monkeypatch, digits_workdir, run_cli):
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    _stub(stub, "tegrastats", "echo 'tegrastats: permission denied' >&2; exit 1\n")
+    monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
+    result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
+                     "--batch-sizes", "1", "--iterations", "5", "--power", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    reading = json.loads((tmp_path / "b.json").read_text())["results"][0]["power"]
+    assert reading["samples"] == 0
+    assert reading["reason"] == "tegrastats ended (exit code 1): tegrastats: permission denied"
+

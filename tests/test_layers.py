@@ -11,7 +11,7 @@ PACKAGE = Path(resnet_edge.__file__).parent
 # lowest first; a module may import from its own layer or any layer before it
 LAYERS = [
     ["resnet_edge", "errors", "strictjson", "quiet", "metrics", "parity.gates", "runtime.cpu",
-     "runtime.regression", "deploy.archive", "deploy.signing"],
+     "runtime.regression", "runtime.power", "deploy.archive", "deploy.signing"],
     ["artifacts", "data", "console", "pictures"],
     ["zoo"],
     ["runtime.ort", "runtime.trt_rules", "runtime.trt_plan", "runtime.trt_runner", "runtime.trt_engine",

@@ -631,7 +631,8 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
 def report_(reports, html, markdown, json_path) -> None:
     """Merge parity and bench reports of one model from many runs (a CI matrix, a fleet of
     devices) into one matrix: backend x precision (x batch for latency) by run, each run headed
-    by where it ran, baseline verdicts marked.
+    by where it ran, baseline verdicts marked with the change they judged, energy per image
+    where bench read power, and what differs between the runs' machines and libraries.
 
     \b
     Example:
@@ -646,12 +647,21 @@ def report_(reports, html, markdown, json_path) -> None:
     table = Table(title=f"{runs[0][1]['model']['arch']}: {len(runs)} runs")
     for col in ("kind", "backend", "batch"):
         table.add_column(col)
-    for path, run in runs:
-        table.add_column(f"{path.name}\n{fleet.where(run)}")
+    for name, (_, run) in zip(fleet.names(runs), runs):
+        table.add_column(f"{name}\n{fleet.where(run)}")
     for kind, backend, precision, batch in keys:
         table.add_row(kind, f"{backend} {precision}", str(batch),
                       *(escape(text) for text in cells[(kind, backend, precision, batch)]))
     stdout.print(table)
+    differ = fleet.differences(runs)
+    if differ:
+        table = Table(title="where the runs differ")
+        table.add_column("what")
+        for name in fleet.names(runs):
+            table.add_column(name)
+        for field, values in differ:
+            table.add_row(field, *map(escape, values))
+        stdout.print(table)
     if html:
         write_text_atomic(html, fleet.page(runs, html))
     if markdown:
@@ -659,7 +669,8 @@ def report_(reports, html, markdown, json_path) -> None:
     wrote(html, markdown)
     emit_json({"runs": [{"report": str(path), "where": fleet.where(run)} for path, run in runs],
                "rows": [{"kind": k, "backend": b, "precision": p, "batch": n, "cells": cells[(k, b, p, n)]}
-                        for k, b, p, n in keys]}, json_path)
+                        for k, b, p, n in keys],
+               "differences": [{"what": field, "values": values} for field, values in differ]}, json_path)
 
 
 def _print_parity(report: dict) -> None:
@@ -681,6 +692,17 @@ def _print_parity(report: dict) -> None:
                           "-" if agree is None else f"{agree:+.2f}",
                           f"[{colors[r['verdict']]}]{r['verdict']}[/]")
         stdout.print(table)
+        ref = compared["reference"]
+        if not ref["compared"]:
+            stdout.print(escape(ref["note"]))
+        else:  # printed with the table it qualifies: a changed reference moves every row
+            said = (f"the reference ({report['reference']['backend']} {report['reference']['precision']}) "
+                    f"against the baseline's saved outputs: the same top-1 on {ref['top1_same']:.2%} "
+                    f"of {ref['images']} images, logits of the first {ref['logits_compared']} within "
+                    f"{ref['max_abs_logit_change']:.2g}")
+            stdout.print(escape(said) + ("; [yellow]the reference itself changed[/] (weights, "
+                                         "preprocessing or libraries), so every row moved with it"
+                                         if ref["changed"] else ""))
 
 
 def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str, str]]:

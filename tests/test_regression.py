@@ -144,6 +144,39 @@ def test_a_row_whose_accuracy_fell_against_main_fails(parity_main, calibrated_wo
     assert all(r["top1_change_pt"] == 0.0 for r in rows)
 
 
+def test_the_reference_is_held_to_the_baselines_saved_outputs(parity_main, calibrated_workdir,
+                                                             tmp_path, run_cli):
+    from resnet_edge.parity.run import SAVED_LOGITS, reference_outputs, saved_logits
+    saved = parity_main["reference"]["outputs"]
+    assert len(saved["top1"]) == 128 and saved_logits(saved).shape == (SAVED_LOGITS, 10)
+    same = _parity(run_cli, calibrated_workdir, _parity_baseline(parity_main, tmp_path), "--json",
+                   tmp_path / "p.json")
+    ref = json.loads((tmp_path / "p.json").read_text())["baseline"]["reference"]
+    # one model, one set: the same classes, logits equal but for fp32 summation order
+    assert ref["compared"] and ref["top1_same"] == 1.0 and ref["max_abs_logit_change"] < 1e-3, ref
+    assert not ref["changed"] and "the same top-1 on 100.00% of 128 images" in same.stdout
+
+    # main's reference answered otherwise on 3 images, its logits 0.5 away: said, not gated
+    changed = json.loads(json.dumps(parity_main))
+    top1 = list(saved["top1"])
+    top1[:3] = [(c + 1) % 10 for c in top1[:3]]
+    changed["reference"]["outputs"] = reference_outputs(top1, saved_logits(saved) + 0.5)
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    moved = _parity(run_cli, calibrated_workdir, tmp_path / "changed.json")
+    assert moved.exit_code == 0, moved.output
+    assert "the same top-1 on 97.66% of 128 images" in moved.stdout
+    assert "the reference itself changed" in moved.stdout
+
+    del changed["reference"]["outputs"]  # a report from before parity saved them
+    (tmp_path / "old.json").write_text(json.dumps(changed))
+    assert "saved no reference outputs" in _parity(run_cli, calibrated_workdir, tmp_path / "old.json").stdout
+    changed["reference"]["outputs"] = {"top1": top1, "logits": {"images": 2, "classes": 10,
+                                                                "float32_base64": "not base64!"}}
+    (tmp_path / "bad.json").write_text(json.dumps(changed))
+    one_line_error(_parity(run_cli, calibrated_workdir, tmp_path / "bad.json"), 2,
+                   "baseline " + str(tmp_path / "bad.json") + " is not a well-formed report")
+
+
 def test_a_parity_baseline_on_other_data_is_refused(parity_main, calibrated_workdir, tmp_path, run_cli):
     other = _parity_baseline(parity_main, tmp_path, images=397)
     one_line_error(_parity(run_cli, calibrated_workdir, other), 2,
@@ -195,9 +228,15 @@ def fleet(measured, parity_main, tmp_path):
     jetson["machine"].update(cpu="ARMv8 Processor rev 1 (v8l)", gpu="Orin",
                              jetson={"l4t": "# R36", "power_mode": "NV Power Mode: MAXN"})
     jetson["baseline"] = {"rows": [{"backend": "ort", "precision": "fp32", "batch_size": 8,
-                                    "verdict": "regression"}]}
+                                    "verdict": "regression", "ratio": 1.4, "low": 1.3, "high": 1.5}]}
+    jetson["results"][0]["power"] = {"source": "tegrastats", "samples": 12, "total_rail": None,
+                                     "rails_mw": {"VDD_GPU_SOC": 2412.0, "VIN_SYS_5V0": 4673.7},
+                                     "mj_per_image": {"VDD_GPU_SOC": 4.82, "VIN_SYS_5V0": 9.35}}
+    parity = json.loads(json.dumps(parity_main))
+    parity["baseline"] = {"rows": [{"backend": "ort", "precision": "int8", "verdict": "pass",
+                                    "top1_change_pt": -0.25, "agreement_change_pt": 0.5}]}
     paths = [tmp_path / "runs" / name for name in ("x86", "orin", "parity")]
-    for path, report in zip(paths, (measured, jetson, parity_main)):
+    for path, report in zip(paths, (measured, jetson, parity)):
         path.mkdir(parents=True)
         (path / "report.json").write_text(json.dumps(report))
     return [p / "report.json" for p in paths]
@@ -210,11 +249,19 @@ def test_runs_from_many_devices_merge_into_one_page(fleet, tmp_path, run_cli):
     page = out.read_text()
     assert "Orin, NV Power Mode: MAXN" in page and "href='../runs/orin/report.json'" in page
     assert page.count("<th><a href=") == 3
-    assert "<td class='regression'>p50 " in page and "[regression]" in page  # its own verdict
+    assert "<td class='regression'>p50 " in page and "[regression x1.40]" in page  # its own verdict
+    # energy per image, each rail named: AGX Orin has no whole-module rail to call a total
+    assert "4.82 mJ/img VDD_GPU_SOC, 9.35 mJ/img VIN_SYS_5V0" in page
+    differ = page[page.index("id='differences'"):]
+    assert "<td>gpu</td><td>-</td><td>Orin</td><td>-</td>" in differ and "jetson.power_mode" in differ
+    assert ">orin/report.json</a>" in page  # the runs' files share a name: their folders tell them apart
+    assert "versions." not in differ  # the runs share their libraries
     assert re.search(r"top-1 \d+\.\d\d%, agreement \d+\.\d\d%", page)
+    assert re.search(r"<td class='pass'>top-1 [^<]* \[pass -0\.25 pt\]</td>", page)  # top-1's change
     assert "<script" not in page
     markdown = (tmp_path / "fleet.md").read_text()
     assert markdown.count("| latency | ort fp32 |") == 2 and "Orin\\, NV Power Mode\\: MAXN" in markdown
+    assert "## Where the runs differ" in markdown
 
 
 def test_reports_of_another_model_are_not_merged(fleet, tmp_path, run_cli):
@@ -232,12 +279,19 @@ def test_reports_of_another_model_are_not_merged(fleet, tmp_path, run_cli):
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed "
                     "(make test-browser installs Debian's chromium package and runs these)")
 def test_chromium_renders_the_fleet_page(fleet, tmp_path, run_cli):
-    out = tmp_path / "fleet.html"
+    """Rendered, with the regression in red; the screenshot is README's (docs/fleet.png)."""
+    from PIL import Image
+    out, shot = tmp_path / "fleet.html", tmp_path / "fleet.png"
     assert run_cli("report", *fleet, "--html", out).exit_code == 0
     dom = subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", out.as_uri()],
+                          "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--window-size=1500,560", f"--screenshot={shot}", "--dump-dom", out.as_uri()],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     assert re.search(r"<table id=\"fleet\">", dom) and dom.count("<th><a href=") == 3
+    assert re.search(r"<table id=\"differences\">", dom)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    red = (pixels[:, 0] > 150) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80)  # #cf222e: the regression
+    assert red.sum() > 50, "the regression cell is not drawn in red"
 
 
 @pytest.mark.parametrize("damage", [

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .. import strictjson
 from ..errors import BadInput, well_formed
-from .run import SCHEMA
+from .run import SCHEMA, saved_logits
 
 MAX_ACCURACY_DROP_PT = 0.5
+# the reference's logits on one machine and one build are exact; across threads, CPUs and torch
+# releases fp32 sums reorder, which moves logits by about 1e-5 of their size, not more
+REFERENCE_TOLERANCE = 1e-3
 
 
 def read_baseline(path: str | Path) -> dict:
@@ -57,4 +62,25 @@ def _compare(report: dict, baseline: dict, where: str, max_drop_pt: float) -> di
         rows.append({**entry, "top1_change_pt": top1, "agreement_change_pt": agreement,
                      "verdict": "regression" if worse < -max_drop_pt else "pass"})
     return {"baseline": where, "max_accuracy_drop_pt": max_drop_pt, "rows": rows,
+            "reference": _reference(report["reference"], baseline.get("reference", {})),
             "regressions": [r for r in rows if r["verdict"] == "regression"]}
+
+
+def _reference(now: dict, old: dict) -> dict:
+    """The reference's own outputs against the baseline's saved ones, on the same images: a
+    changed reference (weights, preprocessing, a torch upgrade) moves every row with it, which
+    a reader must know before blaming a backend."""
+    if not old.get("outputs"):
+        return {"compared": False, "note": "the baseline saved no reference outputs (made before "
+                                           "parity kept them): only the rows are compared"}
+    top1, old_top1 = now["outputs"]["top1"], old["outputs"]["top1"]
+    if len(top1) != len(old_top1):
+        raise ValueError(f"reference outputs for {len(old_top1)} images, not {len(top1)}")
+    logits, old_logits = saved_logits(now["outputs"]), saved_logits(old["outputs"])
+    k = min(len(logits), len(old_logits))
+    if logits.shape[1] != old_logits.shape[1]:
+        raise ValueError(f"reference logits of {old_logits.shape[1]} classes, not {logits.shape[1]}")
+    same = float(np.mean(np.asarray(top1) == np.asarray(old_top1))) if top1 else 1.0
+    diff = float(np.abs(logits[:k] - old_logits[:k]).max()) if k else 0.0
+    return {"compared": True, "images": len(top1), "top1_same": same, "logits_compared": k,
+            "max_abs_logit_change": diff, "changed": same < 1.0 or diff > REFERENCE_TOLERANCE}

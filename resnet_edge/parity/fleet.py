@@ -6,6 +6,7 @@ Reports of another model are refused, never merged."""
 from __future__ import annotations
 
 import os
+import re
 from html import escape
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def read_reports(paths: list[Path]) -> list[tuple[Path, dict]]:
     return reports
 
 
+def names(reports: list[tuple[Path, dict]]) -> list[str]:
+    """Each run's heading: its file name, with as many parent folders as it takes to tell the
+    runs apart (a CI matrix's artifacts are all parity.json, in folders named by job)."""
+    parts = [Path(path).resolve().parts for path, _ in reports]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
 def where(report: dict) -> str:
     """Where a run ran, as its report says: the GPU (or CPU), and a Jetson's power mode."""
     machine = report.get("machine", {})
@@ -61,12 +73,22 @@ def matrix(reports: list[tuple[Path, dict]]) -> tuple[list[str], dict[tuple, lis
 
 
 def _column(cells: dict[tuple, list[str]], column: int, columns: int, report: dict) -> None:
-    verdicts = {(r["backend"], r["precision"], r.get("batch_size", "")): r["verdict"]
-                for r in report.get("baseline", {}).get("rows", [])}
+    marks = {(r["backend"], r["precision"], r.get("batch_size", "")): _mark(r)
+             for r in report.get("baseline", {}).get("rows", []) if r["verdict"] != "no baseline"}
     for key, text in _cells(report):
-        mark = verdicts.get(key[1:])
+        mark = marks.get(key[1:])
         row = cells.setdefault(key, [""] * columns)
-        row[column] = text + (f" [{mark}]" if mark and mark != "no baseline" else "")
+        row[column] = text + (f" [{mark}]" if mark else "")
+
+
+def _mark(row: dict) -> str:
+    """A run's own baseline verdict with the change it judged: the p50 ratio for latency, the
+    change in points for accuracy (top-1 where labelled, else agreement)."""
+    if "ratio" in row:
+        return f"{row['verdict']} x{row['ratio']:.2f}"
+    change = row.get("top1_change_pt")
+    change = row.get("agreement_change_pt") if change is None else change
+    return row["verdict"] if change is None else f"{row['verdict']} {change:+.2f} pt"
 
 
 def _key(kind: str, row: dict, batch) -> tuple:
@@ -90,40 +112,89 @@ def _cells(report: dict):
         for row in report["results"]:
             host = row["host_to_host"]
             yield (_key("latency", row, host["batch_size"]),
-                   f"p50 {host['p50_ms']:.2f} ms, {host['images_per_s']:.0f} img/s")
+                   f"p50 {host['p50_ms']:.2f} ms, {host['images_per_s']:.0f} img/s" + _energy(row))
+
+
+def _energy(row: dict) -> str:
+    """The energy an image took, where bench read power: the whole board or module when a rail
+    is that, else each rail, named, since a Jetson without an input rail has no total."""
+    power = row.get("power") or {}
+    per_image = power.get("mj_per_image")
+    if not per_image:
+        return ""
+    total = power.get("total_rail")
+    rails = [total] if total else sorted(per_image)
+    return ", " + ", ".join(f"{per_image[r]:.2f} mJ/img {r}" for r in rails)
+
+
+PROVENANCE = ("cpu", "cores", "gpu", "driver", "jetson.l4t", "jetson.power_mode", "jetson.clocks")
+
+
+def differences(reports: list[tuple[Path, dict]]) -> list[tuple[str, list[str]]]:
+    """What decides whether the runs' numbers compare, where they differ: the machine, a
+    Jetson's release, power mode and clocks, and every library version any run records."""
+    def value(report: dict, field: str):
+        where_, _, name = field.partition(".")
+        found = report.get("machine", {}).get(where_)
+        return (found or {}).get(name) if name else found
+    versions = sorted({f"versions.{name}" for _, r in reports
+                       for name in (r.get("machine", {}).get("versions") or {})})
+    rows = []
+    for field in (*PROVENANCE, *versions):
+        values = ["-" if value(r, field) is None else str(value(r, field)) for _, r in reports]
+        if len(set(values)) > 1:
+            rows.append((field, values))
+    return rows
 
 
 def page(reports: list[tuple[Path, dict]], out: Path) -> str:
     keys, cells = matrix(reports)
-    heads = "".join(f"<th><a href='{escape(os.path.relpath(path, out.parent))}'>{escape(path.name)}</a>"
+    heads = "".join(f"<th><a href='{escape(os.path.relpath(path, out.parent))}'>{escape(name)}</a>"
                     f"<br><span class='muted'>{escape(where(report))}</span></th>"
-                    for path, report in reports)
+                    for name, (path, report) in zip(names(reports), reports))
     rows = "".join(
         f"<tr><td>{escape(kind)}</td><td>{escape(backend)} {escape(precision)}</td>"
         f"<td class='num'>{escape(str(batch))}</td>"
         + "".join(f"<td class='{_klass(text)}'>{escape(text)}</td>" for text in cells[(kind, backend, precision, batch)])
         + "</tr>" for kind, backend, precision, batch in keys)
     model = reports[0][1]["model"]
+    differ = differences(reports)
+    provenance = ("<h2>Where the runs differ</h2><table id='differences'><tr><th>what</th>"
+                  + "".join(f"<th>{escape(name)}</th>" for name in names(reports)) + "</tr>"
+                  + "".join(f"<tr><td>{escape(field)}</td>"
+                            + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>"
+                            for field, values in differ) + "</table>"
+                  if differ else "<p class='muted'>The runs record the same machine and libraries.</p>")
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(model['arch'])}: {len(reports)} runs</title><style>{STYLE}"
-            "td.regression { color: #cf222e; font-weight: 600; }</style></head><body>"
+            "td.regression { color: #cf222e; font-weight: 600; } td.inconclusive { color: #9a6700; } "
+            "td.pass { color: #1a7f37; }</style></head><body>"
             f"<h1>{escape(model['arch'])}: {len(reports)} runs</h1>"
             "<p class='muted'>Accuracy rows from parity reports, latency rows (by batch) from bench "
-            "reports; [regression], [inconclusive] and [pass] mark a run's own baseline verdicts.</p>"
+            "reports, with energy per image where bench read power. [regression], [inconclusive] "
+            "and [pass] mark a run's own baseline verdicts, with the change judged: the p50 ratio "
+            "(new / baseline) or the change in points.</p>"
             f"<table id='fleet'><tr><th>kind</th><th>backend</th><th>batch</th>{heads}</tr>{rows}</table>"
-            "</body></html>\n")
+            f"{provenance}</body></html>\n")
 
 
 def _klass(text: str) -> str:
-    return "regression" if "[regression]" in text else "num"
+    verdict = re.search(r"\[(regression|inconclusive|pass)\b", text)
+    return verdict.group(1) if verdict else "num"
 
 
 def markdown(reports: list[tuple[Path, dict]]) -> str:
     keys, cells = matrix(reports)
-    head = " | ".join(md(f"{path.name} ({where(report)})") for path, report in reports)
+    head = " | ".join(md(f"{name} ({where(report)})") for name, (_, report) in zip(names(reports), reports))
     lines = [f"# {md(reports[0][1]['model']['arch'])}: {len(reports)} runs", "",
              f"| kind | backend | batch | {head} |", "|---|---|---:|" + "---|" * len(reports)]
     lines += [f"| {kind} | {md(backend)} {md(precision)} | {batch} | "
               + " | ".join(md(text) for text in cells[(kind, backend, precision, batch)]) + " |"
               for kind, backend, precision, batch in keys]
+    differ = differences(reports)
+    if differ:
+        lines += ["", "## Where the runs differ", "",
+                  "| what | " + " | ".join(md(name) for name in names(reports)) + " |",
+                  "|---|" + "---|" * len(reports)]
+        lines += [f"| {md(field)} | " + " | ".join(md(v) for v in values) + " |" for field, values in differ]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@ streamed in batches, compared, gated."""
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from ..metrics import NEAR_TIE_FACTOR, Accuracy, LogitComparison
 
 SCHEMA = "resnet-edge.parity/1"
 DEFAULT_BATCH = 32
+SAVED_LOGITS = 32  # reference logits a report keeps, for a later run's baseline check
 KEEP_DISAGREEMENTS = 12  # per candidate, for the HTML report's thumbnails
 THUMBNAIL_PX = 96
 # What each backend can run; torch int8 is not a thing this tool makes.
@@ -113,7 +115,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         raise MissingBackend("nothing asked for can run, so nothing was compared: "
                              + "; ".join(f"{r.backend} {r.precision} ({r.reason})" for r in rows))
 
-    ref_accuracy, ref_seconds, sizes = Accuracy(), [], []
+    ref_accuracy, ref_seconds, sizes, ref_top1, ref_kept = Accuracy(), [], [], [], []
     thumbnails: dict[int, bytes] = {}
     labelled = source.has_labels
     done = 0
@@ -129,6 +131,8 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
                              "so nothing can be compared with it")
         if labelled:
             ref_accuracy.update(ref, labels)
+        ref_top1.extend(int(c) for c in ref.argmax(axis=1))
+        ref_kept.append(ref[:max(0, SAVED_LOGITS - done)])
         for row in ran:
             start = time.perf_counter()
             out = row.runner.run(batch)
@@ -206,7 +210,8 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         "machine": describe_machine(),
         "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
         "reference": {"backend": reference_pair[0], "precision": reference_pair[1], "device": reference.label,
-                      "accuracy": ref_acc, "latency": _pass_latency(sizes, ref_seconds)},
+                      "accuracy": ref_acc, "latency": _pass_latency(sizes, ref_seconds),
+                      "outputs": reference_outputs(ref_top1, np.concatenate(ref_kept))},
         "candidates": report_rows,
         "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,
                     "explicit_backends_missing": asked if explicit else []},
@@ -214,6 +219,22 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     if keep_disagreements:
         report["_thumbnails"] = thumbnails
     return report
+
+
+def reference_outputs(top1: list[int], logits: np.ndarray) -> dict:
+    """What a later run on the same set is held to: the reference's class for every image, and
+    its logits for the first SAVED_LOGITS (float32, little-endian, base64), bounded in size
+    whatever the set (ImageNet's 1000 classes: 171 KB)."""
+    logits = np.ascontiguousarray(logits, dtype="<f4")
+    return {"top1": top1, "logits": {"images": int(logits.shape[0]), "classes": int(logits.shape[1]),
+                                     "float32_base64": base64.b64encode(logits.tobytes()).decode()}}
+
+
+def saved_logits(outputs: dict) -> np.ndarray:
+    """The logits reference_outputs saved, as an images x classes array."""
+    saved = outputs["logits"]
+    raw = np.frombuffer(base64.b64decode(saved["float32_base64"], validate=True), dtype="<f4")
+    return raw.reshape(saved["images"], saved["classes"])
 
 
 def _keep_disagreements(row: _Row, ref: np.ndarray, out: np.ndarray, labels, offset: int,

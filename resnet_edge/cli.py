@@ -482,7 +482,7 @@ def _failed_gates(rows: list[dict]) -> str:
               help="An earlier `parity --json` report (main's, say) of this model on the same data: "
               "each row's top-1 (agreement without labels) is compared with it; exit 1 on a drop "
               "past --max-accuracy-drop-pt.")
-@click.option("--max-accuracy-drop-pt", type=float, default=0.5, show_default=True,
+@click.option("--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,
               help="With --baseline: the most a row's top-1 may fall, in percentage points.")
 def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
            agreement, json_path, markdown, junit, html, baseline, max_accuracy_drop_pt) -> None:
@@ -514,8 +514,6 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from .parity.baseline import compare, read_baseline
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     _writable(json_path, markdown=markdown, junit=junit, html=html)
-    if not 0 <= max_accuracy_drop_pt <= 100:
-        raise BadInput("--max-accuracy-drop-pt must be 0..100")
     old = read_baseline(baseline) if baseline else None  # checked before the work
     explicit = backends is not None or precisions is not None
     cpu_fp16 = "torch" in _csv(backends or "") and "fp16" in _csv(precisions or "")
@@ -564,7 +562,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="An earlier `bench --json` report (main's, say) of this model on this machine: "
               "each latency is compared with it, noise and all; exit 1 on a regression.")
-@click.option("--max-latency-regression-pct", type=float, default=10.0, show_default=True,
+@click.option("--max-latency-regression-pct", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
               help="With --baseline: a p50 this much slower fails, when the 95 % confidence "
               "interval of the ratio lies wholly past it (inconclusive when it straddles).")
 @click.option("--power", is_flag=True,
@@ -589,8 +587,6 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     sizes = _sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
-    if not 0 <= max_latency_regression_pct <= 1000:
-        raise BadInput("--max-latency-regression-pct must be 0..1000")
     _writable(json_path)
     old = read_baseline(baseline) if baseline else None  # checked before the work
     if old is not None:
@@ -1241,9 +1237,19 @@ def _decisive(decisive: dict) -> str:
               help="Timed iterations per backend and batch size in the bench step.")
 @click.option("--no-bench", is_flag=True, help="Leave the bench step out.")
 @click.option("--force", is_flag=True, help="Run every step even if its inputs are unchanged.")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="The reports folder of an earlier pipeline run (main's, say): its parity.json "
+              "and bench.json hold this run's parity and bench steps as `parity --baseline` and "
+              "`bench --baseline` do; a regression fails the step and nothing is bundled.")
+@click.option("--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,
+              help="With --baseline: the most a row's top-1 may fall, in percentage points.")
+@click.option("--max-latency-regression-pct", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
+              help="With --baseline: a p50 this much slower fails, when the 95 % confidence "
+              "interval of the ratio lies wholly past it.")
 @JSON_OPTION
 def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe, limit, thresholds,
-             golden, bench_batch_sizes, bench_iterations, no_bench, force, json_path, **options) -> None:
+             golden, bench_batch_sizes, bench_iterations, no_bench, force, baseline,
+             max_accuracy_drop_pt, max_latency_regression_pct, json_path, **options) -> None:
     """export -> calibrate -> build (where TensorRT is) -> parity -> bench -> bundle, in one go.
 
     Each step is skipped when its inputs (hashes and options in manifest.json) are unchanged.
@@ -1267,7 +1273,9 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
     config = PipelineConfig(source, out or _default_out(source), data_calib, data_eval, target,
                             _export_request(options), samples, method, recipe, limit,
                             batch_sizes=sizes, bench_iterations=bench_iterations,
-                            bench=not no_bench, golden=golden, force=force)
+                            bench=not no_bench, golden=golden, force=force, baseline=baseline,
+                            max_accuracy_drop_pt=max_accuracy_drop_pt,
+                            max_latency_regression_pct=max_latency_regression_pct)
     with console.Progress("pipeline", "steps", rate=False) as bar:
         def step(name, message):  # step k of n, and what that step is doing now
             bar.update(STEPS.index(name) + 1, len(STEPS), f"{name}: {message}")

@@ -18,7 +18,12 @@ from .parity import report as reports
 from .parity.gates import Thresholds
 from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
 from .runtime import trt_engine, trt_plan, trt_rules, trt_runner
-from .runtime.bench import run_bench
+from .parity.baseline import MAX_ACCURACY_DROP_PT, compare as compare_parity
+from .parity.baseline import read_baseline as read_parity_baseline
+from .runtime.bench import compare_to_baseline, read_baseline as read_bench_baseline
+from .runtime.bench import refuse_incomparable, run_bench
+from .runtime.latency import describe_machine
+from .runtime.regression import MAX_REGRESSION_PCT
 
 STEPS = ("export", "calibrate", "build", "parity", "bench", "bundle")
 PARITY_REPORTS = {"parity.json": reports.write_json, "parity.md": reports.write_markdown,
@@ -63,6 +68,11 @@ class PipelineConfig:
     bench: bool = True
     golden: int = 100
     force: bool = False
+    # a folder of an earlier run's reports (main's): parity.json and/or bench.json to hold this
+    # run to, at these gates
+    baseline: Path | None = None
+    max_accuracy_drop_pt: float = MAX_ACCURACY_DROP_PT
+    max_latency_regression_pct: float = MAX_REGRESSION_PCT
 
 
 def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
@@ -76,6 +86,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     out = Path(config.out)
     result = PipelineResult()
     reports_dir = out / "reports"
+    old_parity, old_bench = _baselines(config.baseline)  # read and checked before any work
 
     def run(name: str, key: dict | None, outputs: list[str], body: Callable[[], str],
             vouched: list[str] = ()) -> None:
@@ -104,6 +115,8 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         check_for_deepstream(card, config.source)
     config = replace(config, data_calib=data_for(card, "train", config.data_calib, "--data-calib"),
                      data_eval=data_for(card, "test", config.data_eval, "--data-eval"))
+    if old_bench is not None:  # another model or machine is refused before the work, not after
+        refuse_incomparable(old_bench[1], card.to_dict(), describe_machine(), str(old_bench[0]))
     exported = export_model(model, card, out, options, force=config.force,
                             step=lambda m: step("export", m))
     result.steps.append(StepResult("export", "skipped" if exported.skipped else "ran",
@@ -162,16 +175,23 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                             precisions=list(PRECISIONS), thresholds=thresholds,
                             limit=config.limit, keep_disagreements=True,
                             progress=lambda d, t: step("parity", f"{d}/{t} images"))
+        if old_parity is not None:
+            report["baseline"] = compare_parity(report, old_parity[1], str(old_parity[0]),
+                                                config.max_accuracy_drop_pt)
         reports_dir.mkdir(exist_ok=True)
         for name, writer in PARITY_REPORTS.items():
             writer(report, reports_dir / name)
         result.parity = reports.public(report)
         ran = sum(r["status"] == "ran" for r in report["candidates"])
-        failed = report["summary"]["failed_gates"]
+        failed = report["summary"]["failed_gates"] + [
+            f"{r['backend']} {r['precision']} {_change(r)} against the baseline "
+            f"(limit -{config.max_accuracy_drop_pt:g} pt)"
+            for r in report.get("baseline", {}).get("regressions", [])]
         return (f"FAIL: {', '.join(failed)}" if failed else
                 f"pass: {ran} candidates vs torch fp32, {len(report['candidates']) - ran} skipped")
     parity_key = {**model_hashes(), "data": config.data_eval, "limit": config.limit,
-                  "thresholds": {p: vars(t) for p, t in thresholds.items()}}
+                  "thresholds": {p: vars(t) for p, t in thresholds.items()},
+                  **_baseline_key(old_parity, config.max_accuracy_drop_pt)}
     run("parity", parity_key, [f"reports/{name}" for name in PARITY_FILES], do_parity)
     if result.parity is None and (reports_dir / "parity.json").exists():
         result.parity = reports.load(reports_dir / "parity.json")
@@ -190,15 +210,30 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         sizes = config.batch_sizes or sorted({profile["min"], profile["opt"]})
         bench = run_bench(out, pairs, sizes, iterations=config.bench_iterations,
                           warmup=3, step=lambda m: step("bench", m), notice=notice)
+        if old_bench is not None:
+            bench["baseline"] = compare_to_baseline(bench, old_bench[1], str(old_bench[0]),
+                                                    config.max_latency_regression_pct)
         write_json_atomic(reports_dir / "bench.json", bench)
+        slower = [f"{r['device']} batch {r['batch_size']} p50 x{r['ratio']:.2f} (95 % interval "
+                  f"{r['low']:.2f}-{r['high']:.2f}, limit x{r['limit']:.2f})"
+                  for r in bench.get("baseline", {}).get("regressions", [])]
+        if slower:
+            return "FAIL: latency regression against the baseline: " + "; ".join(slower)
         best = min(bench["results"], key=lambda r: r["host_to_host"]["p50_ms"] / r["host_to_host"]["batch_size"])
         return (f"{len(bench['results'])} measurements; fastest per image: {best['device']} "
                 f"({best['host_to_host']['images_per_s']:.0f} img/s at batch {best['host_to_host']['batch_size']})")
     if config.bench:
         run("bench", {**model_hashes(), "batch_sizes": config.batch_sizes,
-                      "iterations": config.bench_iterations}, ["reports/bench.json"], do_bench)
+                      "iterations": config.bench_iterations,
+                      **_baseline_key(old_bench, config.max_latency_regression_pct)},
+            ["reports/bench.json"], do_bench)
     else:
         result.steps.append(StepResult("bench", "skipped", 0.0, "--no-bench"))
+    if result.failed:  # slower than the baseline: nothing bundled, as for a failed gate
+        (out / bundle_name).unlink(missing_ok=True)
+        WorkDir(out).forget_step("bundle")
+        result.steps.append(StepResult("bundle", "skipped", 0.0, "bench failed: not bundling"))
+        return result
 
     def do_bundle() -> str:
         made = make_bundle(out, config.target, out / bundle_name, eval_spec=config.data_eval,
@@ -211,6 +246,29 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         [bundle_name], do_bundle)
     result.bundle = out / bundle_name
     return result
+
+
+def _baselines(folder: Path | None) -> tuple[tuple[Path, dict] | None, tuple[Path, dict] | None]:
+    """(path, report) of the folder's parity.json and bench.json, each None where absent."""
+    if folder is None:
+        return None, None
+    parity, bench = Path(folder) / "parity.json", Path(folder) / "bench.json"
+    if not (parity.is_file() or bench.is_file()):
+        raise BadInput(f"--baseline {folder} holds neither parity.json nor bench.json; give the "
+                       "reports folder of an earlier pipeline run (main's, say)")
+    return ((parity, read_parity_baseline(parity)) if parity.is_file() else None,
+            (bench, read_bench_baseline(bench)) if bench.is_file() else None)
+
+
+def _baseline_key(baseline: tuple[Path, dict] | None, gate: float) -> dict:
+    """What a step's skip check adds for its baseline: another baseline or gate reruns it."""
+    return {"baseline": sha256_file(baseline[0]), "gate": gate} if baseline else {}
+
+
+def _change(row: dict) -> str:
+    change = row["top1_change_pt"] if row["top1_change_pt"] is not None else row["agreement_change_pt"]
+    what = "top-1" if row["top1_change_pt"] is not None else "agreement"
+    return f"{what} {change:+.2f} pt"
 
 
 def _vouched(wd: WorkDir, name: str) -> bool:

@@ -9,6 +9,7 @@ nothing; the parity pass runs once, when the first gate test runs, and every tes
 Node ids read `resnet-edge-parity::ort-fp16::top1_agreement_pct` (JUnit: classname
 `resnet-edge-parity.ort-fp16`, name `top1_agreement_pct`); pick some with
 `-k "ort-fp16 and max_abs"`. A backend that cannot run here skips its tests with the reason.
+With --parity-baseline main.json, each backend x precision also gets `against_baseline`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def pytest_addoption(parser):
     group.addoption("--parity-batch-size", type=int,
                     help="Images per batch [32, within the model's batch profile].")
     group.addoption("--parity-thresholds", help="TOML file overriding the default gates.")
+    group.addoption("--parity-baseline", help="An earlier `parity --json` report (main's, say) of "
+                    "this model on this data: adds an `against_baseline` test per backend x "
+                    "precision, failing when its top-1 fell more than --parity-max-accuracy-drop-pt.")
+    group.addoption("--parity-max-accuracy-drop-pt", type=float, default=0.5,
+                    help="With --parity-baseline: the most a row's top-1 may fall, in points [0.5].")
 
 
 def _csv(value: str) -> list[str]:
@@ -43,10 +49,22 @@ class ParityRun:
     """The one parity pass all gate tests share, run on first use; an error in it is raised
     again by every test that reads it, so each says why."""
 
-    def __init__(self, config: pytest.Config, thresholds):
-        self.config, self.thresholds = config, thresholds
+    def __init__(self, config: pytest.Config, thresholds, baseline: dict | None = None):
+        self.config, self.thresholds, self.baseline = config, thresholds, baseline
         self._report: dict | None = None
         self._error: BaseException | None = None
+
+    def against_baseline(self, backend: str, precision: str) -> dict | None:
+        """The row's verdict against the baseline; None where the row did not run here."""
+        from .parity.baseline import compare
+        if self.row(backend, precision)["status"] != "ran":
+            return None
+        opt = self.config.getoption
+        if "baseline" not in self._report:
+            self._report["baseline"] = compare(self._report, self.baseline, opt("parity_baseline"),
+                                               opt("parity_max_accuracy_drop_pt"))
+        return next(r for r in self._report["baseline"]["rows"]
+                    if (r["backend"], r["precision"]) == (backend, precision))
 
     def row(self, backend: str, precision: str) -> dict:
         if self._report is None and self._error is None:
@@ -95,6 +113,24 @@ class ParityGate(pytest.Item):
         return self.path, None, f"{self.backend} {self.precision} {self.name}"
 
 
+class BaselineGate(ParityGate):
+    """The row against the same row of an earlier report: top-1 (agreement where there are no
+    labels) may fall no more than --parity-max-accuracy-drop-pt."""
+
+    def runtest(self):
+        compared = self.run.against_baseline(self.backend, self.precision)
+        if compared is None:
+            pytest.skip(self.run.row(self.backend, self.precision)["reason"])
+        if compared["verdict"] == "no baseline":
+            pytest.skip(f"the baseline has no {self.backend} {self.precision} row")
+        if compared["verdict"] == "regression":
+            what = "top-1" if compared["top1_change_pt"] is not None else "agreement"
+            change = compared["top1_change_pt"] if what == "top-1" else compared["agreement_change_pt"]
+            limit = self.config.getoption("parity_max_accuracy_drop_pt")
+            raise GateFailure(f"{self.backend} {self.precision}: {what} {change:+.2f} pt against "
+                              f"the baseline (limit -{limit:g} pt)")
+
+
 class CandidateGates(pytest.Collector):
     def __init__(self, *, run: ParityRun, backend: str, precision: str, **kwargs):
         super().__init__(**kwargs)
@@ -105,16 +141,21 @@ class CandidateGates(pytest.Collector):
         for gate in gate_names(for_precision(self.run.thresholds, self.precision)):
             yield ParityGate.from_parent(self, name=gate, run=self.run, backend=self.backend,
                                          precision=self.precision)
+        if self.run.baseline is not None:
+            yield BaselineGate.from_parent(self, name="against_baseline", run=self.run,
+                                           backend=self.backend, precision=self.precision)
 
 
 class ParityGates(pytest.Collector):
     def collect(self):
         from .errors import BadInput
+        from .parity.baseline import read_baseline
         from .parity.gates import load_thresholds
         from .parity.run import candidates
         opt = self.config.getoption
         try:  # bad options are one line, as on the command line, not a traceback
-            run = ParityRun(self.config, load_thresholds(opt("parity_thresholds")))
+            baseline = opt("parity_baseline") and read_baseline(opt("parity_baseline"))
+            run = ParityRun(self.config, load_thresholds(opt("parity_thresholds")), baseline or None)
             pairs = candidates(_csv(opt("parity_backends")), _csv(opt("parity_precisions")))
         except BadInput as exc:
             raise self.CollectError(str(exc)) from None

@@ -228,6 +228,27 @@ def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
     bad.stdout.fnmatch_lines(["*unknown backend 'tvm'*"])
     assert "Traceback" not in bad.stdout.str()
 
+def test_pytest_plugin_holds_each_row_to_a_baseline(pytester, digits_workdir, run_cli, tmp_path):
+    main = tmp_path / "main.json"
+    assert run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32,fp16",
+                   "--limit", "128", "--json", main).exit_code == 0
+    report = json.loads(main.read_text())
+    fp16 = next(r for r in report["candidates"] if r["precision"] == "fp16")
+    fp16["accuracy"]["top1"] += 0.02  # main's fp16 was 2 points better on these images
+    main.write_text(json.dumps(report))
+    args = (f"--parity-workdir={digits_workdir}", "--parity-backends=ort,trt",
+            "--parity-precisions=fp32,fp16", "--parity-limit=128", f"--parity-baseline={main}")
+    result = pytester.runpytest_inprocess(*args, "-k", "against_baseline", "-v")
+    # ort fp32 as main; ort fp16 2 points under it; TensorRT did not run here
+    result.assert_outcomes(passed=1, failed=1, skipped=2, deselected=12)
+    result.stdout.fnmatch_lines(["*ort-fp32::against_baseline PASSED*",
+                                 "*ort fp16: top-1 -2.00 pt against the baseline (limit -0.5 pt)*"])
+    (tmp_path / "bad.json").write_text("{")
+    bad = pytester.runpytest_inprocess(*args[:-1], f"--parity-baseline={tmp_path / 'bad.json'}")
+    bad.stdout.fnmatch_lines(["*bad.json is not JSON*"])
+    assert "Traceback" not in bad.stdout.str()
+
+
 def test_a_precision_that_cannot_run_is_said_before_the_reference_pass(digits_workdir, tmp_path, run_cli):
     """int8 before calibrating ran the whole reference pass, printed an empty table, then exited 3."""
     result = run_cli("parity", digits_workdir, "--precisions", "int8", "--json", tmp_path / "p.json")

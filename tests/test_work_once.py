@@ -7,6 +7,7 @@ import shutil
 import onnx
 import pytest
 
+from cli_output import one_line_error
 from resnet_edge.calibration import calibrate
 from resnet_edge.export import export_model
 from resnet_edge.parity.gates import load_thresholds
@@ -82,3 +83,30 @@ def test_pipeline_takes_bench_options_and_can_leave_bench_out(trained_digits, ru
     assert not any(r["backend"] == "torch" and r["precision"] == "fp16" for r in results)
     second = run_cli(*args, "--no-bench")
     assert second.exit_code == 0 and "--no-bench" in second.stdout
+
+
+def test_pipeline_holds_its_parity_and_bench_to_a_baseline(trained_digits, run_cli, tmp_path):
+    out, main = tmp_path / "pipe", tmp_path / "main"
+    args = ("pipeline", trained_digits.model_path, "--out", out, "--samples", "32", "--limit", "32",
+            "--exporter", "torchscript", "--bench-batch-sizes", "2", "--bench-iterations", "10")
+    assert run_cli(*args).exit_code == 0
+    main.mkdir()
+    bench_report = json.loads((out / "reports" / "bench.json").read_text())
+    for row in bench_report["results"]:  # main ran 4x faster: a regression whatever the noise
+        row["host_to_host"]["samples_ms"] = [v / 4 for v in row["host_to_host"]["samples_ms"]]
+    (main / "bench.json").write_text(json.dumps(bench_report))
+    slower = run_cli(*args, "--baseline", main)
+    one_line_error(slower, 1, "pipeline stopped: FAIL: latency regression against the baseline: ")
+    assert not list(out.glob("*.tar.gz")) and "bench failed: not bundling" in slower.stdout
+
+    parity = json.loads((out / "reports" / "parity.json").read_text())
+    for row in parity["candidates"]:  # main was 10 points better on these 32 images
+        if row["status"] == "ran":
+            row["accuracy"]["top1"] += 0.1
+    (main / "parity.json").write_text(json.dumps(parity))
+    (main / "bench.json").unlink()
+    fell = run_cli(*args, "--baseline", main, "--no-bench")
+    one_line_error(fell, 1, "top-1 -10.00 pt against the baseline (limit -0.5 pt)")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(run_cli(*args, "--baseline", empty), 2, "holds neither parity.json nor bench.json")

@@ -80,7 +80,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                  notice: Callable[[str], None] = lambda message: None) -> PipelineResult:
     """The steps in order; export options come from `config.export`, and jetpack5 exports with
     TorchScript (opset 17) unless an exporter is given."""
-    from .deploy import TARGETS, check_for_deepstream, make_bundle
+    from .deploy import TARGETS, make_bundle
     if config.target not in TARGETS:
         raise BadInput(f"unknown --target {config.target!r}; use {', '.join(TARGETS)}")
     out = Path(config.out)
@@ -108,11 +108,10 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     # export: its own manifest entry already skips an unchanged export
     start = time.perf_counter()
     step("export", "loading the model")
-    exporter = "torchscript" if TARGETS[config.target]["max_opset"] < 18 else "dynamo"
+    exporter = "torchscript" if TARGETS[config.target].max_opset < 18 else "dynamo"
     model, card, options = prepare_export(config.source, config.export, default_exporter=exporter,
                                           notice=notice)
-    if TARGETS[config.target].get("serve") == "deepstream":  # refused now, not after every step
-        check_for_deepstream(card, config.source)
+    TARGETS[config.target].check_model(card, config.source)  # refused now, not after every step
     config = replace(config, data_calib=data_for(card, "train", config.data_calib, "--data-calib"),
                      data_eval=data_for(card, "test", config.data_eval, "--data-eval"))
     if old_bench is not None:  # another model or machine is refused before the work, not after
@@ -135,7 +134,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     def do_calibrate() -> str:
         r = calibrate(out, config.data_calib, samples=config.samples, method=config.method,
                       recipe=config.recipe, eval_spec=config.data_eval,
-                      tensorrt_version=TARGETS[config.target]["tensorrt"], thresholds=thresholds,
+                      tensorrt_version=TARGETS[config.target].tensorrt, thresholds=thresholds,
                       step=lambda m: step("calibrate", m))
         held = r.holdout
         return (f"{r.samples} images, {config.method}, {config.recipe} recipe"

@@ -141,9 +141,9 @@ def test_the_tensorrt_extra_serves_exactly_the_x86_targets():
     extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     spec = next(Requirement(r).specifier for r in extra["project"]["optional-dependencies"]["tensorrt"]
                 if r.startswith("cuda-python"))
-    x86 = [t for t in TARGETS.values() if not t["jetson"]]
+    x86 = [t for t in TARGETS.values() if not t.jetson]
     for target in x86:
-        wanted = Requirement(f"cuda-python{target['cuda_python'] or '>=12,<14'}").specifier
+        wanted = Requirement(f"cuda-python{target.cuda_python or '>=12,<14'}").specifier
         for candidate in ("11.8.0", "12.0.0", "12.6.1", "12.9.0", "13.0.1", "13.2.0", "14.0.0"):
             if wanted.contains(candidate):
                 assert spec.contains(candidate), (target, candidate)

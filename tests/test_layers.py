@@ -126,3 +126,24 @@ def test_no_module_imports_one_that_imports_it_back():
                        and not (path.name == "__init__.py" and t.startswith(here + "."))}
     assert not _cycles(graph), _cycles(graph)
     assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]  # the check sees a circle
+
+
+
+def target_imports(source: str, here: str) -> list[str]:
+    """The other deployment targets a target module's `source` imports (base.py is every target's)."""
+    family = "deploy.targets."
+    return [f"{here}:{line} imports {target}" for line, target in imports_in(source, here, False)
+            if target.startswith(family) and target not in (f"{family}base", here)]
+
+
+def test_no_target_module_imports_another_target():
+    """Adding a target touches its own module and the registry (targets/__init__.py) only:
+    a target leaning on another would change when that one does."""
+    modules = [p for p in sorted((PACKAGE / "deploy" / "targets").glob("*.py"))
+               if p.name not in ("__init__.py", "base.py")]
+    assert {p.stem for p in modules} >= {"engine", "triton", "deepstream"}
+    leaning = [line for p in modules for line in target_imports(p.read_text(), module_name(p))]
+    assert not leaning, "target modules importing other targets:\n" + "\n".join(leaning)
+    # and the check sees one that does
+    assert target_imports("from .base import Target\nfrom .triton import TRITON\n",
+                          "deploy.targets.leaning") == ["deploy.targets.leaning:2 imports deploy.targets.triton"]

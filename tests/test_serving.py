@@ -428,12 +428,13 @@ def test_verify_accepts_the_engine_nvinfer_builds_beside_the_onnx_and_nothing_el
 
 def test_a_logits_model_is_refused_for_deepstream(equal_std):
     import dataclasses
-    from resnet_edge.deploy import check_for_deepstream
     from resnet_edge.errors import BadInput
+    deepstream = TARGETS["deepstream"]
     card = read_card(equal_std / "model.onnx")
-    check_for_deepstream(card, "equal")  # one std, probabilities: what nvinfer reads
+    deepstream.check_model(card, "equal")  # one std, probabilities: what nvinfer reads
     with pytest.raises(BadInput, match="the model outputs logits.*export with --softmax"):
-        check_for_deepstream(dataclasses.replace(card, output="logits"), "equal")
+        deepstream.check_model(dataclasses.replace(card, output="logits"), "equal")
+    TARGETS["triton"].check_model(dataclasses.replace(card, output="logits"), "equal")  # Triton serves logits
 
 
 # ---- names that would rewrite a config (hostile inputs) -----------------------------------------

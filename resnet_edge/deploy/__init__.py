@@ -29,29 +29,9 @@ from ..runtime import ort, trt_plan, trt_rules
 from ..runtime.backends import TorchBackend, remake_command
 from . import serving, signing
 from .archive import IDENTITY, PLAIN_NAME, BundleError, manifest_digest, safe_extract, write_archive
+from .targets import TARGETS, Packing, refuse_foreign_options
 from .verify_bundle import onnx_file
 
-# cuda_python: the cuda-python that drives each target's CUDA (cuda-python N.x needs a CUDA N
-# driver; JetPack 5 has CUDA 11.4, JetPack 6 CUDA 12.6). x86 TensorRT 11 comes for CUDA 12 or 13,
-# so there the check is against the driver alone.
-TARGETS = {
-    "jetpack5": {"tensorrt": "8.5.2", "max_opset": 17, "about": "JetPack 5.1 (TensorRT 8.5, CUDA 11.4)",
-                 "cuda_python": ">=11.4,<12", "jetson": True},
-    "jetpack6": {"tensorrt": "10.3.0", "max_opset": 20, "about": "JetPack 6.1/6.2 (TensorRT 10.3, CUDA 12.6)",
-                 "cuda_python": ">=12.6.1,<13", "jetson": True},
-    "x86-trt10": {"tensorrt": "10.13.0", "max_opset": 20, "about": "x86 with TensorRT 10.x (CUDA 12)",
-                  "cuda_python": ">=12,<13", "jetson": False},
-    "x86-trt11": {"tensorrt": "11.4.0", "max_opset": 20, "about": "x86 with TensorRT 11.x",
-                  "cuda_python": None, "jetson": False},
-    # serving targets: the same bundle, plus what the server reads. Triton's containers ship
-    # TensorRT 10.x; a plan must be built by the TensorRT of the server that loads it.
-    "triton": {"tensorrt": "10.13.0", "max_opset": 20, "cuda_python": ">=12,<13", "jetson": False,
-               "about": "NVIDIA Triton Inference Server (onnxruntime backend; a TensorRT plan "
-                        "built inside the server's container)", "serve": "triton"},
-    "deepstream": {"tensorrt": "10.3.0", "max_opset": 20, "cuda_python": ">=12.6.1,<13",
-                   "jetson": True, "about": "DeepStream 7.1 on JetPack 6.1/6.2 (TensorRT 10.3)",
-                   "serve": "deepstream"},
-}
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE.parent / "runtime"
 PARITY = HERE.parent / "parity"
@@ -93,7 +73,7 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
                      f"{workdir} --data <calibration images>` first to ship int8")
     elif vouched(INT8_NAME):
         recipe = quantization_info(workdir / INT8_NAME).get("recipe")
-        int8_file = trt_plan.build_plan(spec["tensorrt"], "int8").onnx_file
+        int8_file = trt_plan.build_plan(spec.tensorrt, "int8").onnx_file
         if recipe != "tensorrt":
             notes.append(f"int8 left out: {INT8_NAME} was calibrated with --recipe {recipe} "
                          "(uint8, asymmetric), which TensorRT cannot build; recalibrate with "
@@ -104,7 +84,7 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
         else:
             files += sorted({INT8_NAME, int8_file})
             precisions.append("int8")
-            cache_usable = trt_rules.version_tuple(spec["tensorrt"])[0] < 11
+            cache_usable = trt_rules.version_tuple(spec.tensorrt)[0] < 11
             if cache_usable and vouched(CACHE_NAME):
                 files.append(CACHE_NAME)
     return files, precisions, notes
@@ -140,20 +120,6 @@ def external_data_files(workdir: Path, name: str, graph) -> list[str]:
     return sorted(Path(location).as_posix() for location in locations)
 
 
-def check_for_deepstream(card, where: str) -> None:
-    """What nvinfer needs of a model, or BadInput saying how to export one that has it: one
-    scale for every channel, and probabilities (a Softmax in the graph)."""
-    try:
-        serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
-    except ValueError as exc:
-        raise BadInput(f"{where}: {exc}") from None
-    if card.output != "probabilities":
-        raise BadInput(f"{where}: the model outputs logits, and nvinfer's classifier keeps only a "
-                       "class whose output is above 0 and classifier-threshold; export with "
-                       "--softmax (with --fold-normalization for a per-channel std) into a new "
-                       "work dir and bundle that")
-
-
 def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None, *,
                 eval_spec: str | None = None, golden: int = 100,
                 thresholds: dict[str, Thresholds] | None = None,
@@ -161,15 +127,15 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 classifier_threshold: float = 0.0, release: str | None = None,
                 step=lambda m: None) -> BundleResult:
     """The bundle's batch profile is the model's, from its export record. `accelerator`
-    (triton only): ONNX Runtime's TensorRT execution accelerator in fp16 or int8. `release`
-    (e.g. v9) goes with the bundle's name, target and time into the signed manifest."""
+    (triton only): ONNX Runtime's TensorRT execution accelerator in fp16 or int8;
+    `classifier_threshold` (deepstream only): nvinfer's. `release` (e.g. v9) goes with the
+    bundle's name, target and time into the signed manifest."""
     if target not in TARGETS:
         raise BadInput(f"unknown --target {target!r}; use {', '.join(TARGETS)}")
-    if accelerator not in serving.ACCELERATORS:
-        raise BadInput(f"unknown --triton-accelerator {accelerator!r}; use "
-                       f"{', '.join(serving.ACCELERATORS)}")
-    if accelerator != "none" and TARGETS[target].get("serve") != "triton":
-        raise BadInput("--triton-accelerator goes with --target triton")
+    spec = TARGETS[target]
+    options = {"accelerator": accelerator, "classifier_threshold": classifier_threshold}
+    refuse_foreign_options(spec, options, TARGETS)
+    options = {k: v for k, v in options.items() if k in spec.takes}
     if golden < 1:
         raise BadInput(f"--golden must be at least 1, got {golden}")
     if release is not None and not PLAIN_NAME.fullmatch(release):
@@ -183,7 +149,6 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     workdir = Path(workdir)
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)
-    spec = TARGETS[target]
     files, precisions, notes = bundle_files(workdir, target)
     if golden < MIN_GOLDEN:
         notes.append(f"--golden {golden} is under {MIN_GOLDEN}: verify gates agreement on its 95 % "
@@ -191,27 +156,21 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     opsets, sides, graph = onnx_facts(workdir, files)
     files = files + sorted({side for found in sides.values() for side in found})
     for name, opset in opsets.items():
-        if opset > spec["max_opset"]:
-            raise BadInput(f"{target} ({spec['about']}) reads ONNX opset <= {spec['max_opset']}, but "
+        if opset > spec.max_opset:
+            raise BadInput(f"{target} ({spec.about}) reads ONNX opset <= {spec.max_opset}, but "
                            f"{name} is opset {opset}; export with --exporter "
                            "torchscript (opset 17) into a new work dir, calibrate it, and bundle that")
     if opsets.get(INT8_FP16_NAME, 19) < 19:  # QuantizeLinear takes fp16 only from opset 19
         notes.append(f"{INT8_FP16_NAME} is opset {opsets[INT8_FP16_NAME]}, so its Q/DQ stay in fp32 "
                      "behind Casts, and whether TensorRT fuses across them is unverified; export "
                      "at opset >= 19 (the default dynamo export is 20) for strongly typed int8")
-    if spec.get("serve") == "deepstream":  # said before any work: what nvinfer can read
-        check_for_deepstream(card, str(workdir))
-        if not 0.0 <= classifier_threshold <= 1.0:
-            raise BadInput(f"--classifier-threshold {classifier_threshold} is not a probability "
-                           "in 0..1")
-    if accelerator == "int8" and "int8" not in precisions:
-        raise BadInput(f"--triton-accelerator int8 needs the int8 model; run `resnet-edge "
-                       f"calibrate {workdir}` first")
+    spec.check_model(card, str(workdir))  # said before any work: what the target can serve
+    spec.check_options(options, precisions, workdir)
     out = Path(out) if out else workdir / f"{workdir.name}-{target}.tar.gz"
     root_name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     names = card.class_names or [str(i) for i in range(card.num_classes)]
     output_name = graph.output[0].name
-    problems = serving.name_problems(root_name, names, spec.get("serve"), output_name)
+    problems = serving.name_problems(root_name, names, spec.serve, output_name)
     if problems:
         raise BadInput(problems[0])
     ensure_writable_dir(out.parent)
@@ -244,14 +203,14 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             np.save(stage / "golden" / "labels.npy", np.concatenate(labels).astype(np.int64))
 
         step("measuring each precision's logit error on the golden inputs (ONNX Runtime)")
-        near_tie = near_tie_margins(workdir, spec["tensorrt"], precisions, golden_inputs,
+        near_tie = near_tie_margins(workdir, spec.tensorrt, precisions, golden_inputs,
                                     golden_outputs, (profile["min"], profile["max"]))
 
-        step(f"collecting the files {spec['about']} needs")
+        step(f"collecting the files {spec.about} needs")
         for name in files:
             if name == CACHE_NAME:  # headed for the target's TensorRT; devices re-head it
                 text = (workdir / name).read_text()
-                (stage / name).write_text(trt_rules.reheader_cache(text, spec["tensorrt"]))
+                (stage / name).write_text(trt_rules.reheader_cache(text, spec.tensorrt))
             else:
                 (stage / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(workdir / name, stage / name)
@@ -263,16 +222,12 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         os.chmod(stage / "build_engine.sh", 0o755)
         (stage / "labels.txt").write_text("\n".join(names) + "\n")
         (stage / "preprocess.json").write_text(json.dumps(card.preprocess.to_dict(), indent=2) + "\n")
-        serve = None
-        if spec.get("serve") == "triton":
-            serve = _triton(stage, workdir, graph, sides, profile, names, accelerator)
-        elif spec.get("serve") == "deepstream":
-            serve = _deepstream(stage, root_name, card, profile, names, precisions, spec, files,
-                                classifier_threshold, output_name)
+        serve = spec.add_files(Packing(stage, root_name, workdir, card, profile, names, precisions,
+                                       files, graph, sides, options))
         gates = thresholds or load_thresholds()
         (stage / "thresholds.json").write_text(json.dumps({p: vars(t) for p, t in gates.items()}, indent=2) + "\n")
-        info = {"schema": "resnet-edge.bundle/2", "target": target, "about": spec["about"],
-                "tensorrt": spec["tensorrt"], "cuda_python": spec["cuda_python"],
+        info = {"schema": "resnet-edge.bundle/2", "target": target, "about": spec.about,
+                "tensorrt": spec.tensorrt, "cuda_python": spec.cuda_python,
                 "arch": card.arch, "num_classes": card.num_classes, "input_name": "input",
                 "input_shape": list(card.preprocess.input_shape), "min_batch": profile["min"],
                 "opt_batch": profile["opt"], "max_batch": profile["max"],
@@ -284,10 +239,10 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "serve": serve,
                 "made_from": {name: sha256_file(workdir / name) for name in files},
                 "created": created_at,
-                "build_plans": {p: vars(trt_plan.build_plan(spec["tensorrt"], p)) for p in precisions}}
+                "build_plans": {p: vars(trt_plan.build_plan(spec.tensorrt, p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
         (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files)
-                                         + _serving_readme(root_name, serve))
+                                         + spec.readme(root_name, serve))
         manifest = {"schema": "resnet-edge.manifest/1", IDENTITY: {
             "name": root_name, "target": target, "release": release,
             "created": created_at}, "files": {
@@ -324,7 +279,6 @@ def creation_time(workdir: WorkDir, files: list[str]) -> int:
     return max(times, default=int(time.time()))
 
 
-TRITON_MOUNT = "/w"  # where README's docker lines mount the folder holding the bundle
 MIN_GOLDEN = 64  # 64 of 64 agreeing shows >= 96 % at 95 % confidence
 
 
@@ -351,99 +305,24 @@ def near_tie_margins(workdir: Path, tensorrt: str, precisions: list[str], inputs
     return margins
 
 
-def _triton(stage: Path, workdir: Path, graph, sides: dict[str, list[str]], profile: dict,
-            names: list[str], accelerator: str) -> dict:
-    """triton/<name>: the onnxruntime model, servable as it is; triton-plan/: the config of
-    <name>_trt, whose model.plan build_engine.sh builds and installs beside the bundle.
-    `graph` is model.onnx's, `sides` each ONNX file's external-data files."""
-    name = serving.model_name(workdir.name)
-    weights = {i.name for i in graph.initializer}
-    tensor_in = next(i for i in graph.input if i.name not in weights)
-    tensor_out = graph.output[0]
-
-    def dims(value):
-        return [d.dim_value for d in value.type.tensor_type.shape.dim][1:]
-    shapes = dict(input_name=tensor_in.name, input_dims=dims(tensor_in), output_name=tensor_out.name,
-                  output_dims=dims(tensor_out), profile=profile)
-    model_file = INT8_NAME if accelerator == "int8" else ONNX_NAME
-    repo = stage / serving.TRITON_DIR / name
-    (repo / "1").mkdir(parents=True)
-    shutil.copy2(workdir / model_file, repo / "1" / "model.onnx")
-    for side in sides[model_file]:  # found beside the model, as written
-        (repo / "1" / side).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(workdir / side, repo / "1" / side)
-    # outside the bundle (whose every file is listed), beside it as the README mounts it
-    cache = f"{TRITON_MOUNT}/{stage.name}.device/triton-trt-cache/{name}"
-    (repo / "config.pbtxt").write_text(serving.triton_config(name, "onnxruntime_onnx",
-                                                             accelerator=accelerator,
-                                                             engine_cache=cache, **shapes))
-    plan = stage / serving.TRITON_PLAN_DIR
-    plan.mkdir()
-    (plan / "config.pbtxt").write_text(serving.triton_config(f"{name}_trt", "tensorrt_plan", **shapes))
-    (plan / "model.json").write_text(json.dumps({"name": f"{name}_trt"}) + "\n")
-    for folder in (repo, plan):
-        (folder / "labels.txt").write_text("\n".join(names) + "\n")
-    return {"server": "triton", "model": name, "plan_model": f"{name}_trt", "model_file": model_file,
-            "accelerator": accelerator}
-
-
-def _deepstream(stage: Path, root: str, card, profile: dict, names: list[str],
-                precisions: list[str], spec: dict, files: list[str], threshold: float,
-                output_name: str) -> dict:
-    """deepstream/: an nvinfer config per precision (and per precision on DLA core 0 on a
-    Jetson), the label file and a deepstream-app config around fp16. nvinfer runs the batch
-    the engines are tuned for (the profile's opt; a static profile's one size), and each
-    config's model-engine-file is where build_engine.sh puts that engine, under the name
-    nvinfer itself would give it."""
-    folder = stage / serving.DEEPSTREAM_DIR
-    folder.mkdir()
-    (folder / "labels.txt").write_text(serving.nvinfer_labels(names))
-    batch = profile["opt"]
-    configs = {}
-    for precision in precisions:
-        for dla_core in (None, 0) if spec["jetson"] and precision != "fp32" else (None,):
-            plan = trt_plan.build_plan(spec["tensorrt"], precision, dla=dla_core is not None)
-            name = serving.nvinfer_config_name(precision, dla_core)
-            engine = serving.nvinfer_engine_name(plan.onnx_file, batch, precision, dla_core)
-            (folder / name).write_text(serving.nvinfer_config(
-                preprocess=card.preprocess.to_dict(), num_classes=card.num_classes,
-                precision=precision, batch_size=batch,
-                engine=f"../../{root}.device/{serving.DEEPSTREAM_DIR}/{engine}",
-                onnx=f"../{plan.onnx_file}",
-                calibration=f"../{CACHE_NAME}" if precision == "int8" and CACHE_NAME in files else None,
-                labels="labels.txt", output_name=output_name, threshold=threshold,
-                dla_core=dla_core))
-            configs[precision if dla_core is None else f"{precision}-dla{dla_core}"] = \
-                f"{serving.DEEPSTREAM_DIR}/{name}"
-    main = "fp16" if "fp16" in configs else precisions[0]
-    (folder / "deepstream_app_config.txt").write_text(serving.deepstream_app_config(
-        serving.nvinfer_config_name(main), batch, card.preprocess.input_size))
-    scale, offsets = serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
-    return {"server": "deepstream", "nvinfer_configs": configs,
-            "app_config": f"{serving.DEEPSTREAM_DIR}/deepstream_app_config.txt",
-            "net_scale_factor": scale, "offsets": offsets, "batch_size": batch,
-            "classifier_threshold": threshold,
-            "folded_normalization": card.folded_normalization is not None}
-
-
 def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str]) -> str:
     spec = TARGETS[target]
-    if spec["cuda_python"]:
-        pip = f"pip install 'cuda-python{spec['cuda_python']}'   # matches this target's CUDA"
+    if spec.cuda_python:
+        pip = f"pip install 'cuda-python{spec.cuda_python}'   # matches this target's CUDA"
     else:
         pip = ("pip install 'cuda-python>=12,<13'   # CUDA 12 driver (nvidia-smi says which)\n"
                "pip install 'cuda-python>=13,<14'   # CUDA 13 driver")
     cache = ""
     if CACHE_NAME in files:
-        weak = " --typing weak" if trt_plan.build_plan(spec["tensorrt"], "int8").strongly_typed else ""
+        weak = " --typing weak" if trt_plan.build_plan(spec.tensorrt, "int8").strongly_typed else ""
         cache = (f"\nImplicit INT8 from calibration.cache instead of the Q/DQ model "
                  f"(TensorRT <= 10):\n\n```\n./build_engine.sh int8 --int8-source cache{weak}\n```\n")
     dla = ("\nOn the DLA (Xavier/Orin; fp16 or int8, one batch size, int8 from the cache):\n\n"
-           "```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\n```\n") if spec["jetson"] else ""
-    python = "JetPack's own Python and TensorRT" if spec["jetson"] else "Python, numpy and TensorRT"
+           "```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\n```\n") if spec.jetson else ""
+    python = "JetPack's own Python and TensorRT" if spec.jetson else "Python, numpy and TensorRT"
     return f"""# {root}
 
-{arch} for {spec['about']}, made by resnet-edge {__version__}. Precisions: {', '.join(precisions)}.
+{arch} for {spec.about}, made by resnet-edge {__version__}. Precisions: {', '.join(precisions)}.
 
 On the device, with {python}:
 
@@ -479,47 +358,6 @@ Files: model*.onnx (the ONNX files this TensorRT needs), calibration.cache (wher
 reads it), labels.txt, preprocess.json, golden/ (preprocessed inputs, labels, PyTorch fp32
 outputs), thresholds.json, bundle.json, manifest.json (sha256 of every file), lib/ (the runtime
 code verify.py shares with resnet-edge).
-"""
-
-
-def _serving_readme(root: str, serve: dict | None) -> str:
-    if serve is None:
-        return ""
-    if serve["server"] == "triton":
-        return f"""
-## Triton
-
-`triton/` is a model repository: `{serve['model']}` runs `{serve['model_file']}` on Triton's
-onnxruntime backend as it is. For a TensorRT plan, build it inside the very Triton image you
-serve with: a plan loads only on the TensorRT that built it. build_engine.sh then installs it as
-`{serve['plan_model']}` in `{root}.device/triton/`, and refuses a plan whose TensorRT is not
-the image's own libnvinfer (a pip-installed Python tensorrt of another version):
-
-```
-TAG=<yy.mm>   # one Triton release for building and for serving
-docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tritonserver:$TAG-py3 ./build_engine.sh fp16
-docker run --gpus all --rm -p 8000:8000 -v $PWD/..:/w nvcr.io/nvidia/tritonserver:$TAG-py3 \\
-    tritonserver --model-repository /w/{root}/triton --model-repository /w/{root}.device/triton
-```
-
-With an accelerator, ONNX Runtime keeps its TensorRT engines in
-`/w/{root}.device/triton-trt-cache/` (mounted as above), so a model load reuses them.
-"""
-    return f"""
-## DeepStream
-
-`deepstream/` holds an nvinfer classifier config per precision (`config_infer_<precision>.txt`)
-and `deepstream_app_config.txt` around the fp16 one. Preprocessing comes from the model card:
-net-scale-factor {serve['net_scale_factor']!r}, offsets {serve['offsets']!r} (RGB, 0..255).
-Build the engine first; build_engine.sh copies it to the name the configs load:
-
-```
-./build_engine.sh fp16           # -> ../{root}.device/deepstream/model.fp16.engine
-cd deepstream && deepstream-app -c deepstream_app_config.txt
-```
-
-nvinfer scales each frame (or object) to the model's input size without a center crop; crop
-upstream when frames differ from what the model was trained on.
 """
 
 

@@ -1,0 +1,98 @@
+"""DeepStream 7.1 on JetPack 6.1/6.2: the engine bundle plus an nvinfer classifier config per
+precision (and per precision on DLA core 0), its label file and a deepstream-app config. nvinfer
+reads preprocessing as one scale and per-channel offsets, and keeps only classes whose output is
+above a threshold, so it takes a model with one std for every channel that outputs probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...calibration import CACHE_NAME
+from ...errors import BadInput
+from ...runtime import trt_plan
+from .. import serving
+from .base import Packing, Target
+
+
+@dataclass(frozen=True)
+class DeepStream(Target):
+    serve = "deepstream"
+    takes = {"classifier_threshold": 0.0}
+
+    def check_model(self, card, where: str) -> None:
+        """What nvinfer needs of a model, or BadInput saying how to export one that has it: one
+        scale for every channel, and probabilities (a Softmax in the graph)."""
+        try:
+            serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
+        except ValueError as exc:
+            raise BadInput(f"{where}: {exc}") from None
+        if card.output != "probabilities":
+            raise BadInput(f"{where}: the model outputs logits, and nvinfer's classifier keeps only a "
+                           "class whose output is above 0 and classifier-threshold; export with "
+                           "--softmax (with --fold-normalization for a per-channel std) into a new "
+                           "work dir and bundle that")
+
+    def check_options(self, options: dict, precisions: list[str], workdir: Path) -> None:
+        threshold = options.get("classifier_threshold", 0.0)
+        if not 0.0 <= threshold <= 1.0:
+            raise BadInput(f"--classifier-threshold {threshold} is not a probability in 0..1")
+
+    def add_files(self, packing: Packing) -> dict:
+        """deepstream/: an nvinfer config per precision (and per precision on DLA core 0), the
+        label file and a deepstream-app config around fp16. nvinfer runs the batch the engines
+        are tuned for (the profile's opt; a static profile's one size), and each config's
+        model-engine-file is where build_engine.sh puts that engine, under the name nvinfer
+        itself would give it."""
+        card, threshold = packing.card, packing.options.get("classifier_threshold", 0.0)
+        folder = packing.stage / serving.DEEPSTREAM_DIR
+        folder.mkdir()
+        (folder / "labels.txt").write_text(serving.nvinfer_labels(packing.names))
+        batch = packing.profile["opt"]
+        configs = {}
+        for precision in packing.precisions:
+            for dla_core in (None, 0) if self.jetson and precision != "fp32" else (None,):
+                plan = trt_plan.build_plan(self.tensorrt, precision, dla=dla_core is not None)
+                name = serving.nvinfer_config_name(precision, dla_core)
+                engine = serving.nvinfer_engine_name(plan.onnx_file, batch, precision, dla_core)
+                (folder / name).write_text(serving.nvinfer_config(
+                    preprocess=card.preprocess.to_dict(), num_classes=card.num_classes,
+                    precision=precision, batch_size=batch,
+                    engine=f"../../{packing.root}.device/{serving.DEEPSTREAM_DIR}/{engine}",
+                    onnx=f"../{plan.onnx_file}",
+                    calibration=f"../{CACHE_NAME}" if precision == "int8" and CACHE_NAME in packing.files else None,
+                    labels="labels.txt", output_name=packing.graph.output[0].name, threshold=threshold,
+                    dla_core=dla_core))
+                configs[precision if dla_core is None else f"{precision}-dla{dla_core}"] = \
+                    f"{serving.DEEPSTREAM_DIR}/{name}"
+        main = "fp16" if "fp16" in configs else packing.precisions[0]
+        (folder / "deepstream_app_config.txt").write_text(serving.deepstream_app_config(
+            serving.nvinfer_config_name(main), batch, card.preprocess.input_size))
+        scale, offsets = serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
+        return {"server": "deepstream", "nvinfer_configs": configs,
+                "app_config": f"{serving.DEEPSTREAM_DIR}/deepstream_app_config.txt",
+                "net_scale_factor": scale, "offsets": offsets, "batch_size": batch,
+                "classifier_threshold": threshold,
+                "folded_normalization": card.folded_normalization is not None}
+
+    def readme(self, root: str, serve: dict | None) -> str:
+        return f"""
+## DeepStream
+
+`deepstream/` holds an nvinfer classifier config per precision (`config_infer_<precision>.txt`)
+and `deepstream_app_config.txt` around the fp16 one. Preprocessing comes from the model card:
+net-scale-factor {serve['net_scale_factor']!r}, offsets {serve['offsets']!r} (RGB, 0..255).
+Build the engine first; build_engine.sh copies it to the name the configs load:
+
+```
+./build_engine.sh fp16           # -> ../{root}.device/deepstream/model.fp16.engine
+cd deepstream && deepstream-app -c deepstream_app_config.txt
+```
+
+nvinfer scales each frame (or object) to the model's input size without a center crop; crop
+upstream when frames differ from what the model was trained on.
+"""
+
+
+DEEPSTREAM = DeepStream("deepstream", "10.3.0", 20, "DeepStream 7.1 on JetPack 6.1/6.2 (TensorRT 10.3)",
+                        ">=12.6.1,<13", True)

@@ -1,0 +1,94 @@
+"""Triton Inference Server: the engine bundle plus a model repository (`triton/<name>`, the
+onnxruntime model servable as it is) and the config of a TensorRT plan model that
+build_engine.sh builds inside the server's own container. Triton's containers ship TensorRT
+10.x; a plan must be built by the TensorRT of the server that loads it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...calibration import INT8_NAME
+from ...errors import BadInput
+from ...export import ONNX_NAME
+from .. import serving
+from .base import Packing, Target
+
+MOUNT = "/w"  # where README's docker lines mount the folder holding the bundle
+
+
+@dataclass(frozen=True)
+class Triton(Target):
+    serve = "triton"
+    takes = {"accelerator": "none"}
+
+    def check_options(self, options: dict, precisions: list[str], workdir: Path) -> None:
+        accelerator = options.get("accelerator", "none")
+        if accelerator not in serving.ACCELERATORS:
+            raise BadInput(f"unknown --triton-accelerator {accelerator!r}; use "
+                           f"{', '.join(serving.ACCELERATORS)}")
+        if accelerator == "int8" and "int8" not in precisions:
+            raise BadInput(f"--triton-accelerator int8 needs the int8 model; run `resnet-edge "
+                           f"calibrate {workdir}` first")
+
+    def add_files(self, packing: Packing) -> dict:
+        """triton/<name>: the onnxruntime model, servable as it is; triton-plan/: the config of
+        <name>_trt, whose model.plan build_engine.sh builds and installs beside the bundle."""
+        accelerator = packing.options.get("accelerator", "none")
+        name = serving.model_name(packing.workdir.name)
+        graph = packing.graph
+        weights = {i.name for i in graph.initializer}
+        tensor_in = next(i for i in graph.input if i.name not in weights)
+        tensor_out = graph.output[0]
+
+        def dims(value):
+            return [d.dim_value for d in value.type.tensor_type.shape.dim][1:]
+        shapes = dict(input_name=tensor_in.name, input_dims=dims(tensor_in), output_name=tensor_out.name,
+                      output_dims=dims(tensor_out), profile=packing.profile)
+        model_file = INT8_NAME if accelerator == "int8" else ONNX_NAME
+        repo = packing.stage / serving.TRITON_DIR / name
+        (repo / "1").mkdir(parents=True)
+        shutil.copy2(packing.workdir / model_file, repo / "1" / "model.onnx")
+        for side in packing.sides[model_file]:  # found beside the model, as written
+            (repo / "1" / side).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(packing.workdir / side, repo / "1" / side)
+        # outside the bundle (whose every file is listed), beside it as the README mounts it
+        cache = f"{MOUNT}/{packing.stage.name}.device/triton-trt-cache/{name}"
+        (repo / "config.pbtxt").write_text(serving.triton_config(name, "onnxruntime_onnx",
+                                                                 accelerator=accelerator,
+                                                                 engine_cache=cache, **shapes))
+        plan = packing.stage / serving.TRITON_PLAN_DIR
+        plan.mkdir()
+        (plan / "config.pbtxt").write_text(serving.triton_config(f"{name}_trt", "tensorrt_plan", **shapes))
+        (plan / "model.json").write_text(json.dumps({"name": f"{name}_trt"}) + "\n")
+        for folder in (repo, plan):
+            (folder / "labels.txt").write_text("\n".join(packing.names) + "\n")
+        return {"server": "triton", "model": name, "plan_model": f"{name}_trt",
+                "model_file": model_file, "accelerator": accelerator}
+
+    def readme(self, root: str, serve: dict | None) -> str:
+        return f"""
+## Triton
+
+`triton/` is a model repository: `{serve['model']}` runs `{serve['model_file']}` on Triton's
+onnxruntime backend as it is. For a TensorRT plan, build it inside the very Triton image you
+serve with: a plan loads only on the TensorRT that built it. build_engine.sh then installs it as
+`{serve['plan_model']}` in `{root}.device/triton/`, and refuses a plan whose TensorRT is not
+the image's own libnvinfer (a pip-installed Python tensorrt of another version):
+
+```
+TAG=<yy.mm>   # one Triton release for building and for serving
+docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tritonserver:$TAG-py3 ./build_engine.sh fp16
+docker run --gpus all --rm -p 8000:8000 -v $PWD/..:/w nvcr.io/nvidia/tritonserver:$TAG-py3 \\
+    tritonserver --model-repository /w/{root}/triton --model-repository /w/{root}.device/triton
+```
+
+With an accelerator, ONNX Runtime keeps its TensorRT engines in
+`/w/{root}.device/triton-trt-cache/` (mounted as above), so a model load reuses them.
+"""
+
+
+TRITON = Triton("triton", "10.13.0", 20, "NVIDIA Triton Inference Server (onnxruntime backend; "
+                "a TensorRT plan built inside the server's container)", ">=12,<13", False)

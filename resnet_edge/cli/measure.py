@@ -1,0 +1,309 @@
+"""Measuring commands: `parity` (accuracy and agreement, gated), `bench` (latency, power),
+`report` (many runs on one page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .. import console
+from ..console import emit_json, note, stdout, wrote
+from ..errors import BadInput, GateFailed, MissingBackend
+from .common import (JSON_OPTION, cli, csv_list, failed_gates, parse_sizes, print_parity,
+                     resolve_workdir, writable)
+
+
+# ---- parity / bench / report -------------------------------------------------------------
+
+def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    overrides: dict[str, dict[str, float]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        precision, dot, name = key.partition(".")
+        try:
+            number = float(value.removesuffix("%"))
+        except ValueError:
+            number = None
+        if not sep or not dot or number is None:
+            raise BadInput(f"--gate {pair!r} should look like fp16.max_accuracy_drop_pt=0.2")
+        # "0.5%": a percentage gate below 1 % meant as such (see gates.check_layer)
+        overrides.setdefault(precision, {})[name] = value if value.endswith("%") else number
+    return overrides
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
+@click.option("--data", "data_spec",
+              help="Evaluation data spec (labels give accuracy; without them only agreement) "
+              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+@click.option("--limit", type=int, help="Use the first N images only.")
+@click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
+@click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
+@click.option("--batch-size", type=int, help="Images per batch [32, within the model's batch profile].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where torch and ONNX Runtime run [auto: cuda when there is a GPU].")
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML file: [fp16] max_accuracy_drop_pt = 0.2, etc.")
+@click.option("--gate", "gates", multiple=True, metavar="PREC.NAME=VALUE",
+              help="Override one threshold, e.g. --gate int8.max_accuracy_drop_pt=0.5 (repeatable).")
+@click.option("--agreement", type=click.Choice(["raw", "decisive"]), default="raw", show_default=True,
+              help="How the top-1 agreement gate counts: raw (every image), or decisive (images "
+              "whose reference margin clears twice the row's own p99 logit error, judged by the "
+              "95 % Wilson lower bound): a near-tie then cannot fail a correct model.")
+@JSON_OPTION
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write Markdown (+ a PNG plot beside it).")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML, one case per gate.")
+@click.option("--html", type=click.Path(path_type=Path),
+              help="Write one self-contained HTML page: table, plots, disagreeing images.")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="An earlier `parity --json` report (main's, say) of this model on the same data: "
+              "each row's top-1 (agreement without labels) is compared with it; exit 1 on a drop "
+              "past --max-accuracy-drop-pt.")
+@click.option("--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,
+              help="With --baseline: the most a row's top-1 may fall, in percentage points.")
+def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
+           agreement, json_path, markdown, junit, html, baseline, max_accuracy_drop_pt) -> None:
+    """Run one evaluation set through PyTorch fp32 (the reference) and every other backend x
+    precision; compare logits, agreement and accuracy; gate; report.
+
+    \b
+    Gates (percent and points, as their names say; override with --thresholds FILE or --gate):
+      every row: no NaN or inf logits
+      fp32: min_top1_agreement_pct 100, max_abs 1e-3
+      fp16: min_top1_agreement_pct 99.5, max_accuracy_drop_pt 0.1
+      int8: min_top1_agreement_pct 95, min_cosine 0.99, max_accuracy_drop_pt 1,
+            min_relative_accuracy_pct 99
+
+    Exit 0 when every gate holds, 1 when one fails, 2 on bad usage, 3 when a backend or
+    precision named explicitly with --backends/--precisions cannot run here.
+
+    \b
+    Examples:
+      resnet-edge parity artifacts/resnet20 --data digits:test
+      resnet-edge parity artifacts/resnet50 --data imagefolder:/data/imagenet/val --limit 5000 \\
+          --backends torch,ort,trt --precisions fp32,fp16,int8 \\
+          --json out/parity.json --markdown out/parity.md --junit out/junit.xml --html out/parity.html
+    """
+    from ..parity import report as reports
+    from ..parity.gates import load_thresholds
+    from ..parity.run import PRECISIONS, run_parity
+
+    from ..parity.baseline import compare, read_baseline
+    table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
+    writable(json_path, markdown=markdown, junit=junit, html=html)
+    old = read_baseline(baseline) if baseline else None  # checked before the work
+    explicit = backends is not None or precisions is not None
+    cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
+    with console.Progress("parity", "images") as bar:
+        result = run_parity(workdir, data_spec,
+                            backends=csv_list(backends or "torch,ort,trt"),
+                            precisions=csv_list(precisions) if precisions else list(PRECISIONS),
+                            thresholds=table_of_gates, limit=limit, batch_size=batch_size,
+                            device=device, explicit=explicit, cpu_fp16=cpu_fp16,
+                            progress=bar.update, keep_disagreements=html is not None,
+                            agreement=agreement)
+    if old is not None:
+        result["baseline"] = compare(result, old, str(baseline), max_accuracy_drop_pt)
+    print_parity(result)
+    for path, writer in ((markdown, reports.write_markdown), (junit, reports.write_junit),
+                         (html, reports.write_html)):
+        if path:
+            wrote(path, *writer(result, path))
+    emit_json(reports.public(result), json_path)
+    summary = result["summary"]
+    if summary["failed_gates"]:
+        raise GateFailed(f"parity gates failed: {failed_gates(result['candidates'])}")
+    if result.get("baseline", {}).get("regressions"):
+        raise GateFailed("accuracy regression against the baseline: " + "; ".join(
+            f"{r['backend']} {r['precision']} "
+            + (f"top-1 {r['top1_change_pt']:+.2f} pt" if r["top1_change_pt"] is not None
+               else f"agreement {r['agreement_change_pt']:+.2f} pt")
+            + f" (limit -{max_accuracy_drop_pt:g})" for r in result["baseline"]["regressions"]))
+    if summary["explicit_backends_missing"]:
+        raise MissingBackend("asked for but cannot run here: "
+                             + "; ".join(f"{r['backend']} {r['precision']} ({r['reason']})"
+                                         for r in result["candidates"] if r["status"] == "skipped"))
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
+@click.option("--batch-sizes", help="Comma list of batch sizes [the model's min, opt and max batch].")
+@click.option("--iterations", type=int, default=100, show_default=True,
+              help="Timed iterations per backend and batch size.")
+@click.option("--warmup", type=int, default=10, show_default=True,
+              help="Untimed iterations first, per backend and batch size.")
+@click.option("--backends", help="Comma list of torch, ort, trt [all that can run here].")
+@click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where torch and ONNX Runtime run [auto: cuda when there is a GPU].")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="An earlier `bench --json` report (main's, say) of this model on this machine: "
+              "each latency is compared with it, noise and all; exit 1 on a regression.")
+@click.option("--max-latency-regression-pct", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
+              help="With --baseline: a p50 this much slower fails, when the 95 % confidence "
+              "interval of the ratio lies wholly past it (inconclusive when it straddles).")
+@click.option("--power", is_flag=True,
+              help="Also read power while each row runs: every rail tegrastats reports on a "
+              "Jetson (average mW and mJ per image), or nvidia-smi's board draw on an x86 GPU. "
+              "Where neither exists it says so in one line and the bench runs without it.")
+@JSON_OPTION
+def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, baseline,
+          max_latency_regression_pct, power, json_path) -> None:
+    """Latency per backend x precision x batch size: warm-up, then timed iterations with the
+    device synchronized. Reports mean, p50, p90, p99, std and images/s (from the p50) host to
+    host, and device compute alone where the backend allows it (GPU backends). A bench
+    expected to take over 30 s says how long before it starts.
+
+    \b
+    Example:
+      resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
+    """
+    from ..runtime.backends import CPU_FP16
+    from ..runtime.bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
+
+    sizes = parse_sizes(batch_sizes, "--batch-sizes")
+    if iterations < 1 or warmup < 0:
+        raise BadInput("--iterations must be at least 1, --warmup at least 0")
+    writable(json_path)
+    old = read_baseline(baseline) if baseline else None  # checked before the work
+    if old is not None:
+        if iterations < 2:
+            raise BadInput("--baseline compares latency samples: give --iterations 2 or more")
+        onnx_path = workdir / "model.onnx"
+        if onnx_path.is_file():  # another model or machine is refused before the bench, not after
+            from ..export.metadata import read_card
+            from ..runtime.latency import describe_machine
+            card = read_card(onnx_path)
+            refuse_incomparable(old, card.to_dict() if card else {}, describe_machine(), str(baseline))
+    explicit = backends is not None or precisions is not None
+    cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
+    with console.steps() as step:
+        result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
+                           warmup=warmup, device=device, cpu_fp16=cpu_fp16, power=power,
+                           step=step, notice=note)
+    if old is not None:
+        result["baseline"] = compare_to_baseline(result, old, str(baseline), max_latency_regression_pct)
+    _print_bench(result)
+    emit_json(result, json_path)
+    if result.get("baseline", {}).get("regressions"):
+        raise GateFailed("latency regression against the baseline: " + "; ".join(
+            f"{r['device']} batch {r['batch_size']} p50 x{r['ratio']:.2f} (95 % interval "
+            f"{r['low']:.2f}-{r['high']:.2f}, limit x{r['limit']:.2f})"
+            for r in result["baseline"]["regressions"]))
+    asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16]
+    if explicit and asked:
+        raise MissingBackend("asked for but cannot run here: " + "; ".join(
+            f"{s['backend']} {s['precision']} ({s['reason']})" for s in asked))
+
+
+@cli.command(name="report")
+@click.argument("reports", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--html", type=click.Path(path_type=Path), help="Write the merged page (self-contained HTML).")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write the merged matrix as Markdown.")
+@JSON_OPTION
+def report_(reports, html, markdown, json_path) -> None:
+    """Merge parity and bench reports of one model from many runs (a CI matrix, a fleet of
+    devices) into one matrix: backend x precision (x batch for latency) by run, each run headed
+    by where it ran, baseline verdicts marked with the change they judged, energy per image
+    where bench read power, and what differs between the runs' machines and libraries.
+
+    \b
+    Example:
+      resnet-edge report artifacts/*/parity.json artifacts/*/bench.json --html fleet.html
+    """
+    from ..artifacts import write_text_atomic
+    from ..parity import fleet
+
+    writable(json_path, html=html, markdown=markdown)
+    runs = fleet.read_reports(list(reports))
+    keys, cells = fleet.matrix(runs)
+    table = Table(title=f"{runs[0][1]['model']['arch']}: {len(runs)} runs")
+    for col in ("kind", "backend", "batch"):
+        table.add_column(col)
+    for name, (_, run) in zip(fleet.names(runs), runs):
+        table.add_column(f"{name}\n{fleet.where(run)}")
+    for kind, backend, precision, batch in keys:
+        table.add_row(kind, f"{backend} {precision}", str(batch),
+                      *(escape(text) for text in cells[(kind, backend, precision, batch)]))
+    stdout.print(table)
+    differ = fleet.differences(runs)
+    if differ:
+        table = Table(title="where the runs differ")
+        table.add_column("what")
+        for name in fleet.names(runs):
+            table.add_column(name)
+        for field, values in differ:
+            table.add_row(field, *map(escape, values))
+        stdout.print(table)
+    if html:
+        write_text_atomic(html, fleet.page(runs, html))
+    if markdown:
+        write_text_atomic(markdown, fleet.markdown(runs))
+    wrote(html, markdown)
+    emit_json({"runs": [{"report": str(path), "where": fleet.where(run)} for path, run in runs],
+               "rows": [{"kind": k, "backend": b, "precision": p, "batch": n, "cells": cells[(k, b, p, n)]}
+                        for k, b, p, n in keys],
+               "differences": [{"what": field, "values": values} for field, values in differ]}, json_path)
+
+
+def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str, str]]:
+    from ..parity.run import PRECISIONS, REFERENCE, candidates
+    pairs = candidates(csv_list(backends or "torch,ort,trt"),
+                       csv_list(precisions) if precisions else list(PRECISIONS))
+    wants_reference = "torch" in csv_list(backends or "torch") and "fp32" in csv_list(precisions or "fp32")
+    return [REFERENCE, *pairs] if wants_reference else pairs
+
+
+def _print_bench(result: dict) -> None:
+    table = Table(title=f"{result['model']['arch']} latency ({result['iterations']} iterations after "
+                        f"{result['warmup']} warm-up)")
+    for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s (p50)", "device p50"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for r in result["results"]:
+        h, d = r["host_to_host"], r["device_compute"]
+        table.add_row(r["device"], str(h["batch_size"]), f"{h['mean_ms']:.3f}", f"{h['p50_ms']:.3f}",
+                      f"{h['p90_ms']:.3f}", f"{h['p99_ms']:.3f}", f"{h['std_ms']:.3f}",
+                      f"{h['images_per_s']:.1f}", f"{d['p50_ms']:.3f}" if d else "-")
+    stdout.print(table)
+    for s in result["skipped"]:
+        stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
+    if result.get("power", {}).get("source"):
+        _print_power(result)
+    compared = result.get("baseline")
+    if compared:
+        table = Table(title=f"against {compared['baseline']}: p50 ratio (new / baseline), 95 % "
+                            f"interval, gate x{1 + compared['max_regression_pct'] / 100:.2f}")
+        for col in ("backend", "batch", "p50 ratio", "interval", "verdict"):
+            table.add_column(col, justify="left" if col in ("backend", "verdict") else "right")
+        colors = {"pass": "green", "regression": "red", "inconclusive": "yellow", "no baseline": "cyan"}
+        for r in compared["rows"]:
+            measured = "ratio" in r
+            table.add_row(r["device"], str(r["batch_size"]), f"{r['ratio']:.3f}" if measured else "-",
+                          f"{r['low']:.3f}-{r['high']:.3f}" if measured else "-",
+                          f"[{colors[r['verdict']]}]{r['verdict']}[/]")
+        stdout.print(table)
+        if compared["differs"]:
+            note("the baseline differs in " + ", ".join(compared["differs"]))
+        if any(r["verdict"] == "inconclusive" for r in compared["rows"]):
+            note("inconclusive: the runs are too noisy to tell at this gate; more --iterations "
+                 "(in both runs) narrow the interval")
+
+
+def _print_power(result: dict) -> None:
+    power = result["power"]
+    table = Table(title=f"power from {power['source']}: {power['covers']}")
+    for col in ("backend", "batch", "readings", "rail", "average W", "mJ / image"):
+        table.add_column(col, justify="left" if col in ("backend", "rail") else "right")
+    for r in result["results"]:
+        p, batch = r["power"], str(r["host_to_host"]["batch_size"])
+        if "reason" in p:
+            table.add_row(r["device"], batch, str(p["samples"]), f"[yellow]{escape(p['reason'])}[/]", "-", "-")
+            continue
+        for rail, mw in p["rails_mw"].items():
+            name = f"{rail} (total)" if rail == p["total_rail"] else rail
+            table.add_row(r["device"], batch, str(p["samples"]), name, f"{mw / 1e3:.2f}",
+                          f"{p['mj_per_image'][rail]:.2f}")
+    stdout.print(table)

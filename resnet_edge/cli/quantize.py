@@ -1,0 +1,153 @@
+"""Quantization commands: `debug` (where a precision departs from fp32, layer by layer) and
+`calibrate` (int8 from real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .. import console
+from ..console import emit_json, note, stdout, warn, wrote
+from .common import JSON_OPTION, cli, resolve_workdir, writable
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
+@click.option("--precision", type=click.Choice(["fp16", "int8", "int8-fp16"]), default="fp16",
+              show_default=True, help="Which of the work dir's models to compare with fp32.")
+@click.option("--candidate", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Compare this ONNX file instead (a conversion of the same model).")
+@click.option("--data", "data_spec", help="Images to run (data spec) [the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+@click.option("--images", type=int, default=8, show_default=True, help="How many images.")
+@click.option("--tolerance", type=float,
+              help="Relative (L2) error a layer may reach [fp16 0.01, int8 0.1].")
+@click.option("--backend", type=click.Choice(["auto", "trt", "ort"]), default="auto", show_default=True,
+              help="trt: a TensorRT debug engine with every compared tensor marked as an output "
+              "(needs TensorRT and a GPU); ort: ONNX Runtime (Q/DQ as written); auto: trt where "
+              "TensorRT is, else ort.")
+@click.option("--all", "show_all", is_flag=True,
+              help="List every layer, not only where the error grows.")
+@JSON_OPTION
+def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, show_all,
+          json_path) -> None:
+    """Find the layer where fp16 or int8 goes wrong: run the fp32 model and the candidate with
+    every intermediate tensor exposed, compare them layer by layer (named after the PyTorch
+    modules) and report the error growth and the first layer past the tolerance.
+
+    \b
+    Examples:
+      resnet-edge debug artifacts/resnet20 --precision int8
+      resnet-edge debug artifacts/resnet50 --precision fp16 --data imagefolder:/data/val --json debug.json
+      resnet-edge debug artifacts/resnet50 --candidate suspicious.fp16.onnx
+      resnet-edge debug artifacts/resnet50 --precision int8 --backend trt    # on a GPU with TensorRT
+    """
+    from ..parity.debug import debug_layers
+
+    writable(json_path)
+    with console.steps() as step:
+        step(f"running fp32 and {precision} with every layer exposed")
+        result = debug_layers(workdir, precision, data_spec, images=images, tolerance=tolerance,
+                              candidate=candidate, backend=backend)
+    first = result["first_exceeding"]
+    table = Table(title=f"{result['model']['arch']}: {precision} vs fp32, layer by layer "
+                        f"({result['images']} images of {data_spec}; tolerance {result['tolerance']:g})")
+    for col in ("#", "module", "op", "tensor", "rel error", "max abs", "cosine", "growth"):
+        table.add_column(col, justify="left" if col in ("module", "op", "tensor") else "right")
+    worst = -1.0
+    for row in result["layers"]:
+        rising = row["rel_error"] > worst
+        worst = max(worst, row["rel_error"])
+        if not (show_all or rising or (first and row["index"] == first["index"])):
+            continue
+        style = "red" if row["exceeds"] else ""
+        table.add_row(str(row["index"]), row["module"], row["op"], row["tensor"],
+                      f"[{style}]{row['rel_error']:.2e}[/]" if style else f"{row['rel_error']:.2e}",
+                      f"{row['max_abs']:.2e}", f"{row['cosine']:.5f}", f"{row['growth']:.1f}x")
+    stdout.print(table)
+    if first:
+        stdout.print(f"first layer past the tolerance: #{first['index']} {first['module']} "
+                     f"({first['op']}, tensor {first['tensor']}): relative error "
+                     f"{first['rel_error']:.3g} > {result['tolerance']:g}")
+    else:
+        stdout.print(f"every layer within the tolerance {result['tolerance']:g}")
+    if backend == "auto" and result["backend"] == "ort":
+        note("ONNX Runtime compared the layers (TensorRT is not here, or cannot build this "
+             "comparison); where TensorRT is, --backend trt shows what an engine computes")
+    emit_json(result, json_path)
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
+@click.option("--data", "--data-calib", "data_spec",
+              help="Calibration data spec (images:PATH takes a plain folder); keep it apart from "
+              "what parity evaluates on [the train split of the built-in dataset the model was trained on here; required for any other model].")
+@click.option("--samples", type=int, default=512, show_default=True,
+              help="Images, drawn deterministically and class-balanced (NVIDIA advises ~500 for CNNs).")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
+              show_default=True, help="How calibration turns activations into int8 ranges.")
+@click.option("--recipe", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="tensorrt: symmetric int8, Q/DQ placed for TensorRT fusion; cpu: u8 activations "
+              "for ONNX Runtime's fast CPU kernels.")
+@click.option("--sensitivity", is_flag=True, help="Rank layers by the accuracy drop each causes alone.")
+@click.option("--exclude", help="'auto' (leave the most sensitive layers in float until the int8 "
+              "gate holds) or a comma list of module names (layer1.0.conv1, fc) or ONNX node names.")
+@click.option("--holdout", type=int, help="Unused calibration-source images for a quick int8 "
+              "check afterwards [0; 500 with --sensitivity or --exclude auto]; `parity` is the "
+              "full check.")
+@click.option("--data-eval",
+              help="What parity will evaluate on; calibrating on the same split is warned about "
+              "[the test split of the built-in dataset the model was trained on].")
+@click.option("--tensorrt-version", default="10.3.0", show_default=True,
+              help="TensorRT version named in calibration.cache's header (JetPack 6: 10.3, JetPack 5: "
+              "8.5.2); builds re-head a copy for the TensorRT they find.")
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML gates used by --exclude auto.")
+@JSON_OPTION
+def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, data_eval,
+              tensorrt_version, thresholds, json_path) -> None:
+    """Make model.int8.onnx (Q/DQ) and calibration.cache from real calibration data.
+
+    Calibration runs once over every tensor int8 needs through the model's own Preprocess; the
+    ranges feed the Q/DQ models, TensorRT's calibration cache (implicit INT8 on TensorRT <= 10,
+    e.g. `trtexec --int8 --calib=calibration.cache` on a Jetson) and the sensitivity analysis.
+
+    \b
+    Examples:
+      resnet-edge calibrate artifacts/resnet50 --data images:/data/calib --samples 512 --method entropy
+      resnet-edge calibrate artifacts/resnet20 --data digits:train --method percentile --sensitivity
+      resnet-edge calibrate artifacts/resnet20 --exclude auto          # keep sensitive layers in float
+    """
+    from ..calibration import calibrate as run_calibration
+    from ..parity.gates import load_thresholds
+
+    writable(json_path)
+    with console.steps() as step:
+        result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe=recipe,
+                                 sensitivity=sensitivity, exclude=exclude, holdout=holdout,
+                                 eval_spec=data_eval, tensorrt_version=tensorrt_version,
+                                 thresholds=load_thresholds(thresholds), step=step)
+    for message in result.warnings:
+        warn(message)
+    counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
+    stdout.print(f"calibration: {result.samples} images from {data_spec} ({method}); per class: {counts}")
+    if result.sensitivity:
+        table = Table(title="per-layer sensitivity (that layer alone in int8), most sensitive first")
+        for col in ("layer", "module", "top-1", "drop pt", "logit RMSE"):
+            table.add_column(col, justify="left" if col in ("layer", "module") else "right")
+        for row in result.sensitivity:
+            table.add_row(row["layer"], row["module"], f"{row['top1']:.2%}", f"{row['drop_pt']:+.2f}",
+                          f"{row['logit_rmse']:.4f}")
+        stdout.print(table)
+    if exclude:
+        stdout.print(f"left in float: {', '.join(result.excluded) or 'none (the int8 gate holds with every layer quantized)'}")
+    if result.holdout:
+        h = result.holdout
+        what = "top-1" if h["labelled"] else "top-1 agreement with fp32"
+        stdout.print(f"held-out check on {h['images']} unused images ({what}): fp32 {h['fp32_top1']:.2%}, "
+                     f"int8 {h['int8_top1']:.2%} ({h['drop_pt']:+.2f} pt)")
+    wrote(*result.written)
+    emit_json({"int8": str(result.path), "recipe": recipe, "method": method, "samples": result.samples,
+               "per_class": result.per_class, "excluded": result.excluded, "holdout": result.holdout,
+               "sensitivity": result.sensitivity, "warnings": result.warnings}, json_path)

@@ -1,0 +1,315 @@
+"""Shipping commands: `build` (a TensorRT engine here), `keygen`, `bundle` (what a device needs),
+`verify` (a bundle, anywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .. import console
+from ..console import emit_json, stdout, warn, wrote
+from ..errors import BadInput, GateFailed, MissingBackend
+from .common import (JSON_OPTION, TARGET_NAMES, TARGETS_HELP, cli, csv_list, failed_gates,
+                     resolve_workdir, writable)
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
+              help="The engine's precision; the ONNX file and flags follow from it and the TensorRT here.")
+@click.option("--workspace", type=int, default=2048, show_default=True, help="Workspace limit, MiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path),
+              help="TensorRT's timing cache to load and update [timing.cache beside the engine, "
+              "so one per GPU and TensorRT version]; a cache from another GPU or TensorRT is "
+              "replaced with a warning.")
+@click.option("--no-timing-cache", is_flag=True, help="Build without a timing cache.")
+@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson, TensorRT 8.5-10.7); "
+              "fp16/int8, one static batch size, int8 from calibration.cache.")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
+@click.option("--version-compatible", is_flag=True,
+              help="Engine loads on later TensorRT of the same major (TensorRT 8.6+).")
+@click.option("--hardware-compatible", is_flag=True,
+              help="Engine runs on any Ampere or newer GPU (TensorRT 8.6+, compute capability 8.0+).")
+@click.option("--int8-source", type=click.Choice(["auto", "qdq", "cache"]), default="auto", show_default=True,
+              help="int8 from the Q/DQ model, or implicitly from calibration.cache (TensorRT <= 10); "
+              "auto: cache for DLA, Q/DQ otherwise.")
+@click.option("--typing", type=click.Choice(["auto", "weak", "strong"]), default="auto", show_default=True,
+              help="auto: builder flags before TensorRT 10.12, strongly typed from 10.12 (always on 11).")
+@click.option("--int8-float", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
+              help="Strongly typed int8: float parts in fp16 (model.int8-fp16.onnx, auto) or fp32 "
+              "(model.int8.onnx).")
+@JSON_OPTION
+def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core, gpu_fallback,
+          version_compatible, hardware_compatible, int8_source, typing, int8_float, json_path) -> None:
+    """Build a TensorRT engine into engines/<gpu>-trt<version>/model.<precision>.engine.
+
+    The engine's batch profile is the one the model was exported with (export --batch, or
+    --min-batch/--opt-batch/--max-batch); a DLA engine takes its one opt batch size.
+
+    Which ONNX file and which flags are used depends on the TensorRT version found here:
+    8.5/8.6 use builder flags (FP16/INT8), 11.x is strongly typed (fp16 from model.fp16.onnx,
+    int8 from model.int8-fp16.onnx), 10.x does either. fp32 engines are built without TF32.
+    A JSON beside the engine records the TensorRT version, GPU, compute capability, ONNX
+    sha256 and options. Exit 2 for options this TensorRT or GPU cannot honour, 3 without
+    TensorRT, a GPU or a matching cuda-python.
+
+    \b
+    Examples:
+      resnet-edge build artifacts/resnet50 --precision fp16
+      resnet-edge build artifacts/resnet50 --precision int8 --timing-cache ~/.cache/resnet-edge/orin.cache
+      resnet-edge build artifacts/resnet50 --precision int8 --dla-core 0 --gpu-fallback     # Jetson
+    """
+    from ..artifacts import WorkDir
+    from ..calibration import INT8_NAME
+    from ..export.metadata import opset_of, quantization_info
+    from ..export import export_profile
+    from ..runtime import trt_engine, trt_plan, trt_rules, trt_runner
+    from ..runtime.backends import remake_command
+
+    if workspace < 1:
+        raise BadInput(f"--workspace must be at least 1 MiB, got {workspace}")
+    if gpu_fallback and dla_core is None:
+        raise BadInput("--gpu-fallback goes with --dla-core")
+    if timing_cache and no_timing_cache:
+        raise BadInput("--timing-cache and --no-timing-cache contradict each other; drop one")
+    if not (workdir / "model.onnx").exists():
+        raise BadInput(f"{workdir} has no model.onnx; run `resnet-edge export ... --out {workdir}` first")
+    writable(json_path)
+    options = dict(int8_source=int8_source, typing=typing, dla=dla_core is not None,
+                   version_compatible=version_compatible, hardware_compatible=hardware_compatible,
+                   int8_float=int8_float)
+    try:
+        trt = trt_runner.import_trt()
+        plan = trt_plan.build_plan(trt.__version__, precision, **options)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    except trt_rules.EngineError as exc:
+        raise MissingBackend(str(exc)) from None
+    wd = WorkDir(workdir)
+    for name in (plan.onnx_file, *([trt_rules.CACHE_FILE] if plan.calibration_cache else [])):
+        if wd.file(name).exists():  # a stale or half-written input is refused before building
+            wd.vouch(name, remake_command(workdir, name))
+    int8_file = workdir / INT8_NAME
+    if (plan.onnx_file == INT8_NAME and int8_file.exists()
+            and quantization_info(int8_file).get("recipe") == "cpu"):
+        raise BadInput(f"{int8_file} was calibrated with --recipe cpu (uint8, asymmetric), "
+                       f"which TensorRT cannot build; run `resnet-edge calibrate {workdir} --recipe "
+                       "tensorrt` (or build with --int8-source cache)")
+    if (workdir / plan.onnx_file).exists():
+        problem = trt_rules.opset_problem(plan.onnx_file, opset_of(workdir / plan.onnx_file),
+                                           trt.__version__)
+        if problem:
+            raise BadInput(problem)
+    del options["dla"]
+    profile = export_profile(workdir)
+    with console.steps() as step:
+        step(f"building the {precision} engine with TensorRT {trt.__version__}")
+        try:
+            engine = trt_engine.build_engine(
+                workdir, precision, max_batch=profile["max"], opt_batch=profile["opt"],
+                min_batch=profile["min"], workspace_mib=workspace,
+                timing_cache=None if no_timing_cache else (str(timing_cache) if timing_cache else "auto"),
+                dla_core=dla_core, gpu_fallback=gpu_fallback, warn=warn, **options)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        except trt_rules.EngineError as exc:
+            raise MissingBackend(str(exc)) from None
+    meta = trt_rules.read_engine_meta(engine)
+    stdout.print(f"built in {meta['build_seconds']:.1f} s for {meta['gpu']} (sm "
+                 f"{meta['compute_capability']}), TensorRT {meta['tensorrt']}, from {meta['onnx']}")
+    wrote(engine, engine.with_suffix(trt_rules.ENGINE_JSON_SUFFIX), meta.get("timing_cache"))
+    emit_json(meta, json_path)
+
+
+@cli.command()
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for NAME.key (private, mode 0600) and NAME.pub.")
+@click.option("--name", default="signing", show_default=True, help="File name of the key pair.")
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+def keygen(out, name, force) -> None:
+    """Make an Ed25519 key pair for signing bundles.
+
+    Keep NAME.key secret (a CI secret); give NAME.pub to whoever verifies. A public key is never
+    taken from inside a bundle.
+
+    \b
+    Example:
+      resnet-edge keygen --out keys --name ci && resnet-edge bundle artifacts/r50 --sign keys/ci.key
+    """
+    from ..deploy import signing
+    try:
+        if not name or name != Path(name).name or name.startswith("."):
+            raise BadInput(f"--name takes a plain file name, got {name!r}")
+        from ..artifacts import ensure_writable_dir
+        private, public, key_id = signing.keygen(ensure_writable_dir(out) / name, force=force)
+    except signing.SignatureError as exc:
+        raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
+    stdout.print(f"key id {key_id}; {private} is private (mode 0600)")
+    wrote(private, public)
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
+@click.option("--target", type=click.Choice(TARGET_NAMES),
+              default="jetpack6", show_default=True, help=TARGETS_HELP)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for <workdir name>-<target>.tar.gz [the work directory].")
+@click.option("--data", "data_spec",
+              help="Where the golden inputs come from (labelled, preprocessed by the model card) "
+              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+@click.option("--golden", type=int, default=100, show_default=True, help="Golden images.")
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML gates carried in the bundle [parity defaults].")
+@click.option("--sign", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Ed25519 private key (NAME.key from `resnet-edge keygen`) to sign manifest.json.")
+@click.option("--triton-accelerator", type=click.Choice(["none", "fp16", "int8"]), default="none",
+              show_default=True, help="With --target triton: run the ONNX model through ONNX "
+              "Runtime's TensorRT execution accelerator in fp16 or int8 (the int8 Q/DQ model).")
+@click.option("--classifier-threshold", type=float, default=0.0, show_default=True,
+              help="With --target deepstream: nvinfer attaches a label only when its probability "
+              "is above this (0 labels every frame with its top-1 class).")
+@click.option("--release", help="A release name (e.g. v9) signed with the bundle's name, target "
+              "and time; verify shows it.")
+@JSON_OPTION
+def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_accelerator,
+           classifier_threshold, release, json_path) -> None:
+    """Pack a device bundle: ONNX files, calibration cache, golden I/O, gates, build and verify
+    scripts, and manifest.json with the sha256 of every file (signed with --sign).
+
+    \b
+    Then on the Jetson, with JetPack's Python and TensorRT:
+      tar xf resnet50-jetpack6.tar.gz && cd resnet50-jetpack6 && ./build_engine.sh int8
+      python3 verify.py --key ci.pub   # or RESNET_EDGE_VERIFY_KEY=ci.pub, set once on the device
+
+    \b
+    Examples:
+      resnet-edge bundle artifacts/resnet50 --target jetpack6 --out dist/
+      resnet-edge bundle artifacts/resnet50 --sign keys/ci.key      # verify with --key keys/ci.pub
+      resnet-edge bundle artifacts/resnet50 --target triton --triton-accelerator fp16
+      resnet-edge export resnet50 --fold-normalization --softmax --out artifacts/resnet50-ds
+      resnet-edge bundle artifacts/resnet50-ds --target deepstream --classifier-threshold 0.5
+    """
+    from ..deploy import make_bundle
+    from ..parity.gates import load_thresholds
+
+    writable(json_path)
+    path = (out or workdir) / f"{workdir.name}-{target}.tar.gz"
+    with console.steps() as step:
+        result = make_bundle(workdir, target, path, eval_spec=data_spec, golden=golden,
+                             thresholds=load_thresholds(thresholds), sign=sign,
+                             accelerator=triton_accelerator,
+                             classifier_threshold=classifier_threshold, release=release,
+                             step=step)
+    for message in result.notes:
+        warn(message)
+    signed = f"signed by key {result.key_id}" if result.key_id else "unsigned"
+    stdout.print(f"bundle for {target}: {', '.join(result.precisions)}; {signed}")
+    stdout.print(f"manifest.json sha256 {result.manifest_sha256}")
+    wrote(result.path)
+    emit_json({"path": str(result.path), "target": target, "precisions": result.precisions,
+               "manifest_sha256": result.manifest_sha256, "key_id": result.key_id,
+               "notes": result.notes}, json_path)
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, exists=True))
+@click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              envvar="RESNET_EDGE_VERIFY_KEY", show_envvar=True,
+              help="The signer's public key (NAME.pub): refuse a bundle it did not sign. Needed "
+              "unless --allow-unsigned.")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Without a key, check the files against manifest.json only: nothing is "
+              "authenticated (for demos).")
+@click.option("--min-created", metavar="DATE",
+              help="Refuse a bundle made before DATE (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ): no "
+              "older bundle replayed.")
+@click.option("--precisions", help="Comma list of fp32, fp16, int8 [every precision in the bundle].")
+@click.option("--backend", type=click.Choice(["auto", "trt", "ort"]), default="auto", show_default=True,
+              help="trt (TensorRT engines), ort (ONNX Runtime on the ONNX files), or auto: trt "
+              "where TensorRT is, else ort.")
+@click.option("--require-tensorrt", is_flag=True, help="Exit 3 instead of falling back to ONNX Runtime.")
+@click.option("--iterations", type=int, default=100, show_default=True,
+              help="Timed iterations per precision.")
+@click.option("--device-dir", type=click.Path(path_type=Path),
+              help="Where engines are built and looked for [<bundle>.device beside a folder; a "
+              "temporary folder for an archive].")
+@JSON_OPTION
+def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, require_tensorrt,
+           iterations, device_dir, json_path) -> None:
+    """Check a bundle from anywhere: safe extraction, the signature and the bundle's signed
+    name, target, release and time, every file against manifest.json, golden inputs through
+    TensorRT (or ONNX Runtime where TensorRT is absent), the parity gates, latency.
+
+    \b
+    Examples:
+      resnet-edge verify resnet50-jetpack6.tar.gz --key keys/ci.pub
+      resnet-edge verify resnet50-jetpack6.tar.gz --key keys/ci.pub --min-created 2026-11-01
+      resnet-edge verify resnet50-jetpack6.tar.gz --allow-unsigned   # a demo: nothing authenticated
+    """
+    import tempfile
+
+    from ..deploy.archive import BundleError, safe_extract
+    from ..deploy.verify_bundle import integrity_lines, verdict_line
+    from ..deploy.verify_bundle import verify as verify_bundle
+    from ..runtime.trt_rules import EngineError
+
+    writable(json_path)
+    from ..deploy.archive import created_bound
+    from ..deploy.verify_bundle import NEEDS_KEY
+    if bundle_path.is_dir() and (bundle_path / "manifest.json").is_file() and not (
+            bundle_path / "bundle.json").is_file():
+        raise BadInput(f"{bundle_path} is a work directory, not a bundle; make one with "
+                       f"`resnet-edge bundle {bundle_path}` and verify that")
+    if key is None and not allow_unsigned:
+        raise BadInput(NEEDS_KEY)
+    try:
+        min_created = created_bound(min_created) if min_created else None
+    except BundleError as exc:
+        raise BadInput(str(exc)) from None
+    with tempfile.TemporaryDirectory() as tmp, console.steps() as step:
+        try:
+            root = bundle_path
+            if bundle_path.is_file():
+                step(f"extracting {bundle_path}")
+                root = safe_extract(bundle_path, Path(tmp) / "bundle")
+            step("verifying")
+            report = verify_bundle(root, precisions=csv_list(precisions) if precisions else None,
+                                   backend=backend, build=True, iterations=iterations, key=key,
+                                   allow_unsigned=allow_unsigned, min_created=min_created,
+                                   device_dir=device_dir or (Path(tmp) / "device" if bundle_path.is_file() else None),
+                                   require_tensorrt=require_tensorrt)
+        except BundleError as exc:
+            raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
+        except EngineError as exc:  # TensorRT is here but cannot build or load the engine
+            raise MissingBackend(str(exc)) from None
+    table = Table(title=f"{report['bundle']['arch']} bundle for {report['bundle']['about']}: "
+                        f"{report['golden_images']} golden images")
+    for col in ("backend", "max abs", "top-1 agree", "near-ties", "top-1", "p50 ms", "gates"):
+        table.add_column(col, justify="left" if col in ("backend", "gates") else "right")
+    from ..parity.gates import describe
+    for row in report["results"]:
+        bad = [describe(g) for g in row["gates"] if g["passed"] is False]
+        table.add_row(row["backend"], f"{row['metrics']['max_abs']:.2e}",
+                      _decisive(row["metrics"]["decisive"]),
+                      str(row["metrics"]["decisive"]["near_ties"]),
+                      f"{row['accuracy']['top1']:.2%}" if row["accuracy"] else "-",
+                      f"{row['latency']['host_to_host']['p50_ms']:.2f}",
+                      "[red]FAIL: " + escape(", ".join(bad)) + "[/]" if bad else "[green]pass[/]")
+    stdout.print(table)
+    for line in integrity_lines(report):
+        if line.startswith("warning: "):
+            warn(line.removeprefix("warning: "))
+        else:
+            stdout.print(escape(line))
+    stdout.print(verdict_line(report))
+    emit_json(report, json_path)
+    if report["failed_gates"]:
+        raise GateFailed(f"bundle gates failed: {failed_gates([dict(r, backend=r['backend'].split()[0]) for r in report['results']])}")
+
+
+def _decisive(decisive: dict) -> str:
+    """Agreement on the images a correct model cannot flip, with what that shows at least."""
+    return f"{decisive['agree']}/{decisive['images']} (>= {decisive['lower_bound']:.1%})"

@@ -111,7 +111,22 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 
 class WorkDir:
-    """One model's work directory, described by manifest.json."""
+    """One model's work directory, described by manifest.json: opened once per command
+    (its manifest read, each file hashed once) and handed down, and usable wherever a path to
+    the directory is (os.fspath, str, `/`), so a lower layer takes either (`open_dir`)."""
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -234,6 +249,11 @@ class WorkDir:
 
     def save(self) -> None:
         write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def open_dir(workdir: "str | os.PathLike | WorkDir") -> WorkDir:
+    """The work directory a caller already opened, or opened now from its path."""
+    return workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
 
 
 def _plain(data: Any) -> Any:

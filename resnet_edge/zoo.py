@@ -4,6 +4,9 @@ Two families share torchvision's BasicBlock and Bottleneck:
 - ImageNet: torchvision's resnet18 ... resnext101_64x4d (7x7 stem, four stages, 224x224 inputs);
 - CIFAR: the ResNet paper's CIFAR networks resnet20/32/44/56/110 (3x3 stem, three stages of
   16/32/64 channels, 32x32 inputs), depth = 6n + 2.
+
+Over 400 lines because a model, its card and its checkpoint are one idea: a checkpoint is the
+model's weights with its card, and each loader refuses what the card contradicts.
 """
 
 from __future__ import annotations

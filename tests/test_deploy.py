@@ -817,3 +817,28 @@ def test_an_uncalibrated_work_dir_is_bundled_without_int8_and_says_so(digits_wor
     assert "bundle for jetpack6: fp32, fp16;" in result.stdout
     assert (f"warning: int8 left out: {digits_workdir} is not calibrated; run `resnet-edge calibrate "
             f"{digits_workdir} --data <calibration images>` first") in result.stderr
+
+
+def test_a_bundle_opens_its_work_dir_once_and_hashes_each_file_once(calibrated_workdir, tmp_path,
+                                                                    monkeypatch):
+    """make_bundle opened the work dir four times (itself, export_profile, bundle_files, and
+    each vouch through remake_command's callers) and hashed files again for bundle.json: one
+    WorkDir is opened and handed down, and its hashes are kept."""
+    from resnet_edge import artifacts
+    opened, hashed = [], []
+    real_init, real_hash = artifacts.WorkDir.__init__, artifacts.sha256_file
+
+    def init(self, path):
+        opened.append(Path(path))
+        real_init(self, path)
+
+    def hash_file(path):
+        hashed.append(Path(path))
+        return real_hash(path)
+    monkeypatch.setattr(artifacts.WorkDir, "__init__", init)
+    monkeypatch.setattr(artifacts, "sha256_file", hash_file)
+    made = make_bundle(calibrated_workdir, "jetpack6", tmp_path / "b.tar.gz", golden=8)
+    assert opened == [Path(calibrated_workdir)]
+    in_workdir = [p.name for p in hashed if p.parent == Path(calibrated_workdir)]
+    assert in_workdir and len(in_workdir) == len(set(in_workdir)), in_workdir
+    assert "model.int8.onnx" in in_workdir and made.precisions == ["fp32", "fp16", "int8"]

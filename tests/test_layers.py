@@ -147,3 +147,14 @@ def test_no_target_module_imports_another_target():
     # and the check sees one that does
     assert target_imports("from .base import Target\nfrom .triton import TRITON\n",
                           "deploy.targets.leaning") == ["deploy.targets.leaning:2 imports deploy.targets.triton"]
+
+
+def test_a_long_module_says_why_at_its_top():
+    """One room per idea: a module past about 400 lines says at its top why it stays one."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        doc = ast.get_docstring(ast.parse(source)) or ""
+        if source.count("\n") > 400 and "Over 400 lines" not in doc:
+            long.append(f"{path.relative_to(PACKAGE)}: {source.count(chr(10))} lines")
+    assert not long, "long modules without a reason at their top:\n" + "\n".join(long)

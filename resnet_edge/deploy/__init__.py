@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, sha256_file
+from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, open_dir, sha256_file
 from ..calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME
 from ..calibration.dataset import balanced_indices
 from ..data import batches, data_for, match_classes, open_data
@@ -56,7 +56,7 @@ def bundle_files(workdir: Path, target: str) -> tuple[list[str], list[str], list
     """(files, precisions, notes): which ONNX files and caches `target` needs from `workdir`,
     each one vouched for (made by a completed run from what is in the work dir now)."""
     spec = TARGETS[target]
-    wd = WorkDir(workdir)
+    wd = open_dir(workdir)
 
     def vouched(name: str) -> bool:
         if not wd.file(name).exists():
@@ -146,10 +146,11 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             signing.sign(b"", sign)
         except signing.SignatureError as exc:
             raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
-    workdir = Path(workdir)
-    card, model = open_workdir(workdir)
-    profile = export_profile(workdir)
-    files, precisions, notes = bundle_files(workdir, target)
+    wd = open_dir(workdir)  # once: its manifest read and each file hashed once, handed down
+    workdir = wd.path
+    card, model = open_workdir(wd)
+    profile = export_profile(wd)
+    files, precisions, notes = bundle_files(wd, target)
     if golden < MIN_GOLDEN:
         notes.append(f"--golden {golden} is under {MIN_GOLDEN}: verify gates agreement on its 95 % "
                      "lower bound, which so few images cannot lift near a 95 % threshold")
@@ -178,7 +179,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     eval_spec = data_for(card, "test", eval_spec, "--data")
     source = open_data(eval_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
-    created = creation_time(WorkDir(workdir), files)
+    created = creation_time(wd, files)
     created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / root_name
@@ -237,7 +238,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "opsets": opsets,
                 "resnet_edge": __version__, "left_out": notes,
                 "serve": serve,
-                "made_from": {name: sha256_file(workdir / name) for name in files},
+                "made_from": {name: wd.sha256(name) for name in files},
                 "created": created_at,
                 "build_plans": {p: vars(trt_plan.build_plan(spec.tensorrt, p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -11,6 +11,8 @@ writes verify.json to the device folder beside the bundle, never into it.
 --bundle takes the extracted folder or the .tar.gz itself; to check a bundle you do not trust
 yet, run a verify.py you already trust (from an earlier bundle, or `resnet-edge verify`) on it.
 
+Over 400 lines because it is the one script a device runs: it must stand alone beside lib/.
+
 Exit codes: 0 every gate holds; 1 a gate failed; 2 the bundle is damaged, forged or the usage is
 wrong; 3 TensorRT (with --require-tensorrt), ONNX Runtime, cryptography or a matching
 cuda-python is missing.

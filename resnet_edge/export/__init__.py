@@ -14,7 +14,7 @@ import onnx
 from onnxconverter_common import float16
 from torch import nn
 
-from ..artifacts import WorkDir, ensure_writable_dir, write_bytes_atomic
+from ..artifacts import WorkDir, ensure_writable_dir, open_dir, write_bytes_atomic
 from ..errors import BadInput, GateFailed
 from ..zoo import ModelCard, load_checkpoint, save_checkpoint
 from .checks import BatchCheck, check_sizes, compare_with_onnxruntime, run_checker
@@ -120,7 +120,7 @@ def prepare_export(source: str, request: dict, *, default_exporter: str = "dynam
 def export_profile(workdir: str | Path) -> dict:
     """The batch profile model.onnx was exported with ({"min", "opt", "max", "static"}), from
     the work dir's record of it: the one record build, bundle and every runtime follow."""
-    options = WorkDir(workdir).manifest["files"].get(ONNX_NAME, {}).get("options") or {}
+    options = open_dir(workdir).manifest["files"].get(ONNX_NAME, {}).get("options") or {}
     known = {k: options[k] for k in ("exporter", "opset", "max_batch", "min_batch", "opt_batch",
                                      "batch") if k in options}
     try:
@@ -165,22 +165,21 @@ def workdir_from_onnx(onnx_file: str | Path, scratch: str | Path) -> Path:
 def open_workdir(workdir: str | Path):
     """(card, torch model) from a work directory that `export` made, or a clear error; the
     model is None in a work dir made from a bare ONNX file (workdir_from_onnx)."""
-    workdir = Path(workdir)
-    onnx_path = workdir / ONNX_NAME
+    onnx_path = Path(workdir) / ONNX_NAME
     if not onnx_path.exists():
         raise BadInput(f"{workdir} has no {ONNX_NAME}; run `resnet-edge export ... --out {workdir}` first")
-    if WorkDir(workdir).manifest.get(ONNX_FILE_KEY):
-        WorkDir(workdir).vouch(ONNX_NAME, f"give {workdir} again")
+    wd = open_dir(workdir)
+    if wd.manifest.get(ONNX_FILE_KEY):
+        wd.vouch(ONNX_NAME, f"give {workdir} again")
         return read_card(onnx_path), None
-    if not (workdir / CHECKPOINT_NAME).exists():
+    if not wd.file(CHECKPOINT_NAME).exists():
         raise BadInput(f"{workdir} has no {CHECKPOINT_NAME} for the PyTorch reference; re-run export")
-    wd = WorkDir(workdir)
     for name in (ONNX_NAME, CHECKPOINT_NAME):  # the reference and the ONNX must be one export
         wd.vouch(name, f"resnet-edge export <model or checkpoint> --out {workdir} --force")
     card = read_card(onnx_path)
     if card is None:
         raise BadInput(f"{onnx_path} carries no resnet-edge model card; export it with resnet-edge")
-    model, _ = load_checkpoint(workdir / CHECKPOINT_NAME)
+    model, _ = load_checkpoint(wd.file(CHECKPOINT_NAME))
     return card, model
 
 

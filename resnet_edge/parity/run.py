@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
+from ..artifacts import open_dir
 from ..data import batches, data_for, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import check_batch_sizes, export_profile, open_workdir
@@ -83,6 +84,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     HTML report; keys starting with "_" never go into the JSON."""
     if limit is not None and limit < 1:
         raise BadInput(f"--limit must be at least 1, got {limit}")
+    workdir = open_dir(workdir)  # once, handed down: its manifest read and each file hashed once
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)
     if batch_size is None:

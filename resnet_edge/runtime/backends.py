@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import WorkDir
+from ..artifacts import open_dir
 from ..errors import BadInput, MissingBackend, first_line
 from ..export import ONNX_FILE_KEY
 from ..export.metadata import quantization_info
@@ -189,7 +189,7 @@ class TensorRTBackend(Backend):
                                          f"(run `resnet-edge build {workdir} --precision {precision}`)")
             meta = trt_rules.read_engine_meta(path)
             source = str(meta.get("onnx"))
-            wd = WorkDir(workdir)
+            wd = open_dir(workdir)
             wd.vouch(source, remake_command(workdir, source))
             if meta.get("onnx_sha256") != wd.sha256(source):
                 raise BadInput(f"{path} is stale: it was built from an earlier {source}; rebuild it "
@@ -221,7 +221,7 @@ BACKENDS = ("torch", "ort", "trt")
 def artifact_hashes(workdir, ran: list[tuple[str, str]]) -> dict[str, str]:
     """sha256 of the work-dir files behind the (backend, precision) pairs that ran: what a
     report's numbers were measured on."""
-    wd = WorkDir(workdir)
+    wd = open_dir(workdir)
     names = ["model.onnx", "model.pt", *(ORT_FILES[p] for b, p in ran if b == "ort")]
     return {name: wd.sha256(name) for name in dict.fromkeys(names) if wd.file(name).exists()}
 
@@ -251,7 +251,7 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
     cuda = torch.cuda.is_available()
     if name == "torch":
         if model is None:
-            bare = WorkDir(workdir).manifest.get(ONNX_FILE_KEY)
+            bare = open_dir(workdir).manifest.get(ONNX_FILE_KEY)
             raise BackendUnavailable(f"{bare} is a bare ONNX file: no PyTorch model came with it"
                                      if bare else "no PyTorch model (model.pt) in the work directory")
         where = "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu"
@@ -262,7 +262,7 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
         providers = ("CPUExecutionProvider",) if device == "cpu" else None
         path = Path(workdir) / ORT_FILES[precision]
         if path.exists():  # a stale or half-written file is refused, not compared
-            WorkDir(workdir).vouch(path.name, remake_command(workdir, path.name))
+            open_dir(workdir).vouch(path.name, remake_command(workdir, path.name))
         as_written = precision.startswith("int8") and path.exists() and _recipe(path) == "tensorrt"
         backend = OrtBackend(path, precision, providers, disable_qdq_fusion=as_written,
                              batch_range=batch_range)

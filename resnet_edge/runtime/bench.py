@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from .. import strictjson
+from ..artifacts import open_dir
 from ..errors import BadInput, well_formed
 from ..export import check_batch_sizes, export_profile, open_workdir
 from . import power as energy
@@ -31,6 +32,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     bench says how long before it starts (`notice`, when it is over LONG_BENCH_S). Batch sizes
     default to the model's profile (min, opt, max) and must lie inside it. With `power`, each
     row also gets the power read while it ran (tegrastats, or nvidia-smi), or why not."""
+    workdir = open_dir(workdir)  # once, handed down: its manifest read and each file hashed once
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)
     if batch_sizes is None:

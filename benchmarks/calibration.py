@@ -101,7 +101,7 @@ def versus_peer(tmp: Path, pairs: int) -> None:
 def latency_ratios(tmp: Path, iterations: int) -> None:
     from resnet_edge.calibration import calibrate
     from resnet_edge.export import export_model
-    from resnet_edge.runtime.backends import open_backend
+    from resnet_edge.backends import open_backend
     from resnet_edge.runtime.latency import measure
     from resnet_edge.zoo import load_model
     model, card = load_model("resnet18", weights="none", num_classes=10)

@@ -27,7 +27,7 @@ from resnet_edge.data import open_data
 from resnet_edge.export import export_model
 from resnet_edge.parity.gates import load_thresholds
 from resnet_edge.parity.run import run_parity
-from resnet_edge.runtime.backends import OrtBackend, TorchBackend
+from resnet_edge.backends import OrtBackend, TorchBackend
 from resnet_edge.runtime.latency import measure
 from resnet_edge.zoo import load_model
 

@@ -42,7 +42,7 @@ def bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[i
           *, iterations: int = 50, warmup: int = 10, device: str = "auto") -> dict:
     """Latency of each (backend, precision) at each batch size (what `bench --json` writes);
     batch sizes default to the model's profile (min, opt, max)."""
-    from .runtime.bench import run_bench
+    from .bench import run_bench
     return run_bench(workdir, list(pairs), batch_sizes, iterations=iterations, warmup=warmup,
                      device=device, cpu_fp16=("torch", "fp16") in pairs)
 

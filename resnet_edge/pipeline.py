@@ -20,8 +20,8 @@ from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
 from .runtime import trt_engine, trt_plan, trt_rules, trt_runner
 from .parity.baseline import MAX_ACCURACY_DROP_PT, compare as compare_parity
 from .parity.baseline import read_baseline as read_parity_baseline
-from .runtime.bench import compare_to_baseline, read_baseline as read_bench_baseline
-from .runtime.bench import refuse_incomparable, run_bench
+from .bench import compare_to_baseline, read_baseline as read_bench_baseline
+from .bench import refuse_incomparable, run_bench
 from .runtime.latency import describe_machine
 from .runtime.regression import MAX_REGRESSION_PCT
 

@@ -262,7 +262,7 @@ def test_garbage_onnx_and_manifests_say_what_they_are(tmp_path, digits_workdir, 
 
 def test_onnxruntime_refusing_a_batch_names_the_file(tmp_path):
     from onnx import TensorProto, helper
-    from resnet_edge.runtime.backends import OrtBackend
+    from resnet_edge.backends import OrtBackend
     fixed = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "fixed",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],

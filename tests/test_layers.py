@@ -17,7 +17,7 @@ LAYERS = [
     ["runtime.ort", "runtime.trt_rules", "runtime.trt_plan", "runtime.trt_runner", "runtime.trt_engine",
      "runtime.timing", "runtime.latency"],
     ["export"],
-    ["runtime.backends", "runtime.bench", "calibration", "train"],
+    ["backends", "bench", "calibration", "train"],
     ["parity"],
     ["deploy"],
     ["pipeline"],
@@ -87,12 +87,13 @@ def test_no_import_runs_upward():
 
 def test_layer_check_sees_lazy_imports():
     """The walk must find an import inside a function body, or the check above proves nothing."""
-    found = {target for _, target in imports_of(PACKAGE / "runtime" / "bench.py")}
-    assert {"export", "runtime.backends"} <= found
-    lazy = "def f():\n    from ..parity.run import run_parity\n"
-    assert imports_in(lazy, "runtime.bench", False) == [(2, "parity.run")]
-    assert layer_of("parity.run") > layer_of("runtime.bench")
+    found = {target for _, target in imports_of(PACKAGE / "bench.py")}
+    assert {"export", "backends"} <= found
+    lazy = "def f():\n    from .parity.run import run_parity\n"
+    assert imports_in(lazy, "bench", False) == [(2, "parity.run")]
+    assert layer_of("parity.run") > layer_of("bench")
     assert imports_in("from .. import metrics\n", "deploy.verify_bundle", False) == [(1, "metrics")]
+    assert imports_in("from ..runtime import ort\n", "parity.run", False) == [(1, "runtime.ort")]
     assert imports_in("from resnet_edge.parity import gates\n", "cli", False) == [(1, "parity.gates")]
 
 
@@ -158,3 +159,21 @@ def test_a_long_module_says_why_at_its_top():
         if source.count("\n") > 400 and "Over 400 lines" not in doc:
             long.append(f"{path.relative_to(PACKAGE)}: {source.count(chr(10))} lines")
     assert not long, "long modules without a reason at their top:\n" + "\n".join(long)
+
+
+
+def test_folders_import_each_other_one_way_only():
+    """The layout shows the layering: folders (and top-level modules) import one another one way
+    only, so a folder sits wholly below or above another. runtime/ held backends and bench,
+    which import export/, while export/ imports runtime/ort.py: both ways."""
+    def unit(module: str) -> str:
+        return module.split(".")[0]
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = unit(module_name(path))
+        for _, target in imports_of(path):
+            if unit(target) not in (here, "resnet_edge"):
+                graph.setdefault(here, set()).add(unit(target))
+    assert "export" in graph.get("backends", set())  # the walk sees folder-crossing imports
+    assert not _cycles(graph), _cycles(graph)
+    assert _cycles({"runtime": {"export"}, "export": {"runtime"}})  # and would see the old one

@@ -130,7 +130,7 @@ def test_a_static_batch_1_export_refuses_batch_2_in_every_runtime(static_batch1,
     one_line_error(run_cli("bench", static_batch1, "--batch-sizes", "1,2"), 2, "--batch-sizes 2 is outside")
     ok = run_cli("parity", static_batch1, "--backends", "ort", "--precisions", "fp32,fp16", "--limit", "5")
     assert ok.exit_code == 0, ok.output  # the default batch follows the profile
-    from resnet_edge.runtime.backends import OrtBackend
+    from resnet_edge.backends import OrtBackend
     with pytest.raises(BadInput, match="a batch of 2 is outside the model's batch profile 1..1"):
         OrtBackend(static_batch1 / "model.onnx", batch_range=(1, 1)).run(np.zeros((2, 3, 32, 32), np.float32))
     from trt_standin import StandIn

@@ -210,7 +210,7 @@ def test_a_baseline_from_another_power_mode_is_refused(measured, digits_workdir,
 
 def test_a_jetson_baseline_with_other_clocks_is_refused_naming_them(measured, tmp_path):
     from resnet_edge.errors import BadInput
-    from resnet_edge.runtime.bench import refuse_incomparable
+    from resnet_edge.bench import refuse_incomparable
     orin = {"l4t": "# R36", "power_mode": "NV Power Mode: MAXN", "clocks": "locked"}
     old = {"model": measured["model"], "machine": {**measured["machine"], "jetson": orin}}
     here = {**measured["machine"], "jetson": {**orin, "clocks": "not locked"}}
@@ -331,7 +331,7 @@ def test_a_damaged_report_given_back_is_one_line_not_a_traceback(damage, as_base
 
 def test_a_bench_baseline_from_other_hardware_is_refused_before_the_bench(measured, digits_workdir,
                                                                           tmp_path, run_cli, monkeypatch):
-    from resnet_edge.runtime import bench
+    from resnet_edge import bench
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("the bench ran"))
     path = _baseline(measured, tmp_path, 1.0, cpu="Some Other CPU")
     one_line_error(_bench(run_cli, digits_workdir, path), 2, "ran on other hardware")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from resnet_edge.runtime import trt_rules
-from resnet_edge.runtime.backends import BackendUnavailable, OrtBackend, TorchBackend, open_backend
+from resnet_edge.backends import BackendUnavailable, OrtBackend, TorchBackend, open_backend
 from resnet_edge.runtime.latency import measure
 
 META = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}

@@ -38,7 +38,7 @@ def test_build_run_and_compare_with_ort(trt_workdir, precision):
 
 def test_engine_from_another_tensorrt_is_refused_with_rebuild(trt_workdir):
     from resnet_edge.runtime import trt_engine
-    from resnet_edge.runtime.backends import BackendUnavailable, TensorRTBackend
+    from resnet_edge.backends import BackendUnavailable, TensorRTBackend
     engine = trt_engine.build_engine(trt_workdir, "fp16")
     meta_path = engine.with_suffix(".json")
     meta = json.loads(meta_path.read_text())

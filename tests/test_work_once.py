@@ -12,7 +12,7 @@ from resnet_edge.calibration import calibrate
 from resnet_edge.export import export_model
 from resnet_edge.parity.gates import load_thresholds
 from resnet_edge.parity.run import run_parity
-from resnet_edge.runtime import bench
+from resnet_edge import bench
 from resnet_edge.zoo import load_model
 
 

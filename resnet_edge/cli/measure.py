@@ -161,8 +161,8 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     Example:
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
-    from ..runtime.backends import CPU_FP16
-    from ..runtime.bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
+    from ..backends import CPU_FP16
+    from ..bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
 
     sizes = parse_sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:

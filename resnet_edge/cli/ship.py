@@ -67,7 +67,7 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
     from ..export.metadata import opset_of, quantization_info
     from ..export import export_profile
     from ..runtime import trt_engine, trt_plan, trt_rules, trt_runner
-    from ..runtime.backends import remake_command
+    from ..backends import remake_command
 
     if workspace < 1:
         raise BadInput(f"--workspace must be at least 1 MiB, got {workspace}")

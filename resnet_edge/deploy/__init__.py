@@ -26,7 +26,7 @@ from ..export.metadata import load_onnx, opset_of, quantization_info
 from ..parity.gates import Thresholds, load_thresholds
 from .. import metrics
 from ..runtime import ort, trt_plan, trt_rules
-from ..runtime.backends import TorchBackend, remake_command
+from ..backends import TorchBackend, remake_command
 from . import serving, signing
 from .archive import IDENTITY, PLAIN_NAME, BundleError, manifest_digest, safe_extract, write_archive
 from .targets import TARGETS, Packing, refuse_foreign_options

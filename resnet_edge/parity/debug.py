@@ -22,7 +22,7 @@ from ..data import batches, data_for, open_data
 from ..errors import BadInput, MissingBackend
 from ..export import ONNX_NAME, export_profile, read_card
 from ..export.metadata import load_onnx, module_of
-from ..runtime.backends import ORT_FILES, remake_command
+from ..backends import ORT_FILES, remake_command
 from ..runtime.ort import make_session
 
 SCHEMA = "resnet-edge.debug/1"

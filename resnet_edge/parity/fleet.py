@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import strictjson
 from ..errors import BadInput, well_formed
-from ..runtime.bench import SCHEMA as BENCH_SCHEMA
+from ..bench import SCHEMA as BENCH_SCHEMA
 from .html import STYLE
 from .plots import percent
 from .report import md

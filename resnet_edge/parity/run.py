@@ -17,7 +17,7 @@ from ..artifacts import open_dir
 from ..data import batches, data_for, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import check_batch_sizes, export_profile, open_workdir
-from ..runtime.backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
+from ..backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
                                 open_backend)
 from ..runtime.latency import LatencyStats, describe_machine
 from .gates import Thresholds, evaluate_gates, for_precision

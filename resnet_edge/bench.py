@@ -9,14 +9,14 @@ from typing import Callable
 
 import numpy as np
 
-from .. import strictjson
-from ..artifacts import open_dir
-from ..errors import BadInput, well_formed
-from ..export import check_batch_sizes, export_profile, open_workdir
-from . import power as energy
-from . import regression
+from . import strictjson
+from .artifacts import open_dir
+from .errors import BadInput, well_formed
+from .export import check_batch_sizes, export_profile, open_workdir
+from .runtime import power as energy
+from .runtime import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
-from .latency import describe_machine, measure
+from .runtime.latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
 LONG_BENCH_S = 30.0

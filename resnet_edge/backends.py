@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import open_dir
-from ..errors import BadInput, MissingBackend, first_line
-from ..export import ONNX_FILE_KEY
-from ..export.metadata import quantization_info
-from .ort import BatchOutOfRange, import_ort, int8_path, make_session, run_batch
-from .trt_rules import INT8_FP16_FILE, ONNX_FILES
+from .artifacts import open_dir
+from .errors import BadInput, MissingBackend, first_line
+from .export import ONNX_FILE_KEY
+from .export.metadata import quantization_info
+from .runtime.ort import BatchOutOfRange, import_ort, int8_path, make_session, run_batch
+from .runtime.trt_rules import INT8_FP16_FILE, ONNX_FILES
 
 ORT_FILES = {**ONNX_FILES, "int8-fp16": INT8_FP16_FILE}
 
@@ -179,7 +179,7 @@ class TensorRTBackend(Backend):
     separates_device_time = True
 
     def __init__(self, workdir: str | os.PathLike, precision: str = "fp32"):
-        from . import trt_rules, trt_runner
+        from .runtime import trt_rules, trt_runner
         try:
             trt = trt_runner.import_trt()
             gpu, _ = trt_runner.current_gpu()

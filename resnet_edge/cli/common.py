@@ -103,6 +103,16 @@ JSON_OPTION = click.option("--json", "json_path", type=click.Path(path_type=Path
                                 "everything else on standard error).")
 
 
+# the baseline gates parity, bench and pipeline share
+MAX_ACCURACY_DROP_OPTION = click.option(
+    "--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,
+    help="With --baseline: the most a row's top-1 may fall, in percentage points.")
+MAX_LATENCY_REGRESSION_OPTION = click.option(
+    "--max-latency-regression-pct", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
+    help="With --baseline: a p50 this much slower fails, when the 95 % confidence interval of the "
+    "ratio lies wholly past it (inconclusive when it straddles).")
+
+
 def writable(json_path: Path | None, **files: Path | None) -> None:
     """Output paths are checked before the work, so a bad one costs nothing (exit 2). Only
     --json writes to standard output (-); report files named by option (`html=...`) may not."""

@@ -12,8 +12,8 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
-from .common import (JSON_OPTION, cli, csv_list, failed_gates, parse_sizes, print_parity,
-                     resolve_workdir, writable)
+from .common import (JSON_OPTION, MAX_ACCURACY_DROP_OPTION, MAX_LATENCY_REGRESSION_OPTION, cli,
+                     csv_list, failed_gates, parse_sizes, print_parity, resolve_workdir, writable)
 
 
 # ---- parity / bench / report -------------------------------------------------------------
@@ -62,8 +62,7 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
               help="An earlier `parity --json` report (main's, say) of this model on the same data: "
               "each row's top-1 (agreement without labels) is compared with it; exit 1 on a drop "
               "past --max-accuracy-drop-pt.")
-@click.option("--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,
-              help="With --baseline: the most a row's top-1 may fall, in percentage points.")
+@MAX_ACCURACY_DROP_OPTION
 def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
            agreement, json_path, markdown, junit, html, baseline, max_accuracy_drop_pt) -> None:
     """Run one evaluation set through PyTorch fp32 (the reference) and every other backend x
@@ -142,9 +141,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="An earlier `bench --json` report (main's, say) of this model on this machine: "
               "each latency is compared with it, noise and all; exit 1 on a regression.")
-@click.option("--max-latency-regression-pct", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
-              help="With --baseline: a p50 this much slower fails, when the 95 % confidence "
-              "interval of the ratio lies wholly past it (inconclusive when it straddles).")
+@MAX_LATENCY_REGRESSION_OPTION
 @click.option("--power", is_flag=True,
               help="Also read power while each row runs: every rail tegrastats reports on a "
               "Jetson (average mW and mJ per image), or nvidia-smi's board draw on an x86 GPU. "

@@ -11,8 +11,9 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput, GateFailed
-from .common import (JSON_OPTION, TARGET_NAMES, TARGETS_HELP, cli, default_out, export_options,
-                     export_request, parse_sizes, print_parity, writable)
+from .common import (JSON_OPTION, MAX_ACCURACY_DROP_OPTION, MAX_LATENCY_REGRESSION_OPTION,
+                     TARGET_NAMES, TARGETS_HELP, cli, default_out, export_options, export_request,
+                     parse_sizes, print_parity, writable)
 
 
 @cli.command()
@@ -45,11 +46,8 @@ from .common import (JSON_OPTION, TARGET_NAMES, TARGETS_HELP, cli, default_out, 
               help="The reports folder of an earlier pipeline run (main's, say): its parity.json "
               "and bench.json hold this run's parity and bench steps as `parity --baseline` and "
               "`bench --baseline` do; a regression fails the step and nothing is bundled.")
-@click.option("--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,
-              help="With --baseline: the most a row's top-1 may fall, in percentage points.")
-@click.option("--max-latency-regression-pct", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
-              help="With --baseline: a p50 this much slower fails, when the 95 % confidence "
-              "interval of the ratio lies wholly past it.")
+@MAX_ACCURACY_DROP_OPTION
+@MAX_LATENCY_REGRESSION_OPTION
 @JSON_OPTION
 def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe, limit, thresholds,
              golden, bench_batch_sizes, bench_iterations, no_bench, force, baseline,

@@ -70,16 +70,15 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
         notice(f"bench will take about {_duration(estimate)} ({len(opened)} backends x "
                f"{len(batch_sizes)} batch sizes x {iterations} iterations, from {PROBE_RUNS} "
                "probe runs each); fewer --iterations or --batch-sizes make it shorter")
-    source, power_note = None, None
-    if power:
-        try:
-            source = energy.find_source()
-        except energy.PowerUnavailable as exc:
-            power_note = {"reason": str(exc)}
-            notice(str(exc))
-    results, spent, planned, warned = [], 0.0, 0.0, False
+    results, spent, planned, warned, power_note = [], 0.0, 0.0, False, None
     with ExitStack() as stack:
-        sampler = stack.enter_context(energy.Sampler(source)) if source else None
+        sampler = None
+        if power:
+            try:
+                sampler = stack.enter_context(energy.Sampler(energy.find_source()))
+            except energy.PowerUnavailable as exc:
+                power_note = {"reason": str(exc)}
+                notice(str(exc))
         for name, precision, backend in opened:
             for size in batch_sizes:
                 step(f"{backend.label} batch {size}")
@@ -108,7 +107,8 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             "machine": describe_machine(), "estimated_seconds": round(estimate, 2),
             "measured_seconds": round(spent, 2),
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped,
-            **({"power": power_note or {"source": source.name, "covers": source.says}} if power else {})}
+            **({"power": power_note or {"source": sampler.source.name, "covers": sampler.source.says}}
+               if power else {})}
 
 
 def _power(sampler: energy.Sampler, began: float, ended: float, host: dict) -> dict:
@@ -160,8 +160,8 @@ def refuse_incomparable(baseline: dict, model: dict, machine: dict, where: str) 
             if old == now:
                 continue
             if isinstance(old, dict) and isinstance(now, dict):  # a Jetson's conditions, by name
-                key = next(f"{key} {k}" for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
-                old, now = old.get(key.split()[1]), now.get(key.split()[1])
+                part = next(k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
+                key, old, now = f"{key} {part}", old.get(part), now.get(part)
             raise BadInput(f"baseline {where} ran on other hardware ({key} {old!r}, here {now!r}): "
                            "latencies from different machines are not a regression check")
 

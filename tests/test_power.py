@@ -113,6 +113,8 @@ def test_a_timed_stretch_averages_its_readings_into_energy_per_image():
 def test_nvidia_smi_reads_watts_and_says_what_it_covers():
     assert power.parse_nvidia_smi("71.23\n") == {"GPU board": 71230}
     assert power.parse_nvidia_smi("[N/A]\n") == {}
+    for hostile in ("nan", "inf", "-5.0", "71.2.3", ""):  # no draw: not a reading
+        assert power.parse_nvidia_smi(hostile + "\n") == {}, hostile
     assert power.NVIDIA_SMI.total == "GPU board" and "not the CPU's" in power.NVIDIA_SMI.says
 
 
@@ -201,3 +203,25 @@ def test_a_tegrastats_that_dies_says_why(tmp_path, monkeypatch, digits_workdir, 
     assert reading["samples"] == 0
     assert reading["reason"] == "tegrastats ended (exit code 1): tegrastats: permission denied"
 
+
+
+def test_a_tegrastats_that_cannot_start_or_prints_bytes_says_so(tmp_path, monkeypatch, digits_workdir,
+                                                               run_cli):
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "tegrastats").write_text("#!/nonexistent/interpreter\n")  # found on PATH, cannot run
+    (stub / "tegrastats").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
+    args = ("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32", "--batch-sizes", "8",
+            "--iterations", "150", "--power", "--json", tmp_path / "b.json")
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "tegrastats could not start" in result.stderr
+    assert "could not start" in json.loads((tmp_path / "b.json").read_text())["power"]["reason"]
+    # bytes that are not UTF-8 between good lines: the good ones are still read
+    good = JP6_AGX_ORIN[0]
+    _stub(stub, "tegrastats", f"while :; do printf '\\377\\376 garbage\\n'; echo '{good}'; sleep 0.05; done\n")
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    reading = json.loads((tmp_path / "b.json").read_text())["results"][0]["power"]
+    assert reading["samples"] >= power.MIN_SAMPLES and reading["rails_mw"]["VIN_SYS_5V0"] == 4707

@@ -9,9 +9,11 @@ for enough readings gets a reason instead of a number.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -45,7 +47,8 @@ def parse_nvidia_smi(line: str) -> dict[str, int]:
         watts = float(line.strip())
     except ValueError:
         return {}
-    return {"GPU board": round(watts * 1000)}
+    # a reading that cannot be a draw is no reading, never an average of nothing
+    return {"GPU board": round(watts * 1000)} if math.isfinite(watts) and watts >= 0 else {}
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,17 @@ class Sampler:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "Sampler":
-        self._process = subprocess.Popen(self.source.command, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, bufsize=1)
+        # stderr to a file, not a pipe nobody reads while the bench runs (a full pipe would
+        # stall the tool); bytes that are not UTF-8 are replaced, not fatal to the reader
+        self._errors = tempfile.TemporaryFile()
+        try:
+            self._process = subprocess.Popen(self.source.command, stdout=subprocess.PIPE,
+                                             stderr=self._errors, text=True, bufsize=1,
+                                             encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self._errors.close()
+            raise PowerUnavailable(f"{self.source.name} could not start ({exc.strerror or exc}), "
+                                   "so power was not measured") from None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return self
@@ -107,7 +119,7 @@ class Sampler:
             self._process.wait()
         self._thread.join(timeout=5)
         self._process.stdout.close()
-        self._process.stderr.close()
+        self._errors.close()
 
     def between(self, start: float, end: float) -> list[dict[str, int]]:
         with self._lock:
@@ -117,7 +129,8 @@ class Sampler:
         """Why the source gave nothing, if it has ended: its exit code and first error line."""
         if self._process is None or self._process.poll() is None:
             return None
-        first = (self._process.stderr.readline() or "").strip()[:200]
+        self._errors.seek(0)
+        first = self._errors.readline().decode("utf-8", "replace").strip()[:200]
         return f"{self.source.name} ended (exit code {self._process.returncode}){': ' + first if first else ''}"
 
 

@@ -175,6 +175,12 @@ def compare_to_baseline(result: dict, baseline: dict, where: str,
         return _compare(result, baseline, where, max_regression_pct)
 
 
+def slowdown(row: dict) -> str:
+    """A regression row as the gate says it: where, the p50 ratio, its interval and the limit."""
+    return (f"{row['device']} batch {row['batch_size']} p50 x{row['ratio']:.2f} (95 % interval "
+            f"{row['low']:.2f}-{row['high']:.2f}, limit x{row['limit']:.2f})")
+
+
 def _compare(result: dict, baseline: dict, where: str, max_regression_pct: float) -> dict:
     machine, old_machine = result["machine"], baseline["machine"]
     versions, old_versions = machine.get("versions", {}), old_machine.get("versions", {})

@@ -18,10 +18,10 @@ from .parity import report as reports
 from .parity.gates import Thresholds
 from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
 from .runtime import trt_engine, trt_plan, trt_rules, trt_runner
-from .parity.baseline import MAX_ACCURACY_DROP_PT, compare as compare_parity
+from .parity.baseline import MAX_ACCURACY_DROP_PT, change, compare as compare_parity
 from .parity.baseline import read_baseline as read_parity_baseline
 from .bench import compare_to_baseline, read_baseline as read_bench_baseline
-from .bench import refuse_incomparable, run_bench
+from .bench import refuse_incomparable, run_bench, slowdown
 from .runtime.latency import describe_machine
 from .runtime.regression import MAX_REGRESSION_PCT
 
@@ -183,7 +183,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         result.parity = reports.public(report)
         ran = sum(r["status"] == "ran" for r in report["candidates"])
         failed = report["summary"]["failed_gates"] + [
-            f"{r['backend']} {r['precision']} {_change(r)} against the baseline "
+            f"{r['backend']} {r['precision']} {change(r)} against the baseline "
             f"(limit -{config.max_accuracy_drop_pt:g} pt)"
             for r in report.get("baseline", {}).get("regressions", [])]
         return (f"FAIL: {', '.join(failed)}" if failed else
@@ -195,13 +195,16 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     if result.parity is None and (reports_dir / "parity.json").exists():
         result.parity = reports.load(reports_dir / "parity.json")
     bundle_name = f"{out.name}-{config.target}.tar.gz"
-    if result.failed:
+
+    def stop_before_bundle(failed: str) -> PipelineResult:
         # an older bundle left in --out would look like this run's result: remove it
         (out / bundle_name).unlink(missing_ok=True)
         WorkDir(out).forget_step("bundle")
-        result.steps.append(StepResult("bench", "skipped", 0.0, "parity failed"))
-        result.steps.append(StepResult("bundle", "skipped", 0.0, "parity failed: not bundling"))
+        result.steps.append(StepResult("bundle", "skipped", 0.0, f"{failed} failed: not bundling"))
         return result
+    if result.failed:
+        result.steps.append(StepResult("bench", "skipped", 0.0, "parity failed"))
+        return stop_before_bundle("parity")
 
     def do_bench() -> str:
         pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], list(PRECISIONS))]
@@ -213,9 +216,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
             bench["baseline"] = compare_to_baseline(bench, old_bench[1], str(old_bench[0]),
                                                     config.max_latency_regression_pct)
         write_json_atomic(reports_dir / "bench.json", bench)
-        slower = [f"{r['device']} batch {r['batch_size']} p50 x{r['ratio']:.2f} (95 % interval "
-                  f"{r['low']:.2f}-{r['high']:.2f}, limit x{r['limit']:.2f})"
-                  for r in bench.get("baseline", {}).get("regressions", [])]
+        slower = [slowdown(r) for r in bench.get("baseline", {}).get("regressions", [])]
         if slower:
             return "FAIL: latency regression against the baseline: " + "; ".join(slower)
         best = min(bench["results"], key=lambda r: r["host_to_host"]["p50_ms"] / r["host_to_host"]["batch_size"])
@@ -229,10 +230,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     else:
         result.steps.append(StepResult("bench", "skipped", 0.0, "--no-bench"))
     if result.failed:  # slower than the baseline: nothing bundled, as for a failed gate
-        (out / bundle_name).unlink(missing_ok=True)
-        WorkDir(out).forget_step("bundle")
-        result.steps.append(StepResult("bundle", "skipped", 0.0, "bench failed: not bundling"))
-        return result
+        return stop_before_bundle("bench")
 
     def do_bundle() -> str:
         made = make_bundle(out, config.target, out / bundle_name, eval_spec=config.data_eval,
@@ -263,11 +261,6 @@ def _baseline_key(baseline: tuple[Path, dict] | None, gate: float) -> dict:
     """What a step's skip check adds for its baseline: another baseline or gate reruns it."""
     return {"baseline": sha256_file(baseline[0]), "gate": gate} if baseline else {}
 
-
-def _change(row: dict) -> str:
-    change = row["top1_change_pt"] if row["top1_change_pt"] is not None else row["agreement_change_pt"]
-    what = "top-1" if row["top1_change_pt"] is not None else "agreement"
-    return f"{what} {change:+.2f} pt"
 
 
 def _vouched(wd: WorkDir, name: str) -> bool:

@@ -105,9 +105,13 @@ class ParityGate(pytest.Item):
             raise GateFailure(f"{row['device']}: {describe(gate)}")
 
     def repr_failure(self, excinfo):
+        """A failed gate, or this tool's error (a missing work dir, a baseline of another
+        model), as one line, as on the command line; anything else with its traceback."""
+        from .errors import one_line, translate
         if isinstance(excinfo.value, GateFailure):
             return str(excinfo.value)
-        return super().repr_failure(excinfo)
+        mapped = translate(excinfo.value)
+        return f"error: {one_line(mapped)}" if mapped else super().repr_failure(excinfo)
 
     def reportinfo(self):
         return self.path, None, f"{self.backend} {self.precision} {self.name}"
@@ -124,10 +128,9 @@ class BaselineGate(ParityGate):
         if compared["verdict"] == "no baseline":
             pytest.skip(f"the baseline has no {self.backend} {self.precision} row")
         if compared["verdict"] == "regression":
-            what = "top-1" if compared["top1_change_pt"] is not None else "agreement"
-            change = compared["top1_change_pt"] if what == "top-1" else compared["agreement_change_pt"]
+            from .parity.baseline import change
             limit = self.config.getoption("parity_max_accuracy_drop_pt")
-            raise GateFailure(f"{self.backend} {self.precision}: {what} {change:+.2f} pt against "
+            raise GateFailure(f"{self.backend} {self.precision}: {change(compared)} against "
                               f"the baseline (limit -{limit:g} pt)")
 
 

@@ -247,6 +247,13 @@ def test_pytest_plugin_holds_each_row_to_a_baseline(pytester, digits_workdir, ru
     bad = pytester.runpytest_inprocess(*args[:-1], f"--parity-baseline={tmp_path / 'bad.json'}")
     bad.stdout.fnmatch_lines(["*bad.json is not JSON*"])
     assert "Traceback" not in bad.stdout.str()
+    report["data"]["images"] = 397  # main evaluated the whole set: nothing to compare row by row
+    (tmp_path / "other.json").write_text(json.dumps(report))
+    other = pytester.runpytest_inprocess(*args[:-1], f"--parity-baseline={tmp_path / 'other.json'}",
+                                         "-k", "ort-fp32 and against_baseline")
+    other.assert_outcomes(failed=1, deselected=15)
+    other.stdout.fnmatch_lines(["error: baseline *other.json evaluated 'digits:test' (397 images)*"])
+    assert "Traceback" not in other.stdout.str() and "def runtest" not in other.stdout.str()
 
 
 def test_a_precision_that_cannot_run_is_said_before_the_reference_pass(digits_workdir, tmp_path, run_cli):

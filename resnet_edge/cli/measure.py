@@ -90,7 +90,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from ..parity.gates import load_thresholds
     from ..parity.run import PRECISIONS, run_parity
 
-    from ..parity.baseline import compare, read_baseline
+    from ..parity.baseline import change, compare, read_baseline
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     writable(json_path, markdown=markdown, junit=junit, html=html)
     old = read_baseline(baseline) if baseline else None  # checked before the work
@@ -117,10 +117,8 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
         raise GateFailed(f"parity gates failed: {failed_gates(result['candidates'])}")
     if result.get("baseline", {}).get("regressions"):
         raise GateFailed("accuracy regression against the baseline: " + "; ".join(
-            f"{r['backend']} {r['precision']} "
-            + (f"top-1 {r['top1_change_pt']:+.2f} pt" if r["top1_change_pt"] is not None
-               else f"agreement {r['agreement_change_pt']:+.2f} pt")
-            + f" (limit -{max_accuracy_drop_pt:g})" for r in result["baseline"]["regressions"]))
+            f"{r['backend']} {r['precision']} {change(r)} (limit -{max_accuracy_drop_pt:g})"
+            for r in result["baseline"]["regressions"]))
     if summary["explicit_backends_missing"]:
         raise MissingBackend("asked for but cannot run here: "
                              + "; ".join(f"{r['backend']} {r['precision']} ({r['reason']})"
@@ -159,7 +157,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
     from ..backends import CPU_FP16
-    from ..bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
+    from ..bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench, slowdown
 
     sizes = parse_sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:
@@ -186,10 +184,8 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     _print_bench(result)
     emit_json(result, json_path)
     if result.get("baseline", {}).get("regressions"):
-        raise GateFailed("latency regression against the baseline: " + "; ".join(
-            f"{r['device']} batch {r['batch_size']} p50 x{r['ratio']:.2f} (95 % interval "
-            f"{r['low']:.2f}-{r['high']:.2f}, limit x{r['limit']:.2f})"
-            for r in result["baseline"]["regressions"]))
+        raise GateFailed("latency regression against the baseline: "
+                         + "; ".join(map(slowdown, result["baseline"]["regressions"])))
     asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16]
     if explicit and asked:
         raise MissingBackend("asked for but cannot run here: " + "; ".join(

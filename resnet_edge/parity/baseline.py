@@ -66,6 +66,14 @@ def _compare(report: dict, baseline: dict, where: str, max_drop_pt: float) -> di
             "regressions": [r for r in rows if r["verdict"] == "regression"]}
 
 
+def change(row: dict) -> str:
+    """What a compared row's verdict judged: "top-1 -2.00 pt", or agreement where the set has
+    no labels."""
+    if row["top1_change_pt"] is not None:
+        return f"top-1 {row['top1_change_pt']:+.2f} pt"
+    return f"agreement {row['agreement_change_pt']:+.2f} pt"
+
+
 def _reference(now: dict, old: dict) -> dict:
     """The reference's own outputs against the baseline's saved ones, on the same images: a
     changed reference (weights, preprocessing, a torch upgrade) moves every row with it, which

@@ -175,6 +175,13 @@ def test_the_reference_is_held_to_the_baselines_saved_outputs(parity_main, calib
     (tmp_path / "bad.json").write_text(json.dumps(changed))
     one_line_error(_parity(run_cli, calibrated_workdir, tmp_path / "bad.json"), 2,
                    "baseline " + str(tmp_path / "bad.json") + " is not a well-formed report")
+    import numpy as np
+    nan = saved_logits(saved).copy()
+    nan[0, 0] = np.nan  # a NaN compared as "within nan" and not changed
+    changed["reference"]["outputs"] = reference_outputs(top1, nan)
+    (tmp_path / "nan.json").write_text(json.dumps(changed))
+    one_line_error(_parity(run_cli, calibrated_workdir, tmp_path / "nan.json"), 2,
+                   "is not a well-formed report (ValueError: saved reference logits hold NaN or inf)")
 
 
 def test_a_parity_baseline_on_other_data_is_refused(parity_main, calibrated_workdir, tmp_path, run_cli):
@@ -316,6 +323,8 @@ def test_a_damaged_bench_baseline_is_one_line_not_a_traceback(damage, measured, 
     (lambda r: r["candidates"][0].pop("backend"), True),
     (lambda r: r["candidates"][0].__setitem__("precision", 16), False),  # a baseline: no such row
     (lambda r: r.__setitem__("machine", None), False),                   # a baseline: not read
+    (lambda r: r["machine"].__setitem__("versions", [1, 2]), False),     # the page's differences
+    (lambda r: r["machine"].__setitem__("jetson", "Orin"), False),
 ])
 def test_a_damaged_report_given_back_is_one_line_not_a_traceback(damage, as_baseline, parity_main,
                                                                  calibrated_workdir, tmp_path, run_cli):

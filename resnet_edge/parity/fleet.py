@@ -33,6 +33,7 @@ def read_reports(paths: list[Path]) -> list[tuple[Path, dict]]:
     for path, report in reports:
         with well_formed(path, "report"):
             where(report)
+            differences([(path, report)])  # every machine field it reads is of its type
             model, first_model = report["model"], first["model"]
             if not isinstance(model["arch"], str):
                 raise TypeError(f"model arch {model['arch']!r} is not a name")

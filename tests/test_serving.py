@@ -519,3 +519,20 @@ def _parse_text(text):
 def serving_pbtxt(value):
     from resnet_edge.deploy.serving import _pbtxt
     return _pbtxt(value)
+
+
+@pytest.mark.parametrize("args,said", [
+    (("--target", "jetpack6", "--triton-accelerator", "fp16"), "--triton-accelerator goes with --target triton"),
+    (("--target", "triton", "--classifier-threshold", "0.5"), "--classifier-threshold goes with --target deepstream"),
+])
+def test_a_targets_own_option_given_with_another_target_is_refused_by_its_flag(args, said, digits_workdir,
+                                                                             tmp_path, run_cli):
+    """Options named as the command line names them, so the refusal names the flag the user typed."""
+    one_line_error(run_cli("bundle", digits_workdir, "--out", tmp_path, *args), 2, said)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_classifier_threshold_outside_0_1_is_refused(equal_std, tmp_path, run_cli):
+    one_line_error(run_cli("bundle", equal_std, "--out", tmp_path, "--target", "deepstream",
+                           "--classifier-threshold", "1.5"), 2, "--classifier-threshold 1.5 is not a probability")
+    assert not list(tmp_path.iterdir())

@@ -133,7 +133,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     if target not in TARGETS:
         raise BadInput(f"unknown --target {target!r}; use {', '.join(TARGETS)}")
     spec = TARGETS[target]
-    options = {"accelerator": accelerator, "classifier_threshold": classifier_threshold}
+    options = {"triton_accelerator": accelerator, "classifier_threshold": classifier_threshold}
     refuse_foreign_options(spec, options, TARGETS)
     options = {k: v for k, v in options.items() if k in spec.takes}
     if golden < 1:

@@ -41,7 +41,7 @@ class Target:
     cuda_python: str | None
     jetson: bool
     serve: ClassVar[str | None] = None  # the server whose files the target adds, if any
-    takes: ClassVar[dict] = {}  # the target's own options and their defaults
+    takes: ClassVar[dict] = {}  # the target's own options (named as the command line's) and defaults
 
     def check_model(self, card, where: str) -> None:
         """Refuse, before any work, a model this target cannot serve (BadInput)."""
@@ -61,9 +61,6 @@ class Target:
 def refuse_foreign_options(target: Target, options: dict, targets: dict[str, Target]) -> None:
     """An option another target takes, given with this one, is refused naming its target."""
     for option, value in options.items():
-        if option in target.takes or value is None:
-            continue
-        owner = next((t for t in targets.values() if option in t.takes), None)
-        if owner is None or value != owner.takes[option]:
-            raise BadInput(f"--{option.replace('_', '-')} goes with --target "
-                           f"{owner.name if owner else '(none)'}")
+        owner = next(t for t in targets.values() if option in t.takes)
+        if option not in target.takes and value != owner.takes[option]:
+            raise BadInput(f"--{option.replace('_', '-')} goes with --target {owner.name}")

@@ -34,7 +34,7 @@ class DeepStream(Target):
                            "work dir and bundle that")
 
     def check_options(self, options: dict, precisions: list[str], workdir: Path) -> None:
-        threshold = options.get("classifier_threshold", 0.0)
+        threshold = options["classifier_threshold"]
         if not 0.0 <= threshold <= 1.0:
             raise BadInput(f"--classifier-threshold {threshold} is not a probability in 0..1")
 
@@ -44,7 +44,7 @@ class DeepStream(Target):
         are tuned for (the profile's opt; a static profile's one size), and each config's
         model-engine-file is where build_engine.sh puts that engine, under the name nvinfer
         itself would give it."""
-        card, threshold = packing.card, packing.options.get("classifier_threshold", 0.0)
+        card, threshold = packing.card, packing.options["classifier_threshold"]
         folder = packing.stage / serving.DEEPSTREAM_DIR
         folder.mkdir()
         (folder / "labels.txt").write_text(serving.nvinfer_labels(packing.names))

@@ -22,10 +22,10 @@ MOUNT = "/w"  # where README's docker lines mount the folder holding the bundle
 @dataclass(frozen=True)
 class Triton(Target):
     serve = "triton"
-    takes = {"accelerator": "none"}
+    takes = {"triton_accelerator": "none"}
 
     def check_options(self, options: dict, precisions: list[str], workdir: Path) -> None:
-        accelerator = options.get("accelerator", "none")
+        accelerator = options["triton_accelerator"]
         if accelerator not in serving.ACCELERATORS:
             raise BadInput(f"unknown --triton-accelerator {accelerator!r}; use "
                            f"{', '.join(serving.ACCELERATORS)}")
@@ -36,7 +36,7 @@ class Triton(Target):
     def add_files(self, packing: Packing) -> dict:
         """triton/<name>: the onnxruntime model, servable as it is; triton-plan/: the config of
         <name>_trt, whose model.plan build_engine.sh builds and installs beside the bundle."""
-        accelerator = packing.options.get("accelerator", "none")
+        accelerator = packing.options["triton_accelerator"]
         name = serving.model_name(packing.workdir.name)
         graph = packing.graph
         weights = {i.name for i in graph.initializer}

@@ -124,10 +124,6 @@ class WorkDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._hashes: dict[tuple, str] = {}

@@ -156,10 +156,11 @@ def test_a_jetson_records_whether_its_clocks_are_locked(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tegrastats_here(tmp_path, monkeypatch):
-    """A `tegrastats` that prints the JetPack 6 lines above every 50 ms, as the device would."""
+    """A `tegrastats` that prints the JetPack 6 lines above, as the device would, every 5 ms (so a
+    fast CPU's short timed loop still gets readings: the tests count them, not the time)."""
     stub = tmp_path / "bin"
     stub.mkdir()
-    lines = "".join(f"  echo '{line}'; sleep 0.05\n" for line in JP6_AGX_ORIN)
+    lines = "".join(f"  echo '{line}'; sleep 0.005\n" for line in JP6_AGX_ORIN)
     _stub(stub, "tegrastats", f"while :; do\n{lines}done\n")
     monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
 
@@ -220,7 +221,7 @@ def test_a_tegrastats_that_cannot_start_or_prints_bytes_says_so(tmp_path, monkey
     assert "could not start" in json.loads((tmp_path / "b.json").read_text())["power"]["reason"]
     # bytes that are not UTF-8 between good lines: the good ones are still read
     good = JP6_AGX_ORIN[0]
-    _stub(stub, "tegrastats", f"while :; do printf '\\377\\376 garbage\\n'; echo '{good}'; sleep 0.05; done\n")
+    _stub(stub, "tegrastats", f"while :; do printf '\\377\\376 garbage\\n'; echo '{good}'; sleep 0.005; done\n")
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     reading = json.loads((tmp_path / "b.json").read_text())["results"][0]["power"]

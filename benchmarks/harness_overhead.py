@@ -46,7 +46,7 @@ def bare_p50(fn, x, iterations: int, warmup: int) -> float:
 def harness(args, tmp: Path) -> float:
     model, card = load_model("resnet18", weights="none")
     export_model(model, card, tmp / "r18", fp16=False)
-    ours = {"ort": OrtBackend(tmp / "r18" / "model.onnx", providers=("CPUExecutionProvider",)),
+    ours = {"ort": OrtBackend(tmp / "r18" / "model.onnx", provider="cpu"),
             "torch": TorchBackend(model)}
     # The bare loop uses the very same session: a second session's idle, spinning thread pool
     # would slow whichever runs next on 2 cores and measure that instead of our harness.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +16,7 @@ from .export import check_batch_sizes, export_profile, open_workdir
 from .runtime import power as energy
 from .runtime import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
+from .runtime.gpu import resolve_device
 from .runtime.latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
@@ -26,12 +27,16 @@ ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
 def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int] | None, *,
               iterations: int, warmup: int, device: str = "auto", cpu_fp16: bool = False,
-              power: bool = False, step: Callable[[str], None] = lambda m: None,
+              power: bool = False, cuda_graph: bool = False,
+              step: Callable[[str], None] = lambda m: None,
               notice: Callable[[str], None] = lambda m: None) -> dict:
     """Latency of every backend x batch size. One probe run of each comes first, so a long
     bench says how long before it starts (`notice`, when it is over LONG_BENCH_S). Batch sizes
     default to the model's profile (min, opt, max) and must lie inside it. With `power`, each
-    row also gets the power read while it ran (tegrastats, or nvidia-smi), or why not."""
+    row also gets its energy (NVML's counter over a stretch of at least 2 s of its own work on an
+    x86 GPU) or the power read while it ran (tegrastats, nvidia-smi), or why not. With
+    `cuda_graph`, each GPU backend and batch size also runs as a replayed CUDA graph (a
+    `+graph` row), and `graph_speedup` holds eager/graph ratios."""
     workdir = open_dir(workdir)  # once, handed down: its manifest read and each file hashed once
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)
@@ -46,7 +51,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
         try:
             opened.append((name, precision, open_backend(
                 name, precision, workdir, model=model, device=device, cpu_fp16=cpu_fp16,
-                batch_range=(profile["min"], profile["max"]))))
+                batch_range=(profile["min"], profile["max"]), profile=profile, purpose="bench")))
         except BackendUnavailable as exc:
             skipped.append({"backend": name, "precision": precision, "reason": str(exc)})
     # the cost of each measurement, from the fastest of PROBE_RUNS runs of it (sustained runs
@@ -72,32 +77,49 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
                "probe runs each); fewer --iterations or --batch-sizes make it shorter")
     results, spent, planned, warned, power_note = [], 0.0, 0.0, False, None
     with ExitStack() as stack:
-        sampler = None
+        sampler = counter = None
         if power:
             try:
-                sampler = stack.enter_context(energy.Sampler(energy.find_source()))
+                source = energy.find_source(gpu=_on_gpu(device))
+                if source is energy.NVML:
+                    counter = energy.EnergyCounter()
+                    stack.callback(counter.close)
+                else:
+                    sampler = stack.enter_context(energy.Sampler(source))
             except energy.PowerUnavailable as exc:
                 power_note = {"reason": str(exc)}
                 notice(str(exc))
-        for name, precision, backend in opened:
+        for name, precision, eager in opened:
             for size in batch_sizes:
-                step(f"{backend.label} batch {size}")
-                start, began = time.perf_counter(), time.monotonic()
-                m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
-                spent += time.perf_counter() - start
-                planned += expected[backend.label, size]
-                row = {"backend": name, "precision": precision, "device": backend.label,
-                       "int8_path": backend.int8_path, **m}
-                if sampler:
-                    row["power"] = _power(sampler, began, time.monotonic(), m["host_to_host"])
-                results.append(row)
-                pace = spent / planned if planned else 1.0
-                left = (estimate - planned) * pace
-                if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK and left > 1:
-                    warned = True  # said once: the machine is busier (or idler) than the probes saw
-                    notice(f"bench is running at {pace:.1f}x its estimate: about {_duration(left)} "
-                           "left, not as first said")
-            backend.close()
+                backends = [eager]
+                if cuda_graph:
+                    try:
+                        backends.append(stack.enter_context(_closing(
+                            eager.graph(size, card.preprocess.input_shape))))
+                    except BackendUnavailable as exc:
+                        skipped.append({"backend": f"{name}+graph", "precision": precision,
+                                        "batch_size": size, "reason": str(exc)})
+                for backend in backends:
+                    step(f"{backend.label} batch {size}")
+                    start, began = time.perf_counter(), time.monotonic()
+                    m = measure(backend, inputs[size], iterations=iterations, warmup=warmup)
+                    spent += time.perf_counter() - start
+                    planned += expected[eager.label, size]
+                    row = {"backend": backend.name, "precision": precision, "device": backend.label,
+                           "int8_path": backend.int8_path, "settings": backend.settings, **m}
+                    if counter:
+                        row["power"] = energy.energy_stretch(lambda: backend.run(inputs[size]), size,
+                                                             counter.read)
+                    elif sampler:
+                        row["power"] = _power(sampler, began, time.monotonic(), m["host_to_host"])
+                    results.append(row)
+                    pace = spent / planned if planned else 1.0
+                    left = (estimate - planned) * pace
+                    if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK and left > 1:
+                        warned = True  # said once: the machine is busier (or idler) than the probes saw
+                        notice(f"bench is running at {pace:.1f}x its estimate: about {_duration(left)} "
+                               "left, not as first said")
+            eager.close()
     pace = spent / estimate if estimate else 1.0
     if estimate > LONG_BENCH_S and not warned and abs(pace - 1) > ESTIMATE_SLACK:
         # too late to say while running (the rest was under a second): said now, as measured
@@ -107,8 +129,48 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             "machine": describe_machine(), "estimated_seconds": round(estimate, 2),
             "measured_seconds": round(spent, 2),
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped,
-            **({"power": power_note or {"source": sampler.source.name, "covers": sampler.source.says}}
-               if power else {})}
+            **({"graph_speedup": graph_speedup(results)} if cuda_graph else {}),
+            **({"power": power_note or _power_source(sampler, counter)} if power else {})}
+
+
+def _on_gpu(device: str) -> bool:
+    return (resolve_device(device) if device == "auto" else device) == "cuda"
+
+
+def _power_source(sampler, counter) -> dict:
+    source = energy.NVML if counter else sampler.source
+    said = {"source": source.name, "covers": source.says}
+    return {**said, "min_seconds": energy.MIN_ENERGY_S} if counter else said
+
+
+@contextmanager
+def _closing(backend):
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def graph_speedup(results: list[dict]) -> list[dict]:
+    """Each +graph row against its eager row: p50 eager over p50 graph, device compute (the
+    work alone) and host to host, so > 1 is how much faster the replayed graph is."""
+    eager = {(r["backend"], r["precision"], r["host_to_host"]["batch_size"]): r for r in results}
+    pairs = []
+    for row in results:
+        if not row["backend"].endswith("+graph"):
+            continue
+        base = eager.get((row["backend"].removesuffix("+graph"), row["precision"],
+                          row["host_to_host"]["batch_size"]))
+        if base is None:
+            continue
+        entry = {"backend": base["backend"], "precision": row["precision"],
+                 "batch_size": row["host_to_host"]["batch_size"]}
+        for part in ("device_compute", "host_to_host"):
+            if base[part] and row[part]:
+                entry[part] = {"eager_p50_ms": base[part]["p50_ms"], "graph_p50_ms": row[part]["p50_ms"],
+                               "ratio": round(base[part]["p50_ms"] / row[part]["p50_ms"], 3)}
+        pairs.append(entry)
+    return pairs
 
 
 def _power(sampler: energy.Sampler, began: float, ended: float, host: dict) -> dict:

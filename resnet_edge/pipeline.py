@@ -16,7 +16,7 @@ from .export import (CHECKPOINT_NAME, FP16_NAME, ONNX_NAME, export_model, export
                      prepare_export)
 from .parity import report as reports
 from .parity.gates import Thresholds
-from .parity.run import PRECISIONS, REFERENCE, candidates, run_parity
+from .parity.run import REFERENCE, candidates, default_precisions, run_parity
 from .runtime import trt_engine, trt_plan, trt_rules, trt_runner
 from .parity.baseline import MAX_ACCURACY_DROP_PT, change, compare as compare_parity
 from .parity.baseline import read_baseline as read_parity_baseline
@@ -171,7 +171,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
 
     def do_parity() -> str:
         report = run_parity(out, config.data_eval, backends=["torch", "ort", "trt"],
-                            precisions=list(PRECISIONS), thresholds=thresholds,
+                            precisions=default_precisions(), thresholds=thresholds,
                             limit=config.limit, keep_disagreements=True,
                             progress=lambda d, t: step("parity", f"{d}/{t} images"))
         if old_parity is not None:
@@ -207,7 +207,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         return stop_before_bundle("parity")
 
     def do_bench() -> str:
-        pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], list(PRECISIONS))]
+        pairs = [REFERENCE, *candidates(["torch", "ort", "trt"], default_precisions())]
         profile = export_profile(out)
         sizes = config.batch_sizes or sorted({profile["min"], profile["opt"]})
         bench = run_bench(out, pairs, sizes, iterations=config.bench_iterations,

@@ -29,7 +29,13 @@ def pytest_addoption(parser):
     group.addoption("--parity-backends", default="torch,ort,trt",
                     help="Comma list of torch, ort, trt [all].")
     group.addoption("--parity-precisions", default="fp32,fp16,int8,int8-fp16",
-                    help="Comma list of fp32, fp16, int8, int8-fp16 [all].")
+                    help="Comma list of fp32, tf32, fp16, int8, int8-fp16 [fp32,fp16,int8,int8-fp16].")
+    group.addoption("--parity-device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="Where torch and ONNX Runtime run [auto: $RESNET_EDGE_DEVICE where set, "
+                    "else cuda when there is a GPU].")
+    group.addoption("--parity-ort-providers",
+                    help="ONNX Runtime's providers side by side (tensorrt, cuda, cpu), each "
+                    "probed first; their tests are named ort-<provider>-<precision>.")
     group.addoption("--parity-limit", type=int, help="Use the first N images only.")
     group.addoption("--parity-batch-size", type=int,
                     help="Images per batch [32, within the model's batch profile].")
@@ -43,6 +49,13 @@ def pytest_addoption(parser):
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _backends(config) -> list[str]:
+    from .parity.run import with_providers
+    providers = config.getoption("parity_ort_providers")
+    return with_providers(_csv(config.getoption("parity_backends")),
+                          _csv(providers) if providers is not None else None)
 
 
 class ParityRun:
@@ -73,9 +86,9 @@ class ParityRun:
             try:
                 self._report = run_parity(
                     opt("parity_workdir"), opt("parity_data"),
-                    backends=_csv(opt("parity_backends")), precisions=_csv(opt("parity_precisions")),
+                    backends=_backends(self.config), precisions=_csv(opt("parity_precisions")),
                     thresholds=self.thresholds, limit=opt("parity_limit"),
-                    batch_size=opt("parity_batch_size"))
+                    batch_size=opt("parity_batch_size"), device=opt("parity_device"))
             except Exception as exc:  # noqa: BLE001 (re-raised in every gate test)
                 self._error = exc
         if self._error is not None:
@@ -159,7 +172,7 @@ class ParityGates(pytest.Collector):
         try:  # bad options are one line, as on the command line, not a traceback
             baseline = opt("parity_baseline") and read_baseline(opt("parity_baseline"))
             run = ParityRun(self.config, load_thresholds(opt("parity_thresholds")), baseline or None)
-            pairs = candidates(_csv(opt("parity_backends")), _csv(opt("parity_precisions")))
+            pairs = candidates(_backends(self.config), _csv(opt("parity_precisions")))
         except BadInput as exc:
             raise self.CollectError(str(exc)) from None
         for backend, precision in pairs:

@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 from .artifacts import ensure_writable_dir, write_json_atomic
 from .data import Preprocess, Source, batches, check_classes, open_data
 from .errors import BadInput
+from .runtime.gpu import resolve_device
 from .metrics import Accuracy
 from .zoo import (ModelCard, load_state_strict, read_checkpoint, torchvision_state,
                   save_checkpoint, variant)
@@ -148,15 +149,6 @@ def evaluate(model: nn.Module, source: Source, preprocess: Preprocess, *, indice
     for x, y in batches(source, preprocess, batch_size, indices=indices, workers=workers):
         acc.update(model(x.to(device)).float().cpu().numpy(), y.numpy())
     return acc
-
-
-def resolve_device(name: str) -> str:
-    """auto -> cuda where a GPU is visible, else cpu; cuda without a GPU is bad usage."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 @dataclass

@@ -14,7 +14,7 @@ LAYERS = [
      "runtime.regression", "runtime.power", "deploy.archive", "deploy.signing"],
     ["artifacts", "data", "console", "pictures"],
     ["zoo"],
-    ["runtime.ort", "runtime.trt_rules", "runtime.trt_plan", "runtime.trt_runner", "runtime.trt_engine",
+    ["runtime.gpu", "runtime.ort", "runtime.providers", "runtime.trt_rules", "runtime.trt_plan", "runtime.trt_runner", "runtime.trt_engine",
      "runtime.timing", "runtime.latency"],
     ["export"],
     ["backends", "bench", "calibration", "train"],

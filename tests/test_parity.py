@@ -17,7 +17,7 @@ from resnet_edge.parity.report import md
 TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "agreement", "units",
             "machine", "thresholds", "reference", "candidates", "summary"}
 ROW_KEYS = {"backend", "precision", "status", "reason", "device", "metrics", "accuracy",
-            "latency", "gates", "error_histogram", "disagreements", "int8_path"}
+            "latency", "gates", "error_histogram", "disagreements", "int8_path", "settings"}
 
 
 def test_streaming_metrics_equal_whole_set_numbers():

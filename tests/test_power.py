@@ -118,12 +118,75 @@ def test_nvidia_smi_reads_watts_and_says_what_it_covers():
     assert power.NVIDIA_SMI.total == "GPU board" and "not the CPU's" in power.NVIDIA_SMI.says
 
 
+class Counter:
+    """An energy counter read from a script of values (NVML's returns mJ since the driver loaded)."""
+
+    def __init__(self, values):
+        self.values, self.reads = list(values), 0
+
+    def read(self) -> int:
+        value = self.values[min(self.reads, len(self.values) - 1)]
+        self.reads += 1
+        return value
+
+    def close(self) -> None:
+        pass
+
+
+def no_counter():
+    raise power.PowerUnavailable("GPU 0 has no NVML energy counter: Not Supported")
+
+
+class Board:
+    """A GPU drawing `watts` whose energy counter steps every `period` s, as NVML's does, on a
+    clock that only the work moves (each call of the row's work takes `step` s)."""
+
+    def __init__(self, watts: float, period: float, step: float):
+        self.watts, self.period, self.step, self.now = watts, period, step, 0.0
+
+    def work(self):
+        self.now += self.step
+
+    def read(self) -> int:  # mJ at the counter's last update
+        return int(self.now // self.period * self.period * self.watts * 1000)
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_energy_is_the_counters_rise_over_a_stretch_long_enough_for_it():
+    board = Board(watts=200, period=0.25, step=0.1)
+    row = power.energy_stretch(board.work, 8, board.read, clock=board.clock)
+    # at least 2 s and 10 counter updates, whichever is later: 2.5 s here
+    assert row["seconds"] >= power.MIN_ENERGY_S and row["samples"] >= power.MIN_UPDATES
+    assert row["counter_period_ms"] == pytest.approx(250, rel=0.05)
+    assert row["rails_mw"]["GPU board"] == pytest.approx(200_000, rel=0.05)
+    per_image_s = row["seconds"] / row["images"]
+    assert row["mj_per_image"]["GPU board"] == pytest.approx(200 * 1000 * per_image_s, rel=0.05)
+    # a slower counter makes the stretch longer, never the reading coarser
+    board = Board(watts=200, period=0.5, step=0.1)
+    slow = power.energy_stretch(board.work, 8, board.read, clock=board.clock)
+    assert slow["seconds"] >= 10 * 0.5 - 0.5 and slow["samples"] >= power.MIN_UPDATES
+    assert slow["rails_mw"]["GPU board"] == pytest.approx(200_000, rel=0.05)
+
+
+def test_a_counter_that_does_not_move_gives_a_reason_not_a_number():
+    board = Board(watts=200, period=0.25, step=0.5)
+    stuck = power.energy_stretch(board.work, 1, Counter([7]).read, clock=board.clock, max_seconds=5)
+    assert "rails_mw" not in stuck and "rose 0 times" in stuck["reason"] and stuck["seconds"] <= 5.5
+
+
 def test_the_source_is_whatever_this_machine_has():
     have = lambda *names: (lambda tool: f"/usr/bin/{tool}" if tool in names else None)  # noqa: E731
     assert power.find_source(have("tegrastats", "nvidia-smi")) is power.TEGRASTATS
-    assert power.find_source(have("nvidia-smi")) is power.NVIDIA_SMI
+    assert power.find_source(have("nvidia-smi"), counter=no_counter) is power.NVIDIA_SMI
     with pytest.raises(power.PowerUnavailable, match="neither tegrastats .* nor nvidia-smi"):
-        power.find_source(have())
+        power.find_source(have(), counter=no_counter)
+    # NVML's counter before nvidia-smi's one-second average, and no GPU source for CPU rows
+    assert power.find_source(have("nvidia-smi"), counter=lambda: Counter([0])) is power.NVML
+    assert power.find_source(have("tegrastats"), gpu=False) is power.TEGRASTATS
+    with pytest.raises(power.PowerUnavailable, match="GPU board's draw is not what CPU rows spend"):
+        power.find_source(have("nvidia-smi"), counter=lambda: Counter([0]), gpu=False)
 
 
 @pytest.mark.parametrize("show,locked", [
@@ -187,9 +250,9 @@ def test_bench_power_without_a_source_says_so_in_one_line_and_runs(digits_workdi
                      "--batch-sizes", "1", "--iterations", "3", "--power", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.output
     said = [line for line in result.stderr.splitlines() if "power" in line]
-    assert len(said) == 1 and "neither tegrastats (a Jetson) nor nvidia-smi" in said[0]
+    assert len(said) == 1 and "no power source" in said[0]
     report = json.loads((tmp_path / "b.json").read_text())
-    assert "neither tegrastats" in report["power"]["reason"] and "power" not in report["results"][0]
+    assert "no power source" in report["power"]["reason"] and "power" not in report["results"][0]
 
 
 def test_a_tegrastats_that_dies_says_why(tmp_path, monkeypatch, digits_workdir, run_cli):

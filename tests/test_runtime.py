@@ -51,7 +51,7 @@ def test_torch_fp16_backend_leaves_the_reference_model_in_fp32():
 
 
 def test_ort_backend_reports_its_provider(digits_workdir):
-    backend = OrtBackend(digits_workdir / "model.onnx", providers=("CPUExecutionProvider",))
+    backend = OrtBackend(digits_workdir / "model.onnx", provider="cpu")
     assert backend.label == "ort fp32 (CPU)" and backend.device == "cpu"
     stats = measure(backend, np.zeros((2, 3, 32, 32), np.float32), iterations=3, warmup=1)
     assert stats["host_to_host"]["iterations"] == 3 and stats["device_compute"] is None

@@ -82,6 +82,8 @@ class Device:
         self.name, self.capability, self.dla_cores, self.driver = name, capability, dla_cores, driver
         self.memory: dict[int, bytearray] = {}
         self.streams: set[int] = set()
+        # a stream being captured into a CUDA graph: the work enqueued on it, not yet run
+        self.capturing: dict[int, list] = {}
         self._next = 0x7000_0000
 
     def alloc(self, nbytes: int) -> int:
@@ -723,22 +725,31 @@ class _IExecutionContext:
         stream_handle = int(stream_handle)  # as pybind converts; cuda-bindings 13 warns here
         if stream_handle not in ctx.device.streams:
             raise RuntimeError(f"0x{stream_handle:x} is not a live CUDA stream")
-        name_in, name_out = meta["input"]["name"], meta["output"]["name"]
+        name_in = meta["input"]["name"]
         shape = self._shapes.get(name_in)
         if shape is None or any(n not in self._addresses for n in _io_names(meta)):
             ctx.calls.add("execution error", "input shape or tensor addresses not set")
             return False
+        if stream_handle in ctx.device.capturing:  # recorded with today's shape and addresses
+            addresses = dict(self._addresses)
+            ctx.device.capturing[stream_handle].append(lambda: self._compute(shape, addresses))
+            return True
+        self._compute(shape, self._addresses)
+        return True
+
+    def _compute(self, shape, addresses):
+        ctx, meta = self._ctx, self._engine._meta
+        name_in, name_out = meta["input"]["name"], meta["output"]["name"]
         count = int(np.prod(shape))
-        x = np.frombuffer(ctx.device.buffer(self._addresses[name_in], count * 4),
+        x = np.frombuffer(ctx.device.buffer(addresses[name_in], count * 4),
                           dtype=np.float32).reshape(shape)
         y = standin_logits(x, meta["output"]["classes"])
-        ctx.device.buffer(self._addresses[name_out], y.nbytes)[:] = y.tobytes()
+        ctx.device.buffer(addresses[name_out], y.nbytes)[:] = y.tobytes()
         for index, marked in enumerate(meta["marked"]):  # each marked tensor: a fixed pattern
             out_shape = self.get_tensor_shape(marked["name"])
             values = np.broadcast_to(standin_logits(x, 1).reshape(-1, *[1] * (len(out_shape) - 1))
                                      + index, out_shape).astype(np.float32)
-            ctx.device.buffer(self._addresses[marked["name"]], values.nbytes)[:] = values.tobytes()
-        return True
+            ctx.device.buffer(addresses[marked["name"]], values.nbytes)[:] = values.tobytes()
 
 
 class _Calibrator:
@@ -850,7 +861,15 @@ class cudaMemcpyKind(enum.IntEnum):
 CUDART_NAMES = ("cudaError_t", "cudaMemcpyKind", "cudaStream_t", "cudaGetDeviceProperties",
                 "cudaGetDeviceCount", "cudaStreamCreate", "cudaStreamDestroy",
                 "cudaStreamSynchronize", "cudaMalloc", "cudaFree", "cudaMemcpyAsync",
-                "cudaGetErrorString", "cudaDriverGetVersion", "cudaRuntimeGetVersion")
+                "cudaGetErrorString", "cudaDriverGetVersion", "cudaRuntimeGetVersion",
+                "cudaStreamCaptureMode", "cudaStreamBeginCapture", "cudaStreamEndCapture",
+                "cudaGraphInstantiate", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy")
+
+
+class cudaStreamCaptureMode(enum.IntEnum):
+    cudaStreamCaptureModeGlobal = 0
+    cudaStreamCaptureModeThreadLocal = 1
+    cudaStreamCaptureModeRelaxed = 2
 
 
 def make_cudart(device: Device, calls: Calls, cuda_python: str = "12.6.1"):
@@ -911,6 +930,40 @@ def make_cudart(device: Device, calls: Calls, cuda_python: str = "12.6.1"):
             return (cudaError_t.cudaErrorInvalidValue,)
         return ok
 
+    class cudaGraph_t:
+        def __init__(self, work):
+            self.work = work
+
+    class cudaGraphExec_t:
+        def __init__(self, graph):
+            self.work = list(graph.work)
+
+    def live(stream):
+        return isinstance(stream, cudaStream_t) and stream.getPtr() in device.streams
+
+    def begin_capture(stream, mode):
+        if not live(stream) or not isinstance(mode, cudaStreamCaptureMode):
+            return (cudaError_t.cudaErrorInvalidValue,)
+        device.capturing[stream.getPtr()] = []
+        return ok
+
+    def end_capture(stream):
+        if not live(stream) or stream.getPtr() not in device.capturing:
+            return (cudaError_t.cudaErrorInvalidValue, None)
+        return ok[0], cudaGraph_t(device.capturing.pop(stream.getPtr()))
+
+    def instantiate(graph, flags):
+        if not isinstance(graph, cudaGraph_t):
+            return (cudaError_t.cudaErrorInvalidValue, None)
+        return ok[0], cudaGraphExec_t(graph)
+
+    def launch(graph_exec, stream):
+        if not isinstance(graph_exec, cudaGraphExec_t) or not live(stream):
+            return (cudaError_t.cudaErrorInvalidValue,)
+        for work in graph_exec.work:
+            work()
+        return ok
+
     def free(ptr):
         return ok if device.memory.pop(ptr, None) is not None else (cudaError_t.cudaErrorInvalidValue,)
 
@@ -926,7 +979,14 @@ def make_cudart(device: Device, calls: Calls, cuda_python: str = "12.6.1"):
         "cudaGetErrorString": lambda err: (ok[0], cudaError_t(err).name.encode()),
         "cudaDriverGetVersion": lambda: (ok[0], device.driver),
         "cudaRuntimeGetVersion": lambda: (ok[0], major * 1000 + 60),
+        "cudaStreamBeginCapture": begin_capture,
+        "cudaStreamEndCapture": end_capture,
+        "cudaGraphInstantiate": instantiate,
+        "cudaGraphLaunch": launch,
+        "cudaGraphExecDestroy": lambda graph_exec: ok,
+        "cudaGraphDestroy": lambda graph: ok,
     }
+    module.cudaStreamCaptureMode = cudaStreamCaptureMode
     module.cudaError_t, module.cudaMemcpyKind, module.cudaStream_t = cudaError_t, cudaMemcpyKind, cudaStream_t
     for name, fn in functions.items():
         setattr(module, name, record(name, fn))

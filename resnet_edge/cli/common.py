@@ -103,6 +103,19 @@ JSON_OPTION = click.option("--json", "json_path", type=click.Path(path_type=Path
                                 "everything else on standard error).")
 
 
+# where parity and bench run, and how
+DEVICE_OPTION = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where torch and ONNX Runtime run [auto: $RESNET_EDGE_DEVICE where set, else cuda when "
+    "there is a GPU].")
+PRECISIONS_OPTION = click.option(
+    "--precisions", help="Comma list of fp32, tf32 (a GPU's TF32 math), fp16, int8, int8-fp16 "
+    "(int8 with fp16 float parts) [all that the device has].")
+ORT_PROVIDERS_OPTION = click.option(
+    "--ort-providers", metavar="LIST",
+    help="ONNX Runtime's providers, side by side: a comma list of tensorrt, cuda, cpu, each "
+    "probed before use and its rows named ort-<provider> [the device's: cuda on a GPU, cpu].")
+
 # the baseline gates parity, bench and pipeline share
 MAX_ACCURACY_DROP_OPTION = click.option(
     "--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,

@@ -12,7 +12,8 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
-from .common import (JSON_OPTION, MAX_ACCURACY_DROP_OPTION, MAX_LATENCY_REGRESSION_OPTION, cli,
+from .common import (DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
+                     MAX_LATENCY_REGRESSION_OPTION, ORT_PROVIDERS_OPTION, PRECISIONS_OPTION, cli,
                      csv_list, failed_gates, parse_sizes, print_parity, resolve_workdir, writable)
 
 
@@ -41,10 +42,13 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
               "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
 @click.option("--limit", type=int, help="Use the first N images only.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
-@click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
+@PRECISIONS_OPTION
 @click.option("--batch-size", type=int, help="Images per batch [32, within the model's batch profile].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where torch and ONNX Runtime run [auto: cuda when there is a GPU].")
+@DEVICE_OPTION
+@ORT_PROVIDERS_OPTION
+@click.option("--cuda-graph", is_flag=True,
+              help="Also replay each GPU row as a CUDA graph on every batch; its graph_max_abs "
+              "gate holds the replayed logits equal to the eager ones.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML file: [fp16] max_accuracy_drop_pt = 0.2, etc.")
 @click.option("--gate", "gates", multiple=True, metavar="PREC.NAME=VALUE",
@@ -63,16 +67,21 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
               "each row's top-1 (agreement without labels) is compared with it; exit 1 on a drop "
               "past --max-accuracy-drop-pt.")
 @MAX_ACCURACY_DROP_OPTION
-def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, thresholds, gates,
-           agreement, json_path, markdown, junit, html, baseline, max_accuracy_drop_pt) -> None:
+def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, ort_providers,
+           cuda_graph, thresholds, gates, agreement, json_path, markdown, junit, html, baseline,
+           max_accuracy_drop_pt) -> None:
     """Run one evaluation set through PyTorch fp32 (the reference) and every other backend x
     precision; compare logits, agreement and accuracy; gate; report.
+
+    fp32 is IEEE fp32 on every backend (TF32 off in torch, use_tf32=0 on ONNX Runtime's CUDA,
+    TensorRT's TF32 flag cleared); tf32 names that math mode (GPUs of compute capability 8.0+).
+    Each row is labelled by what ran: the provider ONNX Runtime really used, graph or eager.
 
     \b
     Gates (percent and points, as their names say; override with --thresholds FILE or --gate):
       every row: no NaN or inf logits
       fp32: min_top1_agreement_pct 100, max_abs 1e-3
-      fp16: min_top1_agreement_pct 99.5, max_accuracy_drop_pt 0.1
+      tf32, fp16: min_top1_agreement_pct 99.5, max_accuracy_drop_pt 0.1
       int8: min_top1_agreement_pct 95, min_cosine 0.99, max_accuracy_drop_pt 1,
             min_relative_accuracy_pct 99
 
@@ -88,22 +97,22 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     """
     from ..parity import report as reports
     from ..parity.gates import load_thresholds
-    from ..parity.run import PRECISIONS, run_parity
+    from ..parity.run import run_parity
 
     from ..parity.baseline import change, compare, read_baseline
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     writable(json_path, markdown=markdown, junit=junit, html=html)
     old = read_baseline(baseline) if baseline else None  # checked before the work
-    explicit = backends is not None or precisions is not None
+    explicit = backends is not None or precisions is not None or ort_providers is not None
     cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
     with console.Progress("parity", "images") as bar:
         result = run_parity(workdir, data_spec,
-                            backends=csv_list(backends or "torch,ort,trt"),
-                            precisions=csv_list(precisions) if precisions else list(PRECISIONS),
+                            backends=_backends(backends, ort_providers),
+                            precisions=_precisions(precisions, device),
                             thresholds=table_of_gates, limit=limit, batch_size=batch_size,
                             device=device, explicit=explicit, cpu_fp16=cpu_fp16,
                             progress=bar.update, keep_disagreements=html is not None,
-                            agreement=agreement)
+                            agreement=agreement, cuda_graph=cuda_graph)
     if old is not None:
         result["baseline"] = compare(result, old, str(baseline), max_accuracy_drop_pt)
     print_parity(result)
@@ -133,20 +142,25 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @click.option("--warmup", type=int, default=10, show_default=True,
               help="Untimed iterations first, per backend and batch size.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all that can run here].")
-@click.option("--precisions", help="Comma list of fp32, fp16, int8, int8-fp16 (int8 with fp16 float parts) [all].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where torch and ONNX Runtime run [auto: cuda when there is a GPU].")
+@PRECISIONS_OPTION
+@DEVICE_OPTION
+@ORT_PROVIDERS_OPTION
+@click.option("--cuda-graph", is_flag=True,
+              help="Also run each GPU backend and batch size as a replayed CUDA graph (a +graph "
+              "row: torch.cuda.CUDAGraph, ONNX Runtime's enable_cuda_graph, TensorRT's enqueueV3 "
+              "captured as trtexec --useCudaGraph does) and print graph/eager ratios.")
 @click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="An earlier `bench --json` report (main's, say) of this model on this machine: "
               "each latency is compared with it, noise and all; exit 1 on a regression.")
 @MAX_LATENCY_REGRESSION_OPTION
 @click.option("--power", is_flag=True,
-              help="Also read power while each row runs: every rail tegrastats reports on a "
-              "Jetson (average mW and mJ per image), or nvidia-smi's board draw on an x86 GPU. "
-              "Where neither exists it says so in one line and the bench runs without it.")
+              help="Also measure energy per row: every rail tegrastats reports on a Jetson (average "
+              "mW and mJ per image); on an x86 GPU NVML's energy counter over at least 2 s of the "
+              "row's own work (nvidia-smi's 1-second average where the GPU has no counter). "
+              "Where none exists it says so in one line and the bench runs without it.")
 @JSON_OPTION
-def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, baseline,
-          max_latency_regression_pct, power, json_path) -> None:
+def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, ort_providers,
+          cuda_graph, baseline, max_latency_regression_pct, power, json_path) -> None:
     """Latency per backend x precision x batch size: warm-up, then timed iterations with the
     device synchronized. Reports mean, p50, p90, p99, std and images/s (from the p50) host to
     host, and device compute alone where the backend allows it (GPU backends). A bench
@@ -173,11 +187,13 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
             from ..runtime.latency import describe_machine
             card = read_card(onnx_path)
             refuse_incomparable(old, card.to_dict() if card else {}, describe_machine(), str(baseline))
-    explicit = backends is not None or precisions is not None
+    explicit = backends is not None or precisions is not None or ort_providers is not None
     cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
     with console.steps() as step:
-        result = run_bench(workdir, _bench_pairs(backends, precisions), sizes, iterations=iterations,
-                           warmup=warmup, device=device, cpu_fp16=cpu_fp16, power=power,
+        result = run_bench(workdir, _bench_pairs(_backends(backends, ort_providers),
+                                                 _precisions(precisions, device)),
+                           sizes, iterations=iterations, warmup=warmup, device=device,
+                           cpu_fp16=cpu_fp16, power=power, cuda_graph=cuda_graph,
                            step=step, notice=note)
     if old is not None:
         result["baseline"] = compare_to_baseline(result, old, str(baseline), max_latency_regression_pct)
@@ -242,11 +258,21 @@ def report_(reports, html, markdown, json_path) -> None:
                "differences": [{"what": field, "values": values} for field, values in differ]}, json_path)
 
 
-def _bench_pairs(backends: str | None, precisions: str | None) -> list[tuple[str, str]]:
-    from ..parity.run import PRECISIONS, REFERENCE, candidates
-    pairs = candidates(csv_list(backends or "torch,ort,trt"),
-                       csv_list(precisions) if precisions else list(PRECISIONS))
-    wants_reference = "torch" in csv_list(backends or "torch") and "fp32" in csv_list(precisions or "fp32")
+def _backends(backends: str | None, ort_providers: str | None) -> list[str]:
+    from ..parity.run import with_providers
+    return with_providers(csv_list(backends or "torch,ort,trt"),
+                          csv_list(ort_providers) if ort_providers is not None else None)
+
+
+def _precisions(precisions: str | None, device: str) -> list[str]:
+    from ..parity.run import default_precisions
+    return csv_list(precisions) if precisions else default_precisions(device)
+
+
+def _bench_pairs(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
+    from ..parity.run import REFERENCE, candidates
+    pairs = candidates(backends, precisions)
+    wants_reference = "torch" in backends and "fp32" in precisions
     return [REFERENCE, *pairs] if wants_reference else pairs
 
 

@@ -18,8 +18,8 @@ from .common import (JSON_OPTION, TARGET_NAMES, TARGETS_HELP, cli, csv_list, fai
 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
-              help="The engine's precision; the ONNX file and flags follow from it and the TensorRT here.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "int8"]), default="fp16", show_default=True,
+              help="The engine's precision (tf32: fp32 with TensorRT's TF32 math, compute capability 8.0+); the ONNX file and flags follow from it and the TensorRT here.")
 @click.option("--workspace", type=int, default=2048, show_default=True, help="Workspace limit, MiB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path),
               help="TensorRT's timing cache to load and update [timing.cache beside the engine, "

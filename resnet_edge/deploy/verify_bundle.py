@@ -255,10 +255,17 @@ class OrtRunner:
     def __init__(self, bundle: Bundle, precision: str):
         path = bundle.folder / onnx_file(bundle.info, precision)
         onnxruntime = ort.import_ort()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in onnxruntime.get_available_providers()]
         # The tensorrt recipe's Q/DQ runs as written: TensorRT's numerics, not ORT-CPU's kernels.
-        self.session = ort.make_session(path, providers, disable_qdq_fusion=precision == "int8")
+        as_written = precision == "int8"
+        self.session = None
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            try:  # IEEE fp32 on CUDA (its default computes fp32 in TF32), as parity runs it
+                self.session = ort.make_session(path, [("CUDAExecutionProvider", {"use_tf32": "0"})],
+                                                disable_qdq_fusion=as_written)
+            except Exception:  # noqa: BLE001 (CUDA libraries missing: the CPU provider runs it)
+                self.session = None
+        if self.session is None:
+            self.session = ort.make_session(path, disable_qdq_fusion=as_written)
         self.int8_path = ort.int8_path(None) if precision == "int8" else None
         self.input_name = self.session.get_inputs()[0].name
         self.batch_range = (bundle.info["min_batch"], bundle.info["max_batch"])

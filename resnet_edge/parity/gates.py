@@ -27,6 +27,9 @@ class Thresholds:
 
 DEFAULTS = {
     "fp32": Thresholds(min_top1_agreement_pct=100.0, max_abs=1e-3),
+    # tf32 (a GPU's fp32 with 10-bit-mantissa convolutions and matrix products) rounds like
+    # fp16 does, in fp32's range: held to fp16's gates
+    "tf32": Thresholds(min_top1_agreement_pct=99.5, max_accuracy_drop_pt=0.1),
     "fp16": Thresholds(min_top1_agreement_pct=99.5, max_accuracy_drop_pt=0.1),
     # agreement and cosine gate int8 on unlabelled data too; measured (README) on the digits
     # ResNet-20 and a ResNet-18: 100% agreement and cosine >= 0.9998 for every calibration
@@ -59,7 +62,7 @@ class GateResult:
 RANGES = {"min_top1_agreement_pct": (0.0, 100.0), "min_cosine": (-1.0, 1.0),
           "max_abs": (0.0, math.inf), "max_accuracy_drop_pt": (0.0, 100.0),
           "min_relative_accuracy_pct": (0.0, 100.0)}
-SECTIONS = ("fp32", "fp16", "int8", "int8-fp16")
+SECTIONS = ("fp32", "tf32", "fp16", "int8", "int8-fp16")
 
 
 def check_layer(layer: dict, table: dict[str, Thresholds], where: str,

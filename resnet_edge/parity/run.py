@@ -17,10 +17,11 @@ from ..artifacts import open_dir
 from ..data import batches, data_for, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import check_batch_sizes, export_profile, open_workdir
-from ..backends import (CPU_FP16, Backend, BackendUnavailable, artifact_hashes,
-                                open_backend)
+from ..backends import (CPU_FP16, ORT_PROVIDER_BACKENDS, Backend, BackendUnavailable,
+                        artifact_hashes, open_backend)
+from ..runtime.gpu import resolve_device, tf32_unavailable
 from ..runtime.latency import LatencyStats, describe_machine
-from .gates import Thresholds, evaluate_gates, for_precision
+from .gates import GateResult, Thresholds, evaluate_gates, for_precision
 from ..metrics import NEAR_TIE_FACTOR, Accuracy, LogitComparison
 
 SCHEMA = "resnet-edge.parity/1"
@@ -31,8 +32,10 @@ THUMBNAIL_PX = 96
 # What each backend can run; torch int8 is not a thing this tool makes.
 # int8-fp16: the int8 model with fp16 float parts, which strongly typed TensorRT builds from;
 # TensorRT's own int8 engine is built from whichever int8 file its build plan picks.
-PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
-SUPPORTED = {"torch": ("fp32", "fp16"), "ort": PRECISIONS, "trt": ("fp32", "fp16", "int8")}
+# tf32: fp32 tensors with TF32 math (compute capability 8.0+): a GPU's, named as what it is.
+PRECISIONS = ("fp32", "tf32", "fp16", "int8", "int8-fp16")
+SUPPORTED = {"torch": ("fp32", "tf32", "fp16"), "ort": PRECISIONS, "trt": ("fp32", "tf32", "fp16", "int8"),
+             **{name: PRECISIONS for name in ORT_PROVIDER_BACKENDS}}
 REFERENCE = ("torch", "fp32")
 ONNX_REFERENCE = ("ort", "fp32")  # for a bare ONNX file, which brings no PyTorch model
 # what each kind of number in the report is in, said in the report itself: a share measured is a
@@ -58,6 +61,33 @@ class _Row:
     disagreements: list[dict] = field(default_factory=list)
     # ORT-CPU's fused int8 kernels against the same model's Q/DQ as written (cpu recipe)
     fusion: LogitComparison | None = None
+    # with cuda_graph: the same backend replaying a CUDA graph, against its own eager logits
+    graph: Backend | None = None
+    graph_reason: str = ""
+    graph_comparison: LogitComparison = field(default_factory=LogitComparison)
+
+
+def default_precisions(device: str = "auto") -> list[str]:
+    """Every precision that can run on `device`: tf32 only on a GPU that has it."""
+    where = resolve_device(device) if device == "auto" else device
+    return [p for p in PRECISIONS if p != "tf32" or not tf32_unavailable(where)]
+
+
+def with_providers(backends: list[str], ort_providers: list[str] | None) -> list[str]:
+    """`ort` in the backend list as one ort-<provider> backend per provider named (tensorrt,
+    cuda, cpu), so their rows stand side by side; unchanged without providers."""
+    if not ort_providers:
+        return backends
+    for provider in ort_providers:
+        if f"ort-{provider}" not in ORT_PROVIDER_BACKENDS:
+            raise BadInput(f"unknown ONNX Runtime provider {provider!r}; use "
+                           f"{', '.join(p.removeprefix('ort-') for p in ORT_PROVIDER_BACKENDS)}")
+    if "ort" not in backends:
+        raise BadInput("--ort-providers says where ONNX Runtime runs, but --backends leaves ort out")
+    expanded = []
+    for name in backends:
+        expanded += [f"ort-{p}" for p in ort_providers] if name == "ort" else [name]
+    return list(dict.fromkeys(expanded))
 
 
 def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
@@ -75,9 +105,13 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
                thresholds: dict[str, Thresholds], limit: int | None = None,
                batch_size: int | None = None, device: str = "auto", explicit: bool = False,
                cpu_fp16: bool = False, keep_disagreements: bool = False,
-               agreement: str = "raw",
+               agreement: str = "raw", cuda_graph: bool = False,
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """`batch_size` defaults to 32 within the model's batch profile (its one size if static).
+
+    With `cuda_graph`, every candidate on a GPU also replays a CUDA graph of itself on every
+    batch, and its `graph_max_abs` gate holds the replayed logits to the eager ones: the same
+    kernels, so the same numbers.
 
     With `keep_disagreements`, the first images where each candidate's top-1 differs from the
     reference's are kept as small PNGs in report["_thumbnails"] (index -> PNG bytes), for the
@@ -106,9 +140,14 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         try:
             row.runner = open_backend(name, precision, workdir, model=model, device=device,
                                       cpu_fp16=cpu_fp16, with_unfused=True,
-                                      batch_range=(profile["min"], profile["max"]))
+                                      batch_range=(profile["min"], profile["max"]), profile=profile)
         except BackendUnavailable as exc:
             row.reason = str(exc)
+        if cuda_graph and row.runner is not None:
+            try:
+                row.graph = row.runner.graph(batch_size, card.preprocess.input_shape)
+            except BackendUnavailable as exc:
+                row.graph_reason = str(exc)
         if row.runner is not None and row.runner.unfused is not None:
             row.fusion = LogitComparison()
         rows.append(row)
@@ -142,6 +181,8 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
             row.comparison.update(ref, out)
             if row.fusion is not None:
                 row.fusion.update(row.runner.unfused.run(batch), out)
+            if row.graph is not None:
+                row.graph_comparison.update(out, row.graph.run(batch))
             if labelled:
                 row.accuracy.update(out, labels)
             if keep_disagreements:
@@ -149,7 +190,8 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
                                     batch, card.preprocess)
         done += len(batch)
         progress(done, n)
-    for r in [reference, *(r.runner for r in ran), *(r.runner.unfused for r in ran if r.fusion)]:
+    for r in [reference, *(r.runner for r in ran), *(r.runner.unfused for r in ran if r.fusion),
+              *(r.graph for r in ran if r.graph)]:
         r.close()
 
     ref_acc = _accuracy(ref_accuracy) if labelled else None
@@ -164,7 +206,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         if row.runner is None:
             entry.update(status="skipped", reason=row.reason, device=None, metrics=None,
                          accuracy=None, latency=None, gates=[], error_histogram=None,
-                         disagreements=None, int8_path=None)
+                         disagreements=None, int8_path=None, settings=None)
         else:
             comparison = row.comparison.summary(
                 near_tie=NEAR_TIE_FACTOR * row.comparison.p99_abs if agreement == "decisive" else None)
@@ -173,7 +215,11 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
                 accuracy["drop_pt"] = (ref_acc["top1"] - accuracy["top1"]) * 100
             gates = evaluate_gates(for_precision(thresholds, row.precision), comparison, accuracy,
                                    ref_acc)
-            entry.update(status="ran", reason="", device=row.runner.label, metrics=comparison,
+            if cuda_graph:
+                entry["cuda_graph"], graph_gate = _graph_check(row)
+                gates += [graph_gate] if graph_gate else []
+            entry.update(status="ran", reason="", device=row.runner.label, settings=row.runner.settings,
+                         metrics=comparison,
                          accuracy=accuracy, latency=_pass_latency(sizes, row.seconds),
                          gates=[g.__dict__ | {"status": g.status} for g in gates],
                          error_histogram=row.comparison.error_histogram())
@@ -212,6 +258,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         "machine": describe_machine(),
         "thresholds": {p: t.__dict__ for p, t in thresholds.items()},
         "reference": {"backend": reference_pair[0], "precision": reference_pair[1], "device": reference.label,
+                      "settings": reference.settings,
                       "accuracy": ref_acc, "latency": _pass_latency(sizes, ref_seconds),
                       "outputs": reference_outputs(ref_top1, np.concatenate(ref_kept))},
         "candidates": report_rows,
@@ -221,6 +268,18 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     if keep_disagreements:
         report["_thumbnails"] = thumbnails
     return report
+
+
+def _graph_check(row: _Row) -> tuple[dict, GateResult | None]:
+    """The replayed graph against the same backend's eager run: equal logits, or the gate
+    fails; a backend that cannot capture (the CPU) says why and has no gate."""
+    if row.graph is None:
+        return {"reason": row.graph_reason}, None
+    summary = row.graph_comparison.summary()
+    worst = summary["max_abs"]
+    return ({"device": row.graph.label, "max_abs": worst, "top1_agreement": summary["top1_agreement"]},
+            GateResult("graph_max_abs", worst, 0.0, bool(worst <= 0.0),
+                       "a replayed CUDA graph against this backend's own eager run"))
 
 
 def reference_outputs(top1: list[int], logits: np.ndarray) -> dict:
@@ -293,4 +352,4 @@ def _pass_latency(sizes: list[int], seconds: list[float]) -> dict | None:
     return stats
 
 
-__all__ = ["run_parity", "candidates", "SCHEMA", "PRECISIONS"]
+__all__ = ["run_parity", "candidates", "default_precisions", "with_providers", "SCHEMA", "PRECISIONS"]

@@ -41,11 +41,14 @@ def run_batch(session, input_name: str, batch, batch_range: tuple[int, int] | No
     return session.run(None, {input_name: batch})[0][:rows]
 
 
-def make_session(path: str | os.PathLike | bytes, providers: Sequence[str] = ("CPUExecutionProvider",),
+def make_session(path: str | os.PathLike | bytes, providers: Sequence = ("CPUExecutionProvider",),
                  *, threads: int | None = None, disable_qdq_fusion: bool = False,
                  optimized_model: str | os.PathLike | None = None):
     """An InferenceSession set for speed: all graph optimizations, one thread per core.
 
+    `providers`: names, or (name, options) pairs. Fallback is off: a provider that fails is an
+    error here, never a quiet retry on another provider (ONNX Runtime's Python wrapper would
+    otherwise print its "EP Error" block and run the model elsewhere).
     `disable_qdq_fusion` runs Q/DQ nodes as written instead of fusing them into ORT's CPU integer
     kernels: the numerics TensorRT will see, rather than ORT-CPU's own int8 kernels.
     `optimized_model`: where ORT writes the graph it optimized (what int8_path reads).
@@ -60,7 +63,8 @@ def make_session(path: str | os.PathLike | bytes, providers: Sequence[str] = ("C
     if optimized_model is not None:
         options.optimized_model_filepath = os.fspath(optimized_model)
     model = path if isinstance(path, bytes) else os.fspath(path)  # bytes: a model not yet saved
-    return ort.InferenceSession(model, sess_options=options, providers=list(providers))
+    return ort.InferenceSession(model, sess_options=options, providers=list(providers),
+                                enable_fallback=0)
 
 
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",

@@ -1,4 +1,12 @@
-"""Power while bench runs: tegrastats on a Jetson, nvidia-smi's board reading on an x86 GPU.
+"""Power while bench runs: tegrastats on a Jetson; on an x86 GPU, NVML's energy counter, or
+nvidia-smi's board reading where the GPU has no counter.
+
+On an x86 GPU a row's energy is the difference of NVML's total-energy counter
+(nvmlDeviceGetTotalEnergyConsumption, millijoules since the driver loaded; Volta and newer, what
+Zeus and CodeCarbon read) over a stretch of the row's own work at least MIN_ENERGY_S long and
+spanning MIN_UPDATES changes of the counter: nvidia-smi's power.draw is a one-second average on
+Ampere and newer (and the sensor samples a quarter of the time on A100/H100, arXiv 2312.02741),
+so a row shorter than that would be read as a blend of its neighbours.
 
 tegrastats prints a line per interval in which each power rail reads `NAME current/average`, in
 milliwatts ("VDD_IN 4542mW/4000mW" from JetPack 5 on; "POM_5V_IN 4520/4680", no unit, before).
@@ -64,16 +72,101 @@ TEGRASTATS = Source("tegrastats", ("tegrastats", "--interval", str(INTERVAL_MS))
                     None, "the Jetson's power rails as tegrastats reads them")
 NVIDIA_SMI = Source("nvidia-smi", ("nvidia-smi", "--query-gpu=power.draw", "--format=csv,noheader,nounits",
                                    "-i", "0", "-lms", str(INTERVAL_MS)), parse_nvidia_smi, "GPU board",
-                    "GPU 0's whole-board draw as nvidia-smi reads it (not the CPU's, nor the host's)")
+                    "GPU 0's whole-board draw as nvidia-smi reads it (not the CPU's, nor the host's); "
+                    "the driver averages it over about 1 s on Ampere and newer, so a row shorter "
+                    "than that blends with its neighbours")
+NVML = Source("nvml", (), lambda line: {}, "GPU board",
+              "GPU 0's whole-board energy from NVML's total-energy counter (not the CPU's, nor the "
+              "host's), its difference over each row")
+MIN_ENERGY_S = 2.0
+MIN_UPDATES = 10  # counter changes a stretch spans, so its resolution is a tenth of it or finer
 
 
-def find_source(which: Callable[[str], str | None] = shutil.which) -> Source:
-    """tegrastats where it exists (a Jetson), else nvidia-smi (an NVIDIA driver), else refused."""
-    for source in (TEGRASTATS, NVIDIA_SMI):
-        if which(source.command[0]):
-            return source
-    raise PowerUnavailable("no power source here: neither tegrastats (a Jetson) nor nvidia-smi "
-                           "(an NVIDIA GPU driver) is on PATH, so power was not measured")
+def find_source(which: Callable[[str], str | None] = shutil.which,
+                counter: Callable[[], "EnergyCounter"] | None = None, gpu: bool = True) -> Source:
+    """tegrastats where it exists (a Jetson: the module's rails, whatever runs); for rows on an
+    x86 GPU (`gpu`), NVML's energy counter (Volta or newer, with nvidia-ml-py), else
+    nvidia-smi; else refused. A bench on the CPU takes no GPU source: the board's draw is not
+    what its rows spend."""
+    if which(TEGRASTATS.command[0]):
+        return TEGRASTATS
+    if not gpu:
+        raise PowerUnavailable("no power source for rows on the CPU: tegrastats (a Jetson) is not "
+                               "on PATH, and a GPU board's draw is not what CPU rows spend, so "
+                               "power was not measured")
+    try:
+        (counter or EnergyCounter)().close()
+        return NVML
+    except PowerUnavailable:
+        pass
+    if which(NVIDIA_SMI.command[0]):
+        return NVIDIA_SMI
+    raise PowerUnavailable("no power source here: neither tegrastats (a Jetson) nor NVML's energy "
+                           "counter nor nvidia-smi (an NVIDIA GPU driver), so power was not measured")
+
+
+class EnergyCounter:
+    """NVML's total-energy counter of GPU 0, in millijoules."""
+
+    def __init__(self):
+        try:
+            import pynvml
+        except ImportError:
+            raise PowerUnavailable("nvidia-ml-py is not installed (pip install 'resnet-edge[gpu]')") from None
+        self._nvml = pynvml
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise PowerUnavailable(f"NVML cannot start: {exc}") from None
+        try:
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self.read()
+        except pynvml.NVMLError as exc:  # NotSupported before Volta
+            self.close()
+            raise PowerUnavailable(f"GPU 0 has no NVML energy counter: {exc}") from None
+
+    def read(self) -> int:
+        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+
+    def close(self) -> None:
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError:
+            pass
+
+
+def energy_stretch(work: Callable[[], None], images_per_call: int, read: Callable[[], int],
+                   clock: Callable[[], float] = time.monotonic,
+                   min_seconds: float = MIN_ENERGY_S, min_updates: int = MIN_UPDATES,
+                   max_seconds: float = 60.0) -> dict:
+    """Run `work` until at least `min_seconds` have passed and the counter `read` (mJ) has
+    changed `min_updates` times. Average power is the counter's rise between its first and last
+    change over the time between them (the counter steps, so the stretch's own ends would
+    misread it); energy per image is that power over the stretch's time and images."""
+    last = read()
+    updates, calls, changes, start = 0, 0, [], clock()
+    while True:
+        work()
+        calls += 1
+        reading = read()
+        if reading != last:
+            updates, last = updates + 1, reading
+            changes = [changes[0] if changes else (clock(), reading), (clock(), reading)]
+        elapsed = clock() - start
+        if (elapsed >= min_seconds and updates >= min_updates) or elapsed >= max_seconds:
+            break
+    images = calls * images_per_call
+    entry = {"source": NVML.name, "covers": NVML.says, "seconds": round(elapsed, 3),
+             "samples": updates, "images": images,
+             "counter_period_ms": round(elapsed / updates * 1e3, 1) if updates else None}
+    (t0, e0), (t1, e1) = changes if len(changes) == 2 else ((0.0, 0), (0.0, 0))
+    if updates < 2 or t1 <= t0 or e1 <= e0:
+        return {**entry, "reason": f"NVML's energy counter rose {updates} times in "
+                                   f"{elapsed:.1f} s: too few to measure"}
+    mw = (e1 - e0) / (t1 - t0)  # mJ per s
+    return {**entry, "rails_mw": {"GPU board": round(mw, 1)},
+            "mj_per_image": {"GPU board": round(mw * elapsed / images, 4)},
+            "total_rail": "GPU board"}
 
 
 class Sampler:

@@ -13,6 +13,10 @@ except ImportError:  # flat in a bundle's lib/
     from trt_rules import DLA_VERSIONS, INT8_FP16_FILE, ONNX_FILES, version_tuple  # type: ignore[no-redef]
 
 
+# tf32 is fp32's model with TensorRT's TF32 flag left on (its default): a math mode, not a file
+MODEL_OF = {"tf32": "fp32"}
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """Which ONNX file and which flags one (TensorRT version, precision) needs."""
@@ -45,11 +49,11 @@ def build_plan(tensorrt_version: str, precision: str, *, int8_source: str = "aut
 
     Strongly typed int8 takes its float precision from the file too, so it builds from
     model.int8-fp16.onnx (float parts in fp16) unless `int8_float="fp32"`. fp32 engines clear
-    TF32, which TensorRT enables by default on Ampere and newer. DLA engines (8.5-10.7) have one
+    TF32, which TensorRT enables by default on Ampere and newer; tf32 engines keep it, named. DLA engines (8.5-10.7) have one
     batch size and take int8 from the calibration cache unless `int8_source="qdq"`.
     """
-    if precision not in ONNX_FILES:
-        raise ValueError(f"unknown precision {precision!r}; use fp32, fp16, int8")
+    if precision not in (*ONNX_FILES, "tf32"):
+        raise ValueError(f"unknown precision {precision!r}; use fp32, tf32, fp16, int8")
     if int8_source not in ("auto", "qdq", "cache"):
         raise ValueError(f"unknown int8 source {int8_source!r}; use auto, qdq or cache")
     if typing not in ("auto", "weak", "strong"):
@@ -65,8 +69,8 @@ def build_plan(tensorrt_version: str, precision: str, *, int8_source: str = "aut
         raise ValueError(f"{which} needs TensorRT 8.6 or newer; TensorRT {tensorrt_version} "
                          "builds engines for its own version and GPU only")
     if dla:
-        if precision == "fp32":
-            raise ValueError("DLA runs fp16 and int8 only; build fp32 for the GPU")
+        if precision in ("fp32", "tf32"):
+            raise ValueError(f"DLA runs fp16 and int8 only; build {precision} for the GPU")
         if not DLA_VERSIONS[0] <= version[:2] <= DLA_VERSIONS[1]:
             raise ValueError(f"TensorRT {tensorrt_version} has no DLA support this tool can use "
                              "(DLA builds need TensorRT 8.5-10.7: JetPack 5 or 6); drop --dla-core")
@@ -96,7 +100,7 @@ def build_plan(tensorrt_version: str, precision: str, *, int8_source: str = "aut
               # build only: trtexec otherwise benchmarks every engine it builds
               + (("--skipInference",) if version[:2] >= (8, 6) else ("--buildOnly",)))
     if strong:
-        onnx_file = ONNX_FILES[precision]
+        onnx_file = ONNX_FILES[MODEL_OF.get(precision, precision)]
         if precision == "int8" and int8_float != "fp32":
             onnx_file = INT8_FP16_FILE
         network = ("STRONGLY_TYPED",) if major == 10 else ()  # 11.x: always on, flag ignored
@@ -104,7 +108,7 @@ def build_plan(tensorrt_version: str, precision: str, *, int8_source: str = "aut
         return BuildPlan(tensorrt_version, precision, onnx_file, network, (), cleared, True,
                          False, False, version_compatible, hardware_compatible, trtexec)
     network = ("EXPLICIT_BATCH",) if major == 8 else ()
-    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[precision]
+    flags = {"fp32": (), "tf32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[precision]
     onnx_file = ONNX_FILES["int8"] if precision == "int8" and not cache else ONNX_FILES["fp32"]
     trtexec = tuple(f"--{f.lower()}" for f in flags) + common
     return BuildPlan(tensorrt_version, precision, onnx_file, network, flags, cleared, False,

@@ -188,7 +188,29 @@ class TrtRunner:
     def synchronize(self) -> None:
         _check(self._cudart, self._cudart.cudaStreamSynchronize(self.stream))
 
+    def capture(self, batch_size: int) -> None:
+        """enqueueV3 for `batch_size` captured as a CUDA graph, as trtexec's --useCudaGraph
+        does (sampleInference.cpp): one enqueue at the new shape first, outside the capture,
+        so the context's shape-dependent setup is done; then the captured enqueue."""
+        cudart = self._cudart
+        self.stage(np.zeros((batch_size, *self.max_shape[1:]), self.input_dtype))
+        self.execute()
+        self.synchronize()
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        _check(cudart, cudart.cudaStreamBeginCapture(self.stream, mode))
+        self.execute()
+        self._graph = _check(cudart, cudart.cudaStreamEndCapture(self.stream))
+        self._graph_exec = _check(cudart, cudart.cudaGraphInstantiate(self._graph, 0))
+
+    def replay(self) -> None:
+        """The captured enqueue again, on inputs already staged into the same buffers."""
+        _check(self._cudart, self._cudart.cudaGraphLaunch(self._graph_exec, self.stream))
+
     def close(self) -> None:
+        if getattr(self, "_graph_exec", None) is not None:
+            self._cudart.cudaGraphExecDestroy(self._graph_exec)
+            self._cudart.cudaGraphDestroy(self._graph)
+            self._graph_exec = self._graph = None
         for ptr in (getattr(self, "d_input", None), *getattr(self, "d_outputs", {}).values()):
             if ptr is not None:
                 self._cudart.cudaFree(ptr)

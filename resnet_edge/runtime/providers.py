@@ -1,0 +1,139 @@
+"""ONNX Runtime's execution providers as a parity tool needs them: which can really load here,
+and the options that make each row compute what its label says.
+
+`get_available_providers()` lists what the package was built with, not what can load: every
+onnxruntime-gpu wheel lists TensorRT, whether or not libnvinfer is on the machine, and asking
+for it anyway makes ONNX Runtime's Python wrapper print a red "EP Error ... Falling back" block
+and quietly retry on other providers. So each provider is probed once per process with a
+one-node session, fallback off and ONNX Runtime's log quiet; a provider that cannot load gives
+a reason, and every session this tool opens has fallback off, so none ever runs elsewhere.
+
+The options (each row records them): CUDA computes fp32 convolutions and matrix products in
+TF32 unless `use_tf32=0` (its default is 1); TensorRT's provider has no switch for TF32, which
+TensorRT turns on for fp32 on compute capability 8.0 and newer, so there its fp32 model is the
+tf32 row; fp16 and int8 are TensorRT builder switches there, per row.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from .gpu import TF32_CAPABILITY, tf32_problem
+from .ort import import_ort, make_session
+
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "cpu": "CPUExecutionProvider"}
+TITLES = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
+# cuDNN's convolution search: the heuristic pick is repeatable run to run (parity), the
+# exhaustive one is the fastest (bench, after a warm-up per batch size)
+CONV_SEARCH = {"parity": "HEURISTIC", "bench": "EXHAUSTIVE"}
+_MISSING_LIBRARY = re.compile(r"(lib[\w.+-]+?\.so[\d.]*): cannot open shared object file")
+
+
+def short_name(provider: str) -> str:
+    """'cuda' for CUDAExecutionProvider, and so on."""
+    return next((k for k, v in PROVIDERS.items() if v == provider), provider)
+
+
+def cannot_load(error: BaseException | str) -> str:
+    """An ONNX Runtime load error in a few words: the library the loader could not find, where
+    that is the cause (the common one: TensorRT or cuDNN not installed), else its first line."""
+    text = str(error)
+    missing = _MISSING_LIBRARY.search(text)
+    if missing:
+        return f"{missing.group(1)} not found"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def _probe_model() -> bytes:
+    """The smallest model every provider takes: Relu on a float vector of 4."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)  # readable by every onnxruntime this tool takes
+    return model.SerializeToString()
+
+
+@functools.cache
+def unavailable(provider: str) -> str | None:
+    """Why ONNX Runtime's `provider` ('tensorrt', 'cuda', 'cpu') cannot run here, or None when
+    it can: asked once per process, quietly."""
+    if provider == "cpu":
+        return None
+    ort = import_ort()
+    name = PROVIDERS[provider]
+    title = TITLES[provider]
+    if name not in ort.get_available_providers():
+        return (f"this onnxruntime {ort.__version__} has no {title} provider (install "
+                "onnxruntime-gpu instead of onnxruntime)")
+    if provider == "tensorrt":
+        _preload_cuda()
+    ort.set_default_logger_severity(4)  # the loader's own error line: said here in our words
+    try:
+        session = make_session(_probe_model(), [(name, {})])
+    except Exception as exc:  # noqa: BLE001 (ONNX Runtime raises its own types, or RuntimeError)
+        return f"ort on {title}: {cannot_load(exc)}"
+    finally:
+        from .. import quiet
+        ort.set_default_logger_severity(2 if quiet.Settings.verbose else 3)
+    if session.get_providers()[0] != name:
+        return f"ort on {title}: the session came up on {session.get_providers()[0]} instead"
+    return None
+
+
+def _preload_cuda() -> None:
+    """The CUDA libraries torch brought, loaded into the process before a provider looks for
+    them (what `onnxruntime.preload_dlls` does, where that exists)."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.init()
+    except ImportError:
+        pass
+
+
+def math_problem(provider: str, precision: str, capability: tuple[int, int] | None) -> str | None:
+    """Why `precision` cannot be what runs on `provider` on a GPU of `capability` (None: no
+    GPU), or None where it can."""
+    if precision == "tf32":
+        return tf32_problem("cpu" if provider == "cpu" else "cuda", capability)
+    if provider == "tensorrt" and precision == "fp32" and capability and capability >= TF32_CAPABILITY:
+        return ("ONNX Runtime's TensorRT provider has no switch to turn TF32 off, which TensorRT "
+                "uses for fp32 on this GPU: its fp32 model runs as the tf32 row")
+    return None
+
+
+def session_providers(provider: str, precision: str, *, purpose: str = "parity",
+                      cache_dir: str | Path | None = None,
+                      profile: dict | None = None, input_name: str = "input",
+                      input_shape: tuple[int, ...] = (), cuda_graph: bool = False) -> list[tuple[str, dict]]:
+    """The providers list, with options, for one row: what InferenceSession takes and what the
+    report records. `profile` is the export's batch profile {min, opt, max}; `cache_dir` where
+    TensorRT's provider keeps its engines and timing cache (under the work directory)."""
+    if provider == "cpu":
+        return [(PROVIDERS["cpu"], {})]
+    cuda = {"device_id": "0", "use_tf32": "1" if precision == "tf32" else "0",
+            "cudnn_conv_algo_search": CONV_SEARCH[purpose]}
+    if provider == "cuda":
+        return [(PROVIDERS["cuda"], {**cuda, **({"enable_cuda_graph": "1"} if cuda_graph else {})})]
+    options = {"device_id": "0",
+               "trt_fp16_enable": "1" if precision in ("fp16", "int8-fp16") else "0",
+               "trt_int8_enable": "1" if precision.startswith("int8") else "0"}
+    if cache_dir is not None:
+        where = str(Path(cache_dir) / precision)
+        options.update(trt_engine_cache_enable="1", trt_engine_cache_path=where,
+                       trt_timing_cache_enable="1", trt_timing_cache_path=where)
+    if profile is not None:
+        dims = "x".join(str(d) for d in input_shape)
+        for key, size in (("min", profile["min"]), ("opt", profile["opt"]), ("max", profile["max"])):
+            options[f"trt_profile_{key}_shapes"] = f"{input_name}:{size}x{dims}"
+    if cuda_graph:
+        options["trt_cuda_graph_enable"] = "1"
+    # what TensorRT does not take runs on CUDA, in IEEE fp32
+    return [(PROVIDERS["tensorrt"], options), (PROVIDERS["cuda"], {**cuda, "use_tf32": "0"})]

@@ -22,7 +22,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all test-browser test-avx2 test-data demo export calibrate engines clean
+.PHONY: venv test test-all test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -36,6 +36,13 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
+
+# On an NVIDIA GPU: the gpu-marked tests (default parity gates with every GPU row, tf32, CUDA
+# graphs, NVML energy, the TensorRT-provider probe, the pytest plugin), each time-limited like
+# every test. A machine without a registry runs them with its own Python: make -o venv test-gpu PY=python3
+PY ?= $(BIN)/python
+test-gpu: venv
+	$(PY) -m pytest -q -m gpu
 
 # The cpu int8 recipe on an AVX2-only CPU (no AVX-512, no VNNI), whatever this machine is: ONNX
 # Runtime under QEMU's user-mode Haswell picks its saturating VPMADDUBSW kernels (Debian's

@@ -1,6 +1,7 @@
 pytest_plugins = ["pytester"]
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +11,21 @@ import torch
 from click.testing import CliRunner
 
 from resnet_edge.cli import cli
+from resnet_edge.runtime.gpu import DEVICE_ENV
+
+
+def pytest_configure(config):
+    # tests of CPU behaviour run on the CPU whatever the machine has: `auto` resolves to this
+    # (runtime.gpu.resolve_device) in the process and in every subprocess a test starts;
+    # gpu-marked tests set their own device (the on_gpu fixture below)
+    os.environ[DEVICE_ENV] = "cpu"
+
+
+@pytest.fixture(autouse=True)
+def on_gpu(request, monkeypatch):
+    """A gpu-marked test sees `auto` as cuda, as a user's GPU machine would."""
+    if request.node.get_closest_marker("gpu"):
+        monkeypatch.setenv(DEVICE_ENV, "cuda")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,6 +24,11 @@ TABLE = [
     ("11.4.0",  "fp32", "model.onnx",            (), (),               ("--noTF32", *BUILD)),
     ("11.4.0",  "fp16", "model.fp16.onnx",       (), (),               BUILD),
     ("11.4.0",  "int8", "model.int8-fp16.onnx",  (), (),               BUILD),
+    # tf32: fp32's model with TensorRT's default TF32 left on, and named so
+    ("8.6.2",   "tf32", "model.onnx",            EB, (),               BUILD),
+    ("10.3.0",  "tf32", "model.onnx",            (), (),               BUILD),
+    ("10.13.0", "tf32", "model.onnx",            ST, (),               ("--stronglyTyped", *BUILD)),
+    ("11.4.0",  "tf32", "model.onnx",            (), (),               BUILD),
 ]
 
 
@@ -43,6 +48,11 @@ def test_implicit_int8_from_the_calibration_cache(version):
     assert plan.calibration_cache and plan.onnx_file == "model.onnx"
     assert plan.builder_flags == ("INT8", "FP16")
     assert plan.trtexec_flags[:2] == ("--int8", "--fp16")
+
+
+def test_tf32_is_a_gpu_engine_only():
+    with pytest.raises(ValueError, match="DLA runs fp16 and int8 only; build tf32 for the GPU"):
+        build_plan("10.3.0", "tf32", dla=True)
 
 
 def test_typing_choices_on_10x():

@@ -82,6 +82,27 @@ def test_standin_has_exactly_the_release_surface(version):
         trt.Builder(trt.Logger(trt.Logger.WARNING)).create_builder_config().no_such_setting = 1
 
 
+@pytest.mark.parametrize("version", FAMILIES)
+def test_a_captured_cuda_graph_replays_enqueue_on_new_inputs(version, standin, calibrated_workdir,
+                                                             tmp_path):
+    s = standin(version)
+    engine = trt_engine.build_engine(calibrated_workdir, "fp16", out_dir=tmp_path)
+    runner = trt_runner.TrtRunner(engine)
+    try:
+        runner.capture(4)
+        # captured as trtexec does: one enqueue outside the capture first, then the captured one
+        assert [a[1] for a in s.calls.args_of("cudart.cudaStreamBeginCapture")] == [
+            s.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal]
+        for shift in (0.0, 7.0):  # the replay reads whatever was staged into the same buffers
+            x = _batch(4) + shift
+            runner.stage(x)
+            runner.replay()
+            np.testing.assert_array_equal(runner.fetch()[runner.output_name], standin_logits(x, 10))
+        assert len(s.calls.named("cudart.cudaGraphLaunch")) == 2
+    finally:
+        runner.close()
+
+
 def test_cudart_standin_names_exist_in_the_real_cuda_python():
     cudart = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed here")
     missing = [name for name in CUDART_NAMES if not hasattr(cudart, name)]

@@ -288,7 +288,19 @@ def _print_bench(result: dict) -> None:
                       f"{h['images_per_s']:.1f}", f"{d['p50_ms']:.3f}" if d else "-")
     stdout.print(table)
     for s in result["skipped"]:
-        stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}: {escape(s['reason'])}")
+        batch = f" batch {s['batch_size']}" if "batch_size" in s else ""
+        stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}{batch}: {escape(s['reason'])}")
+    if result.get("graph_speedup"):
+        table = Table(title="graph/eager: how much faster a replayed CUDA graph is (p50 eager / p50 graph)")
+        for col in ("backend", "batch", "device eager ms", "device graph ms", "device x",
+                    "host x"):
+            table.add_column(col, justify="left" if col == "backend" else "right")
+        for g in result["graph_speedup"]:
+            d, h = g.get("device_compute"), g.get("host_to_host")
+            table.add_row(f"{g['backend']} {g['precision']}", str(g["batch_size"]),
+                          f"{d['eager_p50_ms']:.3f}" if d else "-", f"{d['graph_p50_ms']:.3f}" if d else "-",
+                          f"{d['ratio']:.2f}" if d else "-", f"{h['ratio']:.2f}" if h else "-")
+        stdout.print(table)
     if result.get("power", {}).get("source"):
         _print_power(result)
     compared = result.get("baseline")
@@ -314,15 +326,18 @@ def _print_bench(result: dict) -> None:
 def _print_power(result: dict) -> None:
     power = result["power"]
     table = Table(title=f"power from {power['source']}: {power['covers']}")
-    for col in ("backend", "batch", "readings", "rail", "average W", "mJ / image"):
+    # NVML's counter: the stretch each row ran for its energy, and how often the counter moved
+    readings = "counter updates / s" if power["source"] == "nvml" else "readings"
+    for col in ("backend", "batch", readings, "rail", "average W", "mJ / image"):
         table.add_column(col, justify="left" if col in ("backend", "rail") else "right")
     for r in result["results"]:
         p, batch = r["power"], str(r["host_to_host"]["batch_size"])
+        count = f"{p['samples']} / {p['seconds']:.1f}" if "seconds" in p else str(p["samples"])
         if "reason" in p:
-            table.add_row(r["device"], batch, str(p["samples"]), f"[yellow]{escape(p['reason'])}[/]", "-", "-")
+            table.add_row(r["device"], batch, count, f"[yellow]{escape(p['reason'])}[/]", "-", "-")
             continue
         for rail, mw in p["rails_mw"].items():
             name = f"{rail} (total)" if rail == p["total_rail"] else rail
-            table.add_row(r["device"], batch, str(p["samples"]), name, f"{mw / 1e3:.2f}",
+            table.add_row(r["device"], batch, count, name, f"{mw / 1e3:.2f}",
                           f"{p['mj_per_image'][rail]:.2f}")
     stdout.print(table)

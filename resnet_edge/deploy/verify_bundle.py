@@ -258,7 +258,9 @@ class OrtRunner:
         # The tensorrt recipe's Q/DQ runs as written: TensorRT's numerics, not ORT-CPU's kernels.
         as_written = precision == "int8"
         self.session = None
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        # RESNET_EDGE_DEVICE=cpu pins it to the CPU, as it pins every resnet-edge command
+        if ("CUDAExecutionProvider" in onnxruntime.get_available_providers()
+                and os.environ.get("RESNET_EDGE_DEVICE", "").strip().lower() != "cpu"):
             try:  # IEEE fp32 on CUDA (its default computes fp32 in TF32), as parity runs it
                 self.session = ort.make_session(path, [("CUDAExecutionProvider", {"use_tf32": "0"})],
                                                 disable_qdq_fusion=as_written)

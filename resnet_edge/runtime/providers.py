@@ -72,8 +72,10 @@ def unavailable(provider: str) -> str | None:
     if name not in ort.get_available_providers():
         return (f"this onnxruntime {ort.__version__} has no {title} provider (install "
                 "onnxruntime-gpu instead of onnxruntime)")
-    if provider == "tensorrt":
-        _preload_cuda()
+    _preload_cuda()
+    missing = _library_problem(ort, provider)
+    if missing:
+        return f"ort on {title}: {missing}"
     ort.set_default_logger_severity(4)  # the loader's own error line: said here in our words
     try:
         session = make_session(_probe_model(), [(name, {})])
@@ -84,6 +86,21 @@ def unavailable(provider: str) -> str | None:
         ort.set_default_logger_severity(2 if quiet.Settings.verbose else 3)
     if session.get_providers()[0] != name:
         return f"ort on {title}: the session came up on {session.get_providers()[0]} instead"
+    return None
+
+
+def _library_problem(ort, provider: str) -> str | None:
+    """The provider's own shared library loaded as ONNX Runtime would load it: the dynamic
+    loader names the first library missing (libnvinfer.so.10, libcudnn.so.9), where ONNX
+    Runtime's Python error says only "Please install TensorRT libraries"."""
+    import ctypes
+    library = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{provider}.so"
+    if not library.is_file():  # another platform's naming: the session probe says it
+        return None
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:  # a missing library only: anything else is the session probe's to say
+        return cannot_load(exc) if _MISSING_LIBRARY.search(str(exc)) else None
     return None
 
 

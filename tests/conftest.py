@@ -19,6 +19,14 @@ def pytest_configure(config):
     # (runtime.gpu.resolve_device) in the process and in every subprocess a test starts;
     # gpu-marked tests set their own device (the on_gpu fixture below)
     os.environ[DEVICE_ENV] = "cpu"
+    # pytest -n N on a many-core machine: each worker takes its share of the cores (torch here,
+    # ONNX Runtime through runtime.ort.default_threads, subprocesses through the variable),
+    # not all of them each: N x cores threads made the suite crawl on a 16-core GPU machine
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 @pytest.fixture(autouse=True)

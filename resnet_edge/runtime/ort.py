@@ -41,10 +41,20 @@ def run_batch(session, input_name: str, batch, batch_range: tuple[int, int] | No
     return session.run(None, {input_name: batch})[0][:rows]
 
 
+def default_threads() -> int:
+    """One thread per core, or $OMP_NUM_THREADS where set (as torch reads it): what keeps
+    several processes on one machine (test workers, a CI matrix) from oversubscribing it."""
+    try:
+        wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        wanted = 0
+    return wanted if wanted > 0 else os.cpu_count() or 1
+
+
 def make_session(path: str | os.PathLike | bytes, providers: Sequence = ("CPUExecutionProvider",),
                  *, threads: int | None = None, disable_qdq_fusion: bool = False,
                  optimized_model: str | os.PathLike | None = None):
-    """An InferenceSession set for speed: all graph optimizations, one thread per core.
+    """An InferenceSession set for speed: all graph optimizations, default_threads() threads.
 
     `providers`: names, or (name, options) pairs. Fallback is off: a provider that fails is an
     error here, never a quiet retry on another provider (ONNX Runtime's Python wrapper would
@@ -56,7 +66,7 @@ def make_session(path: str | os.PathLike | bytes, providers: Sequence = ("CPUExe
     ort = import_ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     if disable_qdq_fusion:
         options.add_session_config_entry("session.disable_quant_qdq", "1")

@@ -82,8 +82,11 @@ def unavailable(provider: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 (ONNX Runtime raises its own types, or RuntimeError)
         return f"ort on {title}: {cannot_load(exc)}"
     finally:
+        # ONNX Runtime's process-wide log stays quiet but for --verbose: cuDNN's frontend logs an
+        # "Error: No execution plans support the graph" line for every fused plan it tries and
+        # drops, in red, though the session runs; a real failure is an exception, said by us
         from .. import quiet
-        ort.set_default_logger_severity(2 if quiet.Settings.verbose else 3)
+        ort.set_default_logger_severity(2 if quiet.Settings.verbose else 4)
     if session.get_providers()[0] != name:
         return f"ort on {title}: the session came up on {session.get_providers()[0]} instead"
     return None

@@ -66,7 +66,10 @@ def test_a_long_bench_says_how_long_before_it_starts(digits_workdir, monkeypatch
     notices = []
     result = bench.run_bench(digits_workdir, [("ort", "fp32")], [1, 4], iterations=3, warmup=1,
                              notice=notices.append)
-    assert len(notices) == 1 and notices[0].startswith("bench will take about")
+    # said once, before; a pace note may follow (a run this short is all noise on a fast machine)
+    before = [n for n in notices if n.startswith("bench will take about")]
+    assert len(before) == 1 and notices[0] == before[0]
+    assert all(n.startswith("bench took") for n in notices[1:])
     assert "1 backends x 2 batch sizes x 3 iterations" in notices[0]
     assert isinstance(result["estimated_seconds"], float) and len(result["results"]) == 2
 

@@ -45,7 +45,10 @@ def table(report: dict) -> Table:
     title = (f"{report['model']['arch']} parity on {data['spec']} ({data['images']} images); "
              f"reference {ref['device']}" + (f" top-1 {acc['top1']:.2%}" if acc else ""))
     skipped = sum(row["status"] == "skipped" for row in report["candidates"])
-    cpu_only = "" if report["machine"].get("gpu") else "ms/batch: this CPU, not device latency"
+    # what ran, not what the machine has: a GPU machine's rows pinned to the CPU are CPU times
+    labels = [ref["device"], *(r["device"] for r in report["candidates"] if r["status"] == "ran")]
+    on_cpu = all("(cpu" in str(label).lower() for label in labels)
+    cpu_only = "ms/batch: this CPU, not device latency" if on_cpu else ""
     caption = "; ".join(filter(None, [data["accuracy_note"], cpu_only,
                                       f"{skipped} skipped (below)" if skipped else ""]))
     t = Table(title=title, caption=caption or None)

@@ -49,7 +49,7 @@ def _set_flags(s: StandIn) -> set[str]:
 def _plans():
     """Every (version, precision, int8_source, typing) the build plan accepts, with the plan."""
     for version in FAMILIES:
-        for precision in ("fp32", "fp16", "int8"):
+        for precision in ("fp32", "tf32", "fp16", "int8"):
             for source in (("auto", "qdq", "cache") if precision == "int8" else ("auto",)):
                 for typing in ("auto", "weak", "strong"):
                     try:

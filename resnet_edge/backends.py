@@ -26,7 +26,7 @@ from .errors import BadInput, MissingBackend, first_line
 from .export import ONNX_FILE_KEY
 from .export.metadata import quantization_info
 from .runtime import providers
-from .runtime.gpu import compute_capability, resolve_device, tf32_unavailable, torch_math
+from .runtime.gpu import compute_capability, placed, tf32_unavailable, torch_math
 from .runtime.ort import BatchOutOfRange, import_ort, int8_path, make_session, run_batch
 from .runtime.trt_rules import INT8_FP16_FILE, ONNX_FILES
 
@@ -175,8 +175,11 @@ class TorchGraph(Graph):
                 eager.execute(self.static_in)
         torch.cuda.current_stream().wait_stream(side)
         self.cuda_graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch_math(eager.precision), torch.cuda.graph(self.cuda_graph):
-            self.static_out = eager.model(self.static_in)
+        try:
+            with torch.inference_mode(), torch_math(eager.precision), torch.cuda.graph(self.cuda_graph):
+                self.static_out = eager.model(self.static_in)
+        except RuntimeError as exc:  # an op that cannot be captured, say
+            raise BackendUnavailable(f"torch could not capture a CUDA graph: {first_line(exc)}") from None
 
     def stage(self, batch: np.ndarray):
         self.static_in.copy_(torch.from_numpy(self.padded(batch)))
@@ -216,6 +219,7 @@ class OrtBackend(Backend):
         self.name, self.precision, self.path, self.batch_range = name, precision, Path(onnx_path), batch_range
         self.provider_name, self.purpose, self.cache_dir = provider, purpose, cache_dir
         self.profile = profile
+        self.input_dims = self._input_dims()
         self.providers = self._providers()
         report = precision.startswith("int8") and provider == "cpu"
         self.disable_qdq_fusion = disable_qdq_fusion
@@ -239,18 +243,18 @@ class OrtBackend(Backend):
             self.binding = self.session.io_binding()
 
     def _providers(self, cuda_graph: bool = False) -> list[tuple[str, dict]]:
-        shape = tuple(self._input_dims())
         return providers.session_providers(self.provider_name, self.precision, purpose=self.purpose,
                                            cache_dir=self.cache_dir, profile=self.profile,
-                                           input_shape=shape, cuda_graph=cuda_graph)
+                                           input_shape=self.input_dims, cuda_graph=cuda_graph)
 
-    def _input_dims(self) -> list[int]:
-        """(3, H, W) as the ONNX file declares its input, for the TensorRT provider's profile."""
+    def _input_dims(self) -> tuple[int, ...]:
+        """(3, H, W) as the ONNX file declares its input, for the TensorRT provider's profile;
+        read once, and only where that provider needs it."""
         if self.provider_name != "tensorrt" or self.profile is None:
-            return []
+            return ()
         import onnx
         dims = onnx.load(str(self.path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        return [d.dim_value for d in dims[1:]]
+        return tuple(d.dim_value for d in dims[1:])
 
     @property
     def label(self) -> str:
@@ -260,7 +264,7 @@ class OrtBackend(Backend):
 
     @property
     def settings(self) -> dict:
-        return {"providers": [[name, dict(options)] for name, options in self.providers]}
+        return _provider_settings(self.providers)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -321,12 +325,15 @@ class OrtGraph(Graph):
         self.binding.bind_ortvalue_input(inp.name, self.x)
         self.binding.bind_ortvalue_output(out.name, self.y)
         self.input_type = _numpy_type(inp.type)
-        self.session.run_with_iobinding(self.binding)  # captures
+        try:
+            self.session.run_with_iobinding(self.binding)  # captures
+        except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
+            raise BackendUnavailable(f"ONNX Runtime could not capture a CUDA graph: "
+                                     f"{first_line(exc)}") from None
 
     @property
     def settings(self) -> dict:
-        return {"providers": [[name, dict(options)] for name, options in self.providers],
-                "cuda_graph": True}
+        return {**_provider_settings(self.providers), "cuda_graph": True}
 
     def stage(self, batch: np.ndarray):
         self.x.update_inplace(np.ascontiguousarray(self.padded(batch), dtype=self.input_type))
@@ -340,6 +347,10 @@ class OrtGraph(Graph):
 
     def synchronize(self) -> None:
         self.binding.synchronize_outputs()
+
+
+def _provider_settings(session_providers: list[tuple[str, dict]]) -> dict:
+    return {"providers": [[name, dict(options)] for name, options in session_providers]}
 
 
 def _numpy_type(onnx_type: str):
@@ -460,18 +471,13 @@ CPU_FP16 = ("torch fp16 runs on a GPU unless asked for: CPUs have no fast fp16 k
             "costs ~40x fp32 time here (ask with --backends torch --precisions fp16)")
 
 
-def _where(device: str) -> str:
-    """cpu or cuda for --device; an explicit cuda stays cuda (a backend then says it is missing)."""
-    return resolve_device("auto") if device == "auto" else device
-
-
 def ort_provider(name: str, device: str) -> str:
     """The provider an ONNX Runtime row runs on: the one its backend names (ort-cuda...), or for
     plain `ort` the device's: CUDA on a GPU (with `auto`, the CPU provider where CUDA's cannot
     load, and the row is labelled so), the CPU provider on a CPU."""
     if name in ORT_PROVIDER_BACKENDS:
         return ORT_PROVIDER_BACKENDS[name]
-    if _where(device) == "cpu":
+    if placed(device) == "cpu":
         return "cpu"
     return "cpu" if device == "auto" and providers.unavailable("cuda") else "cuda"
 
@@ -490,7 +496,7 @@ def open_backend(name: str, precision: str, workdir: str | os.PathLike, *,
             bare = open_dir(workdir).manifest.get(ONNX_FILE_KEY)
             raise BackendUnavailable(f"{bare} is a bare ONNX file: no PyTorch model came with it"
                                      if bare else "no PyTorch model (model.pt) in the work directory")
-        where = _where(device)
+        where = placed(device)
         if precision == "fp16" and where == "cpu" and not cpu_fp16:
             raise BackendUnavailable(CPU_FP16)
         return TorchBackend(model, precision, where)

@@ -16,7 +16,7 @@ from .export import check_batch_sizes, export_profile, open_workdir
 from .runtime import power as energy
 from .runtime import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
-from .runtime.gpu import resolve_device
+from .runtime.gpu import placed
 from .runtime.latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
@@ -80,7 +80,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
         sampler = counter = None
         if power:
             try:
-                source = energy.find_source(gpu=_on_gpu(device))
+                source = energy.find_source(gpu=placed(device) == "cuda")
                 if source is energy.NVML:
                     counter = energy.EnergyCounter()
                     stack.callback(counter.close)
@@ -131,10 +131,6 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped,
             **({"graph_speedup": graph_speedup(results)} if cuda_graph else {}),
             **({"power": power_note or _power_source(sampler, counter)} if power else {})}
-
-
-def _on_gpu(device: str) -> bool:
-    return (resolve_device(device) if device == "auto" else device) == "cuda"
 
 
 def _power_source(sampler, counter) -> dict:

@@ -176,6 +176,15 @@ def test_a_counter_that_does_not_move_gives_a_reason_not_a_number():
     assert "rails_mw" not in stuck and "rose 0 times" in stuck["reason"] and stuck["seconds"] <= 5.5
 
 
+def test_a_counter_that_fails_mid_row_is_that_rows_reason():
+    board = Board(watts=200, period=0.25, step=0.1)
+
+    def gone():
+        raise power.PowerUnavailable("NVML's energy counter could not be read: GPU is lost")
+    row = power.energy_stretch(board.work, 1, gone, clock=board.clock)
+    assert "rails_mw" not in row and "GPU is lost" in row["reason"]
+
+
 def test_the_source_is_whatever_this_machine_has():
     have = lambda *names: (lambda tool: f"/usr/bin/{tool}" if tool in names else None)  # noqa: E731
     assert power.find_source(have("tegrastats", "nvidia-smi")) is power.TEGRASTATS

@@ -2,6 +2,7 @@
 the decisions, checked here without a GPU; tests/test_gpu.py runs them on one."""
 
 import json
+import os
 
 import pytest
 
@@ -97,6 +98,15 @@ def test_cpu_tests_run_on_the_cpu_whatever_the_machine_has():
     assert gpu.resolve_device("auto") == "cpu"  # conftest pins it for every test but gpu ones
 
 
+def test_thread_count_follows_omp_num_threads_or_the_cores(monkeypatch):
+    from resnet_edge.runtime.ort import default_threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    for hostile in ("", "abc", "-4", "0", "1e9"):
+        monkeypatch.setenv("OMP_NUM_THREADS", hostile)
+        assert default_threads() == (os.cpu_count() or 1), hostile
+
+
 def test_time_limits_bound_every_test(request):
     assert request.config.pluginmanager.hasplugin("timeout")
     assert float(request.config.getini("timeout")) > 0
@@ -113,8 +123,9 @@ def test_ort_providers_side_by_side_and_each_row_says_where_it_ran(digits_workdi
     assert rows[("ort-cpu", "fp32")]["device"] == "ort fp32 (CPU)"
     assert rows[("ort-cpu", "fp32")]["settings"] == {"providers": [["CPUExecutionProvider", {}]]}
     assert "GPU math mode" in rows[("ort-cpu", "tf32")]["reason"]
-    assert rows[("ort-tensorrt", "fp32")]["status"] == "skipped"
-    # named by the user, so not running is exit 3, said in one line per row, never ORT's block
+    if providers.unavailable("tensorrt"):  # (a GPU machine with TensorRT runs the row)
+        assert rows[("ort-tensorrt", "fp32")]["reason"] == providers.unavailable("tensorrt")
+    # named by the user, so not running (tf32 on the CPU) is exit 3, one line per row, never ORT's block
     assert result.exit_code == 3
     assert "EP Error" not in capfd.readouterr().out + result.output
 

@@ -19,7 +19,7 @@ from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import check_batch_sizes, export_profile, open_workdir
 from ..backends import (CPU_FP16, ORT_PROVIDER_BACKENDS, Backend, BackendUnavailable,
                         artifact_hashes, open_backend)
-from ..runtime.gpu import resolve_device, tf32_unavailable
+from ..runtime.gpu import placed, tf32_unavailable
 from ..runtime.latency import LatencyStats, describe_machine
 from .gates import GateResult, Thresholds, evaluate_gates, for_precision
 from ..metrics import NEAR_TIE_FACTOR, Accuracy, LogitComparison
@@ -69,8 +69,7 @@ class _Row:
 
 def default_precisions(device: str = "auto") -> list[str]:
     """Every precision that can run on `device`: tf32 only on a GPU that has it."""
-    where = resolve_device(device) if device == "auto" else device
-    return [p for p in PRECISIONS if p != "tf32" or not tf32_unavailable(where)]
+    return [p for p in PRECISIONS if p != "tf32" or not tf32_unavailable(placed(device))]
 
 
 def with_providers(backends: list[str], ort_providers: list[str] | None) -> list[str]:

@@ -40,6 +40,12 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def placed(device: str) -> str:
+    """cpu or cuda for a --device value: auto resolved; an explicit cuda stays cuda even without
+    a GPU, so the backend asked for says it is missing (exit 3) rather than bad usage."""
+    return resolve_device("auto") if device == "auto" else device
+
+
 def compute_capability() -> tuple[int, int] | None:
     """GPU 0's compute capability as torch reads it; None without a GPU."""
     import torch

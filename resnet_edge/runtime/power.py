@@ -127,7 +127,10 @@ class EnergyCounter:
             raise PowerUnavailable(f"GPU 0 has no NVML energy counter: {exc}") from None
 
     def read(self) -> int:
-        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        try:
+            return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except self._nvml.NVMLError as exc:  # the driver went away, say: that row's reason
+            raise PowerUnavailable(f"NVML's energy counter could not be read: {exc}") from None
 
     def close(self) -> None:
         try:
@@ -144,6 +147,13 @@ def energy_stretch(work: Callable[[], None], images_per_call: int, read: Callabl
     changed `min_updates` times. Average power is the counter's rise between its first and last
     change over the time between them (the counter steps, so the stretch's own ends would
     misread it); energy per image is that power over the stretch's time and images."""
+    try:
+        return _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_seconds)
+    except PowerUnavailable as exc:
+        return {"source": NVML.name, "covers": NVML.says, "samples": 0, "reason": str(exc)}
+
+
+def _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_seconds) -> dict:
     last = read()
     updates, calls, changes, start = 0, 0, [], clock()
     looked = start

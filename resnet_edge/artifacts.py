@@ -19,12 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__, strictjson
+from . import __version__, outputs, strictjson
 from .errors import BadInput, disk_problem
 
 MANIFEST = "manifest.json"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _TRACKED_PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
                      "tensorrt", "numpy")
 
@@ -39,28 +37,20 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds."""
-    final = Path(final)
+    """Yield a temporary path whose bytes become `final` when the block succeeds
+    (`outputs.written`: a regular file replaced by a rename, a device or pipe written through,
+    anything else refused), with a refusal or a full disk said in one line (exit 2)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=final.parent)
-    except OSError as exc:
-        raise BadInput(disk_problem(final, exc) or f"cannot write {final}: {exc.strerror}") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp makes 0600, and so do libraries that write atomically themselves (replacing
-        # tmp_path with their own temporary file); artifacts are ordinary files
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, final)
+        with outputs.written(final, temp_prefix(Path(final).name)) as tmp_path:
+            yield tmp_path
+    except outputs.OutputRefused as exc:
+        raise BadInput(str(exc)) from None
     except Exception as exc:
         # a library that ran out of disk rarely says so (torch.onnx: "unexpected pos")
         problem = disk_problem(final, exc) if isinstance(exc, (OSError, RuntimeError)) else None
         if problem:
             raise BadInput(problem) from None
         raise
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def temp_prefix(name: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import strictjson
 from .artifacts import open_dir
-from .errors import BadInput, well_formed
+from .errors import BadInput, number_in, well_formed
 from .export import check_batch_sizes, export_profile, open_workdir
 from .runtime import power as energy
 from .runtime import regression
@@ -228,6 +228,7 @@ def compare_to_baseline(result: dict, baseline: dict, where: str,
                         max_regression_pct: float = regression.MAX_REGRESSION_PCT) -> dict:
     """Each (backend, precision, batch) both reports measured, judged from their samples; a
     baseline from other hardware, or of another model, is refused naming what differs."""
+    max_regression_pct = number_in(max_regression_pct, 0, 1000, "the latency regression gate (%)")
     refuse_incomparable(baseline, result["model"], result["machine"], where)
     with well_formed(where, "baseline"):
         return _compare(result, baseline, where, max_regression_pct)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import shutil
 
 
@@ -40,6 +41,17 @@ class MissingBackend(ResnetEdgeError):
 class DataWarning(UserWarning):
     """Data that was read with something left out (non-image files skipped): the CLI prints it
     as a warning line, and a notebook shows it as any Python warning."""
+
+
+def number_in(value, low: float, high: float, what: str) -> float:
+    """A number given to the library (the API, the pytest plugin), checked as the command line
+    checks its options: a real number (not a bool, not text), finite (NaN passes every
+    comparison, so a NaN gate never fails) and within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadInput(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise BadInput(f"{what} {value} is outside {low:g}..{high:g}")
+    return float(value)
 
 
 @contextlib.contextmanager

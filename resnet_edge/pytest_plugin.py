@@ -164,12 +164,13 @@ class CandidateGates(pytest.Collector):
 
 class ParityGates(pytest.Collector):
     def collect(self):
-        from .errors import BadInput
+        from .errors import BadInput, number_in
         from .parity.baseline import read_baseline
         from .parity.gates import load_thresholds
         from .parity.run import candidates
         opt = self.config.getoption
         try:  # bad options are one line, as on the command line, not a traceback
+            number_in(opt("parity_max_accuracy_drop_pt"), 0, 100, "--parity-max-accuracy-drop-pt")
             baseline = opt("parity_baseline") and read_baseline(opt("parity_baseline"))
             run = ParityRun(self.config, load_thresholds(opt("parity_thresholds")), baseline or None)
             pairs = candidates(_backends(self.config), _csv(opt("parity_precisions")))

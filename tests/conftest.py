@@ -1,6 +1,7 @@
 pytest_plugins = ["pytester"]
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -103,3 +104,24 @@ def calibrated_workdir(digits_workdir, tmp_path_factory):
     shutil.copytree(digits_workdir, work)
     calibrate(work, "digits:train", samples=128, method="minmax", holdout=50)
     return work
+
+
+@pytest.fixture(scope="session")
+def measured(digits_workdir, tmp_path_factory):
+    """A bench --json report of the digits model: ort fp32 at batch 1 and 8."""
+    path = tmp_path_factory.mktemp("bench") / "main.json"
+    result = CliRunner().invoke(cli, ["bench", str(digits_workdir), "--backends", "ort", "--precisions",
+                                      "fp32", "--batch-sizes", "1,8", "--iterations", "60",
+                                      "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def parity_main(calibrated_workdir, tmp_path_factory):
+    """A parity --json report of the calibrated digits model: ort fp32 and int8, 128 images."""
+    path = tmp_path_factory.mktemp("parity") / "main.json"
+    result = CliRunner().invoke(cli, ["parity", str(calibrated_workdir), "--backends", "ort",
+                                      "--precisions", "fp32,int8", "--limit", "128", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(path.read_text())

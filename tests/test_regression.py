@@ -44,18 +44,6 @@ def test_the_false_alarm_rate_on_identical_noisy_runs_is_small():
     assert verdicts.count("regression") <= 2 and "pass" in verdicts
 
 
-@pytest.fixture(scope="module")
-def measured(digits_workdir, tmp_path_factory):
-    from click.testing import CliRunner
-    from resnet_edge.cli import cli
-    path = tmp_path_factory.mktemp("bench") / "main.json"
-    result = CliRunner().invoke(cli, ["bench", str(digits_workdir), "--backends", "ort", "--precisions",
-                                      "fp32", "--batch-sizes", "1,8", "--iterations", "60",
-                                      "--json", str(path)])
-    assert result.exit_code == 0, result.output
-    return json.loads(path.read_text())
-
-
 def _baseline(report, tmp_path, scale=1.0, **machine):
     changed = json.loads(json.dumps(report))
     for row in changed["results"]:
@@ -103,17 +91,6 @@ def test_a_baseline_from_other_hardware_is_refused_naming_it(measured, digits_wo
 
 
 # ---- parity against a baseline ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def parity_main(calibrated_workdir, tmp_path_factory):
-    from click.testing import CliRunner
-    from resnet_edge.cli import cli
-    path = tmp_path_factory.mktemp("parity") / "main.json"
-    result = CliRunner().invoke(cli, ["parity", str(calibrated_workdir), "--backends", "ort",
-                                      "--precisions", "fp32,int8", "--limit", "128", "--json", str(path)])
-    assert result.exit_code == 0, result.output
-    return json.loads(path.read_text())
-
 
 def _parity_baseline(report, tmp_path, top1_shift=0.0, **data):
     changed = json.loads(json.dumps(report))

@@ -3,6 +3,8 @@ options several commands take, and the printing several commands do."""
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import click
@@ -64,6 +66,8 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     """
     if quiet and verbose:
         raise BadInput("--quiet and --verbose contradict each other; drop one")
+    from ..epoch import source_date_epoch
+    source_date_epoch()  # before any library reads it (numpy.f2py does, with int(), on import)
     console.configure(quiet=quiet, verbose=verbose)
 
 
@@ -116,30 +120,60 @@ ORT_PROVIDERS_OPTION = click.option(
     help="ONNX Runtime's providers, side by side: a comma list of tensorrt, cuda, cpu, each "
     "probed before use and its rows named ort-<provider> [the device's: cuda on a GPU, cpu].")
 
+class Finite(click.FloatRange):
+    """A number option that refuses nan and inf: NaN passes every comparison, so a NaN gate or
+    range would never fail."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 # the baseline gates parity, bench and pipeline share
 MAX_ACCURACY_DROP_OPTION = click.option(
-    "--max-accuracy-drop-pt", type=click.FloatRange(0, 100), default=0.5, show_default=True,
+    "--max-accuracy-drop-pt", type=Finite(0, 100), default=0.5, show_default=True,
     help="With --baseline: the most a row's top-1 may fall, in percentage points.")
 MAX_LATENCY_REGRESSION_OPTION = click.option(
-    "--max-latency-regression-pct", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
+    "--max-latency-regression-pct", type=Finite(0, 1000), default=10.0, show_default=True,
     help="With --baseline: a p50 this much slower fails, when the 95 % confidence interval of the "
     "ratio lies wholly past it (inconclusive when it straddles).")
 
 
-def writable(json_path: Path | None, **files: Path | None) -> None:
+def writable(json_path: Path | None, inputs: tuple = (), **files: Path | None) -> None:
     """Output paths are checked before the work, so a bad one costs nothing (exit 2). Only
-    --json writes to standard output (-); report files named by option (`html=...`) may not."""
+    --json writes to standard output (-); report files named by option (`html=...`) may not.
+    A device or pipe (/dev/null, /dev/stdout) is written through, anything else that is not a
+    regular file is refused, and so is an output that is one of the command's `inputs`."""
     from ..artifacts import ensure_writable_dir
+    from ..outputs import OutputRefused, output_target
     for option, path in files.items():
         if path is not None and str(path) == "-":
             raise BadInput(f"--{option} - would write a file named '-': give --{option} a file "
                            "name (only --json writes to standard output)")
-    for path in (json_path, *files.values()):
+    outputs = {"json": json_path, **files}
+    for option, path in outputs.items():
         if path is None or str(path) == "-":
             continue
-        if path.is_dir():
-            raise BadInput(f"{path} is a folder; give a file name")
-        ensure_writable_dir(path.parent)
+        try:
+            stream, target = output_target(path)
+        except OutputRefused as exc:
+            raise BadInput(str(exc)) from None
+        for given in inputs:
+            if given is not None and target.exists() and Path(given).exists() \
+                    and os.path.samefile(target, given):
+                raise BadInput(f"--{option} {path} is one of this command's inputs, which it would "
+                               "overwrite; write elsewhere")
+        if not stream:
+            ensure_writable_dir(target.parent)
+    named = [(o, p) for o, p in outputs.items() if p is not None and str(p) != "-"]
+    for i, (option, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if os.path.abspath(path) == os.path.abspath(other_path) and not Path(path).is_char_device():
+                raise BadInput(f"--{option} and --{other} both name {path}; give each its own file")
 
 
 def csv_list(value: str) -> list[str]:
@@ -166,8 +200,8 @@ def _float3(value: str | None, option: str):
         numbers = [float(v) for v in csv_list(value)]
     except ValueError:
         numbers = []
-    if len(numbers) != 3:
-        raise BadInput(f"{option} takes three numbers, one per RGB channel (e.g. 0.5,0.5,0.5), "
+    if len(numbers) != 3 or not all(map(math.isfinite, numbers)):
+        raise BadInput(f"{option} takes three finite numbers, one per RGB channel (e.g. 0.5,0.5,0.5), "
                        f"got {value!r}")
     return numbers
 

@@ -101,7 +101,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 
     from ..parity.baseline import change, compare, read_baseline
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
-    writable(json_path, markdown=markdown, junit=junit, html=html)
+    writable(json_path, (baseline, thresholds), markdown=markdown, junit=junit, html=html)
     old = read_baseline(baseline) if baseline else None  # checked before the work
     explicit = backends is not None or precisions is not None or ort_providers is not None
     cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
@@ -176,7 +176,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     sizes = parse_sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
-    writable(json_path)
+    writable(json_path, (baseline,))
     old = read_baseline(baseline) if baseline else None  # checked before the work
     if old is not None:
         if iterations < 2:
@@ -226,7 +226,7 @@ def report_(reports, html, markdown, json_path) -> None:
     from ..artifacts import write_text_atomic
     from ..parity import fleet
 
-    writable(json_path, html=html, markdown=markdown)
+    writable(json_path, reports, html=html, markdown=markdown)
     runs = fleet.read_reports(list(reports))
     keys, cells = fleet.matrix(runs)
     table = Table(title=f"{runs[0][1]['model']['arch']}: {len(runs)} runs")

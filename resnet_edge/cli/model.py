@@ -11,7 +11,7 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, err, note, stdout, wrote
 from ..errors import BadInput
-from .common import JSON_OPTION, cli, default_out, export_options, export_request, writable
+from .common import JSON_OPTION, Finite, cli, default_out, export_options, export_request, writable
 
 
 # ---- models --------------------------------------------------------------------------------
@@ -110,13 +110,13 @@ def export(source, out, force, json_path, **options) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<arch>-<data>].")
 @click.option("--epochs", type=int, help="Epochs [digits 30, cifar10 30, imagefolder 10].")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Images per SGD step.")
-@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak SGD learning rate.")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=float, help="L2 penalty [5e-4 for inputs <= 64 px, else 1e-4].")
+@click.option("--lr", type=Finite(), default=0.1, show_default=True, help="Peak SGD learning rate.")
+@click.option("--momentum", type=Finite(), default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=Finite(), help="L2 penalty [5e-4 for inputs <= 64 px, else 1e-4].")
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True,
               help="Learning rate: cosine to 0, or x0.1 at 50% and 75% of the epochs.")
-@click.option("--warmup-epochs", type=float, help="Linear warm-up [5 when batch > 256, else 0].")
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+@click.option("--warmup-epochs", type=Finite(), help="Linear warm-up [5 when batch > 256, else 0].")
+@click.option("--label-smoothing", type=Finite(), default=0.0, show_default=True,
               help="Cross-entropy label smoothing.")
 @click.option("--pretrained", help="Fine-tune torchvision weights (e.g. IMAGENET1K_V2) with a new head.")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False),

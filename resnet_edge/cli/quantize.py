@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .. import console
 from ..console import emit_json, note, stdout, warn, wrote
-from .common import JSON_OPTION, cli, resolve_workdir, writable
+from .common import JSON_OPTION, Finite, cli, resolve_workdir, writable
 
 
 @cli.command()
@@ -21,7 +21,7 @@ from .common import JSON_OPTION, cli, resolve_workdir, writable
               help="Compare this ONNX file instead (a conversion of the same model).")
 @click.option("--data", "data_spec", help="Images to run (data spec) [the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
 @click.option("--images", type=int, default=8, show_default=True, help="How many images.")
-@click.option("--tolerance", type=float,
+@click.option("--tolerance", type=Finite(),
               help="Relative (L2) error a layer may reach [fp16 0.01, int8 0.1].")
 @click.option("--backend", type=click.Choice(["auto", "trt", "ort"]), default="auto", show_default=True,
               help="trt: a TensorRT debug engine with every compared tensor marked as an output "

@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, stdout, warn, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
-from .common import (JSON_OPTION, TARGET_NAMES, TARGETS_HELP, cli, csv_list, failed_gates,
+from .common import (JSON_OPTION, TARGET_NAMES, Finite, TARGETS_HELP, cli, csv_list, failed_gates,
                      resolve_workdir, writable)
 
 
@@ -168,7 +168,7 @@ def keygen(out, name, force) -> None:
 @click.option("--triton-accelerator", type=click.Choice(["none", "fp16", "int8"]), default="none",
               show_default=True, help="With --target triton: run the ONNX model through ONNX "
               "Runtime's TensorRT execution accelerator in fp16 or int8 (the int8 Q/DQ model).")
-@click.option("--classifier-threshold", type=float, default=0.0, show_default=True,
+@click.option("--classifier-threshold", type=Finite(), default=0.0, show_default=True,
               help="With --target deepstream: nvinfer attaches a label only when its probability "
               "is above this (0 labels every frame with its top-1 class).")
 @click.option("--release", help="A release name (e.g. v9) signed with the bundle's name, target "
@@ -266,7 +266,7 @@ def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, r
     if key is None and not allow_unsigned:
         raise BadInput(NEEDS_KEY)
     try:
-        min_created = created_bound(min_created) if min_created else None
+        min_created = created_bound(min_created) if min_created is not None else None
     except BundleError as exc:
         raise BadInput(str(exc)) from None
     with tempfile.TemporaryDirectory() as tmp, console.steps() as step:

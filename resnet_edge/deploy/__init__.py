@@ -20,6 +20,7 @@ from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, open_dir, sha
 from ..calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME
 from ..calibration.dataset import balanced_indices
 from ..data import batches, data_for, match_classes, open_data
+from ..epoch import source_date_epoch
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import FP16_NAME, ONNX_NAME, export_profile, open_workdir
 from ..export.metadata import load_onnx, opset_of, quantization_info
@@ -40,7 +41,7 @@ LIB = {**{f"{name}.py": RUNTIME / f"{name}.py" for name in ("trt_engine", "trt_p
        "ort.py": RUNTIME / "ort.py", "gates.py": PARITY / "gates.py", "metrics.py": HERE.parent / "metrics.py",
        "archive.py": HERE / "archive.py", "signing.py": HERE / "signing.py",
        "serving.py": HERE / "serving.py",
-       "strictjson.py": HERE.parent / "strictjson.py"}
+       "strictjson.py": HERE.parent / "strictjson.py", "outputs.py": HERE.parent / "outputs.py"}
 
 
 @dataclass
@@ -264,12 +265,9 @@ def creation_time(workdir: WorkDir, files: list[str]) -> int:
     reproducible-builds convention), else when the newest file it packs was made. Not the
     clock: the same inputs give the same bytes, so a signed bundle can be rebuilt and compared."""
     from datetime import datetime
-    if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
-        try:
-            return int(os.environ["SOURCE_DATE_EPOCH"])
-        except ValueError:
-            raise BadInput(f"SOURCE_DATE_EPOCH={os.environ['SOURCE_DATE_EPOCH']!r} is not a whole "
-                           "number of seconds since 1970") from None
+    epoch = source_date_epoch()
+    if epoch is not None:
+        return epoch
     times, records = [], workdir.manifest["files"]
     for name in filter(records.__contains__, files):  # external data has its model's record
         made = records[name].get("created")

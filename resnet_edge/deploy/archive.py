@@ -13,6 +13,7 @@ device loads, holding every archive check in one place.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -77,19 +78,33 @@ def read_identity(manifest: dict) -> dict | None:
             and isinstance(identity["target"], str) and PLAIN_NAME.fullmatch(identity["target"])
             and (identity["release"] is None or (isinstance(identity["release"], str)
                                                  and PLAIN_NAME.fullmatch(identity["release"])))
-            and isinstance(identity["created"], str) and _CREATED.fullmatch(identity["created"])):
+            and real_time(identity["created"])):
         raise BundleError(f"{MANIFEST} has a malformed '{IDENTITY}' record; the bundle is damaged "
                           "or forged")
     return identity
 
 
 def created_bound(text: str) -> str:
-    """--min-created as the bundle's own time format: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ."""
+    """--min-created as the bundle's own time format: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, a
+    real calendar time (2026-02-30 is refused, not compared as text); the empty string of an
+    unset CI variable is refused too, since taking it as "no bound" would turn replay
+    protection off unseen."""
     bound = f"{text}T00:00:00Z" if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text or "") else text
-    if not _CREATED.fullmatch(bound or ""):
+    if not real_time(bound):
         raise BundleError(f"--min-created {text!r} is not a date (YYYY-MM-DD) or a UTC time "
                           "(YYYY-MM-DDTHH:MM:SSZ)")
     return bound
+
+
+def real_time(text) -> bool:
+    """Whether `text` is a bundle time (YYYY-MM-DDTHH:MM:SSZ) that names a real moment, year 1 on."""
+    if not isinstance(text, str) or not _CREATED.fullmatch(text):
+        return False
+    try:
+        datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def parse_manifest(data: bytes) -> dict:

@@ -40,7 +40,7 @@ import numpy as np
 
 try:  # inside the resnet_edge package
     from .. import strictjson
-    from .. import metrics
+    from .. import metrics, outputs
     from ..parity import gates
     from ..runtime import cpu, ort, timing, trt_engine, trt_plan, trt_rules, trt_runner
     from . import archive, signing
@@ -54,6 +54,7 @@ except ImportError:  # as verify.py in an extracted bundle
     import gates
     import metrics
     import ort
+    import outputs
     import signing
     import strictjson
     import timing
@@ -105,6 +106,7 @@ def check_identity(manifest: dict, name: str, min_created: str | None) -> dict |
         raise BundleError(f"the bundle was made as {identity['name']!r} but is named {name!r}: "
                           "renamed or repacked after it was made; verify it under its own name")
     if min_created is not None:
+        min_created = archive.created_bound(min_created)  # callers of verify() checked as the CLI
         if identity is None:
             raise BundleError("the bundle records no creation time (made before bundles were "
                               "dated), so --min-created cannot hold it; make it again")
@@ -446,10 +448,15 @@ def verdict_line(report: dict) -> str:
 
 
 def _write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(strictjson.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    """verify.json as every output of the tool is written (`outputs.written`): /dev/null and
+    /dev/stdout written through, a regular file replaced whole, anything else refused."""
+    try:
+        if not outputs.is_stream(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with outputs.written(path) as tmp:
+            tmp.write_text(strictjson.dumps(report, indent=2) + "\n")
+    except (outputs.OutputRefused, OSError) as exc:
+        raise BundleError(f"cannot write the report: {exc}") from None
 
 
 def main(argv=None) -> int:
@@ -479,7 +486,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.key = Path(args.key) if args.key else None
-        min_created = archive.created_bound(args.min_created) if args.min_created else None
+        min_created = archive.created_bound(args.min_created) if args.min_created is not None else None
+        if args.json is not None:
+            outputs.output_target(args.json)  # a refused --json refused before the work
         with tempfile.TemporaryDirectory() as tmp:
             folder = args.bundle
             if folder.is_file():
@@ -494,11 +503,18 @@ def main(argv=None) -> int:
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except outputs.OutputRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except trt_rules.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     out = args.json or Path(report["device_dir"]) / "verify.json"
-    _write_report(report, out)
+    try:
+        _write_report(report, out)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
     for line in integrity_lines(report):
         print(line)
     for row in report["results"]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import strictjson
-from ..errors import BadInput, well_formed
+from ..errors import BadInput, number_in, well_formed
 from .run import SCHEMA, saved_logits
 
 MAX_ACCURACY_DROP_PT = 0.5
@@ -29,6 +29,7 @@ def compare(report: dict, baseline: dict, where: str,
             max_drop_pt: float = MAX_ACCURACY_DROP_PT) -> dict:
     """Each row both runs measured; refused when the two runs are of other models or other
     evaluation sets, whose accuracies say nothing of each other."""
+    max_drop_pt = number_in(max_drop_pt, 0, 100, "the most accuracy may drop (points)")
     with well_formed(where, "baseline"):
         return _compare(report, baseline, where, max_drop_pt)
 

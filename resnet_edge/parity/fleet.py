@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from html import escape
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def differences(reports: list[tuple[Path, dict]]) -> list[tuple[str, list[str]]]
 
 def page(reports: list[tuple[Path, dict]], out: Path) -> str:
     keys, cells = matrix(reports)
-    heads = "".join(f"<th><a href='{escape(os.path.relpath(path, out.parent))}'>{escape(name)}</a>"
+    heads = "".join(f"<th><a href='{escape(_href(path, out))}'>{escape(name)}</a>"
                     f"<br><span class='muted'>{escape(where(report))}</span></th>"
                     for name, (path, report) in zip(names(reports), reports))
     rows = "".join(
@@ -177,6 +178,12 @@ def page(reports: list[tuple[Path, dict]], out: Path) -> str:
             "(new / baseline) or the change in points.</p>"
             f"<table id='fleet'><tr><th>kind</th><th>backend</th><th>batch</th>{heads}</tr>{rows}</table>"
             f"{provenance}</body></html>\n")
+
+
+def _href(report: Path, page: Path) -> str:
+    """A report's link from the page: a relative path, percent-encoded, so no file name
+    (`javascript:alert(1)`, `https://...`) can read as a scheme; the page runs no script."""
+    return urllib.parse.quote(os.path.relpath(os.path.abspath(report), os.path.abspath(page.parent)))
 
 
 def _klass(text: str) -> str:

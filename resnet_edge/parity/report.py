@@ -17,6 +17,7 @@ from xml.etree import ElementTree as ET
 from rich.table import Table
 
 from ..artifacts import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..outputs import is_stream
 from . import plots
 from .plots import percent
 from .gates import describe
@@ -109,10 +110,12 @@ def md(text) -> str:
 
 
 def write_markdown(report: dict, path: str | os.PathLike) -> list[Path]:
-    """Markdown report; the summary picture goes beside it as <name>.png."""
+    """Markdown report; the summary picture goes beside it as <name>.png (not beside a device
+    or pipe such as /dev/stdout, which has no beside)."""
     path = Path(path)
-    picture = path.with_suffix(".png")
-    write_bytes_atomic(picture, plots.summary(report))
+    picture = None if is_stream(path) else path.with_suffix(".png")
+    if picture:
+        write_bytes_atomic(picture, plots.summary(report))
     ref, data, machine = report["reference"], report["data"], report["machine"]
     lines = [f"# Parity: {md(plots.title(report))}", "",
              f"- data: {md(data['spec'])}, {data['images']} images, batch {data['batch_size']}"
@@ -133,9 +136,10 @@ def write_markdown(report: dict, path: str | os.PathLike) -> list[Path]:
                      f"| {percent(m['top1_agreement'])} | {percent(a and a['top1'])} "
                      f"| {'-' if not a else format(a['drop_pt'], '+.2f')} "
                      f"| {_ms(lat)} | {_gates_text(row)} |")
-    lines += ["", f"![parity summary]({urllib.parse.quote(picture.name)})"]
+    if picture:
+        lines += ["", f"![parity summary]({urllib.parse.quote(picture.name)})"]
     write_text_atomic(path, "\n".join(lines) + "\n")
-    return [picture]
+    return [picture] if picture else []
 
 
 def _ms(latency: dict | None) -> str:

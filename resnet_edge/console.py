@@ -9,6 +9,7 @@ and errors only; `--verbose` lets the libraries' own logs through.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import warnings
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.markup import escape
 
 from . import quiet as library_logs
@@ -32,9 +34,34 @@ class Settings:
     verbose = False
 
 
+# what a terminal would act on rather than show: escape sequences (ESC retitles or clears the
+# terminal), carriage return and backspace (overwrite what was printed), C1 controls, and the
+# line separators that split one line into two for str.splitlines()
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character shown as its escape (\\x1b), never acted on."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+class _Console(Console):
+    """Every string it prints, our own and the text of files, tools and libraries inside it
+    (report fields, file names, a board's power tool), shown with its control characters
+    escaped; text that is not valid Rich markup (a file named `[/]`) printed as it is rather
+    than ending a finished run in a traceback."""
+
+    def render_str(self, text: str, **kwargs):
+        text = visible(text)
+        try:
+            return super().render_str(text, **kwargs)
+        except MarkupError:
+            return super().render_str(text, **{**kwargs, "markup": False})
+
+
 def _console(stderr: bool = False) -> Console:
-    probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, soft_wrap=True, width=LOG_WIDTH)
+    probe = _Console(stderr=stderr)
+    return probe if probe.is_terminal else _Console(stderr=stderr, soft_wrap=True, width=LOG_WIDTH)
 
 
 stdout = _console()
@@ -86,7 +113,7 @@ def steps() -> Iterator[Callable[[str], None]]:
         yield lambda message: None
     elif err.is_terminal:
         with err.status("starting") as status:
-            yield lambda message: status.update(message)
+            yield lambda message: status.update(escape(message))
     else:
         yield lambda message: _log(message, started)
 

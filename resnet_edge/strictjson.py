@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 
 def plain(value):
@@ -31,25 +33,108 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number a report holds")
 
 
-def read_report(path, schema: str | tuple[str, ...], what: str, max_bytes: int = 256 << 20) -> dict:
-    """A report this tool wrote (`--json`) in one of the `schema` formats, read back with its
-    size bounded and its format checked; ValueError says, in one line, why the file is not one."""
-    from pathlib import Path
-    path = Path(path)
+# a report's numbers: what the keys below hold, wherever they stand, is a number (int or float,
+# never true/false or text) or null, or a list of numbers; a fraction lies in 0..1
+NUMBERS = frozenset({
+    "batch_size", "best_epoch", "classes", "classes_present", "cores", "cosine", "counts", "drop_pt",
+    "edges", "estimated_seconds", "exact", "images", "images_per_s", "images_per_s_mean", "input_size",
+    "iterations", "max_abs", "max_accuracy_drop_pt", "mean", "mean_abs", "mean_ms", "measured_seconds",
+    "min_cosine", "min_ms", "min_relative_accuracy_pct", "min_top1_agreement_pct", "nonfinite",
+    "num_classes", "p50_ms", "p90_ms", "p99_abs", "p99_ms", "per_class", "resize", "samples_ms", "std",
+    "std_ms", "test_top1", "test_top5", "threshold", "top1", "top5", "top1_agreement", "top5_agreement",
+    "val_top1", "val_top5", "value", "warmup", "ratio", "low", "high", "limit", "top1_change_pt",
+    "agreement_change_pt", "samples", "seconds", "max_regression_pct", "top1_same",
+    "max_abs_logit_change", "logits_compared"})
+NUMBER_MAPS = frozenset({"rails_mw", "mj_per_image"})  # rail name -> number
+FRACTIONS = frozenset({"top1", "top5", "top1_agreement", "top5_agreement", "test_top1", "test_top5",
+                       "val_top1", "val_top5", "top1_same"})
+MAX_DEPTH = 32  # a report nests about 6 deep
+MAX_DIGITS = 18  # no count or size a report holds is longer; a float's range is past it
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is not a number a report holds")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 reads as infinity
+        raise ValueError(f"{text[:20]} is beyond any number a report holds")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_numbers(value) -> None:
+    """ValueError naming the first field that is not what a report holds there: nesting past
+    MAX_DEPTH, or a non-number (a string, true/false) where NUMBERS and NUMBER_MAPS hold numbers."""
+    stack = [(value, 1, "")]
+    while stack:
+        node, depth, key = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels, which no report is")
+        if key in NUMBERS and node is not None:
+            numbers = node if isinstance(node, list) else [node]
+            if not all(map(_is_number, numbers)):
+                bad = next(v for v in numbers if not _is_number(v))
+                raise ValueError(f"{key} holds {json.dumps(bad)[:40]}, not a number")
+            if key in FRACTIONS and not isinstance(node, list) and not 0 <= node <= 1:
+                raise ValueError(f"{key} {node} is not a fraction (0..1)")
+            continue
+        if key in NUMBER_MAPS and isinstance(node, dict):
+            for rail, number in node.items():
+                if not _is_number(number):
+                    raise ValueError(f"{key} {rail} holds {json.dumps(number)[:40]}, not a number")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1, k) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, key if key not in NUMBERS else "") for v in node)
+
+
+def read_regular(path, max_bytes: int, what: str, bound_note: str) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, else ValueError in one line: a FIFO
+    (opened without waiting for a writer, then refused), a device or /dev/zero, a folder, or a
+    file over the bound ("{what} {path} is over N MiB, which {bound_note}")."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(max_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO's open would wait for a writer
     except OSError as exc:
         raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{what} {path} is not a regular file; give a file")
+        try:
+            raw = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(raw) > max_bytes:
-        raise ValueError(f"{what} {path} is over {max_bytes >> 20} MiB, which no report is")
+        raise ValueError(f"{what} {path} is over {max_bytes >> 20} MiB, which {bound_note}")
+    return raw
+
+
+def read_report(path, schema: str | tuple[str, ...], what: str, max_bytes: int = 256 << 20) -> dict:
+    """A report this tool wrote (`--json`) in one of the `schema` formats, read back strictly:
+    a regular file (a FIFO would be waited on forever), its size bounded, numbers finite and
+    within what a report holds, bounded nesting, and its format checked. Every reader of a
+    report (a baseline, a run to merge) reads it here; ValueError says in one line why the file
+    is not one."""
+    raw = read_regular(path, max_bytes, what, "no report is")
     try:
-        report = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        report = json.loads(raw.decode("utf-8"), parse_constant=_no_constant,
+                            parse_int=_bounded_int, parse_float=_finite_float)
+        check_numbers(report)
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested deeper than {MAX_DEPTH} levels, which no "
+                         "report is") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{what} {path} is not JSON ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # JSON, but with what no report holds
+        raise ValueError(f"{what} {path} is not a report resnet-edge wrote ({exc})") from None
     schemas = (schema,) if isinstance(schema, str) else schema
     if not isinstance(report, dict) or report.get("schema") not in schemas:
         found = report.get("schema") if isinstance(report, dict) else type(report).__name__
         raise ValueError(f"{what} {path} is not a {' or '.join(schemas)} report (it is {found!r})")
     return report
-

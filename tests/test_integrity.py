@@ -419,8 +419,8 @@ def test_a_report_file_named_dash_is_refused_not_written(option, digits_workdir,
 @pytest.mark.parametrize("command,said", [
     (("bundle", "{work}", "--sign", "/dev/zero"), "/dev/zero is over 64 KiB, which no key file is"),
     (("verify", "{bundle}", "--key", "/dev/zero"), "/dev/zero is over 64 KiB, which no key file is"),
-    (("parity", "{work}", "--thresholds", "/dev/zero"), "thresholds /dev/zero is over 1 MiB"),
-    (("bundle", "{work}", "--thresholds", "/dev/zero"), "thresholds /dev/zero is over 1 MiB"),
+    (("parity", "{work}", "--thresholds", "/dev/zero"), "thresholds /dev/zero is not a regular file"),
+    (("bundle", "{work}", "--thresholds", "/dev/zero"), "thresholds /dev/zero is not a regular file"),
 ])
 def test_an_endless_file_given_as_a_key_or_thresholds_is_refused(command, said, digits_workdir,
                                                                   tmp_path, run_cli):

@@ -251,6 +251,14 @@ def test_runs_from_many_devices_merge_into_one_page(fleet, tmp_path, run_cli):
     assert "## Where the runs differ" in markdown
 
 
+@pytest.mark.parametrize("name", ["javascript:alert(1)", "https:evil.example", "data:text,x"])
+def test_a_report_file_name_never_links_as_a_scheme(name, measured, tmp_path, run_cli):
+    (tmp_path / name).write_text(json.dumps(measured))
+    assert run_cli("report", tmp_path / name, "--html", tmp_path / "fleet.html").exit_code == 0
+    hrefs = re.findall(r"href='([^']*)'", (tmp_path / "fleet.html").read_text())
+    assert hrefs and all(":" not in href for href in hrefs), hrefs
+
+
 def test_reports_of_another_model_are_not_merged(fleet, tmp_path, run_cli):
     other = json.loads(fleet[0].read_text())
     other["model"]["arch"] = "resnet50"

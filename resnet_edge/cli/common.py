@@ -38,7 +38,7 @@ class _Group(click.Group):
             mapped = translate(exc)
             if mapped is None or ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: {one_line(mapped)}", err=True)
+            click.echo(f"error: {console.visible(one_line(mapped))}", err=True)
             ctx.exit(mapped.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted; files being written were discarded", err=True)
@@ -283,7 +283,7 @@ def print_parity(report: dict) -> None:
             stdout.print(f"[yellow]skipped[/] {row['backend']} {row['precision']}: {escape(row['reason'])}")
     compared = report.get("baseline")
     if compared:
-        table = Table(title=f"against {compared['baseline']}: change in points, gate "
+        table = Table(title=f"against {escape(compared['baseline'])}: change in points, gate "
                             f"-{compared['max_accuracy_drop_pt']:g}")
         for col in ("backend", "top-1", "agreement", "verdict"):
             table.add_column(col, justify="left" if col in ("backend", "verdict") else "right")

@@ -229,11 +229,11 @@ def report_(reports, html, markdown, json_path) -> None:
     writable(json_path, reports, html=html, markdown=markdown)
     runs = fleet.read_reports(list(reports))
     keys, cells = fleet.matrix(runs)
-    table = Table(title=f"{runs[0][1]['model']['arch']}: {len(runs)} runs")
+    table = Table(title=f"{escape(runs[0][1]['model']['arch'])}: {len(runs)} runs")
     for col in ("kind", "backend", "batch"):
         table.add_column(col)
     for name, (_, run) in zip(fleet.names(runs), runs):
-        table.add_column(f"{name}\n{fleet.where(run)}")
+        table.add_column(escape(f"{name}\n{fleet.where(run)}"))
     for kind, backend, precision, batch in keys:
         table.add_row(kind, f"{backend} {precision}", str(batch),
                       *(escape(text) for text in cells[(kind, backend, precision, batch)]))
@@ -243,7 +243,7 @@ def report_(reports, html, markdown, json_path) -> None:
         table = Table(title="where the runs differ")
         table.add_column("what")
         for name in fleet.names(runs):
-            table.add_column(name)
+            table.add_column(escape(name))
         for field, values in differ:
             table.add_row(field, *map(escape, values))
         stdout.print(table)
@@ -277,7 +277,7 @@ def _bench_pairs(backends: list[str], precisions: list[str]) -> list[tuple[str, 
 
 
 def _print_bench(result: dict) -> None:
-    table = Table(title=f"{result['model']['arch']} latency ({result['iterations']} iterations after "
+    table = Table(title=f"{escape(result['model']['arch'])} latency ({result['iterations']} iterations after "
                         f"{result['warmup']} warm-up)")
     for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s (p50)", "device p50"):
         table.add_column(col, justify="left" if col == "backend" else "right")
@@ -305,7 +305,7 @@ def _print_bench(result: dict) -> None:
         _print_power(result)
     compared = result.get("baseline")
     if compared:
-        table = Table(title=f"against {compared['baseline']}: p50 ratio (new / baseline), 95 % "
+        table = Table(title=f"against {escape(compared['baseline'])}: p50 ratio (new / baseline), 95 % "
                             f"interval, gate x{1 + compared['max_regression_pct'] / 100:.2f}")
         for col in ("backend", "batch", "p50 ratio", "interval", "verdict"):
             table.add_column(col, justify="left" if col in ("backend", "verdict") else "right")

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .. import console
@@ -83,9 +84,9 @@ def export(source, out, force, json_path, **options) -> None:
                "checks": [vars(c) | {"passed": c.passed} for c in result.checks],
                "seconds": result.seconds}
     if result.skipped:
-        stdout.print(f"{result.path} is up to date (same weights and options); --force to redo")
+        stdout.print(f"{escape(str(result.path))} is up to date (same weights and options); --force to redo")
     else:
-        table = Table(title=f"{card.arch}: ONNX Runtime (CPU) vs PyTorch, seeded inputs")
+        table = Table(title=f"{escape(card.arch)}: ONNX Runtime (CPU) vs PyTorch, seeded inputs")
         for col in ("batch", "max abs diff", "top-1 agreement", "result"):
             table.add_column(col, justify="right")
         for c in result.checks:
@@ -93,7 +94,7 @@ def export(source, out, force, json_path, **options) -> None:
                           "[green]pass[/]" if c.passed else "[red]FAIL[/]")
         stdout.print(table)
         s = result.seconds
-        stdout.print(f"exported {card.arch} (opset {options.opset}, {batch}, "
+        stdout.print(f"exported {escape(card.arch)} (opset {options.opset}, {batch}, "
                      f"{card.preprocess.input_size} px) in {time.perf_counter() - start:.1f} s "
                      f"(export {s['export']:.1f} s, checks {s['checks']:.1f} s)")
         wrote(result.path, out / FP16_NAME, out / CHECKPOINT_NAME, out / "manifest.json")
@@ -218,6 +219,6 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, json_path) -> None:
                    device=device)
     result = {"checkpoint": str(checkpoint), "data": data_spec, "images": acc.images,
               "top1": acc.top1, "top5": acc.top5, "device": device}
-    stdout.print(f"{card.arch} on {data_spec} ({acc.images} images, {device}): "
+    stdout.print(f"{escape(card.arch)} on {escape(data_spec)} ({acc.images} images, {device}): "
                  f"top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}")
     emit_json(result, json_path)

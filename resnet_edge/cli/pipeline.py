@@ -84,7 +84,7 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
         result = run_pipeline(config, load_thresholds(thresholds), step=step, notice=note)
     if result.parity:
         print_parity(result.parity)
-    table = Table(title=f"pipeline: {config.out}")
+    table = Table(title=f"pipeline: {escape(str(config.out))}")
     for col in ("step", "status", "seconds", "result"):
         table.add_column(col, justify="right" if col == "seconds" else "left")
     colors = {"ran": "green", "skipped": "cyan", "unavailable": "yellow", "failed": "red"}

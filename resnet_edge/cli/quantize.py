@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .. import console
@@ -51,8 +52,8 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
         result = debug_layers(workdir, precision, data_spec, images=images, tolerance=tolerance,
                               candidate=candidate, backend=backend)
     first = result["first_exceeding"]
-    table = Table(title=f"{result['model']['arch']}: {precision} vs fp32, layer by layer "
-                        f"({result['images']} images of {data_spec}; tolerance {result['tolerance']:g})")
+    table = Table(title=f"{escape(result['model']['arch'])}: {precision} vs fp32, layer by layer "
+                        f"({result['images']} images of {escape(str(data_spec))}; tolerance {result['tolerance']:g})")
     for col in ("#", "module", "op", "tensor", "rel error", "max abs", "cosine", "growth"):
         table.add_column(col, justify="left" if col in ("module", "op", "tensor") else "right")
     worst = -1.0
@@ -62,13 +63,13 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
         if not (show_all or rising or (first and row["index"] == first["index"])):
             continue
         style = "red" if row["exceeds"] else ""
-        table.add_row(str(row["index"]), row["module"], row["op"], row["tensor"],
+        table.add_row(str(row["index"]), escape(row["module"]), escape(row["op"]), escape(row["tensor"]),
                       f"[{style}]{row['rel_error']:.2e}[/]" if style else f"{row['rel_error']:.2e}",
                       f"{row['max_abs']:.2e}", f"{row['cosine']:.5f}", f"{row['growth']:.1f}x")
     stdout.print(table)
     if first:
-        stdout.print(f"first layer past the tolerance: #{first['index']} {first['module']} "
-                     f"({first['op']}, tensor {first['tensor']}): relative error "
+        stdout.print(f"first layer past the tolerance: #{first['index']} {escape(first['module'])} "
+                     f"({escape(first['op'])}, tensor {escape(first['tensor'])}): relative error "
                      f"{first['rel_error']:.3g} > {result['tolerance']:g}")
     else:
         stdout.print(f"every layer within the tolerance {result['tolerance']:g}")
@@ -131,7 +132,7 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
     for message in result.warnings:
         warn(message)
     counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
-    stdout.print(f"calibration: {result.samples} images from {data_spec} ({method}); per class: {counts}")
+    stdout.print(f"calibration: {result.samples} images from {escape(str(data_spec))} ({method}); per class: {escape(counts)}")
     if result.sensitivity:
         table = Table(title="per-layer sensitivity (that layer alone in int8), most sensitive first")
         for col in ("layer", "module", "top-1", "drop pt", "logit RMSE"):

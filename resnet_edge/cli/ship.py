@@ -285,7 +285,7 @@ def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, r
             raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
         except EngineError as exc:  # TensorRT is here but cannot build or load the engine
             raise MissingBackend(str(exc)) from None
-    table = Table(title=f"{report['bundle']['arch']} bundle for {report['bundle']['about']}: "
+    table = Table(title=f"{escape(report['bundle']['arch'])} bundle for {escape(report['bundle']['about'])}: "
                         f"{report['golden_images']} golden images")
     for col in ("backend", "max abs", "top-1 agree", "near-ties", "top-1", "p50 ms", "gates"):
         table.add_column(col, justify="left" if col in ("backend", "gates") else "right")

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 ALGORITHM = "ed25519"
@@ -87,7 +88,10 @@ def _load(path, private: bool):
     serialization, ed25519, _ = _crypto()
     path = Path(path)
     try:
-        with open(path, "rb") as handle:  # bounded: /dev/zero is a path too
+        # bounded (/dev/zero is a path too), and a FIFO opened without waiting for a writer
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            if stat.S_ISFIFO(os.fstat(handle.fileno()).st_mode):
+                raise SignatureError(f"{path} is a pipe, not a key file; give NAME.key or NAME.pub")
             data = handle.read(MAX_KEY_BYTES + 1)
     except OSError as exc:
         raise SignatureError(f"cannot read key {path}: {exc.strerror}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 
 import onnx
 
@@ -19,8 +20,11 @@ QUANT_KEY = "resnet_edge.quantization"
 
 
 def load_onnx(path: str | os.PathLike, *, weights: bool = True) -> onnx.ModelProto:
-    """An ONNX file from disk, or one line saying it is missing or not ONNX (exit 2)."""
+    """An ONNX file from disk, or one line saying it is missing or not ONNX (exit 2). Only a
+    regular file: onnx.load would wait forever on a FIFO."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BadInput(f"{path} is not a regular file; give an ONNX file")
         return onnx.load(os.fspath(path), load_external_data=weights)
     except FileNotFoundError:
         raise BadInput(f"{path} not found") from None

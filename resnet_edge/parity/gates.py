@@ -120,6 +120,7 @@ def load_thresholds(toml_path: str | Path | None = None,
                     overrides: dict[str, dict[str, float]] | None = None) -> dict[str, Thresholds]:
     """Defaults, then `[fp16] max_accuracy_drop_pt = 0.2`-style tables from TOML, then flags;
     checked before any work starts."""
+    from .. import strictjson
     from ..errors import BadInput
     if sys.version_info >= (3, 11):
         import tomllib
@@ -129,11 +130,9 @@ def load_thresholds(toml_path: str | Path | None = None,
     try:
         if toml_path:
             try:
-                with open(toml_path, "rb") as handle:  # bounded: /dev/zero is a path too
-                    raw = handle.read(MAX_THRESHOLDS_BYTES + 1)
-                if len(raw) > MAX_THRESHOLDS_BYTES:
-                    raise ValueError(f"thresholds {toml_path} is over "
-                                     f"{MAX_THRESHOLDS_BYTES >> 20} MiB, which no gate table is")
+                # bounded, and never a FIFO's endless wait: /dev/zero and pipes are paths too
+                raw = strictjson.read_regular(toml_path, MAX_THRESHOLDS_BYTES, "thresholds",
+                                              "no gate table is")
                 table = check_layer(tomllib.loads(raw.decode("utf-8")), table, str(toml_path),
                                     user=True)
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

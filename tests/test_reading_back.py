@@ -1,0 +1,132 @@
+"""Reports read back (by `report`, as a bench or parity baseline) as strictly as any other input:
+regular files only, bounded nesting, numbers that are numbers, finite and in range; and what
+they say printed as text, never as Rich markup or terminal control."""
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cli_output import one_line_error
+from resnet_edge.runtime import regression
+
+
+def _write(tmp_path, name, report):
+    path = tmp_path / name
+    path.write_text(report if isinstance(report, str) else json.dumps(report))
+    return path
+
+
+def _bench(run_cli, workdir, baseline, *extra):
+    return run_cli("bench", workdir, "--backends", "ort", "--precisions", "fp32", "--batch-sizes", "1,8",
+                   "--iterations", "20", "--baseline", baseline, *extra)
+
+
+def _with(report, change):
+    changed = json.loads(json.dumps(report))
+    change(changed)
+    return changed
+
+
+def _sample(row, value):
+    row["host_to_host"]["samples_ms"][0] = value
+
+
+BAD_BENCH = [
+    (lambda r: r["results"][0]["host_to_host"].update(p50_ms=10 ** 400), "an integer of 401 digits"),
+    (lambda r: r["results"][0]["host_to_host"].update(p50_ms="1e999"), "p50_ms holds \"1e999\", not a number"),
+    (lambda r: _sample(r["results"][0], "2.5"), "samples_ms holds \"2.5\", not a number"),
+    (lambda r: _sample(r["results"][0], True), "samples_ms holds true, not a number"),
+    (lambda r: r.update(extra=json.loads("[" * 40 + "]" * 40)), "nested deeper than 32 levels"),
+]
+
+
+@pytest.mark.parametrize("change,said", BAD_BENCH)
+def test_a_bench_baseline_holding_what_no_report_holds_is_refused_before_the_work(
+        change, said, measured, digits_workdir, tmp_path, run_cli):
+    path = _write(tmp_path, "old.json", _with(measured, change))
+    one_line_error(_bench(run_cli, digits_workdir, path), 2, said)
+
+
+def test_infinity_written_as_a_huge_float_is_refused(measured, digits_workdir, tmp_path, run_cli):
+    text = json.dumps(measured).replace('"samples_ms": [', '"samples_ms": [1e999, ', 1)
+    one_line_error(_bench(run_cli, digits_workdir, _write(tmp_path, "old.json", text)), 2,
+                   "1e999 is beyond any number a report holds")
+
+
+@pytest.mark.parametrize("change,said", [
+    (lambda r: r["candidates"][0]["metrics"].update(top1_agreement=False), "top1_agreement holds false"),
+    (lambda r: r["candidates"][0]["accuracy"].update(top1=1.5), "top1 1.5 is not a fraction"),
+])
+def test_a_parity_baseline_holding_what_no_report_holds_is_refused(change, said, parity_main,
+                                                                   calibrated_workdir, tmp_path, run_cli):
+    path = _write(tmp_path, "old.json", _with(parity_main, change))
+    one_line_error(run_cli("parity", calibrated_workdir, "--backends", "ort", "--precisions", "fp32",
+                           "--limit", "16", "--baseline", path), 2, said)
+
+
+def test_a_deeply_nested_report_is_one_line_not_a_recursion_error(tmp_path, run_cli):
+    path = _write(tmp_path, "deep.json", '{"schema": "resnet-edge.bench/1", "x": ' + "[" * 200_000
+                  + "]" * 200_000 + "}")
+    one_line_error(run_cli("report", path), 2, "nested deeper than 32 levels")
+
+
+def _fifo_with_a_late_writer(path):
+    """A FIFO whose writer never comes: reading it would wait forever."""
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["report", "bench", "parity", "debug", "thresholds"])
+def test_a_fifo_is_refused_not_waited_on(command, digits_workdir, tmp_path, run_cli):
+    fifo = _fifo_with_a_late_writer(tmp_path / "pipe.json")
+    args = {"report": ("report", fifo),
+            "bench": ("bench", digits_workdir, "--baseline", fifo),
+            "parity": ("parity", digits_workdir, "--baseline", fifo),
+            "debug": ("debug", digits_workdir, "--candidate", fifo),
+            "thresholds": ("parity", digits_workdir, "--thresholds", fifo)}[command]
+    started = time.monotonic()
+    one_line_error(run_cli(*args), 2, "pipe.json is not a regular file")
+    assert time.monotonic() - started < 30
+
+
+def test_rich_markup_and_terminal_controls_from_a_report_print_as_text(measured, tmp_path, run_cli):
+    """A report's arch, machine and file name, and a baseline's path, are text: `[/]` ended a
+    finished run in rich.errors.MarkupError, and ESC sequences retitled or cleared the terminal."""
+    hostile = _with(measured, lambda r: (r["model"].update(arch="r20[/]\x1b]0;owned\x07"),
+                                         r["machine"].update(cpu="[bold red]cpu[/]\x1b[2J")))
+    folder = tmp_path / "run [red]"
+    folder.mkdir()
+    path = _write(folder, "b[bold].json", hostile)
+    result = run_cli("report", path, "--json", tmp_path / "merged.json")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "r20[/]\\x1b]0;owned\\x07" in result.stdout and "[bold red]cpu[/]\\x1b[2J" in result.stdout
+    assert (tmp_path / "merged.json").is_file()  # the finished run's JSON is written
+
+
+def test_a_baseline_path_with_markup_prints_as_text(measured, digits_workdir, tmp_path, run_cli):
+    path = _write(tmp_path, "main[bold]\x1b[2J.json", measured)
+    result = _bench(run_cli, digits_workdir, path, "--max-latency-regression-pct", "1000")
+    assert result.exit_code == 0, result.output
+    assert "main[bold]\\x1b[2J.json" in result.stdout and "\x1b" not in result.stdout
+
+
+def test_error_lines_show_control_characters_escaped(tmp_path, run_cli):
+    one_line_error(run_cli("report", tmp_path / "gone\x1b[2J.json"), 2, "gone\\x1b[2J.json")
+
+
+def test_a_baseline_of_millions_of_samples_is_judged_in_bounded_memory_and_time():
+    """4 M samples a row made the bootstrap allocate 2000 x 4 M numbers (59.6 GiB)."""
+    rng = np.random.default_rng(0)
+    old = rng.lognormal(np.log(5.0), 0.05, 4_000_000)
+    new = rng.lognormal(np.log(6.5), 0.05, 1000)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(verdict=regression.judge(old, new)), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert done["verdict"]["verdict"] == "regression" and 1.25 < done["verdict"]["ratio"] < 1.35

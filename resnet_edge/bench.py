@@ -178,6 +178,10 @@ def _power(sampler: energy.Sampler, began: float, ended: float, host: dict) -> d
     stopped = sampler.stopped()
     if "reason" in summary and stopped:
         summary["reason"] = stopped
+    elif "reason" in summary and sampler.refused:
+        summary["reason"] = (f"{sampler.source.name} printed {sampler.refused} lines that are no "
+                             f"reading (unreadable, or past {energy.MAX_MW // 1_000_000} kW or "
+                             f"{energy.MAX_RAILS} rails), so power was not measured")
     return summary
 
 

@@ -97,6 +97,16 @@ def test_what_is_not_a_rail_is_not_read():
     assert power.parse_tegrastats("VDD_IN 4542mW/4000mWx") == {}
 
 
+@pytest.mark.parametrize("line", [
+    "VDD_IN " + "9" * 400 + "mW/4000mW",                       # OverflowError when averaged
+    "VDD_IN 100000000000000000000mW/1mW",                      # 1e20 mW averaged as if real
+    "VDD_IN 5000001mW/1mW VDD_SOC 1475mW/1475mW",              # past 5 kW: the line is no reading
+    " ".join(f"R{i} 100mW/100mW" for i in range(20_000)),     # 20,000 rails
+])
+def test_a_reading_no_board_gives_is_no_reading(line):
+    assert power.parse_tegrastats(line) == {}
+
+
 def test_a_timed_stretch_averages_its_readings_into_energy_per_image():
     readings = [power.parse_tegrastats(line) for line in JP6_AGX_ORIN]
     summary = power.summarize(power.TEGRASTATS, readings, 0.3, seconds_per_image=0.002)
@@ -113,7 +123,7 @@ def test_a_timed_stretch_averages_its_readings_into_energy_per_image():
 def test_nvidia_smi_reads_watts_and_says_what_it_covers():
     assert power.parse_nvidia_smi("71.23\n") == {"GPU board": 71230}
     assert power.parse_nvidia_smi("[N/A]\n") == {}
-    for hostile in ("nan", "inf", "-5.0", "71.2.3", ""):  # no draw: not a reading
+    for hostile in ("nan", "inf", "-5.0", "71.2.3", "", "1e306", "5000.1"):  # no draw: not a reading
         assert power.parse_nvidia_smi(hostile + "\n") == {}, hostile
     assert power.NVIDIA_SMI.total == "GPU board" and "not the CPU's" in power.NVIDIA_SMI.says
 
@@ -267,15 +277,37 @@ def test_bench_power_without_a_source_says_so_in_one_line_and_runs(digits_workdi
 def test_a_tegrastats_that_dies_says_why(tmp_path, monkeypatch, digits_workdir, run_cli):
     stub = tmp_path / "bin"
     stub.mkdir()
-    _stub(stub, "tegrastats", "echo 'tegrastats: permission denied' >&2; exit 1\n")
+    _stub(stub, "tegrastats", "printf 'tegrastats: permission denied\\033[2J\\n' >&2; exit 1\n")
     monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
     result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
                      "--batch-sizes", "1", "--iterations", "5", "--power", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.output
     reading = json.loads((tmp_path / "b.json").read_text())["results"][0]["power"]
     assert reading["samples"] == 0
-    assert reading["reason"] == "tegrastats ended (exit code 1): tegrastats: permission denied"
+    assert reading["reason"] == "tegrastats ended (exit code 1): tegrastats: permission denied\x1b[2J"
+    assert "permission denied\\x1b[2J" in result.stdout and "\x1b" not in result.output  # shown, not obeyed
 
+
+
+@pytest.mark.timeout(120)
+def test_a_hostile_power_tool_is_one_reason_and_the_bench_finishes(tmp_path, monkeypatch, digits_workdir,
+                                                                  run_cli):
+    """It prints readings no board gives and a line longer than any reading, writes escape
+    sequences to stderr, ignores SIGTERM, and leaves a child holding its stdout open."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    _stub(stub, "tegrastats", "trap '' TERM\nprintf '\\033]0;owned\\007\\033[2J' >&2\n"
+          "head -c 1000000 /dev/zero | tr '\\0' 'x'; echo\n"
+          "sh -c \"trap '' TERM; while :; do echo 'VDD_IN " + "9" * 400 + "mW/1mW'; sleep 0.005; done\" &\n"
+          "while :; do echo 'VDD_IN 100000000000000000000mW/1mW'; sleep 0.005; done\n")
+    monkeypatch.setenv("PATH", f"{stub}:/usr/bin:/bin")
+    result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32", "--batch-sizes", "8",
+                     "--iterations", "150", "--power", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "\x1b" not in result.output
+    reading = json.loads((tmp_path / "b.json").read_text())["results"][0]["power"]
+    assert reading["reason"].startswith("tegrastats printed ") and "lines that are no reading" in reading["reason"]
+    assert "rails_mw" not in reading
 
 
 def test_a_tegrastats_that_cannot_start_or_prints_bytes_says_so(tmp_path, monkeypatch, digits_workdir,

@@ -18,8 +18,10 @@ for enough readings gets a reason instead of a number.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -29,9 +31,16 @@ from typing import Callable
 
 INTERVAL_MS = 100
 MIN_SAMPLES = 3
+# what a reading can be: no board or module draws 5 kW (an H200 board 700 W, a Jetson under
+# 100 W), and no tegrastats line lists 64 rails; a tool's line beyond either, or longer than
+# MAX_LINE, is no reading (a hostile or broken tool must not end the bench)
+MAX_MW = 5_000_000
+MAX_RAILS = 64
+MAX_LINE = 64 << 10
 # a rail reading: a name, then current/average with or without the mW unit, and nothing glued on
-# after (so "RAM 1282/62795MB" and "IRAM 0/252kB" are not rails)
-_RAIL = re.compile(r"(?<![@\w])([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?![\w/])")
+# after (so "RAM 1282/62795MB" and "IRAM 0/252kB" are not rails); digits bounded, so 400 of them
+# are not a number
+_RAIL = re.compile(r"(?<![@\w])([A-Z][A-Z0-9_]*) (\d{1,9})(?:mW)?/(\d{1,9})(?:mW)?(?![\w/])")
 # the rail that is the whole module's input, where the board has one: VDD_IN (Orin Nano and NX,
 # Xavier NX, TX2), POM_5V_IN (Nano). AGX Orin and AGX Xavier report parts only, so no total
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
@@ -43,9 +52,17 @@ class PowerUnavailable(RuntimeError):
 
 
 def parse_tegrastats(line: str) -> dict[str, int]:
-    """{rail: current milliwatts} from one tegrastats line; {} when it has no power rails."""
-    return {name: int(current) for name, current, _average in _RAIL.findall(line)
-            if name != NOT_CONNECTED}
+    """{rail: current milliwatts} from one tegrastats line; {} when it has no power rails, or
+    holds what no board reads (`plausible`)."""
+    return plausible({name: int(current) for name, current, _average in _RAIL.findall(line)
+                      if name != NOT_CONNECTED})
+
+
+def plausible(rails: dict[str, int]) -> dict[str, int]:
+    """`rails`, or {} (no reading) when a rail reads past MAX_MW or there are over MAX_RAILS."""
+    if len(rails) > MAX_RAILS or not all(0 <= mw <= MAX_MW for mw in rails.values()):
+        return {}
+    return rails
 
 
 def parse_nvidia_smi(line: str) -> dict[str, int]:
@@ -55,8 +72,11 @@ def parse_nvidia_smi(line: str) -> dict[str, int]:
         watts = float(line.strip())
     except ValueError:
         return {}
-    # a reading that cannot be a draw is no reading, never an average of nothing
-    return {"GPU board": round(watts * 1000)} if math.isfinite(watts) and watts >= 0 else {}
+    # a reading that cannot be a draw (negative, infinite, 1e306 W) is no reading, never an
+    # average of nothing
+    if not (math.isfinite(watts) and 0 <= watts * 1000 <= MAX_MW):
+        return {}
+    return {"GPU board": round(watts * 1000)}
 
 
 @dataclass(frozen=True)
@@ -192,6 +212,7 @@ class Sampler:
     def __init__(self, source: Source):
         self.source = source
         self._readings: list[tuple[float, dict[str, int]]] = []
+        self.refused = 0  # lines the tool printed that are no reading (parse found no rails)
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -201,9 +222,12 @@ class Sampler:
         # stall the tool); bytes that are not UTF-8 are replaced, not fatal to the reader
         self._errors = tempfile.TemporaryFile()
         try:
+            # a session of its own, so stopping it stops whatever it started (a wrapper script's
+            # child would otherwise hold the pipe open after the tool is gone)
             self._process = subprocess.Popen(self.source.command, stdout=subprocess.PIPE,
                                              stderr=self._errors, text=True, bufsize=1,
-                                             encoding="utf-8", errors="replace")
+                                             encoding="utf-8", errors="replace",
+                                             start_new_session=True)
         except OSError as exc:
             self._errors.close()
             raise PowerUnavailable(f"{self.source.name} could not start ({exc.strerror or exc}), "
@@ -213,19 +237,33 @@ class Sampler:
         return self
 
     def _read(self) -> None:
-        for line in self._process.stdout:
-            rails = self.source.parse(line)
-            if rails:
-                with self._lock:
-                    self._readings.append((time.monotonic(), rails))
+        stream = self._process.stdout
+        try:
+            while line := stream.readline(MAX_LINE):
+                if not line.endswith("\n"):  # longer than any reading: skip to its end
+                    while line and not line.endswith("\n"):
+                        line = stream.readline(MAX_LINE)
+                    self.refused += 1
+                    continue
+                rails = self.source.parse(line)
+                self.refused += not rails
+                if rails:
+                    with self._lock:
+                        self._readings.append((time.monotonic(), rails))
+        except (OSError, ValueError):  # the pipe closed under the reader as the bench ended
+            pass
 
     def __exit__(self, *exc) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        for signal_, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self._process.pid, signal_)
+            except ProcessLookupError:
+                break
+            try:
+                self._process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         self._thread.join(timeout=5)
         self._process.stdout.close()
         self._errors.close()
@@ -239,7 +277,7 @@ class Sampler:
         if self._process is None or self._process.poll() is None:
             return None
         self._errors.seek(0)
-        first = self._errors.readline().decode("utf-8", "replace").strip()[:200]
+        first = self._errors.readline(200).decode("utf-8", "replace").strip()
         return f"{self.source.name} ended (exit code {self._process.returncode}){': ' + first if first else ''}"
 
 

@@ -16,9 +16,11 @@ resnet_edge.errors.BadInput (the command's exit 2), GateFailed (exit 1) or Missi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .calibration import CalibrationResult, calibrate
+from .errors import BadInput
 from .deploy import BundleResult
 from .export import ExportOptions, ExportResult, export_model as export
 from .parity.gates import Thresholds, load_thresholds
@@ -34,7 +36,7 @@ def parity(workdir: str | Path, data: str | None = None, *,
     model's own built-in dataset, where it has one). `options`: limit, batch_size, device,
     agreement ("raw" or "decisive") as the command takes them."""
     from .parity.run import run_parity
-    return run_parity(workdir, data, backends=list(backends), precisions=list(precisions),
+    return run_parity(_path(workdir, "workdir"), data, backends=backends, precisions=precisions,
                       thresholds=thresholds or load_thresholds(), explicit=True, **options)
 
 
@@ -43,8 +45,10 @@ def bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[i
     """Latency of each (backend, precision) at each batch size (what `bench --json` writes);
     batch sizes default to the model's profile (min, opt, max)."""
     from .bench import run_bench
-    return run_bench(workdir, list(pairs), batch_sizes, iterations=iterations, warmup=warmup,
-                     device=device, cpu_fp16=("torch", "fp16") in pairs)
+    from .parity.run import check_pairs
+    check_pairs(pairs)
+    return run_bench(_path(workdir, "workdir"), list(pairs), batch_sizes, iterations=iterations,
+                     warmup=warmup, device=device, cpu_fp16=("torch", "fp16") in map(tuple, pairs))
 
 
 def bundle(workdir: str | Path, target: str = "jetpack6", out: str | Path | None = None, *,
@@ -53,7 +57,14 @@ def bundle(workdir: str | Path, target: str = "jetpack6", out: str | Path | None
     own built-in dataset). `options`: golden, thresholds, sign, accelerator,
     classifier_threshold, release as `make_bundle` takes them."""
     from .deploy import make_bundle
-    return make_bundle(workdir, target, out, eval_spec=data, **options)
+    return make_bundle(_path(workdir, "workdir"), target, out, eval_spec=data, **options)
+
+
+def _path(value, name: str) -> Path:
+    """A path argument as the command takes it (a str or os.PathLike), or BadInput saying so."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise BadInput(f"{name} {value!r} is not a path; give a folder as a str or Path")
+    return Path(value)
 
 
 __all__ = ["load_model", "export", "calibrate", "parity", "bench", "bundle", "load_thresholds",

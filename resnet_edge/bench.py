@@ -11,12 +11,13 @@ import numpy as np
 
 from . import strictjson
 from .artifacts import open_dir
-from .errors import BadInput, number_in, well_formed
+from .errors import BadInput, number_in, well_formed, whole
 from .export import check_batch_sizes, export_profile, open_workdir
 from .runtime import power as energy
 from .runtime import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
-from .runtime.gpu import placed
+from .parity.run import check_pairs
+from .runtime.gpu import placed, resolve_device
 from .runtime.latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
@@ -37,6 +38,10 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     x86 GPU) or the power read while it ran (tegrastats, nvidia-smi), or why not. With
     `cuda_graph`, each GPU backend and batch size also runs as a replayed CUDA graph (a
     `+graph` row), and `graph_speedup` holds eager/graph ratios."""
+    if not (whole(iterations) and iterations >= 1 and whole(warmup) and warmup >= 0):
+        raise BadInput("--iterations must be at least 1, --warmup at least 0")
+    check_pairs(pairs)
+    resolve_device(device)
     workdir = open_dir(workdir)  # once, handed down: its manifest read and each file hashed once
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)

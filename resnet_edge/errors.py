@@ -43,6 +43,11 @@ class DataWarning(UserWarning):
     as a warning line, and a notebook shows it as any Python warning."""
 
 
+def whole(value) -> bool:
+    """An int that is not a bool (True is 1 to Python, not to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def number_in(value, low: float, high: float, what: str) -> float:
     """A number given to the library (the API, the pytest plugin), checked as the command line
     checks its options: a real number (not a bool, not text), finite (NaN passes every

@@ -300,6 +300,41 @@ def test_a_bare_onnx_file_is_compared_with_its_own_fp32_run(digits_workdir, tmp_
                    "carries no resnet-edge model card (preprocessing, classes) in its metadata")
 
 
+def _with_metadata(source, out, key, change):
+    import onnx
+    proto = onnx.load(str(source))
+    for prop in proto.metadata_props:
+        if prop.key == key:
+            data = json.loads(prop.value)
+            change(data)
+            prop.value = json.dumps(data)
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize("key,change,said", [
+    ("resnet_edge.export", lambda d: d.update(opt_batch=2.5), "batch profile in its metadata is unusable "
+                                                             "(--opt-batch 2.5 is not a whole number)"),
+    ("resnet_edge.export", lambda d: d.update(max_batch="32"), "--max-batch '32' is not a whole number"),
+    ("resnet_edge.card", lambda d: d.update(num_classes=1000, class_names=None),
+     "metadata says 1000 classes, but its graph outputs 10"),
+    (None, None, "is not a readable ONNX file"),
+])
+def test_a_refused_bare_onnx_file_leaves_no_scratch_and_its_metadata_is_held_to_its_graph(
+        key, change, said, digits_workdir, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read afresh
+    bare = tmp_path / "bare.onnx"
+    if key is None:
+        bare.write_bytes(b"not a protobuf")
+    else:
+        _with_metadata(digits_workdir / "model.onnx", bare, key, change)
+    one_line_error(run_cli("parity", bare, "--backends", "ort", "--limit", "8"), 2, said)
+    assert not list((tmp_path / "tmp").glob("resnet-edge-onnx-*"))
+
+
 def test_cpu_latency_says_it_is_not_device_latency(digits_workdir, run_cli):
     """On a CPU int8 can look twice as slow as fp32; the table says whose latency it is."""
     result = run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32,int8",

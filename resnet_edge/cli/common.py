@@ -91,8 +91,14 @@ def resolve_workdir(ctx, param, value: Path) -> Path:
     import tempfile
     from ..export import workdir_from_onnx
     scratch = Path(tempfile.mkdtemp(prefix="resnet-edge-onnx-"))
+    try:
+        made = workdir_from_onnx(value, scratch)
+    except BaseException:
+        # click runs no close callbacks for a parameter that failed: removed here, on every path
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     ctx.call_on_close(lambda: shutil.rmtree(scratch, ignore_errors=True))
-    return workdir_from_onnx(value, scratch)
+    return made
 
 
 def _json_target(ctx, param, value: Path | None) -> Path | None:

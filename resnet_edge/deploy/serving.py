@@ -28,8 +28,15 @@ except ImportError:  # as lib/serving.py in a bundle
     from archive import PLAIN_NAME
 
 
+# control characters (C0, DEL, C1) and every line break str.splitlines() knows (NEL is C1; the
+# Unicode line and paragraph separators are not controls): a reader that splits lines would
+# read one label as two
+_LINE_BREAKS = "\u2028\u2029"
+
+
 def _controls(value: str, also: str = "") -> list[str]:
-    return sorted({repr(c) for c in value if ord(c) < 32 or ord(c) == 127 or c in also})
+    return sorted({repr(c) for c in value
+                   if ord(c) < 32 or 127 <= ord(c) <= 159 or c in _LINE_BREAKS or c in also})
 
 
 def name_problems(bundle: str, class_names: list[str], server: str | None,

@@ -149,6 +149,7 @@ def workdir_from_onnx(onnx_file: str | Path, scratch: str | Path) -> Path:
                        "zoo name> --out DIR` (with --mean/--std/--input-size for a plain state "
                        "dict) and give DIR or DIR/model.onnx")
     options = {k: v for k, v in options.items() if k != "resnet_edge"}
+    _held_to_graph(onnx_file, proto, card, options)
     wd = WorkDir(scratch)
     wd.begin("export", [ONNX_NAME, FP16_NAME])
     wd.remember(ONNX_NAME, write_bytes_atomic(wd.file(ONNX_NAME), onnx_file.read_bytes()))
@@ -160,6 +161,24 @@ def workdir_from_onnx(onnx_file: str | Path, scratch: str | Path) -> Path:
     wd.complete("export", outputs=[ONNX_NAME, FP16_NAME], made_from=[],
                 remake=f"give {onnx_file} again")
     return scratch
+
+
+def _held_to_graph(onnx_file: Path, proto: onnx.ModelProto, card, options: dict) -> None:
+    """A bare file's metadata is what the file says of itself: its batch profile must be one
+    export could have written (whole numbers, in order) and its card's classes as many as the
+    graph's output is wide, or every row would be judged on a model the file is not."""
+    known = {k: options[k] for k in ("exporter", "opset", "max_batch", "min_batch", "opt_batch",
+                                     "batch") if k in options}
+    try:
+        ExportOptions(**known).resolved()
+    except (TypeError, BadInput) as exc:
+        raise BadInput(f"{onnx_file}'s batch profile in its metadata is unusable ({exc}); export "
+                       "it again") from None
+    dims = proto.graph.output[0].type.tensor_type.shape.dim if proto.graph.output else []
+    width = dims[-1].dim_value if dims else 0
+    if width and width != card.num_classes:
+        raise BadInput(f"{onnx_file}'s metadata says {card.num_classes} classes, but its graph "
+                       f"outputs {width}; export it again")
 
 
 def open_workdir(workdir: str | Path):
@@ -185,6 +204,9 @@ def open_workdir(workdir: str | Path):
 
 def check_batch_sizes(profile: dict, sizes, what: str) -> None:
     """Refuse, in one line, batch sizes the exported model cannot take."""
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise BadInput(f"{what} {size!r} is not a whole number")
     outside = [s for s in sizes if not profile["min"] <= s <= profile["max"]]
     if outside:
         allowed = (f"only {profile['max']} (a static export)" if profile["static"] else

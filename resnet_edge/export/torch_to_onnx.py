@@ -42,6 +42,10 @@ class ExportOptions:
 
     def resolved(self) -> "ExportOptions":
         """Defaults filled in and every value checked, before any work is done."""
+        for name in ("opset", "max_batch", "min_batch", "opt_batch", "batch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise BadInput(f"--{name.replace('_', '-')} {value!r} is not a whole number")
         if self.exporter not in OPSET_RANGE:
             raise BadInput(f"unknown exporter {self.exporter!r}; use dynamo or torchscript")
         if self.batch is not None:

@@ -15,11 +15,11 @@ import numpy as np
 from .. import __version__
 from ..artifacts import open_dir
 from ..data import batches, data_for, match_classes, open_data
-from ..errors import BadInput, GateFailed, MissingBackend
+from ..errors import BadInput, GateFailed, MissingBackend, whole
 from ..export import check_batch_sizes, export_profile, open_workdir
 from ..backends import (CPU_FP16, ORT_PROVIDER_BACKENDS, Backend, BackendUnavailable,
                         artifact_hashes, open_backend)
-from ..runtime.gpu import placed, tf32_unavailable
+from ..runtime.gpu import placed, resolve_device, tf32_unavailable
 from ..runtime.latency import LatencyStats, describe_machine
 from .gates import GateResult, Thresholds, evaluate_gates, for_precision
 from ..metrics import NEAR_TIE_FACTOR, Accuracy, LogitComparison
@@ -90,14 +90,24 @@ def with_providers(backends: list[str], ort_providers: list[str] | None) -> list
 
 
 def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
-    for name in backends:
-        if name not in SUPPORTED:
-            raise BadInput(f"unknown backend {name!r}; use {', '.join(SUPPORTED)}")
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise BadInput(f"unknown precision {p!r}; use {', '.join(PRECISIONS)}")
+    for what, names, known in (("backend", backends, SUPPORTED), ("precision", precisions, PRECISIONS)):
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise BadInput(f"{what}s are a list of names, e.g. {list(known)[:2]}; got {names!r}")
+        for name in names:
+            if name not in known:
+                raise BadInput(f"unknown {what} {name!r}; use {', '.join(known)}")
     return [(b, p) for b in backends for p in precisions
             if p in SUPPORTED[b] and (b, p) != REFERENCE]
+
+
+def check_pairs(pairs) -> None:
+    """(backend, precision) pairs as bench takes them, each known (the reference included)."""
+    if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)):
+        raise BadInput(f"pairs are a list of (backend, precision), e.g. [('ort', 'fp32')]; got {pairs!r}")
+    for pair in pairs:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise BadInput(f"{pair!r} is not a (backend, precision) pair, e.g. ('ort', 'fp32')")
+        candidates([pair[0]], [pair[1]])
 
 
 def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str], precisions: list[str],
@@ -115,8 +125,11 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     With `keep_disagreements`, the first images where each candidate's top-1 differs from the
     reference's are kept as small PNGs in report["_thumbnails"] (index -> PNG bytes), for the
     HTML report; keys starting with "_" never go into the JSON."""
-    if limit is not None and limit < 1:
-        raise BadInput(f"--limit must be at least 1, got {limit}")
+    if limit is not None and not (whole(limit) and limit >= 1):
+        raise BadInput(f"--limit must be at least 1, got {limit!r}")
+    if agreement not in AGREEMENT:
+        raise BadInput(f"agreement {agreement!r} is not one of {', '.join(AGREEMENT)}")
+    resolve_device(device)
     workdir = open_dir(workdir)  # once, handed down: its manifest read and each file hashed once
     card, model = open_workdir(workdir)
     profile = export_profile(workdir)

@@ -27,7 +27,9 @@ def cuda_visible() -> bool:
 
 def resolve_device(name: str) -> str:
     """auto -> $RESNET_EDGE_DEVICE where set, else cuda where torch sees a GPU, else cpu;
-    cuda without a GPU is bad usage."""
+    cuda without a GPU is bad usage, and so is any other name."""
+    if name not in DEVICES:
+        raise BadInput(f"device {name!r} is not one of {', '.join(DEVICES)}")
     if name == "auto":
         pinned = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
         if pinned not in DEVICES:

@@ -16,7 +16,6 @@ from .export import check_batch_sizes, export_profile, open_workdir
 from .runtime import power as energy
 from .runtime import regression
 from .backends import BackendUnavailable, artifact_hashes, open_backend
-from .parity.run import check_pairs
 from .runtime.gpu import placed, resolve_device
 from .runtime.latency import describe_machine, measure
 
@@ -40,7 +39,6 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     `+graph` row), and `graph_speedup` holds eager/graph ratios."""
     if not (whole(iterations) and iterations >= 1 and whole(warmup) and warmup >= 0):
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
-    check_pairs(pairs)
     resolve_device(device)
     workdir = open_dir(workdir)  # once, handed down: its manifest read and each file hashed once
     card, model = open_workdir(workdir)

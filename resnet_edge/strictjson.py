@@ -132,7 +132,7 @@ def read_report(path, schema: str | tuple[str, ...], what: str, max_bytes: int =
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{what} {path} is not JSON ({str(exc).splitlines()[0]})") from None
     except ValueError as exc:  # JSON, but with what no report holds
-        raise ValueError(f"{what} {path} is not a report resnet-edge wrote ({exc})") from None
+        raise ValueError(f"{what} {path} is not a well-formed report ({exc})") from None
     schemas = (schema,) if isinstance(schema, str) else schema
     if not isinstance(report, dict) or report.get("schema") not in schemas:
         found = report.get("schema") if isinstance(report, dict) else type(report).__name__

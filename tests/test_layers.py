@@ -10,7 +10,7 @@ PACKAGE = Path(resnet_edge.__file__).parent
 
 # lowest first; a module may import from its own layer or any layer before it
 LAYERS = [
-    ["resnet_edge", "errors", "strictjson", "quiet", "metrics", "parity.gates", "runtime.cpu",
+    ["resnet_edge", "errors", "epoch", "outputs", "strictjson", "quiet", "metrics", "parity.gates", "runtime.cpu",
      "runtime.regression", "runtime.power", "deploy.archive", "deploy.signing"],
     ["artifacts", "data", "console", "pictures"],
     ["zoo"],

@@ -316,3 +316,28 @@ def test_any_sample_count_calibrates_with_every_method(method, samples, digits_w
     shutil.copytree(digits_workdir, work)
     result = calibrate(work, "digits:train", samples=samples, method=method)
     assert result.samples == samples and (work / "model.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("batch,method", [(1, "minmax"), (8, "entropy")])
+def test_a_static_batch_export_calibrates_on_exactly_its_images(batch, method, trained_digits,
+                                                                 digits_workdir, tmp_path, run_cli):
+    """`export --batch N` (DLA's) fed 32 images to a model that takes N and failed; now its
+    ranges are the model's own on exactly the calibration images: the same, to the bit, as the
+    dynamic export's on the same 37 images (no padding counted, none left out)."""
+    static = tmp_path / f"batch{batch}"
+    assert run_cli("export", trained_digits.model_path, "--batch", str(batch), "--out", static).exit_code == 0
+    dynamic = tmp_path / "dynamic"
+    shutil.copytree(digits_workdir, dynamic)
+    for work in (static, dynamic):
+        calibrate(work, "digits:train", samples=37, method=method, holdout=13, sensitivity=batch == 8)
+    # the exports name 9 of the 53 tensors differently (add vs add_116): compared by value
+    ranges = [sorted(load_ranges(work / "calibration.ranges.json").values()) for work in (static, dynamic)]
+    assert ranges[0] == ranges[1]
+    int8 = onnx.load(str(static / "model.int8.onnx"))
+    assert int8.graph.input[0].type.tensor_type.shape.dim[0].dim_value == batch
+    assert read_cache(static / "calibration.cache")  # what DLA's int8 comes from
+    result = run_cli("parity", static, "--backends", "ort", "--precisions", "int8", "--limit", "40",
+                     "--json", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "p.json").read_text())["candidates"][0]
+    assert row["status"] == "ran" and row["metrics"]["top1_agreement"] >= 0.95

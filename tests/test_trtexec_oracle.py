@@ -17,13 +17,16 @@ STUB = Path(__file__).parent / "oracles" / "trtexec_stub.py"
 @pytest.fixture(scope="module")
 def static_batch_bundle(trained_digits, tmp_path_factory):
     """`export --batch 4 --exporter torchscript` (a static batch, as the CLI recommends for DLA
-    and Jetson; opset 17, which every TensorRT family parses), bundled, extracted."""
+    and Jetson; opset 17, which every TensorRT family parses), calibrated (37 images: not a
+    whole number of batches), bundled, extracted."""
+    from resnet_edge.calibration import calibrate
     from resnet_edge.deploy import make_bundle, safe_extract
     from resnet_edge.export import ExportOptions, export_model
     from resnet_edge.zoo import load_model
     base = tmp_path_factory.mktemp("static")
     model, card = load_model(str(trained_digits.model_path))
     export_model(model, card, base / "b4", ExportOptions(exporter="torchscript", batch=4))
+    calibrate(base / "b4", "digits:train", samples=37, method="minmax")
     made = make_bundle(base / "b4", "jetpack6", base / "b4.tar.gz", golden=8)
     return safe_extract(made.path, base / "x")
 SHAPES = ["--minShapes=input:1x3x32x32", "--optShapes=input:8x3x32x32", "--maxShapes=input:32x3x32x32"]
@@ -100,6 +103,20 @@ def test_a_static_batch_bundle_builds_with_trtexec(static_batch_bundle, tmp_path
         assert run.returncode == 0, run.stderr
         assert not any(a.startswith(("--minShapes", "--optShapes", "--maxShapes"))
                        for a in args.read_text().splitlines())
+    # DLA's int8 comes from calibration.cache: the README's line, as written, for the Jetson
+    # families that have a DLA (JetPack 5 and 6)
+    readme = (static_batch_bundle / "README.md").read_text()
+    assert "./build_engine.sh int8 --dla-core 0 --gpu-fallback" in readme
+    for version in ("8.5.2", "10.3.0"):
+        args = tmp_path / f"dla-{version}"
+        env = {**os.environ, "PATH": f"{stub}:{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+               "TRT_VERSION": version, "ENGINE": str(tmp_path / "dla" / version / "model.engine"),
+               "TRTEXEC_ARGS": str(args)}
+        run = subprocess.run(["bash", "build_engine.sh", "int8", "--dla-core", "0", "--gpu-fallback"],
+                             cwd=static_batch_bundle, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        given = args.read_text().splitlines()
+        assert "--useDLACore=0" in given and any(a.startswith("--calib=") for a in given), given
     # and the stand-in does refuse what the old build_engine.sh wrote
     old = [f"--onnx={static_batch_bundle / 'model.onnx'}", f"--saveEngine={tmp_path / 'x.engine'}",
            *(s.replace("32x", "1x").replace("8x", "1x") for s in SHAPES)]

@@ -24,7 +24,7 @@ from ..quiet import quiet
 from ..runtime.ort import make_session
 from ..runtime.trt_rules import INT8_FP16_FILE
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
-from .qdq import CPU_WEIGHT_BITS, METHODS, RECIPES, compute_ranges, load_ranges, quantize
+from .qdq import CPU_WEIGHT_BITS, METHODS, RECIPES, any_batch, compute_ranges, load_ranges, quantize
 from .trt_cache import write_cache
 
 INT8_NAME = "model.int8.onnx"
@@ -105,22 +105,27 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
     # onnxruntime.quantization logs advice on the root logger for every call, and the entropy
     # and percentile calibrators print their progress on stdout
     with quiet(""), tempfile.TemporaryDirectory() as scratch:
-        # onnxruntime.quantization writes <model>-inferred.onnx beside its input: work on a copy
+        # onnxruntime.quantization writes <model>-inferred.onnx beside its input: work on a copy;
+        # and a static-batch export is measured by a copy that takes any batch (any_batch), so
+        # every calibration and held-out image counts once, whatever the model's batch
         source_model = Path(scratch) / ONNX_NAME
         shutil.copyfile(fp32, source_model)
+        measured_model = Path(scratch) / "any-batch" / ONNX_NAME
+        measured_model.parent.mkdir()
+        onnx.save(any_batch(fp32_model), str(measured_model))
         ranges_path = wd.file(RANGES_NAME)
         range_inputs = {ONNX_NAME: wd.sha256(ONNX_NAME), "calibration_sha256": data_hash,
                         "tensors": "all"}
         if not wd.is_fresh(RANGES_NAME, range_inputs, options):
             step(f"calibrating every tensor ({method}, {len(inputs)} images)")
             with atomic_path(ranges_path) as tmp:
-                compute_ranges(source_model, inputs, method, tmp, scratch, input_name)
+                compute_ranges(measured_model, inputs, method, tmp, scratch, input_name)
             wd.record(RANGES_NAME, inputs=range_inputs, options=options)
             written.append(ranges_path)
         ranges = load_ranges(ranges_path)
 
         held = _holdout(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
-        evaluate = _Evaluator(source_model, held, recipe, Path(scratch), ranges_path, method, layers,
+        evaluate = _Evaluator(measured_model, held, recipe, Path(scratch), ranges_path, method, layers,
                               ranges)
         ranking = evaluate.sensitivity(step) if sensitivity or exclude == "auto" else None
         if ranking is not None:
@@ -197,9 +202,17 @@ class _Evaluator:
         self.fp32_top1 = float((self.reference.argmax(1) == self.target).mean()) if held else None
 
     def _logits(self, session) -> np.ndarray:
-        name = session.get_inputs()[0].name
-        return np.concatenate([session.run(None, {name: self.held.inputs[i:i + 128]})[0]
-                               for i in range(0, len(self.held.inputs), 128)])
+        """The held-out images' logits, in batches the model takes: a static-batch model's last
+        batch padded with zeros and the padding's logits dropped."""
+        first = session.get_inputs()[0]
+        static = isinstance(first.shape[0], int)
+        size = first.shape[0] if static else 128
+        images, out = self.held.inputs, []
+        for i in range(0, len(images), size):
+            batch = images[i:i + size]
+            pad = np.zeros((size - len(batch) if static else 0, *batch.shape[1:]), batch.dtype)
+            out.append(session.run(None, {first.name: np.concatenate([batch, pad])})[0][:len(batch)])
+        return np.concatenate(out)
 
     def _int8_logits(self, path: Path | bytes) -> np.ndarray:
         # The tensorrt recipe is judged by the numerics TensorRT will run (Q/DQ as written),

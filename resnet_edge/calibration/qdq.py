@@ -110,6 +110,41 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     return load_ranges(ranges_path)
 
 
+def any_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A static-batch model (`export --batch N`, what DLA takes) as one that takes any batch,
+    for calibration only: its batch dimensions named instead of fixed, and each Reshape to a
+    shape led by N led by 0 instead (copy the input's batch). Tensor names and weights are the
+    model's own, so the ranges it gives are the model's, measured on exactly the calibration
+    images: no batch padded with images that are not in the set, and none left out. A model
+    that already takes any batch is returned as it is."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    if not dim or not dim[0].HasField("dim_value"):
+        return model
+    batch = dim[0].dim_value
+    free = onnx.ModelProto()
+    free.CopyFrom(model)
+    for value in (*free.graph.input, *free.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del free.graph.value_info[:]  # shapes inferred afresh, from the named batch
+    initializers = {i.name: i for i in free.graph.initializer}
+    for node in free.graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in initializers:
+            continue
+        shape = numpy_helper.to_array(initializers[node.input[1]])
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if shape.size and shape[0] == batch and not (allowzero and -1 in shape):
+            led = shape.copy()
+            # 0: as the input has it; where 0 is read literally (allowzero, as the dynamo
+            # exporter writes it), -1: inferred
+            led[0] = -1 if allowzero else 0
+            name = f"{node.input[1]}_any_batch"
+            if name not in initializers:
+                initializers[name] = numpy_helper.from_array(led, name)
+                free.graph.initializer.append(initializers[name])
+            node.input[1] = name
+    return free
+
+
 def load_ranges(ranges_path: str | os.PathLike) -> dict[str, tuple[float, float]]:
     from onnxruntime.quantization.calibrate import load_tensors_data
     tensors = load_tensors_data(ranges_path)

@@ -222,9 +222,16 @@ def test_build_engine_sh_installs_the_plan_and_the_deepstream_engine(calibrated_
     run = subprocess.run(["bash", "build_engine.sh", "int8"], cwd=deepstream, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    config = _nvinfer(deepstream / "deepstream" / "config_infer_int8.txt")
+    path = deepstream / "deepstream" / "config_infer_int8.txt"
+    config = _nvinfer(path)
     engine = (deepstream / "deepstream" / config["model-engine-file"]).resolve()
-    assert engine.read_text() == "plan" and engine.is_relative_to(tmp_path / "d" / "x" / f"{deepstream.name}.device")
+    # where nvinfer loads it from on its first start: no build on the device at all
+    assert engine.read_text() == "plan" and engine.parent == deepstream.resolve()
+    assert engine.name.endswith("_gpu0_best.engine")
+    dims = tuple(int(v) for v in config["infer-dims"].split(";"))
+    assert _starts(path, {str(engine): nvinfer_rules.Engine(int(config["batch-size"]), dims)}).action == "reuse"
+    readme = (deepstream / "README.md").read_text()
+    assert f"`{engine.name}`" in readme and "model.fp16.engine" not in readme
 
 
 # ---- DeepStream -----------------------------------------------------------------------------
@@ -264,16 +271,20 @@ def test_nvinfer_preprocessing_equals_the_model_cards(which, request, tmp_path):
         precision, _, dla = path.stem.removeprefix("config_infer_").partition("_")
         assert (config.get("use-dla-core"), config.get("enable-dla")) == (("0", "1") if dla else (None, None))
         assert config["network-type"] == "1" and config["model-color-format"] == "0"
-        assert config["network-mode"] == {"fp32": "0", "int8": "1", "fp16": "2"}[precision]
+        # DeepStream 7.x: int8 is network-mode 3, INT8 with FP16 for what has no scales
+        assert config["network-mode"] == {"fp32": "0", "int8": "3", "fp16": "2"}[precision]
         assert config["infer-dims"] == f"3;{card.preprocess.input_size};{card.preprocess.input_size}"
         assert (folder / config["onnx-file"]).is_file() and config["output-blob-names"] == "logits"
         assert (folder / config["labelfile-path"]).read_text().strip().split(";") == (
             card.class_names or [str(i) for i in range(card.num_classes)])
-        # the batch the engines are tuned for, and the name nvinfer would give the engine
+        # the batch the engines are tuned for, and the engine where nvinfer writes and reads it:
+        # beside the ONNX, under the name nvinfer gives it
         assert int(config["batch-size"]) == profile["opt_batch"]
-        assert config["model-engine-file"].endswith("/" + nvinfer_rules.engine_name(
+        assert config["model-engine-file"] == "../" + nvinfer_rules.engine_name(
             config["onnx-file"].removeprefix("../"), profile["opt_batch"],
-            int(config["network-mode"]), dla_core=int(dla.removeprefix("dla")) if dla else None))
+            int(config["network-mode"]), dla_core=int(dla.removeprefix("dla")) if dla else None)
+        # torchvision's antialiased resize of whole frames is super-sampling, not 4-tap bilinear
+        assert config["scaling-filter"] == ("3" if card.preprocess.antialias else "1")
         scale = float(config["net-scale-factor"])
         offsets = np.array([float(v) for v in config["offsets"].split(";")], np.float32)
         for frame in _frames(card.preprocess.input_size):
@@ -364,22 +375,93 @@ def deepstream_bundle(folded_digits, tmp_path_factory):
     return safe_extract(made.path, tmp_path_factory.mktemp("dsx"))
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize("change,message,release", [
     # what bundle wrote before: nvinfer refused to start on it
     (("classifier-threshold=0.0", "classifier-threshold=-1000000000"),
-     "Negative value specified for classifier-threshold"),
-    (("network-mode=1", "network-mode=3"), "Invalid value for 'network-mode':'3'"),
-    (("batch-size=8", "batch-size=0"), "batch-size(0) should be in the range [1,1024]"),
-    (("batch-size=8", "batch-size=1.5"), "cannot be interpreted as a number"),
-    (("infer-dims=3;32;32", "infer-dims=3;32"), "Should be 3 as [c;h;w] order"),
-    (("scaling-filter=1", "scaling-filter=9"), "Invalid value for 'scaling-filter':'9'"),
+     "Negative value specified for classifier-threshold", "7.1"),
+    (("network-mode=3", "network-mode=4"), "Invalid value for 'network-mode':'4'", "7.1"),
+    (("network-mode=3", "network-mode=3"), "Invalid value for 'network-mode':'3'", "6.3"),  # 7.0 added 3
+    (("batch-size=8", "batch-size=0"), "batch-size(0) should be in the range [1,1024]", "7.1"),
+    (("batch-size=8", "batch-size=1.5"), "cannot be interpreted as a number", "7.1"),
+    (("infer-dims=3;32;32", "infer-dims=3;32"), "Should be 3 as [c;h;w] order", "7.1"),
+    (("scaling-filter=3", "scaling-filter=9"), "Invalid value for 'scaling-filter':'9'", "7.1"),
 ])
-def test_the_nvinfer_oracle_refuses_what_nvinfer_refuses(change, message, deepstream_bundle):
+def test_the_nvinfer_oracle_refuses_what_nvinfer_refuses(change, message, release, deepstream_bundle):
     text = (deepstream_bundle / "deepstream" / "config_infer_int8.txt").read_text()
-    assert change[0] in text and not nvinfer_rules.check(text)
-    found = nvinfer_rules.check(text.replace(change[0], change[1]))
+    assert change[0] in text and not nvinfer_rules.check(text, "7.1")
+    found = nvinfer_rules.check(text.replace(change[0], change[1]), release)
     assert [f.kind for f in found] == ["error"] and message in found[0].message, found
-    assert "gstnvinfer_property_parser.cpp:" in found[0].source
+    assert f"DeepStream {release} sources/gst-plugins/gst-nvinfer/gstnvinfer_property_parser.cpp:" in found[0].source
+
+
+@pytest.mark.parametrize("text,release,arch", [
+    # nvinfer defaults what the config leaves out (NvDsInferContext_ResetInitParams): batch 1
+    ("[property]\nonnx-file=m.onnx\nnetwork-type=1\n", "7.1", "aarch64"),
+    # no range checks where nvinfer has none (gpu-id's device count check is `&& 0`)
+    ("[property]\nonnx-file=m.onnx\nnetwork-type=1\ngpu-id=-1\nenable-dla=1\nuse-dla-core=7\n", "6.3", "x86_64"),
+    # VIC (2) exists on Jetsons only (#ifdef __aarch64__)
+    ("[property]\nonnx-file=m.onnx\nnetwork-type=1\nscaling-compute-hw=2\n", "7.1", "aarch64"),
+    # keys 7.0 added
+    ("[property]\nonnx-file=m.onnx\nnetwork-type=1\ndump-input-tensor=0\n", "7.1", "aarch64"),
+])
+def test_the_nvinfer_oracle_takes_what_nvinfer_takes(text, release, arch):
+    assert nvinfer_rules.check(text, release, arch) == []
+
+
+@pytest.mark.parametrize("text,release,arch,kind,said", [
+    ("[property]\nonnx-file=m.onnx\nnetwork-type=1\nscaling-compute-hw=2\n", "7.1", "x86_64", "error",
+     "Invalid value for 'scaling-compute-hw':'2'"),
+    ("[property]\nonnx-file=m.onnx\nnetwork-type=1\ndump-input-tensor=0\n", "6.3", "aarch64", "degrade",
+     "Unknown or legacy key specified 'dump-input-tensor'"),
+    ("[property]\nonnx-file=m.onnx\n", "7.1", "aarch64", "degrade", "runs the model as a detector"),
+])
+def test_the_nvinfer_oracle_tells_release_and_platform_apart(text, release, arch, kind, said):
+    found = nvinfer_rules.check(text, release, arch)
+    assert [f.kind for f in found] == [kind] and said in found[0].message, found
+    assert f"DeepStream {release} sources/" in found[0].source
+
+
+def _starts(config, engines, writable=lambda folder: True):
+    return nvinfer_rules.start(str(config), engines, writable)
+
+
+def test_nvinfer_builds_once_and_every_later_start_loads_that_engine(deepstream_bundle, tmp_path):
+    """nvinfer serializes the engine it builds beside the ONNX, never to model-engine-file, and
+    loads model-engine-file on the next start: the configs name that file, so the second start
+    reuses the first one's build (the configs used to name one in <bundle>.device/: every start
+    built again, minutes on an Orin)."""
+    import shutil
+    root = tmp_path / deepstream_bundle.name
+    shutil.copytree(deepstream_bundle, root)
+    for config in sorted((root / "deepstream").glob("config_infer_*.txt")):
+        values = _nvinfer(config)
+        dims = tuple(int(v) for v in values["infer-dims"].split(";"))
+        first = _starts(config, {})
+        assert first.action == "build" and "try rebuild" in first.reason
+        assert first.engine == str((config.parent / values["model-engine-file"]).resolve())
+        second = _starts(config, {first.engine: nvinfer_rules.Engine(int(values["batch-size"]), dims)})
+        assert (second.action, second.engine) == ("reuse", first.engine), second
+        # a read-only bundle: nvinfer builds at every start and saves nothing
+        assert _starts(config, {}, writable=lambda folder: False).engine == ""
+    # the old config, shown failing the rule: its engine is never the one nvinfer wrote
+    config = root / "deepstream" / "config_infer_fp16.txt"
+    old = config.read_text().replace(f"model-engine-file=../", f"model-engine-file=../../{root.name}.device/deepstream/")
+    config.write_text(old)
+    built = _starts(config, {}).engine
+    again = _starts(config, {built: nvinfer_rules.Engine(8, (3, 32, 32))})
+    assert again.action == "build", again
+
+
+def test_an_engine_nvinfer_cannot_use_is_rebuilt(deepstream_bundle):
+    config = deepstream_bundle / "deepstream" / "config_infer_fp16.txt"
+    values = _nvinfer(config)
+    engine = str((config.parent / values["model-engine-file"]).resolve())
+    batch = int(values["batch-size"])
+    small = _starts(config, {engine: nvinfer_rules.Engine(batch - 1, (3, 32, 32))})
+    assert small.action == "build" and f"Backend has maxBatchSize {batch - 1} whereas {batch}" in small.reason
+    assert "nvdsinfer_context_impl.cpp:2026" in small.source
+    other = _starts(config, {engine: nvinfer_rules.Engine(batch, (3, 64, 64))})
+    assert other.action == "build" and "backend can not support dims:3x32x32" in other.reason
 
 
 def test_nvinfer_reads_one_output_layer_of_the_models_classes(deepstream_bundle, folded_digits):

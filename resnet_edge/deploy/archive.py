@@ -183,9 +183,10 @@ def check_folder(bundle: Path) -> tuple[dict, bytes]:
 
 
 # nvinfer, building an engine itself, writes <onnx-file>_b<batch>_<gpuN|dlaN>_<mode>.engine
-# beside the ONNX (DeepStream nvdsinfer_model_builder.cpp): in a DeepStream bundle that file is
-# the device's own, made from a listed model; it is never read as part of the bundle.
-NVINFER_ENGINE = re.compile(r"(?P<onnx>[A-Za-z0-9_.-]+\.onnx)_b\d{1,4}_(?:gpu|dla)\d{1,2}_(?:fp32|fp16|int8)\.engine")
+# beside the ONNX (DeepStream nvdsinfer_model_builder.cpp; mode "best" from 7.0), and a DeepStream
+# bundle's configs load it from there (build_engine.sh puts its engine there too): the device's
+# own file, made from a listed model, never read as part of the bundle.
+NVINFER_ENGINE = re.compile(r"(?P<onnx>[A-Za-z0-9_.-]+\.onnx)_b\d{1,4}_(?:gpu|dla)\d{1,2}_(?:fp32|fp16|int8|best)\.engine")
 
 
 def _nvinfer_engine(rel: str, files: dict) -> bool:

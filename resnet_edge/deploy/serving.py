@@ -19,13 +19,24 @@ TRITON_DIR = "triton"            # in the bundle: the onnxruntime model, ready t
 TRITON_PLAN_DIR = "triton-plan"  # in the bundle: config of the TensorRT plan model, no plan yet
 DEEPSTREAM_DIR = "deepstream"
 ACCELERATORS = ("none", "fp16", "int8")
-NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
+PRECISIONS = ("fp32", "fp16", "int8")  # the engines build_engine.sh builds
+# nvinfer's network-mode per DeepStream release (gstnvinfer_property_parser.cpp, NETWORK_MODE):
+# 6.x takes 0 fp32, 1 int8, 2 fp16. 7.0 added 3 (NvDsInferNetworkMode_BEST), which sets both
+# the INT8 and FP16 builder flags where 1 sets INT8 alone (nvdsinfer_model_builder.cpp 7.1:
+# 902-913), so layers without scales run in fp16 as build_engine.sh's `--int8 --fp16` have
+# them, not in fp32
+NETWORK_MODES = {"6": {"fp32": 0, "int8": 1, "fp16": 2}, "7": {"fp32": 0, "int8": 3, "fp16": 2}}
+MODE_NAMES = {0: "fp32", 1: "int8", 2: "fp16", 3: "best"}  # networkMode2Str, in engine names
+
+
+def network_mode(precision: str, deepstream: str) -> int:
+    return NETWORK_MODES[deepstream.split(".")[0]][precision]
 
 
 try:
-    from .archive import PLAIN_NAME
+    from .archive import NVINFER_ENGINE, PLAIN_NAME
 except ImportError:  # as lib/serving.py in a bundle
-    from archive import PLAIN_NAME
+    from archive import NVINFER_ENGINE, PLAIN_NAME
 
 
 # control characters (C0, DEL, C1) and every line break str.splitlines() knows (NEL is C1; the
@@ -203,21 +214,29 @@ def nvinfer_scaling(mean, std) -> tuple[float, list[float]]:
     return 1.0 / (255.0 * std[0]), [255.0 * m for m in mean]
 
 
-# The card's resize interpolation -> nvinfer's scaling-filter (NvBufSurfTransform_Inter:
-# 0 Nearest, 1 Bilinear, 2 Algo1 = GPU cubic / VIC 5-tap); nearest-exact samples pixel centres
-# as nearest does on the GPU.
-SCALING_FILTER = {"nearest": 0, "nearest-exact": 0, "bilinear": 1, "bicubic": 2}
+def scaling_filter(interpolation: str, antialias: bool) -> int:
+    """The card's resize -> nvinfer's scaling-filter (NvBufSurfTransform_Inter, nvbufsurftransform.h:
+    0 Nearest, 1 Bilinear, 2 Algo1 = GPU cubic / VIC 5-tap, 3 Algo2 = GPU super-sampling / VIC
+    10-tap). nvinfer shrinks whole frames (720p, 1080p) to the input size: the card's antialiased
+    resize (torchvision's, which averages each output pixel's footprint) is super-sampling, not
+    bilinear's four taps, which alias at those ratios. nearest and nearest-exact sample pixel
+    centres, as Nearest does on the GPU."""
+    if interpolation.startswith("nearest"):
+        return 0
+    if antialias:
+        return 3
+    return {"bilinear": 1, "bicubic": 2}[interpolation]
 
 
-def nvinfer_engine_name(onnx_file: str, batch_size: int, precision: str,
-                        dla_core: int | None = None) -> str:
-    """The name nvinfer gives an engine it builds from `onnx_file` (nvdsinfer_model_builder.cpp:
-    <model>_b<batch>_<gpu0|dlaN>_<mode>.engine); ours carry the same name."""
+def nvinfer_engine_name(onnx_file: str, batch_size: int, mode: int, dla_core: int | None = None) -> str:
+    """The name nvinfer gives an engine it builds from `onnx_file`, beside it
+    (nvdsinfer_model_builder.cpp 7.1:544-546: <model>_b<batch>_<gpu0|dlaN>_<mode>.engine, mode
+    as networkMode2Str says it); ours carry the same name in the same place."""
     device = "gpu0" if dla_core is None else f"dla{dla_core}"
-    return f"{onnx_file}_b{batch_size}_{device}_{precision}.engine"
+    return f"{onnx_file}_b{batch_size}_{device}_{MODE_NAMES[mode]}.engine"
 
 
-def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_size: int,
+def nvinfer_config(*, preprocess: dict, num_classes: int, mode: int, batch_size: int,
                    engine: str, onnx: str, calibration: str | None, labels: str,
                    output_name: str, threshold: float, dla_core: int | None = None) -> str:
     """A primary classifier's [property] group; paths are relative to the config's folder.
@@ -230,6 +249,7 @@ def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_
     scale, offsets = nvinfer_scaling(preprocess["mean"], preprocess["std"])
     size = preprocess["input_size"]
     interpolation = preprocess["interpolation"]
+    scaling = scaling_filter(interpolation, preprocess.get("antialias", True))
     lines = [
         "# Written by resnet-edge from the model card: do not edit the preprocessing by hand.",
         "# nvinfer computes y = net-scale-factor * (x - offsets) on RGB pixels in 0..255, which is",
@@ -237,8 +257,10 @@ def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_
         f"# center crop (the model was trained on a {size} px center crop of a {preprocess['resize']} px",
         "# resize): crop upstream (nvvideoconvert src-crop, nvdspreprocess ROIs) when frames are",
         "# not what the model was trained on; maintain-aspect-ratio=1 pads instead of stretching.",
-        f"# scaling-filter {SCALING_FILTER[interpolation]} is nvinfer's match for the card's "
-        f"'{interpolation}' resize.",
+        f"# scaling-filter {scaling} is nvinfer's match for the card's '{interpolation}' resize"
+        f"{' (antialiased)' if preprocess.get('antialias', True) else ''}.",
+        "# model-engine-file is where nvinfer writes the engine it builds on its first start",
+        "# (beside the ONNX file), so later starts load it; build_engine.sh puts its engine there.",
         "# The model outputs probabilities (Softmax in the graph): a label is attached when its",
         f"# probability is above classifier-threshold ({threshold:g}).",
         "[property]", "gpu-id=0",
@@ -247,11 +269,11 @@ def nvinfer_config(*, preprocess: dict, num_classes: int, precision: str, batch_
         f"onnx-file={onnx}", f"model-engine-file={engine}",
         *([f"int8-calib-file={calibration}"] if calibration else []),
         f"labelfile-path={labels}", f"batch-size={batch_size}",
-        f"network-mode={NETWORK_MODE[precision]}",
+        f"network-mode={mode}",
         *(["enable-dla=1", f"use-dla-core={dla_core}"] if dla_core is not None else []),
         "network-type=1", "process-mode=1", "gie-unique-id=1",
         f"infer-dims=3;{size};{size}", "maintain-aspect-ratio=0",
-        f"scaling-filter={SCALING_FILTER[interpolation]}",
+        f"scaling-filter={scaling}",
         f"output-blob-names={output_name}", "classifier-async-mode=0",
         f"classifier-threshold={threshold!r}", "",
         f"# {num_classes} classes, labels in {labels}",
@@ -275,7 +297,9 @@ def deepstream_app_config(infer_config: str, batch_size: int, size: int) -> str:
         "[source0]", "enable=1", "type=3", "uri=file:///opt/nvidia/deepstream/deepstream/samples/streams/sample_720p.mp4",
         "num-sources=1", "gpu-id=0", "",
         "[streammux]", "gpu-id=0", f"batch-size={batch_size}", "batched-push-timeout=40000",
-        f"width={max(size, 640)}", f"height={max(size, 480)}", "live-source=0", "",
+        # the source's own size (sample_720p.mp4): streammux scales every frame to this, and
+        # another aspect ratio would stretch frames before nvinfer scales them again
+        "width=1280", "height=720", "live-source=0", "",
         "[primary-gie]", "enable=1", "gpu-id=0", f"batch-size={batch_size}", "gie-unique-id=1",
         f"config-file={infer_config}", "",
         "[osd]", "enable=0", "",
@@ -289,19 +313,18 @@ def nvinfer_config_name(precision: str, dla_core: int | None = None) -> str:
 
 def install_engine(bundle: Path, engine: Path, precision: str, dla_core: int | None) -> Path | None:
     """Copy `engine` to the model-engine-file of the bundle's nvinfer config for `precision`
-    (on `dla_core`), which lies in the device folder beside the bundle; None when the bundle
-    has no config for that engine."""
+    (on `dla_core`): beside the ONNX file, under the name nvinfer gives the engine it builds
+    itself, where it reads it on every start; None when the bundle has no config for that
+    engine."""
     config = bundle / DEEPSTREAM_DIR / nvinfer_config_name(precision, dla_core)
     if not config.is_file():
         return None
     values = dict(line.split("=", 1) for line in config.read_text().splitlines()
                   if "=" in line and not line.startswith("#"))
     target = (config.parent / values["model-engine-file"]).resolve()
-    allowed = (bundle.parent / f"{bundle.name}.device" / DEEPSTREAM_DIR).resolve()
-    if target.parent != allowed:
+    if target.parent != bundle.resolve() or not NVINFER_ENGINE.fullmatch(target.name):
         raise ValueError(f"{config.name} names model-engine-file {values['model-engine-file']}, "
-                         f"outside {allowed}; the bundle is damaged")
-    target.parent.mkdir(parents=True, exist_ok=True)
+                         "not an nvinfer engine beside the bundle's ONNX files; the bundle is damaged")
     shutil.copyfile(engine, target)
     return target
 
@@ -315,7 +338,7 @@ def main(argv=None) -> int:
                                      "looks for it (run by build_engine.sh).")
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--engine", type=Path, required=True)
-    parser.add_argument("--precision", required=True, choices=sorted(NETWORK_MODE))
+    parser.add_argument("--precision", required=True, choices=PRECISIONS)
     args = parser.parse_args(argv)
     bundle, device = args.bundle.resolve(), trt_rules.device_dir(args.bundle)
     if (bundle / TRITON_PLAN_DIR / "model.json").is_file():

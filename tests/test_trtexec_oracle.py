@@ -51,10 +51,41 @@ def test_shape_options_on_a_static_model_are_refused_by_every_release(release):
     ("8.6.1", ["--buildOnly"], "build-only-deprecated"),
     ("10.3.0", ["--fp16", "--calib=c.cache"], "calib-without-int8"),
     ("8.5.3", ["--int8", "--fp16"], "int8-without-scales"),
+    # a shape for a tensor the network has no input of (its input is "input")
+    ("10.3.0", ["--minShapes=images:1x3x32x32"], "shape-name-missing"),
+    ("8.5.3", ["--optShapes=input:8x3x32x32,images:8x3x32x32"], "shape-name-missing"),
+    # from 10.13 --best and --stronglyTyped together are an error, not a warning
+    ("10.13.3", ["--stronglyTyped", "--best"], "best-strongly-typed"),
+    ("10.16.0", ["--stronglyTyped", "--best"], "best-strongly-typed"),
+    ("10.3.0", ["--stronglyTyped", "--best"], "strongly-typed-precision"),  # before 10.13: fp16, int8 dropped
+    ("10.3.0", ["--useDLACore=0", "--buildDLAStandalone", "--allowGPUFallback"], "dla-standalone-fallback"),
+    # values the parser cannot read
+    ("10.3.0", ["--useDLACore=one"], "invalid-value"),
+    ("10.3.0", ["--minShapes=input:1xthreex32x32"], "invalid-value"),
+    ("10.16.0", ["--memPoolSize=workspace:-5"], "invalid-value"),
+    ("10.3.0", ["--memPoolSize=workspace:1X"], "invalid-value"),
+    ("10.3.0", ["--memPoolSize=scratch:64"], "invalid-value"),
+    ("8.5.3", ["--memPoolSize=workspace:1G"], "invalid-value"),  # units came with 10.x
+    ("8.6.1", ["--memPoolSize=tacticSharedMem:64"], "invalid-value"),
 ])
 def test_known_bad_lines_from_nvidias_source_are_refused(release, line, rule):
     found = check(release, ["trtexec", "--onnx=model.onnx", *line], static_model=False, qdq=False)
     assert rule in [f.rule for f in found], found
+
+
+@pytest.mark.parametrize("release,line", [
+    ("8.5.3", ["--memPoolSize=workspace:1024,dlaSRAM:0.5", "--useDLACore=0", "--allowGPUFallback"]),
+    ("10.3.0", ["--memPoolSize=workspace:1G,tacticSharedMem:48K", "--minShapes='input':1x3x32x32"]),
+    ("10.13.3", ["--stronglyTyped"]),
+])
+def test_lines_trtexec_takes_are_taken(release, line):
+    assert check(release, ["trtexec", "--onnx=model.onnx", *line], static_model=False, qdq=False) == []
+
+
+def test_10_13_is_held_to_its_own_release():
+    """The x86 and Triton targets build with 10.13: it was checked by 10.3's rules."""
+    from oracles.trtexec_stub import nearest
+    assert nearest("10.13.0") == "10.13.3" and nearest("10.12.0") == "10.3.0" and nearest("10.16.1") == "10.16.0"
 
 
 def _plans(version):

@@ -29,7 +29,8 @@ def main() -> int:
     static = all(d.HasField("dim_value") for i in graph.input for d in i.type.tensor_type.shape.dim)
     qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
     release = nearest(os.environ["TRT_VERSION"])
-    findings = check(release, ["trtexec", *args], static_model=static, qdq=qdq)
+    inputs = tuple(i.name for i in graph.input if i.name not in {t.name for t in graph.initializer})
+    findings = check(release, ["trtexec", *args], static_model=static, qdq=qdq, inputs=inputs)
     for f in findings:
         print(f"[E] {f.message}  ({f.source})" if f.kind == "error" else
               f"[W] {f.message}  ({f.source})", file=sys.stderr)

@@ -117,7 +117,10 @@ def test_triton_repository_parses_with_tritons_schema_and_matches_the_onnx(
             f"{input_name}:{b}x{'x'.join(map(str, input_dims[1:]))}" for b in (1, 8, 32)]
         assert trt.parameters["trt_engine_cache_enable"] == "true"
         assert trt.parameters["trt_engine_cache_path"] == f"/w/{root.name}.device/triton-trt-cache/{name}"
-    assert not triton_rules.check(config, onnx.load(str(model_dir / "1" / "model.onnx")))
+        # the timing cache beside the engines: a rebuild reuses the tactic timings
+        assert trt.parameters["trt_timing_cache_enable"] == "true"
+        assert trt.parameters["trt_timing_cache_path"] == trt.parameters["trt_engine_cache_path"]
+    assert not triton_rules.check(config, onnx.load(str(model_dir / "1" / "model.onnx")), folder=model_dir.name)
 
     plan = _parse(root / "triton-plan" / "config.pbtxt")
     assert plan.name == f"{name}_trt" and plan.platform == "tensorrt_plan"
@@ -158,6 +161,12 @@ def test_a_static_batch_is_max_batch_size_0_with_the_batch_in_the_dims(resnet18_
     (lambda c: c.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters.__setitem__(
         "precision_mode", "HALF"), "unsupported precision mode 'HALF'"),
     (lambda c: setattr(c, "platform", "onnx"), "unexpected platform type 'onnx'"),
+    (lambda c: c.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters.__setitem__(
+        "trt_timing_cache_enable", "yes"), "failed to convert 'yes' to boolean"),
+    (lambda c: c.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters.__setitem__(
+        "trt_builder_optimization_level", "max"), "failed to convert 'max' to integral number"),
+    (lambda c: c.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters.__setitem__(
+        "max_workspace_size_bytes", "one GiB"), "failed to convert 'one GiB' to unsigned long long"),
 ])
 def test_the_triton_oracle_refuses_what_triton_refuses(change, message, triton_fp16):
     root, name = triton_fp16
@@ -168,6 +177,37 @@ def test_the_triton_oracle_refuses_what_triton_refuses(change, message, triton_f
     found = triton_rules.check(config, model)
     assert any(message in f.message for f in found), found
     assert all(".cc:" in f.source for f in found)
+
+
+def test_triton_takes_its_own_spellings_of_booleans(triton_fp16):
+    root, name = triton_fp16
+    config = _parse(root / "triton" / name / "config.pbtxt")
+    parameters = config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
+    for value in ("ON", "off", "True", "0"):  # ParseBoolValue lower-cases, and takes on/off
+        parameters["trt_timing_cache_enable"] = value
+        assert not triton_rules.check(config), value
+
+
+def test_the_model_folder_is_named_as_the_model(triton_fp16, tmp_path):
+    """Triton refuses a model whose folder is named otherwise (model_repository_manager.cc)."""
+    import shutil
+    root, name = triton_fp16
+    assert not triton_rules.check(_parse(root / "triton" / name / "config.pbtxt"), folder=name)
+    moved = shutil.copytree(root / "triton" / name, tmp_path / "repo" / "renamed")
+    found = triton_rules.check(_parse(moved / "config.pbtxt"), folder=moved.name)
+    assert [f.message for f in found] == [f"unexpected directory name 'renamed' for model '{name}', "
+                                          "directory name must equal model name"]
+    assert "model_repository_manager.cc:1703-1708" in found[0].source
+
+
+def test_the_triton_readme_says_the_input_contract_the_build_image_and_what_int8_is(triton_fp16,
+                                                                                   calibrated_workdir, tmp_path):
+    readme = (triton_fp16[0] / "README.md").read_text()
+    assert "nvcr.io/nvidia/tensorrt:$TAG-py3 ./build_engine.sh fp16" in readme
+    assert "Input `input`: FP32, the batch dimension first (max_batch_size), then NCHW [3, 32, 32], RGB" in readme
+    assert "mean [" in readme and "std [" in readme and "Triton does no" in readme
+    int8 = _bundle(calibrated_workdir, "triton", tmp_path / "i8", accelerator="int8")
+    assert "TensorRT's INT8 alone" in (int8 / "README.md").read_text()
 
 
 def test_a_static_onnx_with_a_batching_config_is_refused(triton_static, resnet18_folded):

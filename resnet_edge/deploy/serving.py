@@ -113,8 +113,11 @@ def triton_config(name: str, platform: str, *, input_name: str, input_dims: list
         # (src/onnxruntime.cc): one optimization profile over the batch profile, so batches
         # that dynamic batching forms never rebuild the engine, and an engine cache, so a model
         # load reuses the engine built before
+        # ... and a timing cache beside the engines, so a rebuild (a new profile, a TensorRT
+        # upgrade) reuses the tactic timings instead of measuring every layer again
         params = {"precision_mode": accelerator.upper(), "max_workspace_size_bytes": "1073741824",
-                  "trt_engine_cache_enable": "true", "trt_engine_cache_path": engine_cache}
+                  "trt_engine_cache_enable": "true", "trt_engine_cache_path": engine_cache,
+                  "trt_timing_cache_enable": "true", "trt_timing_cache_path": engine_cache}
         if not static:
             shape = "x".join(str(d) for d in input_dims)
             params.update({f"trt_profile_{which}_shapes": f"{input_name}:{profile[key]}x{shape}"

@@ -1,7 +1,8 @@
 """Triton Inference Server: the engine bundle plus a model repository (`triton/<name>`, the
 onnxruntime model servable as it is) and the config of a TensorRT plan model that
-build_engine.sh builds inside the server's own container. Triton's containers ship TensorRT
-10.x; a plan must be built by the TensorRT of the server that loads it."""
+build_engine.sh builds in NVIDIA's TensorRT container of the server's release (tensorrt:<yy.mm>-py3
+ships the TensorRT that tritonserver:<yy.mm>-py3 loads). A plan loads only on the TensorRT that
+built it."""
 
 from __future__ import annotations
 
@@ -65,30 +66,48 @@ class Triton(Target):
         (plan / "model.json").write_text(json.dumps({"name": f"{name}_trt"}) + "\n")
         for folder in (repo, plan):
             (folder / "labels.txt").write_text("\n".join(packing.names) + "\n")
+        card = packing.card
         return {"server": "triton", "model": name, "plan_model": f"{name}_trt",
-                "model_file": model_file, "accelerator": accelerator}
+                "model_file": model_file, "accelerator": accelerator,
+                "input": {"name": tensor_in.name, "dims": dims(tensor_in), "layout": "NCHW", "channels": "RGB",
+                          "values": "0..255" if card.folded_normalization else
+                          f"(x / 255 - mean) / std, mean {list(card.preprocess.mean)}, std {list(card.preprocess.std)}"},
+                "output": {"name": tensor_out.name, "what": card.output}}
 
     def readme(self, root: str, serve: dict | None) -> str:
+        tensor = serve["input"]
+        batch = "the batch dimension first (max_batch_size), then " if tensor["dims"] else ""
+        int8 = ("\n`precision_mode INT8` turns on TensorRT's INT8 alone (the backend sets "
+                "`trt_int8_enable`, no FP16): what the Q/DQ model leaves without int8 scales runs "
+                "in FP32. `--triton-accelerator fp16` runs the fp32 model in FP16 instead.\n"
+                if serve["accelerator"] == "int8" else "")
         return f"""
 ## Triton
 
 `triton/` is a model repository: `{serve['model']}` runs `{serve['model_file']}` on Triton's
-onnxruntime backend as it is. For a TensorRT plan, build it inside the very Triton image you
-serve with: a plan loads only on the TensorRT that built it. build_engine.sh then installs it as
-`{serve['plan_model']}` in `{root}.device/triton/`, and refuses a plan whose TensorRT is not
-the image's own libnvinfer (a pip-installed Python tensorrt of another version):
+onnxruntime backend as it is (the folder's name is the model's name, as Triton requires).
+
+Input `{tensor['name']}`: FP32, {batch}{tensor['layout']} {tensor['dims']}, {tensor['channels']} channels,
+values {tensor['values']}, resized and center-cropped as the model card says (Triton does no
+preprocessing). Output `{serve['output']['name']}`: {serve['output']['what']}, one per class in labels.txt.
+
+For a TensorRT plan, build it in NVIDIA's TensorRT container of the Triton release you serve
+with: tensorrt:<yy.mm>-py3 has the TensorRT that tritonserver:<yy.mm>-py3 loads, and a plan
+loads only on the TensorRT that built it. build_engine.sh then installs it as
+`{serve['plan_model']}` in `{root}.device/triton/`, and refuses a plan whose TensorRT is not the
+container's own libnvinfer (a pip-installed Python tensorrt of another version):
 
 ```
-TAG=<yy.mm>   # one Triton release for building and for serving
-docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tritonserver:$TAG-py3 ./build_engine.sh fp16
+TAG=<yy.mm>   # one release for building and for serving
+docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tensorrt:$TAG-py3 ./build_engine.sh fp16
 docker run --gpus all --rm -p 8000:8000 -v $PWD/..:/w nvcr.io/nvidia/tritonserver:$TAG-py3 \\
     tritonserver --model-repository /w/{root}/triton --model-repository /w/{root}.device/triton
 ```
 
-With an accelerator, ONNX Runtime keeps its TensorRT engines in
+With an accelerator, ONNX Runtime keeps its TensorRT engines and its timing cache in
 `/w/{root}.device/triton-trt-cache/` (mounted as above), so a model load reuses them.
-"""
+{int8}"""
 
 
 TRITON = Triton("triton", "10.13.0", 20, "NVIDIA Triton Inference Server (onnxruntime backend; "
-                "a TensorRT plan built inside the server's container)", ">=12,<13", False)
+                "a TensorRT plan built in the TensorRT container of the server's release)", ">=12,<13", False)

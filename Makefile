@@ -13,11 +13,13 @@ CALIB   ?=
 ARCH      := $(shell uname -m)
 HAS_GPU   := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 IS_JETSON := $(shell test -f /etc/nv_tegra_release && echo yes)
+# the driver's CUDA major picks TensorRT's and cuda-python's wheels (12 unless it says 13)
+CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
 ifeq ($(IS_JETSON),yes)
   EXTRAS    ?= cpu,dev
   VENV_ARGS ?= --system-site-packages
 else ifeq ($(HAS_GPU)$(ARCH),yesx86_64)
-  EXTRAS    ?= gpu,tensorrt,dev
+  EXTRAS    ?= gpu,tensorrt-cu$(if $(filter 13,$(CUDA_MAJOR)),13,12),dev
 else
   EXTRAS    ?= cpu,dev
 endif

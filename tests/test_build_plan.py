@@ -140,21 +140,48 @@ def test_the_parser_opset_each_tensorrt_reads(version, newest):
     assert f"reads opset <= {newest}" in opset_problem("model.onnx", newest + 1, version)
 
 
-def test_the_tensorrt_extra_serves_exactly_the_x86_targets():
-    """pip install 'resnet-edge[tensorrt]' is for x86 (JetPack ships TensorRT): its cuda-python
-    range is the x86 targets' together (x86-trt11: a CUDA 12 or 13 driver) and nothing more."""
+def test_each_tensorrt_extra_is_for_one_cuda_driver_and_the_x86_targets_have_theirs():
+    """pip install 'resnet-edge[tensorrt-cu12]' (or -cu13) is for x86 (JetPack ships TensorRT):
+    TensorRT's wheels for that CUDA and a cuda-python of that major, which a CUDA N driver needs.
+    The old single extra resolved cuda-python 13 on a CUDA 12 driver."""
     import tomllib
     from pathlib import Path
 
     from packaging.requirements import Requirement
     from resnet_edge.deploy import TARGETS
-    extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    spec = next(Requirement(r).specifier for r in extra["project"]["optional-dependencies"]["tensorrt"]
-                if r.startswith("cuda-python"))
-    x86 = [t for t in TARGETS.values() if not t.jetson]
-    for target in x86:
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "tensorrt" not in extras  # the PyPI stub resolves to the newest CUDA's TensorRT
+    served = {}
+    for major in ("12", "13"):
+        requirements = [Requirement(r) for r in extras[f"tensorrt-cu{major}"]]
+        assert {r.name for r in requirements} == {f"tensorrt-cu{major}", "cuda-python"}
+        spec = next(r.specifier for r in requirements if r.name == "cuda-python")
+        assert [v for v in ("11.8.0", "12.0.0", "12.9.0", "13.0.1", "13.2.0", "14.0.0") if spec.contains(v)] == (
+            ["12.0.0", "12.9.0"] if major == "12" else ["13.0.1", "13.2.0"])
+        served[major] = spec
+    for target in (t for t in TARGETS.values() if not t.jetson):
         wanted = Requirement(f"cuda-python{target.cuda_python or '>=12,<14'}").specifier
-        for candidate in ("11.8.0", "12.0.0", "12.6.1", "12.9.0", "13.0.1", "13.2.0", "14.0.0"):
-            if wanted.contains(candidate):
-                assert spec.contains(candidate), (target, candidate)
-    assert not spec.contains("11.8.0") and not spec.contains("14.0.0")
+        assert any(any(spec.contains(v) and wanted.contains(v) for v in ("12.6.1", "13.0.1"))
+                   for spec in served.values()), target
+
+
+def test_make_picks_the_tensorrt_extra_by_the_drivers_cuda(tmp_path):
+    """The Makefile reads nvidia-smi's "CUDA Version" on an x86 GPU machine."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    for cuda, extra in (("12.8", "tensorrt-cu12"), ("13.0", "tensorrt-cu13"), ("", "tensorrt-cu12")):
+        stubs = tmp_path / f"bin{cuda}"
+        stubs.mkdir()
+        (stubs / "nvidia-smi").write_text(f"#!/bin/sh\necho '| NVIDIA-SMI 580.159   Driver Version: 580.159   "
+                                          f"{'CUDA Version: ' + cuda if cuda else ''}     |'\n")
+        (stubs / "uname").write_text("#!/bin/sh\necho x86_64\n")
+        for stub in stubs.iterdir():
+            stub.chmod(0o755)
+        run = subprocess.run(["make", "-n", "-C", str(root), "venv", "VENV=" + str(tmp_path / "venv")],
+                             capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
+        assert run.returncode == 0, run.stderr
+        assert f'.[gpu,{extra},dev]' in run.stdout, run.stdout

@@ -112,17 +112,24 @@ def test_int8_keeps_digits_accuracy(calibrated, recipe):
     assert report["machine"]["int8_arithmetic"]  # which CPU arithmetic made these numbers
 
 
-def test_an_opset_17_int8_model_with_fp16_float_parts_runs(trained_digits, tmp_path):
-    """Before opset 19 the Q/DQ pairs stay fp32 behind Casts; the TorchScript exporter types only
-    some intermediates, and without the rest ONNX Runtime refused the file ("Type parameter (T)
-    of Optype (Conv) bound to different types")."""
+def test_an_opset_17_int8_model_with_fp16_float_parts_feeds_every_conv_from_its_dequantize(trained_digits, tmp_path):
+    """Left at opset 17 the Q/DQ pairs stayed fp32 behind Casts, and a Cast between
+    DequantizeLinear and Conv keeps strongly typed TensorRT from running the Conv in int8; so
+    the int8-fp16 model is raised to opset 19, where Q/DQ take fp16 scales. (The TorchScript
+    exporter types only some intermediates; without the rest ONNX Runtime refused the file.)"""
     from resnet_edge.export import ExportOptions, export_model
     from resnet_edge.zoo import load_model
     export_model(*load_model(str(trained_digits.model_path)), tmp_path, ExportOptions(exporter="torchscript"))
     calibrate(tmp_path, "digits:train", samples=64, method="minmax")
+    assert onnx.load(str(tmp_path / "model.int8.onnx")).opset_import[0].version == 17  # as exported
     model = onnx.load(str(tmp_path / "model.int8-fp16.onnx"))
-    assert model.opset_import[0].version == 17
-    assert "Cast" in {n.op_type for n in model.graph.node}
+    assert model.opset_import[0].version == 19
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(made_by[n.input[i]].op_type == "DequantizeLinear" for n in convs for i in (0, 1))
+    scales = {i.name: i for i in model.graph.initializer}
+    dq_scales = [scales[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in scales]
+    assert dq_scales and all(s.data_type == onnx.TensorProto.FLOAT16 for s in dq_scales)
     report = run_parity(tmp_path, "digits:test", backends=["ort"], precisions=["int8-fp16"],
                         thresholds=load_thresholds(), limit=128)
     row = report["candidates"][0]

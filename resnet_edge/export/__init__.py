@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import onnx
+from onnx import version_converter
 from onnxconverter_common import float16
 from torch import nn
 
@@ -246,12 +247,16 @@ def write_fp16(model: onnx.ModelProto, dst: Path) -> str:
     """FP16 weights and compute with FP32 inputs/outputs (Casts at the edges), metadata kept;
     `model` is converted in place. Returns the sha256 of the bytes written.
 
-    Also makes the int8 model's float parts fp16: Q/DQ scales become fp16 from opset 19, where
-    QuantizeLinear takes fp16; before that the Q/DQ pairs stay fp32 behind Casts.
+    Also makes the int8 model's float parts fp16 (model.int8-fp16.onnx, which only strongly
+    typed TensorRT builds, whose parsers read opset 19 and up): its Q/DQ scales become fp16,
+    which QuantizeLinear takes from opset 19, so an older int8 model is raised to opset 19
+    first. Left at 17, its Q/DQ pairs stayed fp32 behind Casts, and a Cast between
+    DequantizeLinear and Conv keeps TensorRT from running that Conv in int8.
     """
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    blocked = float16.DEFAULT_OP_BLOCK_LIST + (
-        ["QuantizeLinear", "DequantizeLinear"] if opset < 19 else [])
+    if opset < 19 and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        model = version_converter.convert_version(model, 19)
+    blocked = float16.DEFAULT_OP_BLOCK_LIST
     # dynamo writes every intermediate type, and shape inference would only serialize the model
     # again to find them; TorchScript writes some, and the converter needs them all to put Casts
     # between fp16 and the fp32 Q/DQ pairs

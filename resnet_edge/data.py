@@ -10,6 +10,7 @@ loader and the one Preprocess, which is what keeps them from drifting apart.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -480,8 +481,11 @@ def match_classes(source: Source, num_classes: int, class_names: list[str] | Non
         return
     names = source.class_names
     if names:
+        synsets = imagenet_synsets() if imagenet_classes(num_classes, class_names) else {}
         if class_names and set(names) <= set(class_names):
             mapping = [class_names.index(n) for n in names]
+        elif synsets and set(names) <= set(synsets):
+            mapping = [synsets[n] for n in names]  # an ImageNet copy: folders named by WordNet ID
         elif all(n.isdigit() and int(n) < num_classes for n in names):
             mapping = [int(n) for n in names]
         elif len(names) == num_classes:
@@ -497,6 +501,24 @@ def match_classes(source: Source, num_classes: int, class_names: list[str] | Non
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise BadInput(f"{source.spec} has labels outside 0..{num_classes - 1}, the classes of "
                        f"{what}")
+
+
+def imagenet_classes(num_classes: int, class_names: list[str] | None) -> bool:
+    """Whether a model's outputs are ImageNet-1k's classes in torchvision's order: 1000 of them,
+    named as torchvision names them (or not named)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    return num_classes == 1000 and (class_names is None or list(class_names) == list(_IMAGENET_CATEGORIES))
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_synsets() -> dict[str, int]:
+    """WordNet ID -> class index for ImageNet-1k (resnet_edge/imagenet_synsets.txt): what an
+    ImageNet copy's class folders are named (n01440764 is 0, tench). Names cannot stand in for
+    them: ImageNet's word lists name two classes alike ("crane", "maillot"), and copies rename
+    them differently."""
+    text = (Path(__file__).with_name("imagenet_synsets.txt")).read_text()
+    ids = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return {wnid: index for index, wnid in enumerate(ids)}
 
 
 def check_classes(source: Source, num_classes: int, what: str = "the model") -> None:

@@ -107,3 +107,26 @@ def test_class_count_mismatch_names_both_numbers(tmp_path):
     _write_folder(tmp_path)
     with pytest.raises(BadInput, match="has 2 classes but the model has 10"):
         check_classes(open_data(f"imagefolder:{tmp_path}"), 10)
+
+
+def test_an_imagenet_copy_maps_its_wordnet_folders_to_the_class_indices(tmp_path):
+    """README's layout: folders named by WordNet ID, any subset of the 1000. Two of them are the
+    classes ImageNet's own word lists name alike ("crane": the bird, 134, and the machine, 517),
+    which torchvision's names tell apart only since it renamed one."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    from resnet_edge.data import imagenet_synsets, match_classes
+    synsets = imagenet_synsets()
+    assert len(synsets) == 1000 and list(synsets) == sorted(synsets)  # the sorted order is the index
+    folders = {"n01440764": 0, "n02012849": 134, "n03126707": 517}
+    rng = np.random.default_rng(0)
+    for wnid in folders:
+        (tmp_path / wnid).mkdir()
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / wnid / "ILSVRC2012_val.JPEG")
+    assert "crane" in _IMAGENET_CATEGORIES[134] and _IMAGENET_CATEGORIES[517] == "crane"
+    for names in (list(_IMAGENET_CATEGORIES), None):  # a zoo card, or a model without names
+        source = open_data(f"imagefolder:{tmp_path}")
+        match_classes(source, 1000, names, "resnet50")
+        assert list(source.labels) == [0, 134, 517]
+    # a model of other classes is not ImageNet's: refused, as before
+    with pytest.raises(BadInput, match="match neither the class names"):
+        match_classes(open_data(f"imagefolder:{tmp_path}"), 10, [str(i) for i in range(10)], "resnet20")

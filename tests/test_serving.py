@@ -338,6 +338,21 @@ def test_nvinfer_preprocessing_equals_the_model_cards(which, request, tmp_path):
     app.read_string((folder / "deepstream_app_config.txt").read_text())
     assert (folder / app["primary-gie"]["config-file"]).is_file()
     assert app["primary-gie"]["batch-size"] == app["streammux"]["batch-size"] == str(profile["opt_batch"])
+    # streammux keeps the source's own 16:9 (sample_720p.mp4): max(size, 640) x max(size, 480)
+    # stretched every frame to 4:3 before nvinfer scaled it again
+    assert "sample_720p.mp4" in app["source0"]["uri"]
+    assert (app["streammux"]["width"], app["streammux"]["height"]) == ("1280", "720")
+
+
+def test_network_mode_follows_the_deepstream_release():
+    from resnet_edge.deploy.serving import network_mode, nvinfer_engine_name
+    assert [network_mode(p, "6.3") for p in ("fp32", "fp16", "int8")] == [0, 2, 1]  # 6.x has no 3
+    assert [network_mode(p, "7.1") for p in ("fp32", "fp16", "int8")] == [0, 2, 3]
+    for release in ("6.3", "7.1"):
+        mode = network_mode("int8", release)
+        assert nvinfer_engine_name("model.int8.onnx", 8, mode) == nvinfer_rules.engine_name("model.int8.onnx", 8, mode)
+        config = f"[property]\nonnx-file=model.int8.onnx\nnetwork-type=1\nnetwork-mode={mode}\nint8-calib-file=c\n"
+        assert nvinfer_rules.check(config, release) == []
 
 
 def test_a_per_channel_std_is_refused_for_deepstream_and_folding_fixes_it(digits_workdir, run_cli,

@@ -189,7 +189,9 @@ def _power(sampler: energy.Sampler, began: float, ended: float, host: dict) -> d
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    """A time as a person reads it: tenths below 10 s (never "0 s"), minutes from 2 min."""
+    return (f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s" if seconds < 120
+            else f"{seconds / 60:.0f} min")
 
 
 # what makes two latencies comparable: the same hardware, or there is nothing to compare; other

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 from pathlib import Path
 import shutil
@@ -128,6 +129,25 @@ def test_explicitly_asked_backend_that_cannot_run_exits_3(digits_workdir, run_cl
     result = run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "int8")
     assert result.exit_code == 3
     assert "ort int8 (model.int8.onnx not found" in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_narrowing_precisions_does_not_make_a_backend_mandatory(digits_workdir, tmp_path, run_cli):
+    """`--precisions fp32` on a CPU machine exited 3 for trt fp32, a backend nobody named; and for a
+    bare ONNX file `--precisions fp32,fp16` demanded torch rows that can never exist."""
+    result = run_cli("parity", digits_workdir, "--precisions", "fp32", "--limit", "32", "--json", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    rows = {(r["backend"], r["precision"]): r for r in json.loads((tmp_path / "p.json").read_text())["candidates"]}
+    assert rows[("ort", "fp32")]["status"] == "ran" and rows[("trt", "fp32")]["status"] == "skipped"
+    assert "TensorRT is not installed" in rows[("trt", "fp32")]["reason"]
+    import shutil
+    shutil.copyfile(digits_workdir / "model.onnx", tmp_path / "bare.onnx")
+    bare = run_cli("parity", tmp_path / "bare.onnx", "--precisions", "fp32,fp16", "--limit", "32")
+    assert bare.exit_code == 0, bare.output
+    named = run_cli("parity", digits_workdir, "--backends", "ort,trt", "--precisions", "fp32", "--limit", "32")
+    one_line_error(named, 3, "asked for but cannot run here: trt fp32 (TensorRT is not installed")
+    bench = run_cli("bench", digits_workdir, "--precisions", "fp32", "--iterations", "3", "--batch-sizes", "1")
+    assert bench.exit_code == 0, bench.output
 
 
 def test_unlabelled_data_says_accuracy_not_measured(digits_workdir):

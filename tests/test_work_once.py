@@ -66,12 +66,20 @@ def test_a_long_bench_says_how_long_before_it_starts(digits_workdir, monkeypatch
     notices = []
     result = bench.run_bench(digits_workdir, [("ort", "fp32")], [1, 4], iterations=3, warmup=1,
                              notice=notices.append)
-    # said once, before; a pace note may follow (a run this short is all noise on a fast machine)
+    # said once, before the bench; whatever this machine's load, any later note is about the
+    # pace (no wall-clock figure is held to anything here: benchmarks/bench_estimate.py does that)
     before = [n for n in notices if n.startswith("bench will take about")]
     assert len(before) == 1 and notices[0] == before[0]
-    assert all(n.startswith("bench took") for n in notices[1:])
+    assert all(n.startswith(("bench took", "bench is running at")) for n in notices[1:]), notices
     assert "1 backends x 2 batch sizes x 3 iterations" in notices[0]
+    assert not any(" 0 s" in n for n in notices), notices  # a short run reads in tenths
     assert isinstance(result["estimated_seconds"], float) and len(result["results"]) == 2
+
+
+@pytest.mark.parametrize("seconds,said", [(0.04, "0.0 s"), (0.3, "0.3 s"), (9.94, "9.9 s"), (42, "42 s"),
+                                          (125, "2 min")])
+def test_durations_read_as_a_person_says_them(seconds, said):
+    assert bench._duration(seconds) == said
 
 
 def test_pipeline_takes_bench_options_and_can_leave_bench_out(trained_digits, run_cli, tmp_path):

@@ -85,8 +85,9 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
       int8: min_top1_agreement_pct 95, min_cosine 0.99, max_accuracy_drop_pt 1,
             min_relative_accuracy_pct 99
 
-    Exit 0 when every gate holds, 1 when one fails, 2 on bad usage, 3 when a backend or
-    precision named explicitly with --backends/--precisions cannot run here.
+    Exit 0 when every gate holds, 1 when one fails, 2 on bad usage, 3 when a backend named
+    with --backends (or --ort-providers) cannot run here, or nothing asked for can;
+    --precisions only narrows what runs.
 
     \b
     Examples:
@@ -103,14 +104,15 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     writable(json_path, (baseline, thresholds), markdown=markdown, junit=junit, html=html)
     old = read_baseline(baseline) if baseline else None  # checked before the work
-    explicit = backends is not None or precisions is not None or ort_providers is not None
+    named = _named_backends(backends, ort_providers)
     cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
     with console.Progress("parity", "images") as bar:
         result = run_parity(workdir, data_spec,
                             backends=_backends(backends, ort_providers),
                             precisions=_precisions(precisions, device),
                             thresholds=table_of_gates, limit=limit, batch_size=batch_size,
-                            device=device, explicit=explicit, cpu_fp16=cpu_fp16,
+                            device=device, explicit=bool(named) or precisions is not None,
+                            named_backends=named, cpu_fp16=cpu_fp16,
                             progress=bar.update, keep_disagreements=html is not None,
                             agreement=agreement, cuda_graph=cuda_graph)
     if old is not None:
@@ -129,9 +131,11 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
             f"{r['backend']} {r['precision']} {change(r)} (limit -{max_accuracy_drop_pt:g})"
             for r in result["baseline"]["regressions"]))
     if summary["explicit_backends_missing"]:
+        missing = set(summary["explicit_backends_missing"])
         raise MissingBackend("asked for but cannot run here: "
                              + "; ".join(f"{r['backend']} {r['precision']} ({r['reason']})"
-                                         for r in result["candidates"] if r["status"] == "skipped"))
+                                         for r in result["candidates"]
+                                         if f"{r['backend']} {r['precision']}" in missing))
 
 
 @cli.command()
@@ -187,7 +191,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
             from ..runtime.latency import describe_machine
             card = read_card(onnx_path)
             refuse_incomparable(old, card.to_dict() if card else {}, describe_machine(), str(baseline))
-    explicit = backends is not None or precisions is not None or ort_providers is not None
+    named = _named_backends(backends, ort_providers)
     cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
     with console.steps() as step:
         result = run_bench(workdir, _bench_pairs(_backends(backends, ort_providers),
@@ -202,8 +206,8 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     if result.get("baseline", {}).get("regressions"):
         raise GateFailed("latency regression against the baseline: "
                          + "; ".join(map(slowdown, result["baseline"]["regressions"])))
-    asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16]
-    if explicit and asked:
+    asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16 and s["backend"] in named]
+    if asked:
         raise MissingBackend("asked for but cannot run here: " + "; ".join(
             f"{s['backend']} {s['precision']} ({s['reason']})" for s in asked))
 
@@ -256,6 +260,14 @@ def report_(reports, html, markdown, json_path) -> None:
                "rows": [{"kind": k, "backend": b, "precision": p, "batch": n, "cells": cells[(k, b, p, n)]}
                         for k, b, p, n in keys],
                "differences": [{"what": field, "values": values} for field, values in differ]}, json_path)
+
+
+def _named_backends(backends: str | None, ort_providers: str | None) -> list[str]:
+    """The backends the command line names (--backends, and ort-<provider> for each of
+    --ort-providers): the ones whose rows must run (exit 3 if not). --precisions only narrows."""
+    if backends is None and ort_providers is None:
+        return []
+    return _backends(backends if backends is not None else "ort", ort_providers)
 
 
 def _backends(backends: str | None, ort_providers: str | None) -> list[str]:

@@ -113,10 +113,16 @@ def check_pairs(pairs) -> None:
 def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str], precisions: list[str],
                thresholds: dict[str, Thresholds], limit: int | None = None,
                batch_size: int | None = None, device: str = "auto", explicit: bool = False,
+               named_backends: list[str] = (),
                cpu_fp16: bool = False, keep_disagreements: bool = False,
                agreement: str = "raw", cuda_graph: bool = False,
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """`batch_size` defaults to 32 within the model's batch profile (its one size if static).
+
+    `explicit`: the caller named backends or precisions, so nothing at all able to run is an
+    error (MissingBackend), said before the reference pass. `named_backends`: the backends named
+    by the caller; a row of one of them that cannot run is listed in the summary's
+    explicit_backends_missing (the command's exit 3). Named precisions only narrow what runs.
 
     With `cuda_graph`, every candidate on a GPU also replays a CUDA graph of itself on every
     batch, and its `graph_max_abs` gate holds the replayed logits to the eager ones: the same
@@ -251,9 +257,10 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     failed = [f"{r['backend']} {r['precision']} {g['gate']}" for r in report_rows
               for g in r["gates"] if g["passed"] is False]
     missing = [f"{r['backend']} {r['precision']}" for r in report_rows if r["status"] == "skipped"]
-    # what was skipped by a default (torch fp16 on a CPU) was not asked for by name
-    asked = [m for m, r in zip(missing, [r for r in report_rows if r["status"] == "skipped"])
-             if r["reason"] != CPU_FP16]
+    # a row of a backend named by the caller that cannot run; not one skipped by a default
+    # (torch fp16 on a CPU)
+    asked = [f"{r['backend']} {r['precision']}" for r in report_rows
+             if r["status"] == "skipped" and r["backend"] in named_backends and r["reason"] != CPU_FP16]
     if ref_acc:
         ref_acc["per_class"] = ref_accuracy.per_class()
     report = {
@@ -277,7 +284,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
                       "outputs": reference_outputs(ref_top1, np.concatenate(ref_kept))},
         "candidates": report_rows,
         "summary": {"passed": not failed, "failed_gates": failed, "skipped": missing,
-                    "explicit_backends_missing": asked if explicit else []},
+                    "explicit_backends_missing": asked},
     }
     if keep_disagreements:
         report["_thumbnails"] = thumbnails

@@ -4,6 +4,7 @@ a damaged transfer can produce (exit code, one line, nothing written outside the
 import hashlib
 import io
 import json
+import re
 import os
 import shutil
 import stat
@@ -132,7 +133,7 @@ def test_each_target_carries_what_its_tensorrt_reads(target, cache, int8_files, 
         files, precisions, notes = bundle_files(calibrated_workdir, target)
         assert ("calibration.cache" in files) == cache and int8_files <= set(files)
         return
-    result = make_bundle(calibrated_workdir, target, tmp_path / f"{target}.tar.gz", golden=8)
+    result = make_bundle(calibrated_workdir, target, tmp_path / f"{target}.tar.gz", golden=40)
     root = _extract(result.path, tmp_path / "x")
     assert (root / "calibration.cache").exists() == cache
     assert int8_files <= {p.name for p in root.iterdir()}
@@ -150,7 +151,7 @@ def test_a_cpu_recipe_int8_model_never_reaches_a_bundle(digits_workdir, tmp_path
     work = tmp_path / "work"
     shutil.copytree(digits_workdir, work)
     calibrate(work, "digits:train", samples=64, method="minmax", recipe="cpu", holdout=20)
-    result = run_cli("bundle", work, "--golden", "8", "--out", tmp_path / "dist")
+    result = run_cli("bundle", work, "--golden", "40", "--out", tmp_path / "dist")
     assert result.exit_code == 0, result.output
     assert "int8 left out" in result.stderr and "--recipe tensorrt" in result.stderr
     made = tmp_path / "dist" / "work-jetpack6.tar.gz"  # <work dir name>-<target>
@@ -241,6 +242,25 @@ def test_verify_py_runs_standalone_without_torch_and_writes_beside_the_bundle(bu
     again = subprocess.run([sys.executable, "verify.py", "--iterations", "2", "--allow-unsigned"], cwd=root,
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr  # and so a second run still finds it intact
+
+
+def test_verify_says_what_it_does_as_it_goes_and_times_few_iterations_off_the_device(bundle, tmp_path,
+                                                                                     run_cli):
+    """A ResNet-18 bundle on a CPU printed nothing for 312 s (100 timed iterations per precision
+    of ONNX Runtime, whose latency says little about the device)."""
+    root = _extract(bundle, tmp_path)
+    run = subprocess.run([sys.executable, "verify.py", "--allow-unsigned"], cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert any("timing 10 iterations per precision on ONNX Runtime, not the device's engine" in l for l in lines)
+    precisions = json.loads((root / "bundle.json").read_text())["precisions"]
+    for i, precision in enumerate(precisions, 1):
+        assert any(f"] {precision} ({i} of {len(precisions)}): " in l for l in lines), lines
+        assert any(re.search(rf"\] {precision}: timing 10 iterations at batch \d+, about \d+\.\d s", l) for l in lines)
+    report = json.loads((tmp_path / f"{root.name}.device" / "verify.json").read_text())
+    assert {r["latency"]["host_to_host"]["iterations"] for r in report["results"]} == {10}
+    cli = run_cli("verify", bundle, "--allow-unsigned", "--precisions", "fp32")
+    assert cli.exit_code == 0 and "fp32: timing 10 iterations at batch" in cli.stderr, cli.output
 
 
 def test_a_trusted_verify_py_checks_another_bundle_archive(signed, bundle, tmp_path, keys):
@@ -347,8 +367,26 @@ def test_the_signature_covers_the_bundles_name_target_release_and_time(calibrate
     one_line_error(run_cli("bundle", calibrated_workdir, "--release", "v9\nx"), 2, "--release 'v9\\nx' is not a plain name")
 
 
+@pytest.mark.parametrize("args,said", [
+    (("--golden", "16"), "--golden 16, and verify's agreement gate needs at least 30 decisive golden images"),
+    (("--data", "digits:test", "--golden", "100"), None),
+])
+def test_bundle_refuses_a_golden_set_verify_could_never_pass(args, said, calibrated_workdir, tmp_path, run_cli):
+    """--golden 16 only warned, then verify failed with 16/16 agreeing ("fewer than 30 decisive
+    images"); a folder of fewer images than asked for said nothing at all."""
+    if said is None:  # a folder of 24 images and the default --golden 100: what is really packed
+        from PIL import Image
+        rng = np.random.default_rng(0)
+        for i in range(24):
+            (tmp_path / "few" / str(i % 10)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "few" / str(i % 10) / f"{i}.png")
+        args, said = ("--data", f"imagefolder:{tmp_path / 'few'}"), f"imagefolder:{tmp_path / 'few'} has only 24 images"
+    one_line_error(run_cli("bundle", calibrated_workdir, "--out", tmp_path / "b", *args), 2, said)
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())
+
+
 def test_bundle_prints_the_manifest_digest_and_refuses_a_bad_key(calibrated_workdir, tmp_path, run_cli, keys):
-    result = run_cli("bundle", calibrated_workdir, "--golden", "8", "--out", tmp_path / "b",
+    result = run_cli("bundle", calibrated_workdir, "--golden", "40", "--out", tmp_path / "b",
                      "--sign", keys["ci"][0])
     assert result.exit_code == 0, result.output
     root = _extract(tmp_path / "b" / f"{calibrated_workdir.name}-jetpack6.tar.gz", tmp_path / "x")
@@ -708,8 +746,9 @@ def test_a_precision_that_gives_nan_on_the_golden_inputs_is_not_bundled(tmp_path
     with pytest.raises(GateFailed, match="model.onnx gives 1 NaN or inf logits"):
         near_tie_margins(tmp_path, "10.3.0", ["fp32"], inputs, np.zeros((4, 10), np.float32), (1, 4))
     inputs[2, 3] = 1.0
+    # no error, and zero reference margins: every image is a near-tie, none decides the gate
     assert near_tie_margins(tmp_path, "10.3.0", ["fp32"], inputs, np.zeros((4, 10), np.float32),
-                            (1, 4)) == {"fp32": 0.0}
+                            (1, 4)) == ({"fp32": 0.0}, {"fp32": 0})
 
 
 
@@ -727,7 +766,7 @@ def test_the_same_inputs_give_the_same_bundle_bytes(digits_workdir, tmp_path, mo
         monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764000000")  # the calibrations ran at other times
         for again in range(2 if run == "a" else 1):
             made = make_bundle(work, "jetpack6", tmp_path / run / f"{again}" / "work-jetpack6.tar.gz",
-                               golden=16)
+                               golden=40)
             digests.append(hashlib.sha256(made.path.read_bytes()).hexdigest())
         monkeypatch.delenv("SOURCE_DATE_EPOCH")
     assert len(set(digests)) == 1, digests
@@ -743,8 +782,8 @@ def test_the_same_inputs_give_the_same_bundle_bytes(digits_workdir, tmp_path, mo
 def test_without_source_date_epoch_a_bundle_is_dated_by_its_newest_input(digits_workdir, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(digits_workdir, work)
-    first = make_bundle(work, "jetpack6", tmp_path / "1" / "w.tar.gz", golden=16)
-    second = make_bundle(work, "jetpack6", tmp_path / "2" / "w.tar.gz", golden=16)
+    first = make_bundle(work, "jetpack6", tmp_path / "1" / "w.tar.gz", golden=40)
+    second = make_bundle(work, "jetpack6", tmp_path / "2" / "w.tar.gz", golden=40)
     assert first.path.read_bytes() == second.path.read_bytes()
     records = json.loads((work / "manifest.json").read_text())["files"]
     info = json.loads(tarfile.open(first.path).extractfile("w/bundle.json").read())
@@ -812,7 +851,7 @@ def test_external_data_through_a_link_that_leaves_is_refused(digits_workdir, tmp
 
 
 def test_an_uncalibrated_work_dir_is_bundled_without_int8_and_says_so(digits_workdir, tmp_path, run_cli):
-    result = run_cli("bundle", digits_workdir, "--golden", "8", "--out", tmp_path)
+    result = run_cli("bundle", digits_workdir, "--golden", "40", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert "bundle for jetpack6: fp32, fp16;" in result.stdout
     assert (f"warning: int8 left out: {digits_workdir} is not calibrated; run `resnet-edge calibrate "
@@ -837,7 +876,7 @@ def test_a_bundle_opens_its_work_dir_once_and_hashes_each_file_once(calibrated_w
         return real_hash(path)
     monkeypatch.setattr(artifacts.WorkDir, "__init__", init)
     monkeypatch.setattr(artifacts, "sha256_file", hash_file)
-    made = make_bundle(calibrated_workdir, "jetpack6", tmp_path / "b.tar.gz", golden=8)
+    made = make_bundle(calibrated_workdir, "jetpack6", tmp_path / "b.tar.gz", golden=40)
     assert opened == [Path(calibrated_workdir)]
     in_workdir = [p.name for p in hashed if p.parent == Path(calibrated_workdir)]
     assert in_workdir and len(in_workdir) == len(set(in_workdir)), in_workdir

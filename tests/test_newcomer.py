@@ -48,7 +48,7 @@ def test_a_new_user_goes_from_photographs_to_a_verified_bundle(tmp_path, run_cli
     assert report["data"]["images"] == 8 and "2 of the model's 1000 classes" in report["data"]["accuracy_note"]
     bench = run_cli("bench", work, "--iterations", "3", "--batch-sizes", "1,8")
     assert bench.exit_code == 0, bench.output
-    made = run_cli("bundle", work, "--data", "imagefolder:val", "--golden", "8", "--out", "dist")
+    made = run_cli("bundle", work, "--data", "imagefolder:val", "--golden", "40", "--out", "dist")
     assert made.exit_code == 0, made.output
     verified = run_cli("verify", "dist/resnet18-jetpack6.tar.gz", "--allow-unsigned", "--iterations", "2",
                        "--precisions", "fp32,fp16")

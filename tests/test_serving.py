@@ -66,7 +66,7 @@ def equal_std(tmp_path_factory):
 
 def _bundle(workdir, target, tmp_path, **kwargs):
     kwargs.setdefault("eval_spec", "digits:test")  # random-init models have no data of their own
-    made = make_bundle(workdir, target, tmp_path / f"{workdir.name}-{target}.tar.gz", golden=16,
+    made = make_bundle(workdir, target, tmp_path / f"{workdir.name}-{target}.tar.gz", golden=40,
                        **kwargs)
     return safe_extract(made.path, tmp_path / "x")
 

@@ -24,7 +24,7 @@ from ..epoch import source_date_epoch
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..export import FP16_NAME, ONNX_NAME, export_profile, open_workdir
 from ..export.metadata import load_onnx, opset_of, quantization_info
-from ..parity.gates import Thresholds, load_thresholds
+from ..parity.gates import MIN_DECISIVE, Thresholds, load_thresholds
 from .. import metrics
 from ..runtime import ort, trt_plan, trt_rules
 from ..backends import TorchBackend, remake_command
@@ -152,9 +152,6 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     card, model = open_workdir(wd)
     profile = export_profile(wd)
     files, precisions, notes = bundle_files(wd, target)
-    if golden < MIN_GOLDEN:
-        notes.append(f"--golden {golden} is under {MIN_GOLDEN}: verify gates agreement on its 95 % "
-                     "lower bound, which so few images cannot lift near a 95 % threshold")
     opsets, sides, graph = onnx_facts(workdir, files)
     files = files + sorted({side for found in sides.values() for side in found})
     for name, opset in opsets.items():
@@ -162,10 +159,6 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             raise BadInput(f"{target} ({spec.about}) reads ONNX opset <= {spec.max_opset}, but "
                            f"{name} is opset {opset}; export with --exporter "
                            "torchscript (opset 17) into a new work dir, calibrate it, and bundle that")
-    if opsets.get(INT8_FP16_NAME, 19) < 19:  # QuantizeLinear takes fp16 only from opset 19
-        notes.append(f"{INT8_FP16_NAME} is opset {opsets[INT8_FP16_NAME]}, so its Q/DQ stay in fp32 "
-                     "behind Casts, and whether TensorRT fuses across them is unverified; export "
-                     "at opset >= 19 (the default dynamo export is 20) for strongly typed int8")
     spec.check_model(card, str(workdir))  # said before any work: what the target can serve
     spec.check_options(options, precisions, workdir)
     out = Path(out) if out else workdir / f"{workdir.name}-{target}.tar.gz"
@@ -188,6 +181,8 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         (stage / "lib").mkdir()
         step("writing golden inputs and PyTorch fp32 reference outputs")
         indices = balanced_indices(source, golden)
+        if len(indices) < MIN_DECISIVE:  # said before any inference
+            raise BadInput(_too_few_golden(len(indices), golden, eval_spec))
         inputs, labels = [], []
         for x, y in batches(source, card.preprocess, 64, indices=indices):
             inputs.append(x.numpy())
@@ -205,8 +200,15 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
             np.save(stage / "golden" / "labels.npy", np.concatenate(labels).astype(np.int64))
 
         step("measuring each precision's logit error on the golden inputs (ONNX Runtime)")
-        near_tie = near_tie_margins(workdir, spec.tensorrt, precisions, golden_inputs,
-                                    golden_outputs, (profile["min"], profile["max"]))
+        near_tie, decisive = near_tie_margins(workdir, spec.tensorrt, precisions, golden_inputs,
+                                              golden_outputs, (profile["min"], profile["max"]))
+        short = {p: n for p, n in decisive.items() if n < MIN_DECISIVE}
+        if short:
+            precision, n = min(short.items(), key=lambda item: item[1])
+            raise BadInput(f"only {n} of the {len(golden_inputs)} golden images are decisive for "
+                           f"{precision} (the rest are near-ties, which verify sets aside), fewer "
+                           f"than the {MIN_DECISIVE} its agreement gate needs to pass; give --golden "
+                           f"{len(golden_inputs) * MIN_DECISIVE // max(n, 1) + 10} or more")
 
         step(f"collecting the files {spec.about} needs")
         for name in files:
@@ -278,16 +280,17 @@ def creation_time(workdir: WorkDir, files: list[str]) -> int:
     return max(times, default=int(time.time()))
 
 
-MIN_GOLDEN = 64  # 64 of 64 agreeing shows >= 96 % at 95 % confidence
 
 
 def near_tie_margins(workdir: Path, tensorrt: str, precisions: list[str], inputs: np.ndarray,
-                     reference: np.ndarray, batch_range: tuple[int, int]) -> dict[str, float]:
+                     reference: np.ndarray, batch_range: tuple[int, int]
+                     ) -> tuple[dict[str, float], dict[str, int]]:
     """Per precision, the reference top-1 margin below which an image is a near-tie: twice
     the p99 of the largest logit error that precision's ONNX file (the one verify's ONNX
     Runtime fallback runs; int8 as TensorRT reads it) makes on these very inputs. verify sets
-    such images aside, so a correct model is never failed by one, on any machine."""
-    margins = {}
+    such images aside, so a correct model is never failed by one, on any machine. Also, per
+    precision, how many golden images are left to decide its agreement gate."""
+    margins, decisive = {}, {}
     for precision in precisions:
         name = onnx_file({"tensorrt": tensorrt}, precision)
         session = ort.make_session(workdir / name, disable_qdq_fusion=precision == "int8")
@@ -301,7 +304,16 @@ def near_tie_margins(workdir: Path, tensorrt: str, precisions: list[str], inputs
             raise GateFailed(f"{name} gives {comparison.nonfinite} NaN or inf logits on the golden "
                              f"inputs: {precision} is broken, so nothing was bundled")
         margins[precision] = metrics.NEAR_TIE_FACTOR * comparison.p99_abs
-    return margins
+        decisive[precision] = comparison.decisive(margins[precision])["images"]
+    return margins, decisive
+
+
+def _too_few_golden(packed: int, asked: int, spec: str) -> str:
+    """A golden set verify could never pass: its agreement gate needs MIN_DECISIVE decisive images."""
+    where = f"{spec} has only {packed} images" if packed < asked else f"--golden {asked}"
+    return (f"{where}, and verify's agreement gate needs at least {MIN_DECISIVE} decisive golden "
+            f"images to pass, so this bundle could never pass verify; give --golden "
+            f"{max(MIN_DECISIVE, 64)} or more (and --data with as many images)")
 
 
 def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str]) -> str:

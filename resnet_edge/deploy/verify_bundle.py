@@ -353,14 +353,21 @@ def choose_backend(requested: str, require_tensorrt: bool = False) -> str:
     raise BundleError("neither TensorRT nor onnxruntime is available here", 3)
 
 
+# timed iterations per precision when --iterations is not given: the device's own engine is what
+# latency is for; ONNX Runtime off the device times few, since its latency says little there
+DEVICE_ITERATIONS, FALLBACK_ITERATIONS = 100, 10
+
+
 def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = "auto",
-           build: bool = True, iterations: int = 100, key: Path | None = None,
+           build: bool = True, iterations: int | None = None, key: Path | None = None,
            allow_unsigned: bool = False, min_created: str | None = None,
-           device_dir: Path | None = None, require_tensorrt: bool = False) -> dict:
+           device_dir: Path | None = None, require_tensorrt: bool = False,
+           step=lambda message: None) -> dict:
     """Run the bundle's checks; the report's "exit_code" is what the command exits with.
     Without `key` only `allow_unsigned` lets a bundle through, and then nothing is
-    authenticated; `min_created` refuses a bundle made before that time."""
-    if iterations < 1:
+    authenticated; `min_created` refuses a bundle made before that time. `step` hears a line
+    per precision (what it runs, then how long its timing will take) as the work goes."""
+    if iterations is not None and iterations < 1:
         raise BundleError(f"--iterations must be at least 1, got {iterations}")
     bundle = Bundle(Path(folder), key, allow_unsigned=allow_unsigned, min_created=min_created)
     info = bundle.info
@@ -376,9 +383,15 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
         acc = metrics.Accuracy()
         acc.update(bundle.reference, bundle.labels)
         ref_acc = {"top1": acc.top1, "top5": acc.top5, "images": acc.images}
+    if iterations is None:
+        iterations = DEVICE_ITERATIONS if chosen == "trt" else FALLBACK_ITERATIONS
+        if chosen != "trt":
+            step(f"timing {iterations} iterations per precision on ONNX Runtime, not the device's "
+                 "engine (--iterations to change)")
     rows = []
     batch = min(info["max_batch"], len(bundle.inputs))
-    for precision in wanted:
+    for index, precision in enumerate(wanted, 1):
+        step(f"{precision} ({index} of {len(wanted)}): {len(bundle.inputs)} golden images")
         runner = (TrtRunner(bundle, precision, build, devices) if chosen == "trt"
                   else OrtRunner(bundle, precision))
         comparison, accuracy = metrics.LogitComparison(), metrics.Accuracy()
@@ -395,8 +408,14 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
         summary = comparison.summary(near_tie=float(info["near_tie"].get(precision, 0.0)))
         results = gates.evaluate_gates(gates.for_precision(bundle.thresholds, precision), summary,
                                        acc, ref_acc)
-        latency = timing.measure(runner, np.ascontiguousarray(bundle.inputs[:batch]),
-                                 iterations=iterations, warmup=min(10, iterations))
+        timed = np.ascontiguousarray(bundle.inputs[:batch])
+        started = time.perf_counter()
+        runner.run(timed)  # one run first: what each of the timed ones will cost
+        each = time.perf_counter() - started
+        warmup = min(10, iterations)
+        step(f"{precision}: timing {iterations} iterations at batch {batch}, about "
+             f"{max(each * (iterations + warmup), 0.1):.1f} s")
+        latency = timing.measure(runner, timed, iterations=iterations, warmup=warmup)
         runner.close()
         rows.append({"precision": precision, "backend": runner.label, "metrics": summary,
                      "int8_path": runner.int8_path,
@@ -479,8 +498,9 @@ def main(argv=None) -> int:
     parser.add_argument("--require-tensorrt", action="store_true",
                         help="exit 3 instead of falling back to ONNX Runtime")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building a missing engine")
-    parser.add_argument("--iterations", type=int, default=100,
-                        help="timed iterations per precision [100]")
+    parser.add_argument("--iterations", type=int,
+                        help=f"timed iterations per precision [{DEVICE_ITERATIONS} with TensorRT; "
+                        f"{FALLBACK_ITERATIONS} on ONNX Runtime off the device]")
     parser.add_argument("--device-dir", type=Path, help="engines and reports [<bundle>.device]")
     parser.add_argument("--json", type=Path, help="[<device dir>/verify.json]")
     args = parser.parse_args(argv)
@@ -496,10 +516,14 @@ def main(argv=None) -> int:
             devices = args.device_dir or trt_rules.device_dir(
                 args.bundle if args.bundle.is_dir() else Path(str(args.bundle).removesuffix(".tar.gz")))
             wanted = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
+            started = time.perf_counter()
+
+            def step(message):  # a line per step, timed, on stderr: never silent for minutes
+                print(f"[{time.perf_counter() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
             report = verify(folder, precisions=wanted, backend=args.backend,
                             build=not args.no_build, iterations=args.iterations, key=args.key,
                             allow_unsigned=args.allow_unsigned, min_created=min_created,
-                            device_dir=devices, require_tensorrt=args.require_tensorrt)
+                            device_dir=devices, require_tensorrt=args.require_tensorrt, step=step)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

@@ -8,12 +8,16 @@ The tests are known from the options and the thresholds alone, so `--collect-onl
 nothing; the parity pass runs once, when the first gate test runs, and every test reads it.
 Node ids read `resnet-edge-parity::ort-fp16::top1_agreement_pct` (JUnit: classname
 `resnet-edge-parity.ort-fp16`, name `top1_agreement_pct`); pick some with
-`-k "ort-fp16 and max_abs"`. A backend that cannot run here skips its tests with the reason.
-With --parity-baseline main.json, each backend x precision also gets `against_baseline`.
+`-k "ort-fp16 and max_abs"`. A backend that cannot run here skips its tests with the reason;
+one named in --parity-backends (or --parity-ort-providers) fails them instead, as the command
+exits 3. With --parity-baseline main.json, each backend x precision also gets
+`against_baseline`. --parity-json and --parity-html write the pass's report for the CI's
+artifacts, as `parity --json/--html` do.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,9 +30,10 @@ def pytest_addoption(parser):
     group.addoption("--parity-workdir", help="Work directory made by `resnet-edge export`.")
     group.addoption("--parity-data", help="Evaluation data spec [the test split of the built-in "
                     "dataset the model was trained on; required for any other model].")
-    group.addoption("--parity-backends", default="torch,ort,trt",
-                    help="Comma list of torch, ort, trt [all].")
-    group.addoption("--parity-precisions", default="fp32,fp16,int8,int8-fp16",
+    group.addoption("--parity-backends",
+                    help="Comma list of torch, ort, trt [all; those named here must run: their "
+                    "tests fail, not skip, where they cannot].")
+    group.addoption("--parity-precisions",
                     help="Comma list of fp32, tf32, fp16, int8, int8-fp16 [fp32,fp16,int8,int8-fp16].")
     group.addoption("--parity-device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="Where torch and ONNX Runtime run [auto: $RESNET_EDGE_DEVICE where set, "
@@ -45,6 +50,18 @@ def pytest_addoption(parser):
                     "precision, failing when its top-1 fell more than --parity-max-accuracy-drop-pt.")
     group.addoption("--parity-max-accuracy-drop-pt", type=float, default=0.5,
                     help="With --parity-baseline: the most a row's top-1 may fall, in points [0.5].")
+    group.addoption("--parity-json", help="Write the parity report as JSON to FILE (as parity --json).")
+    group.addoption("--parity-html", help="Write the self-contained HTML report to FILE (as parity --html).")
+
+
+DEFAULT_BACKENDS, DEFAULT_PRECISIONS = "torch,ort,trt", "fp32,fp16,int8,int8-fp16"
+# the command's flags, in reasons the library words for the command line, as the plugin's
+_FLAGS = re.compile(r"--(backends|precisions|device|ort-providers|data|limit|batch-size|thresholds|baseline)\b")
+
+
+def plugin_words(text: str) -> str:
+    """A reason as this plugin's user types it: --backends is --parity-backends here."""
+    return _FLAGS.sub(r"--parity-\1", text)
 
 
 def _csv(value: str) -> list[str]:
@@ -54,8 +71,19 @@ def _csv(value: str) -> list[str]:
 def _backends(config) -> list[str]:
     from .parity.run import with_providers
     providers = config.getoption("parity_ort_providers")
-    return with_providers(_csv(config.getoption("parity_backends")),
+    return with_providers(_csv(config.getoption("parity_backends") or DEFAULT_BACKENDS),
                           _csv(providers) if providers is not None else None)
+
+
+def _named_backends(config) -> list[str]:
+    """The backends named by --parity-backends or --parity-ort-providers: they must run."""
+    if config.getoption("parity_backends") is None and config.getoption("parity_ort_providers") is None:
+        return []
+    return _backends(config)
+
+
+def _precisions(config) -> list[str]:
+    return _csv(config.getoption("parity_precisions") or DEFAULT_PRECISIONS)
 
 
 class ParityRun:
@@ -83,18 +111,35 @@ class ParityRun:
         if self._report is None and self._error is None:
             from .parity.run import run_parity
             opt = self.config.getoption
+            named = _named_backends(self.config)
             try:
                 self._report = run_parity(
                     opt("parity_workdir"), opt("parity_data"),
-                    backends=_backends(self.config), precisions=_csv(opt("parity_precisions")),
+                    backends=_backends(self.config), precisions=_precisions(self.config),
                     thresholds=self.thresholds, limit=opt("parity_limit"),
-                    batch_size=opt("parity_batch_size"), device=opt("parity_device"))
+                    batch_size=opt("parity_batch_size"), device=opt("parity_device"),
+                    named_backends=named,
+                    cpu_fp16="torch" in named and "fp16" in _csv(opt("parity_precisions") or ""),
+                    keep_disagreements=opt("parity_html") is not None)
             except Exception as exc:  # noqa: BLE001 (re-raised in every gate test)
                 self._error = exc
         if self._error is not None:
             raise self._error
         return next(r for r in self._report["candidates"]
                     if (r["backend"], r["precision"]) == (backend, precision))
+
+    @property
+    def report(self) -> dict | None:
+        """The pass's report once it has run (None before, or where it failed)."""
+        return self._report
+
+    def write_reports(self) -> None:
+        """--parity-json and --parity-html, as the command writes them, once the gates ran."""
+        from .parity import report as reports
+        for option, writer in (("parity_json", reports.write_json), ("parity_html", reports.write_html)):
+            path = self.config.getoption(option)
+            if path and self._report is not None:
+                writer(self._report, path)
 
 
 class GateFailure(AssertionError):
@@ -110,12 +155,21 @@ class ParityGate(pytest.Item):
         from .parity.gates import describe
         row = self.run.row(self.backend, self.precision)
         if row["status"] == "skipped":
-            pytest.skip(row["reason"])
+            self.cannot_run(row)
         gate = next(g for g in row["gates"] if g["gate"] == self.name)
         if gate["passed"] is None:
             pytest.skip(gate["note"])
         if not gate["passed"]:
             raise GateFailure(f"{row['device']}: {describe(gate)}")
+
+    def cannot_run(self, row: dict):
+        """A row that cannot run here: skipped with the reason, or failed where its backend was
+        named (--parity-backends), as the command exits 3."""
+        reason = plugin_words(row["reason"])
+        if f"{row['backend']} {row['precision']}" in self.run.report["summary"]["explicit_backends_missing"]:
+            raise GateFailure(f"{row['backend']} {row['precision']} was asked for (--parity-backends) "
+                              f"but cannot run here: {reason}")
+        pytest.skip(reason)
 
     def repr_failure(self, excinfo):
         """A failed gate, or this tool's error (a missing work dir, a baseline of another
@@ -137,7 +191,7 @@ class BaselineGate(ParityGate):
     def runtest(self):
         compared = self.run.against_baseline(self.backend, self.precision)
         if compared is None:
-            pytest.skip(self.run.row(self.backend, self.precision)["reason"])
+            self.cannot_run(self.run.row(self.backend, self.precision))
         if compared["verdict"] == "no baseline":
             pytest.skip(f"the baseline has no {self.backend} {self.precision} row")
         if compared["verdict"] == "regression":
@@ -164,6 +218,8 @@ class CandidateGates(pytest.Collector):
 
 class ParityGates(pytest.Collector):
     def collect(self):
+        from . import outputs
+        from .artifacts import ensure_writable_dir
         from .errors import BadInput, number_in
         from .parity.baseline import read_baseline
         from .parity.gates import load_thresholds
@@ -171,14 +227,32 @@ class ParityGates(pytest.Collector):
         opt = self.config.getoption
         try:  # bad options are one line, as on the command line, not a traceback
             number_in(opt("parity_max_accuracy_drop_pt"), 0, 100, "--parity-max-accuracy-drop-pt")
+            for option in ("parity_json", "parity_html"):  # refused before the pass, not after it
+                if opt(option):
+                    try:
+                        stream, target = outputs.output_target(opt(option))
+                    except outputs.OutputRefused as exc:
+                        raise BadInput(str(exc)) from None
+                    if not stream:
+                        ensure_writable_dir(target.parent)
             baseline = opt("parity_baseline") and read_baseline(opt("parity_baseline"))
             run = ParityRun(self.config, load_thresholds(opt("parity_thresholds")), baseline or None)
-            pairs = candidates(_backends(self.config), _csv(opt("parity_precisions")))
+            pairs = candidates(_backends(self.config), _precisions(self.config))
         except BadInput as exc:
             raise self.CollectError(str(exc)) from None
+        self.config.stash[RUN_KEY] = run  # the session's end writes its reports
         for backend, precision in pairs:
             yield CandidateGates.from_parent(self, name=f"{backend}-{precision}", run=run,
                                              backend=backend, precision=precision)
+
+
+RUN_KEY = pytest.StashKey["ParityRun"]()
+
+
+def pytest_sessionfinish(session):
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.write_reports()
 
 
 @pytest.hookimpl(hookwrapper=True)

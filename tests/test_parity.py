@@ -219,6 +219,7 @@ def test_bench_reports_latency_statistics(digits_workdir, run_cli, tmp_path):
     assert bench["machine"]["cores"] >= 1 and "onnxruntime" in bench["machine"]["versions"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
     args = (f"--parity-workdir={digits_workdir}",  # the pytest11 entry point loads the plugin
             "--parity-backends=ort,trt", "--parity-precisions=fp32,fp16", "--parity-limit=128")
@@ -232,13 +233,14 @@ def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
 
     result = pytester.runpytest_inprocess(*args, "-v", "--junitxml=junit.xml")
     # fp32: finite_logits, top1_agreement_pct, max_abs; fp16: finite_logits,
-    # top1_agreement_pct, accuracy_drop_pt; TensorRT is absent here: its 6 skip with the reason
-    result.assert_outcomes(passed=6, skipped=6)
+    # top1_agreement_pct, accuracy_drop_pt; TensorRT is named but absent here: its 6 fail with
+    # the reason, as the command exits 3
+    result.assert_outcomes(passed=6, failed=6)
     result.stdout.fnmatch_lines(["*collected 12 items", "*ort-fp32::max_abs PASSED*",
-                                 "*trt-fp16::accuracy_drop_pt SKIPPED*"])
+                                 "*trt-fp16::accuracy_drop_pt FAILED*"])
     cases = list(ET.parse(pytester.path / "junit.xml").getroot().iter("testcase"))
     names = {(c.get("classname"), c.get("name")) for c in cases}
-    assert all("TensorRT is not installed" in c.find("skipped").get("message")
+    assert all("TensorRT is not installed" in c.find("failure").get("message")
                for c in cases if c.get("classname").startswith("resnet-edge-parity.trt"))
     assert ("resnet-edge-parity.ort-fp16", "accuracy_drop_pt") in names and len(names) == 12
 
@@ -248,6 +250,26 @@ def test_pytest_plugin_gives_one_test_per_gate(pytester, digits_workdir):
     bad.stdout.fnmatch_lines(["*unknown backend 'tvm'*"])
     assert "Traceback" not in bad.stdout.str()
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_the_plugin_fails_a_backend_named_that_cannot_run_and_writes_the_reports(pytester, digits_workdir):
+    """--parity-backends ort,trt went green without TensorRT (8 passed, 8 skipped) where the
+    command exits 3; its skip texts named the command's flags; it wrote no report."""
+    base = (f"--parity-workdir={digits_workdir}", "--parity-precisions=fp32", "--parity-limit=64")
+    named = pytester.runpytest_inprocess(*base, "--parity-backends=ort,trt", "-q",
+                                         "--parity-json=out/parity.json", "--parity-html=out/parity.html")
+    named.assert_outcomes(passed=3, failed=3)
+    named.stdout.fnmatch_lines(["*trt fp32 was asked for (--parity-backends) but cannot run here: TensorRT is not installed*"])
+    report = json.loads((pytester.path / "out" / "parity.json").read_text())
+    assert report["schema"] == "resnet-edge.parity/1" and {r["backend"] for r in report["candidates"]} == {"ort", "trt"}
+    assert "<html" in (pytester.path / "out" / "parity.html").read_text()
+    # not named: the default set, where TensorRT's tests skip with the reason, in the plugin's words
+    quiet = pytester.runpytest_inprocess(*base, "--parity-precisions=fp16", "-rs", "-k", "torch")
+    quiet.assert_outcomes(skipped=3)
+    quiet.stdout.fnmatch_lines(["*ask with --parity-backends torch --parity-precisions fp16*"])
+    assert "--backends torch" not in quiet.stdout.str()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_pytest_plugin_holds_each_row_to_a_baseline(pytester, digits_workdir, run_cli, tmp_path):
     main = tmp_path / "main.json"
     assert run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32,fp16",
@@ -259,8 +281,8 @@ def test_pytest_plugin_holds_each_row_to_a_baseline(pytester, digits_workdir, ru
     args = (f"--parity-workdir={digits_workdir}", "--parity-backends=ort,trt",
             "--parity-precisions=fp32,fp16", "--parity-limit=128", f"--parity-baseline={main}")
     result = pytester.runpytest_inprocess(*args, "-k", "against_baseline", "-v")
-    # ort fp32 as main; ort fp16 2 points under it; TensorRT did not run here
-    result.assert_outcomes(passed=1, failed=1, skipped=2, deselected=12)
+    # ort fp32 as main; ort fp16 2 points under it; TensorRT, named, did not run here
+    result.assert_outcomes(passed=1, failed=3, deselected=12)
     result.stdout.fnmatch_lines(["*ort-fp32::against_baseline PASSED*",
                                  "*ort fp16: top-1 -2.00 pt against the baseline (limit -0.5 pt)*"])
     (tmp_path / "bad.json").write_text("{")

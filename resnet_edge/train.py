@@ -151,6 +151,25 @@ def evaluate(model: nn.Module, source: Source, preprocess: Preprocess, *, indice
     return acc
 
 
+def evaluate_checkpoint(checkpoint: str | Path, data_spec: str | None = None, *, arch: str | None = None,
+                        batch_size: int = 32, device: str = "auto") -> dict:
+    """Top-1 and top-5 of a checkpoint in PyTorch through its card's Preprocess, on `data_spec`
+    (labelled; a subset of the model's classes is fine; None: the test split of the built-in
+    set it was trained on): what `eval --json` writes."""
+    from .data import data_for, match_classes
+    from .zoo import load_checkpoint
+    model, card = load_checkpoint(checkpoint, arch=arch)
+    data_spec = data_for(card, "test", data_spec, "--data")
+    source = open_data(data_spec, input_shape=card.preprocess.input_shape)
+    if not source.has_labels:
+        raise BadInput(f"{data_spec} has no labels, so accuracy cannot be measured")
+    match_classes(source, card.num_classes, card.class_names, f"{checkpoint} ({card.arch})")
+    device = resolve_device(device)
+    acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size, device=device)
+    return {"checkpoint": str(checkpoint), "arch": card.arch, "data": data_spec, "images": acc.images,
+            "top1": acc.top1, "top5": acc.top5, "device": device}
+
+
 @dataclass
 class TrainResult:
     model_path: Path

@@ -313,8 +313,3 @@ def print_parity(report: dict) -> None:
                                          if ref["changed"] else ""))
 
 
-def failed_gates(rows: list[dict]) -> str:
-    """'ort fp32 max_abs 7.6e-06 > 1e-09 (fail)': each failing gate, measured against its threshold."""
-    from ..parity.gates import describe
-    return ", ".join(f"{row['backend']} {row['precision']} {describe(g)}"
-                     for row in rows for g in row["gates"] if g["passed"] is False)

@@ -12,9 +12,10 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
+from ..parity.gates import failed_gates
 from .common import (DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
                      MAX_LATENCY_REGRESSION_OPTION, ORT_PROVIDERS_OPTION, PRECISIONS_OPTION, cli,
-                     csv_list, failed_gates, parse_sizes, print_parity, resolve_workdir, writable)
+                     csv_list, parse_sizes, print_parity, resolve_workdir, writable)
 
 
 # ---- parity / bench / report -------------------------------------------------------------
@@ -256,10 +257,7 @@ def report_(reports, html, markdown, json_path) -> None:
     if markdown:
         write_text_atomic(markdown, fleet.markdown(runs))
     wrote(html, markdown)
-    emit_json({"runs": [{"report": str(path), "where": fleet.where(run)} for path, run in runs],
-               "rows": [{"kind": k, "backend": b, "precision": p, "batch": n, "cells": cells[(k, b, p, n)]}
-                        for k, b, p, n in keys],
-               "differences": [{"what": field, "values": values} for field, values in differ]}, json_path)
+    emit_json(fleet.summary(runs), json_path)
 
 
 def _named_backends(backends: str | None, ort_providers: str | None) -> list[str]:

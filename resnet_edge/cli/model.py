@@ -11,7 +11,6 @@ from rich.table import Table
 
 from .. import console
 from ..console import emit_json, err, note, stdout, wrote
-from ..errors import BadInput
 from .common import JSON_OPTION, Finite, cli, default_out, export_options, export_request, writable
 
 
@@ -203,22 +202,11 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, json_path) -> None:
     Example:
       resnet-edge eval runs/resnet20-digits/model.pt --data digits:test --json -
     """
-    from ..data import data_for, match_classes, open_data
-    from ..train import evaluate, resolve_device
-    from ..zoo import load_checkpoint
+    from ..train import evaluate_checkpoint
 
     writable(json_path)
-    model, card = load_checkpoint(checkpoint, arch=arch)
-    data_spec = data_for(card, "test", data_spec, "--data")
-    source = open_data(data_spec, input_shape=card.preprocess.input_shape)
-    if not source.has_labels:
-        raise BadInput(f"{data_spec} has no labels, so accuracy cannot be measured")
-    match_classes(source, card.num_classes, card.class_names, f"{checkpoint} ({card.arch})")
-    device = resolve_device(device)
-    acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size or 32,
-                   device=device)
-    result = {"checkpoint": str(checkpoint), "data": data_spec, "images": acc.images,
-              "top1": acc.top1, "top5": acc.top5, "device": device}
-    stdout.print(f"{escape(card.arch)} on {escape(data_spec)} ({acc.images} images, {device}): "
-                 f"top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}")
+    result = evaluate_checkpoint(checkpoint, data_spec, arch=arch, batch_size=batch_size or 32,
+                                 device=device)
+    stdout.print(f"{escape(result['arch'])} on {escape(result['data'])} ({result['images']} images, "
+                 f"{result['device']}): top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}")
     emit_json(result, json_path)

@@ -12,7 +12,8 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, stdout, warn, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
-from .common import (JSON_OPTION, TARGET_NAMES, Finite, TARGETS_HELP, cli, csv_list, failed_gates,
+from ..parity.gates import failed_gates
+from .common import (JSON_OPTION, TARGET_NAMES, Finite, TARGETS_HELP, cli, csv_list,
                      resolve_workdir, writable)
 
 
@@ -250,42 +251,15 @@ def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, r
       resnet-edge verify resnet50-jetpack6.tar.gz --key keys/ci.pub --min-created 2026-11-01
       resnet-edge verify resnet50-jetpack6.tar.gz --allow-unsigned   # a demo: nothing authenticated
     """
-    import tempfile
-
-    from ..deploy.archive import BundleError, safe_extract
+    from ..deploy.check import verify_path
     from ..deploy.verify_bundle import integrity_lines, verdict_line
-    from ..deploy.verify_bundle import verify as verify_bundle
-    from ..runtime.trt_rules import EngineError
 
     writable(json_path)
-    from ..deploy.archive import created_bound
-    from ..deploy.verify_bundle import NEEDS_KEY
-    if bundle_path.is_dir() and (bundle_path / "manifest.json").is_file() and not (
-            bundle_path / "bundle.json").is_file():
-        raise BadInput(f"{bundle_path} is a work directory, not a bundle; make one with "
-                       f"`resnet-edge bundle {bundle_path}` and verify that")
-    if key is None and not allow_unsigned:
-        raise BadInput(NEEDS_KEY)
-    try:
-        min_created = created_bound(min_created) if min_created is not None else None
-    except BundleError as exc:
-        raise BadInput(str(exc)) from None
-    with tempfile.TemporaryDirectory() as tmp, console.steps() as step:
-        try:
-            root = bundle_path
-            if bundle_path.is_file():
-                step(f"extracting {bundle_path}")
-                root = safe_extract(bundle_path, Path(tmp) / "bundle")
-            step("verifying")
-            report = verify_bundle(root, precisions=csv_list(precisions) if precisions else None,
-                                   backend=backend, build=True, iterations=iterations, key=key, step=step,
-                                   allow_unsigned=allow_unsigned, min_created=min_created,
-                                   device_dir=device_dir or (Path(tmp) / "device" if bundle_path.is_file() else None),
-                                   require_tensorrt=require_tensorrt)
-        except BundleError as exc:
-            raise (MissingBackend if exc.code == 3 else BadInput)(str(exc)) from None
-        except EngineError as exc:  # TensorRT is here but cannot build or load the engine
-            raise MissingBackend(str(exc)) from None
+    with console.steps() as step:
+        report = verify_path(bundle_path, key=key, allow_unsigned=allow_unsigned,
+                             min_created=min_created, precisions=csv_list(precisions) if precisions else None,
+                             backend=backend, iterations=iterations, device_dir=device_dir,
+                             require_tensorrt=require_tensorrt, step=step)
     table = Table(title=f"{escape(report['bundle']['arch'])} bundle for {escape(report['bundle']['about'])}: "
                         f"{report['golden_images']} golden images")
     for col in ("backend", "max abs", "top-1 agree", "near-ties", "top-1", "p50 ms", "gates"):

@@ -45,6 +45,16 @@ def read_reports(paths: list[Path]) -> list[tuple[Path, dict]]:
     return reports
 
 
+def summary(reports: list[tuple[Path, dict]]) -> dict:
+    """The merged matrix as `report --json` writes it: each run (file, where it ran), each row
+    with one cell per run, and what differs between the runs' machines and libraries."""
+    keys, cells = matrix(reports)
+    return {"runs": [{"report": str(path), "where": where(run)} for path, run in reports],
+            "rows": [{"kind": k, "backend": b, "precision": p, "batch": n, "cells": cells[(k, b, p, n)]}
+                     for k, b, p, n in keys],
+            "differences": [{"what": field, "values": values} for field, values in differences(reports)]}
+
+
 def names(reports: list[tuple[Path, dict]]) -> list[str]:
     """Each run's heading: its file name, with as many parent folders as it takes to tell the
     runs apart (a CI matrix's artifacts are all parity.json, in folders named by job)."""

@@ -206,6 +206,12 @@ def _agreement_gate(threshold: float, comparison: dict) -> GateResult:
     return GateResult("top1_agreement_pct", v, threshold, perfect or v >= threshold - 1e-9, note)
 
 
+def failed_gates(rows: list[dict]) -> str:
+    """'ort fp32 max_abs 7.6e-06 > 1e-09 (fail)': each failing gate, measured against its threshold."""
+    return ", ".join(f"{row['backend']} {row['precision']} {describe(g)}"
+                     for row in rows for g in row["gates"] if g["passed"] is False)
+
+
 def describe(gate: dict) -> str:
     """One gate result as a person reads it: 'top1_agreement_pct 99.37 < 99.5 (fail)'."""
     if gate["passed"] is None:

@@ -11,6 +11,7 @@ loader and the one Preprocess, which is what keeps them from drifting apart.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import re
@@ -173,6 +174,20 @@ class Source(torch.utils.data.Dataset):
         label = int(self.labels[index]) if self.labels is not None else -1
         return self.image(index), label
 
+    def digest(self, n: int) -> str:
+        """sha256 of the first `n` images and their labels, by content: the same set copied to
+        another path (another CI workspace) has the same digest, and a changed image another."""
+        hasher = hashlib.sha256()
+        for chunk in self._content(n):
+            hasher.update(chunk)
+        if self.labels is not None:
+            hasher.update(np.ascontiguousarray(np.asarray(self.labels[:n], dtype=np.int64)).tobytes())
+        return hasher.hexdigest()
+
+    def _content(self, n: int):
+        for index in range(n):
+            yield np.ascontiguousarray(np.asarray(self.image(index))).tobytes()
+
 
 class TensorSource(Source):
     def __init__(self, spec, images: torch.Tensor, labels, class_names, *, preprocessed=False,
@@ -186,6 +201,9 @@ class TensorSource(Source):
     def image(self, index: int):
         return self.images[index]
 
+    def _content(self, n: int):
+        yield np.ascontiguousarray(self.images[:n].numpy()).tobytes()
+
 
 class FileSource(Source):
     def __init__(self, spec, files: list[Path], labels, class_names, summary):
@@ -194,6 +212,14 @@ class FileSource(Source):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def _content(self, n: int):
+        for path in self.files[:n]:  # the bytes, not the path: a copy elsewhere is the same set
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            yield digest.digest()
 
     def image(self, index: int):
         from PIL import Image
@@ -219,6 +245,9 @@ class CifarSource(Source):
 
     def image(self, index: int):
         return self.dataset[index][0]
+
+    def _content(self, n: int):
+        yield np.ascontiguousarray(self.dataset.data[:n]).tobytes()
 
 
 BUILT_IN = ("digits", "cifar10")  # datasets with named splits a card can point back to
@@ -418,6 +447,9 @@ class RandomSource(Source):
 
     def image(self, index: int):
         return torch.randn(self.input_shape, generator=torch.Generator().manual_seed(index))
+
+    def _content(self, n: int):  # seeded: the spec and the shape are the images
+        yield f"random {n} {self.input_shape}".encode()
 
 
 def _random(spec: str, arg: str, input_shape) -> Source:

@@ -173,6 +173,7 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         report = run_parity(out, config.data_eval, backends=["torch", "ort", "trt"],
                             precisions=default_precisions(), thresholds=thresholds,
                             limit=config.limit, keep_disagreements=True,
+                            baseline=old_parity[1] if old_parity is not None else None,
                             progress=lambda d, t: step("parity", f"{d}/{t} images"))
         if old_parity is not None:
             report["baseline"] = compare_parity(report, old_parity[1], str(old_parity[0]),

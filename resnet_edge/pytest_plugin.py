@@ -120,7 +120,7 @@ class ParityRun:
                     batch_size=opt("parity_batch_size"), device=opt("parity_device"),
                     named_backends=named,
                     cpu_fp16="torch" in named and "fp16" in _csv(opt("parity_precisions") or ""),
-                    keep_disagreements=opt("parity_html") is not None)
+                    keep_disagreements=opt("parity_html") is not None, baseline=self.baseline)
             except Exception as exc:  # noqa: BLE001 (re-raised in every gate test)
                 self._error = exc
         if self._error is not None:

@@ -164,10 +164,41 @@ def test_the_reference_is_held_to_the_baselines_saved_outputs(parity_main, calib
 def test_a_parity_baseline_on_other_data_is_refused(parity_main, calibrated_workdir, tmp_path, run_cli):
     other = _parity_baseline(parity_main, tmp_path, images=397)
     one_line_error(_parity(run_cli, calibrated_workdir, other), 2,
-                   "evaluated 'digits:test' (397 images), this run 'digits:test' (128): different sets")
+                   "evaluated other images ('digits:test', 397 images) than this run ('digits:test', "
+                   "128): different sets")
     (tmp_path / "bench.json").write_text('{"schema": "resnet-edge.bench/1"}')
     one_line_error(_parity(run_cli, calibrated_workdir, tmp_path / "bench.json"), 2,
                    "is not a resnet-edge.parity/1 report (it is 'resnet-edge.bench/1'); give a `parity --json` report")
+
+
+def test_a_parity_baseline_is_matched_by_the_images_not_their_path_and_before_any_work(
+        parity_main, calibrated_workdir, tmp_path, run_cli, monkeypatch):
+    """A byte-identical copy of the evaluation set in another CI workspace was "different sets";
+    and that refusal, like the wrong-model one, came after the whole evaluation."""
+    from PIL import Image
+    import numpy as np
+    rng = np.random.default_rng(0)
+    first = tmp_path / "ws1" / "val"
+    for i in range(40):
+        (first / str(i % 10)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(first / str(i % 10) / f"{i}.png")
+    second = tmp_path / "ws2" / "val"
+    shutil.copytree(first, second)
+    args = ("parity", calibrated_workdir, "--backends", "ort", "--precisions", "fp32")
+    main = tmp_path / "main.json"
+    assert run_cli(*args, "--data", f"imagefolder:{first}", "--json", main).exit_code == 0
+    copy = run_cli(*args, "--data", f"imagefolder:{second}", "--baseline", main)
+    assert copy.exit_code == 0, copy.output  # the same images at another path: compared
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(second / "3" / "3.png")
+    from resnet_edge.parity import run as parity_run
+    monkeypatch.setattr(parity_run, "open_backend", lambda *a, **k: pytest.fail("the pass began"))
+    one_line_error(run_cli(*args, "--data", f"imagefolder:{second}", "--baseline", main), 2,
+                   "evaluated other images")
+    other = json.loads(main.read_text())
+    other["model"]["arch"] = "resnet50"
+    main.write_text(json.dumps(other))
+    one_line_error(run_cli(*args, "--data", f"imagefolder:{first}", "--baseline", main), 2,
+                   "is of another model (arch 'resnet50'")
 
 
 def test_a_jetson_records_its_release_and_power_mode(tmp_path, monkeypatch):

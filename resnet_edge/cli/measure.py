@@ -115,7 +115,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
                             device=device, explicit=bool(named) or precisions is not None,
                             named_backends=named, cpu_fp16=cpu_fp16,
                             progress=bar.update, keep_disagreements=html is not None,
-                            agreement=agreement, cuda_graph=cuda_graph)
+                            agreement=agreement, cuda_graph=cuda_graph, baseline=old)
     if old is not None:
         result["baseline"] = compare(result, old, str(baseline), max_accuracy_drop_pt)
     print_parity(result)

@@ -19,10 +19,12 @@ REFERENCE_TOLERANCE = 1e-3
 
 
 def read_baseline(path: str | Path) -> dict:
+    """A parity report to compare with, read strictly; it remembers where it came from (_path)."""
     try:
-        return strictjson.read_report(path, SCHEMA, "baseline")
+        report = strictjson.read_report(path, SCHEMA, "baseline")
     except ValueError as exc:
         raise BadInput(f"{exc}; give a `parity --json` report") from None
+    return {**report, "_path": str(path)}
 
 
 def compare(report: dict, baseline: dict, where: str,
@@ -34,16 +36,30 @@ def compare(report: dict, baseline: dict, where: str,
         return _compare(report, baseline, where, max_drop_pt)
 
 
+def refuse_incomparable(baseline: dict, model: dict, data: dict, where: str = "") -> None:
+    """A baseline of another model, or of other evaluation images, refused naming what differs.
+    The images are told apart by content (data's sha256: the same set at another path, another
+    CI workspace, is the same set); a baseline made before reports kept it, by spec and count."""
+    where = where or baseline.get("_path", "")
+    with well_formed(where, "baseline"):
+        old_model, old_data = baseline.get("model", {}), baseline.get("data", {})
+        for key in ("arch", "num_classes"):
+            if model.get(key) != old_model.get(key):
+                raise BadInput(f"baseline {where} is of another model ({key} {old_model.get(key)!r}, "
+                               f"not {model.get(key)!r})")
+        counted = old_data.get("images") == data["images"]
+        same = (counted and old_data["sha256"] == data["sha256"]
+                if old_data.get("sha256") and data.get("sha256")
+                else counted and old_data.get("spec") == data["spec"])
+        if not same:
+            raise BadInput(f"baseline {where} evaluated other images ({old_data.get('spec')!r}, "
+                           f"{old_data.get('images')} images) than this run ({data['spec']!r}, "
+                           f"{data['images']}): different sets are not a regression check; evaluate "
+                           "both on one set")
+
+
 def _compare(report: dict, baseline: dict, where: str, max_drop_pt: float) -> dict:
-    for key in ("arch", "num_classes"):
-        if report["model"].get(key) != baseline.get("model", {}).get(key):
-            raise BadInput(f"baseline {where} is of another model ({key} "
-                           f"{baseline.get('model', {}).get(key)!r}, not {report['model'].get(key)!r})")
-    data, old_data = report["data"], baseline.get("data", {})
-    if (data["spec"], data["images"]) != (old_data.get("spec"), old_data.get("images")):
-        raise BadInput(f"baseline {where} evaluated {old_data.get('spec')!r} ({old_data.get('images')} "
-                       f"images), this run {data['spec']!r} ({data['images']}): different sets are "
-                       "not a regression check; evaluate both on one set")
+    refuse_incomparable(baseline, report["model"], report["data"], where)
     old_rows = {(r["backend"], r["precision"]): r for r in baseline.get("candidates", [])
                 if r.get("status") == "ran"}
     rows = []

@@ -115,9 +115,12 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
                batch_size: int | None = None, device: str = "auto", explicit: bool = False,
                named_backends: list[str] = (),
                cpu_fp16: bool = False, keep_disagreements: bool = False,
-               agreement: str = "raw", cuda_graph: bool = False,
+               agreement: str = "raw", cuda_graph: bool = False, baseline: dict | None = None,
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """`batch_size` defaults to 32 within the model's batch profile (its one size if static).
+
+    `baseline`: an earlier report this run will be compared with (baseline.compare): one of
+    another model, or of other images (by content, not path), is refused before the pass.
 
     `explicit`: the caller named backends or precisions, so nothing at all able to run is an
     error (MissingBackend), said before the reference pass. `named_backends`: the backends named
@@ -147,6 +150,10 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
     n = len(source) if limit is None else min(limit, len(source))
     pairs = candidates(backends, precisions)
+    digest = source.digest(n)
+    if baseline is not None:  # another model or other images: refused before any work
+        from .baseline import refuse_incomparable
+        refuse_incomparable(baseline, card.to_dict(), {"spec": data_spec, "images": n, "sha256": digest})
 
     # a bare ONNX file has no PyTorch model: ONNX Runtime's fp32 run of the file is the reference
     reference_pair = REFERENCE if model is not None else ONNX_REFERENCE
@@ -272,7 +279,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         "artifacts": artifact_hashes(workdir, [(r.backend, r.precision) for r in rows
                                                if r.runner is not None]),
         "model": card.to_dict(),
-        "data": {"spec": data_spec, "images": n, "labelled": labelled, "batch_size": batch_size,
+        "data": {"spec": data_spec, "images": n, "sha256": digest, "labelled": labelled, "batch_size": batch_size,
                  "classes_present": present, "accuracy_note": note},
         "agreement": agreement,
         "units": UNITS,

@@ -255,8 +255,12 @@ def _compare(result: dict, baseline: dict, where: str, max_regression_pct: float
     differs = [f"{name} {old_versions.get(name)} -> {versions.get(name)}"
                for name in sorted(set(versions) | set(old_versions))
                if versions.get(name) != old_versions.get(name)]
-    if result["artifacts"] != baseline.get("artifacts"):
-        differs.append("model files")
+    # only a file both runs measured and whose sha256 changed: a bench of fewer backends records
+    # fewer files, which is not a change
+    old_files, files = baseline.get("artifacts") or {}, result["artifacts"]
+    changed = sorted(name for name in set(files) & set(old_files) if files[name] != old_files[name])
+    if changed:
+        differs.append(f"model files ({', '.join(changed)})")
     old_rows = {(r["backend"], r["precision"], r["host_to_host"]["batch_size"]): r
                 for r in baseline.get("results", [])}
     rows = []

@@ -365,3 +365,54 @@ def test_a_bench_baseline_from_other_hardware_is_refused_before_the_bench(measur
     one_line_error(_bench(run_cli, digits_workdir, path), 2, "ran on other hardware")
     one_line_error(_bench(run_cli, digits_workdir, _baseline(measured, tmp_path), "--iterations", "1"), 2,
                    "--baseline compares latency samples: give --iterations 2 or more")
+
+
+class _Warming:
+    """A backend whose runs get faster as it warms up (a CPU ramping its clocks, pools filling)
+    from `slow_s` towards `fast_s` by `decay` a run, on a clock of its own, so the test holds on
+    any machine, loaded or not."""
+
+    separates_device_time = False
+
+    def __init__(self, decay, slow_s=0.003, fast_s=0.001):
+        self.now, self.runs, self.decay, self.slow_s, self.fast_s = 0.0, 0, decay, slow_s, fast_s
+
+    def clock(self):
+        return self.now
+
+    def run(self, batch=None):
+        self.now += self.fast_s + (self.slow_s - self.fast_s) * self.decay ** self.runs
+        self.runs += 1
+
+
+def test_the_warm_up_goes_on_until_the_runs_stop_getting_faster():
+    """The backend a bench measured first read up to 1.5x slower than the same backend later
+    (a subset bench against main's full one flagged "regression x1.51"): ten fixed warm-up runs
+    were not enough for a machine still spinning up."""
+    from resnet_edge.runtime import timing
+    batch = np.zeros((1, 3, 8, 8), np.float32)
+    fixed = _Warming(decay=0.9)  # what ten warm-up runs alone would have timed: 3 ms ramping down
+    for _ in range(10):
+        fixed.run()
+    first = [fixed.run() or fixed.now for _ in range(20)]
+    timed_after_ten = (first[10] - first[9]) * 1e3
+    warming = _Warming(decay=0.9)
+    result = timing.measure(warming, batch, iterations=20, warmup=10, clock=warming.clock)
+    assert timed_after_ten > 1.2 and result["host_to_host"]["p50_ms"] < 1.08, (timed_after_ten, result["host_to_host"])
+    steady = _Warming(decay=0.0)
+    timing.measure(steady, batch, iterations=20, warmup=10, clock=steady.clock)
+    assert steady.runs == 2 * timing.SETTLE_WINDOW + 20  # nothing to wait for: the least warm-up
+    endless = _Warming(decay=0.98, slow_s=0.05, fast_s=0.0)  # 10 % faster every 5 runs: stopped at the cap
+    made = timing.settle(endless.run, 10, endless.clock)
+    assert timing.SETTLE_MAX_S < endless.now <= timing.SETTLE_MAX_S + 0.05 and made == endless.runs > 10
+
+
+def test_a_bench_of_fewer_backends_does_not_say_the_model_files_differ(measured):
+    from resnet_edge.bench import compare_to_baseline
+    full = json.loads(json.dumps(measured))
+    full["artifacts"] = {**full["artifacts"], "model.int8.onnx": "a" * 64}  # main benched int8 too
+    compared = compare_to_baseline(measured, full, "main.json")
+    assert not any("model files" in d for d in compared["differs"]), compared["differs"]
+    changed = json.loads(json.dumps(measured))
+    changed["artifacts"]["model.onnx"] = "b" * 64
+    assert "model files (model.onnx)" in compare_to_baseline(measured, changed, "main.json")["differs"]

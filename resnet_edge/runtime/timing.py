@@ -44,17 +44,41 @@ class LatencyStats:
         return {**asdict(self), "samples_ms": list(self.samples_ms)}
 
 
+# the warm-up goes on past `warmup` runs while the runs still get faster (the median of the last
+# SETTLE_WINDOW runs more than SETTLE_GAIN below the window before it), for at most SETTLE_MAX_S:
+# the first backend a bench measured ran on a machine still spinning up (clocks, thread pools,
+# page faults) and read up to 1.5x slower than the same backend measured later
+SETTLE_WINDOW, SETTLE_GAIN, SETTLE_MAX_S = 5, 0.05, 2.0
+
+
+def settle(run, warmup: int, clock=time.perf_counter) -> int:
+    """Run `run` `warmup` times, then on until it stops getting faster; returns the runs made."""
+    times = []
+    began = clock()
+    while True:
+        start = clock()
+        run()
+        times.append(clock() - start)
+        if len(times) < max(warmup, 2 * SETTLE_WINDOW):
+            continue
+        last, before = (np.median(times[-SETTLE_WINDOW:]),
+                        np.median(times[-2 * SETTLE_WINDOW:-SETTLE_WINDOW]))
+        if last >= before * (1 - SETTLE_GAIN) or clock() - began > SETTLE_MAX_S:
+            return len(times)
+
+
 def measure(backend, batch: np.ndarray, *, iterations: int = 100,
-            warmup: int = 10) -> dict:
+            warmup: int = 10, clock=time.perf_counter) -> dict:
     """Host-to-host latency of `backend.run`, and, where the backend separates them, device
-    compute alone (input already on the device, output left there, synchronized).
+    compute alone (input already on the device, output left there, synchronized). The warm-up
+    is at least `warmup` runs and goes on until the runs stop getting faster (`settle`);
+    `warmup=0` times from the first run.
 
     `backend` is anything with run(batch), and, where `separates_device_time` is true,
     stage(batch), execute(staged) and synchronize()."""
-    for _ in range(warmup):
-        backend.run(batch)
+    if warmup:
+        settle(lambda: backend.run(batch), warmup, clock)
     host = []
-    clock = time.perf_counter
     for _ in range(iterations):
         start = clock()
         backend.run(batch)

@@ -19,6 +19,7 @@ from .parity.gates import Thresholds
 from .parity.run import REFERENCE, candidates, default_precisions, run_parity
 from .runtime import trt_engine, trt_plan, trt_rules, trt_runner
 from .parity.baseline import MAX_ACCURACY_DROP_PT, change, compare as compare_parity
+from .parity.baseline import refuse_incomparable as refuse_parity
 from .parity.baseline import read_baseline as read_parity_baseline
 from .bench import compare_to_baseline, read_baseline as read_bench_baseline
 from .bench import refuse_incomparable, run_bench, slowdown
@@ -173,7 +174,8 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
         report = run_parity(out, config.data_eval, backends=["torch", "ort", "trt"],
                             precisions=default_precisions(), thresholds=thresholds,
                             limit=config.limit, keep_disagreements=True,
-                            baseline=old_parity[1] if old_parity is not None else None,
+                            before_pass=None if old_parity is None else (
+                                lambda model, data: refuse_parity(old_parity[1], model, data, str(old_parity[0]))),
                             progress=lambda d, t: step("parity", f"{d}/{t} images"))
         if old_parity is not None:
             report["baseline"] = compare_parity(report, old_parity[1], str(old_parity[0]),

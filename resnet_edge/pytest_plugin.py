@@ -120,13 +120,22 @@ class ParityRun:
                     batch_size=opt("parity_batch_size"), device=opt("parity_device"),
                     named_backends=named,
                     cpu_fp16="torch" in named and "fp16" in _csv(opt("parity_precisions") or ""),
-                    keep_disagreements=opt("parity_html") is not None, baseline=self.baseline)
+                    keep_disagreements=opt("parity_html") is not None,
+                    before_pass=self._comparable())
             except Exception as exc:  # noqa: BLE001 (re-raised in every gate test)
                 self._error = exc
         if self._error is not None:
             raise self._error
         return next(r for r in self._report["candidates"]
                     if (r["backend"], r["precision"]) == (backend, precision))
+
+    def _comparable(self):
+        """The baseline held to this run's model and images before the pass (or nothing)."""
+        if self.baseline is None:
+            return None
+        from .parity.baseline import refuse_incomparable
+        where = self.config.getoption("parity_baseline")
+        return lambda model, data: refuse_incomparable(self.baseline, model, data, where)
 
     @property
     def report(self) -> dict | None:

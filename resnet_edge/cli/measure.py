@@ -115,7 +115,8 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
                             device=device, explicit=bool(named) or precisions is not None,
                             named_backends=named, cpu_fp16=cpu_fp16,
                             progress=bar.update, keep_disagreements=html is not None,
-                            agreement=agreement, cuda_graph=cuda_graph, baseline=old)
+                            agreement=agreement, cuda_graph=cuda_graph,
+                            before_pass=_comparable_with(old, baseline))
     if old is not None:
         result["baseline"] = compare(result, old, str(baseline), max_accuracy_drop_pt)
     print_parity(result)
@@ -207,7 +208,9 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     if result.get("baseline", {}).get("regressions"):
         raise GateFailed("latency regression against the baseline: "
                          + "; ".join(map(slowdown, result["baseline"]["regressions"])))
-    asked = [s for s in result["skipped"] if s["reason"] != CPU_FP16 and s["backend"] in named]
+    # a named backend's rows, its +graph rows (--cuda-graph asked for them) included
+    asked = [s for s in result["skipped"]
+             if s["reason"] != CPU_FP16 and s["backend"].removesuffix("+graph") in named]
     if asked:
         raise MissingBackend("asked for but cannot run here: " + "; ".join(
             f"{s['backend']} {s['precision']} ({s['reason']})" for s in asked))
@@ -258,6 +261,15 @@ def report_(reports, html, markdown, json_path) -> None:
         write_text_atomic(markdown, fleet.markdown(runs))
     wrote(html, markdown)
     emit_json(fleet.summary(runs), json_path)
+
+
+def _comparable_with(old: dict | None, where):
+    """The check run_parity makes once it knows the model and the images, before its pass: a
+    baseline of another model or of other images is refused then, not after the whole run."""
+    if old is None:
+        return None
+    from ..parity.baseline import refuse_incomparable
+    return lambda model, data: refuse_incomparable(old, model, data, str(where))
 
 
 def _named_backends(backends: str | None, ort_providers: str | None) -> list[str]:

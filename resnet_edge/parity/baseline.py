@@ -19,12 +19,11 @@ REFERENCE_TOLERANCE = 1e-3
 
 
 def read_baseline(path: str | Path) -> dict:
-    """A parity report to compare with, read strictly; it remembers where it came from (_path)."""
+    """A parity report to compare with, read strictly."""
     try:
-        report = strictjson.read_report(path, SCHEMA, "baseline")
+        return strictjson.read_report(path, SCHEMA, "baseline")
     except ValueError as exc:
         raise BadInput(f"{exc}; give a `parity --json` report") from None
-    return {**report, "_path": str(path)}
 
 
 def compare(report: dict, baseline: dict, where: str,
@@ -36,11 +35,10 @@ def compare(report: dict, baseline: dict, where: str,
         return _compare(report, baseline, where, max_drop_pt)
 
 
-def refuse_incomparable(baseline: dict, model: dict, data: dict, where: str = "") -> None:
+def refuse_incomparable(baseline: dict, model: dict, data: dict, where: str) -> None:
     """A baseline of another model, or of other evaluation images, refused naming what differs.
     The images are told apart by content (data's sha256: the same set at another path, another
     CI workspace, is the same set); a baseline made before reports kept it, by spec and count."""
-    where = where or baseline.get("_path", "")
     with well_formed(where, "baseline"):
         old_model, old_data = baseline.get("model", {}), baseline.get("data", {})
         for key in ("arch", "num_classes"):

@@ -115,12 +115,14 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
                batch_size: int | None = None, device: str = "auto", explicit: bool = False,
                named_backends: list[str] = (),
                cpu_fp16: bool = False, keep_disagreements: bool = False,
-               agreement: str = "raw", cuda_graph: bool = False, baseline: dict | None = None,
+               agreement: str = "raw", cuda_graph: bool = False,
+               before_pass: Callable[[dict, dict], None] | None = None,
                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """`batch_size` defaults to 32 within the model's batch profile (its one size if static).
 
-    `baseline`: an earlier report this run will be compared with (baseline.compare): one of
-    another model, or of other images (by content, not path), is refused before the pass.
+    `before_pass(model card, data)`: called once the model and the images are known (data:
+    spec, images, sha256 by content), before the pass: where a baseline of another model or of
+    other images is refused (baseline.refuse_incomparable), not after the whole run.
 
     `explicit`: the caller named backends or precisions, so nothing at all able to run is an
     error (MissingBackend), said before the reference pass. `named_backends`: the backends named
@@ -151,9 +153,8 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
     n = len(source) if limit is None else min(limit, len(source))
     pairs = candidates(backends, precisions)
     digest = source.digest(n)
-    if baseline is not None:  # another model or other images: refused before any work
-        from .baseline import refuse_incomparable
-        refuse_incomparable(baseline, card.to_dict(), {"spec": data_spec, "images": n, "sha256": digest})
+    if before_pass is not None:  # e.g. a baseline of another model or other images: refused now
+        before_pass(card.to_dict(), {"spec": data_spec, "images": n, "sha256": digest})
 
     # a bare ONNX file has no PyTorch model: ONNX Runtime's fp32 run of the file is the reference
     reference_pair = REFERENCE if model is not None else ONNX_REFERENCE

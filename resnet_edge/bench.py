@@ -22,6 +22,7 @@ from .runtime.latency import describe_machine, measure
 SCHEMA = "resnet-edge.bench/1"
 LONG_BENCH_S = 30.0
 PROBE_RUNS = 5
+PROBE_BUDGET_S = 0.5  # per row: a slow row is probed once or twice, a fast one PROBE_RUNS times
 ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
 
@@ -64,10 +65,11 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     for _, _, backend in opened:
         for size in batch_sizes:
             step(f"probing {backend.label} batch {size}")
-            for _ in range(2):  # the first runs set up what later runs reuse
-                backend.run(inputs[size])
+            backend.run(inputs[size])  # the first run sets up what later runs reuse
             runs = []
-            for _ in range(PROBE_RUNS):
+            # up to PROBE_RUNS, but no more than PROBE_BUDGET_S of them: a ResNet-18 on a CPU
+            # spent 57 s probing before it could say how long the bench would take
+            while len(runs) < PROBE_RUNS and (not runs or sum(runs) < PROBE_BUDGET_S):
                 start = time.perf_counter()
                 backend.run(inputs[size])
                 runs.append(time.perf_counter() - start)
@@ -76,7 +78,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     estimate = sum(expected.values())
     if estimate > LONG_BENCH_S:
         notice(f"bench will take about {_duration(estimate)} ({len(opened)} backends x "
-               f"{len(batch_sizes)} batch sizes x {iterations} iterations, from {PROBE_RUNS} "
+               f"{len(batch_sizes)} batch sizes x {iterations} iterations, from up to {PROBE_RUNS} "
                "probe runs each); fewer --iterations or --batch-sizes make it shorter")
     results, spent, planned, warned, power_note = [], 0.0, 0.0, False, None
     with ExitStack() as stack:

@@ -150,6 +150,18 @@ def test_narrowing_precisions_does_not_make_a_backend_mandatory(digits_workdir, 
     assert bench.exit_code == 0, bench.output
 
 
+def test_a_cpu_bench_says_its_latency_is_the_cpus_and_why_int8_can_be_slower(calibrated_workdir, run_cli):
+    result = run_cli("bench", calibrated_workdir, "--backends", "ort", "--precisions", "fp32,int8",
+                     "--batch-sizes", "8", "--iterations", "5", "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert "this CPU's latency, not a GPU's or a Jetson's" in result.stderr  # --json -: tables on stderr
+    rows = {r["precision"]: r["host_to_host"]["p50_ms"] for r in json.loads(result.stdout)["results"]}
+    said = "int8 ran slower than fp32 here" in result.stderr
+    assert said == (rows["int8"] > rows["fp32"]), (rows, result.stderr)  # said exactly when it is so
+    if said:
+        assert "says nothing of TensorRT's int8 on a GPU or Jetson" in result.stderr
+
+
 def test_unlabelled_data_says_accuracy_not_measured(digits_workdir):
     report = run_parity(digits_workdir, "random:20", backends=["ort"], precisions=["fp16"],
                         thresholds=load_thresholds())
@@ -382,3 +394,14 @@ def test_cpu_latency_says_it_is_not_device_latency(digits_workdir, run_cli):
     result = run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32,int8",
                      "--limit", "16")
     assert "ms/batch: this CPU, not device latency" in result.stdout, result.output
+
+
+def test_the_int8_note_names_each_cpu_row_slower_than_its_fp32():
+    from resnet_edge.cli.measure import _int8_slower_on_cpu
+
+    def row(precision, ms, device="ort {} (CPU)", batch=8):
+        return {"backend": "ort", "precision": precision, "device": device.format(precision),
+                "host_to_host": {"batch_size": batch, "p50_ms": ms}}
+    assert _int8_slower_on_cpu([row("fp32", 1.2), row("int8", 3.1)]) == "ort int8 batch 8: 3.10 vs 1.20 ms"
+    assert _int8_slower_on_cpu([row("fp32", 1.2), row("int8", 0.9)]) == ""
+    assert _int8_slower_on_cpu([row("fp32", 1.2, "ort {} (CUDA)"), row("int8", 3.1, "ort {} (CUDA)")]) == ""

@@ -299,8 +299,12 @@ def _bench_pairs(backends: list[str], precisions: list[str]) -> list[tuple[str, 
 
 
 def _print_bench(result: dict) -> None:
+    rows = result["results"]
+    # what ran, not what the machine has: rows pinned to the CPU on a GPU machine are CPU times
+    on_cpu = bool(rows) and all("(cpu" in r["device"].lower() for r in rows)
     table = Table(title=f"{escape(result['model']['arch'])} latency ({result['iterations']} iterations after "
-                        f"{result['warmup']} warm-up)")
+                        f"{result['warmup']} warm-up)",
+                  caption="this CPU's latency, not a GPU's or a Jetson's" if on_cpu else None)
     for col in ("backend", "batch", "mean ms", "p50", "p90", "p99", "std", "img/s (p50)", "device p50"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     for r in result["results"]:
@@ -309,6 +313,11 @@ def _print_bench(result: dict) -> None:
                       f"{h['p90_ms']:.3f}", f"{h['p99_ms']:.3f}", f"{h['std_ms']:.3f}",
                       f"{h['images_per_s']:.1f}", f"{d['p50_ms']:.3f}" if d else "-")
     stdout.print(table)
+    slower = _int8_slower_on_cpu(rows)
+    if slower:
+        note(f"int8 ran slower than fp32 here ({slower}): on a CPU, ONNX Runtime's int8 kernels "
+             f"({result['machine'].get('int8_arithmetic') or 'this CPU'}) and the Q/DQ around them "
+             "can cost more than fp32's; that says nothing of TensorRT's int8 on a GPU or Jetson")
     for s in result["skipped"]:
         batch = f" batch {s['batch_size']}" if "batch_size" in s else ""
         stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}{batch}: {escape(s['reason'])}")
@@ -343,6 +352,19 @@ def _print_bench(result: dict) -> None:
         if any(r["verdict"] == "inconclusive" for r in compared["rows"]):
             note("inconclusive: the runs are too noisy to tell at this gate; more --iterations "
                  "(in both runs) narrow the interval")
+
+
+def _int8_slower_on_cpu(rows: list[dict]) -> str:
+    """'ort batch 8: 3.10 vs 1.20 ms' for each CPU int8 row slower than its fp32 row, or ''."""
+    fp32 = {(r["backend"], r["host_to_host"]["batch_size"]): r for r in rows if r["precision"] == "fp32"}
+    said = []
+    for row in rows:
+        base = fp32.get((row["backend"], row["host_to_host"]["batch_size"]))
+        if (row["precision"].startswith("int8") and base and "(cpu" in row["device"].lower()
+                and row["host_to_host"]["p50_ms"] > base["host_to_host"]["p50_ms"]):
+            said.append(f"{row['backend']} {row['precision']} batch {row['host_to_host']['batch_size']}: "
+                        f"{row['host_to_host']['p50_ms']:.2f} vs {base['host_to_host']['p50_ms']:.2f} ms")
+    return "; ".join(said)
 
 
 def _print_power(result: dict) -> None:

@@ -158,6 +158,7 @@ class Source(torch.utils.data.Dataset):
     summary: str = ""
     splits: tuple[str, ...] = ()
     mirror_ok: bool = True  # False where a flipped image means something else (digits)
+    skipped: tuple = ()  # files of a folder left out as not images: named in reports
 
     @property
     def has_labels(self) -> bool:
@@ -206,9 +207,10 @@ class TensorSource(Source):
 
 
 class FileSource(Source):
-    def __init__(self, spec, files: list[Path], labels, class_names, summary):
+    def __init__(self, spec, files: list[Path], labels, class_names, summary, skipped=()):
         self.spec, self.files, self.labels = spec, files, labels
         self.class_names, self.summary = class_names, summary
+        self.skipped = list(skipped)  # files left out as not images: named in reports
 
     def __len__(self) -> int:
         return len(self.files)
@@ -373,7 +375,7 @@ def _images(spec: str, root: Path) -> Source:
         raise BadInput(f"{root} holds no images ({len(skipped)} other files); give a folder of "
                        ".jpg/.png images, at any depth")
     summary = f"{len(files)} images without labels" + _say_skipped(root, skipped)
-    return FileSource(spec, files, None, None, summary)
+    return FileSource(spec, files, None, None, summary, skipped)
 
 
 def _imagefolder(spec: str, root: Path) -> Source:
@@ -392,7 +394,7 @@ def _imagefolder(spec: str, root: Path) -> Source:
                        f"{root}/<class>/<image>.jpg")
     loose = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     summary = f"{len(files)} images, {len(classes)} classes" + _say_skipped(root, skipped, loose)
-    return FileSource(spec, files, np.asarray(labels, dtype=np.int64), classes, summary)
+    return FileSource(spec, files, np.asarray(labels, dtype=np.int64), classes, summary, skipped)
 
 
 def _npy(spec: str, arg: str, input_shape) -> Source:

@@ -44,7 +44,7 @@ NUMBERS = frozenset({
     "std_ms", "test_top1", "test_top5", "threshold", "top1", "top5", "top1_agreement", "top5_agreement",
     "val_top1", "val_top5", "value", "warmup", "ratio", "low", "high", "limit", "top1_change_pt",
     "agreement_change_pt", "samples", "seconds", "max_regression_pct", "top1_same",
-    "max_abs_logit_change", "logits_compared"})
+    "max_abs_logit_change", "logits_compared", "skipped_count"})
 NUMBER_MAPS = frozenset({"rails_mw", "mj_per_image"})  # rail name -> number
 FRACTIONS = frozenset({"top1", "top5", "top1_agreement", "top5_agreement", "test_top1", "test_top5",
                        "val_top1", "val_top5", "top1_same"})

@@ -290,6 +290,52 @@ def test_a_report_file_name_never_links_as_a_scheme(name, measured, tmp_path, ru
     assert hrefs and all(":" not in href for href in hrefs), hrefs
 
 
+def test_reports_say_what_int8_was_calibrated_on_and_what_files_were_left_out(parity_main, calibrated_workdir,
+                                                                             tmp_path, run_cli):
+    calibration = parity_main["calibration"]
+    assert (calibration["data"], calibration["samples"], calibration["method"], calibration["recipe"]) == (
+        "digits:train", 128, "minmax", "tensorrt")
+    from PIL import Image
+    import numpy as np
+    for i in range(12):
+        (tmp_path / "val" / str(i % 10)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val" / str(i % 10) / f"{i}.png")
+    (tmp_path / "val" / "3" / "notes.txt").write_text("not an image")
+    result = run_cli("parity", calibrated_workdir, "--backends", "ort", "--precisions", "int8",
+                     "--data", f"imagefolder:{tmp_path / 'val'}", "--json", tmp_path / "p.json",
+                     "--markdown", tmp_path / "p.md")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "p.json").read_text())["data"]
+    assert data["skipped_count"] == 1 and data["skipped_files"] == [str(tmp_path / "val" / "3" / "notes.txt")]
+    markdown = (tmp_path / "p.md").read_text()
+    assert "int8 calibrated on digits\\:train \\(128 images\\, minmax\\, tensorrt recipe\\)" in markdown
+    assert "1 files of" in markdown and "skipped as not images" in markdown
+
+
+def test_report_names_the_model_files_that_differ_and_shows_max_abs(parity_main, tmp_path, run_cli):
+    """Two runs whose model.int8.onnx differ read "the runs record the same machine and
+    libraries", and max abs, the one figure that differs, was not shown."""
+    other = json.loads(json.dumps(parity_main))
+    other["artifacts"]["model.int8.onnx"] = "f" * 64
+    for row in other["candidates"]:
+        if row["status"] == "ran" and row["precision"] == "int8":
+            row["metrics"]["max_abs"] = 9.5
+    paths = []
+    for name, report in (("a", parity_main), ("b", other)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "parity.json").write_text(json.dumps(report))
+        paths.append(tmp_path / name / "parity.json")
+    result = run_cli("report", *paths, "--json", tmp_path / "merged.json", "--html", tmp_path / "f.html")
+    assert result.exit_code == 0, result.output
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert [d["what"] for d in merged["differences"]] == ["files.model.int8.onnx"]
+    int8 = next(r for r in merged["rows"] if r["precision"] == "int8")
+    assert "max abs 9.50e+00" in int8["cells"][1] and "max abs" in int8["cells"][0]
+    assert "same machine" not in (tmp_path / "f.html").read_text()
+    same = run_cli("report", paths[0], paths[0].parent.parent / "a" / "parity.json", "--html", tmp_path / "g.html")
+    assert "same machine, libraries and model files" in (tmp_path / "g.html").read_text()
+
+
 def test_reports_of_another_model_are_not_merged(fleet, tmp_path, run_cli):
     other = json.loads(fleet[0].read_text())
     other["model"]["arch"] = "resnet50"

@@ -119,7 +119,8 @@ def _cells(report: dict):
                 yield key, "skipped"
                 continue
             top1 = f"top-1 {percent(row['accuracy']['top1'])}, " if row["accuracy"] else ""
-            yield key, f"{top1}agreement {percent(row['metrics']['top1_agreement'])}"
+            yield key, (f"{top1}agreement {percent(row['metrics']['top1_agreement'])}, "
+                        f"max abs {row['metrics']['max_abs']:.2e}")
     else:
         for row in report["results"]:
             host = row["host_to_host"]
@@ -144,17 +145,23 @@ PROVENANCE = ("cpu", "cores", "gpu", "driver", "jetson.l4t", "jetson.power_mode"
 
 def differences(reports: list[tuple[Path, dict]]) -> list[tuple[str, list[str]]]:
     """What decides whether the runs' numbers compare, where they differ: the machine, a
-    Jetson's release, power mode and clocks, and every library version any run records."""
+    Jetson's release, power mode and clocks, every library version any run records, and the
+    model files each measured (sha256), where two runs that measured a file differ on it."""
     def value(report: dict, field: str):
         where_, _, name = field.partition(".")
+        if where_ == "files":
+            digest = (report.get("artifacts") or {}).get(name)
+            return digest[:12] if isinstance(digest, str) else None
         found = report.get("machine", {}).get(where_)
         return (found or {}).get(name) if name else found
     versions = sorted({f"versions.{name}" for _, r in reports
                        for name in (r.get("machine", {}).get("versions") or {})})
+    files = sorted({f"files.{name}" for _, r in reports for name in (r.get("artifacts") or {})})
     rows = []
-    for field in (*PROVENANCE, *versions):
+    for field in (*PROVENANCE, *versions, *files):
         values = ["-" if value(r, field) is None else str(value(r, field)) for _, r in reports]
-        if len(set(values)) > 1:
+        measured = {v for v in values if v != "-"}
+        if len(set(values)) > 1 and (not field.startswith("files.") or len(measured) > 1):
             rows.append((field, values))
     return rows
 
@@ -176,7 +183,8 @@ def page(reports: list[tuple[Path, dict]], out: Path) -> str:
                   + "".join(f"<tr><td>{escape(field)}</td>"
                             + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>"
                             for field, values in differ) + "</table>"
-                  if differ else "<p class='muted'>The runs record the same machine and libraries.</p>")
+                  if differ else "<p class='muted'>The runs record the same machine, libraries and "
+                  "model files.</p>")
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(model['arch'])}: {len(reports)} runs</title><style>{STYLE}"
             "td.regression { color: #cf222e; font-weight: 600; } td.inconclusive { color: #9a6700; } "

@@ -50,6 +50,7 @@ def page(report: dict) -> str:
         + (f"{escape(data['accuracy_note'])}. " if data["accuracy_note"] else "")
         + f"Made {escape(report['created'])} by resnet-edge "
         f"{escape(report['tool']['version'])} from <code>{escape(report['workdir'])}</code>.</p>",
+        *(f"<p class='muted provenance'>{escape(line)}.</p>" for line in plots.provenance(report)),
     ]
     failed = [f"{r['backend']} {r['precision']} {describe(g).removesuffix(' (fail)')}"
               for r in report["candidates"] for g in r["gates"] if g["passed"] is False]

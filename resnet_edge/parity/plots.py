@@ -213,3 +213,19 @@ def class_changes(report: dict) -> tuple[bytes | None, str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig), note
+
+
+def provenance(report: dict) -> list[str]:
+    """What the numbers rest on beyond the table: what int8 was calibrated on, and which files
+    of the evaluation folder were left out as not images."""
+    lines = []
+    calibration = report.get("calibration")
+    if calibration:
+        left = f", {len(calibration['excluded'])} layers left in float" if calibration.get("excluded") else ""
+        lines.append(f"int8 calibrated on {calibration.get('data')} ({calibration.get('samples')} images, "
+                     f"{calibration.get('method')}, {calibration.get('recipe')} recipe{left})")
+    data = report["data"]
+    if data.get("skipped_count"):
+        shown = ", ".join(data["skipped_files"][:3])
+        lines.append(f"{data['skipped_count']} files of {data['spec']} skipped as not images (first: {shown})")
+    return lines

@@ -124,6 +124,7 @@ def write_markdown(report: dict, path: str | os.PathLike) -> list[Path]:
              + (f", top-1 {ref['accuracy']['top1']:.2%}, top-5 {ref['accuracy']['top5']:.2%}"
                 if ref["accuracy"] else ""),
              f"- machine: {md(_machine_line(machine))}",
+             *(f"- {md(line)}" for line in plots.provenance(report)),
              f"- result: **{'PASS' if report['summary']['passed'] else 'FAIL'}**", "",
              "| backend | max abs | p99 abs | cosine | top-1 agreement | top-1 | drop (pt) | ms/batch p50 | gates |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]

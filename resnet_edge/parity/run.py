@@ -17,7 +17,8 @@ from ..artifacts import open_dir
 from ..data import batches, data_for, match_classes, open_data
 from ..errors import BadInput, GateFailed, MissingBackend, whole
 from ..export import check_batch_sizes, export_profile, open_workdir
-from ..backends import (CPU_FP16, ORT_PROVIDER_BACKENDS, Backend, BackendUnavailable,
+from ..export.metadata import quantization_info
+from ..backends import (CPU_FP16, ORT_FILES, ORT_PROVIDER_BACKENDS, Backend, BackendUnavailable,
                         artifact_hashes, open_backend)
 from ..runtime.gpu import placed, resolve_device, tf32_unavailable
 from ..runtime.latency import LatencyStats, describe_machine
@@ -26,6 +27,7 @@ from ..metrics import NEAR_TIE_FACTOR, Accuracy, LogitComparison
 
 SCHEMA = "resnet-edge.parity/1"
 DEFAULT_BATCH = 32
+SKIPPED_LISTED = 20  # files of the evaluation folder skipped as not images, named in the report
 SAVED_LOGITS = 32  # reference logits a report keeps, for a later run's baseline check
 KEEP_DISAGREEMENTS = 12  # per candidate, for the HTML report's thumbnails
 THUMBNAIL_PX = 96
@@ -277,10 +279,13 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "workdir": str(workdir),
         # what every number here was measured on: the sha256 of each file that ran
+        "calibration": _calibration(workdir, rows),
         "artifacts": artifact_hashes(workdir, [(r.backend, r.precision) for r in rows
                                                if r.runner is not None]),
         "model": card.to_dict(),
         "data": {"spec": data_spec, "images": n, "sha256": digest, "labelled": labelled, "batch_size": batch_size,
+                 "skipped_files": [str(p) for p in source.skipped[:SKIPPED_LISTED]],
+                 "skipped_count": len(source.skipped),
                  "classes_present": present, "accuracy_note": note},
         "agreement": agreement,
         "units": UNITS,
@@ -363,6 +368,17 @@ def _thumbnail(chw: np.ndarray, preprocess) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _calibration(workdir, rows: list[_Row]) -> dict | None:
+    """What the int8 rows' model was calibrated on, as calibrate recorded it in the file: the
+    data spec, how many images, the method and recipe, the layers left in float."""
+    if not any(r.runner is not None and r.precision.startswith("int8") for r in rows):
+        return None
+    path = Path(workdir) / ORT_FILES["int8"]  # int8-fp16 is the same calibration's
+    info = quantization_info(path) if path.exists() else {}
+    return {key: info.get(key) for key in ("data", "samples", "method", "recipe", "excluded",
+                                           "calibration_sha256")} if info else None
 
 
 def _accuracy(acc: Accuracy) -> dict:

@@ -88,7 +88,7 @@ export: venv
 
 # CALIB=<data spec>: required unless the model was trained here on digits or cifar10
 calibrate: venv
-	$(BIN)/resnet-edge calibrate $(OUT) $(if $(CALIB),--data $(CALIB))
+	$(BIN)/resnet-edge calibrate $(OUT) $(if $(CALIB),--data $(CALIB),|| { echo "make: give the calibration data as CALIB=<spec>, e.g. make calibrate MODEL=$(MODEL) CALIB=images:/data/calib" >&2; exit 2; })
 
 # fp16 and int8 engines for this machine's GPU; int8 needs `make calibrate` (or
 # `resnet-edge calibrate`) with real data for the model first.

@@ -45,6 +45,7 @@ class CalibrationResult:
     sensitivity: list[dict] | None = None
     excluded: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)  # by this run, in the order written
+    data: str = ""  # the data spec calibrated on, the default resolved
 
 
 def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAMPLES,
@@ -92,6 +93,13 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                      "model will see (images:PATH takes a plain folder)")
     if samples > len(source):
         notes.append(f"{data_spec} has {len(source)} images, fewer than --samples {samples}")
+    judging = "--sensitivity" if sensitivity else "--exclude auto" if exclude == "auto" else None
+    if judging and holdout == 0:  # said before calibrating, not after
+        raise BadInput(f"{judging} judges layers on held-out images, and --holdout is 0; give --holdout")
+    if judging and len(source) <= samples:
+        raise BadInput(f"{data_spec} has {len(source)} images, all of them calibration's (--samples "
+                       f"{samples}), so none are left to judge layers on for {judging}; use fewer "
+                       "--samples or more data")
 
     step(f"preprocessing {min(samples, len(source))} calibration images")
     inputs, per_class = calibration_inputs(source, card.preprocess, samples)
@@ -164,7 +172,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         holdout_result = evaluate.score(wd.file(INT8_NAME)) if held is not None else None
     written += [wd.file(n) for n in outputs if n != RANGES_NAME] + [wd.file("manifest.json")]
     return CalibrationResult(wd.file(INT8_NAME), per_class, len(inputs), notes, holdout_result,
-                             ranking, excluded, written)
+                             ranking, excluded, written, data_spec)
 
 
 @dataclass
@@ -232,8 +240,6 @@ class _Evaluator:
         """Each layer quantized alone, the rest in float: top-1 drop and logit RMS error on
         the held-out images; ranked by drop, then by error (which still ranks layers when the
         set is too easy for any single layer to flip a prediction)."""
-        if self.held is None:
-            raise BadInput("no held-out images left for --sensitivity; use more data than --samples")
         layers = self.layers
         rows = []
         for i, (layer, module) in enumerate(layers.items()):

@@ -108,9 +108,9 @@ def _json_target(ctx, param, value: Path | None) -> Path | None:
 
 
 JSON_OPTION = click.option("--json", "json_path", type=click.Path(path_type=Path),
-                           callback=_json_target,
-                           help="Write the result as JSON to FILE (- for standard output, with "
-                                "everything else on standard error).")
+                           callback=_json_target, is_flag=False, flag_value="-",
+                           help="Write the result as JSON to FILE (- or no FILE for standard "
+                                "output, with everything else on standard error).")
 
 
 # where parity and bench run, and how

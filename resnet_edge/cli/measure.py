@@ -92,7 +92,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 
     \b
     Examples:
-      resnet-edge parity artifacts/resnet20 --data digits:test
+      resnet-edge parity artifacts/resnet20-digits --data digits:test
       resnet-edge parity artifacts/resnet50 --data imagefolder:/data/imagenet/val --limit 5000 \\
           --backends torch,ort,trt --precisions fp32,fp16,int8 \\
           --json out/parity.json --markdown out/parity.md --junit out/junit.xml --html out/parity.html

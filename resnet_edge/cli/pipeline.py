@@ -61,7 +61,7 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
 
     \b
     Examples:
-      resnet-edge pipeline runs/resnet20-digits/model.pt --out artifacts/resnet20
+      resnet-edge pipeline runs/resnet20-digits/model.pt --out artifacts/resnet20-digits
       resnet-edge pipeline resnet50 --data-calib images:/data/calib --data-eval imagefolder:/data/val \\
           --limit 5000 --out artifacts/resnet50
     """

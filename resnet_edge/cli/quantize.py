@@ -39,7 +39,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
 
     \b
     Examples:
-      resnet-edge debug artifacts/resnet20 --precision int8
+      resnet-edge debug artifacts/resnet20-digits --precision int8
       resnet-edge debug artifacts/resnet50 --precision fp16 --data imagefolder:/data/val --json debug.json
       resnet-edge debug artifacts/resnet50 --candidate suspicious.fp16.onnx
       resnet-edge debug artifacts/resnet50 --precision int8 --backend trt    # on a GPU with TensorRT
@@ -117,8 +117,8 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
     \b
     Examples:
       resnet-edge calibrate artifacts/resnet50 --data images:/data/calib --samples 512 --method entropy
-      resnet-edge calibrate artifacts/resnet20 --data digits:train --method percentile --sensitivity
-      resnet-edge calibrate artifacts/resnet20 --exclude auto          # keep sensitive layers in float
+      resnet-edge calibrate artifacts/resnet20-digits --data digits:train --method percentile --sensitivity
+      resnet-edge calibrate artifacts/resnet20-digits --exclude auto          # keep sensitive layers in float
     """
     from ..calibration import calibrate as run_calibration
     from ..parity.gates import load_thresholds
@@ -132,7 +132,7 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
     for message in result.warnings:
         warn(message)
     counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
-    stdout.print(f"calibration: {result.samples} images from {escape(str(data_spec))} ({method}); per class: {escape(counts)}")
+    stdout.print(f"calibration: {result.samples} images from {escape(result.data)} ({method}); per class: {escape(counts)}")
     if result.sensitivity:
         table = Table(title="per-layer sensitivity (that layer alone in int8), most sensitive first")
         for col in ("layer", "module", "top-1", "drop pt", "logit RMSE"):

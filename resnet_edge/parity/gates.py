@@ -221,5 +221,8 @@ def describe(gate: dict) -> str:
     low_is_bad = gate["gate"].startswith(("top1", "cosine", "relative"))
     held = gate["passed"]
     sign = (">=" if held else "<") if low_is_bad else ("<=" if held else ">")
-    line = f"{gate['gate']} {gate['value']:.4g} {sign} {gate['threshold']:.4g} ({gate['status']})"
+    # cosine lives just under 1: four figures made 0.999959 read "1", its threshold's side unseen
+    figures = ".6f" if gate["gate"] == "cosine" else ".4g"
+    line = (f"{gate['gate']} {gate['value']:{figures}} {sign} {gate['threshold']:{figures}} "
+            f"({gate['status']})")
     return f"{line}: {gate['note']}" if gate.get("note") and not held else line

@@ -184,6 +184,7 @@ def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str
         raise MissingBackend("nothing asked for can run, so nothing was compared: "
                              + "; ".join(f"{r.backend} {r.precision} ({r.reason})" for r in rows))
 
+    progress(0, n)  # the total is known: a bar reads 0/64 from the start, not 0/?
     ref_accuracy, ref_seconds, sizes, ref_top1, ref_kept = Accuracy(), [], [], [], []
     thumbnails: dict[int, bytes] = {}
     labelled = source.has_labels

@@ -1,0 +1,75 @@
+"""A new user's second hour: the smaller things that stopped or misled them, each as they met it."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cli_output import one_line_error
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_calibrate_names_the_data_it_defaulted_to(digits_workdir, tmp_path, run_cli):
+    """It printed "512 images from None"."""
+    import shutil
+    work = tmp_path / "w"
+    shutil.copytree(digits_workdir, work)
+    result = run_cli("calibrate", work, "--samples", "32", "--method", "minmax")
+    assert result.exit_code == 0, result.output
+    assert "calibration: 32 images from digits:train (minmax)" in result.stdout
+
+
+@pytest.mark.parametrize("args,said", [
+    (("--samples", "1200", "--sensitivity"), "digits:train has 1200 images, all of them calibration's"),
+    (("--samples", "32", "--sensitivity", "--holdout", "0"), "--sensitivity judges layers on held-out images"),
+])
+def test_calibrate_says_before_calibrating_that_nothing_is_left_to_judge_layers_on(
+        args, said, digits_workdir, tmp_path, run_cli, monkeypatch):
+    import shutil
+    from resnet_edge import calibration
+    work = tmp_path / "w"
+    shutil.copytree(digits_workdir, work)
+    monkeypatch.setattr(calibration, "compute_ranges", lambda *a, **k: pytest.fail("it calibrated first"))
+    one_line_error(run_cli("calibrate", work, "--data", "digits:train", *args), 2, said)
+
+
+def test_json_alone_means_standard_output(run_cli):
+    """README showed `models --json`; the command wanted a file name."""
+    result = run_cli("models", "--json")
+    assert result.exit_code == 0, result.output
+    assert {m["name"] for m in json.loads(result.stdout)} >= {"resnet18", "resnet20"}
+
+
+def test_a_cosine_just_under_one_is_not_shown_as_one():
+    from resnet_edge.parity.gates import describe
+    gate = {"gate": "cosine", "value": 0.999959, "threshold": 0.99, "passed": True, "status": "pass"}
+    assert describe(gate) == "cosine 0.999959 >= 0.990000 (pass)"
+
+
+def test_the_parity_bar_knows_its_total_from_the_start(digits_workdir):
+    from resnet_edge.parity.gates import load_thresholds
+    from resnet_edge.parity.run import run_parity
+    calls = []
+    run_parity(digits_workdir, "digits:test", backends=["ort"], precisions=["fp32"],
+               thresholds=load_thresholds(), limit=64, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 64) and all(total == 64 for _, total in calls)
+
+
+def test_make_calibrate_names_its_own_knob(tmp_path):
+    """`make calibrate` without data passed on the tool's hint to use --data; make's is CALIB=."""
+    run = subprocess.run(["make", "-n", "-C", str(ROOT), "calibrate", "MODEL=resnet50",
+                          f"VENV={tmp_path / 'venv'}", "-o", "venv"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "CALIB=" in run.stdout and "make calibrate MODEL=resnet50 CALIB=" in run.stdout
+
+
+def test_help_examples_name_work_dirs_the_tool_makes(run_cli):
+    """Examples said artifacts/resnet20, which no command makes (a checkpoint's work dir is named
+    after its run folder: runs/resnet20-digits/model.pt exports to artifacts/resnet20-digits)."""
+    from resnet_edge.cli.common import default_out
+    assert default_out("runs/resnet20-digits/model.pt") == Path("artifacts/resnet20-digits")
+    for command in ("parity", "calibrate", "debug", "pipeline"):
+        text = run_cli(command, "--help").stdout
+        assert "artifacts/resnet20 " not in text and "artifacts/resnet20\n" not in text, command

@@ -263,15 +263,31 @@ def trained_on(card) -> str | None:
     return match[1] if match else None
 
 
+def _trained_folder(card, split: str) -> Path | None:
+    """For a model trained here on imagefolder:X, the folder of X that serves `split`, where it
+    is on this machine: X/test, else X/val, for evaluation (never the training images); X/train,
+    else X, for calibration."""
+    match = re.fullmatch(r"trained with resnet-edge on imagefolder:(.+) from .*", card.weights)
+    if not match:
+        return None
+    root = Path(match[1]).expanduser()
+    choices = [root / "test", root / "val"] if split == "test" else [root / "train", root]
+    return next((c for c in choices if c.is_dir()), None)
+
+
 def data_for(card, split: str, spec: str | None, option: str) -> str:
-    """`spec`, or, where none was given, the `split` of the built-in dataset the model was
-    trained on, as its card says. A model trained on anything else has no default, and its
-    data is required: never checked silently on data it was not made for."""
+    """`spec`, or, where none was given, the `split` of the data the model was trained on here,
+    as its card says: a built-in dataset's split, or the held-out folder of an image folder
+    (`_trained_folder`). Anything else has no default, and its data is required: never
+    checked silently on data it was not made for."""
     if spec:
         return spec
     dataset = trained_on(card)
     if dataset:
         return f"{dataset}:{split}"
+    folder = _trained_folder(card, split)
+    if folder:
+        return f"imagefolder:{folder}"
     raise BadInput(f"{option} is needed: {card.arch}'s card says its weights are "
                    f"'{card.weights}', not a model trained here on {' or '.join(BUILT_IN)}, so "
                    f"there is no data to default to; e.g. {option} {EXAMPLE[split]}")

@@ -39,8 +39,9 @@ class MissingBackend(ResnetEdgeError):
 
 
 class DataWarning(UserWarning):
-    """Data that was read with something left out (non-image files skipped): the CLI prints it
-    as a warning line, and a notebook shows it as any Python warning."""
+    """Data that was read with something left out (non-image files skipped), or a model used
+    otherwise than it was made for (another input size): the CLI prints it as a warning line,
+    and a notebook shows it as any Python warning."""
 
 
 def whole(value) -> bool:

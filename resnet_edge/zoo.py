@@ -16,6 +16,7 @@ import os
 import re
 import pickle
 import urllib.error
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from .artifacts import atomic_path, sha256_file
 from .data import CIFAR_MEAN, CIFAR_STD, Preprocess
-from .errors import BadInput, first_line
+from .errors import BadInput, DataWarning, first_line
 
 CHECKPOINT_FORMAT = "resnet-edge.checkpoint/1"
 CARD_OPTIONAL = ("class_names", "weights", "weights_sha256", "metrics", "folded_normalization",
@@ -316,8 +317,16 @@ def load_model(source: str, *, weights: str | None = None, arch: str | None = No
         if card.folded_normalization is not None and {"mean", "std"} & set(preprocess):
             raise BadInput(f"{source} has its normalization in the graph (it takes RGB in "
                            "0..255), so --mean and --std do not apply; drop them")
+        trained = card.preprocess.input_size
         merged = {**card.preprocess.to_dict(), **preprocess}
         card.preprocess = Preprocess.from_dict(merged, "the preprocessing options")
+        if card.preprocess.input_size != trained and card.weights != "none" \
+                and not card.weights.startswith("checkpoint:"):
+            # a ResNet pools to any size, so this runs; what it is worth there, nobody measured
+            warnings.warn(f"{source} was trained at {trained} px ({card.weights}); at "
+                          f"{card.preprocess.input_size} px it sees objects at another scale, and "
+                          "its accuracy there is unmeasured: check it with parity or eval on "
+                          "labelled data", DataWarning, stacklevel=2)
     return model.eval(), card
 
 

@@ -73,3 +73,29 @@ def test_help_examples_name_work_dirs_the_tool_makes(run_cli):
     for command in ("parity", "calibrate", "debug", "pipeline"):
         text = run_cli(command, "--help").stdout
         assert "artifacts/resnet20 " not in text and "artifacts/resnet20\n" not in text, command
+
+
+def test_a_model_trained_on_an_image_folder_defaults_to_its_held_out_split(trained_digits, tmp_path):
+    """A model trained on imagefolder:X had no default data; X/val (or X/test) is its own."""
+    import dataclasses
+    from resnet_edge.data import data_for
+    card = trained_digits.card
+    flowers = tmp_path / "flowers"
+    card = dataclasses.replace(card, weights=f"trained with resnet-edge on imagefolder:{flowers} from none")
+    with pytest.raises(Exception, match="--data is needed"):
+        data_for(card, "test", None, "--data")  # not on this machine
+    for split in ("train", "val"):
+        (flowers / split).mkdir(parents=True)
+    assert data_for(card, "test", None, "--data") == f"imagefolder:{flowers / 'val'}"
+    assert data_for(card, "train", None, "--data") == f"imagefolder:{flowers / 'train'}"
+    (flowers / "test").mkdir()
+    assert data_for(card, "test", None, "--data") == f"imagefolder:{flowers / 'test'}"
+
+
+def test_exporting_a_trained_model_at_another_input_size_warns(trained_digits, tmp_path, run_cli):
+    """`export ... --input-size 64` of a 32 px model said nothing."""
+    result = run_cli("export", trained_digits.model_path, "--input-size", "64", "--out", tmp_path / "w64")
+    assert result.exit_code == 0, result.output
+    assert "was trained at 32 px" in result.stderr and "at 64 px" in result.stderr
+    same = run_cli("export", trained_digits.model_path, "--input-size", "32", "--out", tmp_path / "w32")
+    assert same.exit_code == 0 and "was trained at" not in same.stderr

@@ -357,9 +357,11 @@ def test_network_mode_follows_the_deepstream_release():
 
 def test_a_per_channel_std_is_refused_for_deepstream_and_folding_fixes_it(digits_workdir, run_cli,
                                                                           tmp_path):
+    # the digits model has neither one std nor a Softmax: both fixes in the one refusal
     one_line_error(run_cli("bundle", digits_workdir, "--target", "deepstream", "--out", tmp_path),
-                   2, "differs per channel, and nvinfer applies one scale to all channels; export "
-                      "with --fold-normalization")
+                   2, "differs per channel, and nvinfer applies one scale to all channels; the model "
+                      "outputs logits, and nvinfer's classifier keeps only a class whose output is above "
+                      "0 and classifier-threshold; export with --fold-normalization --softmax into a new work dir")
     assert not list(tmp_path.glob("*.tar.gz"))
     # the pipeline says so before its first step, not after calibrating and evaluating
     one_line_error(run_cli("pipeline", digits_workdir / "model.pt", "--target", "deepstream",

@@ -24,16 +24,21 @@ class DeepStream(Target):
     takes = {"classifier_threshold": 0.0}
 
     def check_model(self, card, where: str) -> None:
-        """What nvinfer needs of a model, or BadInput saying how to export one that has it: one
-        scale for every channel, and probabilities (a Softmax in the graph)."""
+        """What nvinfer needs of a model, or BadInput saying, in one line, every export flag a
+        model that has it takes: one scale for every channel, and probabilities (a Softmax in
+        the graph). Naming one at a time cost a second export and a second refusal."""
+        needs, flags = [], []
         try:
             serving.nvinfer_scaling(card.preprocess.mean, card.preprocess.std)
         except ValueError as exc:
-            raise BadInput(f"{where}: {exc}") from None
+            needs.append(str(exc).split(";")[0])
+            flags.append("--fold-normalization")
         if card.output != "probabilities":
-            raise BadInput(f"{where}: the model outputs logits, and nvinfer's classifier keeps only a "
-                           "class whose output is above 0 and classifier-threshold; export with "
-                           "--softmax (with --fold-normalization for a per-channel std) into a new "
+            needs.append("the model outputs logits, and nvinfer's classifier keeps only a class "
+                         "whose output is above 0 and classifier-threshold")
+            flags.append("--softmax")
+        if needs:
+            raise BadInput(f"{where}: {'; '.join(needs)}; export with {' '.join(flags)} into a new "
                            "work dir and bundle that")
 
     def check_options(self, options: dict, precisions: list[str], workdir: Path) -> None:

@@ -26,9 +26,14 @@ endif
 
 .PHONY: venv test test-all test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
 
+# PIP_ARGS reach pip: a CPU machine takes torch's CPU wheels (about 1.5 GB instead of the
+# default wheel's 6 GB with CUDA 13's libraries) with
+#   make venv PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# and a mirror of NVIDIA's TensorRT wheels with PIP_ARGS="--extra-index-url https://pypi.nvidia.com"
+PIP_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_ARGS) -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -99,3 +99,55 @@ def test_exporting_a_trained_model_at_another_input_size_warns(trained_digits, t
     assert "was trained at 32 px" in result.stderr and "at 64 px" in result.stderr
     same = run_cli("export", trained_digits.model_path, "--input-size", "32", "--out", tmp_path / "w32")
     assert same.exit_code == 0 and "was trained at" not in same.stderr
+
+
+def test_pip_args_reach_pip_so_a_cpu_machine_can_take_cpu_wheels(tmp_path):
+    run = subprocess.run(["make", "-n", "-C", str(ROOT), "venv", f"VENV={tmp_path / 'venv'}",
+                          "PIP_ARGS=--extra-index-url https://download.pytorch.org/whl/cpu"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "pip install --disable-pip-version-check -q --extra-index-url https://download.pytorch.org/whl/cpu -e" in run.stdout
+    readme = (ROOT / "README.md").read_text()
+    assert "tensorrt-cu12" in readme and "tensorrt-cu13" in readme and "https://pypi.nvidia.com" in readme
+
+
+def test_the_workflows_job_summary_has_no_broken_image(digits_workdir, tmp_path, run_cli):
+    """The step summary showed parity.md's picture as a broken relative image."""
+    text = (ROOT / "examples" / "github-gpu-parity.yml").read_text()
+    publish = text[text.index("name: Publish the report in the job summary"):]
+    command = next(line.split("run:", 1)[1].strip() for line in publish.splitlines() if "run:" in line)
+    (tmp_path / "out").mkdir()
+    assert run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32", "--limit", "16",
+                   "--markdown", tmp_path / "out" / "parity.md").exit_code == 0
+    assert "![parity summary](parity.png)" in (tmp_path / "out" / "parity.md").read_text()
+    summary = tmp_path / "summary.md"
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, check=True,
+                   env={"GITHUB_STEP_SUMMARY": str(summary), "PATH": "/usr/bin:/bin"})
+    text = summary.read_text()
+    assert "# Parity" in text and "![" not in text
+
+
+WIDEST = 160  # columns: a CI log or a laptop terminal reads it without scrolling sideways
+
+
+def test_a_failing_verify_and_a_three_run_report_stay_readable_widths(calibrated_workdir, measured, parity_main,
+                                                                      tmp_path, run_cli):
+    """verify's failing table was 330 columns wide, report's 260."""
+    from resnet_edge.deploy import make_bundle
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[fp32]\nmax_abs = 1e-15\n[fp16]\nmax_abs = 1e-15\n[int8]\nmax_abs = 1e-15\n")
+    from resnet_edge.parity.gates import load_thresholds
+    made = make_bundle(calibrated_workdir, "jetpack6", tmp_path / "b.tar.gz", golden=40,
+                       thresholds=load_thresholds(strict))
+    failed = run_cli("verify", made.path, "--allow-unsigned", "--iterations", "2")
+    assert failed.exit_code == 1, failed.output
+    assert "failed " in failed.stdout and "max_abs" in failed.stdout
+    assert max(map(len, failed.stdout.splitlines())) <= WIDEST, max(map(len, failed.stdout.splitlines()))
+    paths = []
+    for i, report in enumerate((measured, measured, parity_main)):
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "r.json").write_text(json.dumps(report))
+        paths.append(tmp_path / f"run{i}" / "r.json")
+    merged = run_cli("report", *paths)
+    assert merged.exit_code == 0, merged.output
+    assert max(map(len, merged.stdout.splitlines())) <= WIDEST, max(map(len, merged.stdout.splitlines()))

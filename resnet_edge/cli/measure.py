@@ -216,6 +216,9 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
             f"{s['backend']} {s['precision']} ({s['reason']})" for s in asked))
 
 
+RUN_COLUMN = 36
+
+
 @cli.command(name="report")
 @click.argument("reports", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--html", type=click.Path(path_type=Path), help="Write the merged page (self-contained HTML).")
@@ -241,7 +244,8 @@ def report_(reports, html, markdown, json_path) -> None:
     for col in ("kind", "backend", "batch"):
         table.add_column(col)
     for name, (_, run) in zip(fleet.names(runs), runs):
-        table.add_column(escape(f"{name}\n{fleet.where(run)}"))
+        # a run's cells fold at RUN_COLUMN characters: three runs of long cells were 260 wide
+        table.add_column(escape(f"{name}\n{fleet.where(run)}"), max_width=RUN_COLUMN, overflow="fold")
     for kind, backend, precision, batch in keys:
         table.add_row(kind, f"{backend} {precision}", str(batch),
                       *(escape(text) for text in cells[(kind, backend, precision, batch)]))

@@ -265,15 +265,21 @@ def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, r
     for col in ("backend", "max abs", "top-1 agree", "near-ties", "top-1", "p50 ms", "gates"):
         table.add_column(col, justify="left" if col in ("backend", "gates") else "right")
     from ..parity.gates import describe
+    details = []
     for row in report["results"]:
-        bad = [describe(g) for g in row["gates"] if g["passed"] is False]
+        bad = [g for g in row["gates"] if g["passed"] is False]
+        # the table names the failed gates; what each measured goes below it, a line each (the
+        # whole text in the cell made a 330-column table)
+        details += [f"{row['backend']}: {describe(g)}" for g in bad]
         table.add_row(row["backend"], f"{row['metrics']['max_abs']:.2e}",
                       _decisive(row["metrics"]["decisive"]),
                       str(row["metrics"]["decisive"]["near_ties"]),
                       f"{row['accuracy']['top1']:.2%}" if row["accuracy"] else "-",
                       f"{row['latency']['host_to_host']['p50_ms']:.2f}",
-                      "[red]FAIL: " + escape(", ".join(bad)) + "[/]" if bad else "[green]pass[/]")
+                      "[red]FAIL: " + escape(", ".join(g["gate"] for g in bad)) + "[/]" if bad else "[green]pass[/]")
     stdout.print(table)
+    for line in details:
+        stdout.print(f"[red]failed[/] {escape(line)}")
     for line in integrity_lines(report):
         if line.startswith("warning: "):
             warn(line.removeprefix("warning: "))

@@ -4,8 +4,8 @@ a damaged transfer can produce (exit code, one line, nothing written outside the
 import hashlib
 import io
 import json
-import re
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -458,6 +458,33 @@ def _hostile(tmp_path, members, first_manifest=True):
     compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
     path.write_bytes(compressor.compress(raw + bytes(1024)) + compressor.flush())
     return path
+
+
+def test_a_second_copy_is_stored_as_a_link_and_extracted_as_a_copy(calibrated_workdir, tmp_path):
+    """The Triton bundle packed model.onnx twice (168.6 MB for a ResNet-18): the archive now
+    stores the second copy as a hard link to the first, which safe_extract writes out as a copy
+    of the checked file, never as a link; a link to anything else is still refused."""
+    made = make_bundle(calibrated_workdir, "triton", tmp_path / "t.tar.gz", golden=40)
+    with tarfile.open(made.path) as tar:
+        members = {m.name.partition("/")[2]: m for m in tar.getmembers()}
+    served = next(n for n in members if n.startswith("triton/") and n.endswith("/1/model.onnx"))
+    assert members[served].islnk() and members[served].linkname.endswith("/model.onnx")
+    assert members[served].size == 0  # the bytes are stored once, as model.onnx
+    root = safe_extract(made.path, tmp_path / "x")
+    assert not (root / served).is_symlink() and os.stat(root / served).st_nlink == 1
+    assert (root / served).read_bytes() == (root / "model.onnx").read_bytes()
+    # the same file with other bytes listed for it: refused, not copied
+    ok = b"fine\n"
+    manifest = json.dumps({"files": {"ok.txt": {"sha256": hashlib.sha256(ok).hexdigest(), "bytes": 5},
+                                     "twin.txt": {"sha256": "0" * 64, "bytes": 5}}}).encode()
+    raw = b""
+    for info, data in [_member("b/manifest.json", data=manifest), _member("b/ok.txt", data=ok),
+                       _member("b/twin.txt", tarfile.LNKTYPE, link="b/ok.txt")]:
+        raw += info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape") + (data + bytes(-len(data) % 512) if data else b"")
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    (tmp_path / "twin.tar.gz").write_bytes(compressor.compress(raw + bytes(1024)) + compressor.flush())
+    with pytest.raises(BundleError, match="is a link"):
+        safe_extract(tmp_path / "twin.tar.gz", tmp_path / "y")
 
 
 def _symlink_chain(depth=16):

@@ -277,6 +277,7 @@ def _extract_stream(archive: Path, tar: tarfile.TarFile, dest: Path, limits: _Li
     manifest = None
     root_fd = None
     seen: set[str] = set()
+    written: set[str] = set()  # listed files extracted and checked: what a second copy may name
     count = 0
     try:
         for member in tar:
@@ -285,10 +286,10 @@ def _extract_stream(archive: Path, tar: tarfile.TarFile, dest: Path, limits: _Li
                 raise BundleError(f"{archive.name} has more than {MAX_FILES} members; refusing it")
             name = check_relpath(member.name.rstrip("/") if member.isdir() else member.name,
                                  f"{archive.name} member")
-            if member.issym() or member.islnk():
+            if member.issym():
                 raise BundleError(f"{archive.name} member {name!r} is a link; bundles hold regular "
                                   "files only")
-            if not (member.isdir() or member.isreg()) or member.issparse():
+            if not (member.isdir() or member.isreg() or member.islnk()) or member.issparse():
                 raise BundleError(f"{archive.name} member {name!r} is a special file; refusing "
                                   "the archive")
             top, _, rel = name.partition("/")
@@ -331,6 +332,9 @@ def _extract_stream(archive: Path, tar: tarfile.TarFile, dest: Path, limits: _Li
                 _write_new(root_fd, SIGNATURE, [_read_member(tar, member, limits)])
                 continue
             entry = manifest["files"].get(rel)
+            if member.islnk():
+                _copy_earlier(archive, member, rel, root, entry, manifest, written, root_fd)
+                continue
             if entry is None:
                 raise BundleError(f"bundle file {rel} is not in {MANIFEST}; refusing the archive")
             if member.size != entry["bytes"]:
@@ -342,6 +346,7 @@ def _extract_stream(archive: Path, tar: tarfile.TarFile, dest: Path, limits: _Li
             if digest.hexdigest() != entry["sha256"]:
                 raise BundleError(f"bundle file {rel} does not match its sha256 in {MANIFEST} "
                                   "(damaged or modified); re-copy the bundle")
+            written.add(rel)
         if manifest is None:
             raise BundleError(f"{archive.name} holds no {MANIFEST}; it is not a resnet-edge bundle")
         missing = sorted(set(manifest["files"]) - seen)
@@ -395,6 +400,23 @@ def _write_new(root_fd: int, rel: str, chunks) -> None:
             os.close(fd)
 
 
+def _copy_earlier(archive: Path, member, rel: str, root: str, entry: dict | None, manifest: dict,
+                  written: set[str], root_fd: int) -> None:
+    """A hard link member, as write_archive stores the second of two identical files: extracted
+    as a copy of the earlier member it names, which must be a listed file already extracted and
+    checked, with the very sha256 and size the manifest gives this one. Any other link is
+    refused: nothing is ever created through it."""
+    target = member.linkname.partition("/")[2] if member.linkname.startswith(f"{root}/") else ""
+    earlier = manifest["files"].get(target)
+    if entry is None or target not in written or earlier is None or (
+            earlier["sha256"], earlier["bytes"]) != (entry["sha256"], entry["bytes"]):
+        raise BundleError(f"{archive.name} member {member.name!r} is a link; bundles hold regular "
+                          "files only (or a second copy of a listed file written before it)")
+    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=root_fd)
+    with os.fdopen(fd, "rb") as source:
+        _write_new(root_fd, rel, iter(lambda: source.read(CHUNK), b""))
+
+
 def _remove_tree(folder: Path) -> None:
     import shutil
     shutil.rmtree(folder, ignore_errors=True)
@@ -403,9 +425,10 @@ def _remove_tree(folder: Path) -> None:
 def write_archive(stage: Path, out: Path, root_name: str, manifest: bytes,
                   signature: bytes | None, mtime: int) -> None:
     """The archive safe_extract reads: the folder, manifest.json first, the signature, then
-    every listed file in sorted order; regular files only, owned by nobody in particular, all
-    of time `mtime`, in a gzip stream with no name or time of its own: the same files give the
-    same bytes."""
+    every listed file in sorted order; regular files only, a second file with the bytes of an
+    earlier one stored as a hard link to it (Triton's copy of model.onnx would double the
+    archive), owned by nobody in particular, all of time `mtime`, in a gzip stream with no name
+    or time of its own: the same files give the same bytes."""
     import gzip
     import io
 
@@ -422,8 +445,15 @@ def write_archive(stage: Path, out: Path, root_name: str, manifest: bytes,
         tar.addfile(info(MANIFEST, len(manifest)), io.BytesIO(manifest))
         if signature is not None:
             tar.addfile(info(SIGNATURE, len(signature)), io.BytesIO(signature))
-        for name in sorted(json.loads(manifest)["files"]):
+        files, first = json.loads(manifest)["files"], {}
+        for name in sorted(files):
             path = stage / name
             mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            same = first.setdefault((files[name]["sha256"], files[name]["bytes"]), name)
+            if same != name:  # a second copy (Triton's model.onnx): stored once, linked
+                link = info(name, 0, mode, tarfile.LNKTYPE)
+                link.linkname = f"{root_name}/{same}"
+                tar.addfile(link)
+                continue
             with open(path, "rb") as handle:
                 tar.addfile(info(name, path.stat().st_size, mode), handle)

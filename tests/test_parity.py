@@ -15,7 +15,7 @@ from resnet_edge.parity.gates import DEFAULTS, load_thresholds
 from resnet_edge.parity.run import run_parity
 from resnet_edge.parity.report import md
 
-TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "model", "data", "agreement", "units",
+TOP_KEYS = {"schema", "tool", "created", "workdir", "artifacts", "calibration", "model", "data", "agreement", "units",
             "machine", "thresholds", "reference", "candidates", "summary"}
 ROW_KEYS = {"backend", "precision", "status", "reason", "device", "metrics", "accuracy",
             "latency", "gates", "error_histogram", "disagreements", "int8_path", "settings"}

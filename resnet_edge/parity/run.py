@@ -374,12 +374,11 @@ def _thumbnail(chw: np.ndarray, preprocess) -> bytes:
 def _calibration(workdir, rows: list[_Row]) -> dict | None:
     """What the int8 rows' model was calibrated on, as calibrate recorded it in the file: the
     data spec, how many images, the method and recipe, the layers left in float."""
-    if not any(r.runner is not None and r.precision.startswith("int8") for r in rows):
-        return None
     path = Path(workdir) / ORT_FILES["int8"]  # int8-fp16 is the same calibration's
-    info = quantization_info(path) if path.exists() else {}
-    return {key: info.get(key) for key in ("data", "samples", "method", "recipe", "excluded",
-                                           "calibration_sha256")} if info else None
+    ran = any(r.runner is not None and r.precision.startswith("int8") for r in rows)
+    info = quantization_info(path) if ran and path.exists() else {}
+    keys = ("data", "samples", "method", "recipe", "excluded", "calibration_sha256")
+    return {key: info.get(key) for key in keys} if info else None
 
 
 def _accuracy(acc: Accuracy) -> dict:

@@ -320,7 +320,7 @@ def load_model(source: str, *, weights: str | None = None, arch: str | None = No
         trained = card.preprocess.input_size
         merged = {**card.preprocess.to_dict(), **preprocess}
         card.preprocess = Preprocess.from_dict(merged, "the preprocessing options")
-        if card.preprocess.input_size != trained and card.weights != "none" \
+        if card.preprocess.input_size != trained and not card.weights.startswith("none") \
                 and not card.weights.startswith("checkpoint:"):
             # a ResNet pools to any size, so this runs; what it is worth there, nobody measured
             warnings.warn(f"{source} was trained at {trained} px ({card.weights}); at "

@@ -99,6 +99,8 @@ def test_exporting_a_trained_model_at_another_input_size_warns(trained_digits, t
     assert "was trained at 32 px" in result.stderr and "at 64 px" in result.stderr
     same = run_cli("export", trained_digits.model_path, "--input-size", "32", "--out", tmp_path / "w32")
     assert same.exit_code == 0 and "was trained at" not in same.stderr
+    untrained = run_cli("export", "resnet20", "--input-size", "64", "--out", tmp_path / "r64")  # random init
+    assert untrained.exit_code == 0 and "was trained at" not in untrained.stderr
 
 
 def test_pip_args_reach_pip_so_a_cpu_machine_can_take_cpu_wheels(tmp_path):

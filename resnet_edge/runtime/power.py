@@ -254,7 +254,7 @@ class Sampler:
             pass
 
     def __exit__(self, *exc) -> None:
-        for signal_, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, None)):
+        for signal_, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, None)):
             try:
                 os.killpg(self._process.pid, signal_)
             except ProcessLookupError:

@@ -130,7 +130,10 @@ class Finite(click.FloatRange):
     """A number option that refuses nan and inf: NaN passes every comparison, so a NaN gate or
     range would never fail."""
 
-    name = "finite float"
+    name = "float"
+
+    def _describe_range(self) -> str:
+        return "finite" if self.min is None and self.max is None else f"finite, {super()._describe_range()}"
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)

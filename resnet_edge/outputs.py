@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Iterator
 
 # a link into these leads to a stream (/dev/stdout -> /proc/self/fd/1), even when the shell
-# redirected that stream to a regular file, which a rename would cut off from the shell
+# redirected that stream to a regular file, which a rename would cut off from the shell;
+# /dev/shm is a file system of ordinary files (a CI job's scratch), not of devices
 STREAM_ROOTS = ("/dev/", "/proc/")
+FILE_ROOTS = ("/dev/shm/",)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -40,7 +42,7 @@ def output_target(path: str | os.PathLike) -> tuple[bool, Path]:
     while link.is_symlink() and len(hops) < 40:
         link = Path(os.path.join(os.path.dirname(os.path.abspath(link)), os.readlink(link)))
         hops.append(os.path.abspath(link))
-    via_stream_root = any(hop.startswith(STREAM_ROOTS) for hop in hops)
+    via_stream_root = any(hop.startswith(STREAM_ROOTS) and not hop.startswith(FILE_ROOTS) for hop in hops)
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):  # the folder's own check says more

@@ -108,6 +108,22 @@ def test_no_new_file_is_made_where_devices_live(target, said):
         output_target(target)
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_dev_shm_holds_ordinary_files_replaced_whole(tmp_path):
+    """/dev/shm is a CI job's scratch, a file system of ordinary files, not of devices."""
+    import uuid
+    path = f"/dev/shm/resnet-edge-{uuid.uuid4().hex}.json"
+    try:
+        assert output_target(path) == (False, output_target(path)[1])
+        for text in ("first", "second"):
+            with written(path) as tmp:
+                tmp.write_text(text)
+        assert open(path).read() == "second"  # replaced, not appended to
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
 def test_dev_stdout_is_a_stream_even_when_the_shell_sent_it_to_a_file():
     # the test process's own stdout may be a file pytest captured into: a rename would cut it off
     assert output_target("/dev/stdout")[0] and output_target(os.devnull)[0]

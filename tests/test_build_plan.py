@@ -168,7 +168,6 @@ def test_each_tensorrt_extra_is_for_one_cuda_driver_and_the_x86_targets_have_the
 def test_make_picks_the_tensorrt_extra_by_the_drivers_cuda(tmp_path):
     """The Makefile reads nvidia-smi's "CUDA Version" on an x86 GPU machine."""
     import os
-    import shutil
     import subprocess
     from pathlib import Path
     root = Path(__file__).parents[1]

@@ -11,7 +11,6 @@ import re
 
 import pytest
 
-from cli_output import one_line_error
 from resnet_edge.runtime import power
 from resnet_edge.runtime.latency import clocks_locked, jetson_conditions
 

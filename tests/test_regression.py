@@ -333,6 +333,7 @@ def test_report_names_the_model_files_that_differ_and_shows_max_abs(parity_main,
     assert "max abs 9.50e+00" in int8["cells"][1] and "max abs" in int8["cells"][0]
     assert "same machine" not in (tmp_path / "f.html").read_text()
     same = run_cli("report", paths[0], paths[0].parent.parent / "a" / "parity.json", "--html", tmp_path / "g.html")
+    assert same.exit_code == 0, same.output
     assert "same machine, libraries and model files" in (tmp_path / "g.html").read_text()
 
 

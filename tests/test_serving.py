@@ -502,7 +502,7 @@ def test_nvinfer_builds_once_and_every_later_start_loads_that_engine(deepstream_
         assert _starts(config, {}, writable=lambda folder: False).engine == ""
     # the old config, shown failing the rule: its engine is never the one nvinfer wrote
     config = root / "deepstream" / "config_infer_fp16.txt"
-    old = config.read_text().replace(f"model-engine-file=../", f"model-engine-file=../../{root.name}.device/deepstream/")
+    old = config.read_text().replace("model-engine-file=../", f"model-engine-file=../../{root.name}.device/deepstream/")
     config.write_text(old)
     built = _starts(config, {}).engine
     again = _starts(config, {built: nvinfer_rules.Engine(8, (3, 32, 32))})

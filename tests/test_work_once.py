@@ -9,11 +9,9 @@ import pytest
 
 from cli_output import one_line_error
 from resnet_edge.calibration import calibrate
-from resnet_edge.export import export_model
 from resnet_edge.parity.gates import load_thresholds
 from resnet_edge.parity.run import run_parity
 from resnet_edge import bench
-from resnet_edge.zoo import load_model
 
 
 def test_calibrate_reads_each_work_dir_onnx_file_once(digits_workdir, tmp_path, monkeypatch):

@@ -126,6 +126,7 @@ ORT_PROVIDERS_OPTION = click.option(
     help="ONNX Runtime's providers, side by side: a comma list of tensorrt, cuda, cpu, each "
     "probed before use and its rows named ort-<provider> [the device's: cuda on a GPU, cpu].")
 
+
 class Finite(click.FloatRange):
     """A number option that refuses nan and inf: NaN passes every comparison, so a NaN gate or
     range would never fail."""

@@ -17,7 +17,7 @@ import onnx
 
 from .. import __version__
 from ..artifacts import WorkDir, atomic_path, ensure_writable_dir, open_dir, sha256_file
-from ..calibration import CACHE_NAME, INT8_FP16_NAME, INT8_NAME
+from ..calibration import CACHE_NAME, INT8_NAME
 from ..calibration.dataset import balanced_indices
 from ..data import batches, data_for, match_classes, open_data
 from ..epoch import source_date_epoch

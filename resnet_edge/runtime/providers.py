@@ -50,7 +50,6 @@ def cannot_load(error: BaseException | str) -> str:
 
 def _probe_model() -> bytes:
     """The smallest model every provider takes: Relu on a float vector of 4."""
-    import onnx
     from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],

@@ -91,10 +91,20 @@ def bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[i
     """Latency of each (backend, precision) at each batch size (what `bench --json` writes);
     batch sizes default to the model's profile (min, opt, max)."""
     from .bench import run_bench
-    from .parity.run import check_pairs
-    check_pairs(pairs)
+    _check_pairs(pairs)
     return run_bench(_path(workdir, "workdir"), list(pairs), batch_sizes, iterations=iterations,
                      warmup=warmup, device=device, cpu_fp16=("torch", "fp16") in map(tuple, pairs))
+
+
+def _check_pairs(pairs) -> None:
+    """(backend, precision) pairs as bench takes them, each known (the reference included)."""
+    from .parity.run import candidates
+    if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)):
+        raise BadInput(f"pairs are a list of (backend, precision), e.g. [('ort', 'fp32')]; got {pairs!r}")
+    for pair in pairs:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise BadInput(f"{pair!r} is not a (backend, precision) pair, e.g. ('ort', 'fp32')")
+        candidates([pair[0]], [pair[1]])
 
 
 def check(report: dict) -> dict:

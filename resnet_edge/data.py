@@ -26,6 +26,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
+from .artifacts import sha256_file
 from .errors import BadInput, DataWarning, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -217,11 +218,7 @@ class FileSource(Source):
 
     def _content(self, n: int):
         for path in self.files[:n]:  # the bytes, not the path: a copy elsewhere is the same set
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            yield digest.digest()
+            yield sha256_file(path).encode()
 
     def image(self, index: int):
         from PIL import Image

@@ -77,9 +77,10 @@ def _backends(config) -> list[str]:
 
 def _named_backends(config) -> list[str]:
     """The backends named by --parity-backends or --parity-ort-providers: they must run."""
-    if config.getoption("parity_backends") is None and config.getoption("parity_ort_providers") is None:
-        return []
-    return _backends(config)
+    from .parity.run import named_backends
+    backends, providers = config.getoption("parity_backends"), config.getoption("parity_ort_providers")
+    return named_backends(_csv(backends) if backends is not None else None,
+                          _csv(providers) if providers is not None else None)
 
 
 def _precisions(config) -> list[str]:

@@ -405,3 +405,13 @@ def test_the_int8_note_names_each_cpu_row_slower_than_its_fp32():
     assert _int8_slower_on_cpu([row("fp32", 1.2), row("int8", 3.1)]) == "ort int8 batch 8: 3.10 vs 1.20 ms"
     assert _int8_slower_on_cpu([row("fp32", 1.2), row("int8", 0.9)]) == ""
     assert _int8_slower_on_cpu([row("fp32", 1.2, "ort {} (CUDA)"), row("int8", 3.1, "ort {} (CUDA)")]) == ""
+
+
+def test_the_backends_a_caller_names_are_the_ones_that_must_run():
+    """One rule for the command line and the plugin: --ort-providers alone names ort's rows only,
+    not the default set's torch and trt (the plugin failed TensorRT's tests for it)."""
+    from resnet_edge.parity.run import named_backends
+    assert named_backends(None, None) == []
+    assert named_backends(None, ["cpu"]) == ["ort-cpu"]
+    assert named_backends(["torch", "ort"], ["cpu", "cuda"]) == ["torch", "ort-cpu", "ort-cuda"]
+    assert named_backends(["ort", "trt"], None) == ["ort", "trt"]

@@ -118,9 +118,11 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         # every calibration and held-out image counts once, whatever the model's batch
         source_model = Path(scratch) / ONNX_NAME
         shutil.copyfile(fp32, source_model)
-        measured_model = Path(scratch) / "any-batch" / ONNX_NAME
-        measured_model.parent.mkdir()
-        onnx.save(any_batch(fp32_model), str(measured_model))
+        free = any_batch(fp32_model)
+        measured_model = source_model if free is fp32_model else Path(scratch) / "any-batch" / ONNX_NAME
+        if free is not fp32_model:
+            measured_model.parent.mkdir()
+            onnx.save(free, str(measured_model))
         ranges_path = wd.file(RANGES_NAME)
         range_inputs = {ONNX_NAME: wd.sha256(ONNX_NAME), "calibration_sha256": data_hash,
                         "tensors": "all"}

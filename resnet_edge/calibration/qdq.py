@@ -113,7 +113,8 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
 def any_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     """A static-batch model (`export --batch N`, what DLA takes) as one that takes any batch,
     for calibration only: its batch dimensions named instead of fixed, and each Reshape to a
-    shape led by N led by 0 instead (copy the input's batch). Tensor names and weights are the
+    shape led by N led by 0 instead (copy the input's batch), or by -1 (infer it) where the
+    Reshape reads 0 literally (allowzero, as the dynamo exporter writes it). Tensor names and weights are the
     model's own, so the ranges it gives are the model's, measured on exactly the calibration
     images: no batch padded with images that are not in the set, and none left out. A model
     that already takes any batch is returned as it is."""

@@ -277,11 +277,9 @@ def _comparable_with(old: dict | None, where):
 
 
 def _named_backends(backends: str | None, ort_providers: str | None) -> list[str]:
-    """The backends the command line names (--backends, and ort-<provider> for each of
-    --ort-providers): the ones whose rows must run (exit 3 if not). --precisions only narrows."""
-    if backends is None and ort_providers is None:
-        return []
-    return _backends(backends if backends is not None else "ort", ort_providers)
+    from ..parity.run import named_backends
+    return named_backends(csv_list(backends) if backends is not None else None,
+                          csv_list(ort_providers) if ort_providers is not None else None)
 
 
 def _backends(backends: str | None, ort_providers: str | None) -> list[str]:

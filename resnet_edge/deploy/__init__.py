@@ -280,8 +280,6 @@ def creation_time(workdir: WorkDir, files: list[str]) -> int:
     return max(times, default=int(time.time()))
 
 
-
-
 def near_tie_margins(workdir: Path, tensorrt: str, precisions: list[str], inputs: np.ndarray,
                      reference: np.ndarray, batch_range: tuple[int, int]
                      ) -> tuple[dict[str, float], dict[str, int]]:
@@ -312,8 +310,8 @@ def _too_few_golden(packed: int, asked: int, spec: str) -> str:
     """A golden set verify could never pass: its agreement gate needs MIN_DECISIVE decisive images."""
     where = f"{spec} has only {packed} images" if packed < asked else f"--golden {asked}"
     return (f"{where}, and verify's agreement gate needs at least {MIN_DECISIVE} decisive golden "
-            f"images to pass, so this bundle could never pass verify; give --golden "
-            f"{max(MIN_DECISIVE, 64)} or more (and --data with as many images)")
+            "images to pass, so this bundle could never pass verify; give --golden 64 or more "
+            "(and --data with as many images)")
 
 
 def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str]) -> str:

@@ -122,13 +122,19 @@ def export_profile(workdir: str | Path) -> dict:
     """The batch profile model.onnx was exported with ({"min", "opt", "max", "static"}), from
     the work dir's record of it: the one record build, bundle and every runtime follow."""
     options = open_dir(workdir).manifest["files"].get(ONNX_NAME, {}).get("options") or {}
-    known = {k: options[k] for k in ("exporter", "opset", "max_batch", "min_batch", "opt_batch",
-                                     "batch") if k in options}
     try:
-        return ExportOptions(**known).resolved().profile
+        return _recorded_profile(options)
     except (TypeError, BadInput):
         raise BadInput(f"{Path(workdir) / 'manifest.json'} records no usable batch profile for "
                        f"{ONNX_NAME}; export it again") from None
+
+
+def _recorded_profile(options: dict) -> dict:
+    """The batch profile export options (a manifest's record, a bare file's metadata) say,
+    checked as export checks its own (TypeError or BadInput where they could not be export's)."""
+    known = {k: options[k] for k in ("exporter", "opset", "max_batch", "min_batch", "opt_batch",
+                                     "batch") if k in options}
+    return ExportOptions(**known).resolved().profile
 
 
 ONNX_FILE_KEY = "onnx_file"  # a work dir made from a bare ONNX file: no PyTorch model in it
@@ -168,10 +174,8 @@ def _held_to_graph(onnx_file: Path, proto: onnx.ModelProto, card, options: dict)
     """A bare file's metadata is what the file says of itself: its batch profile must be one
     export could have written (whole numbers, in order) and its card's classes as many as the
     graph's output is wide, or every row would be judged on a model the file is not."""
-    known = {k: options[k] for k in ("exporter", "opset", "max_batch", "min_batch", "opt_batch",
-                                     "batch") if k in options}
     try:
-        ExportOptions(**known).resolved()
+        _recorded_profile(options)
     except (TypeError, BadInput) as exc:
         raise BadInput(f"{onnx_file}'s batch profile in its metadata is unusable ({exc}); export "
                        "it again") from None

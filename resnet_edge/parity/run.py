@@ -91,6 +91,14 @@ def with_providers(backends: list[str], ort_providers: list[str] | None) -> list
     return list(dict.fromkeys(expanded))
 
 
+def named_backends(backends: list[str] | None, ort_providers: list[str] | None) -> list[str]:
+    """The backends a caller named (`backends`, and ort-<provider> for each of `ort_providers`):
+    the rows that must run (exit 3 where they cannot). Named precisions only narrow."""
+    if backends is None and ort_providers is None:
+        return []
+    return with_providers(backends if backends is not None else ["ort"], ort_providers)
+
+
 def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
     for what, names, known in (("backend", backends, SUPPORTED), ("precision", precisions, PRECISIONS)):
         if isinstance(names, str) or not isinstance(names, (list, tuple)):
@@ -100,16 +108,6 @@ def candidates(backends: list[str], precisions: list[str]) -> list[tuple[str, st
                 raise BadInput(f"unknown {what} {name!r}; use {', '.join(known)}")
     return [(b, p) for b in backends for p in precisions
             if p in SUPPORTED[b] and (b, p) != REFERENCE]
-
-
-def check_pairs(pairs) -> None:
-    """(backend, precision) pairs as bench takes them, each known (the reference included)."""
-    if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)):
-        raise BadInput(f"pairs are a list of (backend, precision), e.g. [('ort', 'fp32')]; got {pairs!r}")
-    for pair in pairs:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-            raise BadInput(f"{pair!r} is not a (backend, precision) pair, e.g. ('ort', 'fp32')")
-        candidates([pair[0]], [pair[1]])
 
 
 def run_parity(workdir: str | Path, data_spec: str | None, *, backends: list[str], precisions: list[str],

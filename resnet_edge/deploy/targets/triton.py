@@ -70,13 +70,15 @@ class Triton(Target):
         return {"server": "triton", "model": name, "plan_model": f"{name}_trt",
                 "model_file": model_file, "accelerator": accelerator,
                 "input": {"name": tensor_in.name, "dims": dims(tensor_in), "layout": "NCHW", "channels": "RGB",
+                          "batched": not packing.profile["static"],
                           "values": "0..255" if card.folded_normalization else
                           f"(x / 255 - mean) / std, mean {list(card.preprocess.mean)}, std {list(card.preprocess.std)}"},
                 "output": {"name": tensor_out.name, "what": card.output}}
 
     def readme(self, root: str, serve: dict | None) -> str:
         tensor = serve["input"]
-        batch = "the batch dimension first (max_batch_size), then " if tensor["dims"] else ""
+        batch = ("the batch dimension first (max_batch_size), then " if tensor["batched"]
+                 else "the export's one batch size first (max_batch_size 0, the batch in the dims), then ")
         int8 = ("\n`precision_mode INT8` turns on TensorRT's INT8 alone (the backend sets "
                 "`trt_int8_enable`, no FP16): what the Q/DQ model leaves without int8 scales runs "
                 "in FP32. `--triton-accelerator fp16` runs the fp32 model in FP16 instead.\n"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import importlib.machinery
 import json
+import os
 import re
 import sys
 import types
@@ -277,7 +278,7 @@ def _recorded(cls: str, name: str, fn):
         # the behaviour below takes NVIDIA's parameter order; keywords arrive as positions
         order = {p["name"]: i for i, p in enumerate(params) if p.get("name")}
         if kwargs and all(k in order for k in kwargs):
-            merged = dict(enumerate(args)) | {order[k]: v for k, v in kwargs.items()}
+            merged = {**dict(enumerate(args)), **{order[k]: v for k, v in kwargs.items()}}
             return fn(self, *(merged[i] for i in sorted(merged)))
         return fn(self, *args, **kwargs)
     method.__name__ = name
@@ -399,35 +400,30 @@ class _OnnxParser:
         self._network, self._errors = network, []
 
     def parse_from_file(self, path):
-        import onnx
         ctx, network = self._ctx, self._network
         if ctx.major < 10 and not network._flags & _bit(ctx, "NetworkDefinitionCreationFlag",
                                                          "EXPLICIT_BATCH"):
             self._errors.append("the ONNX parser needs a network created with EXPLICIT_BATCH")
             return False
         try:
-            model = onnx.load(str(path), load_external_data=False)
+            graph = describe_onnx(str(path))
         except Exception as exc:  # the real parser reports unreadable files as parse errors
             self._errors.append(f"cannot read {path}: {exc}")
             return False
-        graph = model.graph
-        weights = {i.name for i in graph.initializer}
         dtypes = {1: "FLOAT", 10: "HALF"}
 
-        def tensor(value_info):
-            t = value_info.type.tensor_type
-            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-            return ctx.new("ITensor", _name=value_info.name, _shape=shape,
-                           _dtype=ctx.enum("DataType", dtypes.get(t.elem_type, "FLOAT")))
-        network._inputs = [tensor(i) for i in graph.input if i.name not in weights]
-        network._outputs = [tensor(o) for o in graph.output]
-        known = {v.name: v for v in graph.value_info}
-        for node in graph.node:  # one layer per node; its outputs typed where the file says
-            outputs = [tensor(known[o]) if o in known else
+        def tensor(name, shape, elem_type):
+            return ctx.new("ITensor", _name=name, _shape=tuple(shape),
+                           _dtype=ctx.enum("DataType", dtypes.get(elem_type, "FLOAT")))
+        network._inputs = [tensor(*i) for i in graph["inputs"]]
+        network._outputs = [tensor(*o) for o in graph["outputs"]]
+        known = {v[0]: v for v in graph["value_info"]}
+        for name, op_type, node_outputs in graph["nodes"]:  # one layer per node, typed where the file says
+            outputs = [tensor(*known[o]) if o in known else
                        ctx.new("ITensor", _name=o, _shape=(), _dtype=ctx.enum("DataType", "FLOAT"))
-                       for o in node.output]
-            network._layers.append(ctx.new("ILayer", _name=node.name, _layer_outputs=outputs))
-        network._qdq = any(n.op_type == "QuantizeLinear" for n in graph.node)
+                       for o in node_outputs]
+            network._layers.append(ctx.new("ILayer", _name=name, _layer_outputs=outputs))
+        network._qdq = any(op_type == "QuantizeLinear" for _, op_type, _ in graph["nodes"])
         return True
 
     num_errors = property(lambda self: len(self._errors))
@@ -1052,12 +1048,44 @@ def _cuda_modules(cudart, cuda_python: str | None) -> dict[str, types.ModuleType
 
 # ---- for subprocesses (build_engine.sh, verify.py run as a device would) ---------------------
 
+# The Python that ran the tests: it reads ONNX files for a stand-in running on a device's Python,
+# which has no onnx package (TensorRT's parser is C++ and needs none)
+DESCRIBER = None
+
+
+def describe_onnx(path: str) -> dict:
+    """What the parser stand-in needs of an ONNX graph: inputs and outputs (name, shape,
+    element type), typed intermediate tensors, and each node's name, op type and outputs."""
+    try:
+        import onnx
+    except ImportError:
+        if DESCRIBER is None:
+            raise
+        import subprocess
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no stand-in there
+        run = subprocess.run([DESCRIBER, __file__, path], capture_output=True, text=True,
+                             check=True, env=env)
+        return json.loads(run.stdout)
+    graph = onnx.load(path, load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+
+    def tensor(value_info):
+        t = value_info.type.tensor_type
+        return [value_info.name, [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim],
+                t.elem_type]
+    return {"inputs": [tensor(i) for i in graph.input if i.name not in weights],
+            "outputs": [tensor(o) for o in graph.output],
+            "value_info": [tensor(v) for v in graph.value_info],
+            "nodes": [[n.name, n.op_type, list(n.output)] for n in graph.node]}
+
+
 SITE_INIT = '''\
 """Stand-in written by tests/trt_standin.py for a subprocess; see that file."""
 import json, os, sys
 sys.path.insert(0, {tests!r})
 import trt_standin
 _config = json.load(open({config!r}))
+trt_standin.DESCRIBER = _config["describer"]
 _standin = trt_standin.StandIn(_config["tensorrt"], cuda_python=_config["cuda_python"],
                                device=trt_standin.Device(**_config["device"]))
 sys.modules.update(_standin.modules)
@@ -1070,7 +1098,7 @@ def write_site(directory: Path, version: str, *, cuda_python: str | None = "12.6
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "standin.json"
     config.write_text(json.dumps({"tensorrt": version, "cuda_python": cuda_python,
-                                  "device": device or {}}))
+                                  "device": device or {}, "describer": sys.executable}))
     init = SITE_INIT.format(tests=str(Path(__file__).resolve().parent), config=str(config))
     (directory / "tensorrt").mkdir(exist_ok=True)
     (directory / "tensorrt" / "__init__.py").write_text(
@@ -1080,3 +1108,7 @@ def write_site(directory: Path, version: str, *, cuda_python: str | None = "12.6
         "import importlib\ntry:\n    importlib.import_module('tensorrt')\nexcept Exception:\n"
         "    pass\n")
     return directory
+
+
+if __name__ == "__main__":  # the describer, for a stand-in on a device's Python
+    print(json.dumps(describe_onnx(sys.argv[1])))

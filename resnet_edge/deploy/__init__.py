@@ -29,7 +29,8 @@ from .. import metrics
 from ..runtime import ort, trt_plan, trt_rules
 from ..backends import TorchBackend, remake_command
 from . import serving, signing
-from .archive import IDENTITY, PLAIN_NAME, BundleError, manifest_digest, safe_extract, write_archive
+from .archive import (IDENTITY, PLAIN_NAME, BundleError, archive_root, manifest_digest, safe_extract,
+                      write_archive)
 from .targets import TARGETS, Packing, refuse_foreign_options
 from .verify_bundle import onnx_file
 
@@ -162,7 +163,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
     spec.check_model(card, str(workdir))  # said before any work: what the target can serve
     spec.check_options(options, precisions, workdir)
     out = Path(out) if out else workdir / f"{workdir.name}-{target}.tar.gz"
-    root_name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    root_name = archive_root(out).name
     names = card.class_names or [str(i) for i in range(card.num_classes)]
     output_name = graph.output[0].name
     problems = serving.name_problems(root_name, names, spec.serve, output_name)

@@ -144,6 +144,15 @@ def manifest_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def archive_root(path: Path) -> Path:
+    """A bundle archive's path without .tar.gz or .tgz: the name of the folder it holds."""
+    path = Path(path)
+    for suffix in (".tar.gz", ".tgz"):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[:-len(suffix)])
+    return path
+
+
 # ---- an extracted bundle ----------------------------------------------------------------------
 
 def check_folder(bundle: Path) -> tuple[dict, bytes]:

@@ -7,8 +7,12 @@
 # the bundle (or $RESNET_EDGE_DEVICE_DIR), never into the bundle itself; a Triton or DeepStream
 # bundle's engine is also copied to where that server's config looks for it.
 # TRT_VERSION (and ENGINE or GPU_NAME) override what is detected, for dry runs without a GPU.
+# `sh build_engine.sh` (the exec bit lost on a FAT stick) runs dash on Ubuntu: go on in bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 cd "$(dirname "$0")"
+# -B: Python caches no lib/__pycache__ into the bundle, whose manifest lists every file
+python3() { command python3 -B "$@"; }
 precision="${1:-fp16}"
 shift || true
 

@@ -36,6 +36,7 @@ def network_mode(precision: str, deepstream: str) -> int:
 try:
     from .archive import NVINFER_ENGINE, PLAIN_NAME
 except ImportError:  # as lib/serving.py in a bundle
+    sys.dont_write_bytecode = True  # no lib/__pycache__ in the bundle, whose manifest lists every file
     from archive import NVINFER_ENGINE, PLAIN_NAME
 
 

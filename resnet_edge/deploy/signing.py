@@ -32,27 +32,49 @@ class SignatureError(Exception):
         self.code = code
 
 
+# Ed25519 came in cryptography 2.6; before 3.1 every key loader needs its `backend` argument
+# (Ubuntu 20.04, JetPack 5's base, ships 2.8)
+OLDEST, BACKEND_OPTIONAL = (2, 6), (3, 1)
+
+
+def _version(module) -> tuple[int, ...]:
+    parts = []
+    for part in str(getattr(module, "__version__", "0")).split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 def _crypto():
+    """(serialization, ed25519, InvalidSignature, the loaders' keyword arguments)."""
     try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
+        import cryptography
     except ImportError:
         raise SignatureError(f"checking signatures needs the cryptography package; {INSTALL}",
                              code=3) from None
-    return serialization, ed25519, InvalidSignature
+    if _version(cryptography) < OLDEST:
+        raise SignatureError(f"cryptography {cryptography.__version__} is too old for Ed25519 "
+                             f"signatures (2.6 or newer); pip install 'cryptography>=2.6'", code=3)
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    options = {}
+    if _version(cryptography) < BACKEND_OPTIONAL:
+        from cryptography.hazmat.backends import default_backend
+        options["backend"] = default_backend()
+    return serialization, ed25519, InvalidSignature, options
 
 
 def key_id(public_key) -> str:
     """A short fingerprint: the first 16 hex digits of the sha256 of the raw public key."""
-    serialization, _, _ = _crypto()
+    serialization = _crypto()[0]
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def keygen(out: str | os.PathLike, *, force: bool = False) -> tuple[Path, Path, str]:
     """Write OUT.key (0600) and OUT.pub; returns (key, pub, key id)."""
-    serialization, ed25519, _ = _crypto()
+    serialization, ed25519 = _crypto()[:2]
     out = Path(out)
     private_path, public_path = out.with_name(out.name + ".key"), out.with_name(out.name + ".pub")
     for path in (private_path, public_path):
@@ -85,7 +107,7 @@ def keygen(out: str | os.PathLike, *, force: bool = False) -> tuple[Path, Path, 
 
 
 def _load(path, private: bool):
-    serialization, ed25519, _ = _crypto()
+    serialization, ed25519, _, options = _crypto()
     path = Path(path)
     try:
         # bounded (/dev/zero is a path too), and a FIFO opened without waiting for a writer
@@ -98,10 +120,16 @@ def _load(path, private: bool):
     if len(data) > MAX_KEY_BYTES:
         raise SignatureError(f"{path} is over {MAX_KEY_BYTES >> 10} KiB, which no key file is; "
                              "give NAME.key or NAME.pub from `resnet-edge keygen`")
+    from cryptography.exceptions import UnsupportedAlgorithm
     try:
-        key = (serialization.load_pem_private_key(data, password=None) if private
-               else serialization.load_pem_public_key(data))
-    except (ValueError, TypeError) as exc:
+        key = (serialization.load_pem_private_key(data, password=None, **options) if private
+               else serialization.load_pem_public_key(data, **options))
+    except UnsupportedAlgorithm as exc:  # the key may be fine: this library cannot read it
+        import cryptography
+        raise SignatureError(f"cryptography {cryptography.__version__} cannot read {path} here "
+                             f"({exc}); its OpenSSL needs Ed25519 (1.1.1 or newer): pip install "
+                             "-U cryptography", code=3) from None
+    except ValueError as exc:
         kind = "private key (NAME.key)" if private else "public key (NAME.pub)"
         said = str(exc).split(". ")[0].rstrip(".")  # cryptography's first sentence, whole
         raise SignatureError(f"{path} is not a PEM {kind} ({said}); make one with "
@@ -141,7 +169,7 @@ def check(manifest: bytes, signature: bytes | None, public_key_path=None) -> dic
     if public_key_path is None:
         return {"signed": sig is not None, "verified": False,
                 "key_id": sig["key_id"] if sig else None}
-    _, _, invalid = _crypto()
+    invalid = _crypto()[2]
     key = _load(public_key_path, private=False)
     expected = key_id(key)
     if sig is None:

@@ -48,6 +48,9 @@ except ImportError:  # as verify.py in an extracted bundle
     # before ONNX Runtime loads: it sends no telemetry from the device and keeps no session
     # file in TMPDIR unless ORT_DISABLE_TELEMETRY=0 is set (ONNX Runtime 1.29+)
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    # before the first lib/ import: Python would cache lib/__pycache__/*.pyc into the bundle,
+    # and the manifest check refuses every file manifest.json does not list
+    sys.dont_write_bytecode = True
     sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
     import archive
     import cpu
@@ -273,7 +276,8 @@ class OrtRunner:
         self.int8_path = ort.int8_path(None) if precision == "int8" else None
         self.input_name = self.session.get_inputs()[0].name
         self.batch_range = (bundle.info["min_batch"], bundle.info["max_batch"])
-        provider = self.session.get_providers()[0].removesuffix("ExecutionProvider")
+        self.max_batch = bundle.info["max_batch"]
+        provider = self.session.get_providers()[0].replace("ExecutionProvider", "")
         self.label = f"ort {precision} ({path.name}, {provider})"  # parity's names
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -318,6 +322,8 @@ class TrtRunner:
             raise BundleError(f"{engine} was not built from this bundle's {meta.get('onnx')} (its "
                               f"record names another file); rebuild it: ./build_engine.sh {precision}")
         self.runner = trt_runner.TrtRunner(engine, cuda_python=wanted)
+        # the engine's profile, not the bundle's: a DLA engine runs its one (opt) batch size
+        self.max_batch = self.runner.max_batch
         self.label = f"trt {precision} (TensorRT {trt.__version__}, {gpu})"
         self.stage, self.execute = self.runner.stage, self.runner.execute
         self.synchronize = self.runner.synchronize
@@ -389,11 +395,11 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
             step(f"timing {iterations} iterations per precision on ONNX Runtime, not the device's "
                  "engine (--iterations to change)")
     rows = []
-    batch = min(info["max_batch"], len(bundle.inputs))
     for index, precision in enumerate(wanted, 1):
         step(f"{precision} ({index} of {len(wanted)}): {len(bundle.inputs)} golden images")
         runner = (TrtRunner(bundle, precision, build, devices) if chosen == "trt"
                   else OrtRunner(bundle, precision))
+        batch = min(runner.max_batch, len(bundle.inputs))
         comparison, accuracy = metrics.LogitComparison(), metrics.Accuracy()
         for start in range(0, len(bundle.inputs), batch):
             x = np.ascontiguousarray(bundle.inputs[start:start + batch])
@@ -514,7 +520,7 @@ def main(argv=None) -> int:
             if folder.is_file():
                 folder = archive.safe_extract(folder, tmp)
             devices = args.device_dir or trt_rules.device_dir(
-                args.bundle if args.bundle.is_dir() else Path(str(args.bundle).removesuffix(".tar.gz")))
+                args.bundle if args.bundle.is_dir() else archive.archive_root(args.bundle))
             wanted = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
             started = time.perf_counter()
 
@@ -530,7 +536,7 @@ def main(argv=None) -> int:
     except outputs.OutputRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except trt_rules.EngineError as exc:
+    except (trt_rules.EngineError, ort.MissingBackend) as exc:  # e.g. an ONNX Runtime too old
         print(f"error: {exc}", file=sys.stderr)
         return 3
     out = args.json or Path(report["device_dir"]) / "verify.json"

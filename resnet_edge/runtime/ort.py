@@ -1,13 +1,20 @@
 """ONNX Runtime sessions, configured the one way every caller in this tool wants them.
 
-No module-level imports from this package: the deploy bundle copies this file so verify.py's
-ONNX Runtime fallback opens sessions exactly like `parity` does.
+Of this package it imports only errors (the bottom layer), and does without it: the deploy
+bundle copies this file so verify.py's ONNX Runtime fallback opens sessions exactly like `parity`
+does, on the device's Python (3.8 and up) and numpy (1.17 and up).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
+
+try:  # inside the resnet_edge package: the CLI's exit 3
+    from ..errors import MissingBackend
+except ImportError:  # flat in a bundle's lib/: verify.py exits with its exit_code
+    class MissingBackend(Exception):  # type: ignore[no-redef]
+        exit_code = 3
 
 INSTALL_HINT = "pip install 'resnet-edge[cpu]' (or 'resnet-edge[gpu]' on NVIDIA machines)"
 
@@ -16,9 +23,100 @@ def import_ort():
     try:
         import onnxruntime
     except ImportError:
-        from ..errors import MissingBackend
         raise MissingBackend(f"onnxruntime is not installed; {INSTALL_HINT}") from None
     return onnxruntime
+
+
+# What each ONNX Runtime release reads: (release, newest ONNX IR version, newest default-domain
+# opset). Newer IR is refused in onnxruntime/core/graph/model.cc ("Unsupported model IR version:
+# N, max supported IR version: M", M being the IR_VERSION of the onnx it was built with), newer
+# opsets in core/graph/model_load_utils.h ("ONNX Runtime only *guarantees* support for models
+# stamped with official released onnx opset versions"; 1.15 has opset 19's schemas but not its
+# kernels). Measured from each release's PyPI wheel on Python 3.10, by opening models stamped
+# with each IR and opset until one was refused (benchmarks/ort_reads.py repeats it).
+ORT_READS = ((1, 12, 8, 17), (1, 13, 8, 17), (1, 14, 8, 18), (1, 15, 9, 18), (1, 16, 9, 19),
+             (1, 17, 9, 20), (1, 18, 10, 21), (1, 19, 10, 21), (1, 20, 10, 21), (1, 21, 10, 22),
+             (1, 22, 10, 22), (1, 23, 11, 23))
+
+
+def _varint(read) -> int | None:
+    """One protobuf varint from `read` (a file's or a buffer's read); None at the very end."""
+    value = shift = 0
+    while True:
+        byte = read(1)
+        if not byte:
+            if shift:
+                raise ValueError("truncated varint")
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            return value
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(handle, wanted: set):
+    """(field number, value) for each top-level field of the protobuf message in `handle` whose
+    number is in `wanted`: ints for varints, bytes for length-delimited fields. Others (a
+    model's graph and weights) are skipped by their length, never read."""
+    while True:
+        tag = _varint(handle.read)
+        if tag is None:
+            return
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value = _varint(handle.read)
+        elif wire == 2:
+            size = _varint(handle.read) or 0
+            if number not in wanted:
+                handle.seek(size, os.SEEK_CUR)
+                continue
+            value = handle.read(size)
+        elif wire in (1, 5):
+            handle.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            continue
+        else:
+            raise ValueError(f"not a protobuf message (wire type {wire})")
+        if number in wanted:
+            yield number, value
+
+
+def model_versions(path: str | os.PathLike) -> tuple[int, int | None]:
+    """(IR version, default-domain opset) of an ONNX file, read from ModelProto's own fields
+    (ir_version = 1, opset_import = 8) without the onnx package, which a device may lack."""
+    import io
+    ir, opset = 0, None
+    with open(path, "rb") as handle:
+        for number, value in _fields(handle, {1, 8}):
+            if number == 1:
+                ir = value
+            elif isinstance(value, bytes):
+                entry = dict(_fields(io.BytesIO(value), {1, 2}))
+                if entry.get(1, b"") in (b"", b"ai.onnx") and isinstance(entry.get(2), int):
+                    opset = entry[2]
+    return ir, opset
+
+
+def reading_problem(path: str | os.PathLike, release: str) -> str | None:
+    """Why ONNX Runtime `release` cannot open the file at `path` (its IR or opset is newer than
+    the release reads), naming the release that can; None when it can, or when `release` is
+    newer than ORT_READS knows (it reads at least what the newest one does)."""
+    try:
+        wanted = tuple(int(part) for part in release.split(".")[:2])
+        ir, opset = model_versions(path)
+    except (ValueError, OSError):
+        return None  # not a version or not a model: ONNX Runtime says what it is
+    known = [row for row in ORT_READS if row[:2] <= wanted]
+    reads = known[-1] if known else ORT_READS[0]  # before 1.12: at most what 1.12 reads
+    if ORT_READS[-1][:2] < wanted or (ir <= reads[2] and (opset or 0) <= reads[3]):
+        return None
+    needed = next((row for row in ORT_READS if ir <= row[2] and (opset or 0) <= row[3]), None)
+    fix = (f"install onnxruntime {needed[0]}.{needed[1]} or newer (pip install "
+           f"'onnxruntime>={needed[0]}.{needed[1]}')" if needed else "install a newer onnxruntime")
+    name = os.path.basename(os.fspath(path))
+    return (f"{name} is ONNX IR {ir}, opset {opset}, and onnxruntime {release} reads IR <= "
+            f"{reads[2]}, opset <= {reads[3]}; {fix}")
 
 
 class BatchOutOfRange(ValueError):
@@ -64,6 +162,9 @@ def make_session(path: str | os.PathLike | bytes, providers: Sequence = ("CPUExe
     `optimized_model`: where ORT writes the graph it optimized (what int8_path reads).
     """
     ort = import_ort()
+    problem = None if isinstance(path, bytes) else reading_problem(path, ort.__version__)
+    if problem:  # said before ONNX Runtime's own multi-line refusal
+        raise MissingBackend(problem)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or default_threads()

@@ -24,6 +24,7 @@ try:  # inside the resnet_edge package
                             reheader_cache, version_tuple)
     from .trt_runner import cuda_python_version, current_gpu, import_cudart, import_trt
 except ImportError:  # flat in a bundle's lib/, or run as lib/trt_engine.py
+    sys.dont_write_bytecode = True  # no lib/__pycache__ in the bundle, whose manifest lists every file
     from trt_plan import BuildPlan, batch_profile, build_plan, trtexec_command  # type: ignore[no-redef]
     from trt_rules import (CACHE_FILE, ENGINE_JSON_SUFFIX, ONNX_FILES, TIMING_CACHE_FILE, EngineError,  # type: ignore[no-redef]
                            bundle_info, device_dir, engine_dir, engine_path, family_note,
@@ -249,9 +250,7 @@ def main(argv=None) -> int:
             trt = import_trt()
             cudart = import_cudart(cuda_python)
             gpu, capability = current_gpu(cudart)
-            note = family_note(info.get("tensorrt"), trt.__version__)
-            if note:
-                print(note, file=sys.stderr)
+            # no family note here: plan or build, which follow, say it once
             print(f"TensorRT {trt.__version__}, cuda-python {cuda_python_version()}, "
                   f"{gpu} (compute capability {capability})")
             return 0

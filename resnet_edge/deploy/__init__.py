@@ -246,7 +246,8 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "created": created_at,
                 "build_plans": {p: vars(trt_plan.build_plan(spec.tensorrt, p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
-        (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files)
+        (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files,
+                                                 profile["opt"])
                                          + spec.readme(root_name, serve))
         manifest = {"schema": "resnet-edge.manifest/1", IDENTITY: {
             "name": root_name, "target": target, "release": release,
@@ -315,7 +316,8 @@ def _too_few_golden(packed: int, asked: int, spec: str) -> str:
             "(and --data with as many images)")
 
 
-def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str]) -> str:
+def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str],
+            opt_batch: int) -> str:
     spec = TARGETS[target]
     if spec.cuda_python:
         pip = f"pip install 'cuda-python{spec.cuda_python}'   # matches this target's CUDA"
@@ -327,8 +329,9 @@ def _readme(root: str, arch: str, target: str, precisions: list[str], files: lis
         weak = " --typing weak" if trt_plan.build_plan(spec.tensorrt, "int8").strongly_typed else ""
         cache = (f"\nImplicit INT8 from calibration.cache instead of the Q/DQ model "
                  f"(TensorRT <= 10):\n\n```\n./build_engine.sh int8 --int8-source cache{weak}\n```\n")
-    dla = ("\nOn the DLA (Xavier/Orin; fp16 or int8, one batch size, int8 from the cache):\n\n"
-           "```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\n```\n") if spec.jetson else ""
+    dla = ("\nOn the DLA (Xavier/Orin; fp16 or int8, int8 from the cache). A DLA engine runs one "
+           f"batch size, this bundle's opt batch ({opt_batch}), and verify.py runs it at that batch:"
+           "\n\n```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\n```\n") if spec.jetson else ""
     python = "JetPack's own Python and TensorRT" if spec.jetson else "Python, numpy and TensorRT"
     return f"""# {root}
 

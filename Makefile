@@ -18,6 +18,10 @@ CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9
 ifeq ($(IS_JETSON),yes)
   EXTRAS    ?= cpu,dev
   VENV_ARGS ?= --system-site-packages
+  # JetPack's own torch and torchvision (NVIDIA's wheels, for the board's CUDA) stay: pip may not
+  # replace them with PyPI's CUDA 13 builds (tools/jetson_constraints.py says why)
+  KEEP_JETPACK = $(BIN)/python tools/jetson_constraints.py > $(VENV)/jetson-constraints.txt
+  KEEP_ARGS    = -c $(VENV)/jetson-constraints.txt
 else ifeq ($(HAS_GPU)$(ARCH),yesx86_64)
   EXTRAS    ?= gpu,tensorrt-cu$(if $(filter 13,$(CUDA_MAJOR)),13,12),dev
 else
@@ -33,7 +37,8 @@ endif
 PIP_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_ARGS) -e ".[$(EXTRAS)]"
+	$(KEEP_JETPACK)
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_ARGS) $(KEEP_ARGS) -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(BIN)/.installed

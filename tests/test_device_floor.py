@@ -145,10 +145,13 @@ def jetpack5_workdir(trained_digits, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundles(jetpack5_workdir, calibrated_workdir, keys, tmp_path_factory):
-    """Signed JetPack 5 and 6 bundles of the digits model (archives)."""
+    """Signed JetPack 5 and 6 bundles of the digits model (archives); for JetPack 6.0, a jetpack6
+    bundle of the opset-17 export."""
     folder = tmp_path_factory.mktemp("bundles")
     return {"jetpack5": make_bundle(jetpack5_workdir, "jetpack5", folder / "r20-jetpack5.tar.gz",
                                     golden=40, sign=keys[0]).path,
+            "jetpack6-opset17": make_bundle(jetpack5_workdir, "jetpack6", folder / "r20-jp60.tar.gz",
+                                            golden=40, sign=keys[0]).path,
             "jetpack6": make_bundle(calibrated_workdir, "jetpack6", folder / "r20-jetpack6.tar.gz",
                                     golden=40, sign=keys[0]).path}
 
@@ -194,12 +197,11 @@ def test_sh_build_engine_sh_goes_on_in_bash(bundles, tmp_path):
 
 # ---- on each JetPack's Python and library floors -----------------------------------------------
 
-# (floor, TensorRT, cuda-python, bundle): JetPack 5.1; JetPack 6.0, whose TensorRT 8.6 reads the
-# JetPack 5 bundle's opset 17 (with the cuda-python 11 that bundle asks for, which CUDA 12 runs);
-# JetPack 6.1 and later
+# (floor, TensorRT, cuda-python, bundle), as README's table pairs them: JetPack 5.1; JetPack 6.0,
+# whose TensorRT 8.6 parses opset <= 17, with a jetpack6 bundle from a torchscript export; 6.1+
 JETSONS = {
     "jetpack5-trt8.5": (floors.JETPACK5, "8.5.3", "11.8.0", "jetpack5"),
-    "jetpack6.0-trt8.6": (floors.JETPACK6, "8.6.1", "11.8.0", "jetpack5"),
+    "jetpack6.0-trt8.6": (floors.JETPACK6, "8.6.1", "12.6.1", "jetpack6-opset17"),
     "jetpack6-trt10.3": (floors.JETPACK6, "10.3.0", "12.6.1", "jetpack6"),
 }
 
@@ -261,19 +263,22 @@ def test_the_readme_dla_line_builds_an_engine_verify_uses(bundles, keys, tmp_pat
     assert f"(batch {info['opt_batch']}): FAIL" in checked.stdout, checked.stdout
 
 
-@pytest.mark.parametrize("floor,target,code,said", [
-    (floors.JETPACK5_ORT, "jetpack5", 0, "PASS (ONNX Runtime only: no engine tested)"),
-    (floors.JETPACK6_ORT, "jetpack6", 3,
+@pytest.mark.parametrize("floor,target,needs,code,said", [
+    (floors.JETPACK5_ORT, "jetpack5", "1.12 or newer (these files are ONNX IR 8, opset 17)", 0,
+     "PASS (ONNX Runtime only: no engine tested)"),
+    (floors.JETPACK6_ORT, "jetpack6", "1.18 or newer (these files are ONNX IR 10, opset 20)", 3,
      "error: model.onnx is ONNX IR 10, opset 20, and onnxruntime 1.16.3 reads IR <= 9, opset <= 19; "
      "install onnxruntime 1.18 or newer (pip install 'onnxruntime>=1.18')"),
 ], ids=["jetpack5", "jetpack6"])
-def test_the_onnx_runtime_fallback_on_the_oldest_jetson_release(floor, target, code, said, bundles,
-                                                                keys, tmp_path):
+def test_the_onnx_runtime_fallback_on_the_oldest_jetson_release(floor, target, needs, code, said,
+                                                                bundles, keys, tmp_path):
     """Off TensorRT, verify.py runs the ONNX files on ONNX Runtime 1.16: a JetPack 5 bundle passes
     on Python 3.8; a JetPack 6 bundle (IR 10), which 1.16 cannot read, is one line naming the
-    release that can, before any session is made (it was ONNX Runtime's traceback, exit 1)."""
+    release that can, before any session is made (it was ONNX Runtime's traceback, exit 1). The
+    bundle README states the release its files need."""
     python = floors.venv(floor)
     root = on_device(bundles[target], tmp_path / "device")
+    assert f"onnxruntime {needs}" in " ".join((root / "README.md").read_text().split())
     before = tree(root)
     for attempt in (1, 2):
         checked = run(["python3", "verify.py", "--key", str(keys[1]), "--iterations", "2"], root,
@@ -282,3 +287,92 @@ def test_the_onnx_runtime_fallback_on_the_oldest_jetson_release(floor, target, c
         assert checked.returncode == code, checked.stderr
         assert (said in checked.stdout) if code == 0 else (lines == [said]), checked.stderr
         assert tree(root) == before, attempt
+
+
+# ---- installing the tool itself on a Jetson -----------------------------------------------------
+
+RESOLVER = floors.Floor("resolver", "3.10", ("pip>=24.1",))  # --dry-run with --platform
+# JetPack 6 is Ubuntu 22.04 (glibc 2.35) on aarch64: the wheels pip may take there
+JETSON_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(17, 36)] + ["manylinux2014_aarch64"]
+NVIDIA_TORCH = {"torch": "2.5.0a0+872d972e41.nv24.8", "numpy": "1.21.5"}  # JetPack 6.1's wheel
+
+
+def jetson_python(folder: Path, installed: dict) -> Path:
+    """A Python 3.10 environment in which `installed` ({name: version}) are installed
+    distributions, as NVIDIA's wheels and apt's numpy are on JetPack 6."""
+    python = floors.find_python("3.10")
+    if python is None:
+        pytest.skip("needs Python 3.10 (pyenv install 3.10), JetPack 6's")
+    subprocess.run([python, "-m", "venv", "--without-pip", str(folder)], check=True)
+    site = next(folder.glob("lib/python3.10/site-packages"))
+    for name, version in installed.items():
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "INSTALLER").write_text("pip\n")
+        (info / "RECORD").write_text("")
+    return folder / "bin" / "python"
+
+
+def requirement_set(extras: list[str]) -> list[str]:
+    import tomllib
+    project = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
+
+
+def resolve(python: Path, tmp_path: Path, constraints: Path | None = None) -> dict:
+    """{name: version} that pip would install into `python`'s environment for README's Jetson
+    install (the cpu and dev extras) from aarch64 wheels, by pip's own resolver."""
+    pip = floors.venv(RESOLVER)
+    report = tmp_path / f"report-{len(list(tmp_path.glob('report-*')))}.json"
+    platforms = [arg for p in JETSON_PLATFORMS for arg in ("--platform", p)]
+    run = subprocess.run([str(pip), "-m", "pip", "--python", str(python), "install", "-q",
+                          "--dry-run", "--report", str(report), "--only-binary=:all:", *platforms,
+                          *(["-c", str(constraints)] if constraints else []),
+                          *requirement_set(["cpu", "dev"])], capture_output=True, text=True)
+    if run.returncode and any(s in run.stderr for s in ("NewConnectionError", "Network is unreachable",
+                                                         "Temporary failure in name resolution")):
+        pytest.skip("needs the package index to resolve against")
+    assert run.returncode == 0, run.stderr
+    return {i["metadata"]["name"].lower(): i["metadata"]["version"]
+            for i in json.loads(report.read_text())["install"]}
+
+
+def keep(python: Path):
+    return subprocess.run([str(python), str(TESTS.parent / "tools" / "jetson_constraints.py")],
+                          capture_output=True, text=True)
+
+
+def test_make_venv_on_a_jetson_keeps_jetpack_torch(tmp_path):
+    said = subprocess.run(["make", "-n", "-B", "venv", "IS_JETSON=yes", f"VENV={tmp_path}/v"],
+                          cwd=TESTS.parent, capture_output=True, text=True).stdout
+    assert f"tools/jetson_constraints.py > {tmp_path}/v/jetson-constraints.txt" in said
+    assert f"-c {tmp_path}/v/jetson-constraints.txt -e \".[cpu,dev]\"" in said
+    assert "--system-site-packages" in said
+
+
+def test_without_nvidias_torchvision_make_venv_stops_in_one_line(tmp_path):
+    refused = keep(jetson_python(tmp_path / "jp6", NVIDIA_TORCH))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "install the torchvision built for torch" in refused.stderr
+
+
+@pytest.mark.slow
+def test_without_nvidias_torchvision_pip_would_replace_jetpack_torch(tmp_path):
+    """What happened to README's install on a Jetson: PyPI's torchvision pins PyPI's torch, which
+    brings CUDA 13's libraries (and NumPy 2). About 20 s of resolving: make test-all."""
+    pulled = resolve(jetson_python(tmp_path / "jp6", NVIDIA_TORCH), tmp_path)
+    assert pulled["torch"] != NVIDIA_TORCH["torch"] and "nvidia-cudnn-cu13" in pulled, sorted(pulled)
+    assert pulled["numpy"].startswith("2."), pulled["numpy"]
+
+
+def test_with_nvidias_torch_and_torchvision_pip_keeps_them(tmp_path):
+    python = jetson_python(tmp_path / "jp6", {**NVIDIA_TORCH, "torchvision": "0.20.0a0+afc54f7"})
+    made = keep(python)
+    assert made.returncode == 0, made.stderr
+    constraints = tmp_path / "jetson-constraints.txt"
+    constraints.write_text(made.stdout)
+    pulled = resolve(python, tmp_path, constraints)
+    assert not {"torch", "torchvision"} & set(pulled), sorted(pulled)
+    assert not [name for name in pulled if name.startswith("nvidia-") or name.endswith("cu13")]
+    assert pulled.get("numpy", "1").startswith("1."), pulled.get("numpy")

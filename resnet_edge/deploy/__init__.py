@@ -246,8 +246,8 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
                 "created": created_at,
                 "build_plans": {p: vars(trt_plan.build_plan(spec.tensorrt, p)) for p in precisions}}
         (stage / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
-        (stage / "README.md").write_text(_readme(root_name, card.arch, target, precisions, files,
-                                                 profile["opt"])
+        (stage / "README.md").write_text(_readme(stage, root_name, card.arch, target, precisions,
+                                                 files, profile["opt"])
                                          + spec.readme(root_name, serve))
         manifest = {"schema": "resnet-edge.manifest/1", IDENTITY: {
             "name": root_name, "target": target, "release": release,
@@ -316,8 +316,8 @@ def _too_few_golden(packed: int, asked: int, spec: str) -> str:
             "(and --data with as many images)")
 
 
-def _readme(root: str, arch: str, target: str, precisions: list[str], files: list[str],
-            opt_batch: int) -> str:
+def _readme(stage: Path, root: str, arch: str, target: str, precisions: list[str],
+            files: list[str], opt_batch: int) -> str:
     spec = TARGETS[target]
     if spec.cuda_python:
         pip = f"pip install 'cuda-python{spec.cuda_python}'   # matches this target's CUDA"
@@ -333,11 +333,17 @@ def _readme(root: str, arch: str, target: str, precisions: list[str], files: lis
            f"batch size, this bundle's opt batch ({opt_batch}), and verify.py runs it at that batch:"
            "\n\n```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\n```\n") if spec.jetson else ""
     python = "JetPack's own Python and TensorRT" if spec.jetson else "Python, numpy and TensorRT"
+    versions = [ort.model_versions(stage / name) for name in files if name.endswith(".onnx")]
+    ir, opset = max(v[0] for v in versions), max(v[1] or 0 for v in versions)
+    floor = (f"Needs Python 3.8 or newer, numpy 1.17.4 or newer and, for a signed bundle, cryptography "
+             f"2.8 or newer (JetPack 5's apt packages); without TensorRT, onnxruntime "
+             f"{ort.oldest_reading(ir, opset) or 'newer than 1.23'} or newer (these files are ONNX IR "
+             f"{ir}, opset {opset}).")
     return f"""# {root}
 
 {arch} for {spec.about}, made by resnet-edge {__version__}. Precisions: {', '.join(precisions)}.
 
-On the device, with {python}:
+On the device, with {python}. {floor}
 
 ```
 {pip}

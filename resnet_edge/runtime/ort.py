@@ -98,6 +98,13 @@ def model_versions(path: str | os.PathLike) -> tuple[int, int | None]:
     return ir, opset
 
 
+def oldest_reading(ir: int, opset: int | None) -> str | None:
+    """The oldest ONNX Runtime release (major.minor) that reads IR `ir` and `opset`, or None
+    when no release in ORT_READS does."""
+    row = next((row for row in ORT_READS if ir <= row[2] and (opset or 0) <= row[3]), None)
+    return f"{row[0]}.{row[1]}" if row else None
+
+
 def reading_problem(path: str | os.PathLike, release: str) -> str | None:
     """Why ONNX Runtime `release` cannot open the file at `path` (its IR or opset is newer than
     the release reads), naming the release that can; None when it can, or when `release` is
@@ -111,9 +118,9 @@ def reading_problem(path: str | os.PathLike, release: str) -> str | None:
     reads = known[-1] if known else ORT_READS[0]  # before 1.12: at most what 1.12 reads
     if ORT_READS[-1][:2] < wanted or (ir <= reads[2] and (opset or 0) <= reads[3]):
         return None
-    needed = next((row for row in ORT_READS if ir <= row[2] and (opset or 0) <= row[3]), None)
-    fix = (f"install onnxruntime {needed[0]}.{needed[1]} or newer (pip install "
-           f"'onnxruntime>={needed[0]}.{needed[1]}')" if needed else "install a newer onnxruntime")
+    needed = oldest_reading(ir, opset)
+    fix = (f"install onnxruntime {needed} or newer (pip install 'onnxruntime>={needed}')"
+           if needed else "install a newer onnxruntime")
     name = os.path.basename(os.fspath(path))
     return (f"{name} is ONNX IR {ir}, opset {opset}, and onnxruntime {release} reads IR <= "
             f"{reads[2]}, opset <= {reads[3]}; {fix}")

@@ -38,7 +38,7 @@ PIP_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(KEEP_JETPACK)
-	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_ARGS) $(KEEP_ARGS) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(strip $(PIP_ARGS) $(KEEP_ARGS)) -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(BIN)/.installed

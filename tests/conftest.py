@@ -20,6 +20,10 @@ def pytest_configure(config):
     # (runtime.gpu.resolve_device) in the process and in every subprocess a test starts;
     # gpu-marked tests set their own device (the on_gpu fixture below)
     os.environ[DEVICE_ENV] = "cpu"
+    # a device writes bytecode, and so does every subprocess a test starts (verify.py,
+    # build_engine.sh): the machines the tests run on set PYTHONDONTWRITEBYTECODE, which hid
+    # lib/__pycache__ appearing inside every bundle run in place
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     # pytest -n N on a many-core machine: each worker takes its share of the cores (torch here,
     # ONNX Runtime through runtime.ort.default_threads, subprocesses through the variable),
     # not all of them each: N x cores threads made the suite crawl on a 16-core GPU machine

@@ -9,7 +9,9 @@ reused; a test skips, with the reason, where pyenv lacks that Python or pip cann
 floor (aarch64 has no numpy 1.17.4 wheel).
 
 ONNX Runtime's fallback runs in its own venvs: the oldest release the Jetson wheels cover (1.16)
-needs numpy 1.21.6 or newer, so those have 1.21.6, the nearest release it takes.
+needs numpy 1.21.6 or newer, so those have 1.21.6, the nearest release it takes. Each venv holds
+exactly the distributions named (installed without their dependencies, by the test run's pip):
+what verify.py and lib/ import, and nothing that could hide a missing import.
 
 `device_env` is the environment of a login on the device: PATH with that Python's bin first,
 then /usr/bin:/bin, and nothing else inherited from the test run except HOME, TMPDIR and the
@@ -29,6 +31,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +51,12 @@ class Floor:
         return hashlib.sha256(json.dumps([self.python, self.packages]).encode()).hexdigest()[:12]
 
 
-JETPACK5 = Floor("jetpack5", "3.8", ("numpy==1.17.4", "cryptography==2.8"))
-JETPACK6 = Floor("jetpack6", "3.10", ("numpy==1.21.5", "cryptography==3.4.8"))
-JETPACK5_ORT = Floor("jetpack5-ort", "3.8", ("numpy==1.21.6", "cryptography==2.8", "onnxruntime==1.16.3"))
-JETPACK6_ORT = Floor("jetpack6-ort", "3.10", ("numpy==1.21.6", "cryptography==3.4.8", "onnxruntime==1.16.3"))
+CRYPTOGRAPHY_2_8 = ("cryptography==2.8", "cffi", "pycparser", "six")  # 2.8 still imports six
+CRYPTOGRAPHY_3_4 = ("cryptography==3.4.8", "cffi", "pycparser")
+JETPACK5 = Floor("jetpack5", "3.8", ("numpy==1.17.4", *CRYPTOGRAPHY_2_8))
+JETPACK6 = Floor("jetpack6", "3.10", ("numpy==1.21.5", *CRYPTOGRAPHY_3_4))
+JETPACK5_ORT = Floor("jetpack5-ort", "3.8", ("numpy==1.21.6", "onnxruntime==1.16.3", *CRYPTOGRAPHY_2_8))
+JETPACK6_ORT = Floor("jetpack6-ort", "3.10", ("numpy==1.21.6", "onnxruntime==1.16.3", *CRYPTOGRAPHY_3_4))
 
 
 def find_python(version: str) -> str | None:
@@ -81,11 +86,13 @@ def venv(floor: Floor) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
             shutil.rmtree(where, ignore_errors=True)
-            made = subprocess.run([python, "-m", "venv", str(where)], capture_output=True, text=True)
+            made = subprocess.run([python, "-m", "venv", "--without-pip", str(where)],
+                                  capture_output=True, text=True)
             if made.returncode == 0:
-                made = subprocess.run([str(where / "bin" / "python"), "-m", "pip", "install", "-q",
-                                       "--disable-pip-version-check", "--only-binary=:all:",
-                                       *floor.packages], capture_output=True, text=True)
+                made = subprocess.run([sys.executable, "-m", "pip", "--python", str(where / "bin" / "python"),
+                                       "install", "-q", "--disable-pip-version-check", "--no-deps",
+                                       "--only-binary=:all:", *floor.packages],
+                                      capture_output=True, text=True)
             if made.returncode != 0:
                 shutil.rmtree(where, ignore_errors=True)
                 said = (made.stderr.strip().splitlines() or ["no output"])[-1]

@@ -291,7 +291,7 @@ def test_the_onnx_runtime_fallback_on_the_oldest_jetson_release(floor, target, n
 
 # ---- installing the tool itself on a Jetson -----------------------------------------------------
 
-RESOLVER = floors.Floor("resolver", "3.10", ("pip>=24.1",))  # --dry-run with --platform
+RESOLVER = floors.Floor("resolver", "3.10", ("pip>=24.1",))  # pip that takes --dry-run with --platform
 # JetPack 6 is Ubuntu 22.04 (glibc 2.35) on aarch64: the wheels pip may take there
 JETSON_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(17, 36)] + ["manylinux2014_aarch64"]
 NVIDIA_TORCH = {"torch": "2.5.0a0+872d972e41.nv24.8", "numpy": "1.21.5"}  # JetPack 6.1's wheel

@@ -28,7 +28,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
+.PHONY: venv test test-all test-deploy test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
 
 # PIP_ARGS reach pip: a CPU machine takes torch's CPU wheels (about 1.5 GB instead of the
 # default wheel's 6 GB with CUDA 13's libraries) with
@@ -71,6 +71,13 @@ test-avx2: venv
 test-data: venv
 	$(BIN)/resnet-edge train resnet20 --data digits --epochs 10 --seed 0 --out runs/test-data
 	cp runs/test-data/model.pt tests/data/resnet20-digits.pt
+
+# `resnet-edge deploy` against real sshd "devices" on loopback (tests/fleet_devices.py): Debian's
+# openssh-server (needs root for apt) and the deploy extra (ansible-core); about 3 minutes.
+test-deploy: venv
+	test -x /usr/sbin/sshd || { apt-get update -q && apt-get install -y -q openssh-server; }
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(strip $(PIP_ARGS) $(KEEP_ARGS)) -e ".[$(EXTRAS),deploy]"
+	$(BIN)/python -m pytest -q $(XDIST) -m deploy
 
 # The HTML report in a real browser: Debian's chromium package, headless (needs root for apt;
 # the default `make test` skips these, with the reason, where chromium is missing).

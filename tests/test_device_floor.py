@@ -22,7 +22,8 @@ from resnet_edge.runtime.trt_rules import family
 from trt_standin import write_site
 
 TESTS = Path(__file__).resolve().parent
-DEVICE_CODE = sorted({*LIB.values(), DEPLOY / "verify_bundle.py", TESTS / "trt_standin.py"})
+DEVICE_CODE = sorted({*LIB.values(), DEPLOY / "verify_bundle.py", TESTS / "trt_standin.py",
+                      DEPLOY / "ansible" / "roles" / "resnet_edge" / "files" / "release.py"})
 FLOOR = (3, 8)
 
 # methods and functions the standard library gained after 3.8, which no checker can tie to a

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -294,3 +295,79 @@ def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, r
 def _decisive(decisive: dict) -> str:
     """Agreement on the images a correct model cannot flip, with what that shows at least."""
     return f"{decisive['agree']}/{decisive['images']} (>= {decisive['lower_bound']:.1%})"
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--inventory", "-i", type=click.Path(path_type=Path), required=True,
+              help="Ansible inventory of the devices (hosts.yml; groups such as jetpack5 and jetpack6).")
+@click.option("--limit", help="Only these hosts or groups (Ansible's --limit pattern).")
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False), envvar="RESNET_EDGE_VERIFY_KEY",
+              show_envvar=True, help="The signer's public key (NAME.pub): the bundle is checked with it "
+              "here, and --install-verifier puts it on each device, whose verify.py checks with it.")
+@click.option("--allow-unsigned", is_flag=True, help="Deploy an unsigned bundle (nothing authenticated).")
+@click.option("--min-created", metavar="DATE", help="Each device refuses a bundle made before DATE.")
+@click.option("--precisions", help="Comma list to build and verify on each device [every precision in the bundle].")
+@click.option("--forks", type=click.IntRange(1, 500), default=5, show_default=True,
+              help="Devices worked on at once.")
+@click.option("--check", is_flag=True, help="Say what would change on each host, changing nothing "
+              "(Ansible's check mode).")
+@click.option("--rollback", is_flag=True, help="Switch each host back to its previous release.")
+@click.option("--install-verifier", is_flag=True, help="First put this package's verify.py, its lib/ "
+              "and --key on each device (trusted/): never the copy inside the bundle being checked.")
+@click.option("--keep", type=click.IntRange(2, 100), default=3, show_default=True,
+              help="Releases kept on each device (current and previous among them).")
+@click.option("--iterations", type=click.IntRange(1, 100000), default=20, show_default=True,
+              help="Timed iterations per precision in each device's verify.py.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("deployments"), show_default=True,
+              help="Where each device's verify.json comes home: OUT/<host>/<bundle>-<sha8>/.")
+@click.option("--verbose", "-v", "ansible_output", is_flag=True, help="Show Ansible's own output too.")
+def deploy(bundle_path, inventory, limit, key, allow_unsigned, min_created, precisions, forks, check,
+           rollback, install_verifier, keep, iterations, out, ansible_output) -> None:
+    """Ship a Jetson bundle to a fleet over SSH with Ansible: on each device check it with the
+    device's trusted verify.py and key, extract it, build its engines, verify them, and only
+    then switch `current` to it (the previous release kept for --rollback). One failing host
+    never stops the others.
+
+    The work is a plain playbook and role (resnet_edge/deploy/ansible/) that a team's own
+    Ansible can run; this command checks the bundle here first and prints a line per step and
+    host, then a table.
+
+    \b
+    Exit codes: 0 every host live; 1 a host failed a step (a gate, a refusal, a build);
+    2 bad usage, or a bundle refused here; 3 Ansible missing; 4 only unreachable hosts failed.
+
+    \b
+    Examples:
+      resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --key keys/ci.pub --install-verifier
+      resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --key keys/ci.pub --limit jetpack6 --forks 20
+      resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --key keys/ci.pub --check
+      resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --rollback
+    """
+    from ..deploy import fleet
+
+    started = time.monotonic()
+
+    def say(host, step, status, detail):
+        colour = {"failed": "red", "unreachable": "red", "changed": "yellow"}.get(status, "green")
+        stdout.print(f"{time.monotonic() - started:7.1f} s  {escape(host)}  {step}  "
+                     f"[{colour}]{status}[/]  {escape(detail)}")
+    result = fleet.deploy(bundle_path, inventory, key=key, limit=limit, min_created=min_created,
+                          precisions=csv_list(precisions) if precisions else None, forks=forks,
+                          check=check, rollback=rollback, install_verifier=install_verifier,
+                          allow_unsigned=allow_unsigned, out=out, keep=keep, iterations=iterations,
+                          verbose=ansible_output, say=say)
+    table = Table(title=f"{escape(bundle_path.name)}: {len(result['hosts'])} hosts")
+    for col in ("host", "status", "release", "L4T", "TensorRT", "built", "reused", "step", "reason"):
+        table.add_column(col)
+    for host in result["hosts"].values():
+        colour = "green" if host.status in ("live", "rolled back", "unchanged", "would change") else "red"
+        table.add_row(escape(host.name), f"[{colour}]{host.status}[/]", escape(host.release or "-"),
+                      escape(str(host.facts.get("l4t") or "-")), escape(str(host.facts.get("tensorrt") or "-")),
+                      ",".join(host.built) or "-", ",".join(host.reused) or "-",
+                      escape(host.step or "-") if host.status not in ("live",) else "-",
+                      escape(host.reason or "-"))
+    stdout.print(table)
+    stdout.print(f"results: {escape(str(result['out']))}/<host>/<release>/verify.json")
+    if result["exit_code"]:
+        raise SystemExit(result["exit_code"])

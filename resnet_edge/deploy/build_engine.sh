@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build this bundle's TensorRT engine on the device it will run on (engines are not portable).
-#   ./build_engine.sh [fp32|fp16|int8] [--dla-core N --gpu-fallback] [--int8-source cache] [--typing weak]
+#   ./build_engine.sh [fp32|fp16|int8] [--dla-core N --gpu-fallback] [--int8-source cache] [--typing weak] [--reuse]
 # Uses trtexec (JetPack: /usr/src/tensorrt/bin) with the flags the installed TensorRT needs, as
 # printed by lib/trt_engine.py (the same build plan resnet-edge uses); without trtexec it builds
 # with TensorRT's Python API. Engines, caches and their records go to <bundle>.device/ beside
@@ -15,11 +15,23 @@ cd "$(dirname "$0")"
 python3() { command python3 -B "$@"; }
 precision="${1:-fp16}"
 shift || true
+# --reuse: keep an engine whose record says it was built here, by this TensorRT, from this
+# bundle's file (a re-deploy builds nothing)
+reuse=
+kept=()
+for arg in "$@"; do
+  if [ "$arg" = --reuse ]; then reuse=1; else kept+=("$arg"); fi
+done
+set -- ${kept[@]+"${kept[@]}"}
 
 if [ -z "${TRT_VERSION:-}" ]; then
   # one line and exit 3 when TensorRT, a GPU or a cuda-python matching this device is missing
   python3 lib/trt_engine.py check --bundle . "$@" >&2 || exit $?
   TRT_VERSION="$(python3 -c 'import tensorrt; print(tensorrt.__version__)')"
+  if [ -n "$reuse" ] && engine="$(python3 lib/trt_engine.py reusable "$precision" --bundle . "$@")"; then
+    echo "reused $engine"
+    exit 0
+  fi
 fi
 
 trtexec_bin="$(command -v trtexec || true)"

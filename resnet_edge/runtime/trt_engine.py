@@ -20,15 +20,16 @@ from pathlib import Path
 try:  # inside the resnet_edge package
     from .trt_plan import BuildPlan, batch_profile, build_plan, trtexec_command
     from .trt_rules import (CACHE_FILE, ENGINE_JSON_SUFFIX, ONNX_FILES, TIMING_CACHE_FILE, EngineError, bundle_info,
-                            device_dir, engine_dir, engine_path, family_note, opset_problem,
-                            reheader_cache, version_tuple)
+                            device_dir, engine_dir, engine_path, family_note, incompatibility,
+                            opset_problem, read_engine_meta, reheader_cache, version_tuple)
     from .trt_runner import cuda_python_version, current_gpu, import_cudart, import_trt
 except ImportError:  # flat in a bundle's lib/, or run as lib/trt_engine.py
     sys.dont_write_bytecode = True  # no lib/__pycache__ in the bundle, whose manifest lists every file
     from trt_plan import BuildPlan, batch_profile, build_plan, trtexec_command  # type: ignore[no-redef]
     from trt_rules import (CACHE_FILE, ENGINE_JSON_SUFFIX, ONNX_FILES, TIMING_CACHE_FILE, EngineError,  # type: ignore[no-redef]
                            bundle_info, device_dir, engine_dir, engine_path, family_note,
-                           opset_problem, reheader_cache, version_tuple)
+                           incompatibility, opset_problem, read_engine_meta, reheader_cache,
+                           version_tuple)
     from trt_runner import cuda_python_version, current_gpu, import_cudart, import_trt  # type: ignore[no-redef]
 
 
@@ -187,6 +188,22 @@ def write_engine_meta(engine: Path, plan: BuildPlan, onnx_path: Path, *, gpu: st
                   (json.dumps(meta, indent=2) + "\n").encode())
 
 
+def reuse_problem(engine: Path, bundle: Path, trt_version: str, gpu: str, capability: str) -> str | None:
+    """Why `engine` cannot be kept for this bundle on this device, or None when its record says it
+    was built here (this TensorRT and GPU) from the bundle's very ONNX file: a re-deploy of the
+    same bundle builds nothing."""
+    if not engine.exists():
+        return f"no engine at {engine}"
+    try:
+        meta = read_engine_meta(engine)
+    except EngineError as exc:
+        return str(exc)
+    onnx = Path(bundle) / str(meta.get("onnx"))
+    if not onnx.is_file() or hashlib.sha256(onnx.read_bytes()).hexdigest() != meta.get("onnx_sha256"):
+        return f"{engine.name} was built from another {meta.get('onnx')}"
+    return incompatibility(meta, trt_version, gpu, capability)
+
+
 def _cache_calibrator(trt, cache: bytes):
     """A calibrator that only serves an existing cache (TensorRT <= 10): TensorRT reads every
     scale from it and never asks for a batch."""
@@ -218,7 +235,7 @@ def main(argv=None) -> int:
         prog="trt_engine.py", description="Check, plan, build or record a TensorRT engine for a "
         "resnet-edge bundle. `plan` writes the calibration cache copy headed for this TensorRT "
         "beside the engine and prints the trtexec line.")
-    parser.add_argument("command", choices=["check", "plan", "build", "record"])
+    parser.add_argument("command", choices=["check", "plan", "build", "record", "reusable"])
     parser.add_argument("precision", nargs="?", default="fp16", choices=list(ONNX_FILES))
     parser.add_argument("--bundle", type=Path, default=Path("."))
     parser.add_argument("--device-dir", type=Path, help="[<bundle>.device, or $RESNET_EDGE_DEVICE_DIR]")
@@ -254,6 +271,14 @@ def main(argv=None) -> int:
             print(f"TensorRT {trt.__version__}, cuda-python {cuda_python_version()}, "
                   f"{gpu} (compute capability {capability})")
             return 0
+        if args.command == "reusable":  # exit 0 (and its path) for an engine to keep as it is
+            trt = import_trt()
+            gpu, capability = current_gpu(import_cudart(cuda_python))
+            engine = Path(args.engine) if args.engine else engine_path(devices, gpu, trt.__version__,
+                                                                         args.precision)
+            why = reuse_problem(engine, args.bundle, trt.__version__, gpu, capability)
+            print(engine if why is None else why)
+            return 0 if why is None else 1
         version = args.tensorrt_version or import_trt().__version__
         if args.command != "record":
             note = family_note(info.get("tensorrt"), version)

@@ -81,7 +81,11 @@ class Fleet:
         self.known_hosts = folder / "known_hosts"
         self.known_hosts.write_text("")
 
-    def start(self, name: str, family: str, *, answers: bool = True, trust: bool = True) -> Device:
+    def start(self, name: str, family: str, *, answers: bool = True, trust: bool = True,
+              root: Path | None = None) -> Device:
+        """A device of `family`; `answers`: its TensorRT stand-in answers the golden inputs as the
+        model would (off: every gate fails); `trust`: its host key is in known_hosts; `root`: its
+        deploy folder (a filesystem the test mounted before the device starts sees it)."""
         floor, tensorrt, cuda_python, l4t = RELEASES[family]
         python = floors.venv(floor)
         home = self.folder / name
@@ -134,7 +138,7 @@ class Fleet:
             host_key = (home / "host_key.pub").read_text().split()
             with open(self.known_hosts, "a") as known:
                 known.write(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-        device = Device(name, family, port, home / "deploy", wrapper, process)
+        device = Device(name, family, port, root or home / "deploy", wrapper, process)
         self.devices.append(device)
         return device
 

@@ -137,6 +137,8 @@ class Run:
         step = step_of(event.get("task", ""))
         host = self.hosts.setdefault(event["host"], Host(event["host"]))
         status = event["status"]
+        if step is None and status in ("failed", "unreachable"):  # Ansible's own (gathering facts)
+            step = "connect"
         if step is None or status == "skipped":
             return
         if step in QUIET and status not in ("failed", "unreachable"):

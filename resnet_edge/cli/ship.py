@@ -369,5 +369,7 @@ def deploy(bundle_path, inventory, limit, key, allow_unsigned, min_created, prec
                       escape(host.reason or "-"))
     stdout.print(table)
     stdout.print(f"results: {escape(str(result['out']))}/<host>/<release>/verify.json")
+    if result["page"]:
+        wrote(result["page"], result["page"].with_suffix(".json"))
     if result["exit_code"]:
         raise SystemExit(result["exit_code"])

@@ -272,7 +272,69 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
     for host in hosts.values():
         if host.status == "pending" and check:
             host.status = "would change" if host.changes else "unchanged"
-    return {"hosts": hosts, "exit_code": exit_code(hosts.values()), "out": out}
+    table = rows(hosts.values(), out)
+    page = write_page(table, bundle.name, out) if hosts else None
+    return {"hosts": hosts, "rows": table, "page": page, "exit_code": exit_code(hosts.values()), "out": out}
+
+
+def fetched(out: Path, host: Host) -> dict | None:
+    """The verify.json this host's deploy brought home, or None."""
+    if host.release is None:
+        return None
+    path = out / host.name / host.release / "verify.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def rows(hosts, out: Path) -> list[dict]:
+    """One row per device: where it stands, what it runs, and what its own verify.py measured."""
+    table = []
+    for host in hosts:
+        report = fetched(out, host) or {}
+        results = {r.get("precision"): r for r in report.get("results", []) if isinstance(r, dict)}
+        table.append({
+            "host": host.name, "status": host.status, "release": host.release,
+            "l4t": host.facts.get("l4t"), "tensorrt": host.facts.get("tensorrt"),
+            "python": host.facts.get("python"), "built": host.built, "reused": host.reused,
+            "build_s": round(host.seconds.get("build", 0.0), 1), "step": host.step, "reason": host.reason,
+            "precisions": {p: {"passed": not [g for g in r.get("gates", []) if g.get("passed") is False],
+                               "p50_ms": r.get("latency", {}).get("host_to_host", {}).get("p50_ms"),
+                               "backend": r.get("backend")} for p, r in results.items()}})
+    return table
+
+
+def write_page(table: list[dict], bundle: str, out: Path) -> Path:
+    """fleet.json and fleet.html in `out`: every value from a device escaped, never markup."""
+    from html import escape
+
+    from ..parity.html import STYLE
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.json").write_text(json.dumps({"bundle": bundle, "hosts": table}, indent=2) + "\n")
+    precisions = sorted({p for row in table for p in row["precisions"]})
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["host", "status", "release", "L4T", "TensorRT",
+                                                     "built", "build s", *precisions, "stopped at"])
+    body = []
+    for row in table:
+        cells = [row["host"], row["status"], row["release"] or "-", row["l4t"] or "-",
+                 row["tensorrt"] or "-", ", ".join(row["built"]) or ("reused" if row["reused"] else "-"),
+                 str(row["build_s"])]
+        for precision in precisions:
+            got = row["precisions"].get(precision)
+            cells.append("-" if got is None else
+                         f"{'pass' if got['passed'] else 'FAIL'}, p50 {got['p50_ms']:.2f} ms")
+        cells.append(f"{row['step']}: {row['reason']}" if row["status"] not in ("live",) and row["step"]
+                     else "-")
+        klass = "ok" if row["status"] == "live" else "bad"
+        body.append(f"<tr class='{klass}'>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(bundle)}: fleet</title>"
+            f"<style>{STYLE} tr.bad td {{ background: #fff0f0; }}</style></head><body>"
+            f"<h1>{escape(bundle)}</h1><p>{sum(r['status'] == 'live' for r in table)} of {len(table)} "
+            f"devices live</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+            "</table></body></html>\n")
+    (out / "fleet.html").write_text(page)
+    return out / "fleet.html"
 
 
 def exit_code(hosts) -> int:

@@ -215,10 +215,12 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
         raise BadInput(f"--forks must be at least 1, got {forks}")
     if key is not None and not key.is_file():
         raise BadInput(f"key {key} does not exist; give the signer's NAME.pub")
-    playbook = ansible_playbook()
+    if install_verifier and key is None and not allow_unsigned:
+        raise BadInput("--install-verifier puts the public key on each device: give --key NAME.pub")
     facts = {"target": "", "precisions": [], "sha256": ""}
-    if not rollback:
+    if not rollback:  # refused here, before any host is touched
         facts = check_bundle(bundle, key, allow_unsigned, min_created, precisions)
+    playbook = ansible_playbook()
     out = Path(out).resolve()
     with tempfile.TemporaryDirectory(prefix="resnet-edge-deploy-") as tmp:
         tmp = Path(tmp)

@@ -142,12 +142,14 @@ class Fleet:
         self.devices.append(device)
         return device
 
-    def inventory(self, devices=None, extra_hosts: dict | None = None) -> Path:
-        """hosts.yml with a group per JetPack family, as README's example has it."""
+    def inventory(self, devices=None, extra_hosts: dict | None = None, names: dict | None = None) -> Path:
+        """hosts.yml with a group per JetPack family, as README's example has it; `names` gives a
+        device another inventory name."""
         import yaml
         groups: dict = {}
         for device in devices if devices is not None else self.devices:
-            groups.setdefault(device.family, {"hosts": {}})["hosts"][device.name] = {
+            name = (names or {}).get(device.name, device.name)
+            groups.setdefault(device.family, {"hosts": {}})["hosts"][name] = {
                 "ansible_host": "127.0.0.1", "ansible_port": device.port,
                 "ansible_python_interpreter": str(device.python), "resnet_edge_root": str(device.root)}
         for name, values in (extra_hosts or {}).items():

@@ -215,10 +215,16 @@ def test_two_deploys_at_once_never_mix_a_release(fleet, bundles, keys):
 
 
 def test_hostile_inventory_values_reach_no_shell(fleet, bundles, keys, tmp_path):
+    """A deploy folder with spaces, quotes and $( ), and a host named to climb out of --out: the
+    commands take them as arguments, never a shell line, and the results stay under --out."""
     root = tmp_path / "dev root $(touch PWNED) 'q\" ;x"
     device = fleet.start("edge-1", "jetpack6", root=root)
-    inventory = fleet.inventory()
-    result = deploy(bundles["jetpack6"], inventory, "--key", keys["ci"][1], "--install-verifier")
+    hostile = "..'edge\"$(touch PWNED)"
+    inventory = fleet.inventory(names={"edge-1": hostile})
+    out = tmp_path / "out" / "deployments"
+    result = deploy(bundles["jetpack6"], inventory, "--key", keys["ci"][1], "--install-verifier", out=out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert current(device) is not None and (root / "current" / "r20-jetpack6" / "verify.py").is_file()
     assert not (Path.home() / "PWNED").exists() and not list(tmp_path.rglob("PWNED"))
+    homes = [p.relative_to(out).parts[0] for p in out.rglob("verify.json")]
+    assert homes == ["_.._edge___touch_PWNED_"], homes  # inside --out, whatever the name says

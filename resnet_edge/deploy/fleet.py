@@ -158,7 +158,8 @@ class Run:
             detail = (f"L4T {host.facts.get('l4t') or '-'}, TensorRT {host.facts.get('tensorrt') or '-'}, "
                       f"Python {host.facts.get('python')}, {int(host.facts.get('free_bytes', 0)) >> 20} MiB free")
         elif step == "copy":
-            detail = (f"{int(event.get('size') or 0) / 1e6:.1f} MB in {float(event.get('seconds') or 0):.1f} s"
+            size, seconds = int(event.get("size") or 0) / 1e6, float(event.get("seconds") or 0)
+            detail = (f"{size:.1f} MB in {seconds:.1f} s ({size / max(seconds, 1e-3):.1f} MB/s)"
                       if status == "changed" else "already there")
         elif step in ("check", "extract"):
             said = _json_line(stdout)
@@ -279,11 +280,19 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
     return {"hosts": hosts, "rows": table, "page": page, "exit_code": exit_code(hosts.values()), "out": out}
 
 
+def host_folder(name: str) -> str:
+    """The folder a host's results come home to: its inventory name with anything but letters,
+    digits and . _ - replaced (the playbook's fetch applies the same rule), so no host name
+    reaches outside --out."""
+    folder = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return "_" + folder if folder.startswith(".") else folder
+
+
 def fetched(out: Path, host: Host) -> dict | None:
     """The verify.json this host's deploy brought home, or None."""
     if host.release is None:
         return None
-    path = out / host.name / host.release / "verify.json"
+    path = out / host_folder(host.name) / host.release / "verify.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -56,7 +56,7 @@ def facts(args) -> int:
         revision = first.split("REVISION:", 1)[1].split(",")[0].strip()
         l4t = f"R{major}.{revision}"
     except (OSError, IndexError):
-        pass
+        l4t = _l4t_package()
     tensorrt = None
     try:
         import tensorrt
@@ -75,6 +75,18 @@ def facts(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _l4t_package() -> str | None:
+    """L4T from the nvidia-l4t-core package ("36.4.0-20240912212859" -> R36.4.0), where the
+    release file is missing."""
+    import subprocess
+    if shutil.which("dpkg-query") is None:
+        return None
+    run = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-l4t-core"],
+                         capture_output=True, text=True)
+    version = run.stdout.strip().split("-")[0]
+    return f"R{version}" if run.returncode == 0 and version[:1].isdigit() else None
 
 
 def lock(args) -> int:

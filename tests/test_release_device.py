@@ -100,3 +100,31 @@ def test_release_py_on_jetpack5s_python(signed, tmp_path):
     assert (root / ".lock").exists()
     release(python, trusted, "unlock", "--root", root, "--token", "a")
     assert not (root / ".lock").exists()
+
+
+@pytest.mark.browser
+def test_the_fleet_page_in_a_browser_shows_every_device_and_runs_nothing_they_say(tmp_path):
+    """A live device, one stopped by a gate, one unreachable, and one whose name and reason carry
+    markup: Chromium draws a row for each, with the foreign text as text."""
+    import shutil
+    from resnet_edge.deploy.fleet import Host, rows, write_page
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (make test-browser installs Debian's chromium)")
+    out = tmp_path / "deployments"
+    live = Host("orin-01", "live", release="r20-jetpack6-0123abcd", facts={"l4t": "R36.4.0", "tensorrt": "10.3.0"},
+                built=["fp16"])
+    (out / "orin-01" / live.release).mkdir(parents=True)
+    (out / "orin-01" / live.release / "verify.json").write_text(json.dumps({"results": [
+        {"precision": "fp16", "gates": [{"passed": True}], "latency": {"host_to_host": {"p50_ms": 1.25}}}]}))
+    hosts = [live, Host("orin-02", "failed", step="verify", reason="a gate failed: top1_agreement_pct"),
+             Host("orin-03", "unreachable", step="connect", reason="Connection refused"),
+             Host("<img src=x onerror=alert(1)>", "failed", step="facts", reason="<script>document.title='owned'</script>")]
+    page = write_page(rows(hosts, out), "r20-jetpack6.tar.gz", out)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr class=") == 4 and "1 of 4 devices live" in dom
+    assert "pass, p50 1.25 ms" in dom and "verify: a gate failed" in dom and "connect: Connection refused" in dom
+    assert "&lt;script&gt;" in dom and "<script>" not in dom and "<img" not in dom
+    assert "<title>r20-jetpack6.tar.gz: fleet</title>" in dom  # the script never ran

@@ -275,7 +275,7 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
     for host in hosts.values():
         if host.status == "pending" and check:
             host.status = "would change" if host.changes else "unchanged"
-    table = rows(hosts.values(), out)
+    table = rows(sorted(hosts.values(), key=lambda host: host.name), out)
     page = write_page(table, bundle.name, out) if hosts else None
     return {"hosts": hosts, "rows": table, "page": page, "exit_code": exit_code(hosts.values()), "out": out}
 

@@ -75,7 +75,7 @@ def test_a_first_deploy_goes_live_on_both_jetpacks_and_a_redeploy_builds_nothing
     inventory = fleet.inventory()
     for family, device in (("jetpack5", jp5), ("jetpack6", jp6)):
         first = deploy(bundles[family], inventory, "--key", keys["ci"][1], "--install-verifier",
-                       "--limit", family, out=tmp_path / "deployments")
+                       "--hosts", family, out=tmp_path / "deployments")
         assert first.returncode == 0, first.stdout + first.stderr
         assert lines(first, device.name, "build") and "built in" in lines(first, device.name, "build")[0]
         assert "PASS" in lines(first, device.name, "verify")[0]
@@ -84,7 +84,7 @@ def test_a_first_deploy_goes_live_on_both_jetpacks_and_a_redeploy_builds_nothing
         fetched = json.loads(next((tmp_path / "deployments" / device.name).glob("*/verify.json")).read_text())
         assert fetched["passed"] and fetched["engine_tested"]
         assert fetched["device"]["python"].startswith("3.8." if family == "jetpack5" else "3.10.")
-        again = deploy(bundles[family], inventory, "--key", keys["ci"][1], "--limit", family)
+        again = deploy(bundles[family], inventory, "--key", keys["ci"][1], "--hosts", family)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "already there" in lines(again, device.name, "copy")[0]
         assert "already extracted" in lines(again, device.name, "extract")[0]
@@ -103,7 +103,7 @@ def test_a_wrong_jetpack_and_an_unreachable_host_fail_alone(fleet, bundles, keys
     assert "the bundle targets jetpack6, and this device is JetPack 5 (L4T R35.4.1)" in refused
     assert current(jp5) is None and current(jp6) is not None
     assert "unreachable" in lines(result, "gone", "connect")[0]
-    only_gone = deploy(bundles["jetpack6"], inventory, "--key", keys["ci"][1], "--limit", "orin,gone")
+    only_gone = deploy(bundles["jetpack6"], inventory, "--key", keys["ci"][1], "--hosts", "orin,gone")
     assert only_gone.returncode == UNREACHABLE, only_gone.stdout
 
 

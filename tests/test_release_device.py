@@ -128,3 +128,24 @@ def test_the_fleet_page_in_a_browser_shows_every_device_and_runs_nothing_they_sa
     assert "pass, p50 1.25 ms" in dom and "verify: a gate failed" in dom and "connect: Connection refused" in dom
     assert "&lt;script&gt;" in dom and "<script>" not in dom and "<img" not in dom
     assert "<title>r20-jetpack6.tar.gz: fleet</title>" in dom  # the script never ran
+
+
+def test_report_merges_the_verify_json_a_fleet_brought_home(signed, tmp_path, run_cli):
+    """`report deployments/*/*/verify.json`: a column per device, a row per backend and
+    precision with its gates, agreement and latency, next to parity and bench runs."""
+    first, _, pub = signed
+    for host in ("orin-01", "orin-02"):
+        target = tmp_path / "deployments" / host / "r20-jetpack6-0123abcd" / "verify.json"
+        target.parent.mkdir(parents=True)
+        result = run_cli("verify", first, "--key", pub, "--precisions", "fp16", "--iterations", "2",
+                         "--json", target)
+        assert result.exit_code == 0, result.output
+    reports = sorted((tmp_path / "deployments").glob("*/*/verify.json"))
+    page = tmp_path / "fleet.html"
+    result = run_cli("report", *reports, "--html", page, "--json", tmp_path / "fleet.json")
+    assert result.exit_code == 0, result.output
+    merged = json.loads((tmp_path / "fleet.json").read_text())
+    [row] = [r for r in merged["rows"] if r["kind"] == "verify"]
+    assert row["precision"] == "fp16" and all(cell.startswith("pass, agreement ") for cell in row["cells"])
+    assert [run["report"] for run in merged["runs"]] == [str(p) for p in reports]
+    assert "orin-01" in page.read_text() and "orin-02" in page.read_text()

@@ -301,7 +301,7 @@ def _decisive(decisive: dict) -> str:
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
 @click.option("--inventory", "-i", type=click.Path(path_type=Path), required=True,
               help="Ansible inventory of the devices (hosts.yml; groups such as jetpack5 and jetpack6).")
-@click.option("--limit", help="Only these hosts or groups (Ansible's --limit pattern).")
+@click.option("--hosts", "limit", metavar="PATTERN", help="Only these hosts or groups (an Ansible pattern, as ansible-playbook --limit takes).")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False), envvar="RESNET_EDGE_VERIFY_KEY",
               show_envvar=True, help="The signer's public key (NAME.pub): the bundle is checked with it "
               "here, and --install-verifier puts it on each device, whose verify.py checks with it.")
@@ -317,13 +317,15 @@ def _decisive(decisive: dict) -> str:
               "and --key on each device (trusted/): never the copy inside the bundle being checked.")
 @click.option("--keep", type=click.IntRange(2, 100), default=3, show_default=True,
               help="Releases kept on each device (current and previous among them).")
-@click.option("--iterations", type=click.IntRange(1, 100000), default=20, show_default=True,
+@click.option("--iterations", type=int, default=20, show_default=True,
               help="Timed iterations per precision in each device's verify.py.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("deployments"), show_default=True,
-              help="Where each device's verify.json comes home: OUT/<host>/<bundle>-<sha8>/.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where each device's verify.json comes home: OUT/<host>/<bundle>-<sha8>/, and "
+              "fleet.html [deployments].")
 @click.option("--verbose", "-v", "ansible_output", is_flag=True, help="Show Ansible's own output too.")
+@JSON_OPTION
 def deploy(bundle_path, inventory, limit, key, allow_unsigned, min_created, precisions, forks, check,
-           rollback, install_verifier, keep, iterations, out, ansible_output) -> None:
+           rollback, install_verifier, keep, iterations, out, ansible_output, json_path) -> None:
     """Ship a Jetson bundle to a fleet over SSH with Ansible: on each device check it with the
     device's trusted verify.py and key, extract it, build its engines, verify them, and only
     then switch `current` to it (the previous release kept for --rollback). One failing host
@@ -340,12 +342,13 @@ def deploy(bundle_path, inventory, limit, key, allow_unsigned, min_created, prec
     \b
     Examples:
       resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --key keys/ci.pub --install-verifier
-      resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --key keys/ci.pub --limit jetpack6 --forks 20
+      resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --key keys/ci.pub --hosts jetpack6 --forks 20
       resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --key keys/ci.pub --check
       resnet-edge deploy dist/resnet50-jetpack6.tar.gz -i hosts.yml --rollback
     """
     from ..deploy import fleet
 
+    writable(json_path)
     started = time.monotonic()
 
     def say(host, step, status, detail):
@@ -355,7 +358,8 @@ def deploy(bundle_path, inventory, limit, key, allow_unsigned, min_created, prec
     result = fleet.deploy(bundle_path, inventory, key=key, limit=limit, min_created=min_created,
                           precisions=csv_list(precisions) if precisions else None, forks=forks,
                           check=check, rollback=rollback, install_verifier=install_verifier,
-                          allow_unsigned=allow_unsigned, out=out, keep=keep, iterations=iterations,
+                          allow_unsigned=allow_unsigned, out=out or Path("deployments"), keep=keep,
+                          iterations=iterations,
                           verbose=ansible_output, say=say)
     table = Table(title=f"{escape(bundle_path.name)}: {len(result['hosts'])} hosts")
     for col in ("host", "status", "release", "L4T", "TensorRT", "built", "reused", "step", "reason"):
@@ -371,5 +375,7 @@ def deploy(bundle_path, inventory, limit, key, allow_unsigned, min_created, prec
     stdout.print(f"results: {escape(str(result['out']))}/<host>/<release>/verify.json")
     if result["page"]:
         wrote(result["page"], result["page"].with_suffix(".json"))
+    emit_json({"bundle": bundle_path.name, "hosts": result["rows"], "exit_code": result["exit_code"]},
+              json_path)
     if result["exit_code"]:
         raise SystemExit(result["exit_code"])

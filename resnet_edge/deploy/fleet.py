@@ -214,6 +214,8 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
         raise BadInput(f"inventory {inventory} does not exist; give an Ansible inventory (hosts.yml)")
     if forks < 1:
         raise BadInput(f"--forks must be at least 1, got {forks}")
+    if iterations < 1:
+        raise BadInput(f"--iterations must be at least 1, got {iterations}")
     if key is not None and not key.is_file():
         raise BadInput(f"key {key} does not exist; give the signer's NAME.pub")
     if install_verifier and key is None and not allow_unsigned:

@@ -428,7 +428,7 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
                      "accuracy": acc, "latency": latency,
                      "gates": [dict(vars(g), status=g.status) for g in results]})
     failed = [f"{r['precision']} {g['gate']}" for r in rows for g in r["gates"] if g["passed"] is False]
-    return {"schema": "resnet-edge.verify/3", "bundle": info, "backend": chosen,
+    return {"schema": gates.VERIFY_SCHEMA, "bundle": info, "backend": chosen,
             "engine_tested": chosen == "trt",
             "integrity": {"manifest_sha256": bundle.manifest_sha256,
                           "files": len(bundle.manifest["files"]), **bundle.signature,

@@ -1,7 +1,8 @@
-"""Many runs on one page: parity and bench reports from a CI matrix or a fleet of devices,
-merged into one matrix of backend x precision (x batch for latency) by run, each run's column
-headed by where it ran and linked to its report, baseline verdicts marked where a run had one.
-Reports of another model are refused, never merged."""
+"""Many runs on one page: parity and bench reports from a CI matrix, and the verify.json each
+device of a fleet wrote (`deploy` brings them home), merged into one matrix of backend x
+precision (x batch for latency) by run, each run's column headed by where it ran and linked to
+its report, baseline verdicts marked where a run had one. Reports of another model are refused,
+never merged."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .. import strictjson
 from ..errors import BadInput, well_formed
 from ..bench import SCHEMA as BENCH_SCHEMA
 from .html import STYLE
+from .gates import VERIFY_SCHEMA
 from .plots import percent
 from .report import md
 from .run import SCHEMA as PARITY_SCHEMA
@@ -27,9 +29,12 @@ def read_reports(paths: list[Path]) -> list[tuple[Path, dict]]:
     reports = []
     for path in paths:
         try:
-            reports.append((Path(path), strictjson.read_report(path, (PARITY_SCHEMA, BENCH_SCHEMA), "report")))
+            report = strictjson.read_report(path, (PARITY_SCHEMA, BENCH_SCHEMA, VERIFY_SCHEMA), "report")
         except ValueError as exc:
-            raise BadInput(f"{exc}; give `parity --json` or `bench --json` reports") from None
+            raise BadInput(f"{exc}; give `parity --json` or `bench --json` reports, or a "
+                           "device's verify.json") from None
+        with well_formed(path, "report"):
+            reports.append((Path(path), as_run(report)))
     first_path, first = reports[0]
     for path, report in reports:
         with well_formed(path, "report"):
@@ -43,6 +48,20 @@ def read_reports(paths: list[Path]) -> list[tuple[Path, dict]]:
                 raise BadInput(f"{path} is of another model ({key} {model.get(key)!r}, "
                                f"{first_path} {first_model.get(key)!r}); merge runs of one model")
     return reports
+
+
+def as_run(report: dict) -> dict:
+    """A device's verify.json seen as a run: its bundle's model, and its device as the machine
+    (a Jetson's L4T and power mode, the TensorRT, ONNX Runtime and Python it ran with)."""
+    if report["schema"] != VERIFY_SCHEMA:
+        return report
+    device, bundle = report["device"], report["bundle"]
+    versions = {name: device[name] for name in ("tensorrt", "onnxruntime", "python") if device.get(name)}
+    jetson = {"l4t": device.get("l4t"), "power_mode": device.get("power_mode")}
+    l4t = (device.get("l4t") or "").lstrip("# ").split(", GCID")[0]  # "R36 (release), REVISION: 4.0"
+    return {**report, "model": {"arch": bundle["arch"], "num_classes": bundle["num_classes"]},
+            "machine": {"gpu": device.get("gpu"), "cpu": f"L4T {l4t}" if l4t else device.get("platform"),
+                        "jetson": jetson if any(jetson.values()) else None, "versions": versions}}
 
 
 def summary(reports: list[tuple[Path, dict]]) -> dict:
@@ -121,6 +140,14 @@ def _cells(report: dict):
             top1 = f"top-1 {percent(row['accuracy']['top1'])}, " if row["accuracy"] else ""
             yield key, (f"{top1}agreement {percent(row['metrics']['top1_agreement'])}, "
                         f"max abs {row['metrics']['max_abs']:.2e}")
+    elif report["schema"] == VERIFY_SCHEMA:  # a device's verify.py: its gates and latency
+        for row in report["results"]:
+            latency = row["latency"]["host_to_host"]
+            decisive = row["metrics"]["decisive"]
+            failed = [g["gate"] for g in row["gates"] if g.get("passed") is False]
+            yield (_key("verify", row, latency["batch_size"]),
+                   ("FAIL " + ", ".join(map(str, failed)) if failed else "pass")
+                   + f", agreement {decisive['agree']}/{decisive['images']}, p50 {latency['p50_ms']:.2f} ms")
     else:
         for row in report["results"]:
             host = row["host_to_host"]

@@ -12,6 +12,10 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+# the format of verify.json, the report a device's verify.py writes with these gates' verdicts
+# (`report` merges them with parity and bench reports)
+VERIFY_SCHEMA = "resnet-edge.verify/3"
+
 
 @dataclass(frozen=True)
 class Thresholds:

@@ -136,7 +136,7 @@ COMMANDS = {
     "eval": lambda w, c, b: [c, "--data", "digits"], "export": lambda w, c, b: [c, "--out", w.parent / "x"],
     "models": lambda w, c, b: [], "parity": lambda w, c, b: [w], "pipeline": lambda w, c, b: [c],
     "report": lambda w, c, b: [b], "train": lambda w, c, b: ["resnet20", "--data", "digits"],
-    "verify": lambda w, c, b: [b, "--allow-unsigned"],
+    "verify": lambda w, c, b: [b, "--allow-unsigned"], "deploy": lambda w, c, b: [b, "-i", b, "--allow-unsigned"],
 }
 OUTPUT_OPTIONS = sorted((name, param.opts[0]) for name, command in cli.commands.items()
                         for param in command.params if param.name in ("json_path", "html", "markdown", "junit"))

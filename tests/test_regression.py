@@ -345,7 +345,8 @@ def test_reports_of_another_model_are_not_merged(fleet, tmp_path, run_cli):
                    "r50.json is of another model (arch 'resnet50'")
     (tmp_path / "x.json").write_text("[1, 2]")
     one_line_error(run_cli("report", tmp_path / "x.json"), 2,
-                   "is not a resnet-edge.parity/1 or resnet-edge.bench/1 report (it is 'list')")
+                   "is not a resnet-edge.parity/1 or resnet-edge.bench/1 or resnet-edge.verify/3 "
+                   "report (it is 'list')")
 
 
 @pytest.mark.browser

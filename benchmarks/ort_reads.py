@@ -18,7 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import onnx
 from onnx import TensorProto, helper
 
 from resnet_edge.runtime.ort import ORT_READS

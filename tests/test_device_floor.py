@@ -7,7 +7,6 @@ for 8.5, 8.6 and 10.3 and through the oldest ONNX Runtime the Jetson wheels cove
 
 import ast
 import json
-import os
 import shutil
 import subprocess
 import sys

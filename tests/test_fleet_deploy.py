@@ -5,7 +5,6 @@ file, reached through Debian's sshd and ansible-core. `make test-deploy` runs th
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_devices import Fleet, fleet  # noqa: F401  (the fixture)
+from fleet_devices import fleet  # noqa: F401  (the fixture)
 from resnet_edge.deploy import make_bundle, signing
 from resnet_edge.deploy.fleet import PLAYBOOK, UNREACHABLE
 

@@ -6,7 +6,6 @@ tests/test_fleet_deploy.py (make test-deploy)."""
 import json
 import subprocess
 import tarfile
-from pathlib import Path
 
 import pytest
 

@@ -161,13 +161,16 @@ class Run:
             size, seconds = int(event.get("size") or 0) / 1e6, float(event.get("seconds") or 0)
             detail = (f"{size:.1f} MB in {seconds:.1f} s ({size / max(seconds, 1e-3):.1f} MB/s)"
                       if status == "changed" else "already there")
-        elif step in ("check", "extract"):
+        elif step == "check":
             said = _json_line(stdout)
             host.release = said.get("release", host.release)
-            detail = ({"check": lambda: "signature valid, key " + str(said.get("key_id"))
-                       if said.get("signed") else "files match manifest.json (unsigned)",
-                       "extract": lambda: f"releases/{said.get('release')}"
-                       + ("" if said.get("changed", True) else " (already extracted)")}[step]())
+            detail = (f"signature valid, key {said.get('key_id')}" if said.get("signed")
+                      else "files match manifest.json (unsigned)")
+        elif step == "extract":
+            said = _json_line(stdout)
+            host.release = said.get("release", host.release)
+            detail = f"releases/{said.get('release')}" + ("" if said.get("changed", True)
+                                                           else " (already extracted)")
         elif step == "build":
             item = event.get("item")
             (host.reused if stdout.startswith("reused ") else host.built).append(str(item))

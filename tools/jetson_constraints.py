@@ -5,9 +5,10 @@ aarch64 torch needs CUDA 13's server libraries, which a Jetson does not have. pi
 installed torch whenever something asks for a version it does not satisfy; PyPI's torchvision
 pins one exact torch, so a Jetson without NVIDIA's torchvision lost its torch to it. Pinning
 torch and torchvision to what is installed makes that a resolution error instead, and NumPy
-stays on the major those wheels were built against (a module built for NumPy 1.x cannot run on
-2.x). `make venv` on a Jetson writes this file from the venv's Python (which sees the system
-site-packages) and hands it to pip with -c.
+stays on the major those wheels were built against (NumPy 2.0 broke the C ABI: an extension
+built against 1.x cannot run on 2.x; NumPy's "NumPy 2 ABI handling", doc/2.0/dev/
+depending_on_numpy.html). `make venv` on a Jetson writes this file from the venv's Python
+(which sees the system site-packages) and hands it to pip with -c.
 
 Prints the constraints; exits 2 with one line when torch or torchvision is missing.
 """

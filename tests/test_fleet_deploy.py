@@ -80,8 +80,12 @@ def test_a_first_deploy_goes_live_on_both_jetpacks_and_a_redeploy_builds_nothing
         assert "PASS" in lines(first, device.name, "verify")[0]
         release = current(device)
         assert release and (device.root / release / f"r20-{family}" / "verify.py").is_file()
-        fetched = json.loads(next((tmp_path / "deployments" / device.name).glob("*/verify.json")).read_text())
+        home = next((tmp_path / "deployments" / device.name).glob("*/verify.json")).parent
+        fetched = json.loads((home / "verify.json").read_text())
         assert fetched["passed"] and fetched["engine_tested"]
+        [record] = home.glob("engines/*/model.fp16.json")  # the engine's record, and its build log
+        assert json.loads(record.read_text())["tensorrt"] == fetched["device"]["tensorrt"]
+        assert "built " in (home / "build-fp16.log").read_text()
         assert fetched["device"]["python"].startswith("3.8." if family == "jetpack5" else "3.10.")
         again = deploy(bundles[family], inventory, "--key", keys["ci"][1], "--hosts", family)
         assert again.returncode == 0, again.stdout + again.stderr

@@ -35,7 +35,7 @@ INSTALL = "pip install 'resnet-edge[deploy]' (ansible-core)"
 # exit codes beyond DESIGN's: some host could not be reached (every reachable one went live)
 UNREACHABLE = 4
 # steps said only when they fail: bookkeeping around the ones that matter
-QUIET = ("trusted", "no-verifier", "folders", "lock", "unlock", "fetch", "done")
+QUIET = ("trusted", "no-verifier", "folders", "lock", "unlock", "fetch", "records", "fetch-records", "done")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Host:
     reused: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
+    logs: dict = field(default_factory=dict)  # precision: what build_engine.sh said
 
 
 def ansible_playbook() -> str:
@@ -153,6 +154,8 @@ class Run:
             if host.status not in ("failed", "unreachable"):  # the first failure is the reason
                 host.status, host.step, host.reason = "failed", step, reason_of(event)
             detail = reason_of(event)
+            if step == "build":
+                host.logs[str(event.get("item"))] = f"{stdout}\n{event.get('stderr') or ''}".strip() + "\n"
         elif step == "facts":
             host.facts = _json_line(stdout)
             detail = (f"L4T {host.facts.get('l4t') or '-'}, TensorRT {host.facts.get('tensorrt') or '-'}, "
@@ -173,6 +176,7 @@ class Run:
                                                            else " (already extracted)")
         elif step == "build":
             item = event.get("item")
+            host.logs[str(item)] = f"{stdout}\n{event.get('stderr') or ''}".strip() + "\n"
             (host.reused if stdout.startswith("reused ") else host.built).append(str(item))
             detail = f"{item}: " + ("reused" if stdout.startswith("reused ") else
                                     f"built in {float(event.get('seconds') or 0):.1f} s")
@@ -280,6 +284,12 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
     for host in hosts.values():
         if host.status == "pending" and check:
             host.status = "would change" if host.changes else "unchanged"
+    for host in hosts.values():  # the build logs, beside what the device sent home
+        for precision, log in host.logs.items():
+            if host.release:
+                folder = out / host_folder(host.name) / host.release
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"build-{re.sub(r'[^a-z0-9]', '_', precision)}.log").write_text(log)
     table = rows(sorted(hosts.values(), key=lambda host: host.name), out)
     page = write_page(table, bundle.name, out) if hosts else None
     return {"hosts": hosts, "rows": table, "page": page, "exit_code": exit_code(hosts.values()), "out": out}

@@ -20,6 +20,13 @@ pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
 CLI = Path(sys.executable).parent / "resnet-edge"
 
 
+@pytest.fixture(autouse=True)
+def in_scratch(tmp_path, monkeypatch):
+    """Each deploy runs in a scratch folder: its default --out (deployments/) lands there, never
+    in the checkout the tests run from."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keys")

@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifacts import write_json_atomic, write_text_atomic
 from ..errors import BadInput, MissingBackend
 from . import LIB, HERE
-from .archive import BundleError, archive_root, created_bound, safe_extract, sha256_file
+from .archive import BundleError, archive_root, created_bound, safe_extract
 from .verify_bundle import NEEDS_KEY, Bundle
 
 ANSIBLE = HERE / "ansible"
@@ -88,8 +89,7 @@ def check_bundle(bundle: Path, key: Path | None, allow_unsigned: bool, min_creat
     if archive_root(bundle).name != folder.name:
         raise BadInput(f"{bundle.name} holds {folder.name}/; deploy it under its own name "
                        f"({folder.name}.tar.gz)")
-    return {"target": info["target"], "precisions": precisions or info["precisions"],
-            "sha256": sha256_file(bundle), "signed": checked.signature["verified"]}
+    return {"target": info["target"], "precisions": precisions or info["precisions"]}
 
 
 def verifier_folder(into: Path, key: Path | None) -> Path:
@@ -227,7 +227,7 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
         raise BadInput(f"key {key} does not exist; give the signer's NAME.pub")
     if install_verifier and key is None and not allow_unsigned:
         raise BadInput("--install-verifier puts the public key on each device: give --key NAME.pub")
-    facts = {"target": "", "precisions": [], "sha256": ""}
+    facts = {"target": "", "precisions": []}
     if not rollback:  # refused here, before any host is touched
         facts = check_bundle(bundle, key, allow_unsigned, min_created, precisions)
     playbook = ansible_playbook()
@@ -264,16 +264,17 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
         if not verbose:  # Ansible's own output, kept for the error it may say
             reader = threading.Thread(target=lambda: tail.extend(process.stdout), daemon=True)
             reader.start()
-        seen = 0
-        while True:
-            finished = process.poll() is not None
-            lines = events.read_text().splitlines()
-            for line in lines[seen:]:
-                run.event(json.loads(line))
-            seen = len(lines)
-            if finished:
-                break
-            time.sleep(0.2)
+        with open(events, "rb") as stream:  # read as the callback appends, each line once
+            while True:
+                finished = process.poll() is not None
+                for line in iter(stream.readline, b""):
+                    if not line.endswith(b"\n"):  # caught mid-write: read it whole next time
+                        stream.seek(-len(line), os.SEEK_CUR)
+                        break
+                    run.event(json.loads(line))
+                if finished:
+                    break
+                time.sleep(0.2)
         if not verbose:
             reader.join(timeout=5)
     hosts = run.hosts
@@ -289,7 +290,7 @@ def deploy(bundle: str | Path, inventory: str | Path, *, key: str | Path | None 
             if host.release:
                 folder = out / host_folder(host.name) / host.release
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / f"build-{re.sub(r'[^a-z0-9]', '_', precision)}.log").write_text(log)
+                write_text_atomic(folder / f"build-{re.sub(r'[^a-z0-9]', '_', precision)}.log", log)
     table = rows(sorted(hosts.values(), key=lambda host: host.name), out)
     page = write_page(table, bundle.name, out) if hosts else None
     return {"hosts": hosts, "rows": table, "page": page, "exit_code": exit_code(hosts.values()), "out": out}
@@ -337,7 +338,7 @@ def write_page(table: list[dict], bundle: str, out: Path) -> Path:
 
     from ..parity.html import STYLE
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fleet.json").write_text(json.dumps({"bundle": bundle, "hosts": table}, indent=2) + "\n")
+    write_json_atomic(out / "fleet.json", {"bundle": bundle, "hosts": table})
     precisions = sorted({p for row in table for p in row["precisions"]})
     head = "".join(f"<th>{escape(h)}</th>" for h in ["host", "status", "release", "L4T", "TensorRT",
                                                      "built", "build s", *precisions, "stopped at"])
@@ -359,7 +360,7 @@ def write_page(table: list[dict], bundle: str, out: Path) -> Path:
             f"<h1>{escape(bundle)}</h1><p>{sum(r['status'] == 'live' for r in table)} of {len(table)} "
             f"devices live</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             "</table></body></html>\n")
-    (out / "fleet.html").write_text(page)
+    write_text_atomic(out / "fleet.html", page)
     return out / "fleet.html"
 
 

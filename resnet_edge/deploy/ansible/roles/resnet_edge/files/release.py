@@ -20,7 +20,6 @@ device (a gate, a lock, a mismatched JetPack), 2 the bundle is damaged, forged o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -121,14 +120,6 @@ def unlock(args) -> int:
     return 0
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checked(args, into: Path) -> "verify.Bundle":
     """The archive extracted into `into` and checked as the trusted verify.py checks a bundle:
     every file against manifest.json, the signature with the device's key, its age."""
@@ -139,7 +130,7 @@ def checked(args, into: Path) -> "verify.Bundle":
 
 
 def release_name(args, bundle) -> str:
-    return f"{bundle.folder.name}-{sha256(Path(args.archive))[:8]}"
+    return f"{bundle.folder.name}-{archive.sha256_file(args.archive)[:8]}"
 
 
 def check(args) -> int:

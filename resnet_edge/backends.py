@@ -27,7 +27,8 @@ from .export import ONNX_FILE_KEY
 from .export.metadata import quantization_info
 from .runtime import providers
 from .runtime.gpu import compute_capability, placed, tf32_unavailable, torch_math
-from .runtime.ort import BatchOutOfRange, import_ort, int8_path, make_session, run_batch
+from .runtime.ort import (BatchOutOfRange, ProviderFellBack, import_ort, int8_path, make_session,
+                          run_batch)
 from .runtime.trt_rules import INT8_FP16_FILE, ONNX_FILES
 
 ORT_FILES = {**ONNX_FILES, "tf32": ONNX_FILES["fp32"], "int8-fp16": INT8_FP16_FILE}
@@ -44,7 +45,7 @@ class Backend:
     device = "cpu"
     # True where execute() times device compute without host transfers.
     separates_device_time = False
-    int8_path: dict | None = None  # how ORT-CPU ran an int8 model (ort.int8_path)
+    int8_path: dict | None = None  # how ORT ran an int8 model (ort.int8_path; CUDA: providers.CUDA_INT8)
     unfused: "Backend | None" = None  # the same int8 model with Q/DQ as written, to compare
 
     @property
@@ -221,6 +222,7 @@ class OrtBackend(Backend):
         self.profile = profile
         self.input_dims = self._input_dims()
         self.providers = self._providers()
+        providers.make_cache_folders(self.providers)
         report = precision.startswith("int8") and provider == "cpu"
         self.disable_qdq_fusion = disable_qdq_fusion
         try:
@@ -231,10 +233,14 @@ class OrtBackend(Backend):
                 if report:
                     self.int8_path = {**int8_path(optimized),
                                       "weight_bits": quantization_info(onnx_path).get("weight_bits")}
+        except ProviderFellBack as exc:
+            raise BackendUnavailable(f"ort on {providers.TITLES[provider]}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
             raise BadInput(f"ONNX Runtime cannot load {onnx_path}: {first_line(exc)}") from None
         active = self.session.get_providers()
         self.provider = active[0]
+        if provider == "cuda" and precision.startswith("int8"):
+            self.int8_path = {"path": providers.CUDA_INT8, "integer_ops": {}}
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
@@ -303,7 +309,11 @@ class OrtBackend(Backend):
 class OrtGraph(Graph):
     """ONNX Runtime's own CUDA graph (CUDA provider `enable_cuda_graph`, TensorRT provider
     `trt_cuda_graph_enable`): a session of its own for one batch size, bound to the same device
-    buffers on every run, as ONNX Runtime requires; its first run captures."""
+    buffers on every run, as ONNX Runtime requires. Neither provider captures on its first run:
+    each runs regularly first (min_num_runs_before_cuda_graph_capture_, so its allocations are
+    made), captures on a later run and replays after, so the session is run until it replays
+    before any run is timed."""
+    WARM_RUNS = 3  # regular, capture, first replay
 
     def __init__(self, eager: OrtBackend, batch_size: int, shape: tuple[int, ...]):
         super().__init__(eager, batch_size)
@@ -326,7 +336,8 @@ class OrtGraph(Graph):
         self.binding.bind_ortvalue_output(out.name, self.y)
         self.input_type = _numpy_type(inp.type)
         try:
-            self.session.run_with_iobinding(self.binding)  # captures
+            for _ in range(self.WARM_RUNS):
+                self.session.run_with_iobinding(self.binding)
         except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
             raise BackendUnavailable(f"ONNX Runtime could not capture a CUDA graph: "
                                      f"{first_line(exc)}") from None

@@ -47,11 +47,12 @@ def test_tensorrt_rows_set_their_own_precision_caches_and_profile(tmp_path):
                                            input_shape=(3, 32, 32))
             for p in ("tf32", "fp16", "int8", "int8-fp16")}
     trt = {p: dict(r)["TensorrtExecutionProvider"] for p, r in rows.items()}
+    # the switches as the Python binding parses them (tests/oracles/onnxruntime.py): True/False
     assert [(trt[p]["trt_fp16_enable"], trt[p]["trt_int8_enable"]) for p in trt] == [
-        ("0", "0"), ("1", "0"), ("0", "1"), ("1", "1")]
-    assert trt["fp16"]["trt_engine_cache_enable"] == "1"
+        ("False", "False"), ("True", "False"), ("False", "True"), ("True", "True")]
+    assert trt["fp16"]["trt_engine_cache_enable"] == "True"
     assert trt["fp16"]["trt_engine_cache_path"] == str(tmp_path / "fp16")  # one engine per precision
-    assert trt["fp16"]["trt_timing_cache_enable"] == "1"
+    assert trt["fp16"]["trt_timing_cache_enable"] == "True"
     assert (trt["fp16"]["trt_profile_min_shapes"], trt["fp16"]["trt_profile_opt_shapes"],
             trt["fp16"]["trt_profile_max_shapes"]) == (
         "input:1x3x32x32", "input:8x3x32x32", "input:32x3x32x32")

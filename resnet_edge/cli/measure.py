@@ -13,6 +13,7 @@ from .. import console
 from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..parity.gates import failed_gates
+from ..runtime.providers import CUDA_INT8
 from .common import (DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
                      MAX_LATENCY_REGRESSION_OPTION, ORT_PROVIDERS_OPTION, PRECISIONS_OPTION, cli,
                      csv_list, parse_sizes, print_parity, resolve_workdir, writable)
@@ -320,6 +321,9 @@ def _print_bench(result: dict) -> None:
         note(f"int8 ran slower than fp32 here ({slower}): on a CPU, ONNX Runtime's int8 kernels "
              f"({result['machine'].get('int8_arithmetic') or 'this CPU'}) and the Q/DQ around them "
              "can cost more than fp32's; that says nothing of TensorRT's int8 on a GPU or Jetson")
+    if any(CUDA_INT8 in r["device"] for r in rows):
+        note(f"ort int8 on CUDA ran {CUDA_INT8}: the CUDA provider has no integer convolution, so "
+             "those rows emulate int8's accuracy but not its speed; TensorRT's int8 rows are int8")
     for s in result["skipped"]:
         batch = f" batch {s['batch_size']}" if "batch_size" in s else ""
         stdout.print(f"[yellow]skipped[/] {s['backend']} {s['precision']}{batch}: {escape(s['reason'])}")

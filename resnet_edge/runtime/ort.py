@@ -7,6 +7,8 @@ does, on the device's Python (3.8 and up) and numpy (1.17 and up).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Sequence
 
@@ -156,14 +158,25 @@ def default_threads() -> int:
     return wanted if wanted > 0 else os.cpu_count() or 1
 
 
+class ProviderFellBack(MissingBackend):
+    """A session that did not come up on the providers asked for: the row cannot run here."""
+
+
+def _provider_name(provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
 def make_session(path: str | os.PathLike | bytes, providers: Sequence = ("CPUExecutionProvider",),
                  *, threads: int | None = None, disable_qdq_fusion: bool = False,
                  optimized_model: str | os.PathLike | None = None):
     """An InferenceSession set for speed: all graph optimizations, default_threads() threads.
 
-    `providers`: names, or (name, options) pairs. Fallback is off: a provider that fails is an
-    error here, never a quiet retry on another provider (ONNX Runtime's Python wrapper would
-    otherwise print its "EP Error" block and run the model elsewhere).
+    `providers`: names, or (name, options) pairs. The session runs on exactly those, or this
+    raises ProviderFellBack with ONNX Runtime's own reason: `enable_fallback=0` is read only by
+    onnxruntime 1.23 and newer (1.18-1.22 retry on the CPU after printing an "EP Error" block,
+    and a CUDA provider that cannot load is a warning on every release), so what came up is
+    compared with what was asked, and the block is caught rather than printed. A GPU session
+    also refuses to place single nodes on the CPU (session.disable_cpu_ep_fallback).
     `disable_qdq_fusion` runs Q/DQ nodes as written instead of fusing them into ORT's CPU integer
     kernels: the numerics TensorRT will see, rather than ORT-CPU's own int8 kernels.
     `optimized_model`: where ORT writes the graph it optimized (what int8_path reads).
@@ -172,17 +185,64 @@ def make_session(path: str | os.PathLike | bytes, providers: Sequence = ("CPUExe
     problem = None if isinstance(path, bytes) else reading_problem(path, ort.__version__)
     if problem:  # said before ONNX Runtime's own multi-line refusal
         raise MissingBackend(problem)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or default_threads()
-    options.log_severity_level = 3
-    if disable_qdq_fusion:
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-    if optimized_model is not None:
-        options.optimized_model_filepath = os.fspath(optimized_model)
+    asked = [_provider_name(p) for p in providers]
     model = path if isinstance(path, bytes) else os.fspath(path)  # bytes: a model not yet saved
-    return ort.InferenceSession(model, sess_options=options, providers=list(providers),
-                                enable_fallback=0)
+
+    def session_options(whole_graph: bool):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or default_threads()
+        options.log_severity_level = 3
+        if disable_qdq_fusion:
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+        if whole_graph:
+            options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        if optimized_model is not None:
+            options.optimized_model_filepath = os.fspath(optimized_model)
+        return options
+
+    def opened(whole_graph: bool):
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said):  # where 1.18-1.22 print their fallback block
+            session = ort.InferenceSession(model, sess_options=session_options(whole_graph),
+                                           providers=list(providers), enable_fallback=0)
+        return session, said.getvalue()
+
+    on_gpu = asked != ["CPUExecutionProvider"]
+    try:
+        session, printed = opened(whole_graph=on_gpu)
+    except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
+        if not (on_gpu and "fallback to CPU EP has been explicitly disabled" in str(exc)):
+            raise
+        # nodes landed on the CPU: because the provider did not load at all (said as such), or
+        # because it cannot run some of them
+        session, printed = opened(whole_graph=False)
+        if session.get_providers()[:len(asked)] == asked:
+            raise ProviderFellBack(f"{asked[0].replace('ExecutionProvider', '')} cannot run every "
+                                   "node of this model: ONNX Runtime would run some on the CPU") from None
+    ran = session.get_providers()
+    if ran[:len(asked)] != asked:
+        raise ProviderFellBack(fallback_reason(asked, ran, printed))
+    return session
+
+
+def fallback_reason(asked: list, ran: list, printed: str) -> str:
+    """One line: which provider did not come up, and ONNX Runtime's own words for why where it
+    printed them (its fallback block's "EP Error <reason> when using [...]")."""
+    missing = next((name for name in asked if name not in ran), asked[0])
+    short = missing.replace("ExecutionProvider", "")
+    start, end = printed.find("\nEP Error "), printed.find(" when using ")
+    if 0 <= start < end:
+        why = " ".join(printed[start + len("\nEP Error "):end].split())
+        return f"{short} did not load ({_without_location(why)}); the session came up on {ran[0]}"
+    return f"{short} did not load; the session came up on {ran[0]} instead"
+
+
+def _without_location(text: str) -> str:
+    """ONNX Runtime's message without the source location and function it starts with
+    ("/onnxruntime_src/...cc:490 void f(...) Please install ...")."""
+    marker = text.find(") ")
+    return (text[marker + 2:] if text.startswith("/") and marker > 0 else text)[:300]
 
 
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",

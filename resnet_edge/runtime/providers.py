@@ -29,6 +29,9 @@ TITLES = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
 # cuDNN's convolution search: the heuristic pick is repeatable run to run (parity), the
 # exhaustive one is the fastest (bench, after a warm-up per batch size)
 CONV_SEARCH = {"parity": "HEURISTIC", "bench": "EXHAUSTIVE"}
+# The CUDA provider has no integer convolution: an int8 model runs DequantizeLinear, a float
+# Conv, QuantizeLinear, so its accuracy emulates int8 and its latency is not int8's
+CUDA_INT8 = "Q/DQ as written, float kernels"
 _MISSING_LIBRARY = re.compile(r"(lib[\w.+-]+?\.so[\d.]*): cannot open shared object file")
 
 
@@ -142,17 +145,37 @@ def session_providers(provider: str, precision: str, *, purpose: str = "parity",
     if provider == "cuda":
         return [(PROVIDERS["cuda"], {**cuda, **({"enable_cuda_graph": "1"} if cuda_graph else {})})]
     options = {"device_id": "0",
-               "trt_fp16_enable": "1" if precision in ("fp16", "int8-fp16") else "0",
-               "trt_int8_enable": "1" if precision.startswith("int8") else "0"}
+               "trt_fp16_enable": _trt_bool(precision in ("fp16", "int8-fp16")),
+               "trt_int8_enable": _trt_bool(precision.startswith("int8"))}
     if cache_dir is not None:
         where = str(Path(cache_dir) / precision)
-        options.update(trt_engine_cache_enable="1", trt_engine_cache_path=where,
-                       trt_timing_cache_enable="1", trt_timing_cache_path=where)
+        options.update(trt_engine_cache_enable="True", trt_engine_cache_path=where,
+                       trt_timing_cache_enable="True", trt_timing_cache_path=where)
     if profile is not None:
         dims = "x".join(str(d) for d in input_shape)
         for key, size in (("min", profile["min"]), ("opt", profile["opt"]), ("max", profile["max"])):
             options[f"trt_profile_{key}_shapes"] = f"{input_name}:{size}x{dims}"
     if cuda_graph:
-        options["trt_cuda_graph_enable"] = "1"
+        options["trt_cuda_graph_enable"] = "True"
     # what TensorRT does not take runs on CUDA, in IEEE fp32
     return [(PROVIDERS["tensorrt"], options), (PROVIDERS["cuda"], {**cuda, "use_tf32": "0"})]
+
+
+def _trt_bool(on: bool) -> str:
+    """A TensorRT-provider switch as the Python binding parses it: only True/true/False/false
+    (onnxruntime_pybind_state.cc throws "should be 'True' or 'False'" for "1"), where the CUDA
+    provider's switches go through `istream >> bool` and take only "1"/"0"."""
+    return "True" if on else "False"
+
+
+CACHE_KEYS = ("trt_engine_cache_path", "trt_timing_cache_path")
+
+
+def make_cache_folders(session: list[tuple[str, dict]]) -> None:
+    """The folders the TensorRT provider keeps its engines and timing cache in, made with their
+    parents: the provider creates only the last level of the path (fs::create_directory) and
+    fails the session ("Failed to create directory") when a parent is missing."""
+    for _name, options in session:
+        for key in CACHE_KEYS:
+            if key in options:
+                Path(options[key]).mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all test-deploy test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
+.PHONY: venv test test-all test-releases test-deploy test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
 
 # PIP_ARGS reach pip: a CPU machine takes torch's CPU wheels (about 1.5 GB instead of the
 # default wheel's 6 GB with CUDA 13's libraries) with
@@ -71,6 +71,12 @@ test-avx2: venv
 test-data: venv
 	$(BIN)/resnet-edge train resnet20 --data digits --epochs 10 --seed 0 --out runs/test-data
 	cp runs/test-data/model.pt tests/data/resnet20-digits.pt
+
+# The real onnxruntime-gpu wheels of the oldest and newest release the extras allow, on this
+# machine's CPU: the tool's sessions, ONNX Runtime's own fallback, and the provider-option oracle
+# read back from each wheel (about 250 MB each, downloaded once per machine into ~/.cache).
+test-releases: venv
+	$(BIN)/python -m pytest -q -m slow tests/test_ort_releases.py
 
 # `resnet-edge deploy` against real sshd "devices" on loopback (tests/fleet_devices.py): Debian's
 # openssh-server (needs root for apt) and the deploy extra (ansible-core); about 3 minutes.

@@ -201,46 +201,60 @@ def make_session(path: str | os.PathLike | bytes, providers: Sequence = ("CPUExe
             options.optimized_model_filepath = os.fspath(optimized_model)
         return options
 
-    def opened(whole_graph: bool):
-        said = io.StringIO()
+    said = io.StringIO()
+
+    def opened(chosen, whole_graph: bool):
+        said.seek(0)
+        said.truncate()
         with contextlib.redirect_stdout(said):  # where 1.18-1.22 print their fallback block
-            session = ort.InferenceSession(model, sess_options=session_options(whole_graph),
-                                           providers=list(providers), enable_fallback=0)
-        return session, said.getvalue()
+            return ort.InferenceSession(model, sess_options=session_options(whole_graph),
+                                        providers=list(chosen), enable_fallback=0)
 
     on_gpu = asked != ["CPUExecutionProvider"]
     try:
-        session, printed = opened(whole_graph=on_gpu)
+        session = opened(providers, whole_graph=on_gpu)
     except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own error types)
-        if not (on_gpu and "fallback to CPU EP has been explicitly disabled" in str(exc)):
+        if not on_gpu:
             raise
-        # nodes landed on the CPU: because the provider did not load at all (said as such), or
+        why = _printed_reason(said.getvalue()) or _without_location(str(exc))
+        try:  # a model the CPU opens: the failure was the provider's, which is this row's reason
+            opened(["CPUExecutionProvider"], whole_graph=False)
+        except Exception:  # noqa: BLE001
+            raise exc from None
+        if "fallback to CPU EP has been explicitly disabled" not in why:
+            raise ProviderFellBack(f"{_short(asked[0])} did not load ({why})") from None
+        # nodes landed on the CPU: because the provider did not load at all (said below), or
         # because it cannot run some of them
-        session, printed = opened(whole_graph=False)
+        session = opened(providers, whole_graph=False)
         if session.get_providers()[:len(asked)] == asked:
-            raise ProviderFellBack(f"{asked[0].replace('ExecutionProvider', '')} cannot run every "
-                                   "node of this model: ONNX Runtime would run some on the CPU") from None
+            raise ProviderFellBack(f"{_short(asked[0])} cannot run every node of this model: "
+                                   "ONNX Runtime would run some on the CPU") from None
     ran = session.get_providers()
     if ran[:len(asked)] != asked:
-        raise ProviderFellBack(fallback_reason(asked, ran, printed))
+        short = _short(next((name for name in asked if name not in ran), asked[0]))
+        why = _printed_reason(said.getvalue())
+        raise ProviderFellBack(f"{short} did not load{f' ({why})' if why else ''}; the session "
+                               f"came up on {ran[0]} instead")
     return session
 
 
-def fallback_reason(asked: list, ran: list, printed: str) -> str:
-    """One line: which provider did not come up, and ONNX Runtime's own words for why where it
-    printed them (its fallback block's "EP Error <reason> when using [...]")."""
-    missing = next((name for name in asked if name not in ran), asked[0])
-    short = missing.replace("ExecutionProvider", "")
+def _short(provider: str) -> str:
+    return provider.replace("ExecutionProvider", "")
+
+
+def _printed_reason(printed: str) -> str | None:
+    """ONNX Runtime's own words from the fallback block 1.18-1.22 print ("EP Error <reason>
+    when using [...]"), or None where it printed none."""
     start, end = printed.find("\nEP Error "), printed.find(" when using ")
     if 0 <= start < end:
-        why = " ".join(printed[start + len("\nEP Error "):end].split())
-        return f"{short} did not load ({_without_location(why)}); the session came up on {ran[0]}"
-    return f"{short} did not load; the session came up on {ran[0]} instead"
+        return _without_location(printed[start + len("\nEP Error "):end])
+    return None
 
 
 def _without_location(text: str) -> str:
     """ONNX Runtime's message without the source location and function it starts with
     ("/onnxruntime_src/...cc:490 void f(...) Please install ...")."""
+    text = " ".join(text.split())
     marker = text.find(") ")
     return (text[marker + 2:] if text.startswith("/") and marker > 0 else text)[:300]
 

@@ -1,0 +1,131 @@
+"""The real onnxruntime-gpu wheels of the oldest and newest release the extras allow (pyproject's
+cuda12 and cuda13), each in a venv of its own made once per machine (tests/device_pythons.py),
+on this machine without a GPU: sessions through the tool's own make_session with the options
+the tool builds, ONNX Runtime's fallback as each release really does it, and the oracle's tables
+(tests/oracles/onnxruntime.py) read back from each wheel's binaries and wrapper.
+
+A machine without CUDA reaches the TensorRT provider only as far as loading its library
+(RegisterTensorRTPluginsAsCustomOps runs before the options are parsed), so the option parsing
+itself is held to the oracle, whose messages and key tables are checked here against the
+binary that prints them. About 250 MB per wheel: `make test-releases`, which .ci/run runs.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import device_pythons as floors
+from oracles import onnxruntime as oracle
+from resnet_edge.runtime import providers
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+RUNTIME = Path(providers.__file__).parent
+# numpy: the oldest each release was built for that has a wheel for this Python
+RELEASES = {"1.19.0": "numpy==1.26.4", "1.31.1": "numpy==2.2.6"}
+
+SCRIPT = r"""
+import json, sys, warnings
+sys.path.insert(0, sys.argv[1])
+import onnxruntime, ort
+model, asked = sys.argv[2], json.loads(sys.argv[3])
+asked = [tuple(p) for p in asked]
+out = {"version": onnxruntime.__version__}
+try:
+    session = ort.make_session(model, asked)
+    out["tool"] = ["opened", session.get_providers()]
+except ort.ProviderFellBack as exc:
+    out["tool"] = ["refused", str(exc)]
+print("TOOL DONE", flush=True)
+try:  # what the release itself does with enable_fallback=0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = onnxruntime.InferenceSession(model, providers=asked, enable_fallback=0)
+    out["raw"] = ["opened", raw.get_providers()]
+except Exception as exc:
+    out["raw"] = ["raised", type(exc).__name__]
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module", params=sorted(RELEASES))
+def release(request):
+    version = request.param
+    floor = floors.Floor(f"onnxruntime-gpu-{version}", "3.11",
+                         (f"onnxruntime-gpu=={version}", RELEASES[version]))
+    python = floors.venv(floor)
+    package = next(python.parent.parent.glob("lib/python3.11/site-packages/onnxruntime"))
+    return version, python, package
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    """ort.py flat in a folder, as a bundle's lib/ carries it (it imports nothing of the tool)."""
+    folder = tmp_path_factory.mktemp("lib")
+    shutil.copy(RUNTIME / "ort.py", folder / "ort.py")
+    model = folder / "probe.onnx"
+    model.write_bytes(providers._probe_model())
+    return folder, model
+
+
+def run(release, lib, asked):
+    _, python, _ = release
+    folder, model = lib
+    done = subprocess.run([str(python), "-c", SCRIPT, str(folder), str(model), json.dumps(asked)],
+                          capture_output=True, text=True, env=floors.device_env(python), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_tool = done.stdout.partition("TOOL DONE")[0]
+    return json.loads(done.stdout.rpartition("RESULT ")[2]), by_tool, done.stderr
+
+
+def test_a_tensorrt_row_that_cannot_load_is_refused_never_run_on_the_cpu(release, lib, tmp_path):
+    """Item 2: the session the tool asks for comes up as asked or not at all, on both sides of
+    1.23 (where onnxruntime began to read enable_fallback)."""
+    version = release[0]
+    asked = providers.session_providers("tensorrt", "fp16", cache_dir=tmp_path / "ort-tensorrt",
+                                        profile={"min": 1, "opt": 8, "max": 32}, input_shape=(4,))
+    asked = [(name, options) for name, options in asked]
+    result, printed_by_tool, _ = run(release, lib, asked)
+    status, reason = result["tool"]
+    assert status == "refused" and "Please install TensorRT libraries" in reason, result
+    assert "\n" not in reason and "EP Error" not in printed_by_tool
+    # what the release does by itself: before 1.23 the keyword is ignored and the row would
+    # have run on the CPU under its TensorRT label
+    fell_back = oracle.release_tuple(version) < oracle.FALLBACK_READ_SINCE
+    assert result["raw"] == (["opened", ["CPUExecutionProvider"]] if fell_back
+                             else ["raised", "RuntimeError"]), result
+    assert any(f.kind == "degrade" for f in oracle.check(version, [(oracle.TRT, {"x": "1"})])) is fell_back
+
+
+def test_a_cuda_provider_that_cannot_load_is_refused(release, lib):
+    """On every release a CUDA provider whose libraries are missing is only a warning, and the
+    session comes up on the CPU."""
+    asked = [(n, o) for n, o in providers.session_providers("cuda", "fp32")]
+    result, _, _ = run(release, lib, asked)
+    assert result["raw"] == ["opened", ["CPUExecutionProvider"]], result
+    assert result["tool"][0] == "refused" and "CUDA did not load" in result["tool"][1], result
+
+
+def _strings(path: Path) -> set[str]:
+    return set(re.findall(rb"[\x20-\x7e]{3,}", path.read_bytes()))
+
+
+def test_the_oracles_tables_are_the_wheels_own(release):
+    version, _, package = release
+    capi = package / "capi"
+    binding = b"\n".join(_strings(next(capi.glob("onnxruntime_pybind11_state*.so")))).decode()
+    said = dict(re.findall(r"The value for the key '(\w+)' should be (.{0,30})", binding))
+    kinds = {key: "bool" if text.startswith("'True' or 'False'") else
+             "int" if "number" in text else "string" for key, text in said.items()}
+    assert kinds == oracle.keys(oracle.TRT, version)
+    assert "Invalid TensorRT EP option: " in binding
+    assert "fallback to CPU EP has been explicitly disabled" in binding
+    cuda = {s.decode() for s in _strings(capi / "libonnxruntime_providers_cuda.so")}
+    assert set(oracle.keys(oracle.CUDA, version)) <= cuda
+    assert b"Failed to create directory " in b"\n".join(_strings(capi / "libonnxruntime_providers_tensorrt.so"))
+    wrapper = (capi / "onnxruntime_inference_collection.py").read_text()
+    reads = 'enable_fallback=int(kwargs.get("enable_fallback", 1)) == 1' in wrapper
+    assert reads is (oracle.release_tuple(version) >= oracle.FALLBACK_READ_SINCE)

@@ -8,13 +8,15 @@ WEIGHTS ?= DEFAULT
 OUT     ?= artifacts/$(MODEL)
 CALIB   ?=
 
-# GPU machines get onnxruntime-gpu (and TensorRT from PyPI on x86); Jetsons keep JetPack's
-# own TensorRT, which the venv sees through the system site-packages.
+# x86 GPU machines get the set built for their driver's CUDA major (onnxruntime-gpu, torch,
+# TensorRT, cuda-python: pyproject's cuda12 and cuda13); Jetsons keep JetPack's own TensorRT,
+# which the venv sees through the system site-packages.
 ARCH      := $(shell uname -m)
 HAS_GPU   := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 IS_JETSON := $(shell test -f /etc/nv_tegra_release && echo yes)
-# the driver's CUDA major picks TensorRT's and cuda-python's wheels (12 unless it says 13)
+# the driver's CUDA major picks the set (12 unless it says 13 or newer)
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
+CUDA_SET   := $(shell test "$(CUDA_MAJOR)" -ge 13 2>/dev/null && echo cuda13 || echo cuda12)
 ifeq ($(IS_JETSON),yes)
   EXTRAS    ?= cpu,dev
   VENV_ARGS ?= --system-site-packages
@@ -23,7 +25,7 @@ ifeq ($(IS_JETSON),yes)
   KEEP_JETPACK = $(BIN)/python tools/jetson_constraints.py > $(VENV)/jetson-constraints.txt
   KEEP_ARGS    = -c $(VENV)/jetson-constraints.txt
 else ifeq ($(HAS_GPU)$(ARCH),yesx86_64)
-  EXTRAS    ?= gpu,tensorrt-cu$(if $(filter 13,$(CUDA_MAJOR)),13,12),dev
+  EXTRAS    ?= $(CUDA_SET),dev
 else
   EXTRAS    ?= cpu,dev
 endif

@@ -140,24 +140,35 @@ def test_the_parser_opset_each_tensorrt_reads(version, newest):
     assert f"reads opset <= {newest}" in opset_problem("model.onnx", newest + 1, version)
 
 
-def test_each_tensorrt_extra_is_for_one_cuda_driver_and_the_x86_targets_have_theirs():
-    """pip install 'resnet-edge[tensorrt-cu12]' (or -cu13) is for x86 (JetPack ships TensorRT):
-    TensorRT's wheels for that CUDA and a cuda-python of that major, which a CUDA N driver needs.
-    The old single extra resolved cuda-python 13 on a CUDA 12 driver."""
+def test_each_cuda_set_is_built_for_one_cuda_driver_and_the_x86_targets_have_theirs():
+    """pip install 'resnet-edge[cuda12]' (or cuda13) is for x86 (JetPack ships TensorRT): an
+    onnxruntime-gpu, a torch and a TensorRT of that CUDA major (TensorRT 10, whose libnvinfer.so.10
+    every onnxruntime-gpu's TensorRT provider links) and a cuda-python of that major. The old
+    extras resolved onnxruntime-gpu, torch and TensorRT 11 for CUDA 13 on a CUDA 12 driver."""
     import tomllib
     from pathlib import Path
 
     from packaging.requirements import Requirement
     from resnet_edge.deploy import TARGETS
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert "tensorrt" not in extras  # the PyPI stub resolves to the newest CUDA's TensorRT
+    assert not {"gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13"} & set(extras)
     served = {}
-    for major in ("12", "13"):
-        requirements = [Requirement(r) for r in extras[f"tensorrt-cu{major}"]]
-        assert {r.name for r in requirements} == {f"tensorrt-cu{major}", "cuda-python"}
-        spec = next(r.specifier for r in requirements if r.name == "cuda-python")
+    # releases on PyPI, and the CUDA major each was built for (their metadata and libraries)
+    ort = {"1.18.1": 11, "1.19.0": 12, "1.22.0": 12, "1.26.0": 12, "1.27.0": 13, "1.31.1": 13}
+    torch = {"2.4.0": 12, "2.10.0": 12, "2.11.0": 13, "2.14.1": 13}
+    tensorrt = {"10.0.1": 10, "10.13.3.9": 10, "10.16.1.11": 10, "11.0.0.114": 11, "11.4.0.106": 11}
+    for major in (12, 13):
+        wanted = {r.name: r.specifier for r in map(Requirement, extras[f"cuda{major}"])}
+        assert set(wanted) == {"onnxruntime-gpu", "torch", f"tensorrt-cu{major}", "cuda-python",
+                               "nvidia-ml-py"}
+        assert {v for v, cuda in ort.items() if wanted["onnxruntime-gpu"].contains(v)} == {
+            v for v, cuda in ort.items() if cuda == major}
+        assert {v for v, cuda in torch.items() if wanted["torch"].contains(v)} == {
+            v for v, cuda in torch.items() if cuda == major}
+        assert {trt for v, trt in tensorrt.items() if wanted[f"tensorrt-cu{major}"].contains(v)} == {10}
+        spec = wanted["cuda-python"]
         assert [v for v in ("11.8.0", "12.0.0", "12.9.0", "13.0.1", "13.2.0", "14.0.0") if spec.contains(v)] == (
-            ["12.0.0", "12.9.0"] if major == "12" else ["13.0.1", "13.2.0"])
+            ["12.0.0", "12.9.0"] if major == 12 else ["13.0.1", "13.2.0"])
         served[major] = spec
     for target in (t for t in TARGETS.values() if not t.jetson):
         wanted = Requirement(f"cuda-python{target.cuda_python or '>=12,<14'}").specifier
@@ -165,13 +176,13 @@ def test_each_tensorrt_extra_is_for_one_cuda_driver_and_the_x86_targets_have_the
                    for spec in served.values()), target
 
 
-def test_make_picks_the_tensorrt_extra_by_the_drivers_cuda(tmp_path):
+def test_make_picks_the_set_by_the_drivers_cuda(tmp_path):
     """The Makefile reads nvidia-smi's "CUDA Version" on an x86 GPU machine."""
     import os
     import subprocess
     from pathlib import Path
     root = Path(__file__).parents[1]
-    for cuda, extra in (("12.8", "tensorrt-cu12"), ("13.0", "tensorrt-cu13"), ("", "tensorrt-cu12")):
+    for cuda, extra in (("12.8", "cuda12"), ("13.0", "cuda13"), ("14.1", "cuda13"), ("", "cuda12")):
         stubs = tmp_path / f"bin{cuda}"
         stubs.mkdir()
         (stubs / "nvidia-smi").write_text(f"#!/bin/sh\necho '| NVIDIA-SMI 580.159   Driver Version: 580.159   "
@@ -183,4 +194,4 @@ def test_make_picks_the_tensorrt_extra_by_the_drivers_cuda(tmp_path):
                              capture_output=True, text=True,
                              env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
         assert run.returncode == 0, run.stderr
-        assert f'.[gpu,{extra},dev]' in run.stdout, run.stdout
+        assert f'.[{extra},dev]' in run.stdout, run.stdout

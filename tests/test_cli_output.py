@@ -90,7 +90,7 @@ def test_parity_piped_is_whole_width_with_progress_and_reports(work, tmp_path):
     # TensorRT was named but is not here: exit 3, after every report was written
     assert result.exit_code == 3 and "asked for but cannot run here: trt fp32" in result.stderr
     # the full skip reason and every gate column survive an 80-column environment
-    assert ("TensorRT is not installed (on x86 pip install 'resnet-edge[tensorrt-cu12]', or [tensorrt-cu13] "
+    assert ("TensorRT is not installed (on x86 pip install 'resnet-edge[cuda12]', or [cuda13] "
             "for a CUDA 13 driver; JetPack ships it on Jetsons)") in result.stdout
     assert re.search(r"ort fp32 \(CPU\) .* 100\.00% .* pass", result.stdout)
     assert any("parity:" in line and "images" in line for line in progress_lines(result))

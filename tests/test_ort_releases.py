@@ -129,3 +129,58 @@ def test_the_oracles_tables_are_the_wheels_own(release):
     wrapper = (capi / "onnxruntime_inference_collection.py").read_text()
     reads = 'enable_fallback=int(kwargs.get("enable_fallback", 1)) == 1' in wrapper
     assert reads is (oracle.release_tuple(version) >= oracle.FALLBACK_READ_SINCE)
+
+
+def _extras() -> dict:
+    import tomllib
+    project = tomllib.loads((RUNTIME.parents[1] / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def test_each_release_loads_the_cuda_and_tensorrt_its_set_installs(release):
+    """The set that admits this release (pyproject's cuda12 or cuda13) installs the CUDA major
+    and the TensorRT major its providers link against."""
+    from packaging.requirements import Requirement
+    version, _, package = release
+    sets = {name: {r.name: r for r in map(Requirement, reqs)}
+            for name, reqs in _extras()["optional-dependencies"].items() if name.startswith("cuda")}
+    (name, wanted), = [(n, w) for n, w in sets.items() if w["onnxruntime-gpu"].specifier.contains(version)]
+    major = name.removeprefix("cuda")
+    capi = package / "capi"
+    for provider in ("cuda", "tensorrt"):
+        linked = (capi / f"libonnxruntime_providers_{provider}.so").read_bytes()
+        assert f"libcudart.so.{major}".encode() in linked, (provider, version)
+    assert b"libnvinfer.so.10" in (capi / "libonnxruntime_providers_tensorrt.so").read_bytes()
+    tensorrt = wanted[f"tensorrt-cu{major}"].specifier
+    assert tensorrt.contains("10.16.1.11") and not tensorrt.contains("11.0.0.114")
+
+
+@pytest.mark.parametrize("major", ["12", "13"])
+def test_pip_resolves_each_set_to_one_cuda_major(major, tmp_path):
+    """pip's own resolver, for x86_64 Linux and this Python, on the project's dependencies with
+    one set (TensorRT left out: its wheels come from NVIDIA's index, which this machine cannot
+    reach; its major is held above): every CUDA library is of that major."""
+    import sys
+    project = _extras()
+    wanted = [*project["dependencies"], *(r for r in project["optional-dependencies"][f"cuda{major}"]
+                                          if not r.startswith("tensorrt"))]
+    target = tmp_path / "empty"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(target)], check=True)
+    report = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"),
+                          "install", "-q", "--disable-pip-version-check", "--dry-run", "--only-binary=:all:",
+                          "--report", str(report), *wanted], capture_output=True, text=True)
+    if run.returncode and any(s in run.stderr for s in ("NewConnectionError", "Network is unreachable",
+                                                         "Temporary failure in name resolution")):
+        pytest.skip("needs the package index to resolve against")
+    assert run.returncode == 0, run.stderr[-2000:]
+    pulled = {i["metadata"]["name"].lower(): i["metadata"] for i in json.loads(report.read_text())["install"]}
+    other = "13" if major == "12" else "12"
+    cuda_libraries = [n for n in pulled if n.startswith(("nvidia-cu", "nvidia-cudnn", "cuda-"))]
+    assert cuda_libraries and not [n for n in pulled if n.endswith(f"-cu{other}")], sorted(pulled)
+    assert pulled["cuda-bindings"]["version"].startswith(f"{major}."), pulled["cuda-bindings"]["version"]
+    for name in ("torch", "onnxruntime-gpu"):
+        needs = " ".join(pulled[name].get("requires_dist", []))
+        # the CUDA runtime each asks for: nvidia-cuda-runtime[-cuN] ~= N, or cuda-toolkit[cudart] == N
+        runtime = rf"nvidia-cuda-runtime(-cu{major})?\s*[~=]=\s*{major}\.|cuda-toolkit\[[^\]]*cudart[^\]]*\]\s*==\s*{major}\."
+        assert re.search(runtime, needs), (name, needs)

@@ -18,7 +18,8 @@ except ImportError:  # flat in a bundle's lib/: verify.py exits with its exit_co
     class MissingBackend(Exception):  # type: ignore[no-redef]
         exit_code = 3
 
-INSTALL_HINT = "pip install 'resnet-edge[cpu]' (or 'resnet-edge[gpu]' on NVIDIA machines)"
+INSTALL_HINT = ("pip install 'resnet-edge[cpu]' (or 'resnet-edge[cuda12]' / '[cuda13]' on NVIDIA "
+                "machines, by the driver's CUDA major)")
 
 
 def import_ort():

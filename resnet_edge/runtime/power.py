@@ -133,7 +133,7 @@ class EnergyCounter:
         try:
             import pynvml
         except ImportError:
-            raise PowerUnavailable("nvidia-ml-py is not installed (pip install 'resnet-edge[gpu]')") from None
+            raise PowerUnavailable("nvidia-ml-py is not installed (pip install 'resnet-edge[cuda12]', or [cuda13] for a CUDA 13 driver)") from None
         self._nvml = pynvml
         try:
             pynvml.nvmlInit()

@@ -22,8 +22,8 @@ def import_trt():
     try:
         import tensorrt
     except ImportError:
-        raise EngineError("TensorRT is not installed (on x86 pip install 'resnet-edge[tensorrt-cu12]', "
-                          "or [tensorrt-cu13] for a CUDA 13 driver; JetPack ships it on Jetsons)") from None
+        raise EngineError("TensorRT is not installed (on x86 pip install 'resnet-edge[cuda12]', "
+                          "or [cuda13] for a CUDA 13 driver; JetPack ships it on Jetsons)") from None
     return tensorrt
 
 

@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,66 @@ def test_pip_resolves_each_set_to_one_cuda_major(major, tmp_path):
         # the CUDA runtime each asks for: nvidia-cuda-runtime[-cuN] ~= N, or cuda-toolkit[cudart] == N
         runtime = rf"nvidia-cuda-runtime(-cu{major})?\s*[~=]=\s*{major}\.|cuda-toolkit\[[^\]]*cudart[^\]]*\]\s*==\s*{major}\."
         assert re.search(runtime, needs), (name, needs)
+
+
+PRELOAD_SCRIPT = r"""
+import ctypes, sys, types
+sys.path.insert(0, sys.argv[1])
+for stub in sys.argv[3:]:  # CUDA's libraries, as torch's CUDA initialisation loads them
+    ctypes.CDLL(stub)
+from resnet_edge.runtime import providers
+print(providers._library_problem(types.SimpleNamespace(__file__=sys.argv[2]), "tensorrt"))
+"""
+
+
+def _stub(folder: Path, soname: str) -> Path:
+    """An empty shared library that answers to `soname` (gcc -shared -Wl,-soname)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "empty.c"
+    source.write_text("int resnet_edge_stub;\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(folder / soname), f"-Wl,-soname,{soname}",
+                    str(source)], check=True)
+    return folder / soname
+
+
+def test_tensorrt_from_pip_is_found_before_the_provider_loads(release, tmp_path):
+    """Item 4: pip puts TensorRT's libraries in site-packages/tensorrt_libs, off the loader's
+    path; the probe loads them first (as importing tensorrt does), and says which TensorRT a
+    provider needs where pip brought another. The provider library is the wheel's own; the
+    libraries it links are empty ones answering to their sonames."""
+    version, _, package = release
+    if not (shutil.which("gcc") and shutil.which("readelf")):
+        pytest.skip("needs gcc and readelf (binutils) to make libraries by soname")
+    provider = package / "capi" / "libonnxruntime_providers_tensorrt.so"
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]",
+                        subprocess.run(["readelf", "-d", str(provider)], capture_output=True,
+                                       text=True, check=True).stdout)
+    tensorrt = [n for n in needed if n.startswith(("libnvinfer", "libnvonnxparser"))]
+    cuda = [str(_stub(tmp_path / "cuda", n)) for n in needed
+            if n.startswith(("libcu", "libcudnn"))]
+    assert "libnvinfer.so.10" in tensorrt and cuda
+
+    def probe(holds: list[str]) -> str:
+        site = tmp_path / ("site-" + "-".join(holds or ["none"]))
+        if holds:
+            libs = site / "tensorrt_libs"
+            libs.mkdir(parents=True)
+            # NVIDIA's tensorrt_libs/__init__.py loads every library it holds
+            (libs / "__init__.py").write_text(
+                "import ctypes, glob, os\nfor lib in glob.glob(os.path.join(os.path.dirname(__file__), '*.so*')):\n"
+                "    ctypes.CDLL(lib)\n")
+            for soname in holds:
+                _stub(libs, soname)
+        site.mkdir(exist_ok=True)
+        done = subprocess.run([sys.executable, "-c", PRELOAD_SCRIPT, str(site), str(package / "__init__.py"),
+                               *cuda], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert probe([]) == "libnvinfer.so.10 not found"
+    eleven = probe([n.replace(".so.10", ".so.11") for n in tensorrt])
+    assert eleven.startswith("libnvinfer.so.10 not found (pip's TensorRT holds libnvinfer.so.11")
+    assert eleven.endswith("provider needs TensorRT 10)")
+    # TensorRT 10 from pip: nothing is missing any more (what remains, the empty libraries'
+    # symbols, is the session probe's to say)
+    assert probe(tensorrt) == "None"

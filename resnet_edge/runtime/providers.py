@@ -95,18 +95,41 @@ def unavailable(provider: str) -> str | None:
 
 
 def _library_problem(ort, provider: str) -> str | None:
-    """The provider's own shared library loaded as ONNX Runtime would load it: the dynamic
-    loader names the first library missing (libnvinfer.so.10, libcudnn.so.9), where ONNX
-    Runtime's Python error says only "Please install TensorRT libraries"."""
+    """The provider's own shared library loaded as ONNX Runtime would load it, after TensorRT's
+    pip libraries where that is the provider: the dynamic loader names the first library
+    missing (libnvinfer.so.10, libcudnn.so.9), where ONNX Runtime's Python error says only
+    "Please install TensorRT libraries"."""
     import ctypes
     library = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{provider}.so"
     if not library.is_file():  # another platform's naming: the session probe says it
         return None
+    installed = _preload_tensorrt() if provider == "tensorrt" else []
     try:
         ctypes.CDLL(str(library))
     except OSError as exc:  # a missing library only: anything else is the session probe's to say
-        return cannot_load(exc) if _MISSING_LIBRARY.search(str(exc)) else None
+        if not _MISSING_LIBRARY.search(str(exc)):
+            return None
+        missing = cannot_load(exc)
+        others = [name for name in installed if name.startswith("libnvinfer.so.")]
+        if missing.startswith("libnvinfer.so.") and others:
+            wanted = missing.split(".so.")[1].split()[0]
+            missing += (f" (pip's TensorRT holds {', '.join(others)}; this onnxruntime's TensorRT "
+                        f"provider needs TensorRT {wanted})")
+        return missing
     return None
+
+
+def _preload_tensorrt() -> list[str]:
+    """TensorRT's own libraries, where pip installed them (the tensorrt-cuNN-libs wheel's
+    site-packages/tensorrt_libs, off the loader's path), loaded into the process as importing
+    `tensorrt` does (NVIDIA's python/packaging/bindings_wheel/tensorrt/__init__.py imports
+    tensorrt_libs, whose __init__ loads each library it holds), so that ONNX Runtime's TensorRT
+    provider finds libnvinfer by its soname. The names of the libraries it holds."""
+    try:
+        import tensorrt_libs
+    except ImportError:  # none from pip: JetPack's or the system's, on the loader's path
+        return []
+    return sorted(path.name for path in Path(tensorrt_libs.__file__).parent.glob("lib*.so*"))
 
 
 def _preload_cuda() -> None:

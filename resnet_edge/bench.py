@@ -82,12 +82,14 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
                "probe runs each); fewer --iterations or --batch-sizes make it shorter")
     results, spent, planned, warned, power_note = [], 0.0, 0.0, False, None
     with ExitStack() as stack:
-        sampler = counter = None
+        sampler = counter = source = None
         if power:
             try:
-                source = energy.find_source(gpu=placed(device) == "cuda")
-                if source is energy.NVML:
-                    counter = energy.EnergyCounter()
+                on_gpu = placed(device) == "cuda"
+                board = energy.cuda_device() if on_gpu else None
+                source = energy.find_source(gpu=on_gpu, device=board)
+                if source.name == energy.NVML.name:
+                    counter = energy.EnergyCounter(board)
                     stack.callback(counter.close)
                 else:
                     sampler = stack.enter_context(energy.Sampler(source))
@@ -114,7 +116,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
                            "int8_path": backend.int8_path, "settings": backend.settings, **m}
                     if counter:
                         row["power"] = energy.energy_stretch(lambda: backend.run(inputs[size]), size,
-                                                             counter.read)
+                                                             counter.read, covers=source.says)
                     elif sampler:
                         row["power"] = _power(sampler, began, time.monotonic(), m["host_to_host"])
                     results.append(row)
@@ -135,11 +137,10 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             "measured_seconds": round(spent, 2),
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped,
             **({"graph_speedup": graph_speedup(results)} if cuda_graph else {}),
-            **({"power": power_note or _power_source(sampler, counter)} if power else {})}
+            **({"power": power_note or _power_source(source, counter)} if power else {})}
 
 
-def _power_source(sampler, counter) -> dict:
-    source = energy.NVML if counter else sampler.source
+def _power_source(source, counter) -> dict:
     said = {"source": source.name, "covers": source.says}
     return {**said, "min_seconds": energy.MIN_ENERGY_S} if counter else said
 

@@ -142,8 +142,11 @@ class Counter:
         pass
 
 
-def no_counter():
-    raise power.PowerUnavailable("GPU 0 has no NVML energy counter: Not Supported")
+def no_counter(device):
+    raise power.PowerUnavailable(f"{device['uuid']} has no NVML energy counter: Not Supported")
+
+
+H100 = {"uuid": "GPU-7d1f2c3a-0000-4000-8000-000000000001", "pci_bus_id": "00000000:65:00.0", "mig": False}
 
 
 class Board:
@@ -197,14 +200,86 @@ def test_a_counter_that_fails_mid_row_is_that_rows_reason():
 def test_the_source_is_whatever_this_machine_has():
     have = lambda *names: (lambda tool: f"/usr/bin/{tool}" if tool in names else None)  # noqa: E731
     assert power.find_source(have("tegrastats", "nvidia-smi")) is power.TEGRASTATS
-    assert power.find_source(have("nvidia-smi"), counter=no_counter) is power.NVIDIA_SMI
+    smi = power.find_source(have("nvidia-smi"), counter=no_counter, device=H100)
+    # nvidia-smi on the CUDA device by its UUID, never -i 0 (NVML's order is not CUDA's)
+    assert smi.name == "nvidia-smi" and smi.command[-2:] == ("-i", H100["uuid"])
+    assert smi.says.startswith(f"{H100['uuid']}'s whole-board draw")
     with pytest.raises(power.PowerUnavailable, match="neither tegrastats .* nor nvidia-smi"):
-        power.find_source(have(), counter=no_counter)
+        power.find_source(have(), counter=no_counter, device=H100)
     # NVML's counter before nvidia-smi's one-second average, and no GPU source for CPU rows
-    assert power.find_source(have("nvidia-smi"), counter=lambda: Counter([0])) is power.NVML
+    nvml = power.find_source(have("nvidia-smi"), counter=lambda device: Counter([0]), device=H100)
+    assert nvml.name == "nvml" and nvml.says.startswith(f"{H100['uuid']}'s whole-board energy")
     assert power.find_source(have("tegrastats"), gpu=False) is power.TEGRASTATS
     with pytest.raises(power.PowerUnavailable, match="GPU board's draw is not what CPU rows spend"):
-        power.find_source(have("nvidia-smi"), counter=lambda: Counter([0]), gpu=False)
+        power.find_source(have("nvidia-smi"), counter=lambda device: Counter([0]), gpu=False)
+
+
+class NVMLError(Exception):
+    pass
+
+
+class Nvml:
+    """NVML as nvidia-ml-py presents it, for a machine of `boards` ({uuid: (bus id, MIG mode)}),
+    listed in NVML's own order: handles by UUID or PCI bus id, and each board's MIG mode
+    (NotSupported where the GPU has none)."""
+
+    NVMLError = NVMLError
+    NVML_DEVICE_MIG_ENABLE = 1
+
+    def __init__(self, boards: dict):
+        self.boards = boards
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid not in self.boards:
+            raise NVMLError("Not Found")
+        return uuid
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus):
+        found = [uuid for uuid, (at, _mig) in self.boards.items() if at == bus]
+        if not found:
+            raise NVMLError("Not Found")
+        return found[0]
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return list(self.boards)[index]
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle):
+        return handle.startswith("MIG-")
+
+    def nvmlDeviceGetMigMode(self, handle):
+        mig = self.boards[handle][1]
+        if mig is None:
+            raise NVMLError("Not Supported")
+        return mig, mig
+
+
+def test_the_energy_read_is_the_cuda_devices_never_nvml_index_0():
+    other = "GPU-00000000-0000-4000-8000-0000000000ff"
+    machine = Nvml({other: ("00000000:17:00.0", None), H100["uuid"]: (H100["pci_bus_id"], None)})
+    assert machine.nvmlDeviceGetHandleByIndex(0) == other  # what GPU 0 used to read
+    assert power.nvml_handle(machine, H100) == H100["uuid"]
+    # no UUID from an older torch: the PCI bus id finds the same board
+    assert power.nvml_handle(machine, {**H100, "uuid": ""}) == H100["uuid"]
+    with pytest.raises(power.PowerUnavailable, match="NVML finds no GPU with the CUDA device's UUID"):
+        power.nvml_handle(machine, {"uuid": "GPU-gone", "pci_bus_id": "00000000:99:00.0", "mig": False})
+
+
+def test_a_mig_instance_gets_no_power_reading_from_its_shared_board():
+    have = lambda *names: (lambda tool: f"/usr/bin/{tool}" if tool in names else None)  # noqa: E731
+    board = Nvml({H100["uuid"]: (H100["pci_bus_id"], 1)})  # MIG mode on
+    with pytest.raises(power.SharedBoard, match="is a MIG instance: the board's power counters"):
+        power.nvml_handle(board, H100)
+    with pytest.raises(power.SharedBoard):
+        power.nvml_handle(Nvml({"MIG-1": ("", None)}), {"uuid": "MIG-1", "pci_bus_id": None, "mig": False})
+    # CUDA_VISIBLE_DEVICES=MIG-...: nvidia-smi's board draw is refused as well
+    with pytest.raises(power.SharedBoard):
+        power.find_source(have("nvidia-smi"), counter=no_counter, device={**H100, "mig": True})
+
+    def counter(device):
+        power.nvml_handle(board, device)
+    with pytest.raises(power.SharedBoard):
+        power.find_source(have("nvidia-smi"), counter=counter, device=H100)
+    assert power.nvml_handle(Nvml({H100["uuid"]: (H100["pci_bus_id"], 0)}), H100) == H100["uuid"]
 
 
 @pytest.mark.parametrize("show,locked", [

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 INTERVAL_MS = 100
@@ -86,65 +86,141 @@ class Source:
     parse: Callable[[str], dict[str, int]]
     total: str | None  # the rail that is the whole board or module, if one is
     says: str  # what the readings cover, for the report
+    device: str = ""  # the GPU read (its UUID or PCI bus id), for the GPU sources
 
 
 TEGRASTATS = Source("tegrastats", ("tegrastats", "--interval", str(INTERVAL_MS)), parse_tegrastats,
                     None, "the Jetson's power rails as tegrastats reads them")
 NVIDIA_SMI = Source("nvidia-smi", ("nvidia-smi", "--query-gpu=power.draw", "--format=csv,noheader,nounits",
-                                   "-i", "0", "-lms", str(INTERVAL_MS)), parse_nvidia_smi, "GPU board",
-                    "GPU 0's whole-board draw as nvidia-smi reads it (not the CPU's, nor the host's); "
-                    "the driver averages it over about 1 s on Ampere and newer, so a row shorter "
-                    "than that blends with its neighbours")
+                                   "-lms", str(INTERVAL_MS)), parse_nvidia_smi, "GPU board",
+                    "{device}'s whole-board draw as nvidia-smi reads it (not the CPU's, nor the "
+                    "host's); the driver averages it over about 1 s on Ampere and newer, so a row "
+                    "shorter than that blends with its neighbours")
 NVML = Source("nvml", (), lambda line: {}, "GPU board",
-              "GPU 0's whole-board energy from NVML's total-energy counter (not the CPU's, nor the "
-              "host's), its difference over each row")
+              "{device}'s whole-board energy from NVML's total-energy counter (not the CPU's, nor "
+              "the host's), its difference over each row")
 MIN_ENERGY_S = 2.0
 MIN_UPDATES = 10  # counter changes a stretch spans, so its resolution is a tenth of it or finer
 READ_EVERY_S = 0.01
 
 
+class SharedBoard(PowerUnavailable):
+    """The CUDA device is one MIG instance of a board whose counters cover every instance."""
+
+
+def cuda_device() -> dict | None:
+    """The CUDA device this process runs on (torch's device 0: CUDA_VISIBLE_DEVICES applied,
+    which NVML ignores, and in CUDA's order, which is not NVML's) as NVML can find it: its UUID
+    and PCI bus id; None without a GPU."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    uuid = str(getattr(props, "uuid", "") or "")
+    bus = None
+    if all(hasattr(props, name) for name in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
+        bus = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+    mig = "MIG-" in os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return {"uuid": uuid if not uuid or uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}",
+            "pci_bus_id": bus, "mig": mig}
+
+
+def _named(device: dict) -> str:
+    return device.get("uuid") or device.get("pci_bus_id") or "GPU"
+
+
+def _shared(device: dict) -> SharedBoard:
+    return SharedBoard(f"the CUDA device ({_named(device)}) is a MIG instance: the board's power "
+                       "counters cover every instance on it, so no GPU power reading is this "
+                       "row's; power was not measured")
+
+
+def nvml_handle(nvml, device: dict):
+    """NVML's handle for the CUDA device `device` (cuda_device()): by UUID, else by PCI bus id,
+    never by index (NVML's index 0 can be another board). SharedBoard where the device is a MIG
+    instance or the board runs MIG instances."""
+    handle = None
+    for how, key in (("nvmlDeviceGetHandleByUUID", "uuid"), ("nvmlDeviceGetHandleByPciBusId", "pci_bus_id")):
+        if device.get(key):
+            try:
+                handle = getattr(nvml, how)(device[key])
+                break
+            except nvml.NVMLError:
+                continue
+    if handle is None:
+        raise PowerUnavailable(f"NVML finds no GPU with the CUDA device's UUID "
+                               f"({device.get('uuid') or 'unknown'}) or PCI bus id "
+                               f"({device.get('pci_bus_id') or 'unknown'})")
+    if device.get("mig"):
+        raise _shared(device)
+    try:
+        if nvml.nvmlDeviceIsMigDeviceHandle(handle):
+            raise _shared(device)
+        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+    except nvml.NVMLError:  # NotSupported: a GPU without MIG
+        return handle
+    if current == nvml.NVML_DEVICE_MIG_ENABLE:
+        raise _shared(device)
+    return handle
+
+
 def find_source(which: Callable[[str], str | None] = shutil.which,
-                counter: Callable[[], "EnergyCounter"] | None = None, gpu: bool = True) -> Source:
+                counter: Callable[[dict], "EnergyCounter"] | None = None, gpu: bool = True,
+                device: dict | None = None) -> Source:
     """tegrastats where it exists (a Jetson: the module's rails, whatever runs); for rows on an
-    x86 GPU (`gpu`), NVML's energy counter (Volta or newer, with nvidia-ml-py), else
-    nvidia-smi; else refused. A bench on the CPU takes no GPU source: the board's draw is not
-    what its rows spend."""
+    x86 GPU (`gpu`), NVML's energy counter of the CUDA device (`device`, cuda_device() by
+    default; Volta or newer, with nvidia-ml-py), else nvidia-smi on that device; else refused. A
+    bench on the CPU takes no GPU source: the board's draw is not what its rows spend, and
+    neither is a MIG instance's."""
     if which(TEGRASTATS.command[0]):
         return TEGRASTATS
     if not gpu:
         raise PowerUnavailable("no power source for rows on the CPU: tegrastats (a Jetson) is not "
                                "on PATH, and a GPU board's draw is not what CPU rows spend, so "
                                "power was not measured")
+    device = device if device is not None else cuda_device()
+    if device is None:
+        raise PowerUnavailable("no power source here: not a Jetson, and no CUDA GPU is visible")
+    if device.get("mig"):
+        raise _shared(device)
+    named = _named(device)
     try:
-        (counter or EnergyCounter)().close()
-        return NVML
+        (counter or EnergyCounter)(device).close()
+        return replace(NVML, says=NVML.says.format(device=named), device=named)
+    except SharedBoard:
+        raise
     except PowerUnavailable:
         pass
     if which(NVIDIA_SMI.command[0]):
-        return NVIDIA_SMI
+        return replace(NVIDIA_SMI, command=(*NVIDIA_SMI.command, "-i", named),
+                       says=NVIDIA_SMI.says.format(device=named), device=named)
     raise PowerUnavailable("no power source here: neither tegrastats (a Jetson) nor NVML's energy "
                            "counter nor nvidia-smi (an NVIDIA GPU driver), so power was not measured")
 
 
 class EnergyCounter:
-    """NVML's total-energy counter of GPU 0, in millijoules."""
+    """NVML's total-energy counter of the CUDA device `device` (cuda_device()), in millijoules."""
 
-    def __init__(self):
+    def __init__(self, device: dict):
         try:
             import pynvml
         except ImportError:
-            raise PowerUnavailable("nvidia-ml-py is not installed (pip install 'resnet-edge[cuda12]', or [cuda13] for a CUDA 13 driver)") from None
+            raise PowerUnavailable("nvidia-ml-py is not installed (pip install 'resnet-edge[cuda12]', "
+                                   "or [cuda13] for a CUDA 13 driver)") from None
         self._nvml = pynvml
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
             raise PowerUnavailable(f"NVML cannot start: {exc}") from None
         try:
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._handle = nvml_handle(pynvml, device)
             self.read()
         except pynvml.NVMLError as exc:  # NotSupported before Volta
             self.close()
-            raise PowerUnavailable(f"GPU 0 has no NVML energy counter: {exc}") from None
+            raise PowerUnavailable(f"{_named(device)} has no NVML energy counter: {exc}") from None
+        except PowerUnavailable:
+            self.close()
+            raise
 
     def read(self) -> int:
         try:
@@ -162,18 +238,18 @@ class EnergyCounter:
 def energy_stretch(work: Callable[[], None], images_per_call: int, read: Callable[[], int],
                    clock: Callable[[], float] = time.monotonic,
                    min_seconds: float = MIN_ENERGY_S, min_updates: int = MIN_UPDATES,
-                   max_seconds: float = 60.0) -> dict:
+                   max_seconds: float = 60.0, covers: str = NVML.says) -> dict:
     """Run `work` until at least `min_seconds` have passed and the counter `read` (mJ) has
     changed `min_updates` times. Average power is the counter's rise between its first and last
     change over the time between them (the counter steps, so the stretch's own ends would
     misread it); energy per image is that power over the stretch's time and images."""
     try:
-        return _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_seconds)
+        return _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_seconds, covers)
     except PowerUnavailable as exc:
-        return {"source": NVML.name, "covers": NVML.says, "samples": 0, "reason": str(exc)}
+        return {"source": NVML.name, "covers": covers, "samples": 0, "reason": str(exc)}
 
 
-def _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_seconds) -> dict:
+def _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_seconds, covers) -> dict:
     last = read()
     updates, calls, changes, start = 0, 0, [], clock()
     looked = start
@@ -192,7 +268,7 @@ def _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_s
         if (elapsed >= min_seconds and updates >= min_updates) or elapsed >= max_seconds:
             break
     images = calls * images_per_call
-    entry = {"source": NVML.name, "covers": NVML.says, "seconds": round(elapsed, 3),
+    entry = {"source": NVML.name, "covers": covers, "seconds": round(elapsed, 3),
              "samples": updates, "images": images,
              "counter_period_ms": round(elapsed / updates * 1e3, 1) if updates else None}
     (t0, e0), (t1, e1) = changes if len(changes) == 2 else ((0.0, 0), (0.0, 0))

@@ -5,6 +5,7 @@ model card's on real photographs."""
 import configparser
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from oracles import nvinfer as nvinfer_rules
 from oracles import triton as triton_rules
 from resnet_edge.calibration import calibrate
 from resnet_edge.deploy import TARGETS, make_bundle, safe_extract
+from resnet_edge.deploy import serving
 from resnet_edge.deploy.serving import install_plan, nvinfer_scaling
 from resnet_edge.export import export_model, prepare_export
 from resnet_edge.export.metadata import read_card
@@ -203,7 +205,8 @@ def test_the_model_folder_is_named_as_the_model(triton_fp16, tmp_path):
 def test_the_triton_readme_says_the_input_contract_the_build_image_and_what_int8_is(triton_fp16,
                                                                                    calibrated_workdir, tmp_path):
     readme = (triton_fp16[0] / "README.md").read_text()
-    assert "nvcr.io/nvidia/tensorrt:$TAG-py3 ./build_engine.sh fp16" in readme
+    assert ("nvcr.io/nvidia/tensorrt:$TAG-py3 \\\n    sh -c \"pip install -q 'cuda-python>=12,<13' && "
+            "./build_engine.sh fp16\"") in readme
     assert "Input `input`: FP32, the batch dimension first (max_batch_size), then NCHW [3, 32, 32], RGB" in readme
     assert "mean [" in readme and "std [" in readme and "Triton does no" in readme
     int8 = _bundle(calibrated_workdir, "triton", tmp_path / "i8", accelerator="int8")
@@ -679,3 +682,34 @@ def test_a_classifier_threshold_outside_0_1_is_refused(equal_std, tmp_path, run_
     one_line_error(run_cli("bundle", equal_std, "--out", tmp_path, "--target", "deepstream",
                            "--classifier-threshold", "1.5"), 2, "--classifier-threshold 1.5 is not a probability")
     assert not list(tmp_path.iterdir())
+
+
+def _serve_lines(readme: str) -> list[str]:
+    """The README's shell lines, continuation lines joined."""
+    blocks = re.findall(r"```\n(.*?)```", readme, re.S)
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+
+
+@pytest.mark.parametrize("accelerator", ["none", "fp16", "int8"])
+def test_the_readme_serve_line_finds_every_folder_it_and_the_config_name(accelerator, calibrated_workdir,
+                                                                          tmp_path):
+    """Run as the README says, from the bundle folder mounted with its parent at /w: its mkdir
+    line (where there is one) makes the ONNX Runtime engine cache folder the config names (the
+    TensorRT provider makes only its last level), and the ONNX-only serve line names only
+    repositories that exist before any plan is built (Triton refuses one it cannot stat)."""
+    root = _bundle(calibrated_workdir, "triton", tmp_path / accelerator, accelerator=accelerator)
+    lines = _serve_lines((root / "README.md").read_text())
+    for line in lines:
+        if line.startswith("mkdir "):
+            subprocess.run(["sh", "-c", line], cwd=root, check=True)
+    mounted = lambda path: root.parent / path.removeprefix("/w/")  # noqa: E731
+    onnx_only = next(line for line in lines if "tritonserver --model-repository" in line
+                     and ".device/triton" not in line)
+    for repository in re.findall(r"--model-repository (\S+)", onnx_only):
+        assert mounted(repository).is_dir(), repository
+    name = serving.model_name(calibrated_workdir.name)
+    accelerators = _parse(root / "triton" / name / "config.pbtxt").optimization.execution_accelerators
+    for trt in accelerators.gpu_execution_accelerator:
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+            assert mounted(trt.parameters[key]).is_dir(), key
+    assert bool(accelerators.gpu_execution_accelerator) is (accelerator != "none")

@@ -83,6 +83,15 @@ class Triton(Target):
                 "`trt_int8_enable`, no FP16): what the Q/DQ model leaves without int8 scales runs "
                 "in FP32. `--triton-accelerator fp16` runs the fp32 model in FP16 instead.\n"
                 if serve["accelerator"] == "int8" else "")
+        cache = f"{root}.device/triton-trt-cache/{serve['model']}"
+        accelerated = serve["accelerator"] != "none"
+        # ONNX Runtime's TensorRT provider creates only the last folder of its cache path, and
+        # the container cannot create the mount's folders for it
+        mkdir = f"mkdir -p ../{cache}\n" if accelerated else ""
+        cache_note = (f"With the accelerator, ONNX Runtime keeps its TensorRT engines and timing cache in "
+                      f"`/w/{cache}` (mounted as below, and made by the `mkdir` line: ONNX Runtime makes "
+                      "only the last folder of that path), so a model load reuses them.\n\n"
+                      if accelerated else "")
         return f"""
 ## Triton
 
@@ -93,21 +102,29 @@ Input `{tensor['name']}`: FP32, {batch}{tensor['layout']} {tensor['dims']}, {ten
 values {tensor['values']}, resized and center-cropped as the model card says (Triton does no
 preprocessing). Output `{serve['output']['name']}`: {serve['output']['what']}, one per class in labels.txt.
 
-For a TensorRT plan, build it in NVIDIA's TensorRT container of the Triton release you serve
-with: tensorrt:<yy.mm>-py3 has the TensorRT that tritonserver:<yy.mm>-py3 loads, and a plan
-loads only on the TensorRT that built it. build_engine.sh then installs it as
-`{serve['plan_model']}` in `{root}.device/triton/`, and refuses a plan whose TensorRT is not the
-container's own libnvinfer (a pip-installed Python tensorrt of another version):
+{cache_note}Serve it from this folder (`$PWD`, mounted with its parent at `/w`); nothing else is
+needed, no plan built:
 
 ```
 TAG=<yy.mm>   # one release for building and for serving
-docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tensorrt:$TAG-py3 ./build_engine.sh fp16
+{mkdir}docker run --gpus all --rm -p 8000:8000 -v $PWD/..:/w nvcr.io/nvidia/tritonserver:$TAG-py3 \\
+    tritonserver --model-repository /w/{root}/triton
+```
+
+For a TensorRT plan, build it in NVIDIA's TensorRT container of the Triton release you serve
+with: tensorrt:<yy.mm>-py3 has the TensorRT that tritonserver:<yy.mm>-py3 loads, and a plan
+loads only on the TensorRT that built it. That container has no cuda-python, which
+build_engine.sh drives the GPU with, so the first line installs it. build_engine.sh then
+installs the plan as `{serve['plan_model']}` in `{root}.device/triton/`, and refuses a plan whose
+TensorRT is not the container's own libnvinfer (a pip-installed Python tensorrt of another
+version); the second line serves both models:
+
+```
+docker run --gpus all --rm -v $PWD/..:/w -w /w/{root} nvcr.io/nvidia/tensorrt:$TAG-py3 \\
+    sh -c "pip install -q 'cuda-python{self.cuda_python}' && ./build_engine.sh fp16"
 docker run --gpus all --rm -p 8000:8000 -v $PWD/..:/w nvcr.io/nvidia/tritonserver:$TAG-py3 \\
     tritonserver --model-repository /w/{root}/triton --model-repository /w/{root}.device/triton
 ```
-
-With an accelerator, ONNX Runtime keeps its TensorRT engines and its timing cache in
-`/w/{root}.device/triton-trt-cache/` (mounted as above), so a model load reuses them.
 {int8}"""
 
 

@@ -258,9 +258,13 @@ def test_the_readme_dla_line_builds_an_engine_verify_uses(bundles, keys, tmp_pat
     built = run(["sh", "build_engine.sh", "int8", "--dla-core", "0", "--gpu-fallback"], root, env)
     assert built.returncode == 0, built.stderr
     checked = run(["python3", "verify.py", "--key", str(keys[1]), "--precisions", "int8",
-                   "--iterations", "2"], root, env)
+                   "--iterations", "2", "--dla-core", "0"], root, env)
     assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
     assert f"(batch {info['opt_batch']}): FAIL" in checked.stdout, checked.stdout
+    # the DLA engine is its own file: the GPU's int8 engine is neither it nor written over
+    gpu = run(["python3", "verify.py", "--key", str(keys[1]), "--precisions", "int8", "--no-build"],
+              root, env)
+    assert gpu.returncode == 3 and "(model.int8.engine); run ./build_engine.sh int8" in gpu.stderr, gpu.stderr
 
 
 @pytest.mark.parametrize("floor,target,needs,code,said", [

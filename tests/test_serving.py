@@ -6,8 +6,10 @@ import configparser
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -328,6 +330,9 @@ def test_nvinfer_preprocessing_equals_the_model_cards(which, request, tmp_path):
             int(config["network-mode"]), dla_core=int(dla.removeprefix("dla")) if dla else None)
         # torchvision's antialiased resize of whole frames is super-sampling, not 4-tap bilinear
         assert config["scaling-filter"] == ("3" if card.preprocess.antialias else "1")
+        # on the GPU: a Jetson's default scaler (scaling-compute-hw=0) is VIC, whose filter 3 is
+        # its own 10-tap, not the GPU's super-sampling
+        assert config["scaling-compute-hw"] == "1"
         scale = float(config["net-scale-factor"])
         offsets = np.array([float(v) for v in config["offsets"].split(";")], np.float32)
         for frame in _frames(card.preprocess.input_size):
@@ -713,3 +718,27 @@ def test_the_readme_serve_line_finds_every_folder_it_and_the_config_name(acceler
         for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
             assert mounted(trt.parameters[key]).is_dir(), key
     assert bool(accelerators.gpu_execution_accelerator) is (accelerator != "none")
+
+
+def test_nvinfers_fp32_engine_is_the_tf32_build_never_ieee_fp32_under_its_name(deepstream_bundle, tmp_path):
+    """nvinfer builds network-mode=0 with TensorRT's TF32 on; build_engine.sh tf32 installs that
+    engine under nvinfer's fp32 name, and fp32 (IEEE) leaves the name alone, saying why. Built
+    through the TensorRT 10.3 stand-in, as on JetPack 6."""
+    from trt_standin import write_site
+    root = tmp_path / deepstream_bundle.name
+    shutil.copytree(deepstream_bundle, root)
+    config = (root / "deepstream" / "config_infer_fp32.txt").read_text()
+    target = root / next(line.split("=", 1)[1] for line in config.splitlines()
+                         if line.startswith("model-engine-file=")).removeprefix("../")
+    env = {**os.environ, "PYTHONPATH": str(write_site(tmp_path / "site", "10.3.0")),
+           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
+    ieee = subprocess.run(["bash", "build_engine.sh", "fp32"], cwd=root, env=env, capture_output=True, text=True)
+    assert ieee.returncode == 0, ieee.stderr
+    assert "DeepStream: not installed: nvinfer builds its fp32 engine (network-mode=0) with TF32 on" in ieee.stdout
+    assert not target.exists()
+    tf32 = subprocess.run(["bash", "build_engine.sh", "tf32"], cwd=root, env=env, capture_output=True, text=True)
+    assert tf32.returncode == 0, tf32.stderr
+    built = Path(tf32.stdout.split("built ", 1)[1].split()[0])
+    assert built.name == "model.tf32.engine" and target.read_bytes() == built.read_bytes()
+    assert json.loads(built.with_suffix(".json").read_text())["tf32"] is True
+    assert "./build_engine.sh tf32" in (root / "README.md").read_text()

@@ -103,6 +103,27 @@ def test_a_captured_cuda_graph_replays_enqueue_on_new_inputs(version, standin, c
         runner.close()
 
 
+@pytest.mark.parametrize("version", FAMILIES)
+def test_a_failed_capture_ends_it_and_the_runner_still_runs(version, standin, calibrated_workdir, tmp_path):
+    """An enqueue that fails inside the capture: the capture is ended (trtexec's way), so the
+    stream is usable and the eager rows after it still compute."""
+    s = standin(version)
+    engine = trt_engine.build_engine(calibrated_workdir, "fp16", out_dir=tmp_path)
+    runner = trt_runner.TrtRunner(engine)
+    try:
+        eager = runner.context.execute_async_v3
+        runs = iter([True, False])  # the enqueue before the capture works, the captured one fails
+        runner.context.execute_async_v3 = lambda **kw: eager(**kw) and next(runs)
+        with pytest.raises(trt_runner.EngineError, match="execute_async_v3 failed"):
+            runner.capture(4)
+        assert not s.device.capturing
+        runner.context.execute_async_v3 = eager
+        x = _batch(4)
+        np.testing.assert_array_equal(runner.run(x), standin_logits(x, 10))
+    finally:
+        runner.close()
+
+
 def test_cudart_standin_names_exist_in_the_real_cuda_python():
     cudart = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed here")
     missing = [name for name in CUDART_NAMES if not hasattr(cudart, name)]

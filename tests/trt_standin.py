@@ -881,6 +881,7 @@ class cudaError_t(enum.IntEnum):
     cudaErrorMemoryAllocation = 2
     cudaErrorNoDevice = 100
     cudaErrorInvalidResourceHandle = 400
+    cudaErrorStreamCaptureUnsupported = 900
 
 
 class cudaMemcpyKind(enum.IntEnum):
@@ -1004,7 +1005,10 @@ def make_cudart(device: Device, calls: Calls, cuda_python: str = "12.6.1"):
         "cudaGetDeviceCount": lambda: (ok[0], 1),
         "cudaStreamCreate": stream_create,
         "cudaStreamDestroy": stream_destroy,
-        "cudaStreamSynchronize": lambda stream: ok,
+        # a stream left capturing refuses to synchronize (CUDA: cudaErrorStreamCaptureUnsupported)
+        "cudaStreamSynchronize": lambda stream: ((cudaError_t.cudaErrorStreamCaptureUnsupported,)
+                                                 if live(stream) and stream.getPtr() in device.capturing
+                                                 else ok),
         "cudaMalloc": lambda nbytes: (ok[0], device.alloc(int(nbytes))),
         "cudaFree": free,
         "cudaMemcpyAsync": memcpy,

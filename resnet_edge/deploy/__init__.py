@@ -330,8 +330,10 @@ def _readme(stage: Path, root: str, arch: str, target: str, precisions: list[str
         cache = (f"\nImplicit INT8 from calibration.cache instead of the Q/DQ model "
                  f"(TensorRT <= 10):\n\n```\n./build_engine.sh int8 --int8-source cache{weak}\n```\n")
     dla = ("\nOn the DLA (Xavier/Orin; fp16 or int8, int8 from the cache). A DLA engine runs one "
-           f"batch size, this bundle's opt batch ({opt_batch}), and verify.py runs it at that batch:"
-           "\n\n```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\n```\n") if spec.jetson else ""
+           f"batch size, this bundle's opt batch ({opt_batch}), and verify.py runs it at that batch; "
+           "it is model.<precision>.dla<N>.engine, beside the GPU's engine, not over it:"
+           "\n\n```\n./build_engine.sh int8 --dla-core 0 --gpu-fallback\npython3 verify.py --dla-core 0"
+           "\n```\n") if spec.jetson else ""
     python = "JetPack's own Python and TensorRT" if spec.jetson else "Python, numpy and TensorRT"
     versions = [ort.model_versions(stage / name) for name in files if name.endswith(".onnx")]
     ir, opset = max(v[0] for v in versions), max(v[1] or 0 for v in versions)

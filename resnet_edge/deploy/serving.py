@@ -19,7 +19,11 @@ TRITON_DIR = "triton"            # in the bundle: the onnxruntime model, ready t
 TRITON_PLAN_DIR = "triton-plan"  # in the bundle: config of the TensorRT plan model, no plan yet
 DEEPSTREAM_DIR = "deepstream"
 ACCELERATORS = ("none", "fp16", "int8")
-PRECISIONS = ("fp32", "fp16", "int8")  # the engines build_engine.sh builds
+PRECISIONS = ("fp32", "tf32", "fp16", "int8")  # the engines build_engine.sh builds
+# nvinfer builds network-mode=0 with TensorRT's defaults, TF32 on (nvdsinfer_model_builder.cpp
+# clears no flag), so the engine under its fp32 name is what build_engine.sh calls tf32; an
+# IEEE fp32 engine there would compute otherwise than the one nvinfer builds under that name
+NVINFER_FP32 = "tf32"
 # nvinfer's network-mode per DeepStream release (gstnvinfer_property_parser.cpp, NETWORK_MODE):
 # 6.x takes 0 fp32, 1 int8, 2 fp16. 7.0 added 3 (NvDsInferNetworkMode_BEST), which sets both
 # the INT8 and FP16 builder flags where 1 sets INT8 alone (nvdsinfer_model_builder.cpp 7.1:
@@ -262,7 +266,8 @@ def nvinfer_config(*, preprocess: dict, num_classes: int, mode: int, batch_size:
         "# resize): crop upstream (nvvideoconvert src-crop, nvdspreprocess ROIs) when frames are",
         "# not what the model was trained on; maintain-aspect-ratio=1 pads instead of stretching.",
         f"# scaling-filter {scaling} is nvinfer's match for the card's '{interpolation}' resize"
-        f"{' (antialiased)' if preprocess.get('antialias', True) else ''}.",
+        f"{' (antialiased)' if preprocess.get('antialias', True) else ''}, on the GPU",
+        "# (scaling-compute-hw=1): a Jetson's default scaler is VIC, whose filters differ.",
         "# model-engine-file is where nvinfer writes the engine it builds on its first start",
         "# (beside the ONNX file), so later starts load it; build_engine.sh puts its engine there.",
         "# The model outputs probabilities (Softmax in the graph): a label is attached when its",
@@ -277,7 +282,7 @@ def nvinfer_config(*, preprocess: dict, num_classes: int, mode: int, batch_size:
         *(["enable-dla=1", f"use-dla-core={dla_core}"] if dla_core is not None else []),
         "network-type=1", "process-mode=1", "gie-unique-id=1",
         f"infer-dims=3;{size};{size}", "maintain-aspect-ratio=0",
-        f"scaling-filter={scaling}",
+        f"scaling-filter={scaling}", "scaling-compute-hw=1",
         f"output-blob-names={output_name}", "classifier-async-mode=0",
         f"classifier-threshold={threshold!r}", "",
         f"# {num_classes} classes, labels in {labels}",
@@ -357,7 +362,13 @@ def main(argv=None) -> int:
                 dla_core = trt_rules.read_engine_meta(args.engine).get("dla_core")
             except trt_rules.EngineError:  # trtexec built it where Python has no TensorRT
                 dla_core = None
-            installed = install_engine(bundle, args.engine, args.precision, dla_core)
+            if args.precision == "fp32":
+                print("DeepStream: not installed: nvinfer builds its fp32 engine (network-mode=0) "
+                      "with TF32 on, TensorRT's default, and this one is IEEE fp32; "
+                      f"./build_engine.sh {NVINFER_FP32} builds the engine nvinfer's fp32 config loads")
+                return 0
+            mode = "fp32" if args.precision == NVINFER_FP32 else args.precision
+            installed = install_engine(bundle, args.engine, mode, dla_core)
         except (ValueError, OSError, trt_rules.EngineError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -291,15 +291,18 @@ class TrtRunner:
     separates_device_time = True
     int8_path = None  # TensorRT's own kernels: ORT's int8 paths do not apply
 
-    def __init__(self, bundle: Bundle, precision: str, build: bool, devices: Path):
+    def __init__(self, bundle: Bundle, precision: str, build: bool, devices: Path,
+                 dla_core: int | None = None):
         trt = trt_runner.import_trt()
         wanted = bundle.info.get("cuda_python")
         gpu, _ = trt_runner.current_gpu(trt_runner.import_cudart(wanted))
-        engine = trt_rules.engine_path(devices, gpu, trt.__version__, precision)
+        engine = trt_rules.engine_path(devices, gpu, trt.__version__, precision, dla_core)
+        dla = "" if dla_core is None else f" --dla-core {dla_core} --gpu-fallback"
         if not engine.exists():
-            if not build:
+            if not build or dla_core is not None:  # a DLA build is the user's call (its flags)
                 raise BundleError(f"no {precision} engine for {gpu} / TensorRT {trt.__version__} in "
-                                  f"{engine.parent}; run ./build_engine.sh {precision}", code=3)
+                                  f"{engine.parent} ({engine.name}); run ./build_engine.sh {precision}{dla}",
+                                  code=3)
             note = trt_rules.family_note(bundle.info["tensorrt"], trt.__version__)
             if note:
                 print(note, file=sys.stderr)
@@ -320,7 +323,7 @@ class TrtRunner:
         listed = bundle.manifest["files"].get(str(meta.get("onnx")), {}).get("sha256")
         if listed is None or meta.get("onnx_sha256") != listed:
             raise BundleError(f"{engine} was not built from this bundle's {meta.get('onnx')} (its "
-                              f"record names another file); rebuild it: ./build_engine.sh {precision}")
+                              f"record names another file); rebuild it: ./build_engine.sh {precision}{dla}")
         self.runner = trt_runner.TrtRunner(engine, cuda_python=wanted)
         # the engine's profile, not the bundle's: a DLA engine runs its one (opt) batch size
         self.max_batch = self.runner.max_batch
@@ -368,7 +371,7 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
            build: bool = True, iterations: int | None = None, key: Path | None = None,
            allow_unsigned: bool = False, min_created: str | None = None,
            device_dir: Path | None = None, require_tensorrt: bool = False,
-           step=lambda message: None) -> dict:
+           step=lambda message: None, dla_core: int | None = None) -> dict:
     """Run the bundle's checks; the report's "exit_code" is what the command exits with.
     Without `key` only `allow_unsigned` lets a bundle through, and then nothing is
     authenticated; `min_created` refuses a bundle made before that time. `step` hears a line
@@ -397,7 +400,7 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
     rows = []
     for index, precision in enumerate(wanted, 1):
         step(f"{precision} ({index} of {len(wanted)}): {len(bundle.inputs)} golden images")
-        runner = (TrtRunner(bundle, precision, build, devices) if chosen == "trt"
+        runner = (TrtRunner(bundle, precision, build, devices, dla_core) if chosen == "trt"
                   else OrtRunner(bundle, precision))
         batch = min(runner.max_batch, len(bundle.inputs))
         comparison, accuracy = metrics.LogitComparison(), metrics.Accuracy()
@@ -504,6 +507,8 @@ def main(argv=None) -> int:
     parser.add_argument("--require-tensorrt", action="store_true",
                         help="exit 3 instead of falling back to ONNX Runtime")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building a missing engine")
+    parser.add_argument("--dla-core", type=int, help="check the engine build_engine.sh --dla-core N built "
+                        "(model.<precision>.dla<N>.engine) instead of the GPU's")
     parser.add_argument("--iterations", type=int,
                         help=f"timed iterations per precision [{DEVICE_ITERATIONS} with TensorRT; "
                         f"{FALLBACK_ITERATIONS} on ONNX Runtime off the device]")
@@ -529,7 +534,8 @@ def main(argv=None) -> int:
             report = verify(folder, precisions=wanted, backend=args.backend,
                             build=not args.no_build, iterations=args.iterations, key=args.key,
                             allow_unsigned=args.allow_unsigned, min_created=min_created,
-                            device_dir=devices, require_tensorrt=args.require_tensorrt, step=step)
+                            device_dir=devices, require_tensorrt=args.require_tensorrt, step=step,
+                            dla_core=args.dla_core)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

@@ -20,14 +20,14 @@ from pathlib import Path
 try:  # inside the resnet_edge package
     from .trt_plan import BuildPlan, batch_profile, build_plan, trtexec_command
     from .trt_rules import (CACHE_FILE, ENGINE_JSON_SUFFIX, ONNX_FILES, TIMING_CACHE_FILE, EngineError, bundle_info,
-                            device_dir, engine_dir, engine_path, family_note, incompatibility,
+                            device_dir, engine_dir, engine_name, engine_path, family_note, incompatibility,
                             opset_problem, read_engine_meta, reheader_cache, version_tuple)
     from .trt_runner import cuda_python_version, current_gpu, import_cudart, import_trt
 except ImportError:  # flat in a bundle's lib/, or run as lib/trt_engine.py
     sys.dont_write_bytecode = True  # no lib/__pycache__ in the bundle, whose manifest lists every file
     from trt_plan import BuildPlan, batch_profile, build_plan, trtexec_command  # type: ignore[no-redef]
     from trt_rules import (CACHE_FILE, ENGINE_JSON_SUFFIX, ONNX_FILES, TIMING_CACHE_FILE, EngineError,  # type: ignore[no-redef]
-                           bundle_info, device_dir, engine_dir, engine_path, family_note,
+                           bundle_info, device_dir, engine_dir, engine_name, engine_path, family_note,
                            incompatibility, opset_problem, read_engine_meta, reheader_cache,
                            version_tuple)
     from trt_runner import cuda_python_version, current_gpu, import_cudart, import_trt  # type: ignore[no-redef]
@@ -153,7 +153,7 @@ def build_engine(model_dir: str | os.PathLike, precision: str, *, out_dir: str |
     if serialized is None:
         raise EngineError("TensorRT engine build failed (see the TensorRT log above)")
     seconds = time.perf_counter() - start
-    engine = target_dir / f"model.{precision}.engine"
+    engine = target_dir / engine_name(precision, dla_core)
     _atomic_write(engine, bytes(serialized))
     if cache_path is not None:  # after the engine: a cache that cannot be saved costs no engine
         built_cache = config.get_timing_cache()
@@ -236,11 +236,12 @@ def main(argv=None) -> int:
         "resnet-edge bundle. `plan` writes the calibration cache copy headed for this TensorRT "
         "beside the engine and prints the trtexec line.")
     parser.add_argument("command", choices=["check", "plan", "build", "record", "reusable"])
-    parser.add_argument("precision", nargs="?", default="fp16", choices=list(ONNX_FILES))
+    parser.add_argument("precision", nargs="?", default="fp16", choices=[*ONNX_FILES, "tf32"])
     parser.add_argument("--bundle", type=Path, default=Path("."))
     parser.add_argument("--device-dir", type=Path, help="[<bundle>.device, or $RESNET_EDGE_DEVICE_DIR]")
     parser.add_argument("--tensorrt-version", help="[the installed TensorRT]")
-    parser.add_argument("--engine", help="[<device dir>/engines/<gpu>-trt<version>/model.<precision>.engine]")
+    parser.add_argument("--engine", help="[<device dir>/engines/<gpu>-trt<version>/model.<precision>"
+                                         "[.dla<N>].engine]")
     parser.add_argument("--gpu", help="GPU name for the engine path when no GPU can be queried")
     parser.add_argument("--max-batch", type=int)
     parser.add_argument("--opt-batch", type=int)
@@ -275,7 +276,7 @@ def main(argv=None) -> int:
             trt = import_trt()
             gpu, capability = current_gpu(import_cudart(cuda_python))
             engine = Path(args.engine) if args.engine else engine_path(devices, gpu, trt.__version__,
-                                                                         args.precision)
+                                                                         args.precision, args.dla_core)
             why = reuse_problem(engine, args.bundle, trt.__version__, gpu, capability)
             print(engine if why is None else why)
             return 0 if why is None else 1
@@ -305,7 +306,8 @@ def main(argv=None) -> int:
             return 0
         plan = build_plan(version, args.precision, dla=args.dla_core is not None, **options)
         engine = Path(args.engine) if args.engine else engine_path(
-            devices, args.gpu or current_gpu(import_cudart(cuda_python))[0], version, args.precision)
+            devices, args.gpu or current_gpu(import_cudart(cuda_python))[0], version, args.precision,
+            args.dla_core)
         profile = batch_profile(plan, max_batch, opt_batch, min_batch)
         if args.command == "record":  # after trtexec built args.engine on this device
             gpu, capability = current_gpu(import_cudart(cuda_python))

@@ -78,8 +78,15 @@ def engine_dir(base: str | os.PathLike, gpu_name: str, trt_version: str) -> Path
     return Path(base) / "engines" / f"{gpu_slug(gpu_name)}-trt{major_minor}"
 
 
-def engine_path(base, gpu_name: str, trt_version: str, precision: str) -> Path:
-    return engine_dir(base, gpu_name, trt_version) / f"model.{precision}.engine"
+def engine_name(precision: str, dla_core: int | None = None) -> str:
+    """model.<precision>.engine for the GPU, model.<precision>.dla<N>.engine for DLA core N: a
+    DLA build of a precision is another engine (one batch size, other layers), never the GPU's
+    written over."""
+    return f"model.{precision}{'' if dla_core is None else f'.dla{dla_core}'}.engine"
+
+
+def engine_path(base, gpu_name: str, trt_version: str, precision: str, dla_core: int | None = None) -> Path:
+    return engine_dir(base, gpu_name, trt_version) / engine_name(precision, dla_core)
 
 
 def incompatibility(meta: dict, trt_version: str, gpu_name: str, compute_capability: str) -> str | None:

@@ -198,7 +198,15 @@ class TrtRunner:
         self.synchronize()
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         _check(cudart, cudart.cudaStreamBeginCapture(self.stream, mode))
-        self.execute()
+        try:
+            self.execute()
+        except EngineError:
+            # end the capture, as trtexec does when the captured enqueue fails: a stream left
+            # capturing refuses every later synchronize and copy on it
+            ended = cudart.cudaStreamEndCapture(self.stream)
+            if ended[0] == cudart.cudaError_t.cudaSuccess and ended[1] is not None:
+                cudart.cudaGraphDestroy(ended[1])
+            raise
         self._graph = _check(cudart, cudart.cudaStreamEndCapture(self.stream))
         self._graph_exec = _check(cudart, cudart.cudaGraphInstantiate(self._graph, 0))
 

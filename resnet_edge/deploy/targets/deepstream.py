@@ -106,6 +106,10 @@ must be writable), and later starts load it:
 cd deepstream && deepstream-app -c deepstream_app_config.txt
 ```
 
+nvinfer builds its fp32 engine (`network-mode=0`) with TensorRT's TF32 on, as TensorRT does by
+default on Ampere and newer (Orin), so the engine under that name is `./build_engine.sh tf32`;
+`./build_engine.sh fp32` builds IEEE fp32 for verify.py and leaves nvinfer's engine alone.
+
 The engine files, beside the ONNX files in this folder:
 
 {engines}

@@ -51,6 +51,8 @@ def test_default_parity_gates_pass_on_the_gpu_with_every_gpu_row(calibrated_work
         assert name == "CUDAExecutionProvider"
         assert options["use_tf32"] == ("1" if key[1] == "tf32" else "0")
         assert options["cudnn_conv_algo_search"] == "HEURISTIC"
+    # the CUDA provider's int8 is Q/DQ around float kernels, and the row says so
+    assert providers.CUDA_INT8 in rows[("ort", "int8")]["device"]
     # IEEE fp32 on ONNX Runtime's CUDA: well inside the CPU's 1e-3 gate
     assert rows[("ort", "fp32")]["metrics"]["max_abs"] < 1e-3
     # every GPU row replayed as a graph, equal to its own eager run
@@ -94,6 +96,9 @@ def test_bench_on_the_gpu_times_devices_replays_graphs_and_reads_nvml_energy(dig
     assert speedups and all(s["device_compute"]["ratio"] > 0 for s in speedups)
     assert "graph/eager" in result.stdout
     if report["power"].get("source") == "nvml":
+        # the board the rows ran on, by the CUDA device's UUID (never NVML's index 0)
+        from resnet_edge.runtime.power import cuda_device
+        assert cuda_device()["uuid"] in report["power"]["covers"], report["power"]
         for row in report["results"]:
             energy = row["power"]
             assert energy["seconds"] >= 2.0, energy

@@ -27,9 +27,11 @@ def every_option_set(cache_dir):
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_every_option_set_the_tool_builds_is_taken_as_asked(release, tmp_path):
+    from resnet_edge.deploy.verify_bundle import CUDA_SESSION
     for row, session in every_option_set(tmp_path / "work" / "ort-tensorrt"):
         providers.make_cache_folders(session)
         assert oracle.check(release, session) == [], row
+    assert oracle.check(release, CUDA_SESSION) == []  # verify.py's fallback on a device's CUDA
 
 
 def test_cache_folders_are_made_with_their_parents(tmp_path):

@@ -252,6 +252,10 @@ def device_info() -> dict:
     return info
 
 
+# IEEE fp32 on CUDA (its default computes fp32 in TF32), as parity runs it
+CUDA_SESSION = [("CUDAExecutionProvider", {"use_tf32": "0"})]
+
+
 class OrtRunner:
     """ONNX Runtime on the bundle's ONNX file for one precision (the fallback off-device)."""
 
@@ -266,8 +270,8 @@ class OrtRunner:
         # RESNET_EDGE_DEVICE=cpu pins it to the CPU, as it pins every resnet-edge command
         if ("CUDAExecutionProvider" in onnxruntime.get_available_providers()
                 and os.environ.get("RESNET_EDGE_DEVICE", "").strip().lower() != "cpu"):
-            try:  # IEEE fp32 on CUDA (its default computes fp32 in TF32), as parity runs it
-                self.session = ort.make_session(path, [("CUDAExecutionProvider", {"use_tf32": "0"})],
+            try:
+                self.session = ort.make_session(path, CUDA_SESSION,
                                                 disable_qdq_fusion=as_written)
             except Exception:  # noqa: BLE001 (CUDA libraries missing: the CPU provider runs it)
                 self.session = None

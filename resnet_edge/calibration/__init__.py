@@ -103,7 +103,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
 
     step(f"preprocessing {min(samples, len(source))} calibration images")
     inputs, per_class = calibration_inputs(source, card.preprocess, samples)
-    data_hash = hashlib.sha256(inputs.tobytes()).hexdigest()
+    data_hash = hashlib.sha256(np.ascontiguousarray(inputs)).hexdigest()  # no copy of the images
     options = {"method": method, "samples": len(inputs), "data": data_spec}
     outputs = [RANGES_NAME, INT8_NAME, *([INT8_FP16_NAME] if recipe == "tensorrt" else []), CACHE_NAME]
     wd.begin("calibrate", outputs)
@@ -127,9 +127,18 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         range_inputs = {ONNX_NAME: wd.sha256(ONNX_NAME), "calibration_sha256": data_hash,
                         "tensors": "all"}
         if not wd.is_fresh(RANGES_NAME, range_inputs, options):
-            step(f"calibrating every tensor ({method}, {len(inputs)} images)")
+            said = f"calibrating every tensor ({method}, {len(inputs)} images"
+            step(f"{said})")
+
+            shown = 0
+
+            def progress(done: int, total: int) -> None:  # a line per tenth at most
+                nonlocal shown
+                if done == total or done - shown >= total / 10:
+                    shown = done
+                    step(f"{said}, {'two passes, ' if method != 'minmax' else ''}batch {done} of {total})")
             with atomic_path(ranges_path) as tmp:
-                compute_ranges(measured_model, inputs, method, tmp, scratch, input_name)
+                compute_ranges(measured_model, inputs, method, tmp, scratch, input_name, progress)
             wd.record(RANGES_NAME, inputs=range_inputs, options=options)
             written.append(ranges_path)
         ranges = load_ranges(ranges_path)

@@ -43,8 +43,7 @@ def _quantization():
     return quantization
 
 
-READER_BATCH = 32
-COLLECT_CHUNK = 128  # images whose activations the calibrator holds at once
+READER_BATCH = 8  # images per inference while calibrating: what bounds its memory (compute_ranges)
 
 
 class ArrayReader:
@@ -76,13 +75,23 @@ def _method(name: str):
 
 def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str,
                    ranges_path: str | os.PathLike, scratch: str | os.PathLike,
-                   input_name: str = "input") -> dict[str, tuple[float, float]]:
+                   input_name: str = "input", progress=lambda done, total: None) -> dict[str, tuple[float, float]]:
     """Calibrate, once, every activation tensor and save ORT's range cache to `ranges_path`.
 
     Every one: the Q/DQ models quantize what Conv and Gemm read and write (and the cpu recipe
     more op types), and calibration.cache, like the caches TensorRT's own calibrators write,
     needs a scale for every tensor TensorRT may run in int8 (residual Add, pooling and flatten
     outputs too), or TensorRT keeps those layers in higher precision.
+
+    In bounded memory, whatever the number of images: ORT's calibrators keep every calibrated
+    tensor of every image they are given until they update their statistics (about 115 MB per
+    224 px ResNet-50 image), so its model and tensor choice are used here, with one batch of
+    READER_BATCH images in memory at a time. minmax folds each batch's extremes (exact). The
+    histogram methods take two passes: each tensor's extremes first, then histograms over
+    those fixed ranges, summed batch by batch; that is bin for bin the histogram ORT builds
+    when it is given every image at once (quantize_static's own way), so the scales are that
+    call's, exactly (tests/test_calibration.py), and ORT's HistogramCollector picks the
+    thresholds from it. `progress(done, total)` hears each batch.
     """
     _quantization()
     from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
@@ -91,23 +100,75 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     calibrator = create_calibrator(Path(onnx_path), None,
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
-    # in chunks: the calibrator keeps every calibrated tensor of what it is given in memory
-    # before it updates its histograms, so chunks bound the peak whatever --samples is; and the
-    # histogram collectors stack one call's batches into one array, so every call gets batches
-    # of one size (a short last batch goes alone)
-    for start in range(0, len(inputs), COLLECT_CHUNK):
-        chunk = inputs[start:start + COLLECT_CHUNK]
-        whole = len(chunk) // READER_BATCH * READER_BATCH
-        for part in (chunk[:whole], chunk[whole:]):
-            if len(part):
-                calibrator.collect_data(ArrayReader(part, input_name))
-    tensors = calibrator.compute_data()
+    passes = 1 if method == "minmax" else 2
+    total, done = passes * len(range(0, len(inputs), READER_BATCH)), 0
+
+    def each_batch():
+        nonlocal done
+        for start in range(0, len(inputs), READER_BATCH):
+            yield np.ascontiguousarray(inputs[start:start + READER_BATCH])
+            done += 1
+            progress(done, total)
+
+    if method == "minmax":  # ORT keeps only each batch's reduced extremes: exact, and small
+        for batch in each_batch():
+            calibrator.collect_data(ArrayReader(batch, input_name))
+        tensors = calibrator.compute_data()
+    else:
+        tensors = TensorsData(_method(method), _histogram_thresholds(calibrator, each_batch, input_name))
     del calibrator
-    # the calibrator's tensor order changes from run to run; sorted, the same inputs give the
-    # same bytes (and the same bundle digest)
+    # sorted: the same inputs give the same bytes (and the same bundle digest)
     save_tensors_data(TensorsData(tensors.calibration_method, dict(sorted(tensors.data.items()))),
                       ranges_path)
     return load_ranges(ranges_path)
+
+
+def _histogram_thresholds(calibrator, each_batch, input_name: str) -> dict:
+    """ORT's HistogramCollector thresholds over histograms built in two passes (see
+    compute_ranges): the histogram it builds from all the data in one collect() call, for the
+    percentile method over |x| (collect_absolute_value: num_bins from min |x| to max |x|) and
+    for entropy over x (collect_value: num_bins over +-max |x|)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+    session = calibrator.infer_session
+    names = [o.name for o in session.get_outputs()]
+    wanted = [(i, n) for i, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
+    absolute = calibrator.method == "percentile" and calibrator.symmetric
+    low, high, abs_low = {}, {}, {}
+    for batch in each_batch():  # pass 1: each tensor's extremes
+        outputs = session.run(None, {input_name: batch})
+        for i, name in wanted:
+            x = outputs[i]
+            lo, hi = np.nanmin(x), np.nanmax(x)
+            low[name] = lo if name not in low else min(low[name], lo)
+            high[name] = hi if name not in high else max(high[name], hi)
+            if absolute:
+                smallest = np.nanmin(np.absolute(x))
+                abs_low[name] = smallest if name not in abs_low else min(abs_low[name], smallest)
+        del outputs
+    edges, counts = {}, {}
+    for batch in each_batch():  # pass 2: histograms over those fixed ranges
+        outputs = session.run(None, {input_name: batch})
+        for i, name in wanted:
+            x = outputs[i].ravel()
+            if absolute:
+                span = (abs_low[name], np.maximum(np.absolute(low[name]), np.absolute(high[name])))
+                hist, edges[name] = np.histogram(np.absolute(x), bins=calibrator.num_bins, range=span)
+            else:
+                limit = np.array(max(abs(low[name]), abs(high[name])), dtype=x.dtype)
+                hist, edges[name] = np.histogram(x, calibrator.num_bins, range=(-limit, limit))
+            counts[name] = hist if name not in counts else counts[name] + hist
+        del outputs
+    collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
+                                   num_bins=calibrator.num_bins,
+                                   num_quantized_bins=calibrator.num_quantized_bins,
+                                   percentile=calibrator.percentile, scenario=calibrator.scenario)
+    for _, name in wanted:
+        dtype = edges[name].dtype if absolute else low[name].dtype
+        entry = (counts[name], edges[name].astype(dtype), low[name], high[name])
+        if not absolute:
+            entry += (np.array(max(abs(low[name]), abs(high[name])), dtype=low[name].dtype),)
+        collector.histogram_dict[name] = entry
+    return collector.compute_collection_result()
 
 
 def any_batch(model: onnx.ModelProto) -> onnx.ModelProto:

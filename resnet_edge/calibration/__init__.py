@@ -16,7 +16,7 @@ import onnx
 
 from ..artifacts import WorkDir, atomic_path, write_bytes_atomic, write_json_atomic
 from ..data import RandomSource, batches, data_for, match_classes, open_data, trained_on
-from ..errors import BadInput
+from ..errors import BadInput, number_in
 from ..export import ONNX_NAME, read_card, write_fp16
 from ..export.metadata import QUANT_KEY, load_onnx, module_of
 from ..parity.gates import Thresholds, load_thresholds
@@ -46,17 +46,28 @@ class CalibrationResult:
     excluded: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)  # by this run, in the order written
     data: str = ""  # the data spec calibrated on, the default resolved
+    method: str = ""  # the method kept (the repair loop may keep another than asked)
+    repair: dict | None = None  # --max-accuracy-drop-pt: every step tried, and the one kept
 
 
 def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAMPLES,
               method: str = "entropy", recipe: str = "tensorrt", sensitivity: bool = False,
               exclude: str | None = None, holdout: int | None = None, eval_spec: str | None = None,
               tensorrt_version: str = "10.3.0", thresholds: dict[str, Thresholds] | None = None,
+              max_accuracy_drop_pt: float | None = None,
               step: Callable[[str], None] = lambda m: None) -> CalibrationResult:
+    """`max_accuracy_drop_pt`: the repair loop (see _repair) tries recipes in order until the
+    held-out top-1 drop is within it."""
     if samples < 1:
         raise BadInput(f"--samples must be at least 1, got {samples}")
+    if max_accuracy_drop_pt is not None:
+        number_in(max_accuracy_drop_pt, 0, 100, "--max-accuracy-drop-pt")
+        if exclude:
+            raise BadInput("--max-accuracy-drop-pt leaves layers in float itself when it must; "
+                           "drop --exclude")
     if holdout is None:  # a held-out check costs inference on every image: only where it decides
-        holdout = ANALYSIS_HOLDOUT if sensitivity or exclude == "auto" else 0
+        deciding = sensitivity or exclude == "auto" or max_accuracy_drop_pt is not None
+        holdout = ANALYSIS_HOLDOUT if deciding else 0
     if holdout < 0:
         raise BadInput(f"--holdout must be at least 0, got {holdout}")
     if method not in METHODS:
@@ -93,7 +104,8 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                      "model will see (images:PATH takes a plain folder)")
     if samples > len(source):
         notes.append(f"{data_spec} has {len(source)} images, fewer than --samples {samples}")
-    judging = "--sensitivity" if sensitivity else "--exclude auto" if exclude == "auto" else None
+    judging = ("--sensitivity" if sensitivity else "--exclude auto" if exclude == "auto" else
+               "--max-accuracy-drop-pt" if max_accuracy_drop_pt is not None else None)
     if judging and holdout == 0:  # said before calibrating, not after
         raise BadInput(f"{judging} judges layers on held-out images, and --holdout is 0; give --holdout")
     if judging and len(source) <= samples:
@@ -152,20 +164,42 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                 "method": method, "samples": len(inputs), "held_out_images": len(held.inputs),
                 "fp32_top1": evaluate.fp32_top1, "layers": ranking})
             written.append(wd.file(SENSITIVITY_NAME))
-        excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
+        repair = None
+        if max_accuracy_drop_pt is not None:
+            def ranges_of(other: str) -> Path:  # another method's ranges, into the scratch folder
+                if other == method:
+                    return ranges_path
+                path = Path(scratch) / f"ranges-{other}.json"
+                if not path.exists():
+                    step(f"calibrating every tensor ({other}, {len(inputs)} images)")
+                    compute_ranges(measured_model, inputs, other, path, scratch, input_name)
+                return path
+            kept, excluded, repair = _repair(evaluate, max_accuracy_drop_pt, method, ranges_of, step)
+            if kept != method:  # the kept method's ranges are the work dir's ranges from here on
+                with atomic_path(ranges_path) as tmp:
+                    shutil.copyfile(ranges_of(kept), tmp)
+                method = kept
+                options = {**options, "method": method}
+                wd.record(RANGES_NAME, inputs=range_inputs, options=options)
+                if ranges_path not in written:
+                    written.append(ranges_path)
+                ranges = load_ranges(ranges_path)
+        else:
+            excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
 
         step(f"writing {INT8_NAME} ({recipe} recipe)")
         model = quantize(source_model, Path(scratch) / INT8_NAME, recipe=recipe, method=method,
                          ranges_path=ranges_path, nodes_to_exclude=excluded, ranges=ranges)
         info = {"recipe": recipe, "method": method, "samples": len(inputs), "data": data_spec,
                 "calibration_sha256": data_hash, "excluded": excluded,
-                "weight_bits": CPU_WEIGHT_BITS if recipe == "cpu" else 8}
+                "weight_bits": CPU_WEIGHT_BITS if recipe == "cpu" else 8,
+                **({"repair": repair} if repair else {})}
         model.metadata_props.add(key=QUANT_KEY, value=json.dumps(info))
         onnx.checker.check_model(model)
         wd.remember(INT8_NAME, write_bytes_atomic(wd.file(INT8_NAME), model.SerializeToString()))
         wd.record(INT8_NAME, inputs=range_inputs, options={**options, "recipe": recipe,
                                                             "excluded": excluded},
-                  extra={"per_class": per_class})
+                  extra={"per_class": per_class, **({"repair": repair} if repair else {})})
         if recipe == "tensorrt":
             step(f"writing {INT8_FP16_NAME} (float parts in fp16, for strongly typed TensorRT)")
             wd.remember(INT8_FP16_NAME, write_fp16(model, wd.file(INT8_FP16_NAME)))
@@ -183,7 +217,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         holdout_result = evaluate.score(wd.file(INT8_NAME)) if held is not None else None
     written += [wd.file(n) for n in outputs if n != RANGES_NAME] + [wd.file("manifest.json")]
     return CalibrationResult(wd.file(INT8_NAME), per_class, len(inputs), notes, holdout_result,
-                             ranking, excluded, written, data_spec)
+                             ranking, excluded, written, data_spec, method, repair)
 
 
 @dataclass
@@ -219,6 +253,10 @@ class _Evaluator:
         self.target = held.labels if held is not None and held.labels is not None else (
             self.reference.argmax(1) if self.reference is not None else None)
         self.fp32_top1 = float((self.reference.argmax(1) == self.target).mean()) if held else None
+
+    def use(self, ranges_path: Path, method: str) -> None:
+        """Judge int8 models quantized from another method's ranges from here on."""
+        self.ranges_path, self.method, self.ranges = ranges_path, method, load_ranges(ranges_path)
 
     def _logits(self, session) -> np.ndarray:
         """The held-out images' logits, in batches the model takes: a static-batch model's last
@@ -301,6 +339,53 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
                 and (gate.min_relative_accuracy_pct is None or rel >= gate.min_relative_accuracy_pct)):
             return excluded
     return excluded
+
+
+def _repair(evaluate: _Evaluator, budget: float, method: str, ranges_of: Callable[[str], Path],
+            step: Callable[[str], None]) -> tuple[str, list[str], dict]:
+    """The repair loop: recipes tried in order of what they cost on the device, stopping at the
+    first whose held-out top-1 drop is within `budget` points: the chosen method; the other
+    methods; then, from the method that lost least, the most sensitive layers left in float,
+    fewest first. Returns (method kept, layers left in float, the record of every step). With
+    no labelled held-out images nothing can be judged, and the chosen method is kept as it is.
+    Where no step holds, the step that lost least is kept and the record says the budget was
+    not met."""
+    if evaluate.held is None or evaluate.held.labels is None:
+        why = ("no held-out images are left" if evaluate.held is None else
+               "the held-out images have no labels")
+        return method, [], {"budget_pt": budget, "met": None, "steps": [],
+                            "kept": f"{method} calibration, not judged: {why}"}
+    steps: list[dict] = []
+
+    def judge(name: str, used: str, excluded: list[str]) -> bool:
+        top1 = evaluate.top1(excluded)
+        drop = (evaluate.fp32_top1 - top1) * 100
+        steps.append({"step": name, "method": used, "top1": top1, "drop_pt": drop,
+                      "float_layers": list(excluded),
+                      "float_modules": [evaluate.layers.get(n) or n for n in excluded],
+                      "holds": drop <= budget})
+        step(f"{name}: top-1 {top1:.2%} ({drop:+.2f} pt; budget {budget:g})")
+        return drop <= budget
+
+    def kept(row: dict) -> tuple[str, list[str], dict]:
+        return row["method"], row["float_layers"], {"budget_pt": budget, "met": row["holds"],
+                                                    "steps": steps, "kept": row["step"]}
+
+    if judge(f"{method} calibration", method, []):
+        return kept(steps[-1])
+    for other in (m for m in METHODS if m != method):
+        evaluate.use(ranges_of(other), other)
+        if judge(f"{other} calibration", other, []):
+            return kept(steps[-1])
+    best = min(steps, key=lambda r: r["drop_pt"])
+    evaluate.use(ranges_of(best["method"]), best["method"])
+    excluded: list[str] = []
+    for row in evaluate.sensitivity(step):
+        excluded.append(row["layer"])
+        if judge(f"{best['method']}, {len(excluded)} layer(s) left in float ("
+                 f"{', '.join(evaluate.layers.get(n) or n for n in excluded)})", best["method"], excluded):
+            return kept(steps[-1])
+    return kept(min(steps, key=lambda r: (r["drop_pt"], len(r["float_layers"]))))
 
 
 def conv_layers(model: onnx.ModelProto | str | Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .. import console
 from ..console import emit_json, note, stdout, warn, wrote
+from ..errors import GateFailed
 from .common import JSON_OPTION, Finite, cli, resolve_workdir, writable
 
 
@@ -105,9 +106,13 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
               "8.5.2); builds re-head a copy for the TensorRT they find.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates used by --exclude auto.")
+@click.option("--max-accuracy-drop-pt", type=float,
+              help="Repair until the held-out top-1 drop is at most this many points: the chosen "
+              "--method, then the other methods, then the most sensitive layers left in float, fewest "
+              "first; stops at the first that holds (exit 1 if none does; needs labelled data).")
 @JSON_OPTION
 def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, data_eval,
-              tensorrt_version, thresholds, json_path) -> None:
+              tensorrt_version, thresholds, max_accuracy_drop_pt, json_path) -> None:
     """Make model.int8.onnx (Q/DQ) and calibration.cache from real calibration data.
 
     Calibration runs once over every tensor int8 needs through the model's own Preprocess; the
@@ -128,11 +133,13 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
         result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe=recipe,
                                  sensitivity=sensitivity, exclude=exclude, holdout=holdout,
                                  eval_spec=data_eval, tensorrt_version=tensorrt_version,
-                                 thresholds=load_thresholds(thresholds), step=step)
+                                 thresholds=load_thresholds(thresholds),
+                                 max_accuracy_drop_pt=max_accuracy_drop_pt, step=step)
     for message in result.warnings:
         warn(message)
     counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
-    stdout.print(f"calibration: {result.samples} images from {escape(result.data)} ({method}); per class: {escape(counts)}")
+    stdout.print(f"calibration: {result.samples} images from {escape(result.data)} ({result.method}); "
+                 f"per class: {escape(counts)}")
     if result.sensitivity:
         table = Table(title="per-layer sensitivity (that layer alone in int8), most sensitive first")
         for col in ("layer", "module", "top-1", "drop pt", "logit RMSE"):
@@ -143,12 +150,30 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
         stdout.print(table)
     if exclude:
         stdout.print(f"left in float: {', '.join(result.excluded) or 'none (the int8 gate holds with every layer quantized)'}")
+    repair = result.repair
+    if repair and repair["steps"]:
+        table = Table(title=f"repair: held-out top-1 drop within {repair['budget_pt']:g} pt, first that holds kept")
+        for col in ("step", "top-1", "drop pt", "cost", "holds"):
+            table.add_column(col, justify="left" if col in ("step", "cost") else "right")
+        for row in repair["steps"]:
+            cost = f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else "every layer int8"
+            table.add_row(escape(row["step"]), f"{row['top1']:.2%}", f"{row['drop_pt']:+.2f}", cost,
+                          "yes" if row["holds"] else "no")
+        stdout.print(table)
+    if repair:
+        stdout.print(f"kept: {escape(repair['kept'])}")
     if result.holdout:
         h = result.holdout
         what = "top-1" if h["labelled"] else "top-1 agreement with fp32"
         stdout.print(f"held-out check on {h['images']} unused images ({what}): fp32 {h['fp32_top1']:.2%}, "
                      f"int8 {h['int8_top1']:.2%} ({h['drop_pt']:+.2f} pt)")
     wrote(*result.written)
-    emit_json({"int8": str(result.path), "recipe": recipe, "method": method, "samples": result.samples,
+    emit_json({"int8": str(result.path), "recipe": recipe, "method": result.method, "samples": result.samples,
                "per_class": result.per_class, "excluded": result.excluded, "holdout": result.holdout,
-               "sensitivity": result.sensitivity, "warnings": result.warnings}, json_path)
+               "sensitivity": result.sensitivity, "repair": repair, "warnings": result.warnings}, json_path)
+    if repair and repair["met"] is False:
+        raise GateFailed(f"no recipe met --max-accuracy-drop-pt {repair['budget_pt']:g}; kept the one that "
+                         f"lost least ({repair['kept']}); more calibration data, or `resnet-edge qat`, may")
+    if repair and repair["met"] is None:
+        warn(f"--max-accuracy-drop-pt not judged: {repair['kept'].partition(': ')[2]}; calibrate on "
+             "labelled data with images to spare to use it")

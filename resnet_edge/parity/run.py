@@ -375,7 +375,7 @@ def _calibration(workdir, rows: list[_Row]) -> dict | None:
     path = Path(workdir) / ORT_FILES["int8"]  # int8-fp16 is the same calibration's
     ran = any(r.runner is not None and r.precision.startswith("int8") for r in rows)
     info = quantization_info(path) if ran and path.exists() else {}
-    keys = ("data", "samples", "method", "recipe", "excluded", "calibration_sha256")
+    keys = ("data", "samples", "method", "recipe", "excluded", "calibration_sha256", "repair")
     return {key: info.get(key) for key in keys} if info else None
 
 

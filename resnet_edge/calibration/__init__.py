@@ -25,6 +25,7 @@ from ..runtime.ort import make_session
 from ..runtime.trt_rules import INT8_FP16_FILE
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
 from .qdq import CPU_WEIGHT_BITS, METHODS, RECIPES, any_batch, compute_ranges, load_ranges, quantize
+from . import qat
 from .trt_cache import write_cache
 
 INT8_NAME = "model.int8.onnx"
@@ -54,10 +55,18 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
               method: str = "entropy", recipe: str = "tensorrt", sensitivity: bool = False,
               exclude: str | None = None, holdout: int | None = None, eval_spec: str | None = None,
               tensorrt_version: str = "10.3.0", thresholds: dict[str, Thresholds] | None = None,
-              max_accuracy_drop_pt: float | None = None,
+              max_accuracy_drop_pt: float | None = None, max_float_layers: int | None = None,
+              qat_epochs: int = qat.DEFAULT_EPOCHS, fine_tune: bool = False,
               step: Callable[[str], None] = lambda m: None) -> CalibrationResult:
     """`max_accuracy_drop_pt`: the repair loop (see _repair) tries recipes in order until the
-    held-out top-1 drop is within it."""
+    held-out top-1 drop is within it, leaving at most `max_float_layers` layers in float and
+    fine-tuning `qat_epochs` epochs as its last step. `fine_tune` (the qat command): that
+    fine-tuning alone, judged against `max_accuracy_drop_pt`."""
+    if fine_tune and recipe != "tensorrt":
+        raise BadInput("quantization-aware fine-tuning follows the tensorrt recipe's Q/DQ placement; "
+                       "use --recipe tensorrt")
+    if fine_tune and max_accuracy_drop_pt is None:
+        max_accuracy_drop_pt = (thresholds or load_thresholds())["int8"].max_accuracy_drop_pt or 1.0
     if samples < 1:
         raise BadInput(f"--samples must be at least 1, got {samples}")
     if max_accuracy_drop_pt is not None:
@@ -94,6 +103,9 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         eval_spec = f"{trained_on(card)}:test"
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
+    if fine_tune and not source.has_labels:
+        raise BadInput(f"{data_spec} has no labels: quantization-aware fine-tuning trains on labelled "
+                       "images (imagefolder:PATH, a folder per class)")
     notes = []
     if eval_spec and overlaps(data_spec, eval_spec):
         notes.append(f"calibration data {data_spec} is the split parity evaluates on ({eval_spec}); "
@@ -164,7 +176,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                 "method": method, "samples": len(inputs), "held_out_images": len(held.inputs),
                 "fp32_top1": evaluate.fp32_top1, "layers": ranking})
             written.append(wd.file(SENSITIVITY_NAME))
-        repair = None
+        repair = tuned = None
         if max_accuracy_drop_pt is not None:
             def ranges_of(other: str) -> Path:  # another method's ranges, into the scratch folder
                 if other == method:
@@ -174,7 +186,18 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                     step(f"calibrating every tensor ({other}, {len(inputs)} images)")
                     compute_ranges(measured_model, inputs, other, path, scratch, input_name)
                 return path
-            kept, excluded, repair = _repair(evaluate, max_accuracy_drop_pt, method, ranges_of, step)
+            def tune() -> tuple[Path, dict]:
+                tuned_model, record = fine_tune_onnx(workdir, fp32_model, evaluate.ranges, source, card,
+                                                     _training_indices(source, held), held,
+                                                     epochs=qat_epochs, step=step)
+                path = Path(scratch) / "qat" / ONNX_NAME
+                path.parent.mkdir(exist_ok=True)
+                onnx.save(tuned_model, str(path))
+                return path, record
+            kept, excluded, repair, tuned = _repair(evaluate, max_accuracy_drop_pt, method, ranges_of, step,
+                                                    max_float_layers, tune, tune_only=fine_tune)
+            if tuned is not None:
+                source_model = tuned
             if kept != method:  # the kept method's ranges are the work dir's ranges from here on
                 with atomic_path(ranges_path) as tmp:
                     shutil.copyfile(ranges_of(kept), tmp)
@@ -224,6 +247,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
 class _Held:
     inputs: np.ndarray
     labels: np.ndarray | None
+    indices: list[int] = field(default_factory=list)  # in the source
 
 
 def _holdout(source, card, inputs_indices, size: int) -> _Held | None:
@@ -237,7 +261,7 @@ def _holdout(source, card, inputs_indices, size: int) -> _Held | None:
         xs.append(x.numpy())
         ys.append(y.numpy())
     labels = np.concatenate(ys)
-    return _Held(np.concatenate(xs), labels if source.has_labels else None)
+    return _Held(np.concatenate(xs), labels if source.has_labels else None, rest)
 
 
 class _Evaluator:
@@ -276,14 +300,16 @@ class _Evaluator:
         # the cpu recipe by ORT's fused CPU kernels that will ship.
         return self._logits(make_session(path, disable_qdq_fusion=self.recipe == "tensorrt"))
 
-    def logits(self, excluded: list[str]) -> np.ndarray:
-        model = quantize(self.fp32, self.scratch / "trial.onnx", recipe=self.recipe,
+    def logits(self, excluded: list[str], fp32: Path | None = None) -> np.ndarray:
+        """The held-out logits of the int8 model quantized from `fp32` (the work dir's, or a
+        QAT-tuned copy) with `excluded` left in float."""
+        model = quantize(fp32 or self.fp32, self.scratch / "trial.onnx", recipe=self.recipe,
                          method=self.method, ranges_path=self.ranges_path,
                          nodes_to_exclude=excluded, ranges=self.ranges)
         return self._int8_logits(model.SerializeToString())
 
-    def top1(self, excluded: list[str]) -> float:
-        return float((self.logits(excluded).argmax(1) == self.target).mean())
+    def top1(self, excluded: list[str], fp32: Path | None = None) -> float:
+        return float((self.logits(excluded, fp32).argmax(1) == self.target).mean())
 
     def sensitivity(self, step) -> list[dict]:
         """Each layer quantized alone, the rest in float: top-1 drop and logit RMS error on
@@ -342,35 +368,47 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
 
 
 def _repair(evaluate: _Evaluator, budget: float, method: str, ranges_of: Callable[[str], Path],
-            step: Callable[[str], None]) -> tuple[str, list[str], dict]:
+            step: Callable[[str], None], max_float_layers: int | None = None,
+            tune: Callable[[], tuple[Path, dict]] | None = None,
+            tune_only: bool = False) -> tuple[str, list[str], dict, Path | None]:
     """The repair loop: recipes tried in order of what they cost on the device, stopping at the
     first whose held-out top-1 drop is within `budget` points: the chosen method; the other
     methods; then, from the method that lost least, the most sensitive layers left in float,
-    fewest first. Returns (method kept, layers left in float, the record of every step). With
-    no labelled held-out images nothing can be judged, and the chosen method is kept as it is.
-    Where no step holds, the step that lost least is kept and the record says the budget was
-    not met."""
+    fewest first (at most `max_float_layers`); then quantization-aware fine-tuning with every
+    layer in int8 (`tune()`: the tuned fp32 ONNX file and its record). Returns (method kept,
+    layers left in float, the record of every step, the tuned file kept or None). With no
+    labelled held-out images nothing can be judged, and the chosen method is kept as it is.
+    Where no step holds, the step that lost least is kept and the record says so.
+    `tune_only` (the qat command): fine-tuning alone, kept whatever it loses."""
     if evaluate.held is None or evaluate.held.labels is None:
         why = ("no held-out images are left" if evaluate.held is None else
                "the held-out images have no labels")
         return method, [], {"budget_pt": budget, "met": None, "steps": [],
-                            "kept": f"{method} calibration, not judged: {why}"}
+                            "kept": f"{method} calibration, not judged: {why}"}, None
     steps: list[dict] = []
+    tuned: dict[str, Path] = {}
 
-    def judge(name: str, used: str, excluded: list[str]) -> bool:
-        top1 = evaluate.top1(excluded)
+    def judge(name: str, used: str, excluded: list[str], fp32: Path | None = None, **cost) -> bool:
+        top1 = evaluate.top1(excluded, fp32)
         drop = (evaluate.fp32_top1 - top1) * 100
         steps.append({"step": name, "method": used, "top1": top1, "drop_pt": drop,
                       "float_layers": list(excluded),
                       "float_modules": [evaluate.layers.get(n) or n for n in excluded],
-                      "holds": drop <= budget})
+                      **cost, "holds": drop <= budget})
+        if fp32 is not None:
+            tuned[name] = fp32
         step(f"{name}: top-1 {top1:.2%} ({drop:+.2f} pt; budget {budget:g})")
         return drop <= budget
 
-    def kept(row: dict) -> tuple[str, list[str], dict]:
+    def kept(row: dict) -> tuple[str, list[str], dict, Path | None]:
         return row["method"], row["float_layers"], {"budget_pt": budget, "met": row["holds"],
-                                                    "steps": steps, "kept": row["step"]}
+                                                    "steps": steps, "kept": row["step"]}, tuned.get(row["step"])
 
+    if tune_only:
+        path, record = tune()
+        judge(f"{method}, quantization-aware fine-tuning ({record['epochs']} epochs)", method, [], path,
+              qat=record)
+        return kept(steps[-1])
     if judge(f"{method} calibration", method, []):
         return kept(steps[-1])
     for other in (m for m in METHODS if m != method):
@@ -379,13 +417,63 @@ def _repair(evaluate: _Evaluator, budget: float, method: str, ranges_of: Callabl
             return kept(steps[-1])
     best = min(steps, key=lambda r: r["drop_pt"])
     evaluate.use(ranges_of(best["method"]), best["method"])
-    excluded: list[str] = []
-    for row in evaluate.sensitivity(step):
-        excluded.append(row["layer"])
-        if judge(f"{best['method']}, {len(excluded)} layer(s) left in float ("
-                 f"{', '.join(evaluate.layers.get(n) or n for n in excluded)})", best["method"], excluded):
-            return kept(steps[-1])
-    return kept(min(steps, key=lambda r: (r["drop_pt"], len(r["float_layers"]))))
+    if max_float_layers is None or max_float_layers > 0:
+        excluded: list[str] = []
+        for row in evaluate.sensitivity(step)[:max_float_layers]:
+            excluded.append(row["layer"])
+            if judge(f"{best['method']}, {len(excluded)} layer(s) left in float ("
+                     f"{', '.join(evaluate.layers.get(n) or n for n in excluded)})", best["method"], excluded):
+                return kept(steps[-1])
+    if tune is not None:
+        try:
+            path, record = tune()
+        except BadInput as exc:  # no PyTorch model to fine-tune (a bare ONNX file)
+            steps.append({"step": "quantization-aware fine-tuning", "skipped": str(exc), "holds": False,
+                          "method": best["method"], "top1": None, "drop_pt": None, "float_layers": [],
+                          "float_modules": []})
+        else:
+            if judge(f"{best['method']}, quantization-aware fine-tuning ({record['epochs']} epochs)",
+                     best["method"], [], path, qat=record):
+                return kept(steps[-1])
+    judged = [r for r in steps if r["drop_pt"] is not None]
+    return kept(min(judged, key=lambda r: (r["drop_pt"], len(r["float_layers"]))))
+
+
+def _training_indices(source, held: _Held) -> list[int]:
+    """The source's images that judge nothing: all but the held-out ones."""
+    judging = set(held.indices)
+    return [i for i in range(len(source)) if i not in judging]
+
+
+def fine_tune_onnx(workdir: Path, fp32_model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
+                   source, card, train: list[int], held: _Held, *, epochs: int,
+                   lr: float = qat.LEARNING_RATE, step: Callable[[str], None] = lambda m: None
+                   ) -> tuple[onnx.ModelProto, dict]:
+    """The work dir's PyTorch model fine-tuned quantization-aware on `train` (source indices),
+    the best epoch by `held`, as a copy of the fp32 ONNX model with the tuned weights; and the
+    record of it. BadInput where the work dir has no PyTorch model."""
+    from ..export import CHECKPOINT_NAME
+    from ..zoo import load_model
+    checkpoint = Path(workdir) / CHECKPOINT_NAME
+    if not checkpoint.exists():
+        raise BadInput(f"no PyTorch model ({CHECKPOINT_NAME}) in {workdir} to fine-tune")
+    if held is None or held.labels is None or not train:
+        raise BadInput("quantization-aware fine-tuning needs labelled images to train on and others to judge by")
+    model, _ = load_model(str(checkpoint))
+    order = np.random.default_rng(0)
+
+    def train_batches(epoch: int):
+        for x, y in batches(source, card.preprocess, qat.BATCH_SIZE, indices=order.permutation(train).tolist()):
+            yield x, y
+
+    steps = -(-len(train) // qat.BATCH_SIZE)
+    tuned = qat.fine_tune(model, fp32_model, ranges, train_batches, steps, (held.inputs, held.labels),
+                          epochs=epochs, lr=lr,
+                          progress=lambda epoch, top1: step(f"quantization-aware fine-tuning, epoch {epoch} of "
+                                                            f"{epochs}: held-out top-1 {top1:.2%}"))
+    record = {"epochs": epochs, "lr": lr, "train_images": len(train), "best_epoch": tuned.best_epoch,
+              "start_top1": tuned.start_top1, "best_top1": tuned.best_top1, "history": tuned.history}
+    return qat.tuned_onnx(fp32_model, tuned.model), record
 
 
 def conv_layers(model: onnx.ModelProto | str | Path) -> dict[str, str]:

@@ -110,9 +110,15 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
               help="Repair until the held-out top-1 drop is at most this many points: the chosen "
               "--method, then the other methods, then the most sensitive layers left in float, fewest "
               "first; stops at the first that holds (exit 1 if none does; needs labelled data).")
+@click.option("--max-float-layers", type=click.IntRange(min=0),
+              help="With --max-accuracy-drop-pt: at most this many layers left in float (each costs "
+              "speed on the device); 0 goes from the methods straight to fine-tuning [no limit].")
+@click.option("--qat-epochs", type=click.IntRange(min=1), default=5, show_default=True,
+              help="With --max-accuracy-drop-pt: epochs of quantization-aware fine-tuning, its last step.")
 @JSON_OPTION
 def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, data_eval,
-              tensorrt_version, thresholds, max_accuracy_drop_pt, json_path) -> None:
+              tensorrt_version, thresholds, max_accuracy_drop_pt, max_float_layers, qat_epochs,
+              json_path) -> None:
     """Make model.int8.onnx (Q/DQ) and calibration.cache from real calibration data.
 
     Calibration runs once over every tensor int8 needs through the model's own Preprocess; the
@@ -134,7 +140,14 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
                                  sensitivity=sensitivity, exclude=exclude, holdout=holdout,
                                  eval_spec=data_eval, tensorrt_version=tensorrt_version,
                                  thresholds=load_thresholds(thresholds),
-                                 max_accuracy_drop_pt=max_accuracy_drop_pt, step=step)
+                                 max_accuracy_drop_pt=max_accuracy_drop_pt,
+                                 max_float_layers=max_float_layers, qat_epochs=qat_epochs, step=step)
+    _report(result, recipe, exclude, json_path)
+
+
+def _report(result, recipe: str, exclude: str | None, json_path) -> None:
+    """What calibrate and qat print and write: the draw, the layer ranking, the repair steps,
+    the held-out check, the files; exit 1 when a repair budget was not met."""
     for message in result.warnings:
         warn(message)
     counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
@@ -156,7 +169,12 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
         for col in ("step", "top-1", "drop pt", "cost", "holds"):
             table.add_column(col, justify="left" if col in ("step", "cost") else "right")
         for row in repair["steps"]:
-            cost = f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else "every layer int8"
+            if row.get("skipped"):
+                table.add_row(escape(row["step"]), "-", "-", escape(row["skipped"]), "no")
+                continue
+            cost = (f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else
+                    f"every layer int8, {row['qat']['epochs']} epochs (best {row['qat']['best_epoch']})"
+                    if row.get("qat") else "every layer int8")
             table.add_row(escape(row["step"]), f"{row['top1']:.2%}", f"{row['drop_pt']:+.2f}", cost,
                           "yes" if row["holds"] else "no")
         stdout.print(table)
@@ -172,8 +190,59 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
                "per_class": result.per_class, "excluded": result.excluded, "holdout": result.holdout,
                "sensitivity": result.sensitivity, "repair": repair, "warnings": result.warnings}, json_path)
     if repair and repair["met"] is False:
+        if len(repair["steps"]) == 1 and repair["steps"][0].get("qat"):  # the qat command
+            raise GateFailed(f"quantization-aware fine-tuning lost {repair['steps'][0]['drop_pt']:.2f} pt, more "
+                             f"than --max-accuracy-drop-pt {repair['budget_pt']:g}; more --epochs or more "
+                             "training data may do it")
         raise GateFailed(f"no recipe met --max-accuracy-drop-pt {repair['budget_pt']:g}; kept the one that "
                          f"lost least ({repair['kept']}); more calibration data, or `resnet-edge qat`, may")
     if repair and repair["met"] is None:
         warn(f"--max-accuracy-drop-pt not judged: {repair['kept'].partition(': ')[2]}; calibrate on "
              "labelled data with images to spare to use it")
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
+@click.option("--data", "data_spec",
+              help="Labelled training images (held-out ones judge the epochs) [the train split of the "
+              "built-in dataset the model was trained on here; required for any other model].")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--samples", type=int, default=512, show_default=True,
+              help="Calibration images, where the work dir's ranges must be made first.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
+              show_default=True, help="The calibrated scales fine-tuning starts from (and keeps).")
+@click.option("--holdout", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Held-out images of --data that pick the best epoch and judge the result.")
+@click.option("--max-accuracy-drop-pt", type=float,
+              help="Exit 1 when the held-out top-1 drop is larger [the int8 gate of --thresholds].")
+@click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TOML gates; the int8 gate's max_accuracy_drop_pt is the default budget.")
+@JSON_OPTION
+def qat(workdir, data_spec, epochs, samples, method, holdout, max_accuracy_drop_pt, thresholds,
+        json_path) -> None:
+    """Quantization-aware fine-tuning: int8 with every layer quantized, where post-training
+    calibration loses too much.
+
+    The work dir's PyTorch model (model.pt) trains a few epochs with the Q/DQ model's own int8
+    rounding in its forward pass (PyTorch's fake-quant operators: per-channel weights, the
+    calibrated per-tensor activation scales, the residual rule), batch norm folded as the
+    export folds it; the best epoch by held-out top-1 is written as model.int8.onnx and
+    model.int8-fp16.onnx through the same path as `calibrate`, so calibration.cache, parity,
+    bundles and verify take it unchanged. `calibrate --max-accuracy-drop-pt` runs this as its
+    last step when nothing cheaper holds.
+
+    \b
+    Examples:
+      resnet-edge qat artifacts/resnet20-digits --epochs 5
+      resnet-edge qat artifacts/resnet50 --data imagefolder:/data/train --epochs 1 --max-accuracy-drop-pt 0.5
+    """
+    from ..calibration import calibrate as run_calibration
+    from ..parity.gates import load_thresholds
+
+    writable(json_path)
+    with console.steps() as step:
+        result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe="tensorrt",
+                                 holdout=holdout, thresholds=load_thresholds(thresholds),
+                                 max_accuracy_drop_pt=max_accuracy_drop_pt, qat_epochs=epochs,
+                                 fine_tune=True, step=step)
+    _report(result, "tensorrt", None, json_path)

@@ -24,7 +24,8 @@ from ..quiet import quiet
 from ..runtime.ort import make_session
 from ..runtime.trt_rules import INT8_FP16_FILE
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
-from .qdq import CPU_WEIGHT_BITS, METHODS, RECIPES, any_batch, compute_ranges, load_ranges, quantize
+from .qdq import (CPU_WEIGHT_BITS, METHODS, RECIPES, any_batch, compute_ranges, load_ranges, quantize,
+                  save_ranges)
 from . import qat
 from .trt_cache import write_cache
 
@@ -186,18 +187,26 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                     step(f"calibrating every tensor ({other}, {len(inputs)} images)")
                     compute_ranges(measured_model, inputs, other, path, scratch, input_name)
                 return path
-            def tune() -> tuple[Path, dict]:
-                tuned_model, record = fine_tune_onnx(workdir, fp32_model, evaluate.ranges, source, card,
-                                                     _training_indices(source, held), held,
-                                                     epochs=qat_epochs, step=step)
-                path = Path(scratch) / "qat" / ONNX_NAME
-                path.parent.mkdir(exist_ok=True)
-                onnx.save(tuned_model, str(path))
-                return path, record
+            def tune() -> tuple[Path, Path, dict]:
+                tuned_model, learned, record = fine_tune_onnx(workdir, fp32_model, evaluate.ranges, source, card,
+                                                              _training_indices(source, held), held,
+                                                              epochs=qat_epochs, step=step)
+                folder = Path(scratch) / "qat"
+                folder.mkdir(exist_ok=True)
+                onnx.save(tuned_model, str(folder / ONNX_NAME))
+                save_ranges(evaluate.ranges_path, learned, folder / RANGES_NAME)
+                return folder / ONNX_NAME, folder / RANGES_NAME, record
             kept, excluded, repair, tuned = _repair(evaluate, max_accuracy_drop_pt, method, ranges_of, step,
                                                     max_float_layers, tune, tune_only=fine_tune)
-            if tuned is not None:
-                source_model = tuned
+            if tuned is not None:  # the tuned weights, quantized with the learned scales
+                source_model = tuned[0]
+                with atomic_path(ranges_path) as tmp:
+                    shutil.copyfile(tuned[1], tmp)
+                options = {**options, "qat_epochs": qat_epochs}
+                wd.record(RANGES_NAME, inputs=range_inputs, options=options)
+                if ranges_path not in written:
+                    written.append(ranges_path)
+                ranges = load_ranges(ranges_path)
             if kept != method:  # the kept method's ranges are the work dir's ranges from here on
                 with atomic_path(ranges_path) as tmp:
                     shutil.copyfile(ranges_of(kept), tmp)
@@ -369,14 +378,15 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
 
 def _repair(evaluate: _Evaluator, budget: float, method: str, ranges_of: Callable[[str], Path],
             step: Callable[[str], None], max_float_layers: int | None = None,
-            tune: Callable[[], tuple[Path, dict]] | None = None,
-            tune_only: bool = False) -> tuple[str, list[str], dict, Path | None]:
+            tune: Callable[[], tuple[Path, Path, dict]] | None = None,
+            tune_only: bool = False) -> tuple[str, list[str], dict, tuple[Path, Path] | None]:
     """The repair loop: recipes tried in order of what they cost on the device, stopping at the
     first whose held-out top-1 drop is within `budget` points: the chosen method; the other
     methods; then, from the method that lost least, the most sensitive layers left in float,
     fewest first (at most `max_float_layers`); then quantization-aware fine-tuning with every
-    layer in int8 (`tune()`: the tuned fp32 ONNX file and its record). Returns (method kept,
-    layers left in float, the record of every step, the tuned file kept or None). With no
+    layer in int8 (`tune()`: the tuned fp32 ONNX file, its learned ranges and its record).
+    Returns (method kept, layers left in float, the record of every step, the tuned file and
+    ranges kept, or None). With no
     labelled held-out images nothing can be judged, and the chosen method is kept as it is.
     Where no step holds, the step that lost least is kept and the record says so.
     `tune_only` (the qat command): fine-tuning alone, kept whatever it loses."""
@@ -386,26 +396,27 @@ def _repair(evaluate: _Evaluator, budget: float, method: str, ranges_of: Callabl
         return method, [], {"budget_pt": budget, "met": None, "steps": [],
                             "kept": f"{method} calibration, not judged: {why}"}, None
     steps: list[dict] = []
-    tuned: dict[str, Path] = {}
+    tuned: dict[str, tuple[Path, Path]] = {}
 
     def judge(name: str, used: str, excluded: list[str], fp32: Path | None = None, **cost) -> bool:
         top1 = evaluate.top1(excluded, fp32)
-        drop = (evaluate.fp32_top1 - top1) * 100
+        drop = round((evaluate.fp32_top1 - top1) * 100, 9)  # 1 image in 300 is 1/3 pt, not 0.33..4
         steps.append({"step": name, "method": used, "top1": top1, "drop_pt": drop,
                       "float_layers": list(excluded),
                       "float_modules": [evaluate.layers.get(n) or n for n in excluded],
                       **cost, "holds": drop <= budget})
         if fp32 is not None:
-            tuned[name] = fp32
+            tuned[name] = (fp32, evaluate.ranges_path)
         step(f"{name}: top-1 {top1:.2%} ({drop:+.2f} pt; budget {budget:g})")
         return drop <= budget
 
-    def kept(row: dict) -> tuple[str, list[str], dict, Path | None]:
+    def kept(row: dict) -> tuple[str, list[str], dict, tuple[Path, Path] | None]:
         return row["method"], row["float_layers"], {"budget_pt": budget, "met": row["holds"],
                                                     "steps": steps, "kept": row["step"]}, tuned.get(row["step"])
 
     if tune_only:
-        path, record = tune()
+        path, learned, record = tune()
+        evaluate.use(learned, method)
         judge(f"{method}, quantization-aware fine-tuning ({record['epochs']} epochs)", method, [], path,
               qat=record)
         return kept(steps[-1])
@@ -426,7 +437,8 @@ def _repair(evaluate: _Evaluator, budget: float, method: str, ranges_of: Callabl
                 return kept(steps[-1])
     if tune is not None:
         try:
-            path, record = tune()
+            path, learned, record = tune()
+            evaluate.use(learned, best["method"])
         except BadInput as exc:  # no PyTorch model to fine-tune (a bare ONNX file)
             steps.append({"step": "quantization-aware fine-tuning", "skipped": str(exc), "holds": False,
                           "method": best["method"], "top1": None, "drop_pt": None, "float_layers": [],
@@ -448,10 +460,11 @@ def _training_indices(source, held: _Held) -> list[int]:
 def fine_tune_onnx(workdir: Path, fp32_model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
                    source, card, train: list[int], held: _Held, *, epochs: int,
                    lr: float = qat.LEARNING_RATE, step: Callable[[str], None] = lambda m: None
-                   ) -> tuple[onnx.ModelProto, dict]:
+                   ) -> tuple[onnx.ModelProto, dict[str, tuple[float, float]], dict]:
     """The work dir's PyTorch model fine-tuned quantization-aware on `train` (source indices),
-    the best epoch by `held`, as a copy of the fp32 ONNX model with the tuned weights; and the
-    record of it. BadInput where the work dir has no PyTorch model."""
+    the best epoch by `held`, as a copy of the fp32 ONNX model with the tuned weights; its
+    learned activation ranges; and the record of it. BadInput where the work dir has no
+    PyTorch model."""
     from ..export import CHECKPOINT_NAME
     from ..zoo import load_model
     checkpoint = Path(workdir) / CHECKPOINT_NAME
@@ -473,7 +486,7 @@ def fine_tune_onnx(workdir: Path, fp32_model: onnx.ModelProto, ranges: dict[str,
                                                             f"{epochs}: held-out top-1 {top1:.2%}"))
     record = {"epochs": epochs, "lr": lr, "train_images": len(train), "best_epoch": tuned.best_epoch,
               "start_top1": tuned.start_top1, "best_top1": tuned.best_top1, "history": tuned.history}
-    return qat.tuned_onnx(fp32_model, tuned.model), record
+    return qat.tuned_onnx(fp32_model, tuned.model), tuned.ranges, record
 
 
 def conv_layers(model: onnx.ModelProto | str | Path) -> dict[str, str]:

@@ -214,6 +214,18 @@ def load_ranges(ranges_path: str | os.PathLike) -> dict[str, tuple[float, float]
             for name, t in tensors.data.items()}
 
 
+def save_ranges(base: str | os.PathLike, changed: dict[str, tuple[float, float]],
+                out: str | os.PathLike) -> None:
+    """ORT's range cache `base` with the tensors in `changed` given new (lowest, highest)
+    ranges, written to `out`: what quantize and the TensorRT cache read."""
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, load_tensors_data, save_tensors_data
+    tensors = load_tensors_data(base)
+    data = dict(tensors.data)
+    for name, (low, high) in changed.items():
+        data[name] = TensorData(lowest=np.float32(low), highest=np.float32(high))
+    save_tensors_data(TensorsData(tensors.calibration_method, dict(sorted(data.items()))), out)
+
+
 def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recipe: str, method: str,
              ranges_path: str | os.PathLike, nodes_to_exclude: list[str] | None = None,
              ranges: dict[str, tuple[float, float]] | None = None) -> onnx.ModelProto:

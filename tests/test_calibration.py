@@ -377,3 +377,25 @@ def test_streamed_calibration_gives_exactly_the_scales_of_one_call_over_every_im
               for name, t in reference.compute_data().data.items()}
     assert ours.keys() == theirs.keys() and len(ours) > 40
     assert ours == theirs
+
+
+def test_the_classifier_can_stay_in_float(digits_workdir, tmp_path):
+    """--float-classifier: the final Gemm reads float input and weights (no DequantizeLinear in
+    front of it) and calibration.cache carries no scale for its input, so TensorRT keeps it in
+    float on either path; every convolution is still int8, and the held-out check holds."""
+    from resnet_edge.calibration.trt_cache import read_cache
+    work = tmp_path / "w"
+    shutil.copytree(digits_workdir, work)
+    result = calibrate(work, "digits:train", samples=128, method="minmax", holdout=200,
+                       float_classifier=True)
+    model = onnx.load(str(work / "model.int8.onnx"))
+    produced = {o: n.op_type for n in model.graph.node for o in n.output}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert result.excluded == [gemm.name]
+    assert produced.get(gemm.input[0]) != "DequantizeLinear" and gemm.input[1] not in produced
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        assert produced[conv.input[0]] == produced[conv.input[1]] == "DequantizeLinear", conv.name
+    fp32 = onnx.load(str(work / "model.onnx"))
+    fc_input = next(n for n in fp32.graph.node if n.op_type == "Gemm").input[0]
+    assert fc_input not in read_cache(work / "calibration.cache")[1]
+    assert result.holdout["drop_pt"] <= 1.0

@@ -133,6 +133,7 @@ def test_dev_stdout_is_a_stream_even_when_the_shell_sent_it_to_a_file():
 COMMANDS = {
     "bench": lambda w, c, b: [w], "build": lambda w, c, b: [w], "bundle": lambda w, c, b: [w],
     "calibrate": lambda w, c, b: [w, "--data", "digits"], "debug": lambda w, c, b: [w],
+    "qat": lambda w, c, b: [w],
     "eval": lambda w, c, b: [c, "--data", "digits"], "export": lambda w, c, b: [c, "--out", w.parent / "x"],
     "models": lambda w, c, b: [], "parity": lambda w, c, b: [w], "pipeline": lambda w, c, b: [c],
     "report": lambda w, c, b: [b], "train": lambda w, c, b: ["resnet20", "--data", "digits"],

@@ -97,7 +97,7 @@ def test_the_fake_quantized_model_computes_what_the_qdq_model_does(calibrated_wo
     what is written (the tuned weights in model.onnx's graph, quantized with the learned scales
     by the same call as post-training quantization, run by ONNX Runtime with Q/DQ as written)
     give the same logits."""
-    from resnet_edge.calibration import _Held
+    from resnet_edge.calibration.heldout import Held
     from resnet_edge.data import batches, open_data
     from resnet_edge.export import read_card
     from resnet_edge.export.metadata import module_of
@@ -106,7 +106,7 @@ def test_the_fake_quantized_model_computes_what_the_qdq_model_does(calibrated_wo
     source = open_data("digits:train")
     held_x = np.concatenate([x.numpy() for x, _ in batches(source, card.preprocess, 128,
                                                             indices=list(range(256, 384)))])
-    held = _Held(held_x, source.labels[256:384], list(range(256, 384)))
+    held = Held(held_x, source.labels[256:384], list(range(256, 384)))
     ranges = load_ranges(calibrated_workdir / "calibration.ranges.json")
     tuned, learned, record = fine_tune_onnx(calibrated_workdir, fp32, ranges, source, card,
                                             list(range(0, 256)), held, epochs=1)

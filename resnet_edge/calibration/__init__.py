@@ -15,18 +15,19 @@ import numpy as np
 import onnx
 
 from ..artifacts import WorkDir, atomic_path, write_bytes_atomic, write_json_atomic
-from ..data import RandomSource, batches, data_for, match_classes, open_data, trained_on
+from ..data import RandomSource, data_for, match_classes, open_data, trained_on
 from ..errors import BadInput, number_in
 from ..export import ONNX_NAME, read_card, write_fp16
 from ..export.metadata import QUANT_KEY, load_onnx, module_of
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
-from ..runtime.ort import make_session
 from ..runtime.trt_rules import INT8_FP16_FILE
 from .dataset import DEFAULT_SAMPLES, balanced_indices, calibration_inputs, overlaps
 from .qdq import (CPU_WEIGHT_BITS, METHODS, RECIPES, any_batch, compute_ranges, load_ranges, quantize,
                   save_ranges)
 from . import qat
+from .heldout import Evaluator, holdout_images
+from .repair import fine_tune_onnx, repair_loop, training_indices
 from .trt_cache import write_cache
 
 INT8_NAME = "model.int8.onnx"
@@ -58,11 +59,14 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
               tensorrt_version: str = "10.3.0", thresholds: dict[str, Thresholds] | None = None,
               max_accuracy_drop_pt: float | None = None, max_float_layers: int | None = None,
               qat_epochs: int = qat.DEFAULT_EPOCHS, fine_tune: bool = False,
+              float_classifier: bool = False,
               step: Callable[[str], None] = lambda m: None) -> CalibrationResult:
-    """`max_accuracy_drop_pt`: the repair loop (see _repair) tries recipes in order until the
+    """`max_accuracy_drop_pt`: the repair loop (repair.repair_loop) tries recipes in order until the
     held-out top-1 drop is within it, leaving at most `max_float_layers` layers in float and
     fine-tuning `qat_epochs` epochs as its last step. `fine_tune` (the qat command): that
-    fine-tuning alone, judged against `max_accuracy_drop_pt`."""
+    fine-tuning alone, judged against `max_accuracy_drop_pt`. `float_classifier`: the final
+    Gemm left in float throughout (TensorRT runs it in fp16 beside int8 convolutions, as
+    ModelOpt's ONNX PTQ leaves it)."""
     if fine_tune and recipe != "tensorrt":
         raise BadInput("quantization-aware fine-tuning follows the tensorrt recipe's Q/DQ placement; "
                        "use --recipe tensorrt")
@@ -168,9 +172,10 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
             written.append(ranges_path)
         ranges = load_ranges(ranges_path)
 
-        held = _holdout(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
-        evaluate = _Evaluator(measured_model, held, recipe, Path(scratch), ranges_path, method, layers,
-                              ranges)
+        held = holdout_images(source, card, inputs_indices=balanced_indices(source, samples), size=holdout)
+        classifier = [n for n in layers if float_classifier and _is_classifier(fp32_model, n)]
+        evaluate = Evaluator(measured_model, held, recipe, Path(scratch), ranges_path, method, layers,
+                              ranges, always=classifier)
         ranking = evaluate.sensitivity(step) if sensitivity or exclude == "auto" else None
         if ranking is not None:
             write_json_atomic(wd.file(SENSITIVITY_NAME), {
@@ -189,14 +194,14 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                 return path
             def tune() -> tuple[Path, Path, dict]:
                 tuned_model, learned, record = fine_tune_onnx(workdir, fp32_model, evaluate.ranges, source, card,
-                                                              _training_indices(source, held), held,
+                                                              training_indices(source, held), held,
                                                               epochs=qat_epochs, step=step)
                 folder = Path(scratch) / "qat"
                 folder.mkdir(exist_ok=True)
                 onnx.save(tuned_model, str(folder / ONNX_NAME))
                 save_ranges(evaluate.ranges_path, learned, folder / RANGES_NAME)
                 return folder / ONNX_NAME, folder / RANGES_NAME, record
-            kept, excluded, repair, tuned = _repair(evaluate, max_accuracy_drop_pt, method, ranges_of, step,
+            kept, excluded, repair, tuned = repair_loop(evaluate, max_accuracy_drop_pt, method, ranges_of, step,
                                                     max_float_layers, tune, tune_only=fine_tune)
             if tuned is not None:  # the tuned weights, quantized with the learned scales
                 source_model = tuned[0]
@@ -219,6 +224,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         else:
             excluded = _exclusions(exclude, ranking, evaluate, thresholds or load_thresholds(), step)
 
+        excluded = [*classifier, *(n for n in excluded if n not in classifier)]
         step(f"writing {INT8_NAME} ({recipe} recipe)")
         model = quantize(source_model, Path(scratch) / INT8_NAME, recipe=recipe, method=method,
                          ranges_path=ranges_path, nodes_to_exclude=excluded, ranges=ranges)
@@ -252,96 +258,6 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                              ranking, excluded, written, data_spec, method, repair)
 
 
-@dataclass
-class _Held:
-    inputs: np.ndarray
-    labels: np.ndarray | None
-    indices: list[int] = field(default_factory=list)  # in the source
-
-
-def _holdout(source, card, inputs_indices, size: int) -> _Held | None:
-    """Images of the calibration source that calibration did not use, for sensitivity."""
-    used = set(inputs_indices)
-    rest = [i for i in range(len(source)) if i not in used][:size]
-    if not rest:
-        return None
-    xs, ys = [], []
-    for x, y in batches(source, card.preprocess, 128, indices=rest):
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-    labels = np.concatenate(ys)
-    return _Held(np.concatenate(xs), labels if source.has_labels else None, rest)
-
-
-class _Evaluator:
-    """Top-1 on the held-out images (agreement with fp32 when they have no labels), of the fp32
-    model and of int8 models quantized from the cached ranges."""
-
-    def __init__(self, fp32, held: _Held | None, recipe, scratch: Path, ranges_path, method,
-                 layers: dict[str, str], ranges: dict[str, tuple[float, float]]):
-        self.fp32, self.held, self.recipe, self.scratch = fp32, held, recipe, scratch
-        self.layers, self.ranges = layers, ranges
-        self.ranges_path, self.method = ranges_path, method
-        self.reference = self._logits(make_session(fp32)) if held is not None else None
-        self.target = held.labels if held is not None and held.labels is not None else (
-            self.reference.argmax(1) if self.reference is not None else None)
-        self.fp32_top1 = float((self.reference.argmax(1) == self.target).mean()) if held else None
-
-    def use(self, ranges_path: Path, method: str) -> None:
-        """Judge int8 models quantized from another method's ranges from here on."""
-        self.ranges_path, self.method, self.ranges = ranges_path, method, load_ranges(ranges_path)
-
-    def _logits(self, session) -> np.ndarray:
-        """The held-out images' logits, in batches the model takes: a static-batch model's last
-        batch padded with zeros and the padding's logits dropped."""
-        first = session.get_inputs()[0]
-        static = isinstance(first.shape[0], int)
-        size = first.shape[0] if static else 128
-        images, out = self.held.inputs, []
-        for i in range(0, len(images), size):
-            batch = images[i:i + size]
-            pad = np.zeros((size - len(batch) if static else 0, *batch.shape[1:]), batch.dtype)
-            out.append(session.run(None, {first.name: np.concatenate([batch, pad])})[0][:len(batch)])
-        return np.concatenate(out)
-
-    def _int8_logits(self, path: Path | bytes) -> np.ndarray:
-        # The tensorrt recipe is judged by the numerics TensorRT will run (Q/DQ as written),
-        # the cpu recipe by ORT's fused CPU kernels that will ship.
-        return self._logits(make_session(path, disable_qdq_fusion=self.recipe == "tensorrt"))
-
-    def logits(self, excluded: list[str], fp32: Path | None = None) -> np.ndarray:
-        """The held-out logits of the int8 model quantized from `fp32` (the work dir's, or a
-        QAT-tuned copy) with `excluded` left in float."""
-        model = quantize(fp32 or self.fp32, self.scratch / "trial.onnx", recipe=self.recipe,
-                         method=self.method, ranges_path=self.ranges_path,
-                         nodes_to_exclude=excluded, ranges=self.ranges)
-        return self._int8_logits(model.SerializeToString())
-
-    def top1(self, excluded: list[str], fp32: Path | None = None) -> float:
-        return float((self.logits(excluded, fp32).argmax(1) == self.target).mean())
-
-    def sensitivity(self, step) -> list[dict]:
-        """Each layer quantized alone, the rest in float: top-1 drop and logit RMS error on
-        the held-out images; ranked by drop, then by error (which still ranks layers when the
-        set is too easy for any single layer to flip a prediction)."""
-        layers = self.layers
-        rows = []
-        for i, (layer, module) in enumerate(layers.items()):
-            step(f"sensitivity {i + 1}/{len(layers)}: {module or layer}")
-            logits = self.logits([other for other in layers if other != layer])
-            top1 = float((logits.argmax(1) == self.target).mean())
-            rows.append({"layer": layer, "module": module, "top1": top1,
-                         "drop_pt": (self.fp32_top1 - top1) * 100,
-                         "logit_rmse": float(np.sqrt(np.mean((logits - self.reference) ** 2)))})
-        return sorted(rows, key=lambda r: (-r["drop_pt"], -r["logit_rmse"]))
-
-    def score(self, int8_path: Path) -> dict:
-        top1 = float((self._int8_logits(int8_path).argmax(1) == self.target).mean())
-        return {"images": len(self.held.inputs), "labelled": self.held.labels is not None,
-                "fp32_top1": self.fp32_top1, "int8_top1": top1,
-                "drop_pt": (self.fp32_top1 - top1) * 100}
-
-
 def layer_names(names: str, layers: dict[str, str]) -> list[str]:
     """ONNX node names for a comma list of node names or module names (conv1, layer1.0.conv2,
     fc) as the sensitivity ranking shows them."""
@@ -356,7 +272,7 @@ def layer_names(names: str, layers: dict[str, str]) -> list[str]:
     return found
 
 
-def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> list[str]:
+def _exclusions(exclude, ranking, evaluate: Evaluator, thresholds, step) -> list[str]:
     if not exclude:
         return []
     if exclude != "auto":
@@ -376,117 +292,15 @@ def _exclusions(exclude, ranking, evaluate: _Evaluator, thresholds, step) -> lis
     return excluded
 
 
-def _repair(evaluate: _Evaluator, budget: float, method: str, ranges_of: Callable[[str], Path],
-            step: Callable[[str], None], max_float_layers: int | None = None,
-            tune: Callable[[], tuple[Path, Path, dict]] | None = None,
-            tune_only: bool = False) -> tuple[str, list[str], dict, tuple[Path, Path] | None]:
-    """The repair loop: recipes tried in order of what they cost on the device, stopping at the
-    first whose held-out top-1 drop is within `budget` points: the chosen method; the other
-    methods; then, from the method that lost least, the most sensitive layers left in float,
-    fewest first (at most `max_float_layers`); then quantization-aware fine-tuning with every
-    layer in int8 (`tune()`: the tuned fp32 ONNX file, its learned ranges and its record).
-    Returns (method kept, layers left in float, the record of every step, the tuned file and
-    ranges kept, or None). With no
-    labelled held-out images nothing can be judged, and the chosen method is kept as it is.
-    Where no step holds, the step that lost least is kept and the record says so.
-    `tune_only` (the qat command): fine-tuning alone, kept whatever it loses."""
-    if evaluate.held is None or evaluate.held.labels is None:
-        why = ("no held-out images are left" if evaluate.held is None else
-               "the held-out images have no labels")
-        return method, [], {"budget_pt": budget, "met": None, "steps": [],
-                            "kept": f"{method} calibration, not judged: {why}"}, None
-    steps: list[dict] = []
-    tuned: dict[str, tuple[Path, Path]] = {}
-
-    def judge(name: str, used: str, excluded: list[str], fp32: Path | None = None, **cost) -> bool:
-        top1 = evaluate.top1(excluded, fp32)
-        drop = round((evaluate.fp32_top1 - top1) * 100, 9)  # 1 image in 300 is 1/3 pt, not 0.33..4
-        steps.append({"step": name, "method": used, "top1": top1, "drop_pt": drop,
-                      "float_layers": list(excluded),
-                      "float_modules": [evaluate.layers.get(n) or n for n in excluded],
-                      **cost, "holds": drop <= budget})
-        if fp32 is not None:
-            tuned[name] = (fp32, evaluate.ranges_path)
-        step(f"{name}: top-1 {top1:.2%} ({drop:+.2f} pt; budget {budget:g})")
-        return drop <= budget
-
-    def kept(row: dict) -> tuple[str, list[str], dict, tuple[Path, Path] | None]:
-        return row["method"], row["float_layers"], {"budget_pt": budget, "met": row["holds"],
-                                                    "steps": steps, "kept": row["step"]}, tuned.get(row["step"])
-
-    if tune_only:
-        path, learned, record = tune()
-        evaluate.use(learned, method)
-        judge(f"{method}, quantization-aware fine-tuning ({record['epochs']} epochs)", method, [], path,
-              qat=record)
-        return kept(steps[-1])
-    if judge(f"{method} calibration", method, []):
-        return kept(steps[-1])
-    for other in (m for m in METHODS if m != method):
-        evaluate.use(ranges_of(other), other)
-        if judge(f"{other} calibration", other, []):
-            return kept(steps[-1])
-    best = min(steps, key=lambda r: r["drop_pt"])
-    evaluate.use(ranges_of(best["method"]), best["method"])
-    if max_float_layers is None or max_float_layers > 0:
-        excluded: list[str] = []
-        for row in evaluate.sensitivity(step)[:max_float_layers]:
-            excluded.append(row["layer"])
-            if judge(f"{best['method']}, {len(excluded)} layer(s) left in float ("
-                     f"{', '.join(evaluate.layers.get(n) or n for n in excluded)})", best["method"], excluded):
-                return kept(steps[-1])
-    if tune is not None:
-        try:
-            path, learned, record = tune()
-            evaluate.use(learned, best["method"])
-        except BadInput as exc:  # no PyTorch model to fine-tune (a bare ONNX file)
-            steps.append({"step": "quantization-aware fine-tuning", "skipped": str(exc), "holds": False,
-                          "method": best["method"], "top1": None, "drop_pt": None, "float_layers": [],
-                          "float_modules": []})
-        else:
-            if judge(f"{best['method']}, quantization-aware fine-tuning ({record['epochs']} epochs)",
-                     best["method"], [], path, qat=record):
-                return kept(steps[-1])
-    judged = [r for r in steps if r["drop_pt"] is not None]
-    return kept(min(judged, key=lambda r: (r["drop_pt"], len(r["float_layers"]))))
-
-
-def _training_indices(source, held: _Held) -> list[int]:
-    """The source's images that judge nothing: all but the held-out ones."""
-    judging = set(held.indices)
-    return [i for i in range(len(source)) if i not in judging]
-
-
-def fine_tune_onnx(workdir: Path, fp32_model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
-                   source, card, train: list[int], held: _Held, *, epochs: int,
-                   lr: float = qat.LEARNING_RATE, step: Callable[[str], None] = lambda m: None
-                   ) -> tuple[onnx.ModelProto, dict[str, tuple[float, float]], dict]:
-    """The work dir's PyTorch model fine-tuned quantization-aware on `train` (source indices),
-    the best epoch by `held`, as a copy of the fp32 ONNX model with the tuned weights; its
-    learned activation ranges; and the record of it. BadInput where the work dir has no
-    PyTorch model."""
-    from ..export import CHECKPOINT_NAME
-    from ..zoo import load_model
-    checkpoint = Path(workdir) / CHECKPOINT_NAME
-    if not checkpoint.exists():
-        raise BadInput(f"no PyTorch model ({CHECKPOINT_NAME}) in {workdir} to fine-tune")
-    if held is None or held.labels is None or not train:
-        raise BadInput("quantization-aware fine-tuning needs labelled images to train on and others to judge by")
-    model, _ = load_model(str(checkpoint))
-    order = np.random.default_rng(0)
-
-    def train_batches(epoch: int):
-        for x, y in batches(source, card.preprocess, qat.BATCH_SIZE, indices=order.permutation(train).tolist()):
-            yield x, y
-
-    steps = -(-len(train) // qat.BATCH_SIZE)
-    tuned = qat.fine_tune(model, fp32_model, ranges, train_batches, steps, (held.inputs, held.labels),
-                          epochs=epochs, lr=lr,
-                          progress=lambda epoch, top1: step(f"quantization-aware fine-tuning, epoch {epoch} of "
-                                                            f"{epochs}: held-out top-1 {top1:.2%}"))
-    record = {"epochs": epochs, "lr": lr, "train_images": len(train), "best_epoch": tuned.best_epoch,
-              "start_top1": tuned.start_top1, "best_top1": tuned.best_top1, "history": tuned.history}
-    return qat.tuned_onnx(fp32_model, tuned.model), tuned.ranges, record
+def _is_classifier(model: onnx.ModelProto, node_name: str) -> bool:
+    """The Gemm whose output is (or, through a Softmax, makes) the model's output."""
+    outputs = {o.name for o in model.graph.output}
+    by_name = {n.name: n for n in model.graph.node}
+    node = by_name[node_name]
+    if node.op_type != "Gemm":
+        return False
+    readers = [n for n in model.graph.node if node.output[0] in n.input]
+    return node.output[0] in outputs or any(r.op_type == "Softmax" and r.output[0] in outputs for r in readers)
 
 
 def conv_layers(model: onnx.ModelProto | str | Path) -> dict[str, str]:

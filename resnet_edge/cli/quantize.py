@@ -106,7 +106,10 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
               "8.5.2); builds re-head a copy for the TensorRT they find.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates used by --exclude auto.")
-@click.option("--max-accuracy-drop-pt", type=float,
+@click.option("--float-classifier", is_flag=True,
+              help="Leave the final Gemm (the classifier) in float: TensorRT runs it in fp16 beside the "
+              "int8 convolutions, as ModelOpt's ONNX PTQ does.")
+@click.option("--max-accuracy-drop-pt", type=Finite(0, 100),
               help="Repair until the held-out top-1 drop is at most this many points: the chosen "
               "--method, then the other methods, then the most sensitive layers left in float, fewest "
               "first; stops at the first that holds (exit 1 if none does; needs labelled data).")
@@ -117,8 +120,8 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
               help="With --max-accuracy-drop-pt: epochs of quantization-aware fine-tuning, its last step.")
 @JSON_OPTION
 def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, data_eval,
-              tensorrt_version, thresholds, max_accuracy_drop_pt, max_float_layers, qat_epochs,
-              json_path) -> None:
+              tensorrt_version, thresholds, float_classifier, max_accuracy_drop_pt, max_float_layers,
+              qat_epochs, json_path) -> None:
     """Make model.int8.onnx (Q/DQ) and calibration.cache from real calibration data.
 
     Calibration runs once over every tensor int8 needs through the model's own Preprocess; the
@@ -141,7 +144,8 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
                                  eval_spec=data_eval, tensorrt_version=tensorrt_version,
                                  thresholds=load_thresholds(thresholds),
                                  max_accuracy_drop_pt=max_accuracy_drop_pt,
-                                 max_float_layers=max_float_layers, qat_epochs=qat_epochs, step=step)
+                                 max_float_layers=max_float_layers, qat_epochs=qat_epochs,
+                                 float_classifier=float_classifier, step=step)
     _report(result, recipe, exclude, json_path)
 
 
@@ -213,7 +217,7 @@ def _report(result, recipe: str, exclude: str | None, json_path) -> None:
               show_default=True, help="The calibrated scales fine-tuning starts from (and keeps).")
 @click.option("--holdout", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out images of --data that pick the best epoch and judge the result.")
-@click.option("--max-accuracy-drop-pt", type=float,
+@click.option("--max-accuracy-drop-pt", type=Finite(0, 100),
               help="Exit 1 when the held-out top-1 drop is larger [the int8 gate of --thresholds].")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates; the int8 gate's max_accuracy_drop_pt is the default budget.")

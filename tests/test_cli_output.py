@@ -150,6 +150,7 @@ OWN_DEFAULT = {
               "the rest an evaluation split",
     "--batch-size": "train's is the optimizer's batch; evaluation batches follow the model's profile",
     "--iterations": "bench times what it is asked; verify times fewer where it runs ONNX Runtime off the device",
+    "--epochs": "train's depends on the dataset; qat's is a few epochs of fine-tuning",
     "--max-accuracy-drop-pt": "the most top-1 may fall in points, in each: parity's against a --baseline (0.5), "
                               "calibrate's turns the repair loop on (off unless given), qat's is the int8 gate's",
 }

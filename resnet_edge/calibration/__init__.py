@@ -74,6 +74,8 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         max_accuracy_drop_pt = (thresholds or load_thresholds())["int8"].max_accuracy_drop_pt or 1.0
     if samples < 1:
         raise BadInput(f"--samples must be at least 1, got {samples}")
+    if qat_epochs < 1:
+        raise BadInput(f"--epochs must be at least 1, got {qat_epochs}")
     if max_accuracy_drop_pt is not None:
         number_in(max_accuracy_drop_pt, 0, 100, "--max-accuracy-drop-pt")
         if exclude:

@@ -116,7 +116,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
 @click.option("--max-float-layers", type=click.IntRange(min=0),
               help="With --max-accuracy-drop-pt: at most this many layers left in float (each costs "
               "speed on the device); 0 goes from the methods straight to fine-tuning [no limit].")
-@click.option("--qat-epochs", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--qat-epochs", type=int, default=5, show_default=True,
               help="With --max-accuracy-drop-pt: epochs of quantization-aware fine-tuning, its last step.")
 @JSON_OPTION
 def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude, holdout, data_eval,
@@ -210,13 +210,14 @@ def _report(result, recipe: str, exclude: str | None, json_path) -> None:
 @click.option("--data", "data_spec",
               help="Labelled training images (held-out ones judge the epochs) [the train split of the "
               "built-in dataset the model was trained on here; required for any other model].")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--epochs", type=int, default=5, show_default=True,
+              help="Passes over --data; the best by held-out top-1 is kept.")
 @click.option("--samples", type=int, default=512, show_default=True,
               help="Calibration images, where the work dir's ranges must be made first.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
               show_default=True, help="The calibrated scales fine-tuning starts from (and keeps).")
-@click.option("--holdout", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Held-out images of --data that pick the best epoch and judge the result.")
+@click.option("--holdout", type=int,
+              help="Held-out images of --data that pick the best epoch and judge the result [500].")
 @click.option("--max-accuracy-drop-pt", type=Finite(0, 100),
               help="Exit 1 when the held-out top-1 drop is larger [the int8 gate of --thresholds].")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),

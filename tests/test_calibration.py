@@ -55,15 +55,17 @@ def test_tensorrt_recipe_qdq_rules(calibrated):
     for node in qdq:
         zero_point = inits[node.input[2]]
         assert zero_point.dtype == np.int8 and not zero_point.any(), node.name  # symmetric int8
-        if node.op_type == "DequantizeLinear":
+        if node.op_type == "DequantizeLinear":  # an activation's Q, or a weight stored in int8
             source = producers.get(node.input[0])
-            assert source is not None and source.op_type == "QuantizeLinear"  # no int32 bias DQ
+            assert (source is not None and source.op_type == "QuantizeLinear") or (
+                inits[node.input[0]].dtype == np.int8), node.name  # no int32 bias DQ
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm"):
             weight_dq = producers[node.input[1]]
             assert weight_dq.op_type == "DequantizeLinear"
             axis = next((a.i for a in weight_dq.attribute if a.name == "axis"), 1)
-            weight = inits[producers[weight_dq.input[0]].input[0]]
+            weight = inits[weight_dq.input[0]]  # int8 initializer behind its DequantizeLinear
+            assert weight.dtype == np.int8 and np.abs(weight).max() <= 127
             assert axis == 0 and inits[weight_dq.input[1]].shape == (weight.shape[0],)
             assert producers[node.input[0]].op_type == "DequantizeLinear"  # activation quantized
             assert len(node.input) < 3 or node.input[2] in inits  # bias stays float
@@ -72,6 +74,8 @@ def test_tensorrt_recipe_qdq_rules(calibrated):
     for add in adds:
         kinds = sorted(producers[i].op_type for i in add.input)
         assert kinds == ["Conv", "DequantizeLinear"], kinds  # conv branch bare, identity Q/DQ
+    # weights in int8: the file is about a quarter of the fp32 one, as OTA updates want
+    assert result.path.stat().st_size < 0.35 * (work / "model.onnx").stat().st_size
     info = json.loads({p.key: p.value for p in model.metadata_props}["resnet_edge.quantization"])
     assert info["recipe"] == "tensorrt" and info["samples"] == 512
     assert result.per_class and sum(result.per_class.values()) == 512

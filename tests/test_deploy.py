@@ -112,6 +112,9 @@ def test_bundle_contents(bundle, tmp_path):
     assert info["precisions"] == ["fp32", "fp16", "int8"] and info["input_shape"] == [3, 32, 32]
     assert info["cuda_python"] == ">=12.6.1,<13"
     assert "pip install 'cuda-python>=12.6.1,<13'" in (root / "README.md").read_text()
+    # the README states each model's size, as manifest.json counts its bytes
+    for name in ("model.onnx", "model.int8.onnx"):
+        assert f"{name} {manifest[name]['bytes'] / 1e6:.1f} MB" in (root / "README.md").read_text()
     assert (root / "labels.txt").read_text().split() == [str(i) for i in range(10)]
     with tarfile.open(bundle) as tar:  # the archive stores manifest.json first
         assert [m.name for m in tar.getmembers()[:2]] == ["r20-jetpack6", "r20-jetpack6/manifest.json"]

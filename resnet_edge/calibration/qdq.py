@@ -239,7 +239,7 @@ def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recip
         q.quantize_static(str(onnx_path), str(out_path), activation_type=q.QuantType.QInt8,
                           weight_type=q.QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
                           extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                         "QuantizeBias": False, "AddQDQPairToWeight": True,
+                                         "QuantizeBias": False, "AddQDQPairToWeight": False,
                                          "DedicatedQDQPair": True,
                                          "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm"],
                                          "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0}},

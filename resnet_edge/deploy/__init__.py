@@ -316,6 +316,10 @@ def _too_few_golden(packed: int, asked: int, spec: str) -> str:
             "(and --data with as many images)")
 
 
+def _megabytes(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
 def _readme(stage: Path, root: str, arch: str, target: str, precisions: list[str],
             files: list[str], opt_batch: int) -> str:
     spec = TARGETS[target]
@@ -341,9 +345,11 @@ def _readme(stage: Path, root: str, arch: str, target: str, precisions: list[str
              f"2.8 or newer (JetPack 5's apt packages); without TensorRT, onnxruntime "
              f"{ort.oldest_reading(ir, opset) or 'newer than 1.23'} or newer (these files are ONNX IR "
              f"{ir}, opset {opset}).")
+    sizes = ", ".join(f"{name} {_megabytes(stage / name)}" for name in files if name.endswith(".onnx"))
     return f"""# {root}
 
 {arch} for {spec.about}, made by resnet-edge {__version__}. Precisions: {', '.join(precisions)}.
+Models: {sizes} (int8 files hold their weights in int8).
 
 On the device, with {python}. {floor}
 

@@ -434,3 +434,42 @@ def test_calibration_memory_does_not_grow_with_the_images(tmp_path):
         return int(done.stdout.split()[-1])
     few, many = peak_mib(16), peak_mib(64)
     assert many < few * 1.15 and many < 3072, (few, many)
+
+
+def test_one_qdq_pair_per_tensor_computes_what_a_pair_per_consumer_does(calibrated):
+    """A tensor read by several int8 layers (a block's input: its first Conv, and the identity
+    of its Add or the downsample Conv) gets one Q/DQ pair, as ModelOpt writes it; given a pair
+    per consumer instead (what DedicatedQDQPair wrote), ONNX Runtime computes the same logits,
+    bit for bit."""
+    import copy
+    from collections import Counter
+    from resnet_edge.runtime.ort import make_session
+    work, result = calibrated["tensorrt"]
+    model = onnx.load(str(result.path))
+    quantized = Counter(n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear")
+    assert quantized and max(quantized.values()) == 1
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    dedicated = copy.deepcopy(model)
+    nodes = list(dedicated.graph.node)
+    by_name = {n.name: n for n in nodes}
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
+        dq = readers[q.output[0]][0]
+        for k, reader in enumerate(readers[dq.output[0]][1:], 1):  # the second reader on gets its own
+            nq = onnx.helper.make_node("QuantizeLinear", [q.input[0], q.input[1], q.input[2]], [f"{q.output[0]}_{k}"],
+                                       name=f"{q.name}_{k}")
+            ndq = onnx.helper.make_node("DequantizeLinear", [nq.output[0], dq.input[1], dq.input[2]],
+                                        [f"{dq.output[0]}_{k}"], name=f"{dq.name}_{k}")
+            target = by_name[reader.name]
+            target.input[list(target.input).index(dq.output[0])] = ndq.output[0]
+            nodes.insert(nodes.index(target), ndq)
+            nodes.insert(nodes.index(ndq), nq)
+    del dedicated.graph.node[:]
+    dedicated.graph.node.extend(nodes)
+    assert sum(n.op_type == "QuantizeLinear" for n in dedicated.graph.node) > len(quantized)
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=np.float32)
+    logits = [make_session(m.SerializeToString(), disable_qdq_fusion=True).run(None, {"input": x})[0]
+              for m in (model, dedicated)]
+    np.testing.assert_array_equal(*logits)

@@ -240,7 +240,7 @@ def quantize(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, recip
                           weight_type=q.QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
                           extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                          "QuantizeBias": False, "AddQDQPairToWeight": False,
-                                         "DedicatedQDQPair": True,
+                                         "DedicatedQDQPair": False,
                                          "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm"],
                                          "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0}},
                           **common)
@@ -312,9 +312,13 @@ def residual_identity_inputs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProt
 
 def add_residual_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
                      skip: set[str] = frozenset()) -> int:
-    """Give each residual Add's identity input its own symmetric int8 Q/DQ pair."""
+    """Give each residual Add's identity input a symmetric int8 Q/DQ pair: the one the tensor
+    already has (a block's input quantized for its first Conv, one pair per tensor, as ORT's
+    shared pairs and ModelOpt write it) where its scale is this one, else a pair of its own."""
     added = 0
     new_nodes = []
+    initializers = {i.name: i for i in model.graph.initializer}
+    consumers = _consumers(model)
     for add, index in residual_identity_inputs(model):
         if add.name in skip:
             continue
@@ -323,6 +327,14 @@ def add_residual_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, floa
         if base not in ranges:
             continue
         scale = scale_from_range(*ranges[base])
+        shared = next((dq.output[0] for q in consumers.get(base, []) if q.op_type == "QuantizeLinear"
+                       and q.input[1] in initializers
+                       and float(numpy_helper.to_array(initializers[q.input[1]])) == np.float32(scale)
+                       for dq in consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"), None)
+        if shared is not None:
+            add.input[index] = shared
+            added += 1
+            continue
         stem = f"{add.name}_identity"
         model.graph.initializer.extend([
             numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{stem}_scale"),

@@ -356,23 +356,28 @@ def test_a_static_batch_export_calibrates_on_exactly_its_images(batch, method, t
 
 @pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
 def test_streamed_calibration_gives_exactly_the_scales_of_one_call_over_every_image(method, digits_workdir,
-                                                                                    tmp_path):
+                                                                                    tmp_path, monkeypatch):
     """compute_ranges holds one batch at a time; onnxruntime.quantization's calibrator, given
     every image in one collect_data call (what quantize_static does), holds them all. The
     ranges are the same, value for value, for every method, with a last batch that is short."""
     from onnxruntime.quantization.calibrate import create_calibrator
     from resnet_edge.calibration.dataset import calibration_inputs
+    from resnet_edge.calibration import qdq
     from resnet_edge.calibration.qdq import ArrayReader, READER_BATCH, _method, compute_ranges
     from resnet_edge.export import read_card
     card = read_card(onnx.load(str(digits_workdir / "model.onnx"), load_external_data=False))
     inputs, _ = calibration_inputs(open_data("digits:train"), card.preprocess, 3 * READER_BATCH + 5)
     model = tmp_path / "model.onnx"
     shutil.copyfile(digits_workdir / "model.onnx", model)
-    seen = []
-    ours = compute_ranges(model, inputs, method, tmp_path / "ranges.json", tmp_path,
-                          progress=lambda done, total: seen.append((done, total)))
-    passes = 1 if method == "minmax" else 2
-    assert seen[-1] == (passes * 4, passes * 4) and len(seen) == passes * 4
+    seen, kept = [], []
+    for budget in (0, qdq.KEEP_BUDGET):  # two passes of the model; one, its tensors kept
+        monkeypatch.setattr(qdq, "KEEP_BUDGET", budget)
+        seen.append([])
+        kept.append(compute_ranges(model, inputs, method, tmp_path / "ranges.json", tmp_path,
+                                   progress=lambda done, total: seen[-1].append((done, total))))
+    passes = [1, 1] if method == "minmax" else [2, 1]
+    assert [s[-1] for s in seen] == [(p * 4, p * 4) for p in passes] and kept[0] == kept[1]
+    ours = kept[0]
     extra = {"symmetric": True} if method != "minmax" else {}
     reference = create_calibrator(model, None, augmented_model_path=str(tmp_path / "one-call.onnx"),
                                   calibrate_method=_method(method), extra_options=extra)

@@ -44,6 +44,9 @@ def _quantization():
 
 
 READER_BATCH = 8  # images per inference while calibrating: what bounds its memory (compute_ranges)
+# the calibrated tensors of every image kept from the first pass when all of them fit this (a
+# 32 px ResNet-20: 1.5 MB an image), so the second pass needs no inference
+KEEP_BUDGET = 512 << 20
 
 
 class ArrayReader:
@@ -91,7 +94,9 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     those fixed ranges, summed batch by batch; that is bin for bin the histogram ORT builds
     when it is given every image at once (quantize_static's own way), so the scales are that
     call's, exactly (tests/test_calibration.py), and ORT's HistogramCollector picks the
-    thresholds from it. `progress(done, total)` hears each batch.
+    thresholds from it. Where every image's tensors fit KEEP_BUDGET, the first pass keeps them
+    and the second reads them back instead of running the model again. `progress(done, total)`
+    hears each batch.
     """
     _quantization()
     from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
@@ -100,7 +105,8 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     calibrator = create_calibrator(Path(onnx_path), None,
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
-    passes = 1 if method == "minmax" else 2
+    keep = method != "minmax" and _tensor_bytes(calibrator, inputs, input_name) * len(inputs) <= KEEP_BUDGET
+    passes = 1 if method == "minmax" or keep else 2
     total, done = passes * len(range(0, len(inputs), READER_BATCH)), 0
 
     def each_batch():
@@ -115,41 +121,55 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
             calibrator.collect_data(ArrayReader(batch, input_name))
         tensors = calibrator.compute_data()
     else:
-        tensors = TensorsData(_method(method), _histogram_thresholds(calibrator, each_batch, input_name))
-    del calibrator
+        kept: list = []
+
+        def outputs():  # each batch's calibrated tensors: from the model, or kept from pass 1
+            if kept:
+                yield from kept
+                return
+            for batch in each_batch():
+                ran = calibrator.infer_session.run(None, {input_name: batch})
+                if keep:
+                    kept.append(ran)
+                yield ran
+        tensors = TensorsData(_method(method), _histogram_thresholds(calibrator, outputs))
+        kept.clear()
     # sorted: the same inputs give the same bytes (and the same bundle digest)
     save_tensors_data(TensorsData(tensors.calibration_method, dict(sorted(tensors.data.items()))),
                       ranges_path)
     return load_ranges(ranges_path)
 
 
-def _histogram_thresholds(calibrator, each_batch, input_name: str) -> dict:
-    """ORT's HistogramCollector thresholds over histograms built in two passes (see
-    compute_ranges): the histogram it builds from all the data in one collect() call, for the
+def _tensor_bytes(calibrator, inputs: np.ndarray, input_name: str) -> int:
+    """The bytes of one image's calibrated tensors, measured on the first image."""
+    return sum(out.nbytes for out in calibrator.infer_session.run(
+        None, {input_name: np.ascontiguousarray(inputs[:1])}))
+
+
+def _histogram_thresholds(calibrator, outputs) -> dict:
+    """ORT's HistogramCollector thresholds over histograms built in two passes over
+    `outputs()`, each batch's calibrated tensors (see compute_ranges): the histogram it builds from all the data in one collect() call, for the
     percentile method over |x| (collect_absolute_value: num_bins from min |x| to max |x|) and
     for entropy over x (collect_value: num_bins over +-max |x|)."""
     from onnxruntime.quantization.calibrate import HistogramCollector
-    session = calibrator.infer_session
-    names = [o.name for o in session.get_outputs()]
+    names = [o.name for o in calibrator.infer_session.get_outputs()]
     wanted = [(i, n) for i, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
     absolute = calibrator.method == "percentile" and calibrator.symmetric
     low, high, abs_low = {}, {}, {}
-    for batch in each_batch():  # pass 1: each tensor's extremes
-        outputs = session.run(None, {input_name: batch})
+    for ran in outputs():  # pass 1: each tensor's extremes
         for i, name in wanted:
-            x = outputs[i]
+            x = ran[i]
             lo, hi = np.nanmin(x), np.nanmax(x)
             low[name] = lo if name not in low else min(low[name], lo)
             high[name] = hi if name not in high else max(high[name], hi)
             if absolute:
                 smallest = np.nanmin(np.absolute(x))
                 abs_low[name] = smallest if name not in abs_low else min(abs_low[name], smallest)
-        del outputs
+        del ran
     edges, counts = {}, {}
-    for batch in each_batch():  # pass 2: histograms over those fixed ranges
-        outputs = session.run(None, {input_name: batch})
+    for ran in outputs():  # pass 2: histograms over those fixed ranges
         for i, name in wanted:
-            x = outputs[i].ravel()
+            x = ran[i].ravel()
             if absolute:
                 span = (abs_low[name], np.maximum(np.absolute(low[name]), np.absolute(high[name])))
                 hist, edges[name] = np.histogram(np.absolute(x), bins=calibrator.num_bins, range=span)
@@ -157,7 +177,7 @@ def _histogram_thresholds(calibrator, each_batch, input_name: str) -> dict:
                 limit = np.array(max(abs(low[name]), abs(high[name])), dtype=x.dtype)
                 hist, edges[name] = np.histogram(x, calibrator.num_bins, range=(-limit, limit))
             counts[name] = hist if name not in counts else counts[name] + hist
-        del outputs
+        del ran
     collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
                                    num_bins=calibrator.num_bins,
                                    num_quantized_bins=calibrator.num_quantized_bins,

@@ -14,7 +14,7 @@
    vs ORT CPU int8 for both recipes (512 samples). Target: each loses <= 0.5 pt.
 
     .venv/bin/python benchmarks/calibration.py [--pairs 3] [--parts 1,2,3] [--cases resnet50:64,resnet50:512]
-        [--memory-cap 16] [--checkpoint runs/resnet20-digits/model.pt]
+        [--memory-cap 16] [--modelopt-site DIR] [--checkpoint runs/resnet20-digits/model.pt]
 """
 
 from __future__ import annotations
@@ -76,23 +76,33 @@ def _resident_kib(pid: int) -> int:
     return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
 
 
+MODELOPT_SITE: str | None = None  # --modelopt-site: where ModelOpt and its own pins are installed
+
+
 def run_child(kind: str, work: Path, samples: int, cap_gib: float) -> dict:
     """One run in its own process; stopped (and said to need more) once its resident memory
     passes `cap_gib`, so a peer that would swap the machine to a halt is a number, not a hang."""
-    child = subprocess.Popen([sys.executable, __file__, "--child", kind, "--work", str(work),
-                              "--samples", str(samples)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    started = time.perf_counter()
-    while child.poll() is None:
-        if _resident_kib(child.pid) > cap_gib * 1024 * 1024:
-            child.kill()
-            child.wait()
-            return {"stopped": True, "seconds": time.perf_counter() - started, "peak_mib": cap_gib * 1024}
-        time.sleep(0.1)
-    out, err = child.communicate()
+    import os
+    env = dict(os.environ)
+    if kind == "modelopt" and MODELOPT_SITE:  # its onnx and onnxruntime pins, for its run only
+        env["PYTHONPATH"] = MODELOPT_SITE
+    # output to files, not pipes: a child that logs more than a pipe holds would wait forever
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, __file__, "--child", kind, "--work", str(work),
+                                  "--samples", str(samples)], stdout=out, stderr=err, text=True, env=env)
+        started = time.perf_counter()
+        while child.poll() is None:
+            if _resident_kib(child.pid) > cap_gib * 1024 * 1024:
+                child.kill()
+                child.wait()
+                return {"stopped": True, "seconds": time.perf_counter() - started, "peak_mib": cap_gib * 1024}
+            time.sleep(0.1)
+        out.seek(0)
+        err.seek(0)
+        said, errors = out.read(), err.read()
     if child.returncode:
-        raise RuntimeError(f"{kind} failed: {err.strip().splitlines()[-1] if err.strip() else child.returncode}")
-    return json.loads(out.strip().splitlines()[-1])
+        raise RuntimeError(f"{kind} failed: {errors.strip().splitlines()[-1] if errors.strip() else child.returncode}")
+    return json.loads(said.strip().splitlines()[-1])
 
 
 def _cell(run: dict | None, key: str) -> str:
@@ -109,7 +119,7 @@ def versus_peer(tmp: Path, pairs: int, cases: str, cap_gib: float) -> None:
     from resnet_edge.data import open_data
     from resnet_edge.export import export_model
     from resnet_edge.zoo import load_model
-    peers = ["peer", *(["modelopt"] if importlib.util.find_spec("modelopt") else [])]
+    peers = ["peer", *(["modelopt"] if MODELOPT_SITE or importlib.util.find_spec("modelopt") else [])]
     print(f"1. calibrate vs quantize_static{' and ModelOpt' if 'modelopt' in peers else ''} (tensorrt "
           f"recipe, entropy), median of {pairs} pairs, one process per run, each stopped past "
           f"{cap_gib:g} GiB{'' if 'modelopt' in peers else '; ModelOpt (nvidia-modelopt) is not installed'}")
@@ -216,6 +226,8 @@ def main() -> None:
     parser.add_argument("--parts", default="1,2,3")
     parser.add_argument("--cases", default=CASES, help=f"model:images,... [{CASES}]")
     parser.add_argument("--memory-cap", type=float, default=16.0, help="GiB a run may hold [16]")
+    parser.add_argument("--modelopt-site", help="a folder holding nvidia-modelopt[onnx] and its pins "
+                        "(pip install --target DIR 'nvidia-modelopt[onnx]'), put first on its run's path")
     parser.add_argument("--child", choices=["ours", *PEERS], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, help=argparse.SUPPRESS)
@@ -223,6 +235,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    global MODELOPT_SITE
+    MODELOPT_SITE = args.modelopt_site
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         if "1" in parts:

@@ -105,9 +105,8 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     calibrator = create_calibrator(Path(onnx_path), None,
                                    augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=extra)
-    keep = method != "minmax" and _tensor_bytes(calibrator, inputs, input_name) * len(inputs) <= KEEP_BUDGET
-    passes = 1 if method == "minmax" or keep else 2
-    total, done = passes * len(range(0, len(inputs), READER_BATCH)), 0
+    batches = len(range(0, len(inputs), READER_BATCH))
+    total, done = (1 if method == "minmax" else 2) * batches, 0
 
     def each_batch():
         nonlocal done
@@ -122,13 +121,18 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
         tensors = calibrator.compute_data()
     else:
         kept: list = []
+        keep = None  # decided on the first batch's tensors: do every image's fit KEEP_BUDGET?
 
         def outputs():  # each batch's calibrated tensors: from the model, or kept from pass 1
+            nonlocal keep, total
             if kept:
                 yield from kept
                 return
             for batch in each_batch():
                 ran = calibrator.infer_session.run(None, {input_name: batch})
+                if keep is None:
+                    keep = sum(out.nbytes for out in ran) / len(batch) * len(inputs) <= KEEP_BUDGET
+                    total = batches if keep else total
                 if keep:
                     kept.append(ran)
                 yield ran
@@ -138,12 +142,6 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
     save_tensors_data(TensorsData(tensors.calibration_method, dict(sorted(tensors.data.items()))),
                       ranges_path)
     return load_ranges(ranges_path)
-
-
-def _tensor_bytes(calibrator, inputs: np.ndarray, input_name: str) -> int:
-    """The bytes of one image's calibrated tensors, measured on the first image."""
-    return sum(out.nbytes for out in calibrator.infer_session.run(
-        None, {input_name: np.ascontiguousarray(inputs[:1])}))
 
 
 def _histogram_thresholds(calibrator, outputs) -> dict:

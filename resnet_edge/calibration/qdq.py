@@ -136,6 +136,7 @@ def compute_ranges(onnx_path: str | os.PathLike, inputs: np.ndarray, method: str
                 if keep:
                     kept.append(ran)
                 yield ran
+                del ran  # before the next batch runs: one batch's tensors in memory, not two
         tensors = TensorsData(_method(method), _histogram_thresholds(calibrator, outputs))
         kept.clear()
     # sorted: the same inputs give the same bytes (and the same bundle digest)

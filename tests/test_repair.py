@@ -173,3 +173,12 @@ def test_a_qat_model_goes_through_parity_bundle_and_verify(calibrated_workdir, t
     archive = next((tmp_path / "dist").glob("*.tar.gz"))
     verified = run_cli("verify", archive, "--allow-unsigned", "--iterations", "2")
     assert verified.exit_code == 0, verified.output
+
+
+def test_qat_without_a_pytorch_model_says_so_before_any_work(outlier_workdir, tmp_path, run_cli):
+    work = _copy(outlier_workdir, tmp_path / "w")
+    (work / "model.pt").unlink()
+    before = sorted(p.name for p in work.iterdir())
+    done = run_cli("qat", work, "--epochs", "1")
+    assert done.exit_code == 2 and "no PyTorch model (model.pt)" in done.stderr
+    assert sorted(p.name for p in work.iterdir()) == before  # nothing calibrated, nothing written

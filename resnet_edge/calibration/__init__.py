@@ -17,7 +17,7 @@ import onnx
 from ..artifacts import WorkDir, atomic_path, write_bytes_atomic, write_json_atomic
 from ..data import RandomSource, data_for, match_classes, open_data, trained_on
 from ..errors import BadInput, number_in
-from ..export import ONNX_NAME, read_card, write_fp16
+from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card, write_fp16
 from ..export.metadata import QUANT_KEY, load_onnx, module_of
 from ..parity.gates import Thresholds, load_thresholds
 from ..quiet import quiet
@@ -110,6 +110,9 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         eval_spec = f"{trained_on(card)}:test"
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)
     match_classes(source, card.num_classes, card.class_names, f"the model ({card.arch})")
+    if fine_tune and not (workdir / CHECKPOINT_NAME).exists():  # said before any calibrating
+        raise BadInput(f"no PyTorch model ({CHECKPOINT_NAME}) in {workdir} to fine-tune; export it from "
+                       "a checkpoint or a zoo name (a bare ONNX file cannot be fine-tuned)")
     if fine_tune and not source.has_labels:
         raise BadInput(f"{data_spec} has no labels: quantization-aware fine-tuning trains on labelled "
                        "images (imagefolder:PATH, a folder per class)")

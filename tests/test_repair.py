@@ -182,3 +182,17 @@ def test_qat_without_a_pytorch_model_says_so_before_any_work(outlier_workdir, tm
     done = run_cli("qat", work, "--epochs", "1")
     assert done.exit_code == 2 and "no PyTorch model (model.pt)" in done.stderr
     assert sorted(p.name for p in work.iterdir()) == before  # nothing calibrated, nothing written
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--max-float-layers", "2"], "--max-float-layers caps the repair loop: give it with --max-accuracy-drop-pt"),
+    (["--max-accuracy-drop-pt", "nan"], "--max-accuracy-drop-pt"),
+    (["--max-accuracy-drop-pt", "1", "--exclude", "auto"], "drop --exclude"),
+    (["--max-accuracy-drop-pt", "1", "--qat-epochs", "0"], "--epochs must be at least 1, got 0"),
+])
+def test_repair_options_refused_in_one_line_before_any_work(args, said, outlier_workdir, tmp_path, run_cli):
+    work = _copy(outlier_workdir, tmp_path / "w")
+    before = sorted(p.name for p in work.iterdir())
+    done = run_cli("calibrate", work, "--data", "digits:train", *args)
+    assert done.exit_code == 2 and said in done.stderr, done.output
+    assert sorted(p.name for p in work.iterdir()) == before

@@ -81,6 +81,9 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
         if exclude:
             raise BadInput("--max-accuracy-drop-pt leaves layers in float itself when it must; "
                            "drop --exclude")
+    if max_float_layers is not None and (max_accuracy_drop_pt is None or max_float_layers < 0):
+        raise BadInput("--max-float-layers caps the repair loop: give it with --max-accuracy-drop-pt, "
+                       f"as 0 or more (got {max_float_layers})")
     if holdout is None:  # a held-out check costs inference on every image: only where it decides
         deciding = sensitivity or exclude == "auto" or max_accuracy_drop_pt is not None
         holdout = ANALYSIS_HOLDOUT if deciding else 0

@@ -198,8 +198,11 @@ def _report(result, recipe: str, exclude: str | None, json_path) -> None:
             raise GateFailed(f"quantization-aware fine-tuning lost {repair['steps'][0]['drop_pt']:.2f} pt, more "
                              f"than --max-accuracy-drop-pt {repair['budget_pt']:g}; more --epochs or more "
                              "training data may do it")
+        tuned = any(row.get("qat") for row in repair["steps"])
+        hint = ("more --qat-epochs or more labelled data may" if tuned else
+                "more calibration data, or `resnet-edge qat`, may")
         raise GateFailed(f"no recipe met --max-accuracy-drop-pt {repair['budget_pt']:g}; kept the one that "
-                         f"lost least ({repair['kept']}); more calibration data, or `resnet-edge qat`, may")
+                         f"lost least ({repair['kept']}); {hint}")
     if repair and repair["met"] is None:
         warn(f"--max-accuracy-drop-pt not judged: {repair['kept'].partition(': ')[2]}; calibrate on "
              "labelled data with images to spare to use it")

@@ -238,7 +238,7 @@ class EnergyCounter:
 def energy_stretch(work: Callable[[], None], images_per_call: int, read: Callable[[], int],
                    clock: Callable[[], float] = time.monotonic,
                    min_seconds: float = MIN_ENERGY_S, min_updates: int = MIN_UPDATES,
-                   max_seconds: float = 60.0, covers: str = NVML.says) -> dict:
+                   max_seconds: float = 60.0, covers: str = NVML.says.format(device="the GPU")) -> dict:
     """Run `work` until at least `min_seconds` have passed and the counter `read` (mJ) has
     changed `min_updates` times. Average power is the counter's rise between its first and last
     change over the time between them (the counter steps, so the stretch's own ends would

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
+import json
 import os
 import shutil
 import stat
@@ -30,8 +32,26 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# what a work dir, run folder or device folder keeps that no report may replace: models,
+# engines, caches and the manifests naming them (a report beside them, parity.json, is fine)
+ARTIFACTS = ("manifest.json", "model.*", "*.onnx", "*.pt", "*.pth", "*.engine", "*.plan",
+             "*.cache", "calibration*", "history.json", "bundle.json", "thresholds.json",
+             "*.tar.gz", "*.key", "*.pub")
+
+
 class OutputRefused(ValueError):
     """An output path that names something no file may replace; the message is one line."""
+
+
+def real_path(path: str | os.PathLike) -> str:
+    """Where a path leads, every link followed; POSIX keeps a leading `//`, which names the
+    same root on Linux."""
+    real = os.path.realpath(path)
+    return "/" + real.lstrip("/") if real.startswith("//") else real
+
+
+def _under(real: str, roots: tuple) -> bool:
+    return any(real == root.rstrip("/") or real.startswith(root) for root in roots)
 
 
 def output_target(path: str | os.PathLike) -> tuple[bool, Path]:
@@ -42,7 +62,9 @@ def output_target(path: str | os.PathLike) -> tuple[bool, Path]:
     while link.is_symlink() and len(hops) < 40:
         link = Path(os.path.join(os.path.dirname(os.path.abspath(link)), os.readlink(link)))
         hops.append(os.path.abspath(link))
-    via_stream_root = any(hop.startswith(STREAM_ROOTS) and not hop.startswith(FILE_ROOTS) for hop in hops)
+    hops.append(real_path(path))  # a linked folder on the way (d -> /dev) leads there too
+    hops = ["/" + hop.lstrip("/") for hop in hops]  # `//dev/x` is /dev/x
+    via_stream_root = any(_under(hop, STREAM_ROOTS) and not _under(hop, FILE_ROOTS) for hop in hops)
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):  # the folder's own check says more
@@ -105,3 +127,95 @@ def write_through(data: Path, stream: str | os.PathLike) -> None:
         raise OutputRefused(f"cannot write {stream}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _identity(path: str | os.PathLike):
+    """(device, inode) of an existing file: one file, whatever links or hard links name it."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _manifest_names(folder: str) -> set:
+    """The files a work dir's or bundle's manifest.json names, as far as it can be read."""
+    try:
+        with open(os.path.join(folder, "manifest.json"), "rb") as handle:
+            manifest = json.loads(handle.read(64 << 20).decode("utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(manifest, dict):
+        return set()
+    names = set(manifest["files"]) if isinstance(manifest.get("files"), dict) else set()
+    for section in ("complete", "steps"):
+        for record in (manifest.get(section) or {}).values() if isinstance(manifest.get(section), dict) else ():
+            if isinstance(record, dict) and isinstance(record.get("outputs"), dict):
+                names |= set(record["outputs"])
+    return {name for name in names if isinstance(name, str)}
+
+
+def _artifact(folder: str | os.PathLike, real: str, identity) -> str | None:
+    """The artifact of `folder` an output would replace: one by its name there, or the same
+    file reached by another name (a hard link, a link from elsewhere)."""
+    root = real_path(folder)
+    names = _manifest_names(root)
+
+    def kept(name: str) -> bool:
+        return name in names or any(fnmatch.fnmatchcase(os.path.basename(name), p) for p in ARTIFACTS)
+
+    relative = os.path.relpath(real, root)
+    if not relative.startswith(os.pardir) and kept(relative):
+        return os.path.join(os.fspath(folder), relative)
+    if identity is None:
+        return None
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return None
+    for name in sorted(set(entries) | {n for n in names if os.sep in n}):
+        if kept(name) and _identity(os.path.join(root, name)) == identity:
+            return os.path.join(os.fspath(folder), name)
+    return None
+
+
+def refuse_clobbering(outputs: dict, reads=(), makes=(), guards=()) -> None:
+    """Refuse, in one line, an output (option name -> path) that is a file the command reads
+    (a folder in `reads`: anything inside it), a file it makes, an artifact of a folder in
+    `guards`, or the same file as another output. Files are compared as files (device and
+    inode), after every link, never by the text of their names. A character device
+    (/dev/null) destroys nothing and may take several outputs."""
+    named = []
+    for option, path in outputs.items():
+        if path is None or os.fspath(path) == "-":
+            continue
+        stream, _ = output_target(path)
+        if stream and stat.S_ISCHR(os.stat(path).st_mode):
+            continue
+        named.append((option, path, real_path(path), _identity(path)))
+    for option, path, real, identity in named:
+        for given in reads:
+            if given is None:
+                continue
+            if os.path.isdir(given):
+                root = real_path(given)
+                if real == root or real.startswith(root.rstrip("/") + "/"):
+                    raise OutputRefused(f"{option} {path} lies inside {given}, which this command "
+                                        "reads; write elsewhere")
+            elif real == real_path(given) or (identity is not None and identity == _identity(given)):
+                raise OutputRefused(f"{option} {path} is {given}, which this command reads and "
+                                    "would overwrite; write elsewhere")
+        for made in makes:
+            if made is not None and (real == real_path(made)
+                                     or (identity is not None and identity == _identity(made))):
+                raise OutputRefused(f"{option} {path} is {made}, which this command writes; "
+                                    "write elsewhere")
+        for folder in guards:
+            hit = _artifact(folder, real, identity) if folder is not None else None
+            if hit:
+                raise OutputRefused(f"{option} {path} would replace {hit}, a file resnet-edge "
+                                    f"keeps in {folder}; write elsewhere")
+    for i, (option, path, real, identity) in enumerate(named):
+        for other, _, other_real, other_identity in named[:i]:
+            if real == other_real or (identity is not None and identity == other_identity):
+                raise OutputRefused(f"{option} and {other} both name {path}; give each its own file")

@@ -143,13 +143,20 @@ class ParityRun:
         """The pass's report once it has run (None before, or where it failed)."""
         return self._report
 
-    def write_reports(self) -> None:
-        """--parity-json and --parity-html, as the command writes them, once the gates ran."""
+    def write_reports(self) -> list[str]:
+        """--parity-json and --parity-html, as the command writes them, once the gates ran;
+        what could not be written (a full disk, a pipe nobody reads), a line each."""
+        from .errors import BadInput
         from .parity import report as reports
+        problems = []
         for option, writer in (("parity_json", reports.write_json), ("parity_html", reports.write_html)):
             path = self.config.getoption(option)
             if path and self._report is not None:
-                writer(self._report, path)
+                try:
+                    writer(self._report, path)
+                except (BadInput, OSError) as exc:
+                    problems.append(f"--{option.replace('_', '-')} {path} was not written: {exc}")
+        return problems
 
 
 class GateFailure(AssertionError):
@@ -228,8 +235,6 @@ class CandidateGates(pytest.Collector):
 
 class ParityGates(pytest.Collector):
     def collect(self):
-        from . import outputs
-        from .artifacts import ensure_writable_dir
         from .errors import BadInput, number_in
         from .parity.baseline import read_baseline
         from .parity.gates import load_thresholds
@@ -237,14 +242,7 @@ class ParityGates(pytest.Collector):
         opt = self.config.getoption
         try:  # bad options are one line, as on the command line, not a traceback
             number_in(opt("parity_max_accuracy_drop_pt"), 0, 100, "--parity-max-accuracy-drop-pt")
-            for option in ("parity_json", "parity_html"):  # refused before the pass, not after it
-                if opt(option):
-                    try:
-                        stream, target = outputs.output_target(opt(option))
-                    except outputs.OutputRefused as exc:
-                        raise BadInput(str(exc)) from None
-                    if not stream:
-                        ensure_writable_dir(target.parent)
+            _check_outputs(self.config)
             baseline = opt("parity_baseline") and read_baseline(opt("parity_baseline"))
             run = ParityRun(self.config, load_thresholds(opt("parity_thresholds")), baseline or None)
             pairs = candidates(_backends(self.config), _precisions(self.config))
@@ -256,13 +254,47 @@ class ParityGates(pytest.Collector):
                                              backend=backend, precision=precision)
 
 
+def _check_outputs(config) -> None:
+    """--parity-json and --parity-html as the command checks its outputs, before the pass: no
+    `-` (standard output is pytest's), neither one the other, none an input (the baseline,
+    the thresholds, the data) or an artifact of the work dir."""
+    from . import outputs
+    from .artifacts import ensure_writable_dir
+    from .cli.common import data_paths
+    from .errors import BadInput
+    opt = config.getoption
+    named = {f"--{o.replace('_', '-')}": opt(o) for o in ("parity_json", "parity_html") if opt(o)}
+    workdir = Path(opt("parity_workdir"))
+    try:
+        for option, path in named.items():
+            if path == "-":
+                raise BadInput(f"{option} - would write a file named '-' (standard output is "
+                               f"pytest's): give {option} a file name")
+            stream, target = outputs.output_target(path)
+            if not stream:
+                ensure_writable_dir(target.parent)
+        outputs.refuse_clobbering(
+            named, reads=(opt("parity_baseline"), opt("parity_thresholds"),
+                          *data_paths(opt("parity_data")), workdir if workdir.is_file() else None),
+            guards=(workdir if workdir.is_dir() else None,))
+    except outputs.OutputRefused as exc:
+        raise BadInput(str(exc)) from None
+
+
 RUN_KEY = pytest.StashKey["ParityRun"]()
 
 
 def pytest_sessionfinish(session):
+    """The reports, once every gate ran; one that cannot be written fails the session with a
+    line saying why, never a traceback after green tests."""
     run = session.config.stash.get(RUN_KEY, None)
-    if run is not None:
-        run.write_reports()
+    problems = run.write_reports() if run is not None else []
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in problems:
+            if reporter is not None:
+                reporter.write_line(f"error: {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(hookwrapper=True)

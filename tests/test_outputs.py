@@ -166,11 +166,116 @@ def test_report_refuses_to_overwrite_one_of_its_inputs(option, bench_json, tmp_p
     link.symlink_to(bench_json)
     for target in (bench_json, link):
         one_line_error(run_cli("report", bench_json, option, target), 2,
-                       "is one of this command's inputs, which it would overwrite; write elsewhere")
+                       "which this command reads and would overwrite; write elsewhere")
     assert bench_json.read_bytes() == before
 
 
 def test_bench_refuses_to_overwrite_its_baseline(digits_workdir, bench_json, run_cli):
     one_line_error(run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
                            "--baseline", bench_json, "--json", bench_json), 2,
-                   "--json " + str(bench_json) + " is one of this command's inputs")
+                   "--json " + str(bench_json) + " is " + str(bench_json) + ", which this command reads")
+
+
+def _copy_workdir(source, tmp_path):
+    import shutil
+    work = tmp_path / "work"
+    shutil.copytree(source, work)
+    return work
+
+
+# (command line, the file it must not destroy) for each output that named an input or an
+# artifact and replaced it with exit 0 at 6e4aef4; `w` a calibrated work dir, `c` a checkpoint,
+# `t` a TOML file, `k` a key, `b` a bundle archive (outputs are refused before any file is read)
+CLOBBERS = {
+    "verify --json <bundle>": (lambda w, c, t, k, b: ["verify", b, "--key", k, "--json", b], "b"),
+    "verify --json <key>": (lambda w, c, t, k, b: ["verify", b, "--key", k, "--json", k], "k"),
+    "parity --json <model>": (lambda w, c, t, k, b: ["parity", w, "--json", w / "model.onnx"], "model.onnx"),
+    "parity --html <manifest>": (lambda w, c, t, k, b: ["parity", w, "--html", w / "manifest.json"],
+                                 "manifest.json"),
+    "bench --json <int8>": (lambda w, c, t, k, b: ["bench", w, "--json", w / "model.int8.onnx"],
+                            "model.int8.onnx"),
+    "calibrate --json <int8>": (lambda w, c, t, k, b: ["calibrate", w, "--data", "digits",
+                                                       "--json", w / "model.int8.onnx"], "model.int8.onnx"),
+    "eval --json <checkpoint>": (lambda w, c, t, k, b: ["eval", c, "--data", "digits", "--json", c], "c"),
+    "export --json <checkpoint>": (lambda w, c, t, k, b: ["export", c, "--out", w.parent / "x", "--json", c],
+                                   "c"),
+    "train --json <its model.pt>": (lambda w, c, t, k, b: ["train", "resnet20", "--out", c.parent,
+                                                           "--json", c], "c"),
+    "debug --json <candidate>": (lambda w, c, t, k, b: ["debug", w, "--candidate", w / "model.fp16.onnx",
+                                                        "--json", w / "model.fp16.onnx"], "model.fp16.onnx"),
+    "bundle --json <thresholds>": (lambda w, c, t, k, b: ["bundle", w, "--thresholds", t, "--json", t], "t"),
+    "bundle --json <its archive>": (lambda w, c, t, k, b: ["bundle", w, "--out", b.parent, "--json",
+                                                           b.parent / f"{w.name}-jetpack6.tar.gz"], "b"),
+    "parity --json <model> through a linked folder": (
+        lambda w, c, t, k, b: ["parity", w, "--json", w.parent / "link" / "model.onnx"], "model.onnx"),
+    "parity --json <a hard link to the model>": (
+        lambda w, c, t, k, b: ["parity", w, "--json", w.parent / "hard.onnx"], "model.onnx"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLOBBERS))
+def test_no_output_replaces_an_input_or_an_artifact(case, calibrated_workdir, trained_digits, tmp_path,
+                                                    run_cli):
+    import shutil
+    work = _copy_workdir(calibrated_workdir, tmp_path)
+    (tmp_path / "link").symlink_to(work)
+    os.link(work / "model.onnx", tmp_path / "hard.onnx")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(trained_digits.model_path, run / "model.pt")
+    files = {"c": run / "model.pt", "t": tmp_path / "t.toml", "k": tmp_path / "ci.pub",
+             "b": tmp_path / "dist" / "work-jetpack6.tar.gz"}
+    files["t"].write_text("[int8]\nmin_cosine = 0.99\n")
+    files["k"].write_text("not read: refused before\n")
+    files["b"].parent.mkdir()
+    files["b"].write_bytes(b"an archive")
+    args, kept = CLOBBERS[case]
+    kept = files.get(kept) or work / kept
+    before = kept.read_bytes()
+    result = run_cli(*args(work, files["c"], files["t"], files["k"], files["b"]))
+    one_line_error(result, 2, "write elsewhere")
+    assert kept.read_bytes() == before
+
+
+def test_two_outputs_through_a_link_are_one_file(digits_workdir, tmp_path, run_cli):
+    (tmp_path / "b.html").symlink_to(tmp_path / "a.json")
+    (tmp_path / "a.json").write_text("{}")
+    one_line_error(run_cli("parity", digits_workdir, "--json", tmp_path / "a.json", "--html",
+                           tmp_path / "b.html"), 2, "both name")
+    # and through a linked folder, to a file that does not exist yet
+    (tmp_path / "d").symlink_to(tmp_path)
+    one_line_error(run_cli("parity", digits_workdir, "--json", tmp_path / "new.json", "--junit",
+                           tmp_path / "d" / "new.json"), 2, "both name")
+
+
+def test_a_report_beside_the_artifacts_is_fine(tmp_path):
+    """A report may live in the work dir (report's examples read artifacts/*/parity.json); only
+    what resnet-edge keeps there is refused."""
+    from resnet_edge.outputs import refuse_clobbering
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"custom.bin": {}}}))
+    refuse_clobbering({"--json": tmp_path / "parity.json"}, guards=(tmp_path,))
+    for name in ("custom.bin", "manifest.json", "model.onnx", "engines/x/model.fp16.engine"):
+        with pytest.raises(OutputRefused, match="a file resnet-edge keeps"):
+            refuse_clobbering({"--json": tmp_path / name}, guards=(tmp_path,))
+
+
+def test_verify_py_json_never_lands_in_the_bundle(tmp_path, capsys):
+    from resnet_edge.deploy import verify_bundle
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    assert verify_bundle.main(["--bundle", str(bundle), "--allow-unsigned", "--json",
+                               str(bundle / "manifest.json")]) == 2
+    assert "lies inside" in capsys.readouterr().err
+    assert (bundle / "manifest.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("make", ["dev", "proc", "slashes"])
+def test_no_new_file_under_dev_through_a_link_or_double_slash(make, tmp_path):
+    if make == "slashes":
+        target = "//dev/resnet-edge-new"
+    else:
+        (tmp_path / "d").symlink_to("/dev" if make == "dev" else "/proc/self")
+        target = tmp_path / "d" / "resnet-edge-new"
+    with pytest.raises(OutputRefused, match="no file is made under /dev or /proc"):
+        output_target(target)

@@ -415,3 +415,36 @@ def test_the_backends_a_caller_names_are_the_ones_that_must_run():
     assert named_backends(None, ["cpu"]) == ["ort-cpu"]
     assert named_backends(["torch", "ort"], ["cpu", "cuda"]) == ["torch", "ort-cpu", "ort-cuda"]
     assert named_backends(["ort", "trt"], None) == ["ort", "trt"]
+
+
+@pytest.mark.parametrize("given,said", [
+    (lambda w, base: ["--parity-json=-"], "would write a file named '-'"),
+    (lambda w, base: [f"--parity-baseline={base}", f"--parity-json={base}"], "which this command reads"),
+    (lambda w, base: [f"--parity-json={w / 'model.onnx'}"], "a file resnet-edge keeps in"),
+    (lambda w, base: ["--parity-json=same.out", "--parity-html=same.out"], "both name same.out"),
+])
+def test_the_plugins_reports_are_checked_before_the_session(given, said, pytester, digits_workdir,
+                                                            parity_main, tmp_path):
+    """The plugin checked none of this: the baseline or the model became the report, the JSON
+    was lost under the HTML, and `-` became a file named '-'."""
+    base = tmp_path / "main.json"
+    base.write_text(json.dumps(parity_main))
+    before = {p: p.read_bytes() for p in (base, digits_workdir / "model.onnx")}
+    result = pytester.runpytest_inprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=ort",
+                                          "--parity-precisions=fp32", "--parity-limit=16",
+                                          *given(digits_workdir, base))
+    result.stdout.fnmatch_lines([f"*{said}*"])
+    assert result.ret != 0 and "Traceback" not in result.stdout.str()
+    assert not (pytester.path / "-").exists()
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_a_plugin_report_refused_at_the_end_is_a_line_not_a_traceback(pytester, digits_workdir):
+    """A pipe nobody reads was a traceback from pytest_sessionfinish after green tests."""
+    import os
+    os.mkfifo(pytester.path / "fifo")
+    result = pytester.runpytest_inprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=ort",
+                                          "--parity-precisions=fp32", "--parity-limit=16",
+                                          f"--parity-json={pytester.path / 'fifo'}")
+    result.stdout.fnmatch_lines(["error: --parity-json *fifo was not written: *nothing reads*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED and "Traceback" not in result.stdout.str()

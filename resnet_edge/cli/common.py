@@ -72,6 +72,7 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
 
 
 READS_BARE_ONNX = ("parity", "bench", "debug")
+BARE_ONNX = "resnet_edge.bare_onnx"
 
 
 def resolve_workdir(ctx, param, value: Path) -> Path:
@@ -98,6 +99,7 @@ def resolve_workdir(ctx, param, value: Path) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     ctx.call_on_close(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    ctx.meta[BARE_ONNX] = value
     return made
 
 
@@ -153,37 +155,45 @@ MAX_LATENCY_REGRESSION_OPTION = click.option(
     "ratio lies wholly past it (inconclusive when it straddles).")
 
 
-def writable(json_path: Path | None, inputs: tuple = (), **files: Path | None) -> None:
+def writable(json_path: Path | None, reads: tuple = (), guards: tuple = (), makes: tuple = (),
+             **files: Path | None) -> None:
     """Output paths are checked before the work, so a bad one costs nothing (exit 2). Only
     --json writes to standard output (-); report files named by option (`html=...`) may not.
     A device or pipe (/dev/null, /dev/stdout) is written through, anything else that is not a
-    regular file is refused, and so is an output that is one of the command's `inputs`."""
+    regular file is refused, and so is an output that is a file the command `reads` (a data
+    folder: anything in it), a file it `makes`, an artifact of a work dir in `guards`, or
+    another output (`outputs.refuse_clobbering`)."""
     from ..artifacts import ensure_writable_dir
-    from ..outputs import OutputRefused, output_target
+    from ..outputs import OutputRefused, output_target, refuse_clobbering
     for option, path in files.items():
         if path is not None and str(path) == "-":
             raise BadInput(f"--{option} - would write a file named '-': give --{option} a file "
                            "name (only --json writes to standard output)")
-    outputs = {"json": json_path, **files}
-    for option, path in outputs.items():
-        if path is None or str(path) == "-":
-            continue
-        try:
-            stream, target = output_target(path)
-        except OutputRefused as exc:
-            raise BadInput(str(exc)) from None
-        for given in inputs:
-            if given is not None and target.exists() and Path(given).exists() \
-                    and os.path.samefile(target, given):
-                raise BadInput(f"--{option} {path} is one of this command's inputs, which it would "
-                               "overwrite; write elsewhere")
-        if not stream:
-            ensure_writable_dir(target.parent)
-    named = [(o, p) for o, p in outputs.items() if p is not None and str(p) != "-"]
-    for i, (option, path) in enumerate(named):
-        for other, other_path in named[:i]:
-            if os.path.abspath(path) == os.path.abspath(other_path) and not Path(path).is_char_device():
-                raise BadInput(f"--{option} and --{other} both name {path}; give each its own file")
+    outputs = {f"--{option}": path for option, path in {"json": json_path, **files}.items()}
+    ctx = click.get_current_context(silent=True)
+    bare_onnx = ctx.meta.get(BARE_ONNX) if ctx else None  # the file a scratch work dir came from
+    try:
+        for path in outputs.values():
+            if path is not None and str(path) != "-":
+                stream, target = output_target(path)
+                if not stream:
+                    ensure_writable_dir(target.parent)
+        refuse_clobbering(outputs, (*reads, bare_onnx), makes, guards)
+    except OutputRefused as exc:
+        raise BadInput(str(exc)) from None
+
+
+def data_paths(*specs: str | None) -> tuple[Path, ...]:
+    """The files and folders data specs read (imagefolder:PATH, images:PATH, npy:X,Y), so no
+    output lands among them."""
+    paths = []
+    for spec in specs:
+        kind, _, rest = (spec or "").partition(":")
+        if kind in ("imagefolder", "images"):
+            paths.append(Path(rest))
+        elif kind == "npy":
+            paths += [Path(p) for p in rest.split(",") if p]
+    return tuple(paths)
 
 
 def csv_list(value: str) -> list[str]:

@@ -16,7 +16,7 @@ from ..parity.gates import failed_gates
 from ..runtime.providers import CUDA_INT8
 from .common import (DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
                      MAX_LATENCY_REGRESSION_OPTION, ORT_PROVIDERS_OPTION, PRECISIONS_OPTION, cli,
-                     csv_list, parse_sizes, print_parity, resolve_workdir, writable)
+                     csv_list, data_paths, parse_sizes, print_parity, resolve_workdir, writable)
 
 
 # ---- parity / bench / report -------------------------------------------------------------
@@ -104,7 +104,8 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 
     from ..parity.baseline import change, compare, read_baseline
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
-    writable(json_path, (baseline, thresholds), markdown=markdown, junit=junit, html=html)
+    writable(json_path, (baseline, thresholds, *data_paths(data_spec)), (workdir,),
+             markdown=markdown, junit=junit, html=html)
     old = read_baseline(baseline) if baseline else None  # checked before the work
     named = _named_backends(backends, ort_providers)
     cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
@@ -183,7 +184,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     sizes = parse_sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
-    writable(json_path, (baseline,))
+    writable(json_path, (baseline,), (workdir,))
     old = read_baseline(baseline) if baseline else None  # checked before the work
     if old is not None:
         if iterations < 2:

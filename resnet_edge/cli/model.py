@@ -11,7 +11,8 @@ from rich.table import Table
 
 from .. import console
 from ..console import emit_json, err, note, stdout, wrote
-from .common import JSON_OPTION, Finite, cli, default_out, export_options, export_request, writable
+from .common import (JSON_OPTION, Finite, cli, data_paths, default_out, export_options, export_request,
+                     writable)
 
 
 # ---- models --------------------------------------------------------------------------------
@@ -69,8 +70,8 @@ def export(source, out, force, json_path, **options) -> None:
     """
     from ..export import CHECKPOINT_NAME, FP16_NAME, export_model, prepare_export
 
-    writable(json_path)
     out = out or default_out(source)
+    writable(json_path, (Path(source) if Path(source).is_file() else None,), (out,))
     start = time.perf_counter()
     with console.steps() as step:
         step(f"loading {source}")
@@ -150,8 +151,9 @@ def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, 
     """
     from ..train import TrainConfig, train as run_training
 
-    writable(json_path)
     out = out or Path("runs") / f"{arch}-{data_spec.partition(':')[0]}"
+    writable(json_path, (resume, *data_paths(data_spec)), (out,),
+             (out / "history.json", out / "training.png"))
     config = TrainConfig(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay,
                          schedule, warmup_epochs, label_smoothing, pretrained, seed, device,
                          resume, plot, workers, weights_dir, limit)
@@ -204,7 +206,7 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, json_path) -> None:
     """
     from ..train import evaluate_checkpoint
 
-    writable(json_path)
+    writable(json_path, (checkpoint, *data_paths(data_spec)))
     result = evaluate_checkpoint(checkpoint, data_spec, arch=arch, batch_size=batch_size or 32,
                                  device=device)
     stdout.print(f"{escape(result['arch'])} on {escape(result['data'])} ({result['images']} images, "

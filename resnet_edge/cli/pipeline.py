@@ -13,7 +13,7 @@ from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput, GateFailed
 from .common import (JSON_OPTION, MAX_ACCURACY_DROP_OPTION, MAX_LATENCY_REGRESSION_OPTION,
                      TARGET_NAMES, TARGETS_HELP, cli, default_out, export_options, export_request,
-                     parse_sizes, print_parity, writable)
+                     data_paths, parse_sizes, print_parity, writable)
 
 
 @cli.command()
@@ -66,13 +66,16 @@ def pipeline(source, out, data_calib, data_eval, target, samples, method, recipe
           --limit 5000 --out artifacts/resnet50
     """
     from ..parity.gates import load_thresholds
-    from ..pipeline import STEPS, PipelineConfig, run_pipeline
+    from ..pipeline import PARITY_FILES, STEPS, PipelineConfig, run_pipeline
 
     sizes = parse_sizes(bench_batch_sizes, "--bench-batch-sizes")
     if bench_iterations < 1:
         raise BadInput("--bench-iterations must be at least 1")
-    writable(json_path)
-    config = PipelineConfig(source, out or default_out(source), data_calib, data_eval, target,
+    out = out or default_out(source)
+    writable(json_path, (Path(source) if Path(source).is_file() else None, thresholds, baseline,
+                         *data_paths(data_calib, data_eval)), (out,),
+             tuple(out / "reports" / name for name in (*PARITY_FILES, "bench.json")))
+    config = PipelineConfig(source, out, data_calib, data_eval, target,
                             export_request(options), samples, method, recipe, limit,
                             batch_sizes=sizes, bench_iterations=bench_iterations,
                             bench=not no_bench, golden=golden, force=force, baseline=baseline,

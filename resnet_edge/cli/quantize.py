@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, note, stdout, warn, wrote
 from ..errors import GateFailed
-from .common import JSON_OPTION, Finite, cli, resolve_workdir, writable
+from .common import JSON_OPTION, Finite, cli, data_paths, resolve_workdir, writable
 
 
 @cli.command()
@@ -47,7 +47,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
     """
     from ..parity.debug import debug_layers
 
-    writable(json_path)
+    writable(json_path, (candidate, *data_paths(data_spec)), (workdir,))
     with console.steps() as step:
         step(f"running fp32 and {precision} with every layer exposed")
         result = debug_layers(workdir, precision, data_spec, images=images, tolerance=tolerance,
@@ -137,7 +137,7 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
     from ..calibration import calibrate as run_calibration
     from ..parity.gates import load_thresholds
 
-    writable(json_path)
+    writable(json_path, (thresholds, *data_paths(data_spec, data_eval)), (workdir,))
     with console.steps() as step:
         result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe=recipe,
                                  sensitivity=sensitivity, exclude=exclude, holdout=holdout,
@@ -247,7 +247,7 @@ def qat(workdir, data_spec, epochs, samples, method, holdout, max_accuracy_drop_
     from ..calibration import calibrate as run_calibration
     from ..parity.gates import load_thresholds
 
-    writable(json_path)
+    writable(json_path, (thresholds, *data_paths(data_spec)), (workdir,))
     with console.steps() as step:
         result = run_calibration(workdir, data_spec, samples=samples, method=method, recipe="tensorrt",
                                  holdout=holdout, thresholds=load_thresholds(thresholds),

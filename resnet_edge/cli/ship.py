@@ -15,7 +15,7 @@ from ..console import emit_json, stdout, warn, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..parity.gates import failed_gates
 from .common import (JSON_OPTION, TARGET_NAMES, Finite, TARGETS_HELP, cli, csv_list,
-                     resolve_workdir, writable)
+                     data_paths, resolve_workdir, writable)
 
 
 @cli.command()
@@ -79,7 +79,7 @@ def build(workdir, precision, workspace, timing_cache, no_timing_cache, dla_core
         raise BadInput("--timing-cache and --no-timing-cache contradict each other; drop one")
     if not (workdir / "model.onnx").exists():
         raise BadInput(f"{workdir} has no model.onnx; run `resnet-edge export ... --out {workdir}` first")
-    writable(json_path)
+    writable(json_path, (timing_cache,), (workdir,))
     options = dict(int8_source=int8_source, typing=typing, dla=dla_core is not None,
                    version_compatible=version_compatible, hardware_compatible=hardware_compatible,
                    int8_float=int8_float)
@@ -197,8 +197,8 @@ def bundle(workdir, target, out, data_spec, golden, thresholds, sign, triton_acc
     from ..deploy import make_bundle
     from ..parity.gates import load_thresholds
 
-    writable(json_path)
     path = (out or workdir) / f"{workdir.name}-{target}.tar.gz"
+    writable(json_path, (thresholds, sign, *data_paths(data_spec)), (workdir,), (path,))
     with console.steps() as step:
         result = make_bundle(workdir, target, path, eval_spec=data_spec, golden=golden,
                              thresholds=load_thresholds(thresholds), sign=sign,
@@ -255,7 +255,8 @@ def verify(bundle_path, key, allow_unsigned, min_created, precisions, backend, r
     from ..deploy.check import verify_path
     from ..deploy.verify_bundle import integrity_lines, verdict_line
 
-    writable(json_path)
+    writable(json_path, (bundle_path, key),
+             (device_dir or (Path(f"{bundle_path}.device") if bundle_path.is_dir() else None),))
     with console.steps() as step:
         report = verify_path(bundle_path, key=key, allow_unsigned=allow_unsigned,
                              min_created=min_created, precisions=csv_list(precisions) if precisions else None,
@@ -348,7 +349,7 @@ def deploy(bundle_path, inventory, limit, key, allow_unsigned, min_created, prec
     """
     from ..deploy import fleet
 
-    writable(json_path)
+    writable(json_path, (bundle_path, inventory, key))
     started = time.monotonic()
 
     def say(host, step, status, detail):

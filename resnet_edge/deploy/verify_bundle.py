@@ -522,14 +522,16 @@ def main(argv=None) -> int:
     try:
         args.key = Path(args.key) if args.key else None
         min_created = archive.created_bound(args.min_created) if args.min_created is not None else None
-        if args.json is not None:
-            outputs.output_target(args.json)  # a refused --json refused before the work
+        devices = args.device_dir or trt_rules.device_dir(
+            args.bundle if args.bundle.is_dir() else archive.archive_root(args.bundle))
+        # a refused --json is refused before the work, and never lands on the bundle, the key
+        # or an engine
+        outputs.refuse_clobbering({"--json": args.json}, reads=(args.bundle, args.key),
+                                  guards=(devices,))
         with tempfile.TemporaryDirectory() as tmp:
             folder = args.bundle
             if folder.is_file():
                 folder = archive.safe_extract(folder, tmp)
-            devices = args.device_dir or trt_rules.device_dir(
-                args.bundle if args.bundle.is_dir() else archive.archive_root(args.bundle))
             wanted = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
             started = time.perf_counter()
 

@@ -490,6 +490,32 @@ def test_a_second_copy_is_stored_as_a_link_and_extracted_as_a_copy(calibrated_wo
         safe_extract(tmp_path / "twin.tar.gz", tmp_path / "y")
 
 
+def test_hard_links_count_against_the_byte_limits(tmp_path, monkeypatch):
+    """521 KiB listing one 512 KiB file and 1,000 hard links to it unpacked to 500 MiB (983x)
+    with no refusal: a copy of an earlier member was not counted. Here one file of 256 KiB and
+    64 links, each a listed copy, against a 4 MiB limit and a ratio limit past its floor."""
+    body = os.urandom(256 << 10)  # incompressible: only the copies inflate the archive
+    entry = {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
+    names = [f"c{i:02d}" for i in range(64)]
+    manifest = json.dumps({"files": {"a": entry, **{n: entry for n in names}}}).encode()
+    raw = b""
+    for info, data in [_member("b/manifest.json", data=manifest), _member("b/a", data=body),
+                       *(_member(f"b/{n}", tarfile.LNKTYPE, link="b/a") for n in names)]:
+        raw += info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape") + (data + bytes(-len(data) % 512) if data else b"")
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(compressor.compress(raw + bytes(1024)) + compressor.flush())
+    with pytest.raises(BundleError, match="unpacks to more than 4 MiB"):
+        safe_extract(bomb, tmp_path / "x", max_bytes=4 << 20)
+    assert not (tmp_path / "x" / "b").exists()
+    # the ratio limit, past a floor this small archive can reach
+    monkeypatch.setattr("resnet_edge.deploy.archive.RATIO_FLOOR", 1 << 20)
+    with pytest.raises(BundleError, match="expands more than 10x"):
+        safe_extract(bomb, tmp_path / "y", max_ratio=10)
+    monkeypatch.undo()
+    assert safe_extract(bomb, tmp_path / "z").joinpath("c63").read_bytes() == body  # within limits
+
+
 def _symlink_chain(depth=16):
     """The CVE-2025-4517 shape: links whose resolved path grows past PATH_MAX, then a link
     through them to a file outside, then a write through that link."""

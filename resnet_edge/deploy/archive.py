@@ -342,7 +342,7 @@ def _extract_stream(archive: Path, tar: tarfile.TarFile, dest: Path, limits: _Li
                 continue
             entry = manifest["files"].get(rel)
             if member.islnk():
-                _copy_earlier(archive, member, rel, root, entry, manifest, written, root_fd)
+                _copy_earlier(archive, member, rel, root, entry, manifest, written, root_fd, limits)
                 continue
             if entry is None:
                 raise BundleError(f"bundle file {rel} is not in {MANIFEST}; refusing the archive")
@@ -410,17 +410,19 @@ def _write_new(root_fd: int, rel: str, chunks) -> None:
 
 
 def _copy_earlier(archive: Path, member, rel: str, root: str, entry: dict | None, manifest: dict,
-                  written: set[str], root_fd: int) -> None:
+                  written: set[str], root_fd: int, limits: _Limits) -> None:
     """A hard link member, as write_archive stores the second of two identical files: extracted
     as a copy of the earlier member it names, which must be a listed file already extracted and
     checked, with the very sha256 and size the manifest gives this one. Any other link is
-    refused: nothing is ever created through it."""
+    refused: nothing is ever created through it. The copy's bytes count against the limits
+    like any member's: a thousand links to one file unpack to a thousand files."""
     target = member.linkname.partition("/")[2] if member.linkname.startswith(f"{root}/") else ""
     earlier = manifest["files"].get(target)
     if entry is None or target not in written or earlier is None or (
             earlier["sha256"], earlier["bytes"]) != (entry["sha256"], entry["bytes"]):
         raise BundleError(f"{archive.name} member {member.name!r} is a link; bundles hold regular "
                           "files only (or a second copy of a listed file written before it)")
+    limits.add(earlier["bytes"])  # refused before the copy is written, not after
     fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=root_fd)
     with os.fdopen(fd, "rb") as source:
         _write_new(root_fd, rel, iter(lambda: source.read(CHUNK), b""))

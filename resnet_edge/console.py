@@ -9,7 +9,6 @@ and errors only; `--verbose` lets the libraries' own logs through.
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import warnings
 import time
@@ -34,15 +33,7 @@ class Settings:
     verbose = False
 
 
-# what a terminal would act on rather than show: escape sequences (ESC retitles or clears the
-# terminal), carriage return and backspace (overwrite what was printed), C1 controls, and the
-# line separators that split one line into two for str.splitlines()
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def visible(text: str) -> str:
-    """`text` with every control character shown as its escape (\\x1b), never acted on."""
-    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+visible = strictjson.visible  # what a terminal would act on, shown as its escape
 
 
 class _Console(Console):
@@ -175,7 +166,7 @@ def wrote(*paths: Path | str | None) -> None:
             size = path.stat().st_size
             human = (f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
                      if size >= 1e3 else f"{size} B")
-            stdout.print(f"wrote {escape(str(path))} ({human})", highlight=False)
+            stdout.print(f"wrote {escape(visible(str(path), one_line=True))} ({human})", highlight=False)
 
 
 def emit_json(data, path: Path | None) -> None:

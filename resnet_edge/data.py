@@ -468,7 +468,7 @@ class RandomSource(Source):
 
 
 def _random(spec: str, arg: str, input_shape) -> Source:
-    if not arg.isdigit() or not 1 <= int(arg) <= 10**9:
+    if not index_text(arg) or not 1 <= int(arg) <= 10**9:
         raise BadInput(f"random:N needs a count from 1 to 1000000000, got {arg!r}")
     if input_shape is None:
         raise BadInput("random:N needs a model to take its input shape from")
@@ -518,6 +518,12 @@ def _loader(source: Source, preprocess: Preprocess, batch_size: int, *,
         generator=torch.Generator().manual_seed(seed) if shuffle and sampler is None else None)
 
 
+def index_text(text: str) -> bool:
+    """Whether `text` names a class index: ASCII decimal digits as the index prints (no "00",
+    no "٣" or "１" or "²", which str.isdigit takes and int() reads or refuses)."""
+    return re.fullmatch(r"0|[1-9][0-9]{0,8}", text) is not None
+
+
 def match_classes(source: Source, num_classes: int, class_names: list[str] | None = None,
                   what: str = "the model") -> None:
     """Make evaluation labels the model's class indices. The data may hold a subset of the
@@ -533,7 +539,7 @@ def match_classes(source: Source, num_classes: int, class_names: list[str] | Non
             mapping = [class_names.index(n) for n in names]
         elif synsets and set(names) <= set(synsets):
             mapping = [synsets[n] for n in names]  # an ImageNet copy: folders named by WordNet ID
-        elif all(n.isdigit() and int(n) < num_classes for n in names):
+        elif all(index_text(n) and int(n) < num_classes for n in names):
             mapping = [int(n) for n in names]
         elif len(names) == num_classes:
             mapping = list(range(num_classes))

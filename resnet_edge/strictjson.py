@@ -9,7 +9,46 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
+
+# what a terminal would act on rather than show: escape sequences (ESC retitles or clears the
+# terminal), carriage return and backspace (overwrite what was printed), C1 controls, the line
+# separators that split one line into two for str.splitlines(), the bidirectional controls that
+# reorder what follows them (U+202E shows "exe.txt" for "txt.exe"), and lone surrogates, which
+# no UTF-8 stream can carry (a write of one is an error); a newline too where one line is meant
+UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_IN_TEXT = re.compile(f"[{UNSAFE}]")
+_UNSAFE_IN_LINE = re.compile(f"[\n{UNSAFE}]")
+
+
+def _escaped(match) -> str:
+    return match[0].encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def visible(text: str, one_line: bool = False) -> str:
+    """`text` with every character above shown as its escape (\\x1b, \\u202e), never acted on;
+    with `one_line`, newlines too (a file name printed after `wrote`)."""
+    return (_UNSAFE_IN_LINE if one_line else _UNSAFE_IN_TEXT).sub(_escaped, text)
+
+
+def cut(text: str, limit: int = 160) -> str:
+    """A field as a heading or a cell shows it: at most `limit` characters and the length of
+    the rest (a 10 MB GPU name folded into a 36-column table was 280,000 lines and minutes)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _visible_strings(value):
+    """A report's text as `visible` shows it, keys and values: what a file brings (a lone
+    surrogate, a right-to-left override) is shown in the terminal, HTML and Markdown as its
+    escape, and every writer can encode it."""
+    if isinstance(value, str):
+        return visible(value) if _UNSAFE_IN_TEXT.search(value) else value
+    if isinstance(value, dict):
+        return {_visible_strings(k): _visible_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_visible_strings(v) for v in value]
+    return value
 
 
 def plain(value):
@@ -34,7 +73,8 @@ def _no_constant(name: str):
 
 
 # a report's numbers: what the keys below hold, wherever they stand, is a number (int or float,
-# never true/false or text) or null, or a list of numbers; a fraction lies in 0..1
+# never true/false or text) or null, or a list of numbers and nulls (per_class: null for a class
+# without images); a fraction lies in 0..1
 NUMBERS = frozenset({
     "batch_size", "best_epoch", "classes", "classes_present", "cores", "cosine", "counts", "drop_pt",
     "edges", "estimated_seconds", "exact", "images", "images_per_s", "images_per_s_mean", "input_size",
@@ -78,7 +118,7 @@ def check_numbers(value) -> None:
         if depth > MAX_DEPTH:
             raise ValueError(f"nested deeper than {MAX_DEPTH} levels, which no report is")
         if key in NUMBERS and node is not None:
-            numbers = node if isinstance(node, list) else [node]
+            numbers = [v for v in node if v is not None] if isinstance(node, list) else [node]
             if not all(map(_is_number, numbers)):
                 bad = next(v for v in numbers if not _is_number(v))
                 raise ValueError(f"{key} holds {json.dumps(bad)[:40]}, not a number")
@@ -126,6 +166,7 @@ def read_report(path, schema: str | tuple[str, ...], what: str, max_bytes: int =
         report = json.loads(raw.decode("utf-8"), parse_constant=_no_constant,
                             parse_int=_bounded_int, parse_float=_finite_float)
         check_numbers(report)
+        report = _visible_strings(report)
     except RecursionError:
         raise ValueError(f"{what} {path} is nested deeper than {MAX_DEPTH} levels, which no "
                          "report is") from None

@@ -84,6 +84,8 @@ def test_random_is_seeded_unlabelled_and_made_on_demand():
     ("cifar10:val", "cifar10 has no split 'val'"),
     ("imagefolder:/nonexistent/folder", "image folder /nonexistent/folder not found"),
     ("random:zero", "random:N needs a count from 1"),
+    ("random:²", "random:N needs a count from 1"),  # isdigit() takes it, int() refuses it
+    ("random:１２", "random:N needs a count from 1"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("|", r"\|").replace("(", r"\(")):
@@ -130,3 +132,23 @@ def test_an_imagenet_copy_maps_its_wordnet_folders_to_the_class_indices(tmp_path
     # a model of other classes is not ImageNet's: refused, as before
     with pytest.raises(BadInput, match="match neither the class names"):
         match_classes(open_data(f"imagefolder:{tmp_path}"), 10, [str(i) for i in range(10)], "resnet20")
+
+
+@pytest.mark.parametrize("folders", [["²", "1"], ["٣", "1"], ["１", "2"], ["00", "1"]])
+def test_class_folders_are_indices_only_in_plain_ascii_digits(folders, tmp_path):
+    """`²` crashed parity, calibrate and eval (int() of what isdigit() takes); `٣`, `１` and
+    `00` were silently classes 3, 1 and 0."""
+    from resnet_edge.data import match_classes
+    rng = np.random.default_rng(0)
+    for name in folders:
+        (tmp_path / name).mkdir()
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / name / "a.png")
+    with pytest.raises(BadInput, match="match neither the class names"):
+        match_classes(open_data(f"imagefolder:{tmp_path}"), 10, None, "resnet20")
+    plain = tmp_path / "plain"
+    for name in ("0", "7"):
+        (plain / name).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(plain / name / "a.png")
+    source = open_data(f"imagefolder:{plain}")
+    match_classes(source, 10, None, "resnet20")
+    assert list(source.labels) == [0, 7]

@@ -130,3 +130,67 @@ def test_a_baseline_of_millions_of_samples_is_judged_in_bounded_memory_and_time(
     worker.start()
     worker.join(120)
     assert done["verdict"]["verdict"] == "regression" and 1.25 < done["verdict"]["ratio"] < 1.35
+
+
+def test_every_report_shape_the_commands_write_reads_back(digits_workdir, measured, tmp_path, run_cli):
+    """A genuine `parity --json` was refused whenever a class had no images (per_class holds
+    null), so no --limit run and no ImageNet subset could be merged. Each shape here comes from
+    the commands themselves: a subset of the classes, a row skipped with its reason, no labels,
+    a bench of some batch sizes."""
+    from resnet_edge import strictjson
+    shapes = {
+        # digits:test's first 12 images miss some classes
+        "subset.json": ("--limit", "12", "--backends", "ort", "--precisions", "fp32"),
+        # int8 asked for on an uncalibrated model, no backend named: its rows skipped, exit 0
+        "skipped.json": ("--limit", "16", "--precisions", "fp32,int8"),
+        "unlabelled.json": ("--data", "random:16", "--backends", "ort", "--precisions", "fp32"),
+    }
+    paths = []
+    for name, args in shapes.items():
+        result = run_cli("parity", digits_workdir, *args, "--json", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        paths.append(tmp_path / name)
+    subset = json.loads((tmp_path / "subset.json").read_text())
+    assert None in subset["candidates"][0]["accuracy"]["per_class"]
+    skipped = json.loads((tmp_path / "skipped.json").read_text())
+    assert any(r["status"] == "skipped" for r in skipped["candidates"])
+    bench = _write(tmp_path, "bench.json", measured)
+    for path in (*paths, bench):
+        strictjson.read_report(path, ("resnet-edge.parity/1", "resnet-edge.bench/1"), "report")
+    for group in (paths[:1] + paths[1:2], paths[:1] + paths[2:], [paths[0], bench]):
+        result = run_cli("report", *group, "--json", tmp_path / "merged.json")
+        assert result.exit_code == 0, result.output
+
+
+def test_lone_surrogates_and_bidi_controls_print_escaped_and_every_output_is_written(
+        measured, tmp_path, run_cli):
+    """A lone surrogate (valid JSON: "\\ud800") ended `report` in UnicodeEncodeError with no
+    --json or --html written; U+202E reached the terminal raw and reordered the line."""
+    text = json.dumps(_with(measured, lambda r: r["machine"].update(cpu="cpu\ud800x\u202eabc\u2066")))
+    path = _write(tmp_path, "odd.json", text)
+    result = run_cli("report", path, "--json", tmp_path / "m.json", "--html", tmp_path / "m.html",
+                     "--markdown", tmp_path / "m.md")
+    assert result.exit_code == 0, result.output
+    assert "cpu\\ud800x\\u202eabc\\u2066" in result.stdout
+    assert not any(c in result.stdout for c in "\u202e\u2066")
+    for name in ("m.json", "m.html", "m.md"):
+        assert "\u202e" not in (tmp_path / name).read_text()
+
+
+def test_a_huge_field_is_cut_for_display(measured, tmp_path, run_cli):
+    """A 10 MB machine.gpu (far under the 256 MiB cap) printed and wrote nothing in 200 s: the
+    column folded it into 280,000 lines. A field is shown cut, with how much was left out."""
+    path = _write(tmp_path, "huge.json", _with(measured, lambda r: r["machine"].update(cpu="x" * 2_000_000)))
+    result = run_cli("report", path, measured_path := _write(tmp_path, "b.json", measured),
+                     "--html", tmp_path / "m.html")
+    assert result.exit_code == 0, result.output
+    assert "more characters)" in result.stdout and len(result.stdout) < 100_000
+    assert measured_path.is_file() and (tmp_path / "m.html").stat().st_size < 100_000
+
+
+def test_names_printed_after_wrote_cannot_forge_a_line(digits_workdir, tmp_path, run_cli):
+    result = run_cli("parity", digits_workdir, "--backends", "ort", "--precisions", "fp32", "--limit", "8",
+                     "--json", tmp_path / "x\nerror: fake.json")
+    assert result.exit_code == 0, result.output
+    assert "x\\nerror: fake.json" in result.stdout
+    assert not any(line.startswith("error: fake") for line in result.stdout.splitlines())

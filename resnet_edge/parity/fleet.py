@@ -90,7 +90,8 @@ def where(report: dict) -> str:
     machine = report.get("machine", {})
     place = machine.get("gpu") or machine.get("cpu") or "unknown machine"
     jetson = machine.get("jetson") or {}
-    return f"{place}, {jetson['power_mode']}" if jetson.get("power_mode") else place
+    place = f"{place}, {jetson['power_mode']}" if jetson.get("power_mode") else place
+    return strictjson.cut(str(place))
 
 
 def matrix(reports: list[tuple[Path, dict]]) -> tuple[list[str], dict[tuple, list[str]]]:
@@ -186,7 +187,8 @@ def differences(reports: list[tuple[Path, dict]]) -> list[tuple[str, list[str]]]
     files = sorted({f"files.{name}" for _, r in reports for name in (r.get("artifacts") or {})})
     rows = []
     for field in (*PROVENANCE, *versions, *files):
-        values = ["-" if value(r, field) is None else str(value(r, field)) for _, r in reports]
+        values = ["-" if value(r, field) is None else strictjson.cut(str(value(r, field)))
+                  for _, r in reports]
         measured = {v for v in values if v != "-"}
         if len(set(values)) > 1 and (not field.startswith("files.") or len(measured) > 1):
             rows.append((field, values))

@@ -404,3 +404,83 @@ def test_a_tegrastats_that_cannot_start_or_prints_bytes_says_so(tmp_path, monkey
     assert result.exit_code == 0, result.output
     reading = json.loads((tmp_path / "b.json").read_text())["results"][0]["power"]
     assert reading["samples"] >= power.MIN_SAMPLES and reading["rails_mw"]["VIN_SYS_5V0"] == 4707
+
+
+class Sequence:
+    """A counter reading `values` in turn, then its last one: what a broken or wrapped counter gives."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def read(self):
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+
+@pytest.mark.parametrize("values,said", [
+    ([1000, 2000, 3000, 2 ** 64 - 1], "jumped by"),  # a wrap or a garbage read
+    ([1000, 2000, 10 ** 18], "jumped by"),
+    ([10 ** 9, 10 ** 9 + 50, 40, 90, 140], "went back from"),  # a driver reload
+])
+def test_a_counter_that_jumps_or_falls_is_that_rows_reason(values, said):
+    """A jump was reported as 3e8 to 1e290 mW; a fall as "rose 188 times: too few"."""
+    board = Board(watts=200, period=0.25, step=0.1)
+    row = power.energy_stretch(board.work, 1, Sequence(values).read, clock=board.clock)
+    assert "rails_mw" not in row and said in row["reason"], row
+
+
+def test_a_steady_counter_past_5_kw_is_no_reading():
+    board = Board(watts=9000, period=0.25, step=0.1)  # 9 kW: no board draws that
+    row = power.energy_stretch(board.work, 1, board.read, clock=board.clock)
+    assert "rails_mw" not in row and "past what any board draws" in row["reason"]
+    # a counter stepping once a second at 700 W is a real board, however rarely it moves
+    board = Board(watts=700, period=1.0, step=0.1)
+    row = power.energy_stretch(board.work, 1, board.read, clock=board.clock, max_seconds=30)
+    assert row["rails_mw"]["GPU board"] == pytest.approx(700_000, rel=0.05)
+
+
+class Binding:
+    """nvidia-ml-py's surface with the counter returning `value`, or raising it when it is an
+    exception (not NVMLError: a binding or a driver can fail in any way)."""
+
+    class NVMLError(Exception):
+        pass
+
+    NVML_DEVICE_MIG_ENABLE = 1
+
+    def __init__(self, value):
+        self.value = value
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return uuid
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle):
+        return False
+
+    def nvmlDeviceGetMigMode(self, handle):
+        return 0, 0
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+@pytest.mark.parametrize("value,said", [
+    (float("nan"), "not a count"), (float("inf"), "not a count"), (None, "not a count"),
+    ("12", "not a count"), (-5, "not a count"), (True, "not a count"),
+    (OSError("libnvidia-ml.so.1: cannot open shared object file"), "could not be read: libnvidia-ml"),
+    (TypeError("bad argument"), "could not be read: bad argument"),
+])
+def test_every_failure_of_the_binding_is_a_reason(value, said, monkeypatch):
+    """A NaN, inf, None or text reading, or an error that is not NVMLError, escaped `bench
+    --power` as a traceback."""
+    import sys
+    monkeypatch.setitem(sys.modules, "pynvml", Binding(value))
+    with pytest.raises(power.PowerUnavailable, match=said):
+        power.EnergyCounter(H100)

@@ -309,7 +309,7 @@ class TrtRunner:
                                   code=3)
             note = trt_rules.family_note(bundle.info["tensorrt"], trt.__version__)
             if note:
-                print(note, file=sys.stderr)
+                say(note, sys.stderr)
             plan = trt_plan.build_plan(trt.__version__, precision)
             problem = trt_rules.opset_problem(plan.onnx_file, bundle.info["opsets"].get(plan.onnx_file),
                                                trt.__version__)
@@ -479,6 +479,12 @@ def verdict_line(report: dict) -> str:
     return result if report["engine_tested"] else f"{result} (ONNX Runtime only: no engine tested)"
 
 
+def say(text: str, stream=None) -> None:
+    """A line of this script's output, with what a terminal would act on (escape sequences,
+    bidirectional controls, lone surrogates from a manifest's text) shown as its escape."""
+    print(strictjson.visible(text), file=stream or sys.stdout, flush=True)
+
+
 def _write_report(report: dict, path: Path) -> None:
     """verify.json as every output of the tool is written (`outputs.written`): /dev/null and
     /dev/stdout written through, a regular file replaced whole, anything else refused."""
@@ -536,40 +542,40 @@ def main(argv=None) -> int:
             started = time.perf_counter()
 
             def step(message):  # a line per step, timed, on stderr: never silent for minutes
-                print(f"[{time.perf_counter() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
+                say(f"[{time.perf_counter() - started:7.1f} s] {message}", sys.stderr)
             report = verify(folder, precisions=wanted, backend=args.backend,
                             build=not args.no_build, iterations=args.iterations, key=args.key,
                             allow_unsigned=args.allow_unsigned, min_created=min_created,
                             device_dir=devices, require_tensorrt=args.require_tensorrt, step=step,
                             dla_core=args.dla_core)
     except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return exc.code
     except outputs.OutputRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return 2
     except (trt_rules.EngineError, ort.MissingBackend) as exc:  # e.g. an ONNX Runtime too old
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return 3
     out = args.json or Path(report["device_dir"]) / "verify.json"
     try:
         _write_report(report, out)
     except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return exc.code
     for line in integrity_lines(report):
-        print(line)
+        say(line)
     for row in report["results"]:
         lat = row["latency"]["host_to_host"]
         acc = f", top-1 {row['accuracy']['top1']:.2%}" if row["accuracy"] else ""
         bad = [g for g in row["gates"] if g["passed"] is False]
         verdict = "FAIL: " + ", ".join(gates.describe(g) for g in bad) if bad else "pass"
         decisive = row["metrics"]["decisive"]
-        print(f"{row['backend']}: max abs {row['metrics']['max_abs']:.3g}, top-1 agreement "
+        say(f"{row['backend']}: max abs {row['metrics']['max_abs']:.3g}, top-1 agreement "
               f"{decisive['agree']}/{decisive['images']} decisive images (95 % lower bound "
               f"{decisive['lower_bound']:.2%}; {decisive['near_ties']} near-ties set aside){acc}, "
               f"p50 {lat['p50_ms']:.2f} ms (batch {lat['batch_size']}): {verdict}")
-    print(f"{verdict_line(report)}; wrote {out}")
+    say(f"{verdict_line(report)}; wrote {strictjson.visible(str(out), one_line=True)}")
     return report["exit_code"]
 
 

@@ -208,31 +208,40 @@ class EnergyCounter:
             raise PowerUnavailable("nvidia-ml-py is not installed (pip install 'resnet-edge[cuda12]', "
                                    "or [cuda13] for a CUDA 13 driver)") from None
         self._nvml = pynvml
-        try:
+        try:  # any failure of the binding is a reason, never a traceback from bench
             pynvml.nvmlInit()
-        except pynvml.NVMLError as exc:
-            raise PowerUnavailable(f"NVML cannot start: {exc}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise PowerUnavailable(f"NVML cannot start: {_said(exc)}") from None
         try:
             self._handle = nvml_handle(pynvml, device)
             self.read()
-        except pynvml.NVMLError as exc:  # NotSupported before Volta
-            self.close()
-            raise PowerUnavailable(f"{_named(device)} has no NVML energy counter: {exc}") from None
         except PowerUnavailable:
             self.close()
             raise
+        except Exception as exc:  # noqa: BLE001 (NVMLError NotSupported before Volta, or worse)
+            self.close()
+            raise PowerUnavailable(f"{_named(device)} has no NVML energy counter: {_said(exc)}") from None
 
     def read(self) -> int:
         try:
-            return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
-        except self._nvml.NVMLError as exc:  # the driver went away, say: that row's reason
-            raise PowerUnavailable(f"NVML's energy counter could not be read: {exc}") from None
+            reading = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        except Exception as exc:  # noqa: BLE001 (the driver went away, say: that row's reason)
+            raise PowerUnavailable(f"NVML's energy counter could not be read: {_said(exc)}") from None
+        # an unsigned 64-bit count of millijoules: NaN, text or None is no reading
+        if not isinstance(reading, int) or isinstance(reading, bool) or not 0 <= reading < 1 << 64:
+            raise PowerUnavailable(f"NVML's energy counter read {str(reading)[:40]!r}, not a count "
+                                   "of millijoules")
+        return reading
 
     def close(self) -> None:
         try:
             self._nvml.nvmlShutdown()
-        except self._nvml.NVMLError:
+        except Exception:  # noqa: BLE001 (closing what may never have opened)
             pass
+
+
+def _said(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def energy_stretch(work: Callable[[], None], images_per_call: int, read: Callable[[], int],
@@ -259,8 +268,19 @@ def _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_s
         # the counter is read at most every READ_EVERY_S: reading it after every batch-1 call
         # slowed the work enough to add idle power to each image (H200: 893 mJ, not ~350)
         if clock() - looked >= READ_EVERY_S:
-            looked = clock()
+            now = clock()
             reading = read()
+            if reading < last:
+                raise PowerUnavailable(f"NVML's energy counter went back from {last} to {reading} mJ "
+                                       "(a driver reload or a wrapped counter): no reading")
+            # the rise since the counter last moved covers the time since then, not since the
+            # last look (a counter that steps once a second gives a second's energy at once)
+            since = now - (changes[-1][0] if changes else start)
+            if reading > last and (reading - last) / max(since, READ_EVERY_S) > MAX_MW:
+                raise PowerUnavailable(f"NVML's energy counter jumped by {reading - last} mJ in "
+                                       f"{since:.2f} s, past what any board draws "
+                                       f"({MAX_MW // 1_000_000} kW): no reading")
+            looked = now
             if reading != last:
                 updates, last = updates + 1, reading
                 changes = [changes[0] if changes else (looked, reading), (looked, reading)]
@@ -276,6 +296,9 @@ def _stretch(work, images_per_call, read, clock, min_seconds, min_updates, max_s
         return {**entry, "reason": f"NVML's energy counter rose {updates} times in "
                                    f"{elapsed:.1f} s: too few to measure"}
     mw = (e1 - e0) / (t1 - t0)  # mJ per s
+    if mw > MAX_MW:
+        return {**entry, "reason": f"NVML's energy counter rose at {mw / 1e6:.3g} kW, past what any "
+                                   f"board draws ({MAX_MW // 1_000_000} kW): no reading"}
     return {**entry, "rails_mw": {"GPU board": round(mw, 1)},
             "mj_per_image": {"GPU board": round(mw * elapsed / images, 4)},
             "total_rail": "GPU board"}

@@ -21,24 +21,36 @@ point at the caller's line.
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import os
+import types
+import typing
 import warnings
 from pathlib import Path
 
 from .calibration import CalibrationResult, calibrate as _calibrate
 from .deploy import BundleResult
-from .errors import BadInput, GateFailed, MissingBackend
+from .errors import BadInput
 from .export import ExportOptions, ExportResult, export_model as _export
-from .parity.gates import Thresholds, load_thresholds
-from .zoo import ModelCard, load_model
+from .parity.gates import DEFAULTS, Thresholds, check_layer, load_thresholds
+from .zoo import ModelCard, load_model as _load_model
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
+# the library's names for what the API (and the command) call otherwise
+_CALLED = {"data_spec": "data", "eval_spec": "data", "out_dir": "out"}
+_FLAGS = {"data_spec": "--data", "eval_spec": "--data"}
 
 
 def _public(function):
     """Warnings raised anywhere inside `function` shown at the caller's line, not the library's."""
+    signature = inspect.signature(function)
+
     @functools.wraps(function)
     def call(*args, **kwargs):
+        try:  # a misspelt keyword is the caller's one line, as an unknown flag is
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadInput(f"api.{function.__name__}: {exc}; it takes {', '.join(signature.parameters)}") from None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = function(*args, **kwargs)
@@ -55,45 +67,177 @@ def _path(value, name: str) -> Path:
     return Path(value)
 
 
+def _conforms(value, hint) -> bool:
+    """Whether `value` is what the annotation `hint` takes, as the command's option types would
+    have it: a whole number is not True, a number is finite, a path is a str or os.PathLike."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint in (Path, os.PathLike):
+        return isinstance(value, (str, os.PathLike))
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if origin is tuple and len(typing.get_args(hint)) == len(args) and args:
+            return len(value) == len(args) and all(map(_conforms, value, args))
+        return all(_conforms(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and origin is None:
+        return isinstance(value, hint)
+    return True  # a callable and the like: the library's own business
+
+
+def _described(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if Path in args or os.PathLike in args:  # "a str or a path (str or Path)" says it twice
+            args = [a for a in args if a is not str]
+        return " or ".join(dict.fromkeys(_described(h) for h in args))
+    return {type(None): "None", bool: "True or False", int: "a whole number", float: "a finite number",
+            str: "a str", Path: "a path (str or Path)", os.PathLike: "a path (str or Path)"}.get(
+        hint, f"a list ({hint})" if origin in (list, tuple) else getattr(hint, "__name__", str(hint)))
+
+
+def _call(target, what: str, *args, **kwargs):
+    """`target(*args, **kwargs)` once every argument is one `target` takes, of the type its
+    annotation gives: BadInput in one line naming the argument and its option otherwise, never
+    a TypeError from deep inside the work."""
+    signature = inspect.signature(target)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        takes = [_CALLED.get(n, n) for n, p in signature.parameters.items()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("step", "notice", "progress")]
+        raise BadInput(f"api.{what}: {exc}; it takes {', '.join(takes)}") from None
+    hints = typing.get_type_hints(target)
+    for name, value in bound.arguments.items():
+        if name in hints and not _conforms(value, hints[name]):
+            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise BadInput(f"api.{what}: {_CALLED.get(name, name)} ({flag}) must be "
+                           f"{_described(hints[name])}, got {str(value)[:60]!r}")
+    return target(*bound.args, **bound.kwargs)
+
+
+def _names(value, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise BadInput(f"{what} are a list of names, e.g. ['ort', 'trt']; got {value!r}")
+    return list(value)
+
+
+def _thresholds(value) -> dict[str, Thresholds]:
+    """The gates: the defaults, a TOML file's (a path), or the defaults with some precisions'
+    gates changed: {precision: {gate: value}} changes those gates as `--gate int8.min_cosine=...`
+    does, {precision: Thresholds(...)} replaces that precision's gates whole."""
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return load_thresholds(value)
+    if not isinstance(value, dict):
+        raise BadInput(f"thresholds are a TOML file or {{precision: {{gate: value}}}}, e.g. "
+                       f"{{'int8': {{'min_cosine': 0.999}}}}; got {value!r}")
+    from dataclasses import asdict
+    layer = {}
+    for precision, gates in value.items():
+        if isinstance(gates, Thresholds):
+            gates = asdict(gates)
+        if not isinstance(gates, dict):
+            raise BadInput(f"thresholds[{precision!r}] is a {{gate: value}} dict or a Thresholds; got {gates!r}")
+        layer[precision] = gates
+    try:
+        return check_layer(layer, dict(DEFAULTS), "thresholds", user=True)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+@_public
+def load_model(source: str | Path, **options):
+    """A model in eval mode and its card, from a zoo name (+ weights) or a checkpoint path, as
+    `export` loads it. `options`: weights, arch, num_classes, preprocess, weights_dir."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise BadInput(f"api.load_model: source is a zoo name (see `resnet-edge models`) or a "
+                       f"checkpoint path; got {source!r}")
+    return _call(_load_model, "load_model", os.fspath(source), **options)
+
+
 @_public
 def export(model, card: ModelCard, out: str | Path, options: ExportOptions = ExportOptions(),
            **kwargs) -> ExportResult:
     """The model to `out`/model.onnx (and fp16, checkpoint, manifest), checked against
     ONNX Runtime: what `export` writes."""
-    return _export(model, card, _path(out, "out"), options, **kwargs)
+    return _call(_export, "export", model, card, _path(out, "out"), options, **kwargs)
 
 
 @_public
 def calibrate(workdir: str | Path, data: str, **options) -> CalibrationResult:
     """model.int8.onnx and calibration.cache from `data`, as `calibrate` makes them. `options`:
     samples, method, recipe, sensitivity, exclude, holdout as the command takes them."""
-    return _calibrate(_path(workdir, "workdir"), data, **options)
+    return _call(_calibrate, "calibrate", _path(workdir, "workdir"), data, **options)
 
 
 @_public
-def parity(workdir: str | Path, data: str | None = None, *,
-           backends: list[str] = ("torch", "ort", "trt"), precisions: list[str] = PRECISIONS,
-           thresholds: dict[str, Thresholds] | None = None, **options) -> dict:
+def parity(workdir: str | Path, data: str | None = None, *, backends: list[str] | None = None,
+           precisions: list[str] | None = None, ort_providers: list[str] | None = None,
+           thresholds=None, limit: int | None = None, batch_size: int | None = None,
+           device: str = "auto", agreement: str = "raw", cuda_graph: bool = False) -> dict:
     """The parity report (what `parity --json` writes) of `workdir` on `data` (None: the
-    model's own built-in dataset, where it has one). `options`: limit, batch_size, device,
-    agreement ("raw" or "decisive") as the command takes them. The backends given are named:
-    `check` treats a row of one that cannot run as the command's exit 3."""
-    from .parity.run import run_parity
-    return run_parity(_path(workdir, "workdir"), data, backends=backends, precisions=precisions,
-                      thresholds=thresholds or load_thresholds(), explicit=True,
-                      named_backends=list(backends) if isinstance(backends, (list, tuple)) else backends,
-                      **options)
+    model's own built-in dataset, where it has one), as the command runs it: backends left out
+    are every one that runs here (torch, ort, trt; those that cannot are skipped with the
+    reason), backends named must run (`check` says exit 3 where one could not); precisions
+    left out are all the device has. `ort_providers` (tensorrt, cuda, cpu) puts ONNX Runtime's
+    providers side by side. `thresholds`: a TOML file, or {precision: {gate: value}} to change
+    some gates (`{"int8": {"min_cosine": 0.9999}}`, as `--gate int8.min_cosine=0.9999`)."""
+    from .parity.run import default_precisions, named_backends, run_parity, with_providers
+    backends, precisions = _names(backends, "backends"), _names(precisions, "precisions")
+    providers = _names(ort_providers, "ort_providers")
+    named = named_backends(backends, providers)
+    return _call(run_parity, "parity", _path(workdir, "workdir"), data,
+                 backends=with_providers(backends or ["torch", "ort", "trt"], providers),
+                 precisions=precisions or default_precisions(device), thresholds=_thresholds(thresholds),
+                 explicit=bool(named) or precisions is not None, named_backends=named,
+                 cpu_fp16="torch" in (backends or []) and "fp16" in (precisions or []),
+                 limit=limit, batch_size=batch_size, device=device, agreement=agreement,
+                 cuda_graph=cuda_graph)
 
 
 @_public
-def bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int] | None = None,
-          *, iterations: int = 50, warmup: int = 10, device: str = "auto") -> dict:
-    """Latency of each (backend, precision) at each batch size (what `bench --json` writes);
-    batch sizes default to the model's profile (min, opt, max)."""
+def bench(workdir: str | Path, pairs: list[tuple[str, str]] | None = None,
+          batch_sizes: list[int] | None = None, *, backends: list[str] | None = None,
+          precisions: list[str] | None = None, ort_providers: list[str] | None = None,
+          iterations: int = 50, warmup: int = 10, device: str = "auto") -> dict:
+    """Latency of each (backend, precision) at each batch size (what `bench --json` writes):
+    `pairs` as given, or every backend x precision that runs here (`backends` and `precisions`
+    narrow it, as the command's flags do; `ort_providers` side by side). Batch sizes default to
+    the model's profile (min, opt, max)."""
     from .bench import run_bench
-    _check_pairs(pairs)
-    return run_bench(_path(workdir, "workdir"), list(pairs), batch_sizes, iterations=iterations,
-                     warmup=warmup, device=device, cpu_fp16=("torch", "fp16") in map(tuple, pairs))
+    from .parity.run import REFERENCE, candidates, default_precisions, named_backends, with_providers
+    backends, precisions = _names(backends, "backends"), _names(precisions, "precisions")
+    providers = _names(ort_providers, "ort_providers")
+    if pairs is None:
+        chosen_backends = with_providers(backends or ["torch", "ort", "trt"], providers)
+        chosen_precisions = precisions or default_precisions(device)
+        pairs = candidates(chosen_backends, chosen_precisions)
+        if "torch" in chosen_backends and "fp32" in chosen_precisions:
+            pairs = [REFERENCE, *pairs]
+        named = named_backends(backends, providers)
+    else:
+        _check_pairs(pairs)
+        if providers:
+            pairs = [(b, p) for name, p in pairs for b in with_providers([name], providers if name == "ort" else None)]
+        named = list(dict.fromkeys(b for b, _ in pairs))
+    return _call(run_bench, "bench", _path(workdir, "workdir"), [tuple(p) for p in pairs], batch_sizes,
+                 iterations=iterations, warmup=warmup, device=device, named_backends=named,
+                 cpu_fp16=("torch", "fp16") in map(tuple, pairs))
 
 
 def _check_pairs(pairs) -> None:
@@ -108,15 +252,11 @@ def _check_pairs(pairs) -> None:
 
 
 def check(report: dict) -> dict:
-    """`report` (from `parity`) as the command judges it: GateFailed with the command's line where
-    a gate failed, MissingBackend where a named backend could not run; else the report."""
-    from .parity.gates import failed_gates
-    summary = report["summary"]
-    if summary["failed_gates"]:
-        raise GateFailed(f"parity gates failed: {failed_gates(report['candidates'])}")
-    if summary["explicit_backends_missing"]:
-        raise MissingBackend("asked for but cannot run here: " + "; ".join(summary["explicit_backends_missing"]))
-    return report
+    """`report` (from `parity` or `bench`) as the command judges it: GateFailed (exit 1) with
+    the command's line where a gate failed or a row regressed against its baseline,
+    MissingBackend (exit 3) where a backend named could not run; else the report."""
+    from .verdict import judge
+    return judge(report)
 
 
 @_public
@@ -126,13 +266,17 @@ def bundle(workdir: str | Path, target: str = "jetpack6", out: str | Path | None
     `out` is a folder (made if needed; the work dir when None), golden inputs from `data` (None:
     the model's own built-in dataset). `options`: golden, thresholds, sign, accelerator,
     classifier_threshold, release as `make_bundle` takes them."""
+    from .artifacts import ensure_writable_dir
     from .deploy import make_bundle
     workdir = _path(workdir, "workdir")
     folder = _path(out, "out") if out is not None else workdir
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"out {folder} is a file; give the folder the bundle goes in")
-    folder.mkdir(parents=True, exist_ok=True)
-    return make_bundle(workdir, target, folder / f"{workdir.name}-{target}.tar.gz", eval_spec=data, **options)
+    ensure_writable_dir(folder)
+    if "thresholds" in options:
+        options["thresholds"] = _thresholds(options["thresholds"])
+    return _call(make_bundle, "bundle", workdir, target, folder / f"{workdir.name}-{target}.tar.gz",
+                 eval_spec=data, **options)
 
 
 @_public
@@ -142,7 +286,8 @@ def verify(bundle: str | Path, *, key: str | Path | None = None, allow_unsigned:
     min_created, precisions, backend, iterations, device_dir, require_tensorrt. Its "passed"
     says whether the gates held (`exit_code` 1 where not), as for parity."""
     from .deploy.check import verify_path
-    return verify_path(_path(bundle, "bundle"), key=key, allow_unsigned=allow_unsigned, **options)
+    return _call(verify_path, "verify", _path(bundle, "bundle"), key=key, allow_unsigned=allow_unsigned,
+                 **options)
 
 
 @_public
@@ -153,10 +298,8 @@ def train(arch: str, data: str = "digits", out: str | Path | None = None, **opti
     if not isinstance(arch, str) or not isinstance(data, str):
         raise BadInput(f"arch and data are names, e.g. 'resnet20', 'digits'; got {arch!r}, {data!r}")
     folder = _path(out, "out") if out is not None else Path("runs") / f"{arch}-{data.partition(':')[0]}"
-    try:
-        config = TrainConfig(arch, data, folder, **options)
-    except TypeError as exc:
-        raise BadInput(f"train takes {', '.join(TrainConfig.__dataclass_fields__)}: {exc}") from None
+    config = _call(TrainConfig, "train", arch, data, folder, **options)
+    config.validated()  # every option checked before the first epoch, not after it
     return run_training(config)
 
 
@@ -165,7 +308,7 @@ def eval(checkpoint: str | Path, data: str | None = None, **options) -> dict:  #
     """Top-1 and top-5 of a checkpoint in PyTorch: what `eval --json` writes. `options`: arch,
     batch_size, device."""
     from .train import evaluate_checkpoint
-    return evaluate_checkpoint(_path(checkpoint, "checkpoint"), data, **options)
+    return _call(evaluate_checkpoint, "eval", _path(checkpoint, "checkpoint"), data, **options)
 
 
 @_public
@@ -173,7 +316,7 @@ def debug(workdir: str | Path, precision: str = "fp16", data: str | None = None,
     """The layer-by-layer error of `precision` against fp32: what `debug --json` writes.
     `options`: images, tolerance, candidate, backend."""
     from .parity.debug import debug_layers
-    return debug_layers(_path(workdir, "workdir"), precision, data, **options)
+    return _call(debug_layers, "debug", _path(workdir, "workdir"), precision, data, **options)
 
 
 @_public

@@ -28,7 +28,7 @@ ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
 def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int] | None, *,
               iterations: int, warmup: int, device: str = "auto", cpu_fp16: bool = False,
-              power: bool = False, cuda_graph: bool = False,
+              power: bool = False, cuda_graph: bool = False, named_backends: list[str] = (),
               step: Callable[[str], None] = lambda m: None,
               notice: Callable[[str], None] = lambda m: None) -> dict:
     """Latency of every backend x batch size. One probe run of each comes first, so a long
@@ -37,7 +37,8 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     row also gets its energy (NVML's counter over a stretch of at least 2 s of its own work on an
     x86 GPU) or the power read while it ran (tegrastats, nvidia-smi), or why not. With
     `cuda_graph`, each GPU backend and batch size also runs as a replayed CUDA graph (a
-    `+graph` row), and `graph_speedup` holds eager/graph ratios."""
+    `+graph` row), and `graph_speedup` holds eager/graph ratios. `named_backends`: those the
+    caller named, whose skipped rows are the command's exit 3 (verdict.judge)."""
     if not (whole(iterations) and iterations >= 1 and whole(warmup) and warmup >= 0):
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
     resolve_device(device)
@@ -136,6 +137,7 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             "machine": describe_machine(), "estimated_seconds": round(estimate, 2),
             "measured_seconds": round(spent, 2),
             "iterations": iterations, "warmup": warmup, "results": results, "skipped": skipped,
+            "named_backends": list(named_backends),
             **({"graph_speedup": graph_speedup(results)} if cuda_graph else {}),
             **({"power": power_note or _power_source(source, counter)} if power else {})}
 

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 from .artifacts import ensure_writable_dir, write_json_atomic
 from .data import Preprocess, Source, batches, check_classes, open_data
-from .errors import BadInput
+from .errors import BadInput, whole
 from .runtime.gpu import resolve_device
 from .metrics import Accuracy
 from .zoo import (ModelCard, load_state_strict, read_checkpoint, torchvision_state,
@@ -158,6 +158,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_spec: str | None = None, *,
     set it was trained on): what `eval --json` writes."""
     from .data import data_for, match_classes
     from .zoo import load_checkpoint
+    if not (whole(batch_size) and batch_size >= 1):
+        raise BadInput(f"--batch-size must be at least 1, got {batch_size!r}")
     model, card = load_checkpoint(checkpoint, arch=arch)
     data_spec = data_for(card, "test", data_spec, "--data")
     source = open_data(data_spec, input_shape=card.preprocess.input_shape)

@@ -11,9 +11,9 @@ from rich.table import Table
 
 from .. import console
 from ..console import emit_json, note, stdout, wrote
-from ..errors import BadInput, GateFailed, MissingBackend
-from ..parity.gates import failed_gates
+from ..errors import BadInput
 from ..runtime.providers import CUDA_INT8
+from ..verdict import judge
 from .common import (DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
                      MAX_LATENCY_REGRESSION_OPTION, ORT_PROVIDERS_OPTION, PRECISIONS_OPTION, cli,
                      csv_list, data_paths, parse_sizes, print_parity, resolve_workdir, writable)
@@ -102,7 +102,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from ..parity.gates import load_thresholds
     from ..parity.run import run_parity
 
-    from ..parity.baseline import change, compare, read_baseline
+    from ..parity.baseline import compare, read_baseline
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     writable(json_path, (baseline, thresholds, *data_paths(data_spec)), (workdir,),
              markdown=markdown, junit=junit, html=html)
@@ -127,19 +127,7 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
         if path:
             wrote(path, *writer(result, path))
     emit_json(reports.public(result), json_path)
-    summary = result["summary"]
-    if summary["failed_gates"]:
-        raise GateFailed(f"parity gates failed: {failed_gates(result['candidates'])}")
-    if result.get("baseline", {}).get("regressions"):
-        raise GateFailed("accuracy regression against the baseline: " + "; ".join(
-            f"{r['backend']} {r['precision']} {change(r)} (limit -{max_accuracy_drop_pt:g})"
-            for r in result["baseline"]["regressions"]))
-    if summary["explicit_backends_missing"]:
-        missing = set(summary["explicit_backends_missing"])
-        raise MissingBackend("asked for but cannot run here: "
-                             + "; ".join(f"{r['backend']} {r['precision']} ({r['reason']})"
-                                         for r in result["candidates"]
-                                         if f"{r['backend']} {r['precision']}" in missing))
+    judge(result)
 
 
 @cli.command()
@@ -178,8 +166,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     Example:
       resnet-edge bench artifacts/resnet50 --batch-sizes 1,8,32 --iterations 200
     """
-    from ..backends import CPU_FP16
-    from ..bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench, slowdown
+    from ..bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
 
     sizes = parse_sizes(batch_sizes, "--batch-sizes")
     if iterations < 1 or warmup < 0:
@@ -202,20 +189,12 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
                                                  _precisions(precisions, device)),
                            sizes, iterations=iterations, warmup=warmup, device=device,
                            cpu_fp16=cpu_fp16, power=power, cuda_graph=cuda_graph,
-                           step=step, notice=note)
+                           named_backends=named, step=step, notice=note)
     if old is not None:
         result["baseline"] = compare_to_baseline(result, old, str(baseline), max_latency_regression_pct)
     _print_bench(result)
     emit_json(result, json_path)
-    if result.get("baseline", {}).get("regressions"):
-        raise GateFailed("latency regression against the baseline: "
-                         + "; ".join(map(slowdown, result["baseline"]["regressions"])))
-    # a named backend's rows, its +graph rows (--cuda-graph asked for them) included
-    asked = [s for s in result["skipped"]
-             if s["reason"] != CPU_FP16 and s["backend"].removesuffix("+graph") in named]
-    if asked:
-        raise MissingBackend("asked for but cannot run here: " + "; ".join(
-            f"{s['backend']} {s['precision']} ({s['reason']})" for s in asked))
+    judge(result)
 
 
 RUN_COLUMN = 36

@@ -51,7 +51,7 @@ def exposed(model: onnx.ModelProto, names: list[str]) -> bytes:
     return model.SerializeToString()
 
 
-def debug_layers(workdir: str | Path, precision: str, data_spec: str, *, images: int = 8,
+def debug_layers(workdir: str | Path, precision: str, data_spec: str | None, *, images: int = 8,
                  tolerance: float | None = None, candidate: str | Path | None = None,
                  backend: str = "auto") -> dict:
     """Per-layer error of `precision` (or the `candidate` file) against the fp32 model, run by

@@ -216,6 +216,19 @@ def failed_gates(rows: list[dict]) -> str:
                      for row in rows for g in row["gates"] if g["passed"] is False)
 
 
+def deciding_digits(value: float, threshold: float, figures: int) -> tuple[str, str]:
+    """(value, threshold) as text: the threshold as it was given (0.9999999, never rounded to
+    1.000000), the value with at least `figures` significant digits and as many more as it
+    takes to stand on its true side of the threshold."""
+    shown = repr(float(threshold))
+    shown = shown[:-2] if shown.endswith(".0") else shown
+    for digits in range(figures, 18):
+        text = f"{value:.{digits}g}"
+        if value == threshold or (float(text) < threshold) == (value < threshold) and float(text) != threshold:
+            return text, shown
+    return repr(float(value)), shown
+
+
 def describe(gate: dict) -> str:
     """One gate result as a person reads it: 'top1_agreement_pct 99.37 < 99.5 (fail)'."""
     if gate["passed"] is None:
@@ -226,7 +239,6 @@ def describe(gate: dict) -> str:
     held = gate["passed"]
     sign = (">=" if held else "<") if low_is_bad else ("<=" if held else ">")
     # cosine lives just under 1: four figures made 0.999959 read "1", its threshold's side unseen
-    figures = ".6f" if gate["gate"] == "cosine" else ".4g"
-    line = (f"{gate['gate']} {gate['value']:{figures}} {sign} {gate['threshold']:{figures}} "
-            f"({gate['status']})")
+    value, threshold = deciding_digits(gate["value"], gate["threshold"], 6 if gate["gate"] == "cosine" else 4)
+    line = f"{gate['gate']} {value} {sign} {threshold} ({gate['status']})"
     return f"{line}: {gate['note']}" if gate.get("note") and not held else line

@@ -569,7 +569,12 @@ def test_verify_accepts_the_engine_nvinfer_builds_beside_the_onnx_and_nothing_el
     built.write_bytes(b"engine nvinfer built")
     result = run_cli("verify", root, "--allow-unsigned", "--iterations", "2", "--precisions", "fp32")
     assert result.exit_code == 0, result.output
+    # it passes, but never unseen: a random file planted there is what nvinfer loads next start
+    assert f"warning: {built.name} (sha256 " in result.stderr and "no signature covers it" in result.stderr
     built.rename(root / nvinfer_rules.engine_name("other.onnx", 8, 2))  # not a model of the bundle
+    one_line_error(run_cli("verify", root, "--allow-unsigned", "--iterations", "2"), 2, "is not in manifest.json")
+    (root / nvinfer_rules.engine_name("other.onnx", 8, 2)).unlink()
+    (root / f"{onnx_file}_b\u0663_gpu0_fp16.engine").write_bytes(b"x")  # an Arabic-Indic 3 is no batch size
     one_line_error(run_cli("verify", root, "--allow-unsigned", "--iterations", "2"), 2, "is not in manifest.json")
 
 
@@ -742,3 +747,23 @@ def test_nvinfers_fp32_engine_is_the_tf32_build_never_ieee_fp32_under_its_name(d
     assert built.name == "model.tf32.engine" and target.read_bytes() == built.read_bytes()
     assert json.loads(built.with_suffix(".json").read_text())["tf32"] is True
     assert "./build_engine.sh tf32" in (root / "README.md").read_text()
+
+
+def test_the_engine_installer_reads_the_config_as_nvinfer_does(deepstream_bundle, tmp_path, capsys):
+    """lib/serving.py (run by build_engine.sh) was a KeyError traceback on a config without
+    model-engine-file= or with spaces around '=' (a GLib key file ignores them)."""
+    import shutil
+    from resnet_edge.deploy import serving
+    root = tmp_path / deepstream_bundle.name
+    shutil.copytree(deepstream_bundle, root)
+    engine = tmp_path / "built.engine"
+    engine.write_bytes(b"an engine")
+    config = root / "deepstream" / "config_infer_fp16.txt"
+    config.write_text(config.read_text().replace("model-engine-file=", "model-engine-file = "))
+    installed = serving.install_engine(root, engine, "fp16", None)
+    assert installed.read_bytes() == b"an engine" and installed.parent == root.resolve()
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("model-engine-file")))
+    assert serving.main(["--bundle", str(root), "--engine", str(engine), "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "names no model-engine-file" in err and "Traceback" not in err and len(err.splitlines()) == 1

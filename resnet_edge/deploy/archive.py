@@ -155,10 +155,11 @@ def archive_root(path: Path) -> Path:
 
 # ---- an extracted bundle ----------------------------------------------------------------------
 
-def check_folder(bundle: Path) -> tuple[dict, bytes]:
+def check_folder(bundle: Path) -> tuple[dict, bytes, list[str]]:
     """Every file in `bundle` is a regular file listed in manifest.json with its sha256 and
-    size, and every listed file is there; no links, no special files, nothing unlisted.
-    Returns (manifest, manifest.json's bytes)."""
+    size, and every listed file is there; no links, no special files, nothing unlisted but the
+    engines nvinfer writes beside a DeepStream bundle's ONNX. Returns (manifest, manifest.json's
+    bytes, those engines: what nvinfer loads next start, which no signature covers)."""
     bundle = Path(bundle)
     manifest_path = bundle / MANIFEST
     if not manifest_path.is_file() or manifest_path.is_symlink():
@@ -167,6 +168,7 @@ def check_folder(bundle: Path) -> tuple[dict, bytes]:
     data = _read_small(manifest_path, MAX_MANIFEST_BYTES, MANIFEST)
     manifest = parse_manifest(data)
     files = manifest["files"]
+    engines = []
     for root, dirs, names in os.walk(bundle, followlinks=False):
         for entry in [*dirs, *names]:
             path = Path(root) / entry
@@ -178,9 +180,12 @@ def check_folder(bundle: Path) -> tuple[dict, bytes]:
                 continue
             if not stat.S_ISREG(mode):
                 raise BundleError(f"bundle entry {rel} is a special file; refusing the bundle")
-            if rel not in files and rel not in (MANIFEST, SIGNATURE) and not _nvinfer_engine(rel, files):
+            if rel in files or rel in (MANIFEST, SIGNATURE):
+                continue
+            if not _nvinfer_engine(rel, files):
                 raise BundleError(f"bundle file {rel} is not in {MANIFEST}; remove it or re-copy "
                                   "the bundle")
+            engines.append(rel)
     for name, entry in sorted(files.items()):
         path = bundle / name
         if not path.is_file() or path.is_symlink():
@@ -188,14 +193,14 @@ def check_folder(bundle: Path) -> tuple[dict, bytes]:
         if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST} "
                               "(damaged or modified); re-copy the bundle")
-    return manifest, data
+    return manifest, data, sorted(engines)
 
 
 # nvinfer, building an engine itself, writes <onnx-file>_b<batch>_<gpuN|dlaN>_<mode>.engine
 # beside the ONNX (DeepStream nvdsinfer_model_builder.cpp; mode "best" from 7.0), and a DeepStream
 # bundle's configs load it from there (build_engine.sh puts its engine there too): the device's
 # own file, made from a listed model, never read as part of the bundle.
-NVINFER_ENGINE = re.compile(r"(?P<onnx>[A-Za-z0-9_.-]+\.onnx)_b\d{1,4}_(?:gpu|dla)\d{1,2}_(?:fp32|fp16|int8|best)\.engine")
+NVINFER_ENGINE = re.compile(r"(?P<onnx>[A-Za-z0-9_.-]+\.onnx)_b[0-9]{1,4}_(?:gpu|dla)[0-9]{1,2}_(?:fp32|fp16|int8|best)\.engine")
 
 
 def _nvinfer_engine(rel: str, files: dict) -> bool:

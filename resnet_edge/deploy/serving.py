@@ -328,8 +328,13 @@ def install_engine(bundle: Path, engine: Path, precision: str, dla_core: int | N
     config = bundle / DEEPSTREAM_DIR / nvinfer_config_name(precision, dla_core)
     if not config.is_file():
         return None
-    values = dict(line.split("=", 1) for line in config.read_text().splitlines()
-                  if "=" in line and not line.startswith("#"))
+    # a GLib key file, as nvinfer reads it: spaces around '=' are ignored, '#' starts a comment
+    values = {key.strip(): value.strip() for key, _, value in
+              (line.partition("=") for line in config.read_text().splitlines()
+               if "=" in line and not line.lstrip().startswith("#"))}
+    if not values.get("model-engine-file"):
+        raise ValueError(f"{config.name} names no model-engine-file, so nvinfer would not load "
+                         "the engine; the bundle is damaged: make it again with `resnet-edge bundle`")
     target = (config.parent / values["model-engine-file"]).resolve()
     if target.parent != bundle.resolve() or not NVINFER_ENGINE.fullmatch(target.name):
         raise ValueError(f"{config.name} names model-engine-file {values['model-engine-file']}, "

@@ -79,7 +79,7 @@ class Bundle:
         if key is None and not allow_unsigned:
             raise BundleError(NEEDS_KEY)
         self.folder = Path(folder)
-        self.manifest, manifest_bytes = archive.check_folder(self.folder)
+        self.manifest, manifest_bytes, self.device_engines = archive.check_folder(self.folder)
         self.manifest_sha256 = archive.manifest_digest(manifest_bytes)
         signature_path = self.folder / archive.SIGNATURE
         signature = signature_path.read_bytes() if signature_path.is_file() else None
@@ -439,7 +439,9 @@ def verify(folder: Path, *, precisions: list[str] | None = None, backend: str = 
             "engine_tested": chosen == "trt",
             "integrity": {"manifest_sha256": bundle.manifest_sha256,
                           "files": len(bundle.manifest["files"]), **bundle.signature,
-                          "identity": bundle.identity},
+                          "identity": bundle.identity,
+                          "unsigned_engines": {name: archive.sha256_file(bundle.folder / name)
+                                               for name in bundle.device_engines}},
             "device": device_info(), "cpu": cpu.cpu_features(), "device_dir": str(devices),
             "golden_images": int(len(bundle.inputs)), "reference_accuracy": ref_acc,
             "results": rows, "failed_gates": failed, "passed": not failed,
@@ -464,6 +466,10 @@ def integrity_lines(report: dict) -> list[str]:
         lines.append(f"warning: NOT AUTHENTICATED (--allow-unsigned; {held}): anyone who could write "
                      "this bundle could have made it; compare the manifest sha256 above with the "
                      "one `resnet-edge bundle` printed, or verify with --key")
+    for name, digest in sorted((integrity.get("unsigned_engines") or {}).items()):
+        lines.append(f"warning: {name} (sha256 {digest[:16]}) lies beside the ONNX model: nvinfer "
+                     "loads it at its next start instead of building from the checked model, and "
+                     "no signature covers it; delete it unless ./build_engine.sh made it here")
     if not report["engine_tested"]:
         lines.append(FALLBACK)
     return lines

@@ -12,10 +12,12 @@ CALIB   ?=
 # TensorRT, cuda-python: pyproject's cuda12 and cuda13); Jetsons keep JetPack's own TensorRT,
 # which the venv sees through the system site-packages.
 ARCH      := $(shell uname -m)
-HAS_GPU   := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 IS_JETSON := $(shell test -f /etc/nv_tegra_release && echo yes)
-# the driver's CUDA major picks the set (12 unless it says 13 or newer)
-CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
+# the driver probed with a bound: nvidia-smi hangs on a wedged driver, and every target (make -n
+# and clean too) would hang with it; the driver's CUDA major picks the set (12 unless 13+)
+NVIDIA_SMI := timeout -k 2 $(or $(NVIDIA_SMI_TIMEOUT),10) nvidia-smi
+HAS_GPU    := $(shell $(NVIDIA_SMI) >/dev/null 2>&1 && echo yes)
+CUDA_MAJOR := $(if $(HAS_GPU),$(shell $(NVIDIA_SMI) 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1))
 CUDA_SET   := $(shell test "$(CUDA_MAJOR)" -ge 13 2>/dev/null && echo cuda13 || echo cuda12)
 ifeq ($(IS_JETSON),yes)
   EXTRAS    ?= cpu,dev

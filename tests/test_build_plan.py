@@ -195,3 +195,18 @@ def test_make_picks_the_set_by_the_drivers_cuda(tmp_path):
                              env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
         assert run.returncode == 0, run.stderr
         assert f'.[{extra},dev]' in run.stdout, run.stdout
+
+
+def test_make_does_not_hang_on_a_wedged_driver(tmp_path):
+    """Every target (make -n and clean included) hung when nvidia-smi hung."""
+    import os
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexec sleep 600\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    # without the probe's bound this waits out the stub's 600 s, and the timeout fails the test
+    run = subprocess.run(["make", "-n", "-C", str(root), "clean", "NVIDIA_SMI_TIMEOUT=1"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert run.returncode == 0, run.stderr

@@ -35,11 +35,18 @@ MIN_ORT = (1, 27)  # quantize_static(calibration_cache_path=...) arrived in onnx
 
 
 def _quantization():
-    version = import_ort().__version__
+    ort = import_ort()
+    version = ort.__version__
     if tuple(int(p) for p in version.split(".")[:2]) < MIN_ORT:
         raise MissingBackend(f"calibrate needs onnxruntime >= 1.27 (this is {version}); "
                              "pip install -U onnxruntime")
     from onnxruntime import quantization
+
+    from .. import quiet
+    # the calibrator opens its own sessions on the process-wide logger, whose warnings (an
+    # unused initializer of a static-batch export) came out raw, colour codes and all; errors
+    # still show, and --verbose shows everything
+    ort.set_default_logger_severity(2 if quiet.Settings.verbose else 3)
     return quantization
 
 

@@ -80,3 +80,21 @@ def test_no_network_says_so_and_offers_alternatives(tmp_path, run_cli, offline, 
 def test_debug_shows_the_traceback(run_cli):
     with pytest.raises(Exception, match="unknown model"):
         run_cli("--debug", "export", "nonet")
+
+
+@pytest.mark.parametrize("command", [["export", "resnet20", "--weights", "none"], ["calibrate", "w"],
+                                     ["debug", "w"], ["verify", "b", "--allow-unsigned"], ["models"]])
+def test_a_mistyped_device_variable_is_refused_by_every_command(command, run_cli, monkeypatch, tmp_path):
+    """RESNET_EDGE_DEVICE=gpu7 was refused by parity, bench, eval and train but silently ignored
+    by export, calibrate, debug, verify and verify.py."""
+    monkeypatch.setenv("RESNET_EDGE_DEVICE", "gpu7")
+    monkeypatch.chdir(tmp_path)
+    one_line_error(run_cli(*command), 2, "$RESNET_EDGE_DEVICE='gpu7' is not one of auto, cpu, cuda")
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_verify_py_refuses_a_mistyped_device_variable(monkeypatch, tmp_path, capsys):
+    from resnet_edge.deploy import verify_bundle
+    monkeypatch.setenv("RESNET_EDGE_DEVICE", "gpu7")
+    assert verify_bundle.main(["--bundle", str(tmp_path), "--allow-unsigned"]) == 2
+    assert "$RESNET_EDGE_DEVICE='gpu7' is not one of auto, cpu, cuda" in capsys.readouterr().err

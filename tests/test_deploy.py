@@ -367,6 +367,9 @@ def test_the_signature_covers_the_bundles_name_target_release_and_time(calibrate
                    "the bundle was made 2025-11-24T16:00:00Z, before --min-created 2026-01-01T00:00:00Z")
     one_line_error(run_cli("verify", made.path, *key, "--min-created", "last week"), 2,
                    "--min-created 'last week' is not a date")
+    # full-width digits were taken as a date, then compared as text
+    one_line_error(run_cli("verify", made.path, *key, "--min-created", "\uff12\uff10\uff12\uff10-01-01"), 2,
+                   "is not a date")
     one_line_error(run_cli("bundle", calibrated_workdir, "--release", "v9\nx"), 2, "--release 'v9\\nx' is not a plain name")
 
 

@@ -67,7 +67,9 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     if quiet and verbose:
         raise BadInput("--quiet and --verbose contradict each other; drop one")
     from ..epoch import source_date_epoch
+    from ..runtime.gpu import pinned_device
     source_date_epoch()  # before any library reads it (numpy.f2py does, with int(), on import)
+    pinned_device()
     console.configure(quiet=quiet, verbose=verbose)
 
 

@@ -64,7 +64,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 IDENTITY = "bundle"  # manifest.json's record of the bundle itself, signed with the files
 # a name that configs, shell lines and folder names carry as it is
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-_CREATED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # [0-9]: \d takes other scripts
 
 
 def read_identity(manifest: dict) -> dict | None:
@@ -89,7 +89,7 @@ def created_bound(text: str) -> str:
     real calendar time (2026-02-30 is refused, not compared as text); the empty string of an
     unset CI variable is refused too, since taking it as "no bound" would turn replay
     protection off unseen."""
-    bound = f"{text}T00:00:00Z" if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text or "") else text
+    bound = f"{text}T00:00:00Z" if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text or "") else text
     if not real_time(bound):
         raise BundleError(f"--min-created {text!r} is not a date (YYYY-MM-DD) or a UTC time "
                           "(YYYY-MM-DDTHH:MM:SSZ)")

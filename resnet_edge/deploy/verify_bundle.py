@@ -532,6 +532,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="[<device dir>/verify.json]")
     args = parser.parse_args(argv)
     try:
+        pinned = os.environ.get("RESNET_EDGE_DEVICE", "").strip().lower()
+        if pinned not in ("", "auto", "cpu", "cuda"):
+            raise BundleError(f"$RESNET_EDGE_DEVICE={pinned!r} is not one of auto, cpu, cuda")
         args.key = Path(args.key) if args.key else None
         min_created = archive.created_bound(args.min_created) if args.min_created is not None else None
         devices = args.device_dir or trt_rules.device_dir(

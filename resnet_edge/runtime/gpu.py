@@ -25,16 +25,22 @@ def cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
+def pinned_device() -> str:
+    """$RESNET_EDGE_DEVICE (auto where unset), or BadInput: checked by every command before its
+    work, so a typo is never silently ignored by one that places nothing itself."""
+    pinned = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
+    if pinned not in DEVICES:
+        raise BadInput(f"${DEVICE_ENV}={pinned!r} is not one of {', '.join(DEVICES)}")
+    return pinned
+
+
 def resolve_device(name: str) -> str:
     """auto -> $RESNET_EDGE_DEVICE where set, else cuda where torch sees a GPU, else cpu;
     cuda without a GPU is bad usage, and so is any other name."""
     if name not in DEVICES:
         raise BadInput(f"device {name!r} is not one of {', '.join(DEVICES)}")
     if name == "auto":
-        pinned = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
-        if pinned not in DEVICES:
-            raise BadInput(f"${DEVICE_ENV}={pinned!r} is not one of {', '.join(DEVICES)}")
-        name = pinned
+        name = pinned_device()
     if name == "auto":
         return "cuda" if cuda_visible() else "cpu"
     if name == "cuda" and not cuda_visible():

@@ -88,6 +88,9 @@ NUMBERS = frozenset({
 NUMBER_MAPS = frozenset({"rails_mw", "mj_per_image"})  # rail name -> number
 FRACTIONS = frozenset({"top1", "top5", "top1_agreement", "top5_agreement", "test_top1", "test_top5",
                        "val_top1", "val_top5", "top1_same"})
+# a batch size is a whole number a model can take: 8.5 or 10**18 matched no row, so that batch
+# went ungated ("no baseline") where it should have been refused
+WHOLE = {"batch_size": (1, 1 << 20)}
 MAX_DEPTH = 32  # a report nests about 6 deep
 MAX_DIGITS = 18  # no count or size a report holds is longer; a float's range is past it
 
@@ -124,6 +127,10 @@ def check_numbers(value) -> None:
                 raise ValueError(f"{key} holds {json.dumps(bad)[:40]}, not a number")
             if key in FRACTIONS and not isinstance(node, list) and not 0 <= node <= 1:
                 raise ValueError(f"{key} {node} is not a fraction (0..1)")
+            if key in WHOLE and not isinstance(node, list):
+                low, high = WHOLE[key]
+                if not (isinstance(node, int) and low <= node <= high):
+                    raise ValueError(f"{key} {node} is not a whole number from {low} to {high}")
             continue
         if key in NUMBER_MAPS and isinstance(node, dict):
             for rail, number in node.items():

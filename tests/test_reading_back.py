@@ -41,6 +41,9 @@ BAD_BENCH = [
     (lambda r: _sample(r["results"][0], "2.5"), "samples_ms holds \"2.5\", not a number"),
     (lambda r: _sample(r["results"][0], True), "samples_ms holds true, not a number"),
     (lambda r: r.update(extra=json.loads("[" * 40 + "]" * 40)), "nested deeper than 32 levels"),
+    # a row no batch matches went ungated ("no baseline", exit 0)
+    (lambda r: r["results"][0]["host_to_host"].update(batch_size=8.5), "batch_size 8.5 is not a whole number"),
+    (lambda r: r["results"][0]["host_to_host"].update(batch_size=10 ** 12), "batch_size 1000000000000 is not a whole number from 1"),
 ]
 
 

@@ -110,12 +110,35 @@ def written(final: str | os.PathLike, prefix: str = ".") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+_HELD: dict = {}  # a pipe's path -> a write end opened when the command started
+
+
+def hold_pipe(path: str | os.PathLike) -> None:
+    """An output that is a pipe: refused now, before the work, when nothing reads it, and held
+    open until its report is written, so a reader that came for it does not see the end of the
+    stream first (a probe closed at once would end `>(jq .)` before the report came)."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode) or real_path(path) in _HELD:
+            return
+    except OSError:  # not there yet: a file to create, as output_target said
+        return
+    try:
+        _HELD[real_path(path)] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OutputRefused(f"{path} is a pipe that nothing reads; start its reader first") from None
+        raise OutputRefused(f"cannot write {path}: {exc.strerror}") from None
+
+
 def write_through(data: Path, stream: str | os.PathLike) -> None:
     """Copy the file `data` into a device or pipe opened as it is: appended, never created or
     truncated; a pipe that nothing reads is refused now rather than waited on."""
+    held = _HELD.pop(real_path(stream), None)
     try:
         fd = os.open(stream, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
     except OSError as exc:
+        if held is not None:
+            os.close(held)
         if exc.errno == errno.ENXIO:
             raise OutputRefused(f"{stream} is a pipe that nothing reads; start its reader first") from None
         raise OutputRefused(f"cannot write {stream}: {exc.strerror}") from None
@@ -127,6 +150,8 @@ def write_through(data: Path, stream: str | os.PathLike) -> None:
         raise OutputRefused(f"cannot write {stream}: {exc.strerror}") from None
     finally:
         os.close(fd)
+        if held is not None:
+            os.close(held)
 
 
 def _identity(path: str | os.PathLike):

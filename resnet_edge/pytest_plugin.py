@@ -277,6 +277,8 @@ def _check_outputs(config) -> None:
             named, reads=(opt("parity_baseline"), opt("parity_thresholds"),
                           *data_paths(opt("parity_data")), workdir if workdir.is_file() else None),
             guards=(workdir if workdir.is_dir() else None,))
+        for path in named.values():
+            outputs.hold_pipe(path)
     except outputs.OutputRefused as exc:
         raise BadInput(str(exc)) from None
 

@@ -279,3 +279,21 @@ def test_no_new_file_under_dev_through_a_link_or_double_slash(make, tmp_path):
         target = tmp_path / "d" / "resnet-edge-new"
     with pytest.raises(OutputRefused, match="no file is made under /dev or /proc"):
         output_target(target)
+
+
+def test_a_pipe_nobody_reads_is_refused_before_the_work(digits_workdir, tmp_path, run_cli):
+    """bench --json to an unread FIFO was refused only after the whole bench ran."""
+    os.mkfifo(tmp_path / "fifo")
+    result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
+                     "--json", tmp_path / "fifo")
+    one_line_error(result, 2, "is a pipe that nothing reads; start its reader first")
+    assert "bench" not in result.stdout  # no table: nothing was measured
+
+
+def test_a_pipes_reader_gets_the_report_after_the_check_held_it_open(digits_workdir, tmp_path, run_cli):
+    reader = _Reader(tmp_path / "fifo")
+    result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
+                     "--batch-sizes", "1", "--iterations", "2", "--json", tmp_path / "fifo")
+    assert result.exit_code == 0, result.output
+    reader.join(timeout=30)
+    assert json.loads(reader.data)["schema"] == "resnet-edge.bench/1"

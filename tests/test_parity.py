@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 from pathlib import Path
 import shutil
 from xml.etree import ElementTree as ET
@@ -439,12 +440,16 @@ def test_the_plugins_reports_are_checked_before_the_session(given, said, pyteste
     assert all(p.read_bytes() == data for p, data in before.items())
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 def test_a_plugin_report_refused_at_the_end_is_a_line_not_a_traceback(pytester, digits_workdir):
-    """A pipe nobody reads was a traceback from pytest_sessionfinish after green tests."""
-    import os
-    os.mkfifo(pytester.path / "fifo")
-    result = pytester.runpytest_inprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=ort",
-                                          "--parity-precisions=fp32", "--parity-limit=16",
-                                          f"--parity-json={pytester.path / 'fifo'}")
-    result.stdout.fnmatch_lines(["error: --parity-json *fifo was not written: *nothing reads*"])
+    """A full device (or a pipe nobody reads) was a traceback from pytest_sessionfinish after
+    green tests; the pipe is now refused before the session, the full device said at the end."""
+    args = (f"--parity-workdir={digits_workdir}", "--parity-backends=ort", "--parity-precisions=fp32",
+            "--parity-limit=16")
+    result = pytester.runpytest_inprocess(*args, "--parity-json=/dev/full")
+    result.stdout.fnmatch_lines(["error: --parity-json /dev/full was not written: *No space left*"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED and "Traceback" not in result.stdout.str()
+    os.mkfifo(pytester.path / "fifo")
+    unread = pytester.runpytest_inprocess(*args, f"--parity-json={pytester.path / 'fifo'}")
+    unread.stdout.fnmatch_lines(["*fifo is a pipe that nothing reads; start its reader first*"])
+    assert unread.ret != 0 and "passed" not in unread.stdout.str()

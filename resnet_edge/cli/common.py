@@ -166,7 +166,7 @@ def writable(json_path: Path | None, reads: tuple = (), guards: tuple = (), make
     folder: anything in it), a file it `makes`, an artifact of a work dir in `guards`, or
     another output (`outputs.refuse_clobbering`)."""
     from ..artifacts import ensure_writable_dir
-    from ..outputs import OutputRefused, output_target, refuse_clobbering
+    from ..outputs import OutputRefused, hold_pipe, output_target, refuse_clobbering
     for option, path in files.items():
         if path is not None and str(path) == "-":
             raise BadInput(f"--{option} - would write a file named '-': give --{option} a file "
@@ -181,6 +181,9 @@ def writable(json_path: Path | None, reads: tuple = (), guards: tuple = (), make
                 if not stream:
                     ensure_writable_dir(target.parent)
         refuse_clobbering(outputs, (*reads, bare_onnx), makes, guards)
+        for path in outputs.values():
+            if path is not None and str(path) != "-":
+                hold_pipe(path)
     except OutputRefused as exc:
         raise BadInput(str(exc)) from None
 

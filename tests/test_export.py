@@ -111,6 +111,30 @@ def test_cli_export_checkpoint_then_up_to_date(tmp_path, run_cli):
     again = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", out,
                     "--exporter", "torchscript")
     assert again.exit_code == 0 and "up to date" in again.stdout
+    # another model's ONNX file and checkpoint, with a manifest forged to vouch for them: "up to
+    # date" (exit 0) since turn 3; the files are now checked against the model, not the record
+    import json
+    import shutil
+    from resnet_edge.artifacts import sha256_file
+    other, other_card = zoo.load_model("resnet20", num_classes=3)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    assert run_cli("export", tmp_path / "other.pth", "--arch", "resnet20", "--out", tmp_path / "o",
+                   "--exporter", "torchscript").exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("model.onnx", "model.pt"):
+        shutil.copyfile(tmp_path / "o" / name, out / name)
+        manifest["files"][name]["sha256"] = sha256_file(out / name)
+        manifest["complete"]["export"]["outputs"][name] = sha256_file(out / name)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    forged = run_cli("export", tmp_path / "plain.pth", "--arch", "resnet20", "--out", out,
+                     "--exporter", "torchscript")
+    assert forged.exit_code == 0 and "up to date" not in forged.stdout, forged.output
+    assert "does not compute it; exporting again" in forged.output
+    assert sha256_file(out / "model.onnx") != sha256_file(tmp_path / "o" / "model.onnx")
+    assert sha256_file(out / "model.pt") != sha256_file(tmp_path / "o" / "model.pt")
 
 
 def test_export_that_disagrees_with_torch_exits_1_and_writes_nothing(tmp_path, run_cli):

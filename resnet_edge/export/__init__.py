@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 import onnx
+import torch
 from onnx import version_converter
 from onnxconverter_common import float16
 from torch import nn
 
 from ..artifacts import WorkDir, ensure_writable_dir, open_dir, write_bytes_atomic
 from ..errors import BadInput, GateFailed
-from ..zoo import ModelCard, load_checkpoint, save_checkpoint
+from ..zoo import ModelCard, load_checkpoint, read_checkpoint, save_checkpoint
 from .checks import BatchCheck, check_sizes, compare_with_onnxruntime, run_checker
 from .metadata import load_onnx, read_card, read_export_options, write_metadata
 from .torch_to_onnx import ExportOptions, export_onnx
@@ -53,6 +54,13 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: str | Path,
     result = ExportResult(workdir.file(ONNX_NAME), skipped=True)
     redo_onnx = force or not workdir.is_fresh(ONNX_NAME, inputs, recorded)
     redo_checkpoint = force or not workdir.is_fresh(CHECKPOINT_NAME, inputs, {})
+    # the manifest is a file like any other (copied, edited, forged with the file it vouches
+    # for): "up to date" is said of files that compute this model, checked, not of the record
+    if not redo_onnx and not _computes(model, card, workdir.file(ONNX_NAME), options):
+        step(f"{ONNX_NAME} is recorded as made from this model but does not compute it; exporting again")
+        redo_onnx = True
+    if not redo_checkpoint and not _same_weights(model, workdir.file(CHECKPOINT_NAME)):
+        redo_checkpoint = True
     if redo_onnx or redo_checkpoint:
         workdir.begin("export", outputs)
     proto = None
@@ -218,6 +226,25 @@ def check_batch_sizes(profile: dict, sizes, what: str) -> None:
                    f"{profile['min']}..{profile['max']}")
         raise BadInput(f"{what} {outside[0]} is outside the model's batch profile: it takes "
                        f"{allowed}; export with --batch or --min-batch/--max-batch to change it")
+
+
+def _computes(model, card, onnx_path: Path, options: ExportOptions) -> bool:
+    """Whether the ONNX file gives this model's outputs (the export's own check, rerun)."""
+    try:
+        checks = compare_with_onnxruntime(model, onnx_path, card.preprocess.input_shape,
+                                          check_sizes(options.profile))
+    except Exception:  # noqa: BLE001 (a file that does not even load does not compute it)
+        return False
+    return all(c.passed for c in checks)
+
+
+def _same_weights(model, checkpoint: Path) -> bool:
+    try:
+        state, _ = read_checkpoint(checkpoint)
+    except Exception:  # noqa: BLE001 (unreadable: not this model's checkpoint)
+        return False
+    mine = model.state_dict()
+    return state.keys() == mine.keys() and all(torch.equal(state[k], mine[k].cpu()) for k in mine)
 
 
 def _export_checked(model, card, workdir: WorkDir, options: ExportOptions,

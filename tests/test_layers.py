@@ -18,7 +18,7 @@ LAYERS = [
      "runtime.timing", "runtime.latency"],
     ["export"],
     ["backends", "bench", "calibration", "train"],
-    ["parity"],
+    ["parity", "verdict"],
     ["deploy"],
     ["pipeline"],
     ["cli", "pytest_plugin", "api"],

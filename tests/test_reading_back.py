@@ -197,3 +197,11 @@ def test_names_printed_after_wrote_cannot_forge_a_line(digits_workdir, tmp_path,
     assert result.exit_code == 0, result.output
     assert "x\\nerror: fake.json" in result.stdout
     assert not any(line.startswith("error: fake") for line in result.stdout.splitlines())
+
+
+def test_verify_py_prints_what_a_terminal_would_act_on_escaped(capsys):
+    """verify.py's own lines (a manifest's reason text among them) went to the terminal raw."""
+    from resnet_edge.deploy.verify_bundle import say
+    say("bundle r20\x1b]0;owned\x07 \u202eexe.txt \ud800")
+    out = capsys.readouterr().out
+    assert out == "bundle r20\\x1b]0;owned\\x07 \\u202eexe.txt \\ud800\n"

@@ -504,6 +504,14 @@ def batches(source: Source, preprocess: Preprocess, batch_size: int, *,
         raise
 
 
+def default_workers() -> int:
+    """Loader processes for decoding files: one fewer than the cores this process may use (the
+    main process trains), at most 4; none on one core. Four on a 2-core runner fought the
+    training for the CPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))
+
+
 def _loader(source: Source, preprocess: Preprocess, batch_size: int, *,
             indices=None, shuffle: bool = False, seed: int = 0, augment=None,
             workers: int | None = None, sampler=None) -> torch.utils.data.DataLoader:
@@ -511,7 +519,7 @@ def _loader(source: Source, preprocess: Preprocess, batch_size: int, *,
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))
     if workers is None:  # decoding files is worth worker processes; in-memory tensors are not
-        workers = min(4, os.cpu_count() or 1) if isinstance(source, FileSource) else 0
+        workers = default_workers() if isinstance(source, FileSource) else 0
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=workers,

@@ -9,7 +9,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,9 @@ from .zoo import (ModelCard, load_state_strict, read_checkpoint, torchvision_sta
                   save_checkpoint, variant)
 
 DEFAULT_EPOCHS = {"digits": 30, "cifar10": 30, "imagefolder": 10}
+DEFAULT_BATCH = 128
+MIN_STEPS = 8  # SGD steps an epoch below which a fitted batch is halved (to 8 at the least)
+FEW_STEPS = 4  # below this a given --batch-size is warned about
 VAL_FRACTION = 0.1
 
 
@@ -37,7 +40,7 @@ class TrainConfig:
     dataset: str
     out: Path
     epochs: int | None = None
-    batch_size: int = 128
+    batch_size: int | None = None  # fit_batch: 128, or fewer on a small training set
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float | None = None
@@ -58,7 +61,7 @@ class TrainConfig:
         epochs = DEFAULT_EPOCHS.get(kind, 10) if self.epochs is None else self.epochs
         if epochs < 1:
             raise BadInput(f"--epochs must be at least 1, got {epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise BadInput(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise BadInput(f"--limit must be at least 1, got {self.limit}")
@@ -68,7 +71,8 @@ class TrainConfig:
             raise BadInput(f"--schedule must be cosine or step, got {self.schedule!r}")
         resolve_device(self.device)
         # Goyal et al.: linear warm-up when the batch outgrows the paper's 256.
-        warmup = (5.0 if self.batch_size > 256 else 0.0) if self.warmup_epochs is None else self.warmup_epochs
+        warmup = ((5.0 if (self.batch_size or 0) > 256 else 0.0) if self.warmup_epochs is None
+                  else self.warmup_epochs)
         return TrainConfig(**{**asdict(self), "epochs": epochs, "warmup_epochs": warmup})
 
 
@@ -181,6 +185,36 @@ class TrainResult:
     is_main: bool = True  # False on the other ranks of a torchrun launch
 
 
+def fit_batch(given: int | None, images: int) -> tuple[int, str | None]:
+    """(batch size, what to say about it) for a training set of `images` (on one process). Left
+    out: 128, halved while an epoch would be fewer than MIN_STEPS steps (a few hundred photos
+    at 128 were one SGD step an epoch, and 3 epochs trained nothing). Given: larger than the
+    set is refused with the fix; fewer than FEW_STEPS steps an epoch is said."""
+    if given is None:
+        size = DEFAULT_BATCH
+        while size > 8 and math.ceil(images / size) < MIN_STEPS:
+            size //= 2
+        if size == DEFAULT_BATCH:
+            return size, None
+        return size, (f"{images} training images: batch size {size}, {_steps(images, size)} an epoch "
+                      f"({DEFAULT_BATCH} would be {math.ceil(images / DEFAULT_BATCH)}); give "
+                      "--batch-size to choose")
+    if given > images:
+        fitted, _ = fit_batch(None, images)
+        raise BadInput(f"--batch-size {given} is more than the {images} training images, so an epoch "
+                       f"would be one SGD step and little would be learnt; give --batch-size "
+                       f"{fitted} (or leave it out: it is fitted to the set)")
+    if math.ceil(images / given) < FEW_STEPS:
+        return given, (f"--batch-size {given} on {images} training images is {_steps(images, given)} "
+                       "an epoch: too few to learn much; a smaller batch gives more")
+    return given, None
+
+
+def _steps(images: int, batch: int) -> str:
+    steps = math.ceil(images / batch)
+    return f"{steps} SGD step{'s' if steps != 1 else ''}"
+
+
 def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row: None,
           progress: Callable[[int, int, dict], None] = lambda done, total, stats: None,
           notice: Callable[[str], None] = lambda message: None) -> TrainResult:
@@ -229,8 +263,12 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=weight_decay, nesterov=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    steps_per_epoch = math.ceil(len(splits.train_indices) / config.batch_size /
-                                (dist.get_world_size() if distributed else 1))
+    per_process = math.ceil(len(splits.train_indices) / (dist.get_world_size() if distributed else 1))
+    batch_size, said = fit_batch(config.batch_size, per_process)
+    config = replace(config, batch_size=batch_size)  # history.json records the batch that ran
+    if said and rank == 0:
+        notice(said)
+    steps_per_epoch = math.ceil(per_process / batch_size)
     schedule = {"epochs": config.epochs, "start_epoch": 0, "peak": 1.0, "schedule": config.schedule}
     if resume_state is not None:
         schedule = _continued_schedule(resume_state, config, notice)
@@ -262,7 +300,7 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict], None] = lambda row:
         if distributed:
             sampler = torch.utils.data.DistributedSampler(splits.train_indices, seed=config.seed)
             sampler.set_epoch(epoch)
-        loader = batches(splits.train, preprocess, config.batch_size, indices=splits.train_indices,
+        loader = batches(splits.train, preprocess, batch_size, indices=splits.train_indices,
                          shuffle=True, seed=config.seed + epoch, augment=augment,
                          workers=config.workers, sampler=sampler)
         report = ((lambda done, stats: progress(done, steps_per_epoch,

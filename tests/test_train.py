@@ -58,7 +58,8 @@ def test_extending_a_finished_schedule_is_a_warm_restart_that_says_so(tmp_path):
     notes = []
     resumed = train(TrainConfig("resnet20", "digits", tmp_path, epochs=4, batch_size=64, limit=SMOKE,
                                 resume=tmp_path / "last.pt"), notice=notes.append)
-    assert len(notes) == 1 and "warm restart" in notes[0] and "restart the learning rate at 0.01" in notes[0]
+    restarts = [n for n in notes if "warm restart" in n]  # beside the note on 3 steps an epoch
+    assert len(restarts) == 1 and "restart the learning rate at 0.01" in restarts[0]
     added = resumed.history[2:]
     assert added[0]["lr"] <= 0.01 + 1e-9 and added[0]["lr"] > added[1]["lr"]  # down from 0.01
     with pytest.raises(BadInput, match="already trained 4 epochs"):
@@ -153,3 +154,72 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("best epoch 1") == 1
     assert (tmp_path / "ddp" / "model.pt").exists()
+
+
+def _digit_photos(root, classes=4, train=15, val=10):
+    """A few dozen small photos in train/ and val/ folders, one folder per class: the embedded
+    digits, as a newcomer's own photos would be laid out."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    digits, counts = load_digits(), {}
+    for image, label in zip(digits.images, digits.target):
+        n = counts[label] = counts.get(label, 0) + 1
+        if label >= classes or n > train + val:
+            continue
+        folder = root / ("train" if n <= train else "val") / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 16).clip(0, 255).astype(np.uint8)).resize((32, 32)).convert("RGB").save(
+            folder / f"{n}.png")
+    return root
+
+
+def test_training_on_a_few_dozen_photos_learns(tmp_path, run_cli):
+    """With the default --batch-size 128, a few hundred photos were one SGD step an epoch and 3
+    epochs ended at chance with nothing said. The batch is now fitted to the set, and said."""
+    photos = _digit_photos(tmp_path / "photos")
+    result = run_cli("train", "resnet20", "--data", f"imagefolder:{photos}", "--epochs", "10",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "note: 60 training images: batch size 8, 8 SGD steps an epoch (128 would be 1)" in result.stderr
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["config"]["batch_size"] == 8
+    # 40 validation images of 4 classes: 17 or more right is past chance (25 %) at p < 0.01
+    assert history["final"]["val_top1"] >= 17 / 40, history["final"]
+    assert history["epochs"][-1]["loss"] < history["epochs"][0]["loss"]
+    refused = run_cli("train", "resnet20", "--data", f"imagefolder:{photos}", "--batch-size", "128",
+                      "--out", tmp_path / "never")
+    assert refused.exit_code == 2 and "--batch-size 128 is more than the 60 training images" in refused.stderr
+    assert "give --batch-size 8" in refused.stderr and not (tmp_path / "never" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("given,images,batch,said", [
+    (None, 1290, 128, None),  # digits' training split: the default, unsaid
+    (None, 300, 32, "batch size 32, 10 SGD steps an epoch"),
+    (None, 5, 8, "batch size 8, 1 SGD step an epoch"),
+    (64, 192, 64, "3 SGD steps an epoch: too few"),
+    (16, 192, 16, None),
+])
+def test_the_batch_is_fitted_to_the_training_set(given, images, batch, said):
+    from resnet_edge.train import fit_batch
+    size, note = fit_batch(given, images)
+    assert size == batch and (note is None if said is None else said in note), note
+
+
+@pytest.mark.parametrize("cores,workers", [(1, 0), (2, 1), (4, 3), (16, 4)])
+def test_loader_workers_leave_a_core_to_the_training(cores, workers, monkeypatch):
+    """--workers 4 was the default on a 2-core runner."""
+    import os
+    from resnet_edge.data import default_workers
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_workers() == workers
+
+
+def test_progress_says_something_while_one_unit_takes_long(monkeypatch, capsys):
+    import time
+    from resnet_edge import console
+    monkeypatch.setattr(console, "PROGRESS_EVERY_S", 0.2)
+    with console.Progress("train", "batches") as bar:
+        bar.update(0, 1)
+        time.sleep(0.8)  # one batch, longer than the progress period
+    assert "train: 0/1 batches, still working on the next" in capsys.readouterr().err
+    assert console.rate(0.37) == "0.37" and console.rate(4.2) == "4.2" and console.rate(118.4) == "118"

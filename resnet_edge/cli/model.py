@@ -110,7 +110,8 @@ def export(source, out, force, json_path, **options) -> None:
               "PATH/train and PATH/val when present), npy:PATH,LABELS.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<arch>-<data>].")
 @click.option("--epochs", type=int, help="Epochs [digits 30, cifar10 30, imagefolder 10].")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Images per SGD step.")
+@click.option("--batch-size", type=int, help="Images per SGD step [128, halved while an epoch "
+              "would be fewer than 8 steps: a few hundred photos get 16 or 32].")
 @click.option("--lr", type=Finite(), default=0.1, show_default=True, help="Peak SGD learning rate.")
 @click.option("--momentum", type=Finite(), default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", type=Finite(), help="L2 penalty [5e-4 for inputs <= 64 px, else 1e-4].")
@@ -128,7 +129,8 @@ def export(source, out, force, json_path, **options) -> None:
               help="Where to run [auto: cuda when torch sees a GPU].")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue from a run's last.pt.")
 @click.option("--plot", is_flag=True, help="Also write training.png (accuracy, loss, learning rate).")
-@click.option("--workers", type=int, help="Data loader processes [4 for image folders, else 0].")
+@click.option("--workers", type=int, help="Data loader processes [image folders: one fewer than "
+              "the cores here, at most 4; else 0].")
 @click.option("--limit", type=int, help="Train on the first N training images only (a quick "
               "run-through of the flow; validation and test stay whole).")
 @JSON_OPTION
@@ -174,7 +176,7 @@ def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, 
             eta = f"  about {left / 60:.1f} min left" if row["epoch"] < run["epochs"] else ""
             err.print(f"epoch {row['epoch']:3d}/{run['epochs']}  loss {row['loss']:.3f}  train "
                       f"{row['train_top1']:.1%}  val {row['val_top1']:.1%}  lr {row['lr']:.4g}  "
-                      f"{row['images_per_s']:.0f} img/s{eta}", highlight=False)
+                      f"{console.rate(row['images_per_s'])} img/s{eta}", highlight=False)
         result = run_training(config, on_epoch=on_epoch, progress=progress, notice=note)
     if not result.is_main:
         return

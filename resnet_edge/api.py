@@ -51,9 +51,13 @@ def _public(function):
             signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise BadInput(f"api.{function.__name__}: {exc}; it takes {', '.join(signature.parameters)}") from None
+        from .artifacts import release
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = function(*args, **kwargs)
+            try:
+                result = function(*args, **kwargs)
+            finally:
+                release()  # a failed calibrate must not keep its work dir locked for the session
         for warning in caught:
             warnings.warn(warning.message, warning.category, stacklevel=2)
         return result

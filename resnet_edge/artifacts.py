@@ -23,6 +23,8 @@ from . import __version__, outputs, strictjson
 from .errors import BadInput, disk_problem
 
 MANIFEST = "manifest.json"
+LOCK = ".resnet-edge.lock"  # held (flock) by the command writing the work dir
+_HELD: dict[str, int] = {}  # work dirs this process writes: real path -> the lock's descriptor
 _TRACKED_PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
                      "tensorrt", "numpy")
 
@@ -146,15 +148,17 @@ class WorkDir:
         info = self.file(name).stat()
         self._hashes[(name, info.st_size, info.st_mtime_ns)] = digest
 
-    # A step's outputs are trusted only as a set, and only once the step has completed: `begin`
-    # forgets the set before anything is rewritten, `complete` records it last, with the
-    # sha256 of every output and of every work-dir file the step was made from.
+    # A step's outputs are trusted only as a set, and only once the step has completed:
+    # `complete` records the set last, with the sha256 of every output and of every work-dir
+    # file the step was made from. Until then the last completed set stays as it was: each of
+    # its files is trusted while its bytes are the recorded ones, so an interrupted re-run
+    # loses only the files it had already replaced (every file is replaced whole, by a rename).
 
     def begin(self, step: str, writes: list[str]) -> None:
-        """`step` is about to rewrite `writes`: a run killed from here on leaves files nothing
-        trusts; temporary files an earlier killed run left are removed."""
-        if self.manifest.get("complete", {}).pop(step, None) is not None:
-            self.save()
+        """`step` is about to rewrite `writes`: the work dir is this process's to write until
+        the step completes (another command writing it is refused, one reading it is told who
+        writes); temporary files an earlier killed run left are removed."""
+        self.hold(step)
         for name in (*writes, MANIFEST):  # the manifest too: a kill can land on its rename
             for leftover in self.path.glob(f"{temp_prefix(name)}*.tmp"):
                 leftover.unlink(missing_ok=True)
@@ -166,11 +170,51 @@ class WorkDir:
             "remake": remake,
             "completed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.save()
+        release(self.path)
+
+    def hold(self, step: str) -> None:
+        """Take the work dir's lock for writing, or BadInput naming the command that has it.
+        The lock is an flock, so a killed command never leaves it held."""
+        import fcntl
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise BadInput(f"{holder} is writing {self.path} now; wait for it to finish (or stop "
+                           "it), or give this run another work dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "step": step, "command": _command(),
+                                 "since": _dt.datetime.now().isoformat(timespec="seconds")}).encode())
+        _HELD[key] = fd
+
+    def check_not_written(self) -> None:
+        """BadInput naming the command writing this work dir now, if another one is: what it
+        has half-written is neither trusted nor broken yet, so a reader is told to wait."""
+        import fcntl
+        if os.path.realpath(self.path) in _HELD or not (self.path / LOCK).is_file():
+            return
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise BadInput(f"{_holder(fd)} is writing {self.path} now; run this again when it "
+                           "has finished") from None
+        finally:
+            os.close(fd)
 
     def vouch(self, name: str, remake: str) -> Path:
         """`name`, if a completed step made it, it is unchanged since, and what it was made from
         is unchanged too; otherwise one line naming the file and the command that remakes it."""
         path = self.file(name)
+        self.check_not_written()
         record = next((r for r in self.manifest.get("complete", {}).values()
                        if isinstance(r, dict) and name in r.get("outputs", {})), None)
         if record is None:
@@ -180,7 +224,10 @@ class WorkDir:
         if not path.exists():
             raise BadInput(f"{path} is missing; remake it with `{remake}`")
         if self.sha256(name) != record["outputs"][name]:
-            raise BadInput(f"{path} changed after resnet-edge wrote it; remake it with `{remake}`")
+            rewritten = (self.manifest.get("files", {}).get(name) or {}).get("sha256") == self.sha256(name)
+            said = ("was rewritten by a run that did not complete (interrupted)" if rewritten
+                    else "changed after resnet-edge wrote it")
+            raise BadInput(f"{path} {said}; remake it with `{remake}`")
         for source, digest in record.get("made_from", {}).items():
             if not self.file(source).exists() or self.sha256(source) != digest:
                 raise BadInput(f"{path} is stale: it was made from an earlier {source}; remake it "
@@ -235,6 +282,39 @@ class WorkDir:
 
     def save(self) -> None:
         write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def release(workdir: str | os.PathLike | None = None) -> None:
+    """Let go of the lock on `workdir` (every work dir this process writes, when None): a
+    completed step, or a command or API call that ended, failed or not."""
+    for key in [k for k in _HELD if workdir is None or k == os.path.realpath(workdir)]:
+        os.close(_HELD.pop(key))
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        held = json.loads(os.read(fd, 4096).decode("utf-8"))
+        return (f"another resnet-edge run ({held['step']}: {held['command'][:200]}, pid {held['pid']}, "
+                f"since {held['since']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another resnet-edge run"
+
+
+def _command() -> str:
+    """What a person would recognise in `ps`: the command line, or the program that called the API."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
+    return " ".join(["resnet-edge", *sys.argv[1:]]) if "resnet" in program or program == "__main__.py" \
+        else f"{program}, through the Python API"
+
+
+def calibrate_command(workdir, options: dict, recipe: str = "tensorrt") -> str:
+    """The command that calibrates again as this run did: its data above all (without --data a
+    model trained here calibrates on its own training set, not the images used before)."""
+    import shlex
+    line = ["resnet-edge", "calibrate", str(workdir), "--data", options["data"],
+            "--samples", str(options["samples"]), "--method", options["method"]]
+    return shlex.join(line + (["--recipe", recipe] if recipe != "tensorrt" else []))
 
 
 def open_dir(workdir: "str | os.PathLike | WorkDir") -> WorkDir:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import open_dir
+from .artifacts import calibrate_command, open_dir
 from .errors import BadInput, MissingBackend, first_line
 from .export import ONNX_FILE_KEY
 from .export.metadata import quantization_info
@@ -468,9 +468,13 @@ def artifact_hashes(workdir, ran: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def remake_command(workdir, name: str) -> str:
-    """The command that makes work-dir file `name` again."""
+    """The command that makes work-dir file `name` again: for int8, with the data and options
+    the work dir records it was calibrated with, where it records any."""
     if "int8" in name or "calibration" in name:
-        return f"resnet-edge calibrate {workdir}"
+        recorded = (open_dir(workdir).manifest.get("files", {}).get("model.int8.onnx") or {}).get("options") or {}
+        if all(isinstance(recorded.get(k), (str, int)) for k in ("data", "samples", "method")):
+            return calibrate_command(workdir, recorded)
+        return f"resnet-edge calibrate {workdir} --data <your calibration images, e.g. images:/data/calib>"
     return f"resnet-edge export <model or checkpoint> --out {workdir} --force"
 
 

@@ -91,7 +91,7 @@ def test_interrupted_export_leaves_nothing_trusted(tmp_path):
         return step
     with pytest.raises(KeyboardInterrupt):  # checks run in memory: nothing is on disk yet
         export_model(model, card, tmp_path / "a", options, step=interrupt_at("checking"))
-    assert sorted(os.listdir(tmp_path / "a")) == []
+    assert [n for n in os.listdir(tmp_path / "a") if n != ".resnet-edge.lock"] == []
     with pytest.raises(KeyboardInterrupt):  # model.onnx written, the set not completed
         export_model(model, card, tmp_path / "b", options, step=interrupt_at("writing the FP16"))
     assert (tmp_path / "b" / "model.onnx").exists()

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..artifacts import WorkDir, atomic_path, write_bytes_atomic, write_json_atomic
+from ..artifacts import WorkDir, atomic_path, calibrate_command, write_bytes_atomic, write_json_atomic
 from ..data import RandomSource, data_for, match_classes, open_data, trained_on
 from ..errors import BadInput, number_in
 from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card, write_fp16
@@ -258,7 +258,7 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                   options={**options, "tensorrt": tensorrt_version, "excluded": excluded})
         # completion last: the four files are trusted only together, and only from here on
         wd.complete("calibrate", outputs, made_from=[ONNX_NAME],
-                    remake=f"resnet-edge calibrate {workdir}")
+                    remake=calibrate_command(workdir, options, recipe))
         # the held-out check scores the very model just written, not a second quantization
         holdout_result = evaluate.score(wd.file(INT8_NAME)) if held is not None else None
     written += [wd.file(n) for n in outputs if n != RANGES_NAME] + [wd.file("manifest.json")]

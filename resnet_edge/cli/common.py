@@ -43,6 +43,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; files being written were discarded", err=True)
             ctx.exit(130)
+        finally:
+            from ..artifacts import release
+            release()  # in-process callers (tests, scripts) go on without this command's locks
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],

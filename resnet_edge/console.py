@@ -23,7 +23,7 @@ from rich.markup import escape
 from . import quiet as library_logs
 from . import strictjson
 from .artifacts import write_json_atomic
-from .errors import DataWarning
+from .errors import DataNote, DataWarning
 
 PROGRESS_EVERY_S = 10.0
 LOG_WIDTH = 1000  # off a terminal: wide enough that no table is ever cut
@@ -77,7 +77,9 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """Our DataWarnings as `warning:` lines like any other; other warnings as Python shows them."""
-    if issubclass(category, DataWarning):
+    if issubclass(category, DataNote):
+        note(str(message))
+    elif issubclass(category, DataWarning):
         warn(str(message))
     else:
         _show_warning.library(message, category, filename, lineno, file, line)

@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from .artifacts import sha256_file
-from .errors import BadInput, DataWarning, first_line
+from .errors import BadInput, DataNote, DataWarning, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -260,16 +260,15 @@ def trained_on(card) -> str | None:
     return match[1] if match else None
 
 
-def _trained_folder(card, split: str) -> Path | None:
-    """For a model trained here on imagefolder:X, the folder of X that serves `split`, where it
-    is on this machine: X/test, else X/val, for evaluation (never the training images); X/train,
+def _trained_folder(card, split: str) -> tuple[Path, list[Path]] | None:
+    """For a model trained here on imagefolder:X: (X, the folders of X that serve `split`, in
+    order of choice): X/test, else X/val, for evaluation (never the training images); X/train,
     else X, for calibration."""
     match = re.fullmatch(r"trained with resnet-edge on imagefolder:(.+) from .*", card.weights)
     if not match:
         return None
     root = Path(match[1]).expanduser()
-    choices = [root / "test", root / "val"] if split == "test" else [root / "train", root]
-    return next((c for c in choices if c.is_dir()), None)
+    return root, [root / "test", root / "val"] if split == "test" else [root / "train", root]
 
 
 def data_for(card, split: str, spec: str | None, option: str) -> str:
@@ -281,9 +280,21 @@ def data_for(card, split: str, spec: str | None, option: str) -> str:
         return spec
     dataset = trained_on(card)
     if dataset:
+        warnings.warn(f"{option} not given: {dataset}:{split}, the {split} split of {dataset}, which "
+                      "the model was trained on here (its card says so)", DataNote, stacklevel=2)
         return f"{dataset}:{split}"
-    folder = _trained_folder(card, split)
-    if folder:
+    trained = _trained_folder(card, split)
+    if trained:
+        root, choices = trained
+        folder = next((c for c in choices if c.is_dir()), None)
+        if folder is None:  # the path the card recorded, on the machine that trained it
+            raise BadInput(f"{option} is needed: the model was trained here on imagefolder:{root}, "
+                           f"and {' or '.join(str(c) for c in choices)} is not on this machine; "
+                           f"give {option} imagefolder:PATH")
+        held = "" if split == "train" else ", the images training held out to pick the best epoch"
+        warnings.warn(f"{option} not given: imagefolder:{folder}{held}, from the folder the model "
+                      f"was trained on (its card records the path); give {option} to choose",
+                      DataNote, stacklevel=2)
         return f"imagefolder:{folder}"
     raise BadInput(f"{option} is needed: {card.arch}'s card says its weights are "
                    f"'{card.weights}', not a model trained here on {' or '.join(BUILT_IN)}, so "

@@ -44,6 +44,11 @@ class DataWarning(UserWarning):
     and a notebook shows it as any Python warning."""
 
 
+class DataNote(DataWarning):
+    """A choice made for the user that they should know of (the data a model defaulted to):
+    the CLI prints it as a note line."""
+
+
 def whole(value) -> bool:
     """An int that is not a bool (True is 1 to Python, not to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)

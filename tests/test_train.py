@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cli_output import problem_lines
+from cli_output import one_line_error, problem_lines
 from resnet_edge.data import batches, open_data
 from resnet_edge.errors import BadInput
 from resnet_edge.metrics import LogitComparison
@@ -190,6 +190,14 @@ def test_training_on_a_few_dozen_photos_learns(tmp_path, run_cli):
                       "--out", tmp_path / "never")
     assert refused.exit_code == 2 and "--batch-size 128 is more than the 60 training images" in refused.stderr
     assert "give --batch-size 8" in refused.stderr and not (tmp_path / "never" / "model.pt").exists()
+    # a default for the data is said, and the recorded folder missing is a refusal, not a guess
+    scored = run_cli("eval", tmp_path / "run" / "model.pt")
+    assert scored.exit_code == 0, scored.output
+    assert f"note: --data not given: imagefolder:{photos / 'val'}, the images training held out" in scored.stderr
+    photos.rename(tmp_path / "moved")
+    one_line_error(run_cli("eval", tmp_path / "run" / "model.pt"), 2,
+                   f"--data is needed: the model was trained here on imagefolder:{photos}, and "
+                   f"{photos / 'test'} or {photos / 'val'} is not on this machine")
 
 
 @pytest.mark.parametrize("given,images,batch,said", [

@@ -4,7 +4,6 @@ options several commands take, and the printing several commands do."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import click
@@ -75,6 +74,14 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     pinned_device()
     console.configure(quiet=quiet, verbose=verbose)
 
+
+# where --data comes from when it is left out (data.data_for), as each command's --help says
+DEFAULT_DATA = {
+    split: f"[what the model was trained on here, as its card records: the built-in set's "
+           f"{split} split (digits, cifar10), or {where} of the image folder it was trained on, "
+           "said in a note; required for any other model, or where that folder is not on this "
+           "machine]."
+    for split, where in (("test", "the test/ (else val/) folder"), ("train", "the train/ folder"))}
 
 READS_BARE_ONNX = ("parity", "bench", "debug")
 BARE_ONNX = "resnet_edge.bare_onnx"

@@ -14,7 +14,7 @@ from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput
 from ..runtime.providers import CUDA_INT8
 from ..verdict import judge
-from .common import (DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
+from .common import (DEFAULT_DATA, DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
                      MAX_LATENCY_REGRESSION_OPTION, ORT_PROVIDERS_OPTION, PRECISIONS_OPTION, cli,
                      csv_list, data_paths, parse_sizes, print_parity, resolve_workdir, writable)
 
@@ -41,7 +41,7 @@ def _gate_overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
 @click.option("--data", "data_spec",
               help="Evaluation data spec (labels give accuracy; without them only agreement) "
-              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+              + DEFAULT_DATA["test"])
 @click.option("--limit", type=int, help="Use the first N images only.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all; skipped ones are reported].")
 @PRECISIONS_OPTION

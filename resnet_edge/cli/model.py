@@ -11,8 +11,8 @@ from rich.table import Table
 
 from .. import console
 from ..console import emit_json, err, note, stdout, wrote
-from .common import (JSON_OPTION, Finite, cli, data_paths, default_out, export_options, export_request,
-                     writable)
+from .common import (DEFAULT_DATA, JSON_OPTION, Finite, cli, data_paths, default_out, export_options,
+                     export_request, writable)
 
 
 # ---- models --------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, 
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", "data_spec",
               help="Evaluation data spec (labelled; a subset of the model's classes is fine) "
-              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+              + DEFAULT_DATA["test"])
 @click.option("--arch", help="Architecture, for a plain state-dict checkpoint.")
 @click.option("--batch-size", type=int, help="Images per batch [32].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

@@ -11,7 +11,7 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput, GateFailed
-from .common import (JSON_OPTION, MAX_ACCURACY_DROP_OPTION, MAX_LATENCY_REGRESSION_OPTION,
+from .common import (DEFAULT_DATA, JSON_OPTION, MAX_ACCURACY_DROP_OPTION, MAX_LATENCY_REGRESSION_OPTION,
                      TARGET_NAMES, TARGETS_HELP, cli, default_out, export_options, export_request,
                      data_paths, parse_sizes, print_parity, writable)
 
@@ -21,9 +21,9 @@ from .common import (JSON_OPTION, MAX_ACCURACY_DROP_OPTION, MAX_LATENCY_REGRESSI
 @click.option("--out", type=click.Path(path_type=Path), help="Work directory [artifacts/<name>].")
 @click.option("--data-calib",
               help="Calibration data spec (images:PATH takes a plain folder of images) "
-              "[the train split of the built-in dataset the model was trained on here; required for any other model].")
+              + DEFAULT_DATA["train"])
 @click.option("--data-eval",
-              help="Evaluation data spec (parity and the bundle's golden inputs) [the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+              help="Evaluation data spec (parity and the bundle's golden inputs) " + DEFAULT_DATA["test"])
 @click.option("--target", type=click.Choice(TARGET_NAMES),
               default="jetpack6", show_default=True, help=TARGETS_HELP)
 @export_options

@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import console
 from ..console import emit_json, note, stdout, warn, wrote
 from ..errors import GateFailed
-from .common import JSON_OPTION, Finite, cli, data_paths, resolve_workdir, writable
+from .common import DEFAULT_DATA, JSON_OPTION, Finite, cli, data_paths, resolve_workdir, writable
 
 
 @cli.command()
@@ -21,7 +21,7 @@ from .common import JSON_OPTION, Finite, cli, data_paths, resolve_workdir, writa
               show_default=True, help="Which of the work dir's models to compare with fp32.")
 @click.option("--candidate", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Compare this ONNX file instead (a conversion of the same model).")
-@click.option("--data", "data_spec", help="Images to run (data spec) [the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+@click.option("--data", "data_spec", help="Images to run (data spec) " + DEFAULT_DATA["test"])
 @click.option("--images", type=int, default=8, show_default=True, help="How many images.")
 @click.option("--tolerance", type=Finite(),
               help="Relative (L2) error a layer may reach [fp16 0.01, int8 0.1].")
@@ -84,7 +84,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
 @click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
 @click.option("--data", "--data-calib", "data_spec",
               help="Calibration data spec (images:PATH takes a plain folder); keep it apart from "
-              "what parity evaluates on [the train split of the built-in dataset the model was trained on here; required for any other model].")
+              "what parity evaluates on " + DEFAULT_DATA["train"])
 @click.option("--samples", type=int, default=512, show_default=True,
               help="Images, drawn deterministically and class-balanced (NVIDIA advises ~500 for CNNs).")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
@@ -100,7 +100,7 @@ def debug(workdir, precision, candidate, data_spec, images, tolerance, backend, 
               "full check.")
 @click.option("--data-eval",
               help="What parity will evaluate on; calibrating on the same split is warned about "
-              "[the test split of the built-in dataset the model was trained on].")
+              + DEFAULT_DATA["test"])
 @click.option("--tensorrt-version", default="10.3.0", show_default=True,
               help="TensorRT version named in calibration.cache's header (JetPack 6: 10.3, JetPack 5: "
               "8.5.2); builds re-head a copy for the TensorRT they find.")

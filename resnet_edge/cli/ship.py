@@ -14,7 +14,7 @@ from .. import console
 from ..console import emit_json, stdout, warn, wrote
 from ..errors import BadInput, GateFailed, MissingBackend
 from ..parity.gates import failed_gates
-from .common import (JSON_OPTION, TARGET_NAMES, Finite, TARGETS_HELP, cli, csv_list,
+from .common import (DEFAULT_DATA, JSON_OPTION, TARGET_NAMES, Finite, TARGETS_HELP, cli, csv_list,
                      data_paths, resolve_workdir, writable)
 
 
@@ -161,7 +161,7 @@ def keygen(out, name, force) -> None:
               help="Directory for <workdir name>-<target>.tar.gz [the work directory].")
 @click.option("--data", "data_spec",
               help="Where the golden inputs come from (labelled, preprocessed by the model card) "
-              "[the test split of the built-in dataset (digits, cifar10) the model was trained on here; required for any other model].")
+              + DEFAULT_DATA["test"])
 @click.option("--golden", type=int, default=100, show_default=True, help="Golden images.")
 @click.option("--thresholds", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TOML gates carried in the bundle [parity defaults].")

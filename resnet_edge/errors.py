@@ -49,6 +49,13 @@ class DataNote(DataWarning):
     the CLI prints it as a note line."""
 
 
+def install_hint(extras: str) -> str:
+    """How to add one of this project's extras from where its user is: resnet-edge installs from
+    its clone. It is not on the package index, so `pip install 'resnet-edge[...]'` fails, and
+    would install a stranger's package if anyone ever took the name."""
+    return f"in the resnet-edge clone: pip install -e '.[{extras}]', or make venv, which picks the set"
+
+
 def whole(value) -> bool:
     """An int that is not a bool (True is 1 to Python, not to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)

@@ -210,3 +210,18 @@ def test_make_does_not_hang_on_a_wedged_driver(tmp_path):
                          capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert run.returncode == 0, run.stderr
+
+
+def test_every_install_line_names_an_extra_the_clone_has():
+    """Skip lines said pip install 'resnet-edge[tensorrt-cu12]': a name not on the package
+    index (and an extra that no longer existed)."""
+    import re
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    named = {m for path in (root / "resnet_edge").rglob("*.py")
+             for m in re.findall(r"install_hint\([\"'](\w+)[\"']\)", path.read_text())}
+    assert named and named <= extras, named - extras
+    sources = "".join(p.read_text() for p in (root / "resnet_edge").rglob("*.py"))
+    assert "pip install 'resnet-edge[" not in sources.replace("`pip install 'resnet-edge[...]'`", "")

@@ -90,8 +90,12 @@ def test_parity_piped_is_whole_width_with_progress_and_reports(work, tmp_path):
     # TensorRT was named but is not here: exit 3, after every report was written
     assert result.exit_code == 3 and "asked for but cannot run here: trt fp32" in result.stderr
     # the full skip reason and every gate column survive an 80-column environment
-    assert ("TensorRT is not installed (on x86 pip install 'resnet-edge[cuda12]', or [cuda13] "
-            "for a CUDA 13 driver; JetPack ships it on Jetsons)") in result.stdout
+    # an install line that works from where the user is: resnet-edge is not on the package
+    # index, so `pip install 'resnet-edge[...]'` would fail (or install a stranger's package)
+    assert ("TensorRT is not installed (x86: in the resnet-edge clone: pip install -e '.[cuda12]', "
+            "or make venv, which picks the set (cuda13 for a CUDA 13 driver); JetPack ships it on "
+            "Jetsons)") in result.stdout
+    assert "'resnet-edge[" not in result.stdout + result.stderr
     assert re.search(r"ort fp32 \(CPU\) .* 100\.00% .* pass", result.stdout)
     assert any("parity:" in line and "images" in line for line in progress_lines(result))
     assert written(result) == {reports / n for n in ("p.json", "p.md", "p.png", "j.xml", "p.html")}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifacts import write_json_atomic, write_text_atomic
-from ..errors import BadInput, MissingBackend
+from ..errors import BadInput, MissingBackend, install_hint
 from . import LIB, HERE
 from .archive import BundleError, archive_root, created_bound, safe_extract
 from .verify_bundle import NEEDS_KEY, Bundle
@@ -32,7 +32,7 @@ from .verify_bundle import NEEDS_KEY, Bundle
 ANSIBLE = HERE / "ansible"
 PLAYBOOK = ANSIBLE / "deploy.yml"
 RELEASE_PY = ANSIBLE / "roles" / "resnet_edge" / "files" / "release.py"
-INSTALL = "pip install 'resnet-edge[deploy]' (ansible-core)"
+INSTALL = install_hint("deploy") + " (ansible-core)"
 # exit codes beyond DESIGN's: some host could not be reached (every reachable one went live)
 UNREACHABLE = 4
 # steps said only when they fail: bookkeeping around the ones that matter

@@ -353,8 +353,10 @@ def choose_backend(requested: str, require_tensorrt: bool = False) -> str:
     have_trt = importlib.util.find_spec("tensorrt") is not None
     have_ort = importlib.util.find_spec("onnxruntime") is not None
     if (requested == "trt" or require_tensorrt) and not have_trt:
-        raise BundleError("TensorRT is not importable here (JetPack ships it; x86: pip install "
-                          "tensorrt), so no engine can be tested", 3)
+        raise BundleError("TensorRT is not importable here, so no engine can be tested (JetPack "
+                          "ships it; x86: pip install 'tensorrt-cu12>=10,<11', or tensorrt-cu13 for a "
+                          "CUDA 13 driver: the plain `tensorrt` is a stub that fetches the newest "
+                          "TensorRT from NVIDIA's index at install time)", 3)
     if requested == "ort" and not have_ort:
         raise BundleError("onnxruntime is not installed (pip install onnxruntime)", 3)
     if requested != "auto":

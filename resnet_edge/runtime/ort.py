@@ -13,13 +13,14 @@ import os
 from typing import Sequence
 
 try:  # inside the resnet_edge package: the CLI's exit 3
-    from ..errors import MissingBackend
+    from ..errors import MissingBackend, install_hint
+    INSTALL_HINT = install_hint("cpu") + " (cuda12 or cuda13 on NVIDIA machines, by the driver's CUDA major)"
 except ImportError:  # flat in a bundle's lib/: verify.py exits with its exit_code
     class MissingBackend(Exception):  # type: ignore[no-redef]
         exit_code = 3
-
-INSTALL_HINT = ("pip install 'resnet-edge[cpu]' (or 'resnet-edge[cuda12]' / '[cuda13]' on NVIDIA "
-                "machines, by the driver's CUDA major)")
+    # on a device: the wheels themselves (onnxruntime-gpu's Jetson builds come from NVIDIA's
+    # Jetson AI Lab index, not PyPI)
+    INSTALL_HINT = "pip install onnxruntime (or onnxruntime-gpu for the device's CUDA)"
 
 
 def import_ort():

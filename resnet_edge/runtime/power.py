@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from ..errors import install_hint
+
 INTERVAL_MS = 100
 MIN_SAMPLES = 3
 # what a reading can be: no board or module draws 5 kW (an H200 board 700 W, a Jetson under
@@ -205,8 +207,8 @@ class EnergyCounter:
         try:
             import pynvml
         except ImportError:
-            raise PowerUnavailable("nvidia-ml-py is not installed (pip install 'resnet-edge[cuda12]', "
-                                   "or [cuda13] for a CUDA 13 driver)") from None
+            raise PowerUnavailable(f"nvidia-ml-py is not installed ({install_hint('cuda12')} "
+                                   "(cuda13 for a CUDA 13 driver))") from None
         self._nvml = pynvml
         try:  # any failure of the binding is a reason, never a traceback from bench
             pynvml.nvmlInit()

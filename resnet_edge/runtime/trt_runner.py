@@ -13,17 +13,19 @@ from pathlib import Path
 import numpy as np
 
 try:  # inside the resnet_edge package
+    from ..errors import install_hint
     from .trt_rules import EngineError, cuda_python_problem, incompatibility, read_engine_meta
+    TRT_HINT = f"x86: {install_hint('cuda12')} (cuda13 for a CUDA 13 driver)"
 except ImportError:  # flat in a bundle's lib/
     from trt_rules import EngineError, cuda_python_problem, incompatibility, read_engine_meta  # type: ignore[no-redef]
+    TRT_HINT = "x86: pip install 'tensorrt-cu12>=10,<11' (tensorrt-cu13 for a CUDA 13 driver)"
 
 
 def import_trt():
     try:
         import tensorrt
     except ImportError:
-        raise EngineError("TensorRT is not installed (on x86 pip install 'resnet-edge[cuda12]', "
-                          "or [cuda13] for a CUDA 13 driver; JetPack ships it on Jetsons)") from None
+        raise EngineError(f"TensorRT is not installed ({TRT_HINT}; JetPack ships it on Jetsons)") from None
     return tensorrt
 
 

@@ -6,8 +6,10 @@ PROGRESS = re.compile(r"^\[\s*\d+\.\d s\] ")  # off a terminal, long work logs "
 
 
 def problem_lines(stderr: str) -> list[str]:
-    """stderr without the progress log: what a failing command says about the failure."""
-    return [line for line in stderr.strip().splitlines() if not PROGRESS.match(line)]
+    """stderr without the progress log and notes (a default the command took, said): what a
+    failing command says about the failure."""
+    return [line for line in stderr.strip().splitlines()
+            if not PROGRESS.match(line) and not line.startswith("note: ")]
 
 
 def one_line_error(result, code: int, message: str) -> str:

@@ -35,7 +35,9 @@ def written(result) -> set[Path]:
 
 
 def changed_since(folder: Path, start: float) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file() and p.stat().st_mtime >= start}
+    """Files changed in `folder`: its outputs, not the lock a writing command holds there."""
+    return {p for p in folder.rglob("*") if p.is_file() and p.stat().st_mtime >= start
+            and p.name != ".resnet-edge.lock"}
 
 
 def progress_lines(result) -> list[str]:

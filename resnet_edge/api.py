@@ -218,11 +218,13 @@ def parity(workdir: str | Path, data: str | None = None, *, backends: list[str] 
 def bench(workdir: str | Path, pairs: list[tuple[str, str]] | None = None,
           batch_sizes: list[int] | None = None, *, backends: list[str] | None = None,
           precisions: list[str] | None = None, ort_providers: list[str] | None = None,
-          iterations: int = 50, warmup: int = 10, device: str = "auto") -> dict:
+          iterations: int | None = None, warmup: int = 10, budget: float | None = 300.0,
+          device: str = "auto") -> dict:
     """Latency of each (backend, precision) at each batch size (what `bench --json` writes):
     `pairs` as given, or every backend x precision that runs here (`backends` and `precisions`
     narrow it, as the command's flags do; `ort_providers` side by side). Batch sizes default to
-    the model's profile (min, opt, max)."""
+    the model's profile (min, opt, max); iterations to 100, or as many as fit `budget` seconds
+    (None: no budget), as the command's."""
     from .bench import run_bench
     from .parity.run import REFERENCE, candidates, default_precisions, named_backends, with_providers
     backends, precisions = _names(backends, "backends"), _names(precisions, "precisions")
@@ -240,7 +242,7 @@ def bench(workdir: str | Path, pairs: list[tuple[str, str]] | None = None,
             pairs = [(b, p) for name, p in pairs for b in with_providers([name], providers if name == "ort" else None)]
         named = list(dict.fromkeys(b for b, _ in pairs))
     return _call(run_bench, "bench", _path(workdir, "workdir"), [tuple(p) for p in pairs], batch_sizes,
-                 iterations=iterations, warmup=warmup, device=device, named_backends=named,
+                 iterations=iterations, warmup=warmup, budget=budget, device=device, named_backends=named,
                  cpu_fp16=("torch", "fp16") in map(tuple, pairs))
 
 

@@ -21,13 +21,17 @@ from .runtime.latency import describe_machine, measure
 
 SCHEMA = "resnet-edge.bench/1"
 LONG_BENCH_S = 30.0
+DEFAULT_ITERATIONS = 100  # timed iterations a row, where the budget allows
+MIN_FITTED_ITERATIONS = 10  # fewer than this says little: past the budget even so, refused
+DEFAULT_BUDGET_S = 300.0  # a CPU runner's default bench (ResNet-18, 15 rows) was 52 minutes
 PROBE_RUNS = 5
 PROBE_BUDGET_S = 0.5  # per row: a slow row is probed once or twice, a fast one PROBE_RUNS times
 ESTIMATE_SLACK = 0.25  # a pace further than this from the estimate is said
 
 
 def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: list[int] | None, *,
-              iterations: int, warmup: int, device: str = "auto", cpu_fp16: bool = False,
+              iterations: int | None, warmup: int, device: str = "auto", cpu_fp16: bool = False,
+              budget: float | None = None,
               power: bool = False, cuda_graph: bool = False, named_backends: list[str] = (),
               step: Callable[[str], None] = lambda m: None,
               notice: Callable[[str], None] = lambda m: None) -> dict:
@@ -38,9 +42,15 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     x86 GPU) or the power read while it ran (tegrastats, nvidia-smi), or why not. With
     `cuda_graph`, each GPU backend and batch size also runs as a replayed CUDA graph (a
     `+graph` row), and `graph_speedup` holds eager/graph ratios. `named_backends`: those the
-    caller named, whose skipped rows are the command's exit 3 (verdict.judge)."""
-    if not (whole(iterations) and iterations >= 1 and whole(warmup) and warmup >= 0):
+    caller named, whose skipped rows are the command's exit 3 (verdict.judge).
+
+    `iterations` None: as many as fit `budget` (from the probes), up to DEFAULT_ITERATIONS, said
+    where fewer; refused before the timed runs where even MIN_FITTED_ITERATIONS would not fit.
+    Iterations given run as given, however long (said when over LONG_BENCH_S)."""
+    if not ((iterations is None or (whole(iterations) and iterations >= 1)) and whole(warmup) and warmup >= 0):
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        raise BadInput(f"--budget must be a positive number of seconds, got {budget!r}")
     resolve_device(device)
     workdir = open_dir(workdir)  # once, handed down: its manifest read and each file hashed once
     card, model = open_workdir(workdir)
@@ -62,7 +72,10 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     # the cost of each measurement, from the fastest of PROBE_RUNS runs of it (sustained runs
     # go at about that pace; one run alone misjudged a busy machine by half): what `notice`
     # says before, and what the bench holds itself to as it goes, saying so when it is off
-    expected = {}
+    if iterations is None and budget is not None and opened:
+        notice(f"bench: {len(opened)} backends x {len(batch_sizes)} batch sizes, each probed first "
+               f"to fit the run to --budget {_duration(budget)}")
+    per_iteration = {}
     for _, _, backend in opened:
         for size in batch_sizes:
             step(f"probing {backend.label} batch {size}")
@@ -75,7 +88,9 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
                 backend.run(inputs[size])
                 runs.append(time.perf_counter() - start)
             passes = 2 if backend.separates_device_time else 1
-            expected[backend.label, size] = min(runs) * (warmup + iterations) * passes
+            per_iteration[backend.label, size] = min(runs) * passes
+    iterations = _fitted(iterations, warmup, sum(per_iteration.values()), budget, notice)
+    expected = {key: cost * (warmup + iterations) for key, cost in per_iteration.items()}
     estimate = sum(expected.values())
     if estimate > LONG_BENCH_S:
         notice(f"bench will take about {_duration(estimate)} ({len(opened)} backends x "
@@ -140,6 +155,28 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
             "named_backends": list(named_backends),
             **({"graph_speedup": graph_speedup(results)} if cuda_graph else {}),
             **({"power": power_note or _power_source(source, counter)} if power else {})}
+
+
+def _fitted(iterations: int | None, warmup: int, per_iteration: float, budget: float | None,
+            notice: Callable[[str], None]) -> int:
+    """The timed iterations a row: as given, or as many as fit the budget (see run_bench)."""
+    if iterations is not None:
+        return iterations
+    if budget is None or per_iteration <= 0:
+        return DEFAULT_ITERATIONS
+    fits = int(budget / per_iteration) - warmup
+    if fits >= DEFAULT_ITERATIONS:
+        return DEFAULT_ITERATIONS
+    if fits < MIN_FITTED_ITERATIONS:
+        least = per_iteration * (warmup + MIN_FITTED_ITERATIONS)
+        raise BadInput(f"bench would take about {_duration(least)} even at {MIN_FITTED_ITERATIONS} "
+                       f"iterations a row, past --budget {_duration(budget)}: measure fewer rows "
+                       "(--backends, --precisions, --batch-sizes), or give --budget "
+                       f"{int(least) + 1} or --iterations to run it as it is")
+    notice(f"bench: {DEFAULT_ITERATIONS} iterations a row would take about "
+           f"{_duration(per_iteration * (warmup + DEFAULT_ITERATIONS))}, past --budget "
+           f"{_duration(budget)}: {fits} iterations a row instead (give --iterations to choose)")
+    return fits
 
 
 def _power_source(source, counter) -> dict:

@@ -464,3 +464,33 @@ def test_a_bench_of_fewer_backends_does_not_say_the_model_files_differ(measured)
     changed = json.loads(json.dumps(measured))
     changed["artifacts"]["model.onnx"] = "b" * 64
     assert "model files (model.onnx)" in compare_to_baseline(measured, changed, "main.json")["differs"]
+
+
+@pytest.mark.parametrize("iterations,per_iteration,budget,fitted,said", [
+    (None, 0.001, 300.0, 100, None),  # fits: the default
+    (None, 1.0, 300.0, 290, None),  # capped at 100 below
+    (None, 5.0, 300.0, 50, "100 iterations a row would take about"),
+    (None, 20.0, 300.0, None, "even at 10 iterations a row, past --budget"),
+    (250, 20.0, 300.0, 250, None),  # asked for: run as asked
+    (None, 5.0, None, 100, None),  # no budget
+])
+def test_a_bench_without_iterations_is_fitted_to_its_budget(iterations, per_iteration, budget, fitted, said):
+    """The default bench of a ResNet-18 on a CPU runner was a 52-minute job, said after 63 s."""
+    from resnet_edge.bench import _fitted
+    from resnet_edge.errors import BadInput
+    notes = []
+    if fitted is None:
+        with pytest.raises(BadInput, match=said):
+            _fitted(iterations, 10, per_iteration, budget, notes.append)
+        return
+    got = _fitted(iterations, 10, per_iteration, budget, notes.append)
+    assert got == min(fitted, 100) if iterations is None else got == fitted
+    assert (said in notes[0]) if said else not notes
+
+
+def test_a_bench_past_its_budget_is_refused_before_the_timed_runs(digits_workdir, run_cli, tmp_path):
+    result = run_cli("bench", digits_workdir, "--backends", "ort", "--precisions", "fp32",
+                     "--batch-sizes", "1", "--budget", "0.001", "--json", tmp_path / "b.json")
+    said = one_line_error(result, 2, "iterations a row, past --budget")
+    assert "give --budget" in said and not (tmp_path / "b.json").exists()
+    assert "note: bench: 1 backends x 1 batch sizes, each probed first" in result.stderr

@@ -14,7 +14,7 @@ from ..console import emit_json, note, stdout, wrote
 from ..errors import BadInput
 from ..runtime.providers import CUDA_INT8
 from ..verdict import judge
-from .common import (DEFAULT_DATA, DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION,
+from .common import (DEFAULT_DATA, DEVICE_OPTION, JSON_OPTION, MAX_ACCURACY_DROP_OPTION, Finite,
                      MAX_LATENCY_REGRESSION_OPTION, ORT_PROVIDERS_OPTION, PRECISIONS_OPTION, cli,
                      csv_list, data_paths, parse_sizes, print_parity, resolve_workdir, writable)
 
@@ -133,8 +133,12 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
 @cli.command()
 @click.argument("workdir", type=click.Path(path_type=Path), callback=resolve_workdir)
 @click.option("--batch-sizes", help="Comma list of batch sizes [the model's min, opt and max batch].")
-@click.option("--iterations", type=int, default=100, show_default=True,
-              help="Timed iterations per backend and batch size.")
+@click.option("--iterations", type=int,
+              help="Timed iterations per backend and batch size [100, or as many as fit --budget, "
+              "said; at least 10].")
+@click.option("--budget", type=Finite(1e-3, None), default=300.0, show_default=True, metavar="SECONDS",
+              help="What a bench with no --iterations may take: each row is probed first, and the "
+              "iterations are fitted to this, or the bench refused before the timed runs.")
 @click.option("--warmup", type=int, default=10, show_default=True,
               help="Untimed iterations first, per backend and batch size.")
 @click.option("--backends", help="Comma list of torch, ort, trt [all that can run here].")
@@ -155,12 +159,14 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
               "row's own work (nvidia-smi's 1-second average where the GPU has no counter). "
               "Where none exists it says so in one line and the bench runs without it.")
 @JSON_OPTION
-def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device, ort_providers,
+def bench(workdir, batch_sizes, iterations, budget, warmup, backends, precisions, device, ort_providers,
           cuda_graph, baseline, max_latency_regression_pct, power, json_path) -> None:
     """Latency per backend x precision x batch size: warm-up, then timed iterations with the
     device synchronized. Reports mean, p50, p90, p99, std and images/s (from the p50) host to
     host, and device compute alone where the backend allows it (GPU backends). A bench
-    expected to take over 30 s says how long before it starts.
+    expected to take over 30 s says how long before it starts; one with no --iterations is
+    fitted to --budget (5 minutes: on a CPU runner every backend x precision x batch size at
+    100 iterations can take an hour).
 
     \b
     Example:
@@ -169,12 +175,12 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
     from ..bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
 
     sizes = parse_sizes(batch_sizes, "--batch-sizes")
-    if iterations < 1 or warmup < 0:
+    if (iterations is not None and iterations < 1) or warmup < 0:
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
     writable(json_path, (baseline,), (workdir,))
     old = read_baseline(baseline) if baseline else None  # checked before the work
     if old is not None:
-        if iterations < 2:
+        if iterations is not None and iterations < 2:
             raise BadInput("--baseline compares latency samples: give --iterations 2 or more")
         onnx_path = workdir / "model.onnx"
         if onnx_path.is_file():  # another model or machine is refused before the bench, not after
@@ -188,7 +194,7 @@ def bench(workdir, batch_sizes, iterations, warmup, backends, precisions, device
         result = run_bench(workdir, _bench_pairs(_backends(backends, ort_providers),
                                                  _precisions(precisions, device)),
                            sizes, iterations=iterations, warmup=warmup, device=device,
-                           cpu_fp16=cpu_fp16, power=power, cuda_graph=cuda_graph,
+                           budget=budget, cpu_fp16=cpu_fp16, power=power, cuda_graph=cuda_graph,
                            named_backends=named, step=step, notice=note)
     if old is not None:
         result["baseline"] = compare_to_baseline(result, old, str(baseline), max_latency_regression_pct)

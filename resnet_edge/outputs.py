@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -111,6 +112,7 @@ def written(final: str | os.PathLike, prefix: str = ".") -> Iterator[Path]:
 
 
 _HELD: dict = {}  # a pipe's path -> a write end opened when the command started
+READER_GRACE_S = 2.0  # a reader started beside the command may open its end a moment later
 
 
 def hold_pipe(path: str | os.PathLike) -> None:
@@ -122,12 +124,18 @@ def hold_pipe(path: str | os.PathLike) -> None:
             return
     except OSError:  # not there yet: a file to create, as output_target said
         return
-    try:
-        _HELD[real_path(path)] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            raise OutputRefused(f"{path} is a pipe that nothing reads; start its reader first") from None
-        raise OutputRefused(f"cannot write {path}: {exc.strerror}") from None
+    deadline = time.monotonic() + READER_GRACE_S
+    while True:
+        try:
+            _HELD[real_path(path)] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise OutputRefused(f"cannot write {path}: {exc.strerror}") from None
+            if time.monotonic() > deadline:
+                raise OutputRefused(f"{path} is a pipe that nothing reads; start its reader "
+                                    "first") from None
+            time.sleep(0.05)
 
 
 def write_through(data: Path, stream: str | os.PathLike) -> None:

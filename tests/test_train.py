@@ -20,9 +20,9 @@ SMOKE = 192  # training images per epoch in the tests of training mechanics: wha
 
 
 def test_same_seed_same_run(tmp_path):
-    a = train(TrainConfig("resnet20", "digits", tmp_path / "a", epochs=1, seed=3, limit=SMOKE))
-    b = train(TrainConfig("resnet20", "digits", tmp_path / "b", epochs=1, seed=3, limit=SMOKE))
-    c = train(TrainConfig("resnet20", "digits", tmp_path / "c", epochs=1, seed=4, limit=SMOKE))
+    a = train(TrainConfig("resnet20", "digits", tmp_path / "a", epochs=1, seed=3, limit=SMOKE, batch_size=128))
+    b = train(TrainConfig("resnet20", "digits", tmp_path / "b", epochs=1, seed=3, limit=SMOKE, batch_size=128))
+    c = train(TrainConfig("resnet20", "digits", tmp_path / "c", epochs=1, seed=4, limit=SMOKE, batch_size=128))
     assert a.history[0]["loss"] == b.history[0]["loss"]
     assert a.card.metrics["test_top1"] == b.card.metrics["test_top1"]
     assert a.history[0]["loss"] != c.history[0]["loss"]

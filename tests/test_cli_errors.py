@@ -98,3 +98,15 @@ def test_verify_py_refuses_a_mistyped_device_variable(monkeypatch, tmp_path, cap
     monkeypatch.setenv("RESNET_EDGE_DEVICE", "gpu7")
     assert verify_bundle.main(["--bundle", str(tmp_path), "--allow-unsigned"]) == 2
     assert "$RESNET_EDGE_DEVICE='gpu7' is not one of auto, cpu, cuda" in capsys.readouterr().err
+
+
+def test_keygen_loads_no_torch(tmp_path):
+    """keygen imported torch (20 s on a loaded runner) to write two small key files."""
+    import subprocess
+    import sys
+    code = ("import sys; from resnet_edge.cli import main; sys.argv = ['resnet-edge', 'keygen', '--out', "
+            f"{str(tmp_path)!r}]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'onnx' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "False False", done.stdout + done.stderr
+    assert (tmp_path / "signing.pub").is_file()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ import onnx
 
 from ..artifacts import WorkDir, atomic_path, calibrate_command, write_bytes_atomic, write_json_atomic
 from ..data import RandomSource, data_for, match_classes, open_data, trained_on
-from ..errors import BadInput, number_in
+from ..errors import BadInput, DataWarning, number_in
 from ..export import CHECKPOINT_NAME, ONNX_NAME, read_card, write_fp16
 from ..export.metadata import QUANT_KEY, load_onnx, module_of
 from ..parity.gates import Thresholds, load_thresholds
@@ -129,6 +130,8 @@ def calibrate(workdir: str | Path, data_spec: str, *, samples: int = DEFAULT_SAM
                      "model will see (images:PATH takes a plain folder)")
     if samples > len(source):
         notes.append(f"{data_spec} has {len(source)} images, fewer than --samples {samples}")
+    for message in notes:  # said now, before minutes of calibrating, and kept in the result
+        warnings.warn(message, DataWarning, stacklevel=2)
     judging = ("--sensitivity" if sensitivity else "--exclude auto" if exclude == "auto" else
                "--max-accuracy-drop-pt" if max_accuracy_drop_pt is not None else None)
     if judging and holdout == 0:  # said before calibrating, not after

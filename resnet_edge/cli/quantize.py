@@ -151,9 +151,8 @@ def calibrate(workdir, data_spec, samples, method, recipe, sensitivity, exclude,
 
 def _report(result, recipe: str, exclude: str | None, json_path) -> None:
     """What calibrate and qat print and write: the draw, the layer ranking, the repair steps,
-    the held-out check, the files; exit 1 when a repair budget was not met."""
-    for message in result.warnings:
-        warn(message)
+    the held-out check, the files; exit 1 when a repair budget was not met. The result's
+    warnings were said as calibration began (DataWarning), not after it."""
     counts = ", ".join(f"{k}: {v}" for k, v in result.per_class.items()) or "no labels"
     stdout.print(f"calibration: {result.samples} images from {escape(result.data)} ({result.method}); "
                  f"per class: {escape(counts)}")

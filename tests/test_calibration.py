@@ -481,3 +481,15 @@ def test_one_qdq_pair_per_tensor_computes_what_a_pair_per_consumer_does(calibrat
     logits = [make_session(m.SerializeToString(), disable_qdq_fusion=True).run(None, {"input": x})[0]
               for m in (model, dedicated)]
     np.testing.assert_array_equal(*logits)
+
+
+def test_what_calibration_warns_of_is_said_before_it_calibrates(digits_workdir, tmp_path, run_cli):
+    """"fewer than --samples 512" came after the calibrating it was about."""
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    result = run_cli("calibrate", work, "--data", "digits:val", "--method", "minmax")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    warned = next(i for i, line in enumerate(lines) if "fewer than --samples 512" in line)
+    began = next(i for i, line in enumerate(lines) if "preprocessing" in line)
+    assert warned < began and sum("fewer than --samples" in line for line in lines) == 1

@@ -110,3 +110,16 @@ def test_keygen_loads_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "False False", done.stdout + done.stderr
     assert (tmp_path / "signing.pub").is_file()
+
+
+@pytest.mark.parametrize("command", ["parity", "bench"])
+def test_an_unknown_precision_is_refused_before_the_data_is_read(command, tmp_path, run_cli, digits_workdir):
+    """parity --precisions fp61 was refused only after the data folder was listed."""
+    from PIL import Image
+    (tmp_path / "data" / "0").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "0" / "a.png")
+    (tmp_path / "data" / "0" / "broken.png").write_bytes(b"not an image")  # listing it would warn
+    args = ["--data", f"imagefolder:{tmp_path / 'data'}"] if command == "parity" else []
+    result = run_cli(command, digits_workdir, *args, "--precisions", "fp61")
+    one_line_error(result, 2, "unknown precision 'fp61'")
+    assert "skipped" not in result.stderr

@@ -940,3 +940,20 @@ def test_a_bundle_opens_its_work_dir_once_and_hashes_each_file_once(calibrated_w
     in_workdir = [p.name for p in hashed if p.parent == Path(calibrated_workdir)]
     assert in_workdir and len(in_workdir) == len(set(in_workdir)), in_workdir
     assert "model.int8.onnx" in in_workdir and made.precisions == ["fp32", "fp16", "int8"]
+
+
+def test_a_golden_set_smaller_than_asked_or_under_64_is_said(calibrated_workdir, tmp_path, run_cli):
+    """bundle packed 52 of the default 100 golden images with no word (README: it warns under 64)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    digits = load_digits()  # real digits: random pixels are near-ties the gate sets aside
+    for i, (image, label) in enumerate(zip(digits.images[-52:], digits.target[-52:])):
+        (tmp_path / "few" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 16).clip(0, 255).astype(np.uint8)).convert("RGB").save(
+            tmp_path / "few" / str(label) / f"{i}.png")
+    result = run_cli("bundle", calibrated_workdir, "--out", tmp_path / "b", "--data", f"imagefolder:{tmp_path / 'few'}")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: imagefolder:{tmp_path / 'few'} has only 52 images: the bundle holds 52 golden "
+            "images, not --golden 100; under 64") in result.stderr
+    quiet = run_cli("bundle", calibrated_workdir, "--out", tmp_path / "c", "--golden", "64")
+    assert quiet.exit_code == 0 and "warning:" not in quiet.stderr, quiet.stderr

@@ -197,3 +197,11 @@ def test_every_picture_draws_log_ticks_as_powers_and_data_text_literally(labelle
     titles = [fig._suptitle.get_text() for fig in drawn if fig._suptitle is not None]
     assert any(r"imagefolder:/d/\$x_{\$/val" in t for t in titles)
     assert any(r"imagefolder:/d/\$a\$b" in t for t in titles)
+
+
+@pytest.mark.parametrize("ys", [[24.88, 25.04, 25.0], [100.0, 100.0], [0.0, 0.2], [60.0, 90.0]])
+def test_the_accuracy_axis_never_magnifies_a_flat_result(ys):
+    """Four rows at 24.88-25.04 % were drawn on a 0.2-point axis, as if worlds apart."""
+    from resnet_edge.parity.plots import MIN_AXIS_PT, accuracy_axis
+    bottom, top = accuracy_axis(ys)
+    assert top - bottom >= MIN_AXIS_PT and 0.0 <= bottom <= min(ys) and max(ys) <= top <= 100.0

@@ -103,6 +103,8 @@ def parity(workdir, data_spec, limit, backends, precisions, batch_size, device, 
     from ..parity.run import run_parity
 
     from ..parity.baseline import compare, read_baseline
+    from ..parity.run import candidates
+    candidates(_backends(backends, ort_providers), _precisions(precisions, device))  # before the data
     table_of_gates = load_thresholds(thresholds, _gate_overrides(gates))
     writable(json_path, (baseline, thresholds, *data_paths(data_spec)), (workdir,),
              markdown=markdown, junit=junit, html=html)
@@ -175,6 +177,7 @@ def bench(workdir, batch_sizes, iterations, budget, warmup, backends, precisions
     from ..bench import compare_to_baseline, read_baseline, refuse_incomparable, run_bench
 
     sizes = parse_sizes(batch_sizes, "--batch-sizes")
+    pairs = _bench_pairs(_backends(backends, ort_providers), _precisions(precisions, device))
     if (iterations is not None and iterations < 1) or warmup < 0:
         raise BadInput("--iterations must be at least 1, --warmup at least 0")
     writable(json_path, (baseline,), (workdir,))
@@ -191,9 +194,7 @@ def bench(workdir, batch_sizes, iterations, budget, warmup, backends, precisions
     named = _named_backends(backends, ort_providers)
     cpu_fp16 = "torch" in csv_list(backends or "") and "fp16" in csv_list(precisions or "")
     with console.steps() as step:
-        result = run_bench(workdir, _bench_pairs(_backends(backends, ort_providers),
-                                                 _precisions(precisions, device)),
-                           sizes, iterations=iterations, warmup=warmup, device=device,
+        result = run_bench(workdir, pairs, sizes, iterations=iterations, warmup=warmup, device=device,
                            budget=budget, cpu_fp16=cpu_fp16, power=power, cuda_graph=cuda_graph,
                            named_backends=named, step=step, notice=note)
     if old is not None:

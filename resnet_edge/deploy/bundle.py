@@ -183,6 +183,7 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         indices = balanced_indices(source, golden)
         if len(indices) < MIN_DECISIVE:  # said before any inference
             raise BadInput(_too_few_golden(len(indices), golden, eval_spec))
+        golden_note = _few_golden(len(indices), golden, eval_spec)
         inputs, labels = [], []
         for x, y in batches(source, card.preprocess, 64, indices=indices):
             inputs.append(x.numpy())
@@ -260,7 +261,8 @@ def make_bundle(workdir: str | Path, target: str, out: str | Path | None = None,
         with atomic_path(out) as tmp_tar:
             write_archive(stage, tmp_tar, root_name, manifest_bytes, signature, created)
     key = signing.read_signature(signature)["key_id"] if signature else None
-    return BundleResult(out, manifest_digest(manifest_bytes), key, precisions, notes)
+    return BundleResult(out, manifest_digest(manifest_bytes), key, precisions,
+                        notes + ([golden_note] if golden_note else []))
 
 
 def creation_time(workdir: WorkDir, files: list[str]) -> int:
@@ -305,6 +307,23 @@ def near_tie_margins(workdir: Path, tensorrt: str, precisions: list[str], inputs
         margins[precision] = metrics.NEAR_TIE_FACTOR * comparison.p99_abs
         decisive[precision] = comparison.decisive(margins[precision])["images"]
     return margins, decisive
+
+
+SOUND_GOLDEN = 64  # below this, near-ties can leave fewer than MIN_DECISIVE images to decide on
+
+
+def _few_golden(packed: int, asked: int, spec: str) -> str | None:
+    """What to say of a golden set smaller than asked for, or under SOUND_GOLDEN."""
+    if packed < asked:
+        said = f"{spec} has only {packed} images: the bundle holds {packed} golden images, not --golden {asked}"
+    elif packed < SOUND_GOLDEN:
+        said = f"--golden {packed}"
+    else:
+        return None
+    if packed < SOUND_GOLDEN:
+        said += (f"; under {SOUND_GOLDEN}, near-ties may leave verify's agreement gate fewer than "
+                 f"{MIN_DECISIVE} decisive images to pass on")
+    return said
 
 
 def _too_few_golden(packed: int, asked: int, spec: str) -> str:

@@ -172,7 +172,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_spec: str | None = None, *,
     match_classes(source, card.num_classes, card.class_names, f"{checkpoint} ({card.arch})")
     device = resolve_device(device)
     acc = evaluate(model.to(device), source, card.preprocess, batch_size=batch_size, device=device)
-    return {"checkpoint": str(checkpoint), "arch": card.arch, "data": data_spec, "images": acc.images,
+    return {"checkpoint": str(checkpoint), "arch": card.arch, "classes": card.num_classes,
+            "data": data_spec, "images": acc.images,
             "top1": acc.top1, "top5": acc.top5, "device": device}
 
 

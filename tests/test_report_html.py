@@ -163,6 +163,11 @@ def test_markdown_shows_specs_and_messages_as_text(labelled_report, tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;script&gt;alert(3)" in html
     row = next(r for r in html.split("<tr>") if "trt fp16" in r)
     assert row.count("<td") == 9 and "| not installed" in row  # the | stays in its cell
+    # and the source reads as text in a CI log: only what could open markup is escaped
+    source = path.read_text()
+    assert "imagefolder:/d/\\<img src=x onerror=alert(1)\\>/\\[click\\](javascript:alert(2))\\`\\|" in source
+    for emphasis in ("*bold*", "_it_", "~~gone~~", "$x$"):
+        assert f"<p>a {emphasis} b</p>" in MarkdownIt("commonmark").render(reports.md(f"a {emphasis} b"))
 
 
 def test_every_picture_draws_log_ticks_as_powers_and_data_text_literally(labelled_report, tmp_path,

@@ -63,6 +63,11 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
       resnet-edge export runs/r20/model.pt    # your checkpoint; arch and classes from its card
       resnet-edge pipeline resnet50 --data-calib images:/data/calib --data-eval imagefolder:/data/val
 
+    \b
+    Offline, the work dir the commands' examples use (artifacts/resnet20-digits):
+      resnet-edge train resnet20              # digits, ~2 min -> runs/resnet20-digits/model.pt
+      resnet-edge export runs/resnet20-digits/model.pt   # -> artifacts/resnet20-digits
+
     Exit codes: 0 ok, 1 a parity/accuracy gate failed, 2 bad usage or input, 3 a backend or
     dependency is missing.
     """

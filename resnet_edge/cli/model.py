@@ -181,7 +181,8 @@ def train(arch, data_spec, out, epochs, batch_size, lr, momentum, weight_decay, 
     if not result.is_main:
         return
     m = result.card.metrics
-    test = f", test top-1 {m['test_top1']:.2%} top-5 {m['test_top5']:.2%}" if "test_top1" in m else ""
+    top5 = f" top-5 {m.get('test_top5', 0):.2%}" if result.card.num_classes > 5 else ""  # else always 100 %
+    test = f", test top-1 {m['test_top1']:.2%}{top5}" if "test_top1" in m else ""
     stdout.print(f"best epoch {m['best_epoch']}: val top-1 {m['val_top1']:.2%}{test}; "
                  f"{result.seconds:.0f} s training")
     wrote(result.model_path, out / "last.pt", out / "history.json", out / "training.png")
@@ -212,5 +213,6 @@ def eval_(checkpoint, data_spec, arch, batch_size, device, json_path) -> None:
     result = evaluate_checkpoint(checkpoint, data_spec, arch=arch, batch_size=batch_size or 32,
                                  device=device)
     stdout.print(f"{escape(result['arch'])} on {escape(result['data'])} ({result['images']} images, "
-                 f"{result['device']}): top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}")
+                 f"{result['device']}): top-1 {result['top1']:.2%}"
+                 + (f"  top-5 {result['top5']:.2%}" if result["classes"] > 5 else ""))
     emit_json(result, json_path)

@@ -103,10 +103,14 @@ def write_junit(report: dict, path: str | os.PathLike) -> list[Path]:
 
 
 def md(text) -> str:
-    """`text` as CommonMark shows it, literally: every ASCII punctuation character, which could
-    open markup, a link or raw HTML, backslash-escaped (CommonMark 0.31, section 2.4), and line
-    breaks as spaces. Data specs, paths and library messages are not ours to render."""
-    return re.sub(r"[!-/:-@\[-`{-~]", lambda m: "\\" + m[0], " ".join(str(text).split()))
+    """`text` as CommonMark (and GitHub's tables, strikethrough and math) shows it, literally,
+    and still readable as plain text in a CI log: the characters that could open markup inline
+    backslash-escaped (CommonMark 0.31, section 2.4: emphasis * _ ~, code `, links and images
+    [ ], raw HTML and autolinks < >, entities &, table cells |, math $, the escape \\ itself),
+    and line breaks as spaces. Every punctuation mark escaped read `top\\-1 25\\.00\\%`. Data specs,
+    paths and library messages are not ours to render; our text sits after a line's own
+    prefix, so what starts a block (#, -, 1.) cannot."""
+    return re.sub(r"[\\`*_~\[\]<>&|$]", lambda m: "\\" + m[0], " ".join(str(text).split()))
 
 
 def write_markdown(report: dict, path: str | os.PathLike) -> list[Path]:

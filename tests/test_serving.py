@@ -767,3 +767,11 @@ def test_the_engine_installer_reads_the_config_as_nvinfer_does(deepstream_bundle
     assert serving.main(["--bundle", str(root), "--engine", str(engine), "--precision", "fp16"]) == 2
     err = capsys.readouterr().err
     assert "names no model-engine-file" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_the_deepstream_app_shows_the_class_on_screen():
+    """[osd] enable=0: swapping the fakesink for a display showed video and no label."""
+    from resnet_edge.deploy.serving import deepstream_app_config
+    config = deepstream_app_config("config_infer_fp16.txt", 1, 224)
+    osd = config.split("[osd]\n")[1].split("\n\n")[0].splitlines()
+    assert "enable=1" in osd and any(line.startswith("text-size=") for line in osd)

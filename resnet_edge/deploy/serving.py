@@ -298,8 +298,9 @@ def nvinfer_labels(names: list[str]) -> str:
 
 def deepstream_app_config(infer_config: str, batch_size: int, size: int) -> str:
     """The smallest deepstream-app configuration around the classifier: one file source, the
-    classifier as primary GIE, on-screen labels off, a fakesink (swap the [sink0] type for a
-    display)."""
+    classifier as primary GIE, on-screen labels on (with them off, swapping the fakesink for a
+    display showed video and no class), a fakesink (swap the [sink0] type for a display). The
+    [osd] keys are those of DeepStream's sample configs."""
     return "\n".join([
         "# deepstream-app -c deepstream_app_config.txt (set [source0] uri to your video first)",
         "[application]", "enable-perf-measurement=1", "perf-measurement-interval-sec=5", "",
@@ -311,7 +312,8 @@ def deepstream_app_config(infer_config: str, batch_size: int, size: int) -> str:
         "width=1280", "height=720", "live-source=0", "",
         "[primary-gie]", "enable=1", "gpu-id=0", f"batch-size={batch_size}", "gie-unique-id=1",
         f"config-file={infer_config}", "",
-        "[osd]", "enable=0", "",
+        "[osd]", "enable=1", "gpu-id=0", "border-width=2", "text-size=15", "text-color=1;1;1;1",
+        "text-bg-color=0.3;0.3;0.3;1", "font=Serif", "show-clock=0", "",
         "[sink0]", "enable=1", "type=1", "sync=0", "",
         "[tests]", "file-loop=0", ""])
 

@@ -18,9 +18,12 @@ artifacts, as `parity --json/--html` do.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
+
+from .errors import DataNote, DataWarning
 
 ROOT = "resnet-edge-parity"
 
@@ -95,6 +98,7 @@ class ParityRun:
         self.config, self.thresholds, self.baseline = config, thresholds, baseline
         self._report: dict | None = None
         self._error: BaseException | None = None
+        self.said: list[str] = []  # the pass's data warnings and notes, for the summary
 
     def against_baseline(self, backend: str, precision: str) -> dict | None:
         """The row's verdict against the baseline; None where the row did not run here."""
@@ -114,7 +118,9 @@ class ParityRun:
             opt = self.config.getoption
             named = _named_backends(self.config)
             try:
-                self._report = run_parity(
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DataWarning)
+                    self._report = self._said(caught, lambda: run_parity(
                     opt("parity_workdir"), opt("parity_data"),
                     backends=_backends(self.config), precisions=_precisions(self.config),
                     thresholds=self.thresholds, limit=opt("parity_limit"),
@@ -122,13 +128,26 @@ class ParityRun:
                     named_backends=named,
                     cpu_fp16="torch" in named and "fp16" in _csv(opt("parity_precisions") or ""),
                     keep_disagreements=opt("parity_html") is not None,
-                    before_pass=self._comparable())
+                    before_pass=self._comparable()))
             except Exception as exc:  # noqa: BLE001 (re-raised in every gate test)
                 self._error = exc
         if self._error is not None:
             raise self._error
         return next(r for r in self._report["candidates"]
                     if (r["backend"], r["precision"]) == (backend, precision))
+
+    def _said(self, caught: list, work):
+        """`work()`, its data warnings kept for the terminal summary in the plugin's words: as
+        pytest warnings they pointed at the library's line, which no user can act on."""
+        try:
+            return work()
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, DataWarning):
+                    kind = "note" if issubclass(warning.category, DataNote) else "warning"
+                    self.said.append(f"{kind}: {plugin_words(str(warning.message))}")
+                else:
+                    warnings.warn(warning.message, warning.category)
 
     def _comparable(self):
         """The baseline held to this run's model and images before the pass (or nothing)."""
@@ -297,6 +316,14 @@ def pytest_sessionfinish(session):
             if reporter is not None:
                 reporter.write_line(f"error: {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.said:
+        terminalreporter.section("resnet-edge parity")
+        for line in run.said:
+            terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(hookwrapper=True)

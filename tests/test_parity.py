@@ -453,3 +453,18 @@ def test_a_plugin_report_refused_at_the_end_is_a_line_not_a_traceback(pytester, 
     unread = pytester.runpytest_inprocess(*args, f"--parity-json={pytester.path / 'fifo'}")
     unread.stdout.fnmatch_lines(["*fifo is a pipe that nothing reads; start its reader first*"])
     assert unread.ret != 0 and "passed" not in unread.stdout.str()
+
+
+def test_the_plugins_data_warnings_are_said_in_its_summary(pytester, digits_workdir):
+    """A data warning from the pass pointed at the library's line (resnet_edge/data.py:302)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images[:40], digits.target[:40])):
+        (pytester.path / "val" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 16).astype("uint8")).convert("RGB").save(pytester.path / "val" / str(label) / f"{i}.png")
+    (pytester.path / "val" / "0" / "notes.txt").write_text("not an image")
+    result = pytester.runpytest_inprocess(f"--parity-workdir={digits_workdir}", "--parity-backends=ort",
+                                          "--parity-precisions=fp32", f"--parity-data=imagefolder:{pytester.path / 'val'}")
+    result.stdout.fnmatch_lines(["*resnet-edge parity*", "warning: *1 file skipped as not images*"])
+    assert "resnet_edge/data.py" not in result.stdout.str()

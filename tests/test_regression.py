@@ -278,7 +278,7 @@ def test_runs_from_many_devices_merge_into_one_page(fleet, tmp_path, run_cli):
     assert re.search(r"<td class='pass'>top-1 [^<]* \[pass -0\.25 pt\]</td>", page)  # top-1's change
     assert "<script" not in page
     markdown = (tmp_path / "fleet.md").read_text()
-    assert markdown.count("| latency | ort fp32 |") == 2 and "Orin\\, NV Power Mode\\: MAXN" in markdown
+    assert markdown.count("| latency | ort fp32 |") == 2 and "Orin, NV Power Mode: MAXN" in markdown
     assert "## Where the runs differ" in markdown
 
 
@@ -308,7 +308,7 @@ def test_reports_say_what_int8_was_calibrated_on_and_what_files_were_left_out(pa
     data = json.loads((tmp_path / "p.json").read_text())["data"]
     assert data["skipped_count"] == 1 and data["skipped_files"] == [str(tmp_path / "val" / "3" / "notes.txt")]
     markdown = (tmp_path / "p.md").read_text()
-    assert "int8 calibrated on digits\\:train \\(128 images\\, minmax\\, tensorrt recipe\\)" in markdown
+    assert "int8 calibrated on digits:train (128 images, minmax, tensorrt recipe)" in markdown
     assert "1 files of" in markdown and "skipped as not images" in markdown
 
 

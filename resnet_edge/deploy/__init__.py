@@ -9,13 +9,12 @@ device scripts need none of that, so the package loads it only when one of its n
 
 from __future__ import annotations
 
-_FROM_BUNDLE = ("TARGETS", "BundleResult", "BundleError", "make_bundle", "safe_extract", "bundle_files",
-                "LIB", "HERE")
-
-
 def __getattr__(name: str):
-    if name not in _FROM_BUNDLE:
-        raise AttributeError(name)  # a submodule (signing, archive, ...) is imported as such
+    """A name of bundle.py (make_bundle, TARGETS, ...), loaded on first use; a submodule
+    (signing, archive, ...) is left to the import system, which loads only it."""
+    import importlib.util
+    if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(name)
     from . import bundle
     return getattr(bundle, name)
 

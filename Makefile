@@ -32,7 +32,7 @@ else
   EXTRAS    ?= cpu,dev
 endif
 
-.PHONY: venv test test-all test-releases test-deploy test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
+.PHONY: venv test test-all test-releases test-examples test-deploy test-gpu test-browser test-avx2 test-data demo export calibrate engines clean
 
 # PIP_ARGS reach pip: a CPU machine takes torch's CPU wheels (about 1.5 GB instead of the
 # default wheel's 6 GB with CUDA 13's libraries) with
@@ -81,6 +81,11 @@ test-data: venv
 # read back from each wheel (about 250 MB each, downloaded once per machine into ~/.cache).
 test-releases: venv
 	$(BIN)/python -m pytest -q -m slow tests/test_ort_releases.py
+
+# the CI workflows in examples/ run as written (export, calibrate, the plugin's gates, twice):
+# about 40 s of four processes that each load torch, so not in `make test`'s five minutes
+test-examples: venv
+	$(BIN)/python -m pytest -q -m slow tests/test_examples.py
 
 # `resnet-edge deploy` against real sshd "devices" on loopback (tests/fleet_devices.py): Debian's
 # openssh-server (needs root for apt) and the deploy extra (ansible-core); about 3 minutes.

@@ -32,6 +32,7 @@ def test_every_example_workflow_is_yaml_with_steps():
         assert workflow["jobs"] and all(job["steps"] for job in workflow["jobs"].values()), path
 
 
+@pytest.mark.slow  # make test-examples, which .ci/run runs: ~40 s of processes that each load torch
 def test_the_cpu_pull_request_gate_runs_as_written(tmp_path, trained_digits):
     workflow = _workflow("github-cpu-parity.yml")
     steps = _steps_run_in_the_tests(workflow)

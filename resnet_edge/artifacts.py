@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import functools
 import hashlib
 import json
@@ -175,11 +176,13 @@ class WorkDir:
     def hold(self, step: str) -> None:
         """Take the work dir's lock for writing, or BadInput naming the command that has it.
         The lock is an flock, so a killed command never leaves it held."""
-        import fcntl
         key = os.path.realpath(self.path)
         if key in _HELD:
             return
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BadInput(f"cannot write {self.path} ({exc.strerror}); choose another with --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -195,7 +198,6 @@ class WorkDir:
     def check_not_written(self) -> None:
         """BadInput naming the command writing this work dir now, if another one is: what it
         has half-written is neither trusted nor broken yet, so a reader is told to wait."""
-        import fcntl
         if os.path.realpath(self.path) in _HELD or not (self.path / LOCK).is_file():
             return
         try:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import functools
 import hashlib
 import json
 import os
 import platform
+import stat
 import sys
 import tempfile
 from importlib import metadata
@@ -179,10 +181,7 @@ class WorkDir:
         key = os.path.realpath(self.path)
         if key in _HELD:
             return
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise BadInput(f"cannot write {self.path} ({exc.strerror}); choose another with --out") from None
+        fd = _open_lock(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -198,12 +197,9 @@ class WorkDir:
     def check_not_written(self) -> None:
         """BadInput naming the command writing this work dir now, if another one is: what it
         has half-written is neither trusted nor broken yet, so a reader is told to wait."""
-        if os.path.realpath(self.path) in _HELD or not (self.path / LOCK).is_file():
+        if os.path.realpath(self.path) in _HELD or not os.path.lexists(self.path / LOCK):
             return
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDONLY)
-        except OSError:
-            return
+        fd = _open_lock(self.path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
@@ -291,6 +287,22 @@ def release(workdir: str | os.PathLike | None = None) -> None:
     completed step, or a command or API call that ended, failed or not."""
     for key in [k for k in _HELD if workdir is None or k == os.path.realpath(workdir)]:
         os.close(_HELD.pop(key))
+
+
+def _open_lock(folder: Path, flags: int) -> int:
+    """The lock file, opened only as the regular file it must be: never through a link (a
+    writer truncates it: a link to /etc/passwd planted in a work dir must not be followed) and
+    never waiting on a FIFO put in its place."""
+    path = folder / LOCK
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        said = "is a link" if exc.errno == errno.ELOOP else exc.strerror
+        raise BadInput(f"cannot use {path} ({said}); remove it, or choose another work dir") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInput(f"{path} is not a regular file; remove it, or choose another work dir")
+    return fd
 
 
 def _holder(fd: int) -> str:

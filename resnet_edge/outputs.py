@@ -172,9 +172,13 @@ def _identity(path: str | os.PathLike):
 
 
 def _manifest_names(folder: str) -> set:
-    """The files a work dir's or bundle's manifest.json names, as far as it can be read."""
+    """The files a work dir's or bundle's manifest.json names, as far as it can be read (a
+    regular file only: a FIFO planted in its place is not waited on)."""
     try:
-        with open(os.path.join(folder, "manifest.json"), "rb") as handle:
+        fd = os.open(os.path.join(folder, "manifest.json"), os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return set()
             manifest = json.loads(handle.read(64 << 20).decode("utf-8"))
     except (OSError, ValueError):
         return set()

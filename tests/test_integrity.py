@@ -482,3 +482,24 @@ def test_an_endless_file_given_as_a_key_or_thresholds_is_refused(command, said, 
         make_bundle(digits_workdir, "jetpack6", bundle, golden=40)
     args = [a.format(work=digits_workdir, bundle=bundle) for a in command]
     one_line_error(run_cli(*args), 2, said)
+
+
+@pytest.mark.parametrize("plant", ["link", "fifo"])
+def test_a_planted_lock_is_refused_never_followed_or_waited_on(plant, calibrated_workdir, tmp_path, run_cli):
+    """The writer truncates its lock file: a link to another file must not be followed, and a
+    FIFO in its place must not make a reader wait forever."""
+    import os
+    work = tmp_path / "work"
+    shutil.copytree(calibrated_workdir, work)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (work / ".resnet-edge.lock").unlink(missing_ok=True)  # the calibration's own, copied
+    if plant == "link":
+        (work / ".resnet-edge.lock").symlink_to(victim)
+    else:
+        os.mkfifo(work / ".resnet-edge.lock")
+    one_line_error(run_cli("parity", work, "--backends", "ort", "--precisions", "int8", "--limit", "8"), 2,
+                   ".resnet-edge.lock")
+    one_line_error(run_cli("calibrate", work, "--data", "digits:train", "--samples", "16"), 2,
+                   ".resnet-edge.lock")
+    assert victim.read_text() == "keep me\n"

@@ -297,3 +297,11 @@ def test_a_pipes_reader_gets_the_report_after_the_check_held_it_open(digits_work
     assert result.exit_code == 0, result.output
     reader.join(timeout=30)
     assert json.loads(reader.data)["schema"] == "resnet-edge.bench/1"
+
+
+def test_a_fifo_for_a_manifest_is_not_waited_on(tmp_path):
+    from resnet_edge.outputs import refuse_clobbering
+    os.mkfifo(tmp_path / "manifest.json")
+    refuse_clobbering({"--json": tmp_path / "report.json"}, guards=(tmp_path,))  # returns at once
+    with pytest.raises(OutputRefused, match="a file resnet-edge keeps"):
+        refuse_clobbering({"--json": tmp_path / "model.onnx"}, guards=(tmp_path,))

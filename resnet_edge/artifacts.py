@@ -125,9 +125,10 @@ class WorkDir:
         manifest = self.path / MANIFEST
         self.manifest: dict[str, Any] = {"tool": "resnet-edge", "files": {}}
         if manifest.exists():
-            try:
-                self.manifest = json.loads(manifest.read_bytes().decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            try:  # a regular file of bounded size: a FIFO or /dev/zero in its place is refused
+                raw = strictjson.read_regular(manifest, 256 << 20, "work dir manifest", "no manifest is")
+                self.manifest = json.loads(raw.decode("utf-8"))
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 raise BadInput(f"{manifest} is damaged ({exc}); delete it and run export again") from None
             if not (isinstance(self.manifest, dict) and isinstance(self.manifest.get("files"), dict)
                     and isinstance(self.manifest.get("complete", {}), dict)):

@@ -503,3 +503,13 @@ def test_a_planted_lock_is_refused_never_followed_or_waited_on(plant, calibrated
     one_line_error(run_cli("calibrate", work, "--data", "digits:train", "--samples", "16"), 2,
                    ".resnet-edge.lock")
     assert victim.read_text() == "keep me\n"
+
+
+def test_a_fifo_for_a_work_dirs_manifest_is_refused_not_waited_on(calibrated_workdir, tmp_path, run_cli):
+    import os
+    work = tmp_path / "work"
+    shutil.copytree(calibrated_workdir, work)
+    (work / "manifest.json").unlink()
+    os.mkfifo(work / "manifest.json")
+    one_line_error(run_cli("parity", work, "--backends", "ort", "--precisions", "fp32"), 2,
+                   "manifest.json is damaged (work dir manifest")

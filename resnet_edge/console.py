@@ -155,7 +155,9 @@ class Progress:
         while not self._stop.wait(min(1.0, PROGRESS_EVERY_S / 4)):
             with self._lock:
                 now = time.perf_counter()
-                if now - self.last < PROGRESS_EVERY_S:
+                # only when the work itself has been silent that long: fast updates speak for
+                # themselves every PROGRESS_EVERY_S
+                if now - self._since < PROGRESS_EVERY_S or now - self.last < PROGRESS_EVERY_S:
                     continue
                 self.last = now
                 total = self.total if self.total else "?"

@@ -231,3 +231,14 @@ def test_progress_says_something_while_one_unit_takes_long(monkeypatch, capsys):
         time.sleep(0.8)  # one batch, longer than the progress period
     assert "train: 0/1 batches, still working on the next" in capsys.readouterr().err
     assert console.rate(0.37) == "0.37" and console.rate(4.2) == "4.2" and console.rate(118.4) == "118"
+
+
+def test_progress_adds_no_heartbeat_while_updates_flow(monkeypatch, capsys):
+    import time
+    from resnet_edge import console
+    monkeypatch.setattr(console, "PROGRESS_EVERY_S", 0.3)
+    with console.Progress("parity", "images") as bar:
+        for done in range(20):
+            bar.update(done, 20)
+            time.sleep(0.05)
+    assert "still working" not in capsys.readouterr().err

@@ -124,7 +124,10 @@ def _call(target, what: str, *args, **kwargs):
         takes = [_CALLED.get(n, n) for n, p in signature.parameters.items()
                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("step", "notice", "progress")]
         raise BadInput(f"api.{what}: {exc}; it takes {', '.join(takes)}") from None
-    hints = typing.get_type_hints(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 (an annotation that does not resolve: the library checks)
+        hints = {}
     for name, value in bound.arguments.items():
         if name in hints and not _conforms(value, hints[name]):
             flag = _FLAGS.get(name, "--" + name.replace("_", "-"))

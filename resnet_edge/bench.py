@@ -73,8 +73,9 @@ def run_bench(workdir: str | Path, pairs: list[tuple[str, str]], batch_sizes: li
     # go at about that pace; one run alone misjudged a busy machine by half): what `notice`
     # says before, and what the bench holds itself to as it goes, saying so when it is off
     if iterations is None and budget is not None and opened:
-        notice(f"bench: {len(opened)} backends x {len(batch_sizes)} batch sizes, each probed first "
-               f"to fit the run to --budget {_duration(budget)}")
+        rows = len(opened) * len(batch_sizes)
+        notice(f"bench: {rows} measurement{'s' if rows != 1 else ''} ({len(opened)} x {len(batch_sizes)} "
+               f"batch sizes), each probed first to fit the run to --budget {_duration(budget)}")
     per_iteration = {}
     for _, _, backend in opened:
         for size in batch_sizes:

@@ -493,4 +493,4 @@ def test_a_bench_past_its_budget_is_refused_before_the_timed_runs(digits_workdir
                      "--batch-sizes", "1", "--budget", "0.001", "--json", tmp_path / "b.json")
     said = one_line_error(result, 2, "iterations a row, past --budget")
     assert "give --budget" in said and not (tmp_path / "b.json").exists()
-    assert "note: bench: 1 backends x 1 batch sizes, each probed first" in result.stderr
+    assert "note: bench: 1 measurement (1 x 1 batch sizes), each probed first" in result.stderr

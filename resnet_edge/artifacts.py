@@ -27,7 +27,8 @@ from .errors import BadInput, disk_problem
 
 MANIFEST = "manifest.json"
 LOCK = ".resnet-edge.lock"  # held (flock) by the command writing the work dir
-_HELD: dict[str, int] = {}  # work dirs this process writes: real path -> the lock's descriptor
+# work dirs this process writes: real path -> (the lock's descriptor, the step that took it)
+_HELD: dict[str, tuple[int, str]] = {}
 _TRACKED_PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
                      "tensorrt", "numpy")
 
@@ -174,7 +175,9 @@ class WorkDir:
             "remake": remake,
             "completed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.save()
-        release(self.path)
+        held = _HELD.get(os.path.realpath(self.path))
+        if held and held[1] == step:  # a step inside a longer hold (pipeline's) keeps it
+            release(self.path)
 
     def hold(self, step: str) -> None:
         """Take the work dir's lock for writing, or BadInput naming the command that has it.
@@ -193,7 +196,7 @@ class WorkDir:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "step": step, "command": _command(),
                                  "since": _dt.datetime.now().isoformat(timespec="seconds")}).encode())
-        _HELD[key] = fd
+        _HELD[key] = (fd, step)
 
     def check_not_written(self) -> None:
         """BadInput naming the command writing this work dir now, if another one is: what it
@@ -287,7 +290,7 @@ def release(workdir: str | os.PathLike | None = None) -> None:
     """Let go of the lock on `workdir` (every work dir this process writes, when None): a
     completed step, or a command or API call that ended, failed or not."""
     for key in [k for k in _HELD if workdir is None or k == os.path.realpath(workdir)]:
-        os.close(_HELD.pop(key))
+        os.close(_HELD.pop(key)[0])
 
 
 def _open_lock(folder: Path, flags: int) -> int:

@@ -513,3 +513,25 @@ def test_a_fifo_for_a_work_dirs_manifest_is_refused_not_waited_on(calibrated_wor
     os.mkfifo(work / "manifest.json")
     one_line_error(run_cli("parity", work, "--backends", "ort", "--precisions", "fp32"), 2,
                    "manifest.json is damaged (work dir manifest")
+
+
+def test_a_pipeline_holds_its_work_dir_between_its_steps(digits_workdir, tmp_path):
+    """Each step let go of the lock at its completion, so another command could start writing
+    between two steps of a pipeline."""
+    from resnet_edge import artifacts
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    wd = artifacts.WorkDir(work)
+    wd.hold("pipeline")
+    try:
+        wd.begin("calibrate", [])
+        wd.complete("calibrate", [], made_from=[], remake="")
+        assert os.path.realpath(work) in artifacts._HELD  # still the pipeline's
+        (tmp_path / "alone").mkdir()
+        alone = artifacts.WorkDir(tmp_path / "alone")
+        alone.begin("calibrate", [])
+        alone.complete("calibrate", [], made_from=[], remake="")
+        assert os.path.realpath(tmp_path / "alone") not in artifacts._HELD  # a step alone lets go
+    finally:
+        artifacts.release(work)
+    assert os.path.realpath(work) not in artifacts._HELD

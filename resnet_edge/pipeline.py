@@ -88,8 +88,6 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
     result = PipelineResult()
     reports_dir = out / "reports"
     old_parity, old_bench = _baselines(config.baseline)  # read and checked before any work
-    # one hold over every step: another command cannot start writing between two of them
-    WorkDir(ensure_writable_dir(out)).hold("pipeline")
     try:
         def run(name: str, key: dict | None, outputs: list[str], body: Callable[[], str],
                 vouched: list[str] = ()) -> None:
@@ -119,6 +117,8 @@ def run_pipeline(config: PipelineConfig, thresholds: dict[str, Thresholds], *,
                          data_eval=data_for(card, "test", config.data_eval, "--data-eval"))
         if old_bench is not None:  # another model or machine is refused before the work, not after
             refuse_incomparable(old_bench[1], card.to_dict(), describe_machine(), str(old_bench[0]))
+        # one hold over every step, from the first write: no other command starts writing between
+        WorkDir(ensure_writable_dir(out)).hold("pipeline")
         exported = export_model(model, card, out, options, force=config.force,
                                 step=lambda m: step("export", m))
         result.steps.append(StepResult("export", "skipped" if exported.skipped else "ran",

@@ -762,8 +762,10 @@ def test_the_engine_installer_reads_the_config_as_nvinfer_does(deepstream_bundle
     config.write_text(config.read_text().replace("model-engine-file=", "model-engine-file = "))
     installed = serving.install_engine(root, engine, "fp16", None)
     assert installed.read_bytes() == b"an engine" and installed.parent == root.resolve()
-    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
-                              if not line.startswith("model-engine-file")))
+    # a model-engine-file outside [property] is not nvinfer's: GKeyFile reads keys per group
+    kept = "".join(line for line in config.read_text().splitlines(keepends=True)
+                   if not line.startswith("model-engine-file"))
+    config.write_text(kept + "\n[class-attrs-all]\nmodel-engine-file=../x.onnx_b1_gpu0_fp16.engine\n")
     assert serving.main(["--bundle", str(root), "--engine", str(engine), "--precision", "fp16"]) == 2
     err = capsys.readouterr().err
     assert "names no model-engine-file" in err and "Traceback" not in err and len(err.splitlines()) == 1

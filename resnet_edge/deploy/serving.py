@@ -322,6 +322,25 @@ def nvinfer_config_name(precision: str, dla_core: int | None = None) -> str:
     return f"config_infer_{precision}{'' if dla_core is None else f'_dla{dla_core}'}.txt"
 
 
+def _property_group(text: str) -> dict[str, str]:
+    """The [property] group of an nvinfer config, read as GLib's GKeyFile reads it (nvinfer
+    loads its config with g_key_file_load_from_file): '#' lines are comments, a group runs to
+    the next [header], and "Space before and after the '=' character are ignored" (GLib's
+    KeyFile documentation, docs.gtk.org/glib/struct.KeyFile.html); a key repeated in a group:
+    the last one wins."""
+    values, group = {}, None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("[") and stripped.endswith("]"):
+            group = stripped[1:-1]
+        elif group == "property" and "=" in stripped:
+            key, _, value = stripped.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
 def install_engine(bundle: Path, engine: Path, precision: str, dla_core: int | None) -> Path | None:
     """Copy `engine` to the model-engine-file of the bundle's nvinfer config for `precision`
     (on `dla_core`): beside the ONNX file, under the name nvinfer gives the engine it builds
@@ -330,10 +349,7 @@ def install_engine(bundle: Path, engine: Path, precision: str, dla_core: int | N
     config = bundle / DEEPSTREAM_DIR / nvinfer_config_name(precision, dla_core)
     if not config.is_file():
         return None
-    # a GLib key file, as nvinfer reads it: spaces around '=' are ignored, '#' starts a comment
-    values = {key.strip(): value.strip() for key, _, value in
-              (line.partition("=") for line in config.read_text().splitlines()
-               if "=" in line and not line.lstrip().startswith("#"))}
+    values = _property_group(config.read_text())
     if not values.get("model-engine-file"):
         raise ValueError(f"{config.name} names no model-engine-file, so nvinfer would not load "
                          "the engine; the bundle is damaged: make it again with `resnet-edge bundle`")

@@ -88,7 +88,13 @@ def test_the_apis_defaults_give_the_commands_verdict(digits_workdir, run_cli, tm
     result = run_cli("parity", digits_workdir, "--data", "digits:test", "--precisions", "fp32",
                      "--limit", "16")
     assert report["summary"]["explicit_backends_missing"] == []
-    assert api.check(report) is report and result.exit_code == 0, result.output
+    # the same verdict: 0 here; where TensorRT runs too, whatever its gates say, the same for both
+    from resnet_edge.errors import GateFailed
+    try:
+        verdict = 0 if api.check(report) is report else None
+    except GateFailed:
+        verdict = 1
+    assert result.exit_code == verdict, result.output
 
 
 def test_one_gate_is_overridden_as_gate_does_and_printed_with_its_deciding_digits(digits_workdir):

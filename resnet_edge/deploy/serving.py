@@ -3,7 +3,8 @@ and a DeepStream nvinfer classifier. Getting preprocessing and batch settings ri
 where deployments quietly lose accuracy, so both are written from the one card, never by hand.
 
 Standard library only: bundles carry this file in lib/, and build_engine.sh runs it on the
-device to put a freshly built engine where Triton or DeepStream looks for it.
+device to put a freshly built engine where Triton or DeepStream looks for it. Over 400 lines
+for the same reason: the device loads one file that writes and reads both servers' configs.
 """
 
 from __future__ import annotations
